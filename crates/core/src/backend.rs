@@ -1,0 +1,102 @@
+//! The boundary between the model-agnostic decoder and a device. A backend owns its weights,
+//! its compiled graph and its KV cache; the decoder only sends token ids and reads back
+//! (token, confidence) per predicted position.
+
+use crate::error::Result;
+
+/// How a step turns logits into one (token, confidence) per predicted row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SampleParams {
+    /// 0 = greedy (argmax, confidence = softmax probability of the whole row).
+    pub temperature: f32,
+    /// 0 = off.
+    pub top_k: usize,
+    /// 1 = off.
+    pub top_p: f32,
+    pub seed: u64,
+    /// Step counter of the decoder: part of the RNG key with the seed and the position.
+    pub step: u32,
+    /// Never produced: the mask token and padded ids (`>= valid_vocab`).
+    pub mask: u32,
+    pub valid_vocab: u32,
+}
+
+impl SampleParams {
+    pub fn greedy(mask: u32, valid_vocab: u32) -> Self {
+        SampleParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+            step: 0,
+            mask,
+            valid_vocab,
+        }
+    }
+}
+
+/// What a step should hand back besides the samples (tests and debugging only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Capture {
+    #[default]
+    Samples,
+    Logits,
+    /// Logits plus the hidden states of `Graph::hidden`.
+    Hidden,
+}
+
+/// One forward pass over a contiguous run of positions.
+#[derive(Debug, Clone)]
+pub struct Step<'a> {
+    /// Token ids at positions `start .. start + tokens.len()`.
+    pub tokens: &'a [u32],
+    /// Absolute position of `tokens[0]`. The KV cache must hold at least `start` positions;
+    /// anything cached beyond `start` is discarded.
+    pub start: usize,
+    /// After the step the cache holds `start + keep` positions (the final ones of this window).
+    pub keep: usize,
+    /// Block length of the block-causal attention mask.
+    pub block_length: usize,
+    /// Predictions are made for the last `out_rows` tokens.
+    pub out_rows: usize,
+    pub sampling: SampleParams,
+    pub capture: Capture,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Sampled {
+    pub token: u32,
+    pub confidence: f32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct StepOutput {
+    pub samples: Vec<Sampled>,
+    /// `[out_rows, vocab]` when captured.
+    pub logits: Option<Vec<f32>>,
+    /// One `[rows, hidden]` matrix per entry of `Graph::hidden` when captured.
+    pub hidden: Vec<Vec<f32>>,
+}
+
+/// Counters a backend keeps about its last step, for `unmask bench`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StepStats {
+    pub dispatches: usize,
+    pub submissions: usize,
+    pub bytes_uploaded: usize,
+    pub bytes_read_back: usize,
+    pub allocations: usize,
+}
+
+pub trait Backend {
+    /// Human-readable device description ("cpu (2 threads)", an adapter name...).
+    fn name(&self) -> String;
+    fn step(&mut self, step: &Step) -> Result<StepOutput>;
+    /// Positions currently held in the KV cache.
+    fn cached(&self) -> usize;
+    /// Forgets the KV cache (a new sequence).
+    fn reset(&mut self);
+    fn last_stats(&self) -> StepStats {
+        StepStats::default()
+    }
+}

@@ -1,0 +1,160 @@
+//! Text in and out: the Hugging Face tokenizer, the Jinja chat template of `tokenizer_config.json`,
+//! and the special ids (eos, mask, end of turn) resolved by token string (SPEC §1, §4).
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+/// Ids the decoder needs, read from the tokenizer (config.json holds none of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SpecialIds {
+    pub eos: u32,
+    pub mask: u32,
+    /// Ids at or above this are padded embedding rows: never valid output.
+    pub valid_vocab: u32,
+}
+
+pub struct ChatTokenizer {
+    tokenizer: tokenizers::Tokenizer,
+    template: Option<String>,
+    bos_token: Option<String>,
+    eos_token: String,
+    pub ids: SpecialIds,
+    /// Tokens that end an assistant turn (`<|role_end|>` where the vocabulary has it, and eos).
+    pub end_of_turn: Vec<u32>,
+}
+
+impl ChatTokenizer {
+    /// Loads `tokenizer.json` and `tokenizer_config.json` (optional) from a model directory.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let tok_path = dir.join("tokenizer.json");
+        let bytes = std::fs::read(&tok_path).map_err(|e| Error::io(&tok_path, e))?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg = if cfg_path.exists() {
+            Some(std::fs::read(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?)
+        } else {
+            None
+        };
+        Self::from_bytes(&bytes, cfg.as_deref())
+    }
+
+    /// Builds from file contents (the browser passes fetched bytes).
+    pub fn from_bytes(tokenizer_json: &[u8], tokenizer_config: Option<&[u8]>) -> Result<Self> {
+        let tokenizer = tokenizers::Tokenizer::from_bytes(tokenizer_json)
+            .map_err(|e| Error::Tokenizer(format!("tokenizer.json: {e}")))?;
+        let cfg: Value = match tokenizer_config {
+            Some(b) => serde_json::from_slice(b)
+                .map_err(|e| Error::Tokenizer(format!("tokenizer_config.json: not valid JSON: {e}")))?,
+            None => Value::Null,
+        };
+        let token_str = |key: &str| -> Option<String> {
+            match cfg.get(key)? {
+                Value::String(s) => Some(s.clone()),
+                Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+                _ => None,
+            }
+        };
+        let eos_token = token_str("eos_token").unwrap_or_else(|| "<|endoftext|>".into());
+        let mask_token = token_str("mask_token").unwrap_or_else(|| "<|mask|>".into());
+        let id_of = |t: &str, what: &str| {
+            tokenizer.token_to_id(t).ok_or_else(|| {
+                Error::Tokenizer(format!("the {what} token `{t}` is not in the vocabulary"))
+            })
+        };
+        let eos = id_of(&eos_token, "eos")?;
+        let mask = id_of(&mask_token, "mask")?;
+        let mut end_of_turn: Vec<u32> = tokenizer.token_to_id("<|role_end|>").into_iter().collect();
+        end_of_turn.push(eos);
+        let template = cfg.get("chat_template").and_then(|t| match t {
+            Value::String(s) => Some(s.clone()),
+            // Some models ship a list of named templates: take the default one.
+            Value::Array(list) => list
+                .iter()
+                .find(|e| e.get("name").and_then(Value::as_str) == Some("default"))
+                .and_then(|e| e.get("template")?.as_str().map(str::to_string)),
+            _ => None,
+        });
+        let valid_vocab = tokenizer.get_vocab_size(true) as u32;
+        Ok(ChatTokenizer {
+            tokenizer,
+            template,
+            bos_token: token_str("bos_token"),
+            eos_token,
+            ids: SpecialIds { eos, mask, valid_vocab },
+            end_of_turn,
+        })
+    }
+
+    /// Text to ids. Special tokens written in the text are matched as special tokens; nothing
+    /// is added around the text (LLaDA2 adds no bos).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(format!("encoding failed: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Ids to text, without special tokens.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| Error::Tokenizer(format!("decoding failed: {e}")))
+    }
+
+    /// Ids to text, special tokens kept (for traces and debugging).
+    pub fn decode_raw(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(ids, false)
+            .map_err(|e| Error::Tokenizer(format!("decoding failed: {e}")))
+    }
+
+    pub fn has_chat_template(&self) -> bool {
+        self.template.is_some()
+    }
+
+    /// Renders `messages` through the model's chat template.
+    pub fn render_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let template = self
+            .template
+            .as_deref()
+            .ok_or_else(|| Error::Template("tokenizer_config.json has no `chat_template`".into()))?;
+        let mut env = minijinja::Environment::new();
+        minijinja_contrib::add_to_environment(&mut env);
+        // Python string methods (`.strip()`, `.startswith()`) that HF templates use.
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template("chat", template)
+            .map_err(|e| Error::Template(e.to_string()))?;
+        let tmpl = env.get_template("chat").map_err(|e| Error::Template(e.to_string()))?;
+        tmpl.render(minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token.clone().unwrap_or_default(),
+            eos_token => self.eos_token.clone(),
+        })
+        .map_err(|e| Error::Template(e.to_string()))
+    }
+
+    /// Renders and tokenizes a conversation, ready for generation.
+    pub fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        self.encode(&self.render_chat(messages, true)?)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.tokenizer.id_to_token(id)
+    }
+}

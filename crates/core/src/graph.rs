@@ -1,0 +1,199 @@
+//! The forward pass as data: a list of ops over named buffers, built once per model by
+//! `model::llada2`, compiled by each backend at load and replayed every step.
+//!
+//! Row counts are symbolic: a step runs over `n` window tokens (`Rows::Tokens`) and produces
+//! predictions for the last `out` of them (`Rows::Out`). Everything else is fixed by the config.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct BufId(pub usize);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct WeightId(pub usize);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Rows {
+    /// One row per token fed to this step.
+    Tokens,
+    /// One row per token whose prediction is wanted (the tail of the window).
+    Out,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Elem {
+    F32,
+    U32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BufferDesc {
+    pub name: String,
+    pub rows: Rows,
+    pub cols: usize,
+    pub elem: Elem,
+}
+
+/// How a weight is used, which tells a backend how to lay it out (and what may be quantized).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum WeightRole {
+    /// `[out, in]` matrix multiplied by activations.
+    Matrix,
+    /// Table of rows gathered by token id.
+    Embedding,
+    /// Per-channel vector (norm weights, router bias).
+    Vector,
+    /// Router `[num_experts, hidden]`: kept in full precision.
+    Router,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WeightDesc {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub role: WeightRole,
+}
+
+/// The experts of one MoE layer, as stacked weight lists.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExpertSet {
+    pub gate: Vec<WeightId>,
+    pub up: Vec<WeightId>,
+    pub down: Vec<WeightId>,
+}
+
+/// Group-limited top-k routing parameters (SPEC §2).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Routing {
+    pub num_experts: usize,
+    pub top_k: usize,
+    pub n_group: usize,
+    pub topk_group: usize,
+    pub scaling: f32,
+}
+
+/// Attention geometry shared by the rope and attention ops.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Heads {
+    pub q: usize,
+    pub kv: usize,
+    pub dim: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum Op {
+    /// `out[i] = table[ids[i]]`.
+    Embed { ids: BufId, table: WeightId, out: BufId },
+    /// `out = x / sqrt(mean(x^2) + eps) * weight`, over groups of `weight.len()` columns.
+    RmsNorm { x: BufId, weight: WeightId, out: BufId, eps: f32 },
+    /// `out = x @ weight^T` for a `[out_features, in_features]` weight.
+    MatMul { x: BufId, weight: WeightId, out: BufId },
+    /// In place on a fused QKV buffer: per-head RMS norm of the q and k heads (when
+    /// `q_norm`/`k_norm` are set) then NeoX RoPE on the first `rot_dim` dims, at position
+    /// `start + row`.
+    QkNormRope {
+        qkv: BufId,
+        q_norm: Option<WeightId>,
+        k_norm: Option<WeightId>,
+        heads: Heads,
+        rot_dim: usize,
+        theta: f32,
+        eps: f32,
+    },
+    /// Block-masked attention of the window's queries over the layer's KV cache plus the
+    /// window's own keys; writes the window's K/V into the cache at `start..start + n`.
+    Attention { qkv: BufId, layer: usize, heads: Heads, out: BufId },
+    /// `out = a + b`.
+    Add { a: BufId, b: BufId, out: BufId },
+    /// `out = silu(gate) * up`.
+    SwiGlu { gate: BufId, up: BufId, out: BufId },
+    /// Sigmoid router scores, expert bias for the choice only, group-limited top-k;
+    /// writes `top_k` expert ids and normalised, scaled weights per row.
+    MoeRoute {
+        logits: BufId,
+        bias: Option<WeightId>,
+        routing: Routing,
+        ids: BufId,
+        weights: BufId,
+    },
+    /// `out[i] = sum_k weights[i,k] * swiglu_{ids[i,k]}(x[i])`, grouped by expert.
+    MoeExperts {
+        x: BufId,
+        ids: BufId,
+        weights: BufId,
+        experts: ExpertSet,
+        out: BufId,
+    },
+    /// `out = x[n - out_rows .. n]`: the rows whose predictions are wanted.
+    TakeLastRows { x: BufId, out: BufId },
+    /// Per row: (token, confidence) by the step's sampling parameters (greedy or seeded).
+    Sample { logits: BufId, out: BufId },
+}
+
+/// A forward pass: ops in execution order over declared buffers and weights.
+#[derive(Debug, Clone, Serialize)]
+pub struct Graph {
+    pub buffers: Vec<BufferDesc>,
+    pub weights: Vec<WeightDesc>,
+    pub ops: Vec<Op>,
+    /// `[n]` u32 token ids, written by the host each step.
+    pub input_ids: BufId,
+    /// `[out, vocab]` logits (kept on the device; read back only for tests).
+    pub logits: BufId,
+    /// `[out, 2]` u32 (token, f32 bits of confidence): the only per-step readback.
+    pub samples: BufId,
+    /// Residual stream entering each layer (`hidden[0]` = embeddings), then the final norm.
+    pub hidden: Vec<BufId>,
+    pub num_layers: usize,
+}
+
+impl Graph {
+    pub fn buffer(&self, id: BufId) -> &BufferDesc {
+        &self.buffers[id.0]
+    }
+
+    pub fn weight(&self, id: WeightId) -> &WeightDesc {
+        &self.weights[id.0]
+    }
+
+    pub fn find_buffer(&self, name: &str) -> Option<BufId> {
+        self.buffers.iter().position(|b| b.name == name).map(BufId)
+    }
+}
+
+/// Appends buffers and weights while the graph is built, de-duplicating weights by name.
+#[derive(Default)]
+pub struct GraphBuilder {
+    pub buffers: Vec<BufferDesc>,
+    pub weights: Vec<WeightDesc>,
+    pub ops: Vec<Op>,
+}
+
+impl GraphBuilder {
+    pub fn buffer(&mut self, name: impl Into<String>, rows: Rows, cols: usize, elem: Elem) -> BufId {
+        self.buffers.push(BufferDesc {
+            name: name.into(),
+            rows,
+            cols,
+            elem,
+        });
+        BufId(self.buffers.len() - 1)
+    }
+
+    pub fn f32(&mut self, name: impl Into<String>, rows: Rows, cols: usize) -> BufId {
+        self.buffer(name, rows, cols, Elem::F32)
+    }
+
+    pub fn weight(&mut self, name: impl Into<String>, shape: Vec<usize>, role: WeightRole) -> WeightId {
+        let name = name.into();
+        if let Some(i) = self.weights.iter().position(|w| w.name == name) {
+            return WeightId(i);
+        }
+        self.weights.push(WeightDesc { name, shape, role });
+        WeightId(self.weights.len() - 1)
+    }
+
+    pub fn op(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+}

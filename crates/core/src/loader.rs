@@ -1,0 +1,90 @@
+//! A model directory as users download it: config, weights and tokenizer, checked against each
+//! other before anything runs.
+
+use crate::chat::{ChatTokenizer, SpecialIds};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::graph::Graph;
+use crate::model::llada2;
+use crate::weights::{self, WeightStore};
+use std::path::{Path, PathBuf};
+
+pub struct Model {
+    pub dir: PathBuf,
+    pub config: Config,
+    pub weights: WeightStore,
+    pub tokenizer: ChatTokenizer,
+    pub graph: Graph,
+}
+
+impl Model {
+    pub fn open(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found")));
+        }
+        let config = Config::from_file(&dir.join("config.json"))?;
+        let tokenizer = ChatTokenizer::from_dir(dir)?;
+        let weights = weights::load_dir(dir)?;
+        Self::from_parts(dir.to_path_buf(), config, weights, tokenizer)
+    }
+
+    pub fn from_parts(dir: PathBuf, config: Config, weights: WeightStore, tokenizer: ChatTokenizer) -> Result<Self> {
+        let graph = llada2::build(&config);
+        let expected: Vec<(String, Vec<usize>)> = graph.weights.iter().map(|w| (w.name.clone(), w.shape.clone())).collect();
+        weights.check_shapes(&expected)?;
+        let ids = tokenizer.ids;
+        for (what, id) in [("eos", ids.eos), ("mask", ids.mask)] {
+            if id as usize >= config.vocab_size {
+                return Err(Error::Tokenizer(format!(
+                    "the {what} id {id} is outside the embedding table (vocab_size {})",
+                    config.vocab_size
+                )));
+            }
+        }
+        Ok(Model {
+            dir,
+            config,
+            weights,
+            tokenizer,
+            graph,
+        })
+    }
+
+    /// Special ids, with the valid vocabulary capped by the embedding table.
+    pub fn special_ids(&self) -> SpecialIds {
+        let mut ids = self.tokenizer.ids;
+        ids.valid_vocab = ids.valid_vocab.min(self.config.vocab_size as u32);
+        ids
+    }
+
+    pub fn summary(&self) -> Summary {
+        summarize(&self.config, &self.weights)
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    pub parameters: u64,
+    pub active_parameters: u64,
+    pub weight_bytes: u64,
+    pub bytes_by_dtype: std::collections::BTreeMap<String, usize>,
+    /// f32 K and V for every layer, per position.
+    pub kv_bytes_per_position: u64,
+    /// Weights plus a full-context f32 KV cache.
+    pub memory_full_context: u64,
+}
+
+pub fn summarize(c: &Config, w: &WeightStore) -> Summary {
+    let (parameters, active_parameters) = llada2::parameter_counts(c);
+    let bytes_by_dtype = w.bytes_by_dtype();
+    let weight_bytes: u64 = bytes_by_dtype.values().map(|&b| b as u64).sum();
+    let kv_bytes_per_position = (c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * 4) as u64;
+    Summary {
+        parameters,
+        active_parameters,
+        weight_bytes,
+        bytes_by_dtype,
+        kv_bytes_per_position,
+        memory_full_context: weight_bytes + kv_bytes_per_position * c.max_position_embeddings as u64,
+    }
+}

@@ -1,0 +1,3 @@
+//! Graph builders, one per architecture.
+
+pub mod llada2;

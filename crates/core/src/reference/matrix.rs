@@ -1,0 +1,61 @@
+//! Weight matrices as the reference backend holds them: in their stored precision, widened to
+//! f32 one row at a time inside the kernels.
+
+use crate::weights::{DType, Tensor};
+
+pub struct Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    data: Data,
+}
+
+enum Data {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+    F16(Vec<u16>),
+}
+
+impl Matrix {
+    /// A 1-D tensor becomes a single row.
+    pub fn from_tensor(t: &Tensor) -> Matrix {
+        let (rows, cols) = match t.shape.as_slice() {
+            [r, c] => (*r, *c),
+            [c] => (1, *c),
+            s => (1, s.iter().product()),
+        };
+        let halves = || -> Vec<u16> { t.bytes().chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect() };
+        let data = match t.dtype {
+            DType::F32 => Data::F32(t.to_f32()),
+            DType::BF16 => Data::Bf16(halves()),
+            DType::F16 => Data::F16(halves()),
+        };
+        Matrix { rows, cols, data }
+    }
+
+    /// Writes row `r` as f32 into `out` (`cols` long).
+    #[inline]
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        let span = r * self.cols..(r + 1) * self.cols;
+        match &self.data {
+            Data::F32(v) => out.copy_from_slice(&v[span]),
+            Data::Bf16(v) => {
+                for (o, &b) in out.iter_mut().zip(&v[span]) {
+                    *o = f32::from_bits((b as u32) << 16);
+                }
+            }
+            Data::F16(v) => {
+                for (o, &b) in out.iter_mut().zip(&v[span]) {
+                    *o = half::f16::from_bits(b).to_f32();
+                }
+            }
+        }
+    }
+
+    pub fn to_vec(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        for r in 0..self.rows {
+            self.row_into(r, &mut out[r * self.cols..(r + 1) * self.cols]);
+        }
+        out
+    }
+}

@@ -1,0 +1,349 @@
+//! The reference kernels: plain f32 over slices, one function per graph op. They are the
+//! definition other backends are tested against, so they favour clarity over speed.
+
+use super::matrix::Matrix;
+use super::parallel::map_chunks;
+use crate::graph::{Heads, Routing};
+
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight lanes so the compiler vectorises; the order differs from a serial sum only by rounding.
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// `out[n, w.rows] = x[n, w.cols] @ w^T`.
+pub fn matmul(x: &[f32], w: &Matrix, out: &mut [f32]) {
+    let (k, m) = (w.cols, w.rows);
+    let n = x.len() / k;
+    let parts = map_chunks(m, n * m * k, |rows| {
+        let mut row = vec![0f32; k];
+        let mut part = vec![0f32; n * rows.len()];
+        for (j, r) in rows.clone().enumerate() {
+            w.row_into(r, &mut row);
+            for t in 0..n {
+                part[t * rows.len() + j] = dot(&x[t * k..(t + 1) * k], &row);
+            }
+        }
+        (rows, part)
+    });
+    for (rows, part) in parts {
+        let w = rows.len();
+        for t in 0..n {
+            out[t * m + rows.start..t * m + rows.end].copy_from_slice(&part[t * w..(t + 1) * w]);
+        }
+    }
+}
+
+/// RMS norm over consecutive groups of `weight.len()` values.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let d = weight.len();
+    for (xi, oi) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        rms_norm_group(xi, weight, eps, oi);
+    }
+}
+
+#[inline]
+fn rms_norm_group(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let r = 1.0 / (ms + eps).sqrt();
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
+        *o = w * (v * r);
+    }
+}
+
+/// `theta^(-2j/rd)` computed in f32, as the reference does.
+pub fn rope_inv_freq(rot_dim: usize, theta: f32) -> Vec<f32> {
+    (0..rot_dim / 2)
+        .map(|j| 1.0 / theta.powf((2 * j) as f32 / rot_dim as f32))
+        .collect()
+}
+
+/// NeoX rotation of the first `inv_freq.len() * 2` dims of one head at `pos`.
+pub fn rope_head(head: &mut [f32], inv_freq: &[f32], pos: usize) {
+    let half = inv_freq.len();
+    for (j, &f) in inv_freq.iter().enumerate() {
+        let a = pos as f32 * f;
+        let (s, c) = a.sin_cos();
+        let (x0, x1) = (head[j], head[j + half]);
+        head[j] = x0 * c - x1 * s;
+        head[j + half] = x1 * c + x0 * s;
+    }
+}
+
+/// Per-head QK norm then RoPE on a fused `[n, (q + 2kv) * dim]` buffer, rows at `start + i`.
+pub fn qk_norm_rope(
+    qkv: &mut [f32],
+    heads: Heads,
+    q_norm: Option<&[f32]>,
+    k_norm: Option<&[f32]>,
+    eps: f32,
+    inv_freq: &[f32],
+    start: usize,
+) {
+    let d = heads.dim;
+    let width = (heads.q + 2 * heads.kv) * d;
+    let mut tmp = vec![0f32; d];
+    for (i, row) in qkv.chunks_exact_mut(width).enumerate() {
+        for h in 0..heads.q + heads.kv {
+            let head = &mut row[h * d..(h + 1) * d];
+            let norm = if h < heads.q { q_norm } else { k_norm };
+            if let Some(w) = norm {
+                rms_norm_group(head, w, eps, &mut tmp);
+                head.copy_from_slice(&tmp);
+            }
+            rope_head(head, inv_freq, start + i);
+        }
+    }
+}
+
+/// Block-causal attention for `n` queries at positions `start..start+n` over keys `0..start+n`
+/// (key t visible to query s iff t/B <= s/B). `k_cache`/`v_cache` are `[>= start+n, kv*dim]` and
+/// already hold the window's keys and values.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    qkv: &[f32],
+    heads: Heads,
+    k_cache: &[f32],
+    v_cache: &[f32],
+    start: usize,
+    block: usize,
+    out: &mut [f32],
+) {
+    let d = heads.dim;
+    let width = (heads.q + 2 * heads.kv) * d;
+    let kvw = heads.kv * d;
+    let n = qkv.len() / width;
+    let group = heads.q / heads.kv;
+    let scale = 1.0 / (d as f32).sqrt();
+    let end = start + n;
+    let work = n * heads.q * end * d;
+    let parts = map_chunks(n, work, |rows| {
+        let mut part = vec![0f32; rows.len() * heads.q * d];
+        let mut scores = vec![0f32; end];
+        for (ri, i) in rows.clone().enumerate() {
+            let s = start + i;
+            let visible = end.min((s / block + 1) * block);
+            for h in 0..heads.q {
+                let q = &qkv[i * width + h * d..i * width + (h + 1) * d];
+                let kvh = h / group;
+                let mut max = f32::NEG_INFINITY;
+                for t in 0..visible {
+                    let k = &k_cache[t * kvw + kvh * d..t * kvw + (kvh + 1) * d];
+                    scores[t] = dot(q, k) * scale;
+                    max = max.max(scores[t]);
+                }
+                let mut sum = 0f32;
+                for sc in &mut scores[..visible] {
+                    *sc = (*sc - max).exp();
+                    sum += *sc;
+                }
+                let o = &mut part[(ri * heads.q + h) * d..(ri * heads.q + h + 1) * d];
+                for t in 0..visible {
+                    let p = scores[t] / sum;
+                    let v = &v_cache[t * kvw + kvh * d..t * kvw + (kvh + 1) * d];
+                    for (oj, &vj) in o.iter_mut().zip(v) {
+                        *oj += p * vj;
+                    }
+                }
+            }
+        }
+        (rows, part)
+    });
+    let w = heads.q * d;
+    for (rows, part) in parts {
+        out[rows.start * w..rows.end * w].copy_from_slice(&part);
+    }
+}
+
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = silu(g) * u;
+    }
+}
+
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Group-limited top-k routing of one token (SPEC §2). Returns (expert ids, weights), ids in
+/// descending order of biased score.
+pub fn route(logits: &[f32], bias: Option<&[f32]>, r: &Routing) -> (Vec<u32>, Vec<f32>) {
+    let e = r.num_experts;
+    let s: Vec<f32> = logits.iter().map(|&v| sigmoid(v)).collect();
+    let sb: Vec<f32> = match bias {
+        Some(b) => s.iter().zip(b).map(|(x, y)| x + y).collect(),
+        None => s.clone(),
+    };
+    let gs = e / r.n_group;
+    let top_n = 2.min(gs);
+    let group_score: Vec<f32> = (0..r.n_group)
+        .map(|g| top_values(&sb[g * gs..(g + 1) * gs], top_n).iter().sum())
+        .collect();
+    let kept = top_indices(&group_score, r.topk_group);
+    let mut masked = vec![f32::NEG_INFINITY; e];
+    for g in kept {
+        masked[g * gs..(g + 1) * gs].copy_from_slice(&sb[g * gs..(g + 1) * gs]);
+    }
+    let chosen = top_indices(&masked, r.top_k);
+    let sum: f32 = chosen.iter().map(|&i| s[i]).sum();
+    let weights = chosen.iter().map(|&i| s[i] / (sum + 1e-20) * r.scaling).collect();
+    (chosen.into_iter().map(|i| i as u32).collect(), weights)
+}
+
+/// Indices of the `k` largest values, descending, ties to the lower index.
+pub fn top_indices(v: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+fn top_values(v: &[f32], k: usize) -> Vec<f32> {
+    top_indices(v, k).into_iter().map(|i| v[i]).collect()
+}
+
+/// The experts of one MoE layer: `[gate, up, down]` per expert.
+pub struct Experts<'a> {
+    pub gate: Vec<&'a Matrix>,
+    pub up: Vec<&'a Matrix>,
+    pub down: Vec<&'a Matrix>,
+}
+
+/// `out[i] = sum_k w[i,k] * swiglu_{ids[i,k]}(x[i])`, computed per expert over the tokens routed
+/// to it (each touched expert's weights are read once), summed per token in expert order.
+pub fn moe_experts(x: &[f32], ids: &[u32], weights: &[f32], top_k: usize, ex: &Experts, out: &mut [f32]) {
+    let h = ex.down.first().map_or(0, |d| d.rows);
+    let n = x.len() / h.max(1);
+    let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); ex.gate.len()];
+    for t in 0..n {
+        for k in 0..top_k {
+            routed[ids[t * top_k + k] as usize].push((t, weights[t * top_k + k]));
+        }
+    }
+    let active: Vec<usize> = (0..routed.len()).filter(|&e| !routed[e].is_empty()).collect();
+    let inter = ex.gate.first().map_or(0, |g| g.rows);
+    let work = n * top_k * 3 * inter * h;
+    let parts = map_chunks(active.len(), work, |range| {
+        let mut contrib = Vec::new();
+        for &e in &active[range] {
+            let toks = &routed[e];
+            let xs: Vec<f32> = toks.iter().flat_map(|&(t, _)| x[t * h..(t + 1) * h].iter().copied()).collect();
+            let m = toks.len();
+            let (mut g, mut u, mut a) = (vec![0f32; m * inter], vec![0f32; m * inter], vec![0f32; m * inter]);
+            matmul(&xs, ex.gate[e], &mut g);
+            matmul(&xs, ex.up[e], &mut u);
+            swiglu(&g, &u, &mut a);
+            let mut y = vec![0f32; m * h];
+            matmul(&a, ex.down[e], &mut y);
+            contrib.push((e, y));
+        }
+        contrib
+    });
+    out.fill(0.0);
+    for (e, y) in parts.into_iter().flatten() {
+        for (j, &(t, w)) in routed[e].iter().enumerate() {
+            for (o, &v) in out[t * h..(t + 1) * h].iter_mut().zip(&y[j * h..(j + 1) * h]) {
+                *o += w * v;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(e: usize, k: usize, g: usize, tg: usize) -> Routing {
+        Routing {
+            num_experts: e,
+            top_k: k,
+            n_group: g,
+            topk_group: tg,
+            scaling: 2.5,
+        }
+    }
+
+    #[test]
+    fn routing_is_group_limited_and_uses_bias_only_for_choice() {
+        // 8 experts in 4 groups of 2; keep 2 groups, choose 2 experts.
+        let logits = [3.0, 2.9, 0.0, 0.1, 2.0, -1.0, 1.0, 1.5];
+        let bias = [0.0; 8];
+        let (ids, w) = route(&logits, Some(&bias), &r(8, 2, 4, 2));
+        assert_eq!(ids, vec![0, 1]);
+        let s0 = sigmoid(3.0);
+        let s1 = sigmoid(2.9);
+        assert!((w[0] - s0 / (s0 + s1) * 2.5).abs() < 1e-6);
+
+        // A strongly negative bias removes expert 1 from the choice, but weights use unbiased s.
+        let bias = [0.0, -10.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        let (ids, w) = route(&logits, Some(&bias), &r(8, 2, 4, 2));
+        // Group 0 now scores s0 + (s1 - 10): groups 2 (2.0,-1.0) and 3 (1.0,1.5) win.
+        assert_eq!(ids, vec![4, 7]);
+        let (s4, s7) = (sigmoid(2.0), sigmoid(1.5));
+        assert!((w[1] - s7 / (s4 + s7) * 2.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn routing_with_all_negative_biases_still_picks_k_experts() {
+        // Negative biases make every kept score negative: masked experts must be -inf, not 0.
+        let logits = [0.0; 8];
+        let bias = [-5.0, -4.0, -6.0, -7.0, -3.0, -3.5, -8.0, -9.0];
+        let (ids, _) = route(&logits, Some(&bias), &r(8, 3, 4, 2));
+        assert_eq!(ids, vec![4, 5, 1]);
+    }
+
+    #[test]
+    fn partial_rope_rotates_only_the_first_dims() {
+        let inv = rope_inv_freq(4, 10000.0);
+        assert_eq!(inv.len(), 2);
+        let mut head = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        rope_head(&mut head, &inv, 3);
+        assert_eq!(&head[4..], &[5.0, 6.0]);
+        let a0 = 3.0f32 * inv[0];
+        assert!((head[0] - (1.0 * a0.cos() - 3.0 * a0.sin())).abs() < 1e-6);
+        assert!((head[2] - (3.0 * a0.cos() + 1.0 * a0.sin())).abs() < 1e-6);
+        let a1 = 3.0f32 * inv[1];
+        assert!((head[1] - (2.0 * a1.cos() - 4.0 * a1.sin())).abs() < 1e-6);
+        // Position 0 is the identity.
+        let mut h0 = [1.0, 2.0, 3.0, 4.0];
+        rope_head(&mut h0, &inv, 0);
+        assert_eq!(h0, [1.0, 2.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn block_mask_hides_later_blocks_only() {
+        // One head of width 1, q = k = 1 everywhere, v = position: the output is the mean of the
+        // visible positions, which reveals the mask.
+        let heads = Heads { q: 1, kv: 1, dim: 1 };
+        let n = 6;
+        let qkv: Vec<f32> = (0..n).flat_map(|t| [1.0, 1.0, t as f32]).collect();
+        let k: Vec<f32> = vec![1.0; n];
+        let v: Vec<f32> = (0..n).map(|t| t as f32).collect();
+        let mut out = vec![0f32; n];
+        attention(&qkv, heads, &k, &v, 0, 4, &mut out);
+        // Block 0 = positions 0..4 sees 0..4 (mean 1.5), block 1 sees 0..6 (mean 2.5).
+        for (t, o) in out.iter().enumerate() {
+            let want = if t < 4 { 1.5 } else { 2.5 };
+            assert!((o - want).abs() < 1e-6, "{t}: {o}");
+        }
+        // B = 1 is causal.
+        attention(&qkv, heads, &k, &v, 0, 1, &mut out);
+        assert!((out[2] - 1.0).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,131 @@
+//! Weights as they sit on disk: safetensors shards (memory-mapped on native), their dtypes, and
+//! the check that every tensor the graph needs exists with the shape the config implies.
+
+mod dtype;
+mod safetensors_dir;
+
+pub use dtype::DType;
+pub use safetensors_dir::{load_dir, load_files};
+
+use crate::error::{Error, Result};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Bytes that back one or more tensors: a memory map or an owned buffer.
+pub enum Storage {
+    #[cfg(not(target_arch = "wasm32"))]
+    Mmap(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Storage {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            #[cfg(not(target_arch = "wasm32"))]
+            Storage::Mmap(m) => m,
+            Storage::Owned(v) => v,
+        }
+    }
+}
+
+/// One tensor: dtype, shape, and a byte range in a shared storage.
+#[derive(Clone)]
+pub struct Tensor {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    storage: Arc<Storage>,
+    start: usize,
+    len: usize,
+}
+
+impl Tensor {
+    pub fn new(dtype: DType, shape: Vec<usize>, storage: Arc<Storage>, start: usize, len: usize) -> Result<Self> {
+        let numel: usize = shape.iter().product();
+        let want = dtype.bytes_for(numel);
+        if want != len {
+            return Err(Error::Weights(format!(
+                "{len} bytes do not hold a {dtype:?} tensor of shape {shape:?} ({want} bytes)"
+            )));
+        }
+        if start + len > storage.bytes().len() {
+            return Err(Error::Weights("tensor data lies beyond the end of its file".into()));
+        }
+        Ok(Tensor { dtype, shape, storage, start, len })
+    }
+
+    /// A tensor that owns its bytes (synthetic models, quantizer output, tests).
+    pub fn from_bytes(dtype: DType, shape: Vec<usize>, bytes: Vec<u8>) -> Result<Self> {
+        let len = bytes.len();
+        Tensor::new(dtype, shape, Arc::new(Storage::Owned(bytes)), 0, len)
+    }
+
+    pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Result<Self> {
+        Tensor::from_bytes(DType::F32, shape, bytemuck::cast_slice(values).to_vec())
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.storage.bytes()[self.start..self.start + self.len]
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Widens to f32 (bf16 and f16 exactly; quantized formats are dequantized).
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.dtype.to_f32(self.bytes(), self.numel())
+    }
+}
+
+/// All tensors of a model by name.
+#[derive(Default, Clone)]
+pub struct WeightStore {
+    tensors: BTreeMap<String, Tensor>,
+}
+
+impl WeightStore {
+    pub fn insert(&mut self, name: impl Into<String>, t: Tensor) {
+        self.tensors.insert(name.into(), t);
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Tensor> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| Error::Weights(format!("missing tensor `{name}`")))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Tensor)> {
+        self.tensors.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// Checks that every expected tensor exists with exactly the expected shape.
+    pub fn check_shapes(&self, expected: &[(String, Vec<usize>)]) -> Result<()> {
+        for (name, shape) in expected {
+            let t = self.get(name)?;
+            if &t.shape != shape {
+                return Err(Error::Weights(format!(
+                    "tensor `{name}` has shape {:?}, the config implies {:?}",
+                    t.shape, shape
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Total bytes per dtype name, for `inspect`.
+    pub fn bytes_by_dtype(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for t in self.tensors.values() {
+            *m.entry(t.dtype.name().to_string()).or_insert(0) += t.len;
+        }
+        m
+    }
+}

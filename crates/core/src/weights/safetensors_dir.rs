@@ -1,0 +1,90 @@
+//! A Hugging Face model directory's safetensors: one file, or shards through
+//! `model.safetensors.index.json`.
+
+use super::{DType, Storage, Tensor, WeightStore};
+use crate::error::{Error, Result};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Finds the weight files of `dir` and loads (memory-maps) them.
+pub fn load_dir(dir: &Path) -> Result<WeightStore> {
+    let index = dir.join("model.safetensors.index.json");
+    let files: Vec<PathBuf> = if index.exists() {
+        shard_list(&index)?.into_iter().map(|f| dir.join(f)).collect()
+    } else {
+        let single = dir.join("model.safetensors");
+        if !single.exists() {
+            return Err(Error::Weights(format!(
+                "{}: neither model.safetensors nor model.safetensors.index.json found",
+                dir.display()
+            )));
+        }
+        vec![single]
+    };
+    load_files(&files)
+}
+
+/// The shard file names listed by an index's `weight_map`.
+fn shard_list(index: &Path) -> Result<BTreeSet<String>> {
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Weights(format!("{}: not valid JSON: {e}", index.display())))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::Weights(format!("{}: no `weight_map` object", index.display())))?;
+    map.values()
+        .map(|f| {
+            f.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| Error::Weights(format!("{}: non-string shard name", index.display())))
+        })
+        .collect()
+}
+
+pub fn load_files(files: &[PathBuf]) -> Result<WeightStore> {
+    let mut store = WeightStore::default();
+    for path in files {
+        let storage = Arc::new(open(path)?);
+        add_shard(&mut store, storage, &path.display().to_string())?;
+    }
+    Ok(store)
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn open(path: &Path) -> Result<Storage> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the map is read-only; a file truncated underneath us while running is outside
+    // what any loader can defend against (the same holds for llama.cpp and safetensors itself).
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    Ok(Storage::Mmap(map))
+}
+
+#[cfg(target_arch = "wasm32")]
+fn open(path: &Path) -> Result<Storage> {
+    std::fs::read(path).map(Storage::Owned).map_err(|e| Error::io(path, e))
+}
+
+/// Parses one safetensors buffer's header and registers its tensors.
+pub fn add_shard(store: &mut WeightStore, storage: Arc<Storage>, label: &str) -> Result<()> {
+    let bytes = storage.bytes();
+    let (header_len, meta) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::Weights(format!("{label}: not a valid safetensors file ({e})")))?;
+    let data_start = 8 + header_len;
+    for (name, info) in meta.tensors() {
+        let dtype = DType::from_safetensors(info.dtype, &name)?;
+        let (b, e) = info.data_offsets;
+        if data_start + e > bytes.len() {
+            return Err(Error::Weights(format!(
+                "{label}: tensor `{name}` ends at byte {} but the file has {} bytes (truncated?)",
+                data_start + e,
+                bytes.len()
+            )));
+        }
+        let t = Tensor::new(dtype, info.shape.clone(), storage.clone(), data_start + b, e - b)
+            .map_err(|err| Error::Weights(format!("{label}: tensor `{name}`: {err}")))?;
+        store.insert(name, t);
+    }
+    Ok(())
+}

@@ -19,7 +19,12 @@ pub fn fixture(name: &str) -> PathBuf {
 pub fn golden_models() -> Vec<PathBuf> {
     let mut dirs = vec![fixture("tiny-llada2")];
     if let Ok(extra) = std::env::var("UNMASK_GOLDEN_MODELS") {
-        dirs.extend(extra.split(':').filter(|s| !s.is_empty()).map(PathBuf::from));
+        dirs.extend(
+            extra
+                .split(':')
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
+        );
     }
     dirs
 }
@@ -31,7 +36,11 @@ pub struct BackendCase {
 }
 
 fn make_cpu(m: &Model) -> anyhow::Result<Box<dyn Backend>> {
-    Ok(Box::new(ReferenceBackend::new(m.graph.clone(), &m.weights, &mut |_, _| {})?))
+    Ok(Box::new(ReferenceBackend::new(
+        m.graph.clone(),
+        &m.weights,
+        &mut |_, _| {},
+    )?))
 }
 
 /// Every backend this build can run here. A backend whose device is absent is reported as
@@ -106,7 +115,11 @@ pub fn read_golden_tensors(path: &Path) -> std::collections::BTreeMap<String, Go
         let t = match view.dtype() {
             safetensors::Dtype::F32 => GoldenTensor::F32 {
                 shape: view.shape().to_vec(),
-                data: view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+                data: view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
             },
             safetensors::Dtype::I64 => GoldenTensor::Ids(
                 view.data()
@@ -124,5 +137,8 @@ pub fn read_golden_tensors(path: &Path) -> std::collections::BTreeMap<String, Go
 /// Largest absolute difference.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }

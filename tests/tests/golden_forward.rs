@@ -20,7 +20,9 @@ fn logits_and_hidden_states_match_the_reference() {
         for be in backends() {
             let mut backend = (be.make)(&model).unwrap();
             for case in &cases {
-                let GoldenTensor::Ids(ids) = &golden[&format!("{case}.input_ids")] else { panic!() };
+                let GoldenTensor::Ids(ids) = &golden[&format!("{case}.input_ids")] else {
+                    panic!()
+                };
                 let ids_sp = model.special_ids();
                 backend.reset();
                 let out = backend
@@ -34,15 +36,34 @@ fn logits_and_hidden_states_match_the_reference() {
                         capture: Capture::Hidden,
                     })
                     .unwrap();
-                let GoldenTensor::F32 { data: want, .. } = &golden[&format!("{case}.logits")] else { panic!() };
+                let GoldenTensor::F32 { data: want, .. } = &golden[&format!("{case}.logits")]
+                else {
+                    panic!()
+                };
                 let err = max_abs_diff(out.logits.as_ref().unwrap(), want);
-                println!("{}: {}/{case}: logits max abs error {err:.2e}", be.name, dir.display());
-                assert!(err <= 1e-3, "{}: {case}: logits max abs error {err}", be.name);
+                println!(
+                    "{}: {}/{case}: logits max abs error {err:.2e}",
+                    be.name,
+                    dir.display()
+                );
+                assert!(
+                    err <= 1e-3,
+                    "{}: {case}: logits max abs error {err}",
+                    be.name
+                );
                 for (i, got) in out.hidden.iter().enumerate() {
-                    let GoldenTensor::F32 { data: want, .. } = &golden[&format!("{case}.hidden.{i}")] else { panic!() };
+                    let GoldenTensor::F32 { data: want, .. } =
+                        &golden[&format!("{case}.hidden.{i}")]
+                    else {
+                        panic!()
+                    };
                     let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
                     let err = max_abs_diff(got, want);
-                    assert!(err <= 1e-4 * scale.max(1.0) + 1e-4, "{}: {case}: hidden.{i} max abs error {err} (scale {scale})", be.name);
+                    assert!(
+                        err <= 1e-4 * scale.max(1.0) + 1e-4,
+                        "{}: {case}: hidden.{i} max abs error {err} (scale {scale})",
+                        be.name
+                    );
                 }
             }
         }

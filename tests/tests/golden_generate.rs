@@ -17,7 +17,12 @@ fn every_golden_case_is_token_exact() {
         for be in backends() {
             let mut backend = (be.make)(&model).unwrap();
             for case in &golden.cases {
-                assert_eq!((case.mask_id, case.eos_id), (ids.mask, ids.eos), "{}: special ids", case.name);
+                assert_eq!(
+                    (case.mask_id, case.eos_id),
+                    (ids.mask, ids.eos),
+                    "{}: special ids",
+                    case.name
+                );
                 let mut trace = Vec::new();
                 let gen = generate(
                     backend.as_mut(),
@@ -36,11 +41,29 @@ fn every_golden_case_is_token_exact() {
                 .unwrap();
                 println!("{}: {}: {} forwards", be.name, case.name, gen.forwards);
                 for (i, (got, want)) in trace.iter().zip(&case.trace).enumerate() {
-                    assert_eq!(got, want, "{}: {}: window fed to forward {i}", be.name, case.name);
+                    assert_eq!(
+                        got, want,
+                        "{}: {}: window fed to forward {i}",
+                        be.name, case.name
+                    );
                 }
-                assert_eq!(gen.tokens, case.output_ids, "{}: {}: output", be.name, case.name);
-                assert_eq!(gen.forwards, case.forwards, "{}: {}: forwards", be.name, case.name);
-                assert_eq!(trace.len(), case.trace.len(), "{}: {}: trace length", be.name, case.name);
+                assert_eq!(
+                    gen.tokens, case.output_ids,
+                    "{}: {}: output",
+                    be.name, case.name
+                );
+                assert_eq!(
+                    gen.forwards, case.forwards,
+                    "{}: {}: forwards",
+                    be.name, case.name
+                );
+                assert_eq!(
+                    trace.len(),
+                    case.trace.len(),
+                    "{}: {}: trace length",
+                    be.name,
+                    case.name
+                );
             }
         }
     }

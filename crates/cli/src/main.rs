@@ -1,1 +1,45 @@
-fn main(){}
+//! `unmask`: run LLaDA2 block-diffusion models from the command line.
+
+mod backends;
+mod commands;
+mod progress;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "unmask",
+    version,
+    about = "Block-diffusion LLM inference (LLaDA2) on CPU and GPU"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt, a chat message, token ids, or a JSONL file of requests.
+    Generate(commands::generate::Args),
+    /// Describe a model directory: config, parameters, bytes by dtype, memory needed.
+    Inspect(commands::inspect::Args),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("UNMASK_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => commands::generate::run(a),
+        Command::Inspect(a) => commands::inspect::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

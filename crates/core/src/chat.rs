@@ -50,8 +50,9 @@ impl ChatTokenizer {
         let tokenizer = tokenizers::Tokenizer::from_bytes(tokenizer_json)
             .map_err(|e| Error::Tokenizer(format!("tokenizer.json: {e}")))?;
         let cfg: Value = match tokenizer_config {
-            Some(b) => serde_json::from_slice(b)
-                .map_err(|e| Error::Tokenizer(format!("tokenizer_config.json: not valid JSON: {e}")))?,
+            Some(b) => serde_json::from_slice(b).map_err(|e| {
+                Error::Tokenizer(format!("tokenizer_config.json: not valid JSON: {e}"))
+            })?,
             None => Value::Null,
         };
         let token_str = |key: &str| -> Option<String> {
@@ -87,7 +88,11 @@ impl ChatTokenizer {
             template,
             bos_token: token_str("bos_token"),
             eos_token,
-            ids: SpecialIds { eos, mask, valid_vocab },
+            ids: SpecialIds {
+                eos,
+                mask,
+                valid_vocab,
+            },
             end_of_turn,
         })
     }
@@ -122,20 +127,27 @@ impl ChatTokenizer {
 
     /// Renders `messages` through the model's chat template.
     pub fn render_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let template = self
-            .template
-            .as_deref()
-            .ok_or_else(|| Error::Template("tokenizer_config.json has no `chat_template`".into()))?;
+        let template = self.template.as_deref().ok_or_else(|| {
+            Error::Template("tokenizer_config.json has no `chat_template`".into())
+        })?;
         let mut env = minijinja::Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
         // Python string methods (`.strip()`, `.startswith()`) that HF templates use.
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_template("chat", template)
             .map_err(|e| Error::Template(e.to_string()))?;
-        let tmpl = env.get_template("chat").map_err(|e| Error::Template(e.to_string()))?;
+        let tmpl = env
+            .get_template("chat")
+            .map_err(|e| Error::Template(e.to_string()))?;
         tmpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,

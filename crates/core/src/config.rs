@@ -42,8 +42,8 @@ impl Config {
     }
 
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let v: Value =
-            serde_json::from_str(text).map_err(|e| Error::Config(format!("not valid JSON: {e}")))?;
+        let v: Value = serde_json::from_str(text)
+            .map_err(|e| Error::Config(format!("not valid JSON: {e}")))?;
         Self::from_json(&v)
     }
 
@@ -202,7 +202,11 @@ fn reject_unsupported(v: &Value) -> Result<()> {
     }
     match v.get("rope_scaling") {
         None | Some(Value::Null) => {}
-        Some(_) => return Err(Error::Config("`rope_scaling` is not supported (must be null)".into())),
+        Some(_) => {
+            return Err(Error::Config(
+                "`rope_scaling` is not supported (must be null)".into(),
+            ))
+        }
     }
     if let Some(f) = v.get("score_function") {
         if f.as_str() != Some("sigmoid") {
@@ -213,7 +217,9 @@ fn reject_unsupported(v: &Value) -> Result<()> {
     }
     if let Some(act) = v.get("hidden_act") {
         if act.as_str() != Some("silu") {
-            return Err(Error::Config(format!("`hidden_act` {act} is not supported (only \"silu\")")));
+            return Err(Error::Config(format!(
+                "`hidden_act` {act} is not supported (only \"silu\")"
+            )));
         }
     }
     Ok(())
@@ -226,10 +232,11 @@ fn usize_field(v: &Value, name: &str) -> Result<usize> {
 fn opt_usize_field(v: &Value, name: &str) -> Result<Option<usize>> {
     match v.get(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(x) => x
-            .as_u64()
-            .map(|n| Some(n as usize))
-            .ok_or_else(|| Error::Config(format!("field `{name}` must be a non-negative integer, got {x}"))),
+        Some(x) => x.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
+            Error::Config(format!(
+                "field `{name}` must be a non-negative integer, got {x}"
+            ))
+        }),
     }
 }
 
@@ -299,10 +306,16 @@ mod tests {
 
         let mut v = base();
         v["n_group"] = 3.into();
-        assert!(Config::from_json(&v).unwrap_err().to_string().contains("n_group"));
+        assert!(Config::from_json(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("n_group"));
 
         let mut v = base();
         v["vocab_size"] = "many".into();
-        assert!(Config::from_json(&v).unwrap_err().to_string().contains("vocab_size"));
+        assert!(Config::from_json(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("vocab_size"));
     }
 }

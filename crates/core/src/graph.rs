@@ -83,11 +83,24 @@ pub struct Heads {
 #[derive(Debug, Clone, Serialize)]
 pub enum Op {
     /// `out[i] = table[ids[i]]`.
-    Embed { ids: BufId, table: WeightId, out: BufId },
+    Embed {
+        ids: BufId,
+        table: WeightId,
+        out: BufId,
+    },
     /// `out = x / sqrt(mean(x^2) + eps) * weight`, over groups of `weight.len()` columns.
-    RmsNorm { x: BufId, weight: WeightId, out: BufId, eps: f32 },
+    RmsNorm {
+        x: BufId,
+        weight: WeightId,
+        out: BufId,
+        eps: f32,
+    },
     /// `out = x @ weight^T` for a `[out_features, in_features]` weight.
-    MatMul { x: BufId, weight: WeightId, out: BufId },
+    MatMul {
+        x: BufId,
+        weight: WeightId,
+        out: BufId,
+    },
     /// In place on a fused QKV buffer: per-head RMS norm of the q and k heads (when
     /// `q_norm`/`k_norm` are set) then NeoX RoPE on the first `rot_dim` dims, at position
     /// `start + row`.
@@ -102,7 +115,12 @@ pub enum Op {
     },
     /// Block-masked attention of the window's queries over the layer's KV cache plus the
     /// window's own keys; writes the window's K/V into the cache at `start..start + n`.
-    Attention { qkv: BufId, layer: usize, heads: Heads, out: BufId },
+    Attention {
+        qkv: BufId,
+        layer: usize,
+        heads: Heads,
+        out: BufId,
+    },
     /// `out = a + b`.
     Add { a: BufId, b: BufId, out: BufId },
     /// `out = silu(gate) * up`.
@@ -170,7 +188,13 @@ pub struct GraphBuilder {
 }
 
 impl GraphBuilder {
-    pub fn buffer(&mut self, name: impl Into<String>, rows: Rows, cols: usize, elem: Elem) -> BufId {
+    pub fn buffer(
+        &mut self,
+        name: impl Into<String>,
+        rows: Rows,
+        cols: usize,
+        elem: Elem,
+    ) -> BufId {
         self.buffers.push(BufferDesc {
             name: name.into(),
             rows,
@@ -184,7 +208,12 @@ impl GraphBuilder {
         self.buffer(name, rows, cols, Elem::F32)
     }
 
-    pub fn weight(&mut self, name: impl Into<String>, shape: Vec<usize>, role: WeightRole) -> WeightId {
+    pub fn weight(
+        &mut self,
+        name: impl Into<String>,
+        shape: Vec<usize>,
+        role: WeightRole,
+    ) -> WeightId {
         let name = name.into();
         if let Some(i) = self.weights.iter().position(|w| w.name == name) {
             return WeightId(i);

@@ -20,7 +20,10 @@ pub struct Model {
 impl Model {
     pub fn open(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
-            return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found")));
+            return Err(Error::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found"),
+            ));
         }
         let config = Config::from_file(&dir.join("config.json"))?;
         let tokenizer = ChatTokenizer::from_dir(dir)?;
@@ -28,9 +31,18 @@ impl Model {
         Self::from_parts(dir.to_path_buf(), config, weights, tokenizer)
     }
 
-    pub fn from_parts(dir: PathBuf, config: Config, weights: WeightStore, tokenizer: ChatTokenizer) -> Result<Self> {
+    pub fn from_parts(
+        dir: PathBuf,
+        config: Config,
+        weights: WeightStore,
+        tokenizer: ChatTokenizer,
+    ) -> Result<Self> {
         let graph = llada2::build(&config);
-        let expected: Vec<(String, Vec<usize>)> = graph.weights.iter().map(|w| (w.name.clone(), w.shape.clone())).collect();
+        let expected: Vec<(String, Vec<usize>)> = graph
+            .weights
+            .iter()
+            .map(|w| (w.name.clone(), w.shape.clone()))
+            .collect();
         weights.check_shapes(&expected)?;
         let ids = tokenizer.ids;
         for (what, id) in [("eos", ids.eos), ("mask", ids.mask)] {
@@ -78,13 +90,15 @@ pub fn summarize(c: &Config, w: &WeightStore) -> Summary {
     let (parameters, active_parameters) = llada2::parameter_counts(c);
     let bytes_by_dtype = w.bytes_by_dtype();
     let weight_bytes: u64 = bytes_by_dtype.values().map(|&b| b as u64).sum();
-    let kv_bytes_per_position = (c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * 4) as u64;
+    let kv_bytes_per_position =
+        (c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * 4) as u64;
     Summary {
         parameters,
         active_parameters,
         weight_bytes,
         bytes_by_dtype,
         kv_bytes_per_position,
-        memory_full_context: weight_bytes + kv_bytes_per_position * c.max_position_embeddings as u64,
+        memory_full_context: weight_bytes
+            + kv_bytes_per_position * c.max_position_embeddings as u64,
     }
 }

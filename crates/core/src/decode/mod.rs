@@ -4,9 +4,11 @@
 //! over the finished block plus the new window (2B positions) and keeps the finished block in the
 //! cache, so a block costs exactly as many forwards as the reference (which has no cache).
 
+pub mod defaults;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
+pub mod stream;
 
 use crate::backend::{Backend, Capture, SampleParams, Step};
 use crate::chat::SpecialIds;
@@ -174,14 +176,20 @@ pub fn generate(
                     format!("returned {} samples for a window of {b}", out.samples.len()),
                 ));
             }
-            let cand: Vec<(usize, f32)> = masked.iter().map(|&i| (i, out.samples[i - ws].confidence)).collect();
+            let cand: Vec<(usize, f32)> = masked
+                .iter()
+                .map(|&i| (i, out.samples[i - ws].confidence))
+                .collect();
             let chosen = schedule::select_commits(&cand, p.threshold, n_commit);
             let window = x[ws..we].to_vec();
             let proposals = masked
                 .iter()
                 .map(|&i| (i, out.samples[i - ws].token, out.samples[i - ws].confidence))
                 .collect();
-            let committed: Vec<(usize, u32)> = chosen.iter().map(|&i| (i, out.samples[i - ws].token)).collect();
+            let committed: Vec<(usize, u32)> = chosen
+                .iter()
+                .map(|&i| (i, out.samples[i - ws].token))
+                .collect();
             for &(i, t) in &committed {
                 x[i] = t;
             }

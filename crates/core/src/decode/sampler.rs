@@ -32,7 +32,10 @@ pub fn greedy(logits: &[f32], p: &SampleParams) -> Sampled {
         }
     }
     if best == usize::MAX {
-        return Sampled { token: 0, confidence: 0.0 };
+        return Sampled {
+            token: 0,
+            confidence: 0.0,
+        };
     }
     let sum: f64 = logits.iter().map(|&v| ((v - max_all) as f64).exp()).sum();
     Sampled {

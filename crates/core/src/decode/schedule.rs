@@ -13,7 +13,11 @@ pub fn transfer_schedule(block_length: usize, steps: usize) -> Vec<usize> {
 /// every one above `threshold` if there are at least `n` of them, else the `min(n, masked)`
 /// most confident (ties to the lower index). Returned in ascending index order.
 pub fn select_commits(masked: &[(usize, f32)], threshold: f32, n: usize) -> Vec<usize> {
-    let above: Vec<usize> = masked.iter().filter(|m| m.1 > threshold).map(|m| m.0).collect();
+    let above: Vec<usize> = masked
+        .iter()
+        .filter(|m| m.1 > threshold)
+        .map(|m| m.0)
+        .collect();
     let mut chosen = if above.len() >= n {
         above
     } else {
@@ -50,7 +54,10 @@ mod tests {
         assert_eq!(select_commits(&m, 0.95, 3), vec![0, 1, 2]);
         // Strict comparison: equal to the threshold is not above.
         assert_eq!(select_commits(&[(4, 0.9), (5, 0.8)], 0.9, 1), vec![4]);
-        assert_eq!(select_commits(&[(4, 0.9), (5, 0.8)], 0.9, 0), Vec::<usize>::new());
+        assert_eq!(
+            select_commits(&[(4, 0.9), (5, 0.8)], 0.9, 0),
+            Vec::<usize>::new()
+        );
         // Ties go to the lower index; never more than are masked.
         assert_eq!(select_commits(&[(7, 0.3), (2, 0.3)], 1.0, 1), vec![2]);
         assert_eq!(select_commits(&[(7, 0.3)], 1.0, 5), vec![7]);

@@ -5,7 +5,11 @@ use crate::graph::{Elem, ExpertSet, Graph, GraphBuilder, Heads, Op, Routing, Row
 
 /// Every tensor the forward pass reads, with the shape the config implies (PyTorch `[out, in]`).
 pub fn expected_tensors(c: &Config) -> Vec<(String, Vec<usize>)> {
-    build(c).weights.into_iter().map(|w| (w.name, w.shape)).collect()
+    build(c)
+        .weights
+        .into_iter()
+        .map(|w| (w.name, w.shape))
+        .collect()
 }
 
 /// Parameter counts: (total, active per token).
@@ -36,7 +40,11 @@ pub fn build(c: &Config) -> Graph {
         dim: c.head_dim,
     };
     let input_ids = g.buffer("input_ids", Rows::Tokens, 1, Elem::U32);
-    let embed = g.weight("model.word_embeddings.weight", vec![c.vocab_size, h], WeightRole::Embedding);
+    let embed = g.weight(
+        "model.word_embeddings.weight",
+        vec![c.vocab_size, h],
+        WeightRole::Embedding,
+    );
     let mut x = g.f32("hidden.0", Rows::Tokens, h);
     g.op(Op::Embed {
         ids: input_ids,
@@ -50,7 +58,11 @@ pub fn build(c: &Config) -> Graph {
         let l = |s: &str| format!("L{i}.{s}");
 
         // Attention block.
-        let ln1 = g.weight(format!("{p}.input_layernorm.weight"), vec![h], WeightRole::Vector);
+        let ln1 = g.weight(
+            format!("{p}.input_layernorm.weight"),
+            vec![h],
+            WeightRole::Vector,
+        );
         let a = g.f32(l("attn_norm"), Rows::Tokens, h);
         g.op(Op::RmsNorm {
             x,
@@ -71,8 +83,16 @@ pub fn build(c: &Config) -> Graph {
         });
         let (q_norm, k_norm) = if c.use_qk_norm {
             (
-                Some(g.weight(format!("{p}.attention.query_layernorm.weight"), vec![c.head_dim], WeightRole::Vector)),
-                Some(g.weight(format!("{p}.attention.key_layernorm.weight"), vec![c.head_dim], WeightRole::Vector)),
+                Some(g.weight(
+                    format!("{p}.attention.query_layernorm.weight"),
+                    vec![c.head_dim],
+                    WeightRole::Vector,
+                )),
+                Some(g.weight(
+                    format!("{p}.attention.key_layernorm.weight"),
+                    vec![c.head_dim],
+                    WeightRole::Vector,
+                )),
             )
         } else {
             (None, None)
@@ -112,7 +132,11 @@ pub fn build(c: &Config) -> Graph {
         });
 
         // Feed-forward block.
-        let ln2 = g.weight(format!("{p}.post_attention_layernorm.weight"), vec![h], WeightRole::Vector);
+        let ln2 = g.weight(
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![h],
+            WeightRole::Vector,
+        );
         let f = g.f32(l("ffn_norm"), Rows::Tokens, h);
         g.op(Op::RmsNorm {
             x: x_mid,
@@ -123,7 +147,14 @@ pub fn build(c: &Config) -> Graph {
         let y = if c.is_moe_layer(i) {
             moe_block(&mut g, c, &p, &l, f)
         } else {
-            swiglu(&mut g, &format!("{p}.mlp"), &l("dense"), f, h, c.intermediate_size)
+            swiglu(
+                &mut g,
+                &format!("{p}.mlp"),
+                &l("dense"),
+                f,
+                h,
+                c.intermediate_size,
+            )
         };
         let x_out = g.f32(format!("hidden.{}", i + 1), Rows::Tokens, h);
         g.op(Op::Add {
@@ -162,7 +193,10 @@ pub fn build(c: &Config) -> Graph {
         out: logits,
     });
     let samples = g.buffer("samples", Rows::Out, 2, Elem::U32);
-    g.op(Op::Sample { logits, out: samples });
+    g.op(Op::Sample {
+        logits,
+        out: samples,
+    });
 
     Graph {
         buffers: g.buffers,
@@ -177,19 +211,33 @@ pub fn build(c: &Config) -> Graph {
 }
 
 /// Routed experts plus the shared expert.
-fn moe_block(g: &mut GraphBuilder, c: &Config, p: &str, l: &dyn Fn(&str) -> String, f: crate::graph::BufId) -> crate::graph::BufId {
+fn moe_block(
+    g: &mut GraphBuilder,
+    c: &Config,
+    p: &str,
+    l: &dyn Fn(&str) -> String,
+    f: crate::graph::BufId,
+) -> crate::graph::BufId {
     let h = c.hidden_size;
     let e = c.num_experts;
-    let router = g.weight(format!("{p}.mlp.gate.weight"), vec![e, h], WeightRole::Router);
+    let router = g.weight(
+        format!("{p}.mlp.gate.weight"),
+        vec![e, h],
+        WeightRole::Router,
+    );
     let logits = g.f32(l("router_logits"), Rows::Tokens, e);
     g.op(Op::MatMul {
         x: f,
         weight: router,
         out: logits,
     });
-    let bias = c
-        .expert_bias
-        .then(|| g.weight(format!("{p}.mlp.gate.expert_bias"), vec![e], WeightRole::Vector));
+    let bias = c.expert_bias.then(|| {
+        g.weight(
+            format!("{p}.mlp.gate.expert_bias"),
+            vec![e],
+            WeightRole::Vector,
+        )
+    });
     let k = c.num_experts_per_tok;
     let ids = g.buffer(l("expert_ids"), Rows::Tokens, k, Elem::U32);
     let weights = g.f32(l("expert_weights"), Rows::Tokens, k);
@@ -214,9 +262,21 @@ fn moe_block(g: &mut GraphBuilder, c: &Config, p: &str, l: &dyn Fn(&str) -> Stri
     };
     for j in 0..e {
         let ep = format!("{p}.mlp.experts.{j}");
-        experts.gate.push(g.weight(format!("{ep}.gate_proj.weight"), vec![m, h], WeightRole::Matrix));
-        experts.up.push(g.weight(format!("{ep}.up_proj.weight"), vec![m, h], WeightRole::Matrix));
-        experts.down.push(g.weight(format!("{ep}.down_proj.weight"), vec![h, m], WeightRole::Matrix));
+        experts.gate.push(g.weight(
+            format!("{ep}.gate_proj.weight"),
+            vec![m, h],
+            WeightRole::Matrix,
+        ));
+        experts.up.push(g.weight(
+            format!("{ep}.up_proj.weight"),
+            vec![m, h],
+            WeightRole::Matrix,
+        ));
+        experts.down.push(g.weight(
+            format!("{ep}.down_proj.weight"),
+            vec![h, m],
+            WeightRole::Matrix,
+        ));
     }
     let routed = g.f32(l("moe_routed"), Rows::Tokens, h);
     g.op(Op::MoeExperts {
@@ -229,7 +289,14 @@ fn moe_block(g: &mut GraphBuilder, c: &Config, p: &str, l: &dyn Fn(&str) -> Stri
     if c.num_shared_experts == 0 {
         return routed;
     }
-    let shared = swiglu(g, &format!("{p}.mlp.shared_experts"), &l("shared"), f, h, c.shared_intermediate());
+    let shared = swiglu(
+        g,
+        &format!("{p}.mlp.shared_experts"),
+        &l("shared"),
+        f,
+        h,
+        c.shared_intermediate(),
+    );
     let y = g.f32(l("moe_out"), Rows::Tokens, h);
     g.op(Op::Add {
         a: routed,
@@ -240,17 +307,48 @@ fn moe_block(g: &mut GraphBuilder, c: &Config, p: &str, l: &dyn Fn(&str) -> Stri
 }
 
 /// `down(silu(gate(x)) * up(x))` from `{prefix}.{gate,up,down}_proj.weight`.
-fn swiglu(g: &mut GraphBuilder, prefix: &str, tag: &str, x: crate::graph::BufId, h: usize, inter: usize) -> crate::graph::BufId {
-    let wg = g.weight(format!("{prefix}.gate_proj.weight"), vec![inter, h], WeightRole::Matrix);
-    let wu = g.weight(format!("{prefix}.up_proj.weight"), vec![inter, h], WeightRole::Matrix);
-    let wd = g.weight(format!("{prefix}.down_proj.weight"), vec![h, inter], WeightRole::Matrix);
+fn swiglu(
+    g: &mut GraphBuilder,
+    prefix: &str,
+    tag: &str,
+    x: crate::graph::BufId,
+    h: usize,
+    inter: usize,
+) -> crate::graph::BufId {
+    let wg = g.weight(
+        format!("{prefix}.gate_proj.weight"),
+        vec![inter, h],
+        WeightRole::Matrix,
+    );
+    let wu = g.weight(
+        format!("{prefix}.up_proj.weight"),
+        vec![inter, h],
+        WeightRole::Matrix,
+    );
+    let wd = g.weight(
+        format!("{prefix}.down_proj.weight"),
+        vec![h, inter],
+        WeightRole::Matrix,
+    );
     let gate = g.f32(format!("{tag}.gate"), Rows::Tokens, inter);
     let up = g.f32(format!("{tag}.up"), Rows::Tokens, inter);
     let act = g.f32(format!("{tag}.act"), Rows::Tokens, inter);
     let out = g.f32(format!("{tag}.out"), Rows::Tokens, h);
-    g.op(Op::MatMul { x, weight: wg, out: gate });
-    g.op(Op::MatMul { x, weight: wu, out: up });
+    g.op(Op::MatMul {
+        x,
+        weight: wg,
+        out: gate,
+    });
+    g.op(Op::MatMul {
+        x,
+        weight: wu,
+        out: up,
+    });
     g.op(Op::SwiGlu { gate, up, out: act });
-    g.op(Op::MatMul { x: act, weight: wd, out });
+    g.op(Op::MatMul {
+        x: act,
+        weight: wd,
+        out,
+    });
     out
 }

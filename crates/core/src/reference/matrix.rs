@@ -23,7 +23,12 @@ impl Matrix {
             [c] => (1, *c),
             s => (1, s.iter().product()),
         };
-        let halves = || -> Vec<u16> { t.bytes().chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect() };
+        let halves = || -> Vec<u16> {
+            t.bytes()
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect()
+        };
         let data = match t.dtype {
             DType::F32 => Data::F32(t.to_f32()),
             DType::BF16 => Data::Bf16(halves()),

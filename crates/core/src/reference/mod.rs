@@ -28,7 +28,11 @@ pub struct ReferenceBackend {
 
 impl ReferenceBackend {
     /// Takes the graph's weights from `store` (shapes were checked when the model was loaded).
-    pub fn new(graph: Graph, store: &WeightStore, progress: &mut dyn FnMut(usize, usize)) -> Result<Self> {
+    pub fn new(
+        graph: Graph,
+        store: &WeightStore,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
         let total = graph.weights.len();
         let mut weights = Vec::with_capacity(total);
         for (i, w) in graph.weights.iter().enumerate() {
@@ -109,7 +113,9 @@ impl Backend for ReferenceBackend {
         }
         let vocab = self.graph.buffer(self.graph.logits).cols;
         if let Some(&t) = s.tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::Invalid(format!("token id {t} is outside the embedding table ({vocab} rows)")));
+            return Err(Error::Invalid(format!(
+                "token id {t} is outside the embedding table ({vocab} rows)"
+            )));
         }
         let mut dispatches = 0;
         let ops = std::mem::take(&mut self.graph.ops);
@@ -139,7 +145,12 @@ impl Backend for ReferenceBackend {
             out.logits = Some(self.f[self.graph.logits.0].clone());
         }
         if s.capture == Capture::Hidden {
-            out.hidden = self.graph.hidden.iter().map(|b| self.f[b.0].clone()).collect();
+            out.hidden = self
+                .graph
+                .hidden
+                .iter()
+                .map(|b| self.f[b.0].clone())
+                .collect();
         }
         self.stats = StepStats {
             dispatches,
@@ -189,7 +200,12 @@ impl ReferenceBackend {
                 }
                 self.f[out.0] = o;
             }
-            Op::RmsNorm { x, weight, out, eps } => {
+            Op::RmsNorm {
+                x,
+                weight,
+                out,
+                eps,
+            } => {
                 let mut o = self.out_f(*out, s);
                 let w = self.vector(*weight);
                 ops::rms_norm(&self.f[x.0], &w, *eps, &mut o);
@@ -211,10 +227,23 @@ impl ReferenceBackend {
                 let qn = q_norm.map(|w| self.vector(w));
                 let kn = k_norm.map(|w| self.vector(w));
                 let mut buf = std::mem::take(&mut self.f[qkv.0]);
-                ops::qk_norm_rope(&mut buf, *heads, qn.as_deref(), kn.as_deref(), *eps, &self.inv_freq[index], s.start);
+                ops::qk_norm_rope(
+                    &mut buf,
+                    *heads,
+                    qn.as_deref(),
+                    kn.as_deref(),
+                    *eps,
+                    &self.inv_freq[index],
+                    s.start,
+                );
                 self.f[qkv.0] = buf;
             }
-            Op::Attention { qkv, layer, heads, out } => {
+            Op::Attention {
+                qkv,
+                layer,
+                heads,
+                out,
+            } => {
                 let n = s.tokens.len();
                 let d = heads.dim;
                 let width = (heads.q + 2 * heads.kv) * d;
@@ -281,7 +310,14 @@ impl ReferenceBackend {
                     down: experts.down.iter().map(|w| &self.weights[w.0]).collect(),
                 };
                 let top_k = self.graph.buffer(*ids).cols;
-                ops::moe_experts(&self.f[x.0], &self.u[ids.0], &self.f[weights.0], top_k, &ex, &mut o);
+                ops::moe_experts(
+                    &self.f[x.0],
+                    &self.u[ids.0],
+                    &self.f[weights.0],
+                    top_k,
+                    &ex,
+                    &mut o,
+                );
                 self.f[out.0] = o;
             }
             Op::TakeLastRows { x, out } => {

@@ -202,7 +202,10 @@ pub fn route(logits: &[f32], bias: Option<&[f32]>, r: &Routing) -> (Vec<u32>, Ve
     }
     let chosen = top_indices(&masked, r.top_k);
     let sum: f32 = chosen.iter().map(|&i| s[i]).sum();
-    let weights = chosen.iter().map(|&i| s[i] / (sum + 1e-20) * r.scaling).collect();
+    let weights = chosen
+        .iter()
+        .map(|&i| s[i] / (sum + 1e-20) * r.scaling)
+        .collect();
     (chosen.into_iter().map(|i| i as u32).collect(), weights)
 }
 
@@ -227,7 +230,14 @@ pub struct Experts<'a> {
 
 /// `out[i] = sum_k w[i,k] * swiglu_{ids[i,k]}(x[i])`, computed per expert over the tokens routed
 /// to it (each touched expert's weights are read once), summed per token in expert order.
-pub fn moe_experts(x: &[f32], ids: &[u32], weights: &[f32], top_k: usize, ex: &Experts, out: &mut [f32]) {
+pub fn moe_experts(
+    x: &[f32],
+    ids: &[u32],
+    weights: &[f32],
+    top_k: usize,
+    ex: &Experts,
+    out: &mut [f32],
+) {
     let h = ex.down.first().map_or(0, |d| d.rows);
     let n = x.len() / h.max(1);
     let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); ex.gate.len()];
@@ -236,16 +246,25 @@ pub fn moe_experts(x: &[f32], ids: &[u32], weights: &[f32], top_k: usize, ex: &E
             routed[ids[t * top_k + k] as usize].push((t, weights[t * top_k + k]));
         }
     }
-    let active: Vec<usize> = (0..routed.len()).filter(|&e| !routed[e].is_empty()).collect();
+    let active: Vec<usize> = (0..routed.len())
+        .filter(|&e| !routed[e].is_empty())
+        .collect();
     let inter = ex.gate.first().map_or(0, |g| g.rows);
     let work = n * top_k * 3 * inter * h;
     let parts = map_chunks(active.len(), work, |range| {
         let mut contrib = Vec::new();
         for &e in &active[range] {
             let toks = &routed[e];
-            let xs: Vec<f32> = toks.iter().flat_map(|&(t, _)| x[t * h..(t + 1) * h].iter().copied()).collect();
+            let xs: Vec<f32> = toks
+                .iter()
+                .flat_map(|&(t, _)| x[t * h..(t + 1) * h].iter().copied())
+                .collect();
             let m = toks.len();
-            let (mut g, mut u, mut a) = (vec![0f32; m * inter], vec![0f32; m * inter], vec![0f32; m * inter]);
+            let (mut g, mut u, mut a) = (
+                vec![0f32; m * inter],
+                vec![0f32; m * inter],
+                vec![0f32; m * inter],
+            );
             matmul(&xs, ex.gate[e], &mut g);
             matmul(&xs, ex.up[e], &mut u);
             swiglu(&g, &u, &mut a);
@@ -258,7 +277,10 @@ pub fn moe_experts(x: &[f32], ids: &[u32], weights: &[f32], top_k: usize, ex: &E
     out.fill(0.0);
     for (e, y) in parts.into_iter().flatten() {
         for (j, &(t, w)) in routed[e].iter().enumerate() {
-            for (o, &v) in out[t * h..(t + 1) * h].iter_mut().zip(&y[j * h..(j + 1) * h]) {
+            for (o, &v) in out[t * h..(t + 1) * h]
+                .iter_mut()
+                .zip(&y[j * h..(j + 1) * h])
+            {
                 *o += w * v;
             }
         }
@@ -330,7 +352,11 @@ mod tests {
     fn block_mask_hides_later_blocks_only() {
         // One head of width 1, q = k = 1 everywhere, v = position: the output is the mean of the
         // visible positions, which reveals the mask.
-        let heads = Heads { q: 1, kv: 1, dim: 1 };
+        let heads = Heads {
+            q: 1,
+            kv: 1,
+            dim: 1,
+        };
         let n = 6;
         let qkv: Vec<f32> = (0..n).flat_map(|t| [1.0, 1.0, t as f32]).collect();
         let k: Vec<f32> = vec![1.0; n];

@@ -16,20 +16,31 @@ pub fn threads() -> usize {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .filter(|&n| n > 0)
-                .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+                .unwrap_or_else(|| {
+                    std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(1)
+                })
         })
     }
 }
 
 /// Runs `f` over contiguous chunks of `0..len` and returns the results in chunk order.
 /// `work` estimates the cost: small loops stay on the calling thread.
-pub fn map_chunks<T: Send, F: Fn(Range<usize>) -> T + Sync>(len: usize, work: usize, f: F) -> Vec<T> {
+pub fn map_chunks<T: Send, F: Fn(Range<usize>) -> T + Sync>(
+    len: usize,
+    work: usize,
+    f: F,
+) -> Vec<T> {
     let t = threads().min(len.max(1));
     if t <= 1 || work < (1 << 16) {
         return vec![f(0..len)];
     }
     let chunk = len.div_ceil(t);
-    let ranges: Vec<Range<usize>> = (0..t).map(|i| i * chunk..((i + 1) * chunk).min(len)).filter(|r| !r.is_empty()).collect();
+    let ranges: Vec<Range<usize>> = (0..t)
+        .map(|i| i * chunk..((i + 1) * chunk).min(len))
+        .filter(|r| !r.is_empty())
+        .collect();
     #[cfg(target_arch = "wasm32")]
     {
         ranges.into_iter().map(f).collect()
@@ -39,7 +50,10 @@ pub fn map_chunks<T: Send, F: Fn(Range<usize>) -> T + Sync>(len: usize, work: us
         std::thread::scope(|s| {
             let f = &f;
             let handles: Vec<_> = ranges.into_iter().map(|r| s.spawn(move || f(r))).collect();
-            handles.into_iter().map(|h| h.join().expect("worker thread panicked")).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("worker thread panicked"))
+                .collect()
         })
     }
 }

@@ -39,7 +39,13 @@ pub struct Tensor {
 }
 
 impl Tensor {
-    pub fn new(dtype: DType, shape: Vec<usize>, storage: Arc<Storage>, start: usize, len: usize) -> Result<Self> {
+    pub fn new(
+        dtype: DType,
+        shape: Vec<usize>,
+        storage: Arc<Storage>,
+        start: usize,
+        len: usize,
+    ) -> Result<Self> {
         let numel: usize = shape.iter().product();
         let want = dtype.bytes_for(numel);
         if want != len {
@@ -48,9 +54,17 @@ impl Tensor {
             )));
         }
         if start + len > storage.bytes().len() {
-            return Err(Error::Weights("tensor data lies beyond the end of its file".into()));
+            return Err(Error::Weights(
+                "tensor data lies beyond the end of its file".into(),
+            ));
         }
-        Ok(Tensor { dtype, shape, storage, start, len })
+        Ok(Tensor {
+            dtype,
+            shape,
+            storage,
+            start,
+            len,
+        })
     }
 
     /// A tensor that owns its bytes (synthetic models, quantizer output, tests).

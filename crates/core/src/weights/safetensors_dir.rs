@@ -11,7 +11,10 @@ use std::sync::Arc;
 pub fn load_dir(dir: &Path) -> Result<WeightStore> {
     let index = dir.join("model.safetensors.index.json");
     let files: Vec<PathBuf> = if index.exists() {
-        shard_list(&index)?.into_iter().map(|f| dir.join(f)).collect()
+        shard_list(&index)?
+            .into_iter()
+            .map(|f| dir.join(f))
+            .collect()
     } else {
         let single = dir.join("model.safetensors");
         if !single.exists() {
@@ -36,9 +39,9 @@ fn shard_list(index: &Path) -> Result<BTreeSet<String>> {
         .ok_or_else(|| Error::Weights(format!("{}: no `weight_map` object", index.display())))?;
     map.values()
         .map(|f| {
-            f.as_str()
-                .map(str::to_string)
-                .ok_or_else(|| Error::Weights(format!("{}: non-string shard name", index.display())))
+            f.as_str().map(str::to_string).ok_or_else(|| {
+                Error::Weights(format!("{}: non-string shard name", index.display()))
+            })
         })
         .collect()
 }
@@ -63,7 +66,9 @@ fn open(path: &Path) -> Result<Storage> {
 
 #[cfg(target_arch = "wasm32")]
 fn open(path: &Path) -> Result<Storage> {
-    std::fs::read(path).map(Storage::Owned).map_err(|e| Error::io(path, e))
+    std::fs::read(path)
+        .map(Storage::Owned)
+        .map_err(|e| Error::io(path, e))
 }
 
 /// Parses one safetensors buffer's header and registers its tensors.
@@ -82,8 +87,14 @@ pub fn add_shard(store: &mut WeightStore, storage: Arc<Storage>, label: &str) ->
                 bytes.len()
             )));
         }
-        let t = Tensor::new(dtype, info.shape.clone(), storage.clone(), data_start + b, e - b)
-            .map_err(|err| Error::Weights(format!("{label}: tensor `{name}`: {err}")))?;
+        let t = Tensor::new(
+            dtype,
+            info.shape.clone(),
+            storage.clone(),
+            data_start + b,
+            e - b,
+        )
+        .map_err(|err| Error::Weights(format!("{label}: tensor `{name}`: {err}")))?;
         store.insert(name, t);
     }
     Ok(())

@@ -1,0 +1,11 @@
+pub mod generate;
+pub mod inspect;
+
+use anyhow::{Context, Result};
+use std::path::Path;
+use unmask_core::Model;
+
+/// Opens a model directory with the path in any error.
+pub fn open_model(dir: &Path) -> Result<Model> {
+    Model::open(dir).with_context(|| format!("loading model {}", dir.display()))
+}

@@ -14,6 +14,7 @@ pub mod graph;
 pub mod loader;
 pub mod model;
 pub mod reference;
+pub mod synthetic;
 pub mod weights;
 
 pub use backend::{Backend, Capture, SampleParams, Sampled, Step, StepOutput};

@@ -74,6 +74,7 @@ fn open(path: &Path) -> Result<Storage> {
 /// Parses one safetensors buffer's header and registers its tensors.
 pub fn add_shard(store: &mut WeightStore, storage: Arc<Storage>, label: &str) -> Result<()> {
     let bytes = storage.bytes();
+    check_not_truncated(bytes, label)?;
     let (header_len, meta) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| Error::Weights(format!("{label}: not a valid safetensors file ({e})")))?;
     let data_start = 8 + header_len;
@@ -96,6 +97,46 @@ pub fn add_shard(store: &mut WeightStore, storage: Arc<Storage>, label: &str) ->
         )
         .map_err(|err| Error::Weights(format!("{label}: tensor `{name}`: {err}")))?;
         store.insert(name, t);
+    }
+    Ok(())
+}
+
+/// Names truncation plainly (the safetensors crate only says the file is "not fully covered").
+fn check_not_truncated(bytes: &[u8], label: &str) -> Result<()> {
+    let truncated = |what: String| {
+        Err(Error::Weights(format!(
+            "{label}: file is truncated ({what})"
+        )))
+    };
+    if bytes.len() < 8 {
+        return truncated(format!(
+            "{} bytes, shorter than the 8-byte header length",
+            bytes.len()
+        ));
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    if n > bytes.len() - 8 {
+        return truncated(format!(
+            "header of {n} bytes, file of {} bytes",
+            bytes.len()
+        ));
+    }
+    let Ok(header) = serde_json::from_slice::<serde_json::Value>(&bytes[8..8 + n]) else {
+        return Ok(()); // malformed, not truncated: the parser below says so
+    };
+    let data_end = header
+        .as_object()
+        .into_iter()
+        .flat_map(|o| o.values())
+        .filter_map(|t| t.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .unwrap_or(0) as usize;
+    if 8 + n + data_end > bytes.len() {
+        return truncated(format!(
+            "the header describes {} bytes, the file has {}",
+            8 + n + data_end,
+            bytes.len()
+        ));
     }
     Ok(())
 }

@@ -1,0 +1,278 @@
+//! End to end through the `unmask` binary: golden cases, batch files, inspect, and bad input.
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+use unmask_tests::{fixture, golden_models, read_json, GenerateGolden};
+
+fn unmask(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_unmask"))
+        .args(args)
+        .output()
+        .expect("run unmask")
+}
+
+fn stdout_json(o: &Output) -> Value {
+    assert!(
+        o.status.success(),
+        "unmask failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+/// A clean failure: non-zero exit, an `error:` line naming `needle`, and no panic.
+fn assert_clean_error(o: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    assert!(err.contains("error:"), "{err}");
+    assert!(
+        err.contains(needle),
+        "stderr should mention {needle:?}: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn json_generation_reproduces_every_golden_case() {
+    for dir in golden_models() {
+        let path = dir.join("golden/generate.json");
+        if !path.exists() {
+            continue;
+        }
+        let golden: GenerateGolden = read_json(&path);
+        for case in &golden.cases {
+            let ids: Vec<String> = case.prompt_ids.iter().map(u32::to_string).collect();
+            let mut args = vec![
+                "generate".to_string(),
+                "--model".into(),
+                dir.display().to_string(),
+                "--prompt-ids".into(),
+                ids.join(","),
+                "--gen-length".into(),
+                case.gen_length.to_string(),
+                "--block-length".into(),
+                case.block_length.to_string(),
+                "--steps".into(),
+                case.steps.to_string(),
+                "--threshold".into(),
+                case.threshold.to_string(),
+                "--backend".into(),
+                "cpu".into(),
+                "--json".into(),
+            ];
+            if case.eos_early_stop {
+                args.push("--eos-early-stop".into());
+            }
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let v = stdout_json(&unmask(&refs));
+            let tokens: Vec<u32> = serde_json::from_value(v["tokens"].clone()).unwrap();
+            assert_eq!(tokens, case.output_ids, "{}", case.name);
+            assert_eq!(
+                v["forwards"].as_u64().unwrap() as usize,
+                case.forwards,
+                "{}",
+                case.name
+            );
+            assert!(v["elapsed_ms"].as_f64().unwrap() >= 0.0);
+            assert!(v["text"].is_string());
+        }
+    }
+}
+
+#[test]
+fn chat_on_the_addition_model_answers() {
+    let dir = fixture("tiny-llada2-add");
+    let o = unmask(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--chat",
+        "What is 23+45?",
+        "--backend",
+        "cpu",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "68");
+}
+
+#[test]
+fn batch_file_answers_each_line_in_order_and_reports_bad_lines() {
+    let dir = fixture("tiny-llada2-add");
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.jsonl");
+    let output = tmp.path().join("out.jsonl");
+    std::fs::write(
+        &input,
+        concat!(
+            "{\"chat\": \"What is 23+45?\"}\n",
+            "{\"prompt\": \"What\", \"block_length\": 0}\n",
+            "not json\n",
+            "\n",
+            "{\"chat\": [{\"role\": \"user\", \"content\": \"What is 10+12?\"}], \"gen_length\": 16, \"id\": 7}\n",
+            "{\"prompt_ids\": [1, 2], \"chat\": \"both\"}\n",
+        ),
+    )
+    .unwrap();
+    let o = unmask(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--backend",
+        "cpu",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    assert_eq!(lines[0]["text"], "68");
+    assert!(lines[0]["forwards"].as_u64().unwrap() >= 1);
+    assert!(lines[1]["error"].as_str().unwrap().contains("block_length"));
+    assert!(lines[2]["error"].as_str().unwrap().contains("malformed"));
+    assert_eq!(lines[3]["text"], "22");
+    assert_eq!(lines[3]["id"], 7);
+    assert!(lines[4]["error"].as_str().unwrap().contains("exactly one"));
+}
+
+#[test]
+fn inspect_reports_parameters_and_memory() {
+    let dir = fixture("tiny-llada2");
+    let v = stdout_json(&unmask(&[
+        "inspect",
+        "--model",
+        dir.to_str().unwrap(),
+        "--json",
+    ]));
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(v["config"]["hidden_size"], config["hidden_size"]);
+    let s = &v["summary"];
+    assert!(s["parameters"].as_u64().unwrap() > s["active_parameters"].as_u64().unwrap());
+    assert!(s["memory_full_context"].as_u64().unwrap() > s["weight_bytes"].as_u64().unwrap());
+    let o = unmask(&["inspect", "--model", dir.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("parameters"));
+}
+
+/// Copies a fixture so that a test may damage its copy.
+fn damaged_copy(name: &str, tmp: &Path) -> std::path::PathBuf {
+    let src = fixture(name);
+    let dst = tmp.join(name);
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
+    dst
+}
+
+fn edit_config(dir: &Path, f: impl FnOnce(&mut Value)) {
+    let p = dir.join("config.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
+}
+
+fn gen_on(dir: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--backend",
+        "cpu",
+    ];
+    args.extend_from_slice(extra);
+    unmask(&args)
+}
+
+#[test]
+fn bad_input_is_a_clean_error() {
+    let tmp = tempfile::tempdir().unwrap();
+
+    // Missing model directory and missing files.
+    assert_clean_error(
+        &gen_on(&tmp.path().join("nope"), &["--prompt", "x"]),
+        "not found",
+    );
+    let d = damaged_copy("tiny-llada2", &tmp.path().join("a"));
+    std::fs::remove_file(d.join("tokenizer.json")).unwrap();
+    assert_clean_error(&gen_on(&d, &["--prompt", "x"]), "tokenizer.json");
+    let d = damaged_copy("tiny-llada2", &tmp.path().join("b"));
+    std::fs::remove_file(d.join("model-00002-of-00002.safetensors")).unwrap();
+    assert_clean_error(
+        &gen_on(&d, &["--prompt", "x"]),
+        "model-00002-of-00002.safetensors",
+    );
+
+    // A truncated shard.
+    let d = damaged_copy("tiny-llada2", &tmp.path().join("c"));
+    let shard = d.join("model-00001-of-00002.safetensors");
+    let len = std::fs::metadata(&shard).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&shard)
+        .unwrap();
+    f.set_len(len / 2).unwrap();
+    assert_clean_error(&gen_on(&d, &["--prompt", "x"]), "truncated");
+    // Truncated inside the header.
+    f.set_len(20).unwrap();
+    assert_clean_error(
+        &gen_on(&d, &["--prompt", "x"]),
+        "model-00001-of-00002.safetensors",
+    );
+
+    // A shape that disagrees with the config.
+    let d = damaged_copy("tiny-llada2", &tmp.path().join("d"));
+    edit_config(&d, |v| {
+        let i = v["intermediate_size"].as_u64().unwrap();
+        v["intermediate_size"] = (i + 8).into();
+    });
+    assert_clean_error(&gen_on(&d, &["--prompt", "x"]), "the config implies");
+
+    // Unknown model type; a missing config field.
+    let d = damaged_copy("tiny-llada2", &tmp.path().join("e"));
+    edit_config(&d, |v| v["model_type"] = "llama".into());
+    assert_clean_error(&gen_on(&d, &["--prompt", "x"]), "llama");
+    edit_config(&d, |v| {
+        v["model_type"] = "llada2_moe".into();
+        v.as_object_mut().unwrap().remove("num_experts");
+    });
+    assert_clean_error(&gen_on(&d, &["--prompt", "x"]), "num_experts");
+
+    // Bad decoding parameters and a prompt beyond the context.
+    let ok = fixture("tiny-llada2");
+    assert_clean_error(
+        &gen_on(&ok, &["--prompt", "x", "--block-length", "0"]),
+        "block_length",
+    );
+    assert_clean_error(
+        &gen_on(&ok, &["--prompt", "x", "--threshold", "1.5"]),
+        "threshold",
+    );
+    assert_clean_error(&gen_on(&ok, &["--prompt", "x", "--steps", "0"]), "steps");
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(ok.join("config.json")).unwrap()).unwrap();
+    let max = config["max_position_embeddings"].as_u64().unwrap() as usize;
+    let long: Vec<String> = std::iter::repeat("1".to_string()).take(max + 1).collect();
+    assert_clean_error(
+        &gen_on(&ok, &["--prompt-ids", &long.join(","), "--gen-length", "8"]),
+        "max_position_embeddings",
+    );
+    assert_clean_error(
+        &gen_on(&ok, &["--prompt-ids", "1,99999999"]),
+        "outside the vocabulary",
+    );
+    assert_clean_error(&gen_on(&ok, &[]), "--prompt");
+}

@@ -33,7 +33,7 @@ pub fn map_chunks<T: Send, F: Fn(Range<usize>) -> T + Sync>(
     f: F,
 ) -> Vec<T> {
     let t = threads().min(len.max(1));
-    if t <= 1 || work < (1 << 16) {
+    if t <= 1 || work < (1 << 22) {
         return vec![f(0..len)];
     }
     let chunk = len.div_ceil(t);

@@ -99,4 +99,19 @@ pub trait Backend {
     fn last_stats(&self) -> StepStats {
         StepStats::default()
     }
+    /// The experts the last step routed to, one list per `MoeRoute` op in graph order, each
+    /// `[rows * top_k]` ids (`unmask bench` counts the expert bytes a step must read). `None`
+    /// where reading them back would cost the backend a transfer it does not otherwise make.
+    fn last_routing(&self) -> Option<Vec<Vec<u32>>> {
+        None
+    }
+    /// Bytes of device memory the backend holds now (weights, KV cache, arena), where it can tell.
+    fn device_memory(&self) -> Option<u64> {
+        None
+    }
+    /// Bytes per second of a large device-to-device copy (bytes read plus bytes written), measured
+    /// now; `None` where the device is the host (the caller measures a host copy instead).
+    fn measure_bandwidth(&mut self) -> Option<Result<f64>> {
+        None
+    }
 }

@@ -94,6 +94,20 @@ impl Backend for ReferenceBackend {
         self.stats.clone()
     }
 
+    fn last_routing(&self) -> Option<Vec<Vec<u32>>> {
+        // The routing buffers are host memory here: reading them is free.
+        let lists = self
+            .graph
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::MoeRoute { ids, .. } => Some(self.u[ids.0].clone()),
+                _ => None,
+            })
+            .collect();
+        Some(lists)
+    }
+
     fn step(&mut self, s: &Step) -> Result<StepOutput> {
         let n = s.tokens.len();
         if n == 0 || s.out_rows == 0 || s.out_rows > n || s.keep > n {

@@ -8,12 +8,14 @@ pub mod defaults;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
+pub mod session;
 pub mod stream;
 
-use crate::backend::{Backend, Capture, SampleParams, Step};
+use crate::backend::Backend;
 use crate::chat::SpecialIds;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
+pub use session::Decoding;
 
 /// Decoding parameters. Defaults are LLaDA2's: block 32, steps 32, threshold 0.95, greedy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,121 +120,20 @@ pub fn generate(
     p: &DecodeParams,
     on_step: &mut dyn FnMut(&StepEvent) -> Keep,
 ) -> Result<Generation> {
-    p.validate()?;
-    let (b, plen) = (p.block_length, prompt.len());
-    let total = (plen + p.gen_length).div_ceil(b) * b;
-    if total > max_positions {
-        return Err(Error::Invalid(format!(
-            "prompt ({plen} tokens) + generation ({}) padded to whole blocks of {b} is {total} positions, \
-             beyond max_position_embeddings ({max_positions})",
-            p.gen_length
-        )));
-    }
-    if let Some(&bad) = prompt.iter().find(|&&t| t >= ids.valid_vocab) {
-        return Err(Error::Invalid(format!(
-            "prompt token id {bad} is outside the vocabulary ({} ids)",
-            ids.valid_vocab
-        )));
-    }
-    let mut x = prompt.to_vec();
-    x.resize(total, ids.mask);
-    let schedule = schedule::transfer_schedule(b, p.steps);
+    let mut decoding = Decoding::new(ids, max_positions, prompt, p)?;
     backend.reset();
-    let mut forwards = 0usize;
-    let mut cached = 0usize;
-
-    for block in plen / b..total / b {
-        let (ws, we) = (block * b, block * b + b);
-        for &n_commit in &schedule {
-            let masked: Vec<usize> = (ws..we).filter(|&i| x[i] == ids.mask).collect();
-            if masked.is_empty() {
-                break;
-            }
-            let start = if p.use_cache { cached } else { 0 };
-            let sampling = SampleParams {
-                temperature: p.temperature,
-                top_k: p.top_k,
-                top_p: p.top_p,
-                seed: p.seed,
-                step: forwards as u32,
-                mask: ids.mask,
-                valid_vocab: ids.valid_vocab,
-            };
-            let out = backend.step(&Step {
-                tokens: &x[start..we],
-                start,
-                keep: if p.use_cache { ws - start } else { 0 },
-                block_length: b,
-                out_rows: b,
-                sampling,
-                capture: Capture::Samples,
-            })?;
-            if p.use_cache {
-                cached = ws;
-            }
-            if out.samples.len() != b {
-                return Err(Error::backend(
-                    backend.name(),
-                    format!("returned {} samples for a window of {b}", out.samples.len()),
-                ));
-            }
-            let cand: Vec<(usize, f32)> = masked
-                .iter()
-                .map(|&i| (i, out.samples[i - ws].confidence))
-                .collect();
-            let chosen = schedule::select_commits(&cand, p.threshold, n_commit);
-            let window = x[ws..we].to_vec();
-            let proposals = masked
-                .iter()
-                .map(|&i| (i, out.samples[i - ws].token, out.samples[i - ws].confidence))
-                .collect();
-            let committed: Vec<(usize, u32)> = chosen
-                .iter()
-                .map(|&i| (i, out.samples[i - ws].token))
-                .collect();
-            for &(i, t) in &committed {
-                x[i] = t;
-            }
-            let event = StepEvent {
-                forward: forwards,
-                block_start: ws,
-                window,
-                committed,
-                proposals,
-                masked_after: (ws..we).filter(|&i| x[i] == ids.mask).collect(),
-            };
-            forwards += 1;
-            if !on_step(&event) {
-                return Err(Error::Cancelled);
-            }
-            if p.eos_early_stop && event.committed.iter().any(|&(_, t)| t == ids.eos) {
-                if let Some(e) = (plen..total).find(|&i| x[i] == ids.eos) {
-                    if !x[plen..e].contains(&ids.mask) {
-                        let end = (e + 1).min(plen + p.gen_length);
-                        return Ok(Generation {
-                            tokens: x[plen..end].to_vec(),
-                            forwards,
-                            finish: Finish::Eos,
-                        });
-                    }
-                }
-            }
-        }
-        if x[plen..we].contains(&ids.eos) {
-            break;
+    let name = backend.name();
+    loop {
+        let out = match decoding.next_step() {
+            Some(step) => backend.step(&step)?,
+            None => break,
+        };
+        let event = decoding.apply(&out, &name)?;
+        if !on_step(&event) {
+            return Err(Error::Cancelled);
         }
     }
-    let mut tokens = x[plen..plen + p.gen_length].to_vec();
-    let finish = match tokens.iter().position(|&t| t == ids.eos) {
-        Some(e) => {
-            tokens.truncate(e + 1);
-            Finish::Eos
-        }
-        None => Finish::Length,
-    };
-    Ok(Generation {
-        tokens,
-        forwards,
-        finish,
-    })
+    decoding
+        .into_result()
+        .ok_or_else(|| Error::Invalid("decoder ended without a result".into()))
 }

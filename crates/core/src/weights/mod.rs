@@ -5,7 +5,7 @@ mod dtype;
 mod safetensors_dir;
 
 pub use dtype::DType;
-pub use safetensors_dir::{load_dir, load_files};
+pub use safetensors_dir::{add_shard, load_dir, load_files};
 
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;

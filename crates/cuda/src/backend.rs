@@ -1,0 +1,499 @@
+//! `CudaBackend`: the `Backend` trait on one NVIDIA GPU.
+//!
+//! At load: the kernels are compiled, weights uploaded (or made on the device), the activation
+//! arena planned (plan.rs) and allocated with the KV cache and the MoE scratch. A step uploads its
+//! token ids and the 48-byte parameter words, replays the CUDA graph captured for its shape
+//! (token count, output rows) the first time that shape ran, and reads back one (token,
+//! confidence) per output row. Growing past the planned token count or cache length reallocates
+//! (counted in `StepStats::allocations`) and re-captures.
+
+use crate::availability::cuda_error;
+use crate::device::{Device, DeviceMem, Launch};
+use crate::params;
+use crate::plan;
+use crate::record::{self, Bindings, MoeScratch};
+use crate::weights::{DeviceWeights, RandomFormat, Source};
+use cudarc::driver::CudaGraph;
+use std::collections::HashMap;
+use std::time::Instant;
+use unmask_core::backend::{Backend, Capture, Sampled, Step, StepOutput, StepStats};
+use unmask_core::graph::{BufId, Graph, Op, Rows};
+use unmask_core::weights::WeightStore;
+use unmask_core::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct CudaOptions {
+    /// CUDA device ordinal.
+    pub device: usize,
+    /// Longest sequence the KV cache may grow to (the model's max_position_embeddings).
+    pub max_positions: usize,
+    /// Replay captured CUDA graphs (`UNMASK_CUDA_GRAPHS=0` launches every kernel instead, to
+    /// tell a capture problem from a kernel problem).
+    pub graphs: bool,
+    /// Window tokens the arena is first planned for; larger steps grow it.
+    pub initial_tokens: usize,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        CudaOptions {
+            device: 0,
+            max_positions: 32_768,
+            graphs: std::env::var("UNMASK_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+            initial_tokens: 64,
+        }
+    }
+}
+
+/// Step shapes whose recordings are kept; the least recently used goes first.
+const MAX_SHAPES: usize = 16;
+/// Cache positions allocated at first (doubling up to `max_positions` as sequences grow).
+const INITIAL_POSITIONS: usize = 4096;
+
+struct Recorded {
+    launches: Vec<Launch>,
+    graph: Option<CudaGraph>,
+    last_used: u64,
+}
+
+pub struct CudaBackend {
+    dev: Device,
+    graph: Graph,
+    weights: DeviceWeights,
+    opts: CudaOptions,
+    life: Vec<Option<(usize, usize)>>,
+    /// Activation arena, planned for `cap_tokens` window rows.
+    arena: DeviceMem,
+    buffers: Vec<u64>,
+    cap_tokens: usize,
+    moe_mem: Vec<DeviceMem>,
+    moe: MoeScratch,
+    /// Per layer K and V, `[kv_cap, kv_heads * head_dim]` f32.
+    kv_mem: Vec<(DeviceMem, DeviceMem)>,
+    kv_width: Vec<usize>,
+    kv_cap: usize,
+    params: DeviceMem,
+    _inv_freq_mem: Vec<DeviceMem>,
+    inv_freq: Vec<u64>,
+    steps: HashMap<(usize, usize), Recorded>,
+    clock: u64,
+    cached: usize,
+    last_tokens: usize,
+    stats: StepStats,
+}
+
+impl CudaBackend {
+    /// The graph with weights from `store` (shapes checked against the graph).
+    pub fn new(
+        graph: Graph,
+        store: &WeightStore,
+        opts: CudaOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        Self::build(graph, &Source::Host(store), opts, progress)
+    }
+
+    /// The graph with random weights made on the device (benchmarks of published shapes).
+    pub fn with_random_weights(
+        graph: Graph,
+        random: RandomFormat,
+        opts: CudaOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        Self::build(graph, &Source::Random(random), opts, progress)
+    }
+
+    fn build(
+        graph: Graph,
+        src: &Source,
+        opts: CudaOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        record::check_limits(&graph)?;
+        let dev = Device::open(opts.device)?;
+        let weights = DeviceWeights::upload(&dev, &graph, src, progress)?;
+        let mut inv_freq = vec![0u64; graph.ops.len()];
+        let mut inv_mem = Vec::new();
+        for (i, op) in graph.ops.iter().enumerate() {
+            if let Op::QkNormRope { rot_dim, theta, .. } = op {
+                let f = unmask_core::reference::ops::rope_inv_freq(*rot_dim, *theta);
+                let m = dev.alloc(f.len() * 4)?;
+                dev.upload(m.ptr(), &f)?;
+                inv_freq[i] = m.ptr();
+                inv_mem.push(m);
+            }
+        }
+        let mut kv_width = vec![0usize; graph.num_layers];
+        for op in &graph.ops {
+            if let Op::Attention { layer, heads, .. } = op {
+                kv_width[*layer] = heads.kv * heads.dim;
+            }
+        }
+        let params = dev.alloc(params::P_WORDS * 4)?;
+        let life = plan::lifetimes(&graph);
+        let placeholder = dev.alloc(1)?;
+        let mut b = CudaBackend {
+            arena: placeholder,
+            buffers: vec![0; graph.buffers.len()],
+            cap_tokens: 0,
+            moe_mem: Vec::new(),
+            moe: MoeScratch {
+                offsets: 0,
+                active: 0,
+                num_active: 0,
+                pairs: 0,
+                act: 0,
+                ys: 0,
+            },
+            kv_mem: Vec::new(),
+            kv_width,
+            kv_cap: 0,
+            params,
+            _inv_freq_mem: inv_mem,
+            inv_freq,
+            steps: HashMap::new(),
+            clock: 0,
+            cached: 0,
+            last_tokens: 0,
+            stats: StepStats::default(),
+            life,
+            weights,
+            opts,
+            dev,
+            graph,
+        };
+        b.grow_tokens(b.opts.initial_tokens.max(1))?;
+        b.grow_positions(INITIAL_POSITIONS.min(b.opts.max_positions).max(1))?;
+        b.dev.sync()?;
+        Ok(b)
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// Plans and allocates the arena and MoE scratch for `tokens` window rows.
+    fn grow_tokens(&mut self, tokens: usize) -> Result<usize> {
+        let g = &self.graph;
+        let sizes: Vec<usize> = (0..g.buffers.len())
+            .map(|i| plan::buffer_bytes(g, BufId(i), tokens, tokens))
+            .collect();
+        let (offsets, total) = plan::assign(&sizes, &self.life);
+        let arena = self.dev.alloc(total)?;
+        self.buffers = offsets.iter().map(|&o| arena.ptr() + o as u64).collect();
+        self.arena = arena;
+        // MoE scratch for the widest MoE layer.
+        let (mut experts, mut top_k, mut inter, mut hidden) = (1, 1, 1, 1);
+        for (oi, op) in g.ops.iter().enumerate() {
+            if let Op::MoeExperts { ids, .. } = op {
+                let st = self.weights.stacks.get(&oi).ok_or_else(|| {
+                    cuda_error(format!("op {oi}: MoE experts were not uploaded as a stack"))
+                })?;
+                experts = experts.max(st.count);
+                top_k = top_k.max(g.buffer(*ids).cols);
+                inter = inter.max(st.inter);
+                hidden = hidden.max(st.hidden);
+            }
+        }
+        let pairs = tokens * top_k;
+        let mems = [
+            self.dev.alloc((experts + 1) * 4)?,
+            self.dev.alloc(experts * 4)?,
+            self.dev.alloc(4)?,
+            self.dev.alloc(pairs * 4)?,
+            self.dev.alloc(pairs * inter * 4)?,
+            self.dev.alloc(pairs * hidden * 4)?,
+        ];
+        self.moe = MoeScratch {
+            offsets: mems[0].ptr(),
+            active: mems[1].ptr(),
+            num_active: mems[2].ptr(),
+            pairs: mems[3].ptr(),
+            act: mems[4].ptr(),
+            ys: mems[5].ptr(),
+        };
+        let allocations = 1 + mems.len();
+        self.moe_mem = mems.into();
+        self.cap_tokens = tokens;
+        self.steps.clear();
+        Ok(allocations)
+    }
+
+    /// Grows every layer's K/V cache to `positions`, keeping the cached ones.
+    fn grow_positions(&mut self, positions: usize) -> Result<usize> {
+        let mut fresh = Vec::with_capacity(self.kv_width.len());
+        for (l, &w) in self.kv_width.iter().enumerate() {
+            let k = self.dev.alloc(positions * w * 4)?;
+            let v = self.dev.alloc(positions * w * 4)?;
+            if let Some((ok, ov)) = self.kv_mem.get(l) {
+                let bytes = self.cached.min(self.kv_cap) * w * 4;
+                if bytes > 0 {
+                    self.dev.copy(k.ptr(), ok.ptr(), bytes)?;
+                    self.dev.copy(v.ptr(), ov.ptr(), bytes)?;
+                }
+            }
+            fresh.push((k, v));
+        }
+        self.dev.sync()?;
+        self.kv_mem = fresh;
+        self.kv_cap = positions;
+        self.steps.clear();
+        Ok(2 * self.kv_width.len())
+    }
+
+    fn bindings(&self) -> Bindings<'_> {
+        Bindings {
+            graph: &self.graph,
+            weights: &self.weights,
+            buffers: &self.buffers,
+            params: self.params.ptr(),
+            kv: &[],
+            inv_freq: &self.inv_freq,
+            moe: self.moe,
+        }
+    }
+
+    /// Records (and captures, when graphs are on) the launches of a step shape.
+    fn prepare(&mut self, n: usize, out: usize) -> Result<()> {
+        if self.steps.contains_key(&(n, out)) {
+            return Ok(());
+        }
+        if self.steps.len() >= MAX_SHAPES {
+            if let Some(&oldest) = self
+                .steps
+                .iter()
+                .min_by_key(|(_, r)| r.last_used)
+                .map(|(k, _)| k)
+            {
+                self.steps.remove(&oldest);
+            }
+        }
+        let kv: Vec<(u64, u64)> = self
+            .kv_mem
+            .iter()
+            .map(|(k, v)| (k.ptr(), v.ptr()))
+            .collect();
+        let launches = {
+            let mut b = self.bindings();
+            b.kv = &kv;
+            record::record(&b, n, out)?
+        };
+        let graph = if self.opts.graphs {
+            self.dev.bind()?;
+            self.dev.begin_capture()?;
+            let mut failed = None;
+            for l in &launches {
+                if let Err(e) = self.dev.launch(l) {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            let captured = self.dev.end_capture();
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            Some(captured?.ok_or_else(|| cuda_error("capturing a step gave an empty graph"))?)
+        } else {
+            None
+        };
+        self.steps.insert(
+            (n, out),
+            Recorded {
+                launches,
+                graph,
+                last_used: 0,
+            },
+        );
+        Ok(())
+    }
+
+    fn rows(&self, b: BufId, n: usize, out: usize) -> usize {
+        match self.graph.buffer(b).rows {
+            Rows::Tokens => n,
+            Rows::Out => out,
+        }
+    }
+
+    fn read_f32(&self, b: BufId, n: usize, out: usize) -> Result<Vec<f32>> {
+        let mut v = vec![0f32; self.rows(b, n, out) * self.graph.buffer(b).cols];
+        self.dev.download(self.buffers[b.0], &mut v)?;
+        Ok(v)
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> String {
+        let i = &self.dev.info;
+        format!(
+            "cuda ({}, sm_{}{})",
+            i.name, i.compute_capability.0, i.compute_capability.1
+        )
+    }
+
+    fn cached(&self) -> usize {
+        self.cached
+    }
+
+    fn reset(&mut self) {
+        self.cached = 0;
+    }
+
+    fn last_stats(&self) -> StepStats {
+        self.stats.clone()
+    }
+
+    fn step(&mut self, s: &Step) -> Result<StepOutput> {
+        let n = s.tokens.len();
+        let out = s.out_rows;
+        if n == 0 || out == 0 || out > n || s.keep > n {
+            return Err(Error::Invalid(format!(
+                "step over {n} tokens with {out} output rows and keep {}",
+                s.keep
+            )));
+        }
+        if s.start > self.cached {
+            return Err(Error::Invalid(format!(
+                "step starts at position {} but only {} positions are cached",
+                s.start, self.cached
+            )));
+        }
+        if s.block_length == 0 {
+            return Err(Error::Invalid("block length must be at least 1".into()));
+        }
+        let vocab = self.graph.buffer(self.graph.logits).cols;
+        if let Some(&t) = s.tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::Invalid(format!(
+                "token id {t} is outside the embedding table ({vocab} rows)"
+            )));
+        }
+        let end = s.start + n;
+        if end > self.opts.max_positions {
+            return Err(Error::Invalid(format!(
+                "a step ending at position {end} is beyond the {} positions this backend was \
+                 opened for",
+                self.opts.max_positions
+            )));
+        }
+        self.dev.bind()?;
+        let mut allocations = 0;
+        if n > self.cap_tokens {
+            let want = n.max(2 * self.cap_tokens).min(self.opts.max_positions);
+            allocations += self.grow_tokens(want)?;
+        }
+        if end > self.kv_cap {
+            let want = end.max(2 * self.kv_cap).min(self.opts.max_positions);
+            allocations += self.grow_positions(want)?;
+        }
+        self.prepare(n, out)?;
+        let words = params::words(s);
+        self.dev
+            .upload(self.buffers[self.graph.input_ids.0], s.tokens)?;
+        self.dev.upload(self.params.ptr(), &words)?;
+        self.clock += 1;
+        let rec = self.steps.get_mut(&(n, out)).expect("prepared above");
+        rec.last_used = self.clock;
+        let submissions = match &rec.graph {
+            Some(g) => {
+                g.launch()
+                    .map_err(|e| cuda_error(format!("replaying a step: {e}")))?;
+                1
+            }
+            None => {
+                for l in &rec.launches {
+                    self.dev.launch(l)?;
+                }
+                rec.launches.len()
+            }
+        };
+        let dispatches = rec.launches.len();
+        let mut raw = vec![0u32; 2 * out];
+        self.dev
+            .download(self.buffers[self.graph.samples.0], &mut raw)?;
+        self.cached = s.start + s.keep;
+        self.last_tokens = n;
+        let samples = raw
+            .chunks_exact(2)
+            .map(|c| Sampled {
+                token: c[0],
+                confidence: f32::from_bits(c[1]),
+            })
+            .collect();
+        let mut result = StepOutput {
+            samples,
+            ..Default::default()
+        };
+        let mut read_back = raw.len() * 4;
+        if s.capture != Capture::Samples {
+            let logits = self.read_f32(self.graph.logits, n, out)?;
+            read_back += logits.len() * 4;
+            result.logits = Some(logits);
+        }
+        if s.capture == Capture::Hidden {
+            for &b in &self.graph.hidden {
+                let h = self.read_f32(b, n, out)?;
+                read_back += h.len() * 4;
+                result.hidden.push(h);
+            }
+        }
+        self.stats = StepStats {
+            dispatches,
+            submissions,
+            bytes_uploaded: n * 4 + words.len() * 4,
+            bytes_read_back: read_back,
+            allocations,
+        };
+        Ok(result)
+    }
+
+    fn last_routing(&self) -> Option<Vec<Vec<u32>>> {
+        // The routing ids stay in the arena to the end of a step (plan.rs); reading them is a
+        // transfer made only on request, outside any timed step.
+        let n = self.last_tokens;
+        let mut lists = Vec::new();
+        for op in &self.graph.ops {
+            if let Op::MoeRoute { ids, .. } = op {
+                let mut v = vec![0u32; n * self.graph.buffer(*ids).cols];
+                self.dev.download(self.buffers[ids.0], &mut v).ok()?;
+                lists.push(v);
+            }
+        }
+        Some(lists)
+    }
+
+    fn device_memory(&self) -> Option<u64> {
+        let kv: usize = self.kv_mem.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let moe: usize = self.moe_mem.iter().map(|m| m.len()).sum();
+        Some((self.weights.bytes + self.arena.len() + kv + moe) as u64)
+    }
+
+    fn measure_bandwidth(&mut self) -> Option<Result<f64>> {
+        Some(self.copy_bandwidth())
+    }
+}
+
+impl CudaBackend {
+    /// Bytes read plus written per second by device-to-device copies of 512 MiB (or a quarter of
+    /// the free memory, if less).
+    fn copy_bandwidth(&mut self) -> Result<f64> {
+        let (free, _) = self.dev.memory()?;
+        let size = (512usize << 20).min(free / 4) & !255;
+        if size < (16 << 20) {
+            return Err(cuda_error(
+                "too little free device memory to measure bandwidth",
+            ));
+        }
+        let a = self.dev.alloc(size)?;
+        let b = self.dev.alloc(size)?;
+        self.dev.copy(b.ptr(), a.ptr(), size)?;
+        self.dev.sync()?;
+        let iters = 20;
+        let t = Instant::now();
+        for i in 0..iters {
+            let (src, dst) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+            self.dev.copy(dst.ptr(), src.ptr(), size)?;
+        }
+        self.dev.sync()?;
+        let secs = t.elapsed().as_secs_f64();
+        Ok(2.0 * size as f64 * iters as f64 / secs)
+    }
+}

@@ -1,0 +1,195 @@
+//! One CUDA context and stream with the compiled kernels: device memory, copies and launches.
+//! Device memory is addressed by raw pointers (kernels take them as arguments and CUDA graphs
+//! keep them), so cudarc's per-slice event tracking is switched off: everything runs in order
+//! on the one stream.
+
+use crate::availability::{cuda_error, guarded, probe, DeviceInfo};
+use crate::kernels::Kernels;
+use cudarc::driver::{result, sys, CudaContext, CudaSlice, CudaStream, DevicePtr};
+use std::ffi::c_void;
+use std::sync::Arc;
+use unmask_core::Result;
+
+pub(crate) fn driver<T>(what: &str, r: std::result::Result<T, result::DriverError>) -> Result<T> {
+    r.map_err(|e| cuda_error(format!("{what}: {e}")))
+}
+
+/// A device allocation (freed on drop) and its address.
+pub struct DeviceMem {
+    /// Owns the allocation (freed when dropped); kernels use `ptr`.
+    _slice: CudaSlice<u8>,
+    ptr: u64,
+    len: usize,
+}
+
+impl DeviceMem {
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// A kernel argument: pointers travel as 64-bit values.
+#[derive(Debug, Clone, Copy)]
+pub enum Arg {
+    Ptr(u64),
+    U32(u32),
+    U64(u64),
+    F32(f32),
+}
+
+/// One kernel launch, fully resolved (pointers included): what a step records or captures.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub kernel: String,
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+    pub shared_bytes: u32,
+    pub args: Vec<Arg>,
+}
+
+pub struct Device {
+    pub info: DeviceInfo,
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub kernels: Kernels,
+}
+
+impl Device {
+    /// Checks for the driver, NVRTC and the device before cudarc touches them, then creates the
+    /// context and compiles the kernels.
+    pub fn open(ordinal: usize) -> Result<Device> {
+        let info = probe(ordinal)?;
+        let (ctx, stream) = guarded("creating the CUDA context", || {
+            let ctx = driver("creating the CUDA context", CudaContext::new(ordinal))?;
+            // SAFETY: one stream orders every use of every allocation of this backend.
+            unsafe { ctx.disable_event_tracking() };
+            // Stream capture needs a stream other than the legacy default stream.
+            let stream = driver("creating a CUDA stream", ctx.new_stream())?;
+            Ok((ctx, stream))
+        })?;
+        let kernels = Kernels::load(&ctx, info.compute_capability)?;
+        Ok(Device {
+            info,
+            ctx,
+            stream,
+            kernels,
+        })
+    }
+
+    pub fn bind(&self) -> Result<()> {
+        driver("binding the CUDA context", self.ctx.bind_to_thread())
+    }
+
+    /// `bytes` of zeroed device memory (at least one byte).
+    pub fn alloc(&self, bytes: usize) -> Result<DeviceMem> {
+        let len = bytes.max(1);
+        let slice = self.stream.alloc_zeros::<u8>(len).map_err(|e| {
+            cuda_error(format!(
+                "allocating {:.1} MiB of device memory: {e}",
+                len as f64 / (1 << 20) as f64
+            ))
+        })?;
+        let ptr = {
+            let (ptr, _sync) = slice.device_ptr(&self.stream);
+            ptr
+        };
+        Ok(DeviceMem {
+            _slice: slice,
+            ptr,
+            len,
+        })
+    }
+
+    /// Copies `src` to `dst + offset` (in stream order).
+    pub fn upload<T: Copy>(&self, dst: u64, src: &[T]) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: the destination range lies inside an allocation of this backend (callers size
+        // it); a pageable source is staged before this call returns.
+        driver("copying to the device", unsafe {
+            result::memcpy_htod_async(dst, src, self.stream.cu_stream())
+        })
+    }
+
+    /// Copies device memory at `src` into `dst` and waits for it.
+    pub fn download<T: Copy>(&self, src: u64, dst: &mut [T]) -> Result<()> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: as for `upload`; the stream is synchronised before `dst` is used.
+        driver("copying from the device", unsafe {
+            result::memcpy_dtoh_async(dst, src, self.stream.cu_stream())
+        })?;
+        self.sync()
+    }
+
+    pub fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        self.bind()?;
+        // SAFETY: both ranges lie inside allocations of this backend.
+        driver("copying on the device", unsafe {
+            result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream())
+        })
+    }
+
+    pub fn sync(&self) -> Result<()> {
+        driver("running on the GPU", self.stream.synchronize())
+    }
+
+    pub fn launch(&self, l: &Launch) -> Result<()> {
+        let f = self.kernels.get(&l.kernel)?;
+        let mut values: Vec<u64> = l
+            .args
+            .iter()
+            .map(|a| match *a {
+                Arg::Ptr(v) | Arg::U64(v) => v,
+                Arg::U32(v) => v as u64,
+                Arg::F32(v) => v.to_bits() as u64,
+            })
+            .collect();
+        // Each parameter points at its own 8-byte slot; a 4-byte parameter reads the slot's low
+        // half, which is its value on a little-endian host.
+        let mut params: Vec<*mut c_void> = values
+            .iter_mut()
+            .map(|v| v as *mut u64 as *mut c_void)
+            .collect();
+        // SAFETY: argument count and types follow the kernel's signature (record.rs builds
+        // them next to each kernel's declaration); every pointer is a live device allocation.
+        driver(&format!("launching `{}`", l.kernel), unsafe {
+            result::launch_kernel(
+                f.cu_function(),
+                l.grid,
+                l.block,
+                l.shared_bytes,
+                self.stream.cu_stream(),
+                &mut params,
+            )
+        })
+    }
+
+    /// Device memory free and total, bytes.
+    pub fn memory(&self) -> Result<(usize, usize)> {
+        self.bind()?;
+        driver("reading device memory", result::mem_get_info())
+    }
+
+    pub fn begin_capture(&self) -> Result<()> {
+        driver(
+            "starting a CUDA graph capture",
+            self.stream
+                .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+        )
+    }
+
+    pub fn end_capture(&self) -> Result<Option<cudarc::driver::CudaGraph>> {
+        driver(
+            "instantiating a CUDA graph",
+            self.stream.end_capture(sys::CUgraphInstantiate_flags(0)),
+        )
+    }
+}

@@ -1,0 +1,284 @@
+//! The CUDA C sources (`kernels/*.cu`, compiled into the binary) and their compilation at load:
+//! one NVRTC program made of `common.cuh` followed by every kernel file, one module, and a
+//! function handle per kernel name.
+
+use crate::availability::{cuda_error, guarded};
+use cudarc::driver::{CudaContext, CudaFunction};
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions};
+use std::collections::HashMap;
+use std::sync::Arc;
+use unmask_core::Result;
+
+/// Every source file in program order (`common.cuh` first: the others use it).
+pub const SOURCES: [(&str, &str); 13] = [
+    ("common.cuh", include_str!("../kernels/common.cuh")),
+    ("embed.cu", include_str!("../kernels/embed.cu")),
+    ("rms_norm.cu", include_str!("../kernels/rms_norm.cu")),
+    ("matmul.cu", include_str!("../kernels/matmul.cu")),
+    (
+        "qk_norm_rope.cu",
+        include_str!("../kernels/qk_norm_rope.cu"),
+    ),
+    ("attention.cu", include_str!("../kernels/attention.cu")),
+    ("add.cu", include_str!("../kernels/add.cu")),
+    ("swiglu.cu", include_str!("../kernels/swiglu.cu")),
+    ("moe_route.cu", include_str!("../kernels/moe_route.cu")),
+    ("moe_experts.cu", include_str!("../kernels/moe_experts.cu")),
+    (
+        "take_last_rows.cu",
+        include_str!("../kernels/take_last_rows.cu"),
+    ),
+    ("sample.cu", include_str!("../kernels/sample.cu")),
+    ("random.cu", include_str!("../kernels/random.cu")),
+];
+
+/// Weight-format suffixes of the kernels that read stored weights.
+pub const FORMATS: [&str; 5] = ["f32", "bf16", "f16", "q8_0", "q4"];
+
+/// Kernels with one variant per weight format (`{name}_{format}`).
+pub const PER_FORMAT: [&str; 4] = ["embed", "matmul", "moe_gate_up", "moe_down"];
+
+/// Kernels with a single variant.
+pub const SINGLE: &[&str] = &[
+    "rms_norm",
+    "qk_norm_rope",
+    "kv_store",
+    "attention",
+    "add",
+    "swiglu",
+    "moe_route",
+    "moe_bucket",
+    "moe_combine",
+    "take_last_rows",
+    "sample",
+    "fill_random",
+    "fill_random_q8_0",
+    "fill_random_q4",
+];
+
+/// Every kernel name the Rust side launches.
+pub fn kernel_names() -> Vec<String> {
+    let mut v: Vec<String> = SINGLE.iter().map(|s| s.to_string()).collect();
+    for k in PER_FORMAT {
+        for f in FORMATS {
+            v.push(format!("{k}_{f}"));
+        }
+    }
+    v
+}
+
+/// The whole program as NVRTC compiles it; `#line` keeps its messages pointing at the files.
+pub fn program_source() -> String {
+    let mut s = String::new();
+    for (name, src) in SOURCES {
+        s.push_str(&format!("#line 1 \"{name}\"\n"));
+        s.push_str(src);
+        s.push('\n');
+    }
+    s
+}
+
+/// NVRTC's virtual architecture for a device: the newest one at or below its compute capability
+/// that NVRTC 12.x knows (the driver JIT-compiles the PTX for the actual GPU).
+fn virtual_arch(cc: (i32, i32)) -> Option<&'static str> {
+    const ARCHS: [((i32, i32), &str); 8] = [
+        ((9, 0), "compute_90"),
+        ((8, 9), "compute_89"),
+        ((8, 7), "compute_87"),
+        ((8, 6), "compute_86"),
+        ((8, 0), "compute_80"),
+        ((7, 5), "compute_75"),
+        ((7, 0), "compute_70"),
+        ((6, 0), "compute_60"),
+    ];
+    ARCHS.iter().find(|(c, _)| *c <= cc).map(|(_, a)| *a)
+}
+
+/// The compiled kernels of one context.
+pub struct Kernels {
+    funcs: HashMap<String, CudaFunction>,
+}
+
+impl Kernels {
+    pub fn load(ctx: &Arc<CudaContext>, cc: (i32, i32)) -> Result<Self> {
+        let arch = virtual_arch(cc).ok_or_else(|| {
+            cuda_error(format!(
+                "compute capability {}.{} is too old (6.0 or newer is needed)",
+                cc.0, cc.1
+            ))
+        })?;
+        let src = program_source();
+        let opts = |arch| CompileOptions {
+            arch,
+            name: Some("unmask.cu".into()),
+            ..Default::default()
+        };
+        let ptx = guarded("compiling the kernels with NVRTC", || {
+            let first = compile_ptx_with_opts(&src, opts(Some(arch)));
+            // An older NVRTC may not know the newest architecture: its default then does.
+            let result = match first {
+                Err(CompileError::CompileError { ref log, .. })
+                    if log.to_string_lossy().contains("arch") =>
+                {
+                    compile_ptx_with_opts(&src, opts(None))
+                }
+                other => other,
+            };
+            result.map_err(|e| match e {
+                CompileError::CompileError { log, .. } => cuda_error(format!(
+                    "NVRTC could not compile the kernels:\n{}",
+                    log.to_string_lossy()
+                )),
+                other => cuda_error(format!("NVRTC: {other}")),
+            })
+        })?;
+        let module = ctx
+            .load_module(ptx)
+            .map_err(|e| cuda_error(format!("loading the compiled kernels: {e}")))?;
+        let mut funcs = HashMap::new();
+        for name in kernel_names() {
+            let f = module
+                .load_function(&name)
+                .map_err(|e| cuda_error(format!("kernel `{name}`: {e}")))?;
+            funcs.insert(name, f);
+        }
+        Ok(Kernels { funcs })
+    }
+
+    pub fn get(&self, name: &str) -> Result<&CudaFunction> {
+        self.funcs
+            .get(name)
+            .ok_or_else(|| cuda_error(format!("no kernel `{name}`")))
+    }
+}
+
+/// Source text without comments and string literals (for the structural checks below).
+pub fn strip_comments(src: &str) -> String {
+    let mut out = String::with_capacity(src.len());
+    let b = src.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'/' && b.get(i + 1) == Some(&b'/') {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+            i += 2;
+            while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+                i += 1;
+            }
+            i += 2;
+        } else if b[i] == b'"' {
+            i += 1;
+            while i < b.len() && b[i] != b'"' {
+                i += if b[i] == b'\\' { 2 } else { 1 };
+            }
+            i += 1;
+            out.push_str("\"\"");
+        } else {
+            out.push(b[i] as char);
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_launched_kernel_is_defined_once() {
+        let src = strip_comments(&program_source());
+        for name in kernel_names() {
+            // The grouped expert kernels are stamped out per format by MOE_KERNELS(suffix, DT).
+            let stamped = ["moe_gate_up_", "moe_down_"]
+                .iter()
+                .find_map(|p| name.strip_prefix(p));
+            match stamped {
+                Some(format) => assert_eq!(
+                    src.matches(&format!("MOE_KERNELS({format}, ")).count(),
+                    1,
+                    "`{name}` is not stamped out once"
+                ),
+                None => {
+                    let def = format!("extern \"\" __global__ void {name}(");
+                    let count = src.matches(&def).count();
+                    assert_eq!(count, 1, "`{name}` defined {count} times");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn no_kernel_is_left_out_of_the_list() {
+        let src = strip_comments(&program_source());
+        let names = kernel_names();
+        for part in src.split("__global__ void ").skip(1) {
+            let name: String = part
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '#')
+                .collect();
+            if name.contains("##") {
+                let (k, _) = name.split_once("_##").unwrap();
+                for f in FORMATS {
+                    assert!(names.contains(&format!("{k}_{f}")), "{k}_{f}");
+                }
+            } else {
+                assert!(
+                    names.contains(&name),
+                    "kernel `{name}` is not in kernels.rs"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn brackets_balance_in_every_file() {
+        for (file, src) in SOURCES {
+            let code = strip_comments(src);
+            for (open, close) in [('{', '}'), ('(', ')'), ('[', ']')] {
+                let mut depth = 0i64;
+                for (line, text) in code.lines().enumerate() {
+                    for c in text.chars() {
+                        if c == open {
+                            depth += 1;
+                        } else if c == close {
+                            depth -= 1;
+                        }
+                        assert!(depth >= 0, "{file}:{}: unmatched `{close}`", line + 1);
+                    }
+                }
+                assert_eq!(depth, 0, "{file}: unclosed `{open}`");
+            }
+        }
+    }
+
+    #[test]
+    fn sources_use_nothing_nvrtc_lacks() {
+        for (file, src) in SOURCES {
+            let code = strip_comments(src);
+            for banned in [
+                "#include",
+                "INFINITY",
+                "FLT_MAX",
+                "INT_MAX",
+                "size_t",
+                "uint32_t",
+                "__nv_bfloat16",
+                "printf",
+            ] {
+                assert!(!code.contains(banned), "{file} uses `{banned}`");
+            }
+        }
+    }
+
+    #[test]
+    fn architectures_round_down() {
+        assert_eq!(virtual_arch((9, 0)), Some("compute_90"));
+        assert_eq!(virtual_arch((10, 0)), Some("compute_90"));
+        assert_eq!(virtual_arch((8, 6)), Some("compute_86"));
+        assert_eq!(virtual_arch((7, 2)), Some("compute_70"));
+        assert_eq!(virtual_arch((5, 2)), None);
+    }
+}

@@ -1,0 +1,25 @@
+//! unmask-cuda: the LLaDA2 graph on NVIDIA GPUs through cudarc.
+//!
+//! - [`probe`]: whether this machine can run it (libcuda, NVRTC, a device), as an error message
+//!   instead of the panic cudarc raises when a library is missing.
+//! - [`CudaBackend`]: weights, KV cache and every activation on the device; the kernels of
+//!   `kernels/*.cu` compiled at load through NVRTC; each step shape captured once as a CUDA graph
+//!   and replayed, with the per-step scalars in a device buffer the host rewrites before a replay.
+//! - [`harness::OpHarness`]: single kernels on host data, for op-level tests against the reference.
+//!
+//! Everything links at run time (`dynamic-loading`): the crate builds and its tests run on machines
+//! without CUDA, where they report the device as absent.
+
+mod availability;
+mod backend;
+mod device;
+pub mod harness;
+pub mod kernels;
+pub mod params;
+pub mod plan;
+mod record;
+mod weights;
+
+pub use availability::{probe, DeviceInfo};
+pub use backend::{CudaBackend, CudaOptions};
+pub use weights::{RandomFormat, WeightFormat};

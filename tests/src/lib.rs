@@ -43,13 +43,50 @@ fn make_cpu(m: &Model) -> anyhow::Result<Box<dyn Backend>> {
     )?))
 }
 
+fn make_cuda(m: &Model) -> anyhow::Result<Box<dyn Backend>> {
+    let opts = unmask_cuda::CudaOptions {
+        max_positions: m.config.max_position_embeddings,
+        ..Default::default()
+    };
+    Ok(Box::new(unmask_cuda::CudaBackend::new(
+        m.graph.clone(),
+        &m.weights,
+        opts,
+        &mut |_, _| {},
+    )?))
+}
+
+/// Prints `{backend}: SKIPPED ({why})` past the test harness's output capture, so that `cargo
+/// test` shows which backends a passing suite did not run on.
+pub fn report_skipped(backend: &str, why: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("{backend}: SKIPPED ({why})\n").as_bytes());
+}
+
 /// Every backend this build can run here. A backend whose device is absent is reported as
-/// skipped by the caller (printed), never counted as passed.
+/// skipped (printed), never counted as passed; `UNMASK_REQUIRE_CUDA=1` (scripts/gpu-check.sh)
+/// turns an absent CUDA device into a failure.
 pub fn backends() -> Vec<BackendCase> {
-    vec![BackendCase {
+    let mut v = vec![BackendCase {
         name: "cpu",
         make: make_cpu,
-    }]
+    }];
+    match unmask_cuda::probe(0) {
+        Ok(_) => v.push(BackendCase {
+            name: "cuda",
+            make: make_cuda,
+        }),
+        Err(e) => {
+            let why = e.to_string();
+            let why = why.strip_prefix("backend cuda: ").unwrap_or(&why);
+            assert!(
+                std::env::var_os("UNMASK_REQUIRE_CUDA").is_none(),
+                "UNMASK_REQUIRE_CUDA is set but CUDA is unavailable: {why}"
+            );
+            report_skipped("cuda", why);
+        }
+    }
+    v
 }
 
 #[derive(Debug, Deserialize)]

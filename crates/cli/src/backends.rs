@@ -2,12 +2,16 @@
 
 use crate::progress::LazyBar;
 use anyhow::{bail, Result};
-use unmask_core::{Backend, Model, ReferenceBackend};
+use unmask_core::graph::Graph;
+use unmask_core::weights::WeightStore;
+use unmask_core::{Backend, Config, Model, ReferenceBackend};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendName {
     /// The best available: CUDA, then a hardware GPU, then a CPU GPU adapter, then cpu.
     Auto,
+    /// An NVIDIA GPU through CUDA (needs the NVIDIA driver and NVRTC from the CUDA toolkit).
+    Cuda,
     /// The f32 reference backend (plain Rust, all cores).
     Cpu,
 }
@@ -21,15 +25,20 @@ pub struct BackendArgs {
 
 /// Builds the chosen backend with the model's weights, saying on stderr what was chosen.
 pub fn create(model: &Model, args: &BackendArgs, quiet: bool) -> Result<Box<dyn Backend>> {
+    let (config, graph, weights) = (&model.config, &model.graph, &model.weights);
+    let mut why = String::new();
     let backend: Box<dyn Backend> = match args.backend {
-        BackendName::Cpu | BackendName::Auto => Box::new(cpu(model)?),
+        BackendName::Cuda => Box::new(cuda(config, graph, weights)?),
+        BackendName::Auto => match try_cuda(config, graph, weights) {
+            Ok(b) => b,
+            Err(cuda_why) => {
+                why = format!(" (auto: {cuda_why})");
+                Box::new(cpu(model)?)
+            }
+        },
+        BackendName::Cpu => Box::new(cpu(model)?),
     };
     if !quiet {
-        let why = if args.backend == BackendName::Auto {
-            " (auto: no GPU backend in this build)"
-        } else {
-            ""
-        };
         eprintln!("backend: {}{why}", backend.name());
     }
     Ok(backend)
@@ -45,4 +54,30 @@ fn cpu(model: &Model) -> Result<ReferenceBackend> {
         Ok(b) => Ok(b),
         Err(e) => bail!(e),
     }
+}
+
+/// `auto`'s first choice: CUDA when a driver, NVRTC and a GPU are present; otherwise why not.
+fn try_cuda(
+    config: &Config,
+    graph: &Graph,
+    weights: &WeightStore,
+) -> Result<Box<dyn Backend>, String> {
+    if let Err(e) = unmask_cuda::probe(0) {
+        return Err(e.to_string().replace("backend cuda: ", "no cuda: "));
+    }
+    cuda(config, graph, weights)
+        .map(|b| Box::new(b) as Box<dyn Backend>)
+        .map_err(|e| format!("cuda failed to load: {e:#}"))
+}
+
+fn cuda(config: &Config, graph: &Graph, weights: &WeightStore) -> Result<unmask_cuda::CudaBackend> {
+    let mut bar = LazyBar::new("loading weights to the GPU");
+    let opts = unmask_cuda::CudaOptions {
+        max_positions: config.max_position_embeddings,
+        ..Default::default()
+    };
+    let b =
+        unmask_cuda::CudaBackend::new(graph.clone(), weights, opts, &mut |d, t| bar.update(d, t));
+    bar.finish();
+    Ok(b?)
 }

@@ -1,0 +1,111 @@
+// Block-causal attention over the KV cache (SPEC §2): key t is visible to query s iff
+// floor(t / B) <= floor(s / B). `kv_store` first writes the chunk's K and V into the cache at
+// positions start .. start + n; `attention` then reads keys 0 .. visible from the cache, with an
+// online softmax over tiles of 64 keys.
+
+struct AttnParams {
+    d: u32,
+    heads_q: u32,
+    heads_kv: u32,
+    // Row length of the QKV buffer and of one cache position (kv heads * d).
+    width: u32,
+    kv_width: u32,
+    scale: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: AttnParams;
+@group(0) @binding(1) var<storage, read> qkv: array<f32>;
+@group(0) @binding(2) var<storage, read_write> k_cache: array<f32>;
+@group(0) @binding(3) var<storage, read_write> v_cache: array<f32>;
+@group(0) @binding(4) var<storage, read> k_in: array<f32>;
+@group(0) @binding(5) var<storage, read> v_in: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+
+// x: columns of one position's K (and V), y: row.
+@compute @workgroup_size(64)
+fn kv_store(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let j = gid.x;
+    let i = gid.y;
+    if (j >= p.kv_width) {
+        return;
+    }
+    let src = i * p.width + p.heads_q * p.d + j;
+    let dst = (st.start + i) * p.kv_width + j;
+    k_cache[dst] = qkv[src];
+    v_cache[dst] = qkv[src + p.kv_width];
+}
+
+const WG: u32 = 64u;
+const MAX_D: u32 = 256u;
+var<workgroup> qs: array<f32, MAX_D>;
+var<workgroup> sc: array<f32, WG>;
+
+fn neg_inf() -> f32 {
+    return bitcast<f32>(0xff800000u);
+}
+
+// One workgroup per (q head, row); invocation li owns output dims li, li + 64, ...
+@compute @workgroup_size(64)
+fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let h = wg.x;
+    let i = wg.y;
+    let d = p.d;
+    let s = st.start + i;
+    let visible = min(st.start + st.n, (s / st.block + 1u) * st.block);
+    for (var j = li; j < d; j += WG) {
+        qs[j] = qkv[i * p.width + h * d + j];
+    }
+    workgroupBarrier();
+    let koff = (h / (p.heads_q / p.heads_kv)) * d;
+    var m = neg_inf();
+    var l = 0.0;
+    var acc = vec4<f32>(0.0);
+    for (var t0 = 0u; t0 < visible; t0 += WG) {
+        let t = t0 + li;
+        var score = neg_inf();
+        if (t < visible) {
+            var dot = 0.0;
+            let kb = t * p.kv_width + koff;
+            for (var j = 0u; j < d; j++) {
+                dot += qs[j] * k_in[kb + j];
+            }
+            score = dot * p.scale;
+        }
+        sc[li] = score;
+        workgroupBarrier();
+        let count = min(WG, visible - t0);
+        var cmax = neg_inf();
+        for (var u = 0u; u < count; u++) {
+            cmax = max(cmax, sc[u]);
+        }
+        let m_new = max(m, cmax);
+        var f = 0.0;
+        if (l > 0.0) {
+            f = exp(m - m_new);
+        }
+        l *= f;
+        acc *= f;
+        for (var u = 0u; u < count; u++) {
+            let pr = exp(sc[u] - m_new);
+            l += pr;
+            let vb = (t0 + u) * p.kv_width + koff;
+            for (var r = 0u; r < 4u; r++) {
+                let j = li + WG * r;
+                if (j < d) {
+                    acc[r] += pr * v_in[vb + j];
+                }
+            }
+        }
+        m = m_new;
+        workgroupBarrier();
+    }
+    let ob = i * p.heads_q * d + h * d;
+    for (var r = 0u; r < 4u; r++) {
+        let j = li + WG * r;
+        if (j < d) {
+            out[ob + j] = acc[r] / l;
+        }
+    }
+}

@@ -1,0 +1,247 @@
+// Mixture of experts on the device, without a host round trip (SPEC §2):
+// - `moe_route`: per token, sigmoid scores, bias for the choice only, group-limited top-k,
+//   normalised and scaled weights.
+// - `moe_group`: counts the tokens of each expert, lays their slots out expert by expert, and
+//   writes the work items and indirect dispatch arguments of the expert kernels (matmul.wgsl).
+// - `moe_combine`: per token, the weighted sum of its experts' outputs in ascending expert order
+//   (the reference's order).
+
+struct RouteParams {
+    e: u32,
+    top_k: u32,
+    n_group: u32,
+    topk_group: u32,
+    scaling: f32,
+    has_bias: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+struct GroupParams {
+    e: u32,
+    top_k: u32,
+    // Bindings the expert stacks are split into; `bounds` holds their first experts (+ the end).
+    chunks: u32,
+    // Rows per work item (the expert kernels' tile height).
+    bm: u32,
+    // Feature tiles of the gate/up and the down kernels (x of their indirect dispatches).
+    gate_up_tiles: u32,
+    down_tiles: u32,
+    // Where the work items start in `plan`, and the slot capacity (offset of `slot_of`).
+    items_at: u32,
+    slot_cap: u32,
+}
+
+struct CombineParams {
+    h: u32,
+    top_k: u32,
+    slot_cap: u32,
+    _pad: u32,
+}
+
+// moe_route
+@group(0) @binding(0) var<uniform> rp: RouteParams;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> scores: array<f32>;
+@group(0) @binding(4) var<storage, read_write> route_ids: array<u32>;
+@group(0) @binding(5) var<storage, read_write> route_weights: array<f32>;
+
+// moe_group
+@group(0) @binding(10) var<uniform> gp: GroupParams;
+@group(0) @binding(11) var<storage, read> ids: array<u32>;
+@group(0) @binding(12) var<storage, read> bounds: array<u32>;
+// [0, e): tokens per expert; [e, 2e): scatter cursors; [2e, 3e): first slot of each expert.
+@group(0) @binding(13) var<storage, read_write> counters: array<atomic<u32>>;
+// [0, slot_cap): token of each slot; [slot_cap, 2 slot_cap): slot of each (token, k) entry.
+@group(0) @binding(14) var<storage, read_write> slots: array<u32>;
+// Indirect arguments (gate/up then down, 3 words per chunk), first item per chunk, then items.
+@group(0) @binding(15) var<storage, read_write> plan: array<u32>;
+
+// moe_combine
+@group(0) @binding(20) var<uniform> cp: CombineParams;
+@group(0) @binding(21) var<storage, read> weights: array<f32>;
+@group(0) @binding(22) var<storage, read> slot_of: array<u32>;
+@group(0) @binding(23) var<storage, read> y: array<f32>;
+@group(0) @binding(24) var<storage, read_write> out: array<f32>;
+
+const NONE: u32 = 0xffffffffu;
+const MAX_GROUPS: u32 = 64u;
+
+fn neg_inf() -> f32 {
+    return bitcast<f32>(0xff800000u);
+}
+
+// Whether (v, i) may follow (pv, pi) in the order "value descending, then index ascending".
+fn after(v: f32, i: u32, pv: f32, pi: u32) -> bool {
+    return pi == NONE || v < pv || (v == pv && i > pi);
+}
+
+// One invocation per token; `scores` is per-token scratch [s (e values), s + bias (e values)].
+@compute @workgroup_size(64)
+fn moe_route(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let t = gid.x;
+    if (t >= st.n) {
+        return;
+    }
+    let e = rp.e;
+    let sc = t * 2u * e;
+    for (var j = 0u; j < e; j++) {
+        let s = 1.0 / (1.0 + exp(-logits[t * e + j]));
+        scores[sc + j] = s;
+        var b = 0.0;
+        if (rp.has_bias == 1u) {
+            b = bias[j];
+        }
+        scores[sc + e + j] = s + b;
+    }
+    // Group score: the sum of the (up to) two largest biased scores of the group.
+    let gs = e / rp.n_group;
+    var group_score: array<f32, MAX_GROUPS>;
+    for (var g = 0u; g < rp.n_group; g++) {
+        var m1 = neg_inf();
+        var m2 = neg_inf();
+        var n = 0u;
+        for (var j = 0u; j < gs; j++) {
+            let v = scores[sc + e + g * gs + j];
+            if (n == 0u || v > m1) {
+                m2 = m1;
+                m1 = v;
+            } else if (n == 1u || v > m2) {
+                m2 = v;
+            }
+            n = min(n + 1u, 2u);
+        }
+        var total = m1;
+        if (gs >= 2u) {
+            total += m2;
+        }
+        group_score[g] = total;
+    }
+    // The topk_group best groups, as a bit mask.
+    var kept = vec2<u32>(0u);
+    var pv = 0.0;
+    var pi = NONE;
+    for (var r = 0u; r < rp.topk_group; r++) {
+        var bv = 0.0;
+        var bi = NONE;
+        for (var g = 0u; g < rp.n_group; g++) {
+            let v = group_score[g];
+            if (after(v, g, pv, pi) && (bi == NONE || v > bv)) {
+                bv = v;
+                bi = g;
+            }
+        }
+        if (bi == NONE) {
+            break;
+        }
+        kept[bi / 32u] |= 1u << (bi % 32u);
+        pv = bv;
+        pi = bi;
+    }
+    // The top_k experts by biased score among kept groups (others count as -inf).
+    pv = 0.0;
+    pi = NONE;
+    var sum = 0.0;
+    for (var r = 0u; r < rp.top_k; r++) {
+        var bv = 0.0;
+        var bi = NONE;
+        for (var j = 0u; j < e; j++) {
+            let g = j / gs;
+            var v = neg_inf();
+            if ((kept[g / 32u] & (1u << (g % 32u))) != 0u) {
+                v = scores[sc + e + j];
+            }
+            if (after(v, j, pv, pi) && (bi == NONE || v > bv)) {
+                bv = v;
+                bi = j;
+            }
+        }
+        route_ids[t * rp.top_k + r] = bi;
+        sum += scores[sc + bi];
+        pv = bv;
+        pi = bi;
+    }
+    // Weights from the unbiased scores.
+    for (var r = 0u; r < rp.top_k; r++) {
+        let s = scores[sc + route_ids[t * rp.top_k + r]];
+        route_weights[t * rp.top_k + r] = s / (sum + 1e-20) * rp.scaling;
+    }
+}
+
+// One workgroup for the whole chunk.
+@compute @workgroup_size(256)
+fn moe_group(@builtin(local_invocation_index) li: u32) {
+    let e = gp.e;
+    let entries = st.n * gp.top_k;
+    for (var j = li; j < 2u * e; j += 256u) {
+        atomicStore(&counters[j], 0u);
+    }
+    storageBarrier();
+    for (var i = li; i < entries; i += 256u) {
+        atomicAdd(&counters[ids[i]], 1u);
+    }
+    storageBarrier();
+    if (li == 0u) {
+        let c = gp.chunks;
+        var slot = 0u;
+        var item = 0u;
+        for (var ch = 0u; ch < c; ch++) {
+            let first = item;
+            plan[6u * c + ch] = first;
+            for (var ex = bounds[ch]; ex < bounds[ch + 1u]; ex++) {
+                let count = atomicLoad(&counters[ex]);
+                atomicStore(&counters[2u * e + ex], slot);
+                for (var r = 0u; r < count; r += gp.bm) {
+                    let o = gp.items_at + 3u * item;
+                    plan[o] = ex;
+                    plan[o + 1u] = slot + r;
+                    plan[o + 2u] = min(gp.bm, count - r);
+                    item += 1u;
+                }
+                slot += count;
+            }
+            plan[3u * ch] = gp.gate_up_tiles;
+            plan[3u * ch + 1u] = item - first;
+            plan[3u * ch + 2u] = 1u;
+            plan[3u * c + 3u * ch] = gp.down_tiles;
+            plan[3u * c + 3u * ch + 1u] = item - first;
+            plan[3u * c + 3u * ch + 2u] = 1u;
+        }
+    }
+    storageBarrier();
+    for (var i = li; i < entries; i += 256u) {
+        let ex = ids[i];
+        let slot = atomicLoad(&counters[2u * e + ex]) + atomicAdd(&counters[e + ex], 1u);
+        slots[slot] = i / gp.top_k;
+        slots[gp.slot_cap + i] = slot;
+    }
+}
+
+// x: columns, y: tokens. out[t] = sum over its experts, in ascending expert id, of w * y[slot].
+@compute @workgroup_size(64)
+fn moe_combine(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let col = gid.x;
+    let t = gid.y;
+    if (col >= cp.h) {
+        return;
+    }
+    let k = cp.top_k;
+    var acc = 0.0;
+    var prev = NONE;
+    for (var r = 0u; r < k; r++) {
+        var best = NONE;
+        var bj = 0u;
+        for (var j = 0u; j < k; j++) {
+            let ex = ids[t * k + j];
+            if ((prev == NONE || ex > prev) && ex < best) {
+                best = ex;
+                bj = j;
+            }
+        }
+        prev = best;
+        let slot = slot_of[cp.slot_cap + t * k + bj];
+        acc += weights[t * k + bj] * y[slot * cp.h + col];
+    }
+    out[t * cp.h + col] = acc;
+}

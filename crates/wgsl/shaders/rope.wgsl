@@ -1,0 +1,74 @@
+// In place on the fused QKV rows: per-head RMS norm of the q and k heads (QK-norm, before RoPE),
+// then NeoX RoPE on the first 2*half dims of each q and k head at position start + row. cos/sin
+// come from a table computed on the host exactly as the reference computes them (f32 angle
+// p * inv_freq), because GPU sin/cos lose precision on large angles.
+
+struct RopeParams {
+    d: u32,
+    heads_q: u32,
+    heads_kv: u32,
+    // Rotated pairs per head (rot_dim / 2).
+    half: u32,
+    // Row length of the QKV buffer.
+    width: u32,
+    eps: f32,
+    norm_q: u32,
+    norm_k: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: RopeParams;
+@group(0) @binding(1) var<storage, read_write> qkv: array<f32>;
+// [q norm (d values), k norm (d values)].
+@group(0) @binding(2) var<storage, read> norms: array<f32>;
+// [position][pair] -> (cos, sin).
+@group(0) @binding(3) var<storage, read> table: array<vec2<f32>>;
+
+const WG: u32 = 64u;
+const MAX_D: u32 = 512u;
+var<workgroup> hv: array<f32, MAX_D>;
+var<workgroup> partial: array<f32, WG>;
+
+// x: head (q heads, then k heads), y: row.
+@compute @workgroup_size(64)
+fn qk_norm_rope(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let h = wg.x;
+    let row = wg.y;
+    let d = p.d;
+    let base = row * p.width + h * d;
+    let is_q = h < p.heads_q;
+    let normed = select(p.norm_k, p.norm_q, is_q) == 1u;
+    let nw = select(d, 0u, is_q);
+    var s = 0.0;
+    for (var j = li; j < d; j += WG) {
+        let v = qkv[base + j];
+        hv[j] = v;
+        s += v * v;
+    }
+    partial[li] = s;
+    for (var k = WG / 2u; k > 0u; k >>= 1u) {
+        workgroupBarrier();
+        if (li < k) {
+            partial[li] += partial[li + k];
+        }
+    }
+    workgroupBarrier();
+    if (normed) {
+        let r = 1.0 / sqrt(partial[0] / f32(d) + p.eps);
+        for (var j = li; j < d; j += WG) {
+            hv[j] = norms[nw + j] * (hv[j] * r);
+        }
+    }
+    workgroupBarrier();
+    let pos = st.start + row;
+    for (var j = li; j < d; j += WG) {
+        var v = hv[j];
+        if (j < p.half) {
+            let cs = table[pos * p.half + j];
+            v = hv[j] * cs.x - hv[j + p.half] * cs.y;
+        } else if (j < 2u * p.half) {
+            let cs = table[pos * p.half + j - p.half];
+            v = hv[j] * cs.x + hv[j - p.half] * cs.y;
+        }
+        qkv[base + j] = v;
+    }
+}

@@ -1,0 +1,122 @@
+//! How a weight matrix sits on the device: rows of u32 words in a format, unpacked in registers
+//! by the format's shader file (`shaders/formats/*.wgsl`, which defines `w_load4`). A format is
+//! three things kept together here: the packer (host bytes to words), the row length in words,
+//! and the shader. Quantized formats slot in as new variants with the same three pieces.
+
+use crate::shaders;
+use std::ops::Range;
+use unmask_core::weights::{DType, Tensor};
+use unmask_core::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WeightFormat {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl WeightFormat {
+    pub const ALL: [WeightFormat; 3] = [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::F16];
+
+    /// The device format of a stored tensor.
+    pub fn of(dtype: DType) -> Result<Self> {
+        #[allow(unreachable_patterns)]
+        match dtype {
+            DType::F32 => Ok(WeightFormat::F32),
+            DType::BF16 => Ok(WeightFormat::Bf16),
+            DType::F16 => Ok(WeightFormat::F16),
+            other => Err(Error::backend(
+                "wgpu",
+                format!(
+                    "weights stored as {} have no WGSL kernel yet (bf16, f16 and f32 do)",
+                    other.name()
+                ),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "f32",
+            WeightFormat::Bf16 => "bf16",
+            WeightFormat::F16 => "f16",
+        }
+    }
+
+    /// The WGSL that defines `w_load4` for this format.
+    pub fn shader(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => shaders::FORMAT_F32,
+            WeightFormat::Bf16 => shaders::FORMAT_BF16,
+            WeightFormat::F16 => shaders::FORMAT_F16,
+        }
+    }
+
+    /// Words per packed row of `cols` values. Rows are padded with zeros to whole groups of four
+    /// values, so that `w_load4` never straddles two rows and always starts on a word.
+    pub fn row_words(self, cols: usize) -> usize {
+        let groups = cols.div_ceil(4);
+        match self {
+            WeightFormat::F32 => groups * 4,
+            WeightFormat::Bf16 | WeightFormat::F16 => groups * 2,
+        }
+    }
+
+    /// Packs rows `rows` of the `[rows, cols]` tensor `t` into `dst` (`rows.len() * row_words`
+    /// words), zero padding included.
+    pub fn pack_rows(self, t: &Tensor, cols: usize, rows: Range<usize>, dst: &mut [u32]) {
+        let stride = self.row_words(cols);
+        debug_assert_eq!(dst.len(), rows.len() * stride);
+        let elem = match self {
+            WeightFormat::F32 => 4,
+            WeightFormat::Bf16 | WeightFormat::F16 => 2,
+        };
+        let bytes = t.bytes();
+        let row_bytes = cols * elem;
+        let dst_bytes: &mut [u8] = bytemuck::cast_slice_mut(dst);
+        if row_bytes == stride * 4 {
+            // No padding: the rows are the file's bytes.
+            dst_bytes.copy_from_slice(&bytes[rows.start * row_bytes..rows.end * row_bytes]);
+            return;
+        }
+        for (i, r) in rows.enumerate() {
+            let d = &mut dst_bytes[i * stride * 4..(i + 1) * stride * 4];
+            d[..row_bytes].copy_from_slice(&bytes[r * row_bytes..(r + 1) * row_bytes]);
+            d[row_bytes..].fill(0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_padded_to_groups_of_four() {
+        let vals: Vec<f32> = (0..15).map(|v| v as f32).collect();
+        let t = Tensor::from_f32(vec![3, 5], &vals).unwrap();
+        let f = WeightFormat::F32;
+        assert_eq!(f.row_words(5), 8);
+        let mut dst = vec![7u32; 2 * 8];
+        f.pack_rows(&t, 5, 1..3, &mut dst);
+        let got: Vec<f32> = dst.iter().map(|&w| f32::from_bits(w)).collect();
+        assert_eq!(&got[..8], &[5.0, 6.0, 7.0, 8.0, 9.0, 0.0, 0.0, 0.0]);
+        assert_eq!(&got[8..], &[10.0, 11.0, 12.0, 13.0, 14.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn half_formats_hold_two_values_per_word_lower_half_first() {
+        let bits: Vec<u16> = vec![1, 2, 3, 4, 5, 6];
+        let t = Tensor::from_bytes(
+            DType::BF16,
+            vec![2, 3],
+            bytemuck::cast_slice(&bits).to_vec(),
+        )
+        .unwrap();
+        let f = WeightFormat::Bf16;
+        assert_eq!(f.row_words(3), 2);
+        let mut dst = vec![0u32; 4];
+        f.pack_rows(&t, 3, 0..2, &mut dst);
+        assert_eq!(dst, vec![1 | 2 << 16, 3, 4 | 5 << 16, 6]);
+    }
+}

@@ -1,0 +1,97 @@
+//! The WGSL sources, one file per op family, and how a module is put together: the step
+//! parameters (group 1) first, then the weight format's `w_load4` for families that read
+//! matrices, then the family itself. WGSL has no includes, so this concatenation is the linker.
+
+use crate::format::WeightFormat;
+
+pub const STEP: &str = include_str!("../shaders/step.wgsl");
+pub const FORMAT_F32: &str = include_str!("../shaders/formats/f32.wgsl");
+pub const FORMAT_BF16: &str = include_str!("../shaders/formats/bf16.wgsl");
+pub const FORMAT_F16: &str = include_str!("../shaders/formats/f16.wgsl");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    Embed,
+    RmsNorm,
+    Matmul,
+    Rope,
+    Attention,
+    Elementwise,
+    Moe,
+    Sample,
+}
+
+impl Family {
+    pub const ALL: [Family; 8] = [
+        Family::Embed,
+        Family::RmsNorm,
+        Family::Matmul,
+        Family::Rope,
+        Family::Attention,
+        Family::Elementwise,
+        Family::Moe,
+        Family::Sample,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Embed => "embed",
+            Family::RmsNorm => "rms_norm",
+            Family::Matmul => "matmul",
+            Family::Rope => "rope",
+            Family::Attention => "attention",
+            Family::Elementwise => "elementwise",
+            Family::Moe => "moe",
+            Family::Sample => "sample",
+        }
+    }
+
+    pub fn source(self) -> &'static str {
+        match self {
+            Family::Embed => include_str!("../shaders/embed.wgsl"),
+            Family::RmsNorm => include_str!("../shaders/rms_norm.wgsl"),
+            Family::Matmul => include_str!("../shaders/matmul.wgsl"),
+            Family::Rope => include_str!("../shaders/rope.wgsl"),
+            Family::Attention => include_str!("../shaders/attention.wgsl"),
+            Family::Elementwise => include_str!("../shaders/elementwise.wgsl"),
+            Family::Moe => include_str!("../shaders/moe.wgsl"),
+            Family::Sample => include_str!("../shaders/sample.wgsl"),
+        }
+    }
+
+    /// Whether the family reads packed weight matrices (and so is built once per format).
+    pub fn reads_matrices(self) -> bool {
+        matches!(self, Family::Embed | Family::Matmul)
+    }
+}
+
+/// The complete WGSL of one module. `format` must be given exactly for families that read
+/// matrices.
+pub fn module_source(family: Family, format: Option<WeightFormat>) -> String {
+    let mut s = String::from(STEP);
+    if let Some(f) = format {
+        s.push('\n');
+        s.push_str(f.shader());
+    }
+    s.push('\n');
+    s.push_str(family.source());
+    s
+}
+
+/// Every module the backend can build: (label, WGSL). The validation test walks this list.
+pub fn all_modules() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for family in Family::ALL {
+        if family.reads_matrices() {
+            for f in WeightFormat::ALL {
+                out.push((
+                    format!("{}.{}", family.name(), f.name()),
+                    module_source(family, Some(f)),
+                ));
+            }
+        } else {
+            out.push((family.name().to_string(), module_source(family, None)));
+        }
+    }
+    out
+}

@@ -25,7 +25,18 @@ pub struct BackendArgs {
 
 /// Builds the chosen backend with the model's weights, saying on stderr what was chosen.
 pub fn create(model: &Model, args: &BackendArgs, quiet: bool) -> Result<Box<dyn Backend>> {
-    let (config, graph, weights) = (&model.config, &model.graph, &model.weights);
+    create_for(&model.config, &model.graph, &model.weights, args, quiet)
+}
+
+/// The same from a model's parts: `unmask bench` runs models that exist only in memory
+/// (random weights of a published shape), which have no tokenizer.
+pub fn create_for(
+    config: &Config,
+    graph: &Graph,
+    weights: &WeightStore,
+    args: &BackendArgs,
+    quiet: bool,
+) -> Result<Box<dyn Backend>> {
     let mut why = String::new();
     let backend: Box<dyn Backend> = match args.backend {
         BackendName::Cuda => Box::new(cuda(config, graph, weights)?),
@@ -33,10 +44,10 @@ pub fn create(model: &Model, args: &BackendArgs, quiet: bool) -> Result<Box<dyn 
             Ok(b) => b,
             Err(cuda_why) => {
                 why = format!(" (auto: {cuda_why})");
-                Box::new(cpu(model)?)
+                Box::new(cpu(graph, weights)?)
             }
         },
-        BackendName::Cpu => Box::new(cpu(model)?),
+        BackendName::Cpu => Box::new(cpu(graph, weights)?),
     };
     if !quiet {
         eprintln!("backend: {}{why}", backend.name());
@@ -44,11 +55,9 @@ pub fn create(model: &Model, args: &BackendArgs, quiet: bool) -> Result<Box<dyn 
     Ok(backend)
 }
 
-fn cpu(model: &Model) -> Result<ReferenceBackend> {
+fn cpu(graph: &Graph, weights: &WeightStore) -> Result<ReferenceBackend> {
     let mut bar = LazyBar::new("loading weights");
-    let b = ReferenceBackend::new(model.graph.clone(), &model.weights, &mut |d, t| {
-        bar.update(d, t)
-    });
+    let b = ReferenceBackend::new(graph.clone(), weights, &mut |d, t| bar.update(d, t));
     bar.finish();
     match b {
         Ok(b) => Ok(b),

@@ -1,6 +1,7 @@
 //! `unmask`: run LLaDA2 block-diffusion models from the command line.
 
 mod backends;
+mod bench;
 mod commands;
 mod progress;
 
@@ -23,6 +24,8 @@ enum Command {
     Generate(commands::generate::Args),
     /// Describe a model directory: config, parameters, bytes by dtype, memory needed.
     Inspect(commands::inspect::Args),
+    /// Time the decoding step against its memory floor and the autoregressive baseline.
+    Bench(commands::bench::Args),
 }
 
 fn main() {
@@ -37,6 +40,7 @@ fn main() {
     let result = match cli.command {
         Command::Generate(a) => commands::generate::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
+        Command::Bench(a) => commands::bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

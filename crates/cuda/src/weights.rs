@@ -205,7 +205,7 @@ impl DeviceWeights {
                     let mem = dev.alloc(format.bytes(rows, cols))?;
                     match src {
                         Source::Host(store) => {
-                            dev.upload(mem.ptr(), store.get(&desc.name)?.bytes())?
+                            upload_exact(dev, mem.ptr(), store, &desc.name, format, (rows, cols))?
                         }
                         Source::Random(r) => fill(
                             dev,
@@ -290,7 +290,7 @@ impl DeviceWeights {
                 let at = mem.ptr() + (e * stride) as u64;
                 match src {
                     Source::Host(store) => {
-                        dev.upload(at, store.get(&g.weight(id).name)?.bytes())?
+                        upload_exact(dev, at, store, &g.weight(id).name, format, shape)?
                     }
                     Source::Random(r) => fill_at(
                         dev,
@@ -343,6 +343,27 @@ impl DeviceWeights {
             _ => Err(cuda_error(format!("weight {} is not a vector", id.0))),
         }
     }
+}
+
+/// Copies a tensor's bytes after checking they are exactly what the kernels will read.
+fn upload_exact(
+    dev: &Device,
+    at: u64,
+    store: &WeightStore,
+    name: &str,
+    format: WeightFormat,
+    (rows, cols): (usize, usize),
+) -> Result<()> {
+    let bytes = store.get(name)?.bytes();
+    let want = format.bytes(rows, cols);
+    if bytes.len() != want {
+        return Err(cuda_error(format!(
+            "tensor `{name}` holds {} bytes; a {rows}x{cols} {} matrix is {want}",
+            bytes.len(),
+            format.suffix()
+        )));
+    }
+    dev.upload(at, bytes)
 }
 
 fn check_shape(name: &str, got: &[usize], want: &[usize]) -> Result<()> {

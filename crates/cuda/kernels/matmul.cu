@@ -8,7 +8,7 @@
 // bf16/f16) and the matching 8 activations of every token, then the warp reduces.
 //
 // Grid (ceil(M / (MM_WARPS * MM_ROWS)), ceil(n / MM_TOK)), block MM_WARPS * 32.
-// The grouped expert kernels (moe_experts.cu) reuse mm_accumulate with gathered token rows.
+// The grouped expert kernels (moe.cu) reuse mm_accumulate with gathered token rows.
 
 #define MM_ROWS 4
 #define MM_TOK 8

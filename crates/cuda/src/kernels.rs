@@ -10,24 +10,15 @@ use std::sync::Arc;
 use unmask_core::Result;
 
 /// Every source file in program order (`common.cuh` first: the others use it).
-pub const SOURCES: [(&str, &str); 13] = [
+pub const SOURCES: [(&str, &str); 10] = [
     ("common.cuh", include_str!("../kernels/common.cuh")),
     ("embed.cu", include_str!("../kernels/embed.cu")),
     ("rms_norm.cu", include_str!("../kernels/rms_norm.cu")),
     ("matmul.cu", include_str!("../kernels/matmul.cu")),
-    (
-        "qk_norm_rope.cu",
-        include_str!("../kernels/qk_norm_rope.cu"),
-    ),
+    ("rope.cu", include_str!("../kernels/rope.cu")),
     ("attention.cu", include_str!("../kernels/attention.cu")),
-    ("add.cu", include_str!("../kernels/add.cu")),
-    ("swiglu.cu", include_str!("../kernels/swiglu.cu")),
-    ("moe_route.cu", include_str!("../kernels/moe_route.cu")),
-    ("moe_experts.cu", include_str!("../kernels/moe_experts.cu")),
-    (
-        "take_last_rows.cu",
-        include_str!("../kernels/take_last_rows.cu"),
-    ),
+    ("elementwise.cu", include_str!("../kernels/elementwise.cu")),
+    ("moe.cu", include_str!("../kernels/moe.cu")),
     ("sample.cu", include_str!("../kernels/sample.cu")),
     ("random.cu", include_str!("../kernels/random.cu")),
 ];

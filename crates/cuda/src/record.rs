@@ -13,7 +13,7 @@ use unmask_core::Result;
 /// Threads of the elementwise kernels.
 const EW: u32 = 256;
 /// Weight rows per block of the matmul kernels (MM_WARPS * MM_ROWS in matmul.cu) and of
-/// moe_gate_up (MM_WARPS * MOE_ROWS in moe_experts.cu); tokens per matmul tile (MM_TOK).
+/// moe_gate_up (MM_WARPS * MOE_ROWS in moe.cu); tokens per matmul tile (MM_TOK).
 const MM_BLOCK_ROWS: usize = 32;
 const GATE_UP_BLOCK_ROWS: usize = 16;
 const MM_TOK: usize = 8;

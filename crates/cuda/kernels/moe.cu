@@ -126,7 +126,8 @@ extern "C" __global__ void moe_route(const float* logits, const float* bias, u32
 
 #define MOE_ROWS 2
 
-extern "C" __global__ void moe_bucket(const u32* ids, u32 n_pairs, u32 E, u32* offsets,
+// Up to 1024 threads (one per expert).
+extern "C" __global__ void __launch_bounds__(1024) moe_bucket(const u32* ids, u32 n_pairs, u32 E, u32* offsets,
                                       u32* active, u32* num_active, u32* pairs) {
     extern __shared__ u32 cnt[];  // [E]
     for (u32 e = threadIdx.x; e < E; e += blockDim.x) {

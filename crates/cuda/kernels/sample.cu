@@ -332,7 +332,8 @@ __device__ void sample_seeded(const float* row, u32 vocab, const u32* params, u3
 }
 
 // Grid (out_rows), block SAMPLE_THREADS. Row r sits at position params[P_FIRST_OUT_POS] + r.
-extern "C" __global__ void sample(const float* logits, u32* out, const u32* params, u32 vocab) {
+// 1024 threads: the bound keeps the compiler within 64 registers a thread.
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample(const float* logits, u32* out, const u32* params, u32 vocab) {
     __shared__ SampleShared sh;
     const u32 r = blockIdx.x;
     const float* row = logits + (u64)r * vocab;

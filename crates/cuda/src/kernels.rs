@@ -178,49 +178,48 @@ pub fn strip_comments(src: &str) -> String {
 mod tests {
     use super::*;
 
+    /// Names after every `__global__ void` (past an optional `__launch_bounds__(..)`); the
+    /// grouped expert kernels stamped out by `MOE_KERNELS` appear as `moe_gate_up_##SUFFIX`.
+    fn defined_kernels(src: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        for part in src.split("__global__ void ").skip(1) {
+            let part = match part.strip_prefix("__launch_bounds__(") {
+                Some(rest) => rest.split_once(") ").map_or(rest, |(_, r)| r),
+                None => part,
+            };
+            let name: String = part
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '#')
+                .collect();
+            match name.strip_suffix("_##SUFFIX") {
+                Some(base) => {
+                    for f in FORMATS {
+                        let stamp = format!("MOE_KERNELS({f}, ");
+                        for _ in 0..src.matches(&stamp).count() {
+                            names.push(format!("{base}_{f}"));
+                        }
+                    }
+                }
+                None => names.push(name),
+            }
+        }
+        names
+    }
+
     #[test]
     fn every_launched_kernel_is_defined_once() {
-        let src = strip_comments(&program_source());
+        let defined = defined_kernels(&strip_comments(&program_source()));
         for name in kernel_names() {
-            // The grouped expert kernels are stamped out per format by MOE_KERNELS(suffix, DT).
-            let stamped = ["moe_gate_up_", "moe_down_"]
-                .iter()
-                .find_map(|p| name.strip_prefix(p));
-            match stamped {
-                Some(format) => assert_eq!(
-                    src.matches(&format!("MOE_KERNELS({format}, ")).count(),
-                    1,
-                    "`{name}` is not stamped out once"
-                ),
-                None => {
-                    let def = format!("extern \"\" __global__ void {name}(");
-                    let count = src.matches(&def).count();
-                    assert_eq!(count, 1, "`{name}` defined {count} times");
-                }
-            }
+            let count = defined.iter().filter(|d| **d == name).count();
+            assert_eq!(count, 1, "`{name}` defined {count} times");
         }
     }
 
     #[test]
     fn no_kernel_is_left_out_of_the_list() {
-        let src = strip_comments(&program_source());
         let names = kernel_names();
-        for part in src.split("__global__ void ").skip(1) {
-            let name: String = part
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '#')
-                .collect();
-            if name.contains("##") {
-                let (k, _) = name.split_once("_##").unwrap();
-                for f in FORMATS {
-                    assert!(names.contains(&format!("{k}_{f}")), "{k}_{f}");
-                }
-            } else {
-                assert!(
-                    names.contains(&name),
-                    "kernel `{name}` is not in kernels.rs"
-                );
-            }
+        for d in defined_kernels(&strip_comments(&program_source())) {
+            assert!(names.contains(&d), "kernel `{d}` is not in kernels.rs");
         }
     }
 

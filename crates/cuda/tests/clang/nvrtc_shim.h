@@ -6,6 +6,7 @@
 #define __constant__ __attribute__((constant))
 #define __forceinline__ __inline__ __attribute__((always_inline))
 #define __noinline__ __attribute__((noinline))
+#define __launch_bounds__(...) __attribute__((launch_bounds(__VA_ARGS__)))
 #define CUDA_VERSION 12060
 typedef unsigned long size_t;
 typedef unsigned int cuuint32_t;

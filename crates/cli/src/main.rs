@@ -24,6 +24,10 @@ enum Command {
     Generate(commands::generate::Args),
     /// Describe a model directory: config, parameters, bytes by dtype, memory needed.
     Inspect(commands::inspect::Args),
+    /// Serve the model over an OpenAI-compatible HTTP API (chat, completions, streaming).
+    Serve(commands::serve::Args),
+    /// Chat with the model in the terminal (history, streamed answers, /reset, /exit).
+    Chat(commands::chat::Args),
     /// Time the decoding step against its memory floor and the autoregressive baseline.
     Bench(commands::bench::Args),
 }
@@ -40,6 +44,8 @@ fn main() {
     let result = match cli.command {
         Command::Generate(a) => commands::generate::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
+        Command::Serve(a) => commands::serve::run(a),
+        Command::Chat(a) => commands::chat::run(a),
         Command::Bench(a) => commands::bench::run(a),
     };
     if let Err(e) = result {

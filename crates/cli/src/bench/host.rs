@@ -11,6 +11,9 @@ pub struct Host {
     pub memory_bytes: Option<u64>,
     pub os: &'static str,
     pub arch: &'static str,
+    /// 1-minute load average before the benchmark started: other work on the machine slows
+    /// the figures, and a reader should know.
+    pub load_average: Option<f64>,
 }
 
 impl Host {
@@ -27,6 +30,9 @@ impl Host {
             memory_bytes: meminfo("MemTotal:"),
             os: std::env::consts::OS,
             arch: std::env::consts::ARCH,
+            load_average: std::fs::read_to_string("/proc/loadavg")
+                .ok()
+                .and_then(|t| t.split_whitespace().next()?.parse().ok()),
         }
     }
 }

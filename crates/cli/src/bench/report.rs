@@ -183,10 +183,13 @@ pub fn print_table(r: &Report) {
     let m = &r.model;
     println!("unmask bench, {} on {}", r.date, r.backend.name);
     println!(
-        "host      {} ({} threads, {} RAM)",
+        "host      {} ({} threads, {} RAM, load average {})",
         r.host.cpu.as_deref().unwrap_or("unknown cpu"),
         r.host.threads,
-        r.host.memory_bytes.map_or("?".into(), bytes)
+        r.host.memory_bytes.map_or("?".into(), bytes),
+        r.host
+            .load_average
+            .map_or("?".into(), |l| format!("{l:.1}"))
     );
     println!(
         "model     {}: {:.2} B parameters, {:.2} B active, {} of weights; built in {:.1} s, backend loaded in {:.1} s",

@@ -93,6 +93,8 @@ const COPY_BYTES: usize = 256 << 20;
 
 pub fn run(args: Args) -> Result<()> {
     args.check()?;
+    // Before any work of ours: the load average then is other work on the machine.
+    let host = host::Host::describe();
     let note = |s: &str| eprintln!("bench: {s}");
     let m = match (&args.model, &args.shape) {
         (Some(dir), _) => {
@@ -173,7 +175,7 @@ pub fn run(args: Args) -> Result<()> {
         unmask_version: env!("CARGO_PKG_VERSION"),
         date: host::utc_date(),
         command: command_line(),
-        host: host::Host::describe(),
+        host,
         model: ModelInfo {
             description: m.description.clone(),
             random_weights: m.random_weights,

@@ -1,6 +1,8 @@
 pub mod bench;
+pub mod chat;
 pub mod generate;
 pub mod inspect;
+pub mod serve;
 
 use anyhow::{Context, Result};
 use std::path::Path;

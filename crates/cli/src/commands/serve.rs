@@ -1,0 +1,75 @@
+//! `unmask serve`: the OpenAI-compatible HTTP server (see `unmask-server`).
+
+use crate::backends::{self, BackendArgs};
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+use std::sync::Arc;
+use unmask_core::decode::defaults::model_defaults;
+use unmask_core::Error;
+use unmask_server::ServerConfig;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Model directory (Hugging Face layout: config.json, safetensors, tokenizer files).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Requests that may wait while one is generated; one more is answered 429.
+    #[arg(long, default_value_t = 32)]
+    pub max_queue: usize,
+    /// The model name clients use (default: the model directory's name).
+    #[arg(long)]
+    pub model_name: Option<String>,
+    #[command(flatten)]
+    pub decode: super::generate::DecodeArgs,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let model = Arc::new(super::open_model(&args.model)?);
+    let defaults = args.decode.apply(model_defaults(&args.model));
+    defaults.validate()?;
+    let model_id = args.model_name.clone().unwrap_or_else(|| {
+        args.model
+            .canonicalize()
+            .unwrap_or_else(|_| args.model.clone())
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into())
+    });
+    let backend_args = args.backend.clone();
+    let state = unmask_server::start(
+        model,
+        Box::new(move |m| {
+            backends::create(m, &backend_args, false)
+                .map_err(|e| Error::backend("startup", format!("{e:#}")))
+        }),
+        ServerConfig {
+            model_id: model_id.clone(),
+            max_queue: args.max_queue,
+            defaults,
+        },
+    )?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .with_context(|| format!("listening on {}:{}", args.host, args.port))?;
+        let addr = listener.local_addr()?;
+        eprintln!("serving `{model_id}` on http://{addr} (OpenAI API under /v1; Ctrl-C stops)");
+        unmask_server::serve(listener, state, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("serving")
+    })
+}

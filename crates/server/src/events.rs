@@ -1,0 +1,74 @@
+//! The opt-in `unmask_events` extension: every decoder step's provisional state, for UIs that
+//! draw the denoising. It rides in an extra `unmask` field of ordinary stream chunks, which
+//! standard clients ignore. Token texts are included so a UI needs no tokenizer.
+
+use serde::Serialize;
+use unmask_core::{ChatTokenizer, StepEvent};
+
+#[derive(Debug, Serialize)]
+pub struct StepView {
+    /// Forward number within this request, from 0.
+    pub forward: usize,
+    /// Absolute position of the window's first token; the answer starts at `answer_start`.
+    pub block_start: usize,
+    pub answer_start: usize,
+    /// The window as this step saw it: token ids, `null` where still masked.
+    pub window: Vec<Option<u32>>,
+    /// What this step committed (final from now on).
+    pub committed: Vec<Token>,
+    /// The model's current guess for every position that was masked before this step.
+    pub proposals: Vec<Proposal>,
+    /// Positions still masked after this step.
+    pub masked_after: Vec<usize>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Token {
+    pub position: usize,
+    pub token: u32,
+    pub text: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Proposal {
+    pub position: usize,
+    pub token: u32,
+    pub text: String,
+    pub confidence: f32,
+}
+
+impl StepView {
+    pub fn new(e: &StepEvent, tok: &ChatTokenizer, answer_start: usize) -> Self {
+        let text = |t: u32| tok.decode_raw(&[t]).unwrap_or_default();
+        StepView {
+            forward: e.forward,
+            block_start: e.block_start,
+            answer_start,
+            window: e
+                .window
+                .iter()
+                .map(|&t| (t != tok.ids.mask).then_some(t))
+                .collect(),
+            committed: e
+                .committed
+                .iter()
+                .map(|&(position, token)| Token {
+                    position,
+                    token,
+                    text: text(token),
+                })
+                .collect(),
+            proposals: e
+                .proposals
+                .iter()
+                .map(|&(position, token, confidence)| Proposal {
+                    position,
+                    token,
+                    text: text(token),
+                    confidence,
+                })
+                .collect(),
+            masked_after: e.masked_after.clone(),
+        }
+    }
+}

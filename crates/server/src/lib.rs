@@ -1,0 +1,85 @@
+//! unmask-server: an OpenAI-compatible HTTP API over one model (`unmask serve`).
+//!
+//! - [`routes`]: `GET /health`, `GET /metrics`, `GET /v1/models`, `POST /v1/chat/completions`,
+//!   `POST /v1/completions`, with [`params`] checking every request and [`sse`] streaming.
+//! - [`worker`]: the one thread that owns the backend, fed by a bounded queue.
+//! - [`completion`]: decoder + prefix streamer + stop strings; also used by `unmask chat`.
+//!
+//! Start it in-process with [`start`] and [`serve`] (tests do), or through the `unmask` binary.
+
+pub mod completion;
+pub mod error;
+pub mod events;
+pub mod metrics;
+pub mod params;
+pub mod routes;
+pub mod schema;
+pub mod sse;
+pub mod stop;
+pub mod worker;
+
+pub use error::ApiError;
+pub use routes::router;
+pub use worker::BackendFactory;
+
+use metrics::Metrics;
+use std::future::Future;
+use std::sync::Arc;
+use unmask_core::{DecodeParams, Model, Result};
+use worker::Worker;
+
+/// How to serve a model.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The name clients use (`model` in requests, `/v1/models`).
+    pub model_id: String,
+    /// Requests that may wait while one runs; one more gets 429.
+    pub max_queue: usize,
+    /// Decoding parameters of a request that sets none (the model's own defaults).
+    pub defaults: DecodeParams,
+}
+
+/// Everything handlers share.
+pub struct AppState {
+    pub model: Arc<Model>,
+    pub model_id: String,
+    pub defaults: DecodeParams,
+    pub metrics: Arc<Metrics>,
+    pub created: u64,
+    worker: Worker,
+}
+
+/// Builds the backend on the model thread and returns the state to serve with.
+pub fn start(
+    model: Arc<Model>,
+    make_backend: BackendFactory,
+    config: ServerConfig,
+) -> Result<Arc<AppState>> {
+    config.defaults.validate()?;
+    let metrics = Arc::new(Metrics::default());
+    let worker = Worker::spawn(
+        model.clone(),
+        make_backend,
+        config.max_queue,
+        metrics.clone(),
+    )?;
+    Ok(Arc::new(AppState {
+        model,
+        model_id: config.model_id,
+        defaults: config.defaults,
+        metrics,
+        created: routes::unix_now(),
+        worker,
+    }))
+}
+
+/// Serves until `shutdown` resolves. In-flight streams end when their clients go.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,155 @@
+//! Counters for `GET /metrics`, in the Prometheus text format. Plain atomics: the HTTP side and
+//! the worker thread update them without locks.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the step latency histogram.
+const STEP_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    /// Requests received, by endpoint (chat, completions).
+    pub chat_requests: AtomicU64,
+    pub completion_requests: AtomicU64,
+    /// Rejected before reaching the queue (bad input: 4xx).
+    pub invalid_requests: AtomicU64,
+    /// Refused because the queue was full (429).
+    pub rejected_requests: AtomicU64,
+    pub completed_requests: AtomicU64,
+    /// Ended because the client went away (while queued or while generating).
+    pub cancelled_requests: AtomicU64,
+    pub failed_requests: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub completion_tokens: AtomicU64,
+    pub forwards: AtomicU64,
+    /// Requests waiting for the worker.
+    pub queue_depth: AtomicU64,
+    /// 1 while the worker is generating.
+    pub running: AtomicU64,
+    step_buckets: [AtomicU64; STEP_BUCKETS.len()],
+    step_count: AtomicU64,
+    step_nanos: AtomicU64,
+}
+
+impl Metrics {
+    pub fn observe_step(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (b, &le) in self.step_buckets.iter().zip(&STEP_BUCKETS) {
+            if s <= le {
+                b.fetch_add(1, Relaxed);
+            }
+        }
+        self.step_count.fetch_add(1, Relaxed);
+        self.step_nanos.fetch_add(d.as_nanos() as u64, Relaxed);
+        self.forwards.fetch_add(1, Relaxed);
+    }
+
+    pub fn render(&self, queue_capacity: usize) -> String {
+        let mut o = String::new();
+        let g = |a: &AtomicU64| a.load(Relaxed);
+        let mut metric = |name: &str, kind: &str, help: &str, rows: &[(&str, u64)]| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in rows {
+                let _ = writeln!(o, "{name}{labels} {v}");
+            }
+        };
+        metric(
+            "unmask_requests_total",
+            "counter",
+            "Generation requests received, by endpoint.",
+            &[
+                ("{endpoint=\"chat\"}", g(&self.chat_requests)),
+                ("{endpoint=\"completions\"}", g(&self.completion_requests)),
+            ],
+        );
+        metric(
+            "unmask_requests_finished_total",
+            "counter",
+            "Generation requests by how they ended.",
+            &[
+                ("{outcome=\"completed\"}", g(&self.completed_requests)),
+                ("{outcome=\"cancelled\"}", g(&self.cancelled_requests)),
+                ("{outcome=\"invalid\"}", g(&self.invalid_requests)),
+                ("{outcome=\"rejected\"}", g(&self.rejected_requests)),
+                ("{outcome=\"failed\"}", g(&self.failed_requests)),
+            ],
+        );
+        metric(
+            "unmask_prompt_tokens_total",
+            "counter",
+            "Prompt tokens of completed requests.",
+            &[("", g(&self.prompt_tokens))],
+        );
+        metric(
+            "unmask_completion_tokens_total",
+            "counter",
+            "Generated tokens of completed requests.",
+            &[("", g(&self.completion_tokens))],
+        );
+        metric(
+            "unmask_forwards_total",
+            "counter",
+            "Model forward passes (decoder steps).",
+            &[("", g(&self.forwards))],
+        );
+        metric(
+            "unmask_queue_depth",
+            "gauge",
+            "Requests waiting for the model.",
+            &[("", g(&self.queue_depth))],
+        );
+        metric(
+            "unmask_queue_capacity",
+            "gauge",
+            "Requests that may wait before the server answers 429.",
+            &[("", queue_capacity as u64)],
+        );
+        metric(
+            "unmask_requests_running",
+            "gauge",
+            "Requests the model is generating for.",
+            &[("", g(&self.running))],
+        );
+        let _ = writeln!(
+            o,
+            "# HELP unmask_step_seconds Latency of one decoder step (a forward and its commits).\n\
+             # TYPE unmask_step_seconds histogram"
+        );
+        for (b, le) in self.step_buckets.iter().zip(STEP_BUCKETS) {
+            let _ = writeln!(o, "unmask_step_seconds_bucket{{le=\"{le}\"}} {}", g(b));
+        }
+        let count = g(&self.step_count);
+        let _ = writeln!(o, "unmask_step_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            o,
+            "unmask_step_seconds_sum {}",
+            g(&self.step_nanos) as f64 / 1e9
+        );
+        let _ = writeln!(o, "unmask_step_seconds_count {count}");
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::default();
+        m.observe_step(Duration::from_millis(3));
+        m.observe_step(Duration::from_millis(300));
+        let text = m.render(4);
+        assert!(text.contains("unmask_step_seconds_bucket{le=\"0.001\"} 0\n"));
+        assert!(text.contains("unmask_step_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("unmask_step_seconds_bucket{le=\"0.5\"} 2\n"));
+        assert!(text.contains("unmask_step_seconds_bucket{le=\"+Inf\"} 2\n"));
+        assert!(text.contains("unmask_step_seconds_count 2\n"));
+        assert!(text.contains("unmask_forwards_total 2\n"));
+        assert!(text.contains("unmask_queue_capacity 4\n"));
+    }
+}

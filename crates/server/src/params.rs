@@ -1,0 +1,382 @@
+//! From a request body to a generation job: JSON parsing with the failing field named, every
+//! parameter range-checked (so the decoder never meets bad input), the prompt rendered and
+//! tokenized, and its length checked against the model's context.
+
+use crate::error::ApiError;
+use crate::schema::{ChatFields, CompletionFields, Content, Prompt, Sampling, Stop};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use unmask_core::{DecodeParams, Message, Model};
+
+/// OpenAI's limit on stop sequences.
+const MAX_STOPS: usize = 4;
+
+/// A request, checked and tokenized, ready for the worker.
+#[derive(Debug, Clone)]
+pub struct GenRequest {
+    pub prompt: Vec<u32>,
+    pub params: DecodeParams,
+    pub stop: Vec<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub step_events: bool,
+}
+
+/// What checking a request needs from the server.
+pub struct Context<'a> {
+    pub model: &'a Model,
+    pub model_id: &'a str,
+    pub defaults: &'a DecodeParams,
+}
+
+pub fn chat_request(cx: &Context, body: &[u8]) -> Result<GenRequest, ApiError> {
+    let v = parse_object(body)?;
+    let s: Sampling = fields(&v)?;
+    let c: ChatFields = fields(&v)?;
+    if c.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(ApiError::param(
+            "tools",
+            "tools are not supported by this server",
+        ));
+    }
+    if s.logprobs
+        .as_ref()
+        .is_some_and(|l| l != &Value::Bool(false) && !l.is_null())
+    {
+        return Err(ApiError::param("logprobs", "logprobs are not supported"));
+    }
+    let messages = messages(&c)?;
+    let text = cx
+        .model
+        .tokenizer
+        .render_chat(&messages, true)
+        .map_err(|e| ApiError::param("messages", format!("chat template: {e}")))?;
+    let prompt = cx
+        .model
+        .tokenizer
+        .encode(&text)
+        .map_err(|e| ApiError::param("messages", e.to_string()))?;
+    finish(cx, s, prompt, "messages")
+}
+
+pub fn completion_request(cx: &Context, body: &[u8]) -> Result<GenRequest, ApiError> {
+    let v = parse_object(body)?;
+    let s: Sampling = fields(&v)?;
+    let c: CompletionFields = fields(&v)?;
+    if c.echo == Some(true) {
+        return Err(ApiError::param("echo", "echo is not supported"));
+    }
+    if c.suffix.is_some() {
+        return Err(ApiError::param("suffix", "suffix is not supported"));
+    }
+    if c.best_of.is_some_and(|b| b != 1) {
+        return Err(ApiError::param("best_of", "only best_of = 1 is supported"));
+    }
+    if s.logprobs
+        .as_ref()
+        .is_some_and(|l| !l.is_null() && l != &Value::from(0))
+    {
+        return Err(ApiError::param("logprobs", "logprobs are not supported"));
+    }
+    let vocab = cx.model.special_ids().valid_vocab as i64;
+    let ids = |ids: Vec<i64>| -> Result<Vec<u32>, ApiError> {
+        match ids.iter().find(|&&t| !(0..vocab).contains(&t)) {
+            Some(bad) => Err(ApiError::param(
+                "prompt",
+                format!("token id {bad} is outside the vocabulary (0..{vocab})"),
+            )),
+            None => Ok(ids.into_iter().map(|t| t as u32).collect()),
+        }
+    };
+    let one = |n: usize| -> Result<(), ApiError> {
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(ApiError::param(
+                "prompt",
+                format!("exactly one prompt per request is supported, got {n}"),
+            ))
+        }
+    };
+    let encode = |t: &str| {
+        cx.model
+            .tokenizer
+            .encode(t)
+            .map_err(|e| ApiError::param("prompt", e.to_string()))
+    };
+    let prompt = match c.prompt {
+        Prompt::Text(t) => encode(&t)?,
+        Prompt::Texts(mut list) => {
+            one(list.len())?;
+            encode(&list.remove(0))?
+        }
+        Prompt::Ids(list) => ids(list)?,
+        Prompt::IdLists(mut lists) => {
+            one(lists.len())?;
+            ids(lists.remove(0))?
+        }
+    };
+    finish(cx, s, prompt, "prompt")
+}
+
+/// The body as a JSON object, or a 400 that says where it broke.
+fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid(None, format!("the request body is not valid JSON: {e}"))
+            .with_code("invalid_json")
+    })?;
+    if !v.is_object() {
+        return Err(
+            ApiError::invalid(None, "the request body must be a JSON object")
+                .with_code("invalid_json"),
+        );
+    }
+    Ok(v)
+}
+
+/// Reads typed fields out of the body; a wrong type or a missing field names the parameter.
+fn fields<T: DeserializeOwned>(v: &Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if let Some(missing) = inner
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next())
+        {
+            let param = if path == "." {
+                missing.to_string()
+            } else {
+                format!("{path}.{missing}")
+            };
+            return ApiError::param(&param, format!("missing required parameter `{param}`"))
+                .with_code("missing_required_parameter");
+        }
+        ApiError::param(&path, format!("invalid `{path}`: {inner}"))
+    })
+}
+
+fn messages(c: &ChatFields) -> Result<Vec<Message>, ApiError> {
+    if c.messages.is_empty() {
+        return Err(ApiError::param("messages", "messages must not be empty"));
+    }
+    let mut out = Vec::with_capacity(c.messages.len());
+    for (i, m) in c.messages.iter().enumerate() {
+        let at = |f: &str| format!("messages[{i}].{f}");
+        let role = match m.role.as_str() {
+            "system" | "developer" if i == 0 => "system",
+            "system" | "developer" => {
+                return Err(ApiError::param(
+                    &at("role"),
+                    "only the first message may be a system message (the chat template has no place for others)",
+                ))
+            }
+            "user" => "user",
+            "assistant" => "assistant",
+            other => {
+                return Err(ApiError::param(
+                    &at("role"),
+                    format!("unsupported role `{other}` (use system, user or assistant)"),
+                ))
+            }
+        };
+        let content = match &m.content {
+            Some(Content::Text(t)) => t.clone(),
+            Some(Content::Parts(parts)) => {
+                let mut text = String::new();
+                for (j, p) in parts.iter().enumerate() {
+                    match (p.kind.as_str(), &p.text) {
+                        ("text", Some(t)) => text.push_str(t),
+                        _ => {
+                            return Err(ApiError::param(
+                                &format!("messages[{i}].content[{j}]"),
+                                format!("only text content parts are supported, got `{}`", p.kind),
+                            ))
+                        }
+                    }
+                }
+                text
+            }
+            None => {
+                return Err(ApiError::param(
+                    &at("content"),
+                    "content is required (tool calls are not supported)",
+                ))
+            }
+        };
+        out.push(Message {
+            role: role.into(),
+            content,
+        });
+    }
+    Ok(out)
+}
+
+/// The shared parameters: ranges, the model's defaults, and the context length.
+fn finish(
+    cx: &Context,
+    s: Sampling,
+    prompt: Vec<u32>,
+    prompt_param: &str,
+) -> Result<GenRequest, ApiError> {
+    if let Some(m) = &s.model {
+        if m != cx.model_id {
+            return Err(ApiError::not_found(format!(
+                "the model `{m}` does not exist here; this server serves `{}`",
+                cx.model_id
+            ))
+            .with_code("model_not_found"));
+        }
+    }
+    let mut p = cx.defaults.clone();
+    let at_least_one = |name: &str, v: i64| -> Result<usize, ApiError> {
+        if v < 1 {
+            Err(ApiError::param(
+                name,
+                format!("{name} must be at least 1, got {v}"),
+            ))
+        } else {
+            Ok(usize::try_from(v).unwrap_or(usize::MAX))
+        }
+    };
+    if let Some(n) = s.n {
+        if n != 1 {
+            return Err(ApiError::param("n", "only n = 1 is supported"));
+        }
+    }
+    for (name, v) in [
+        ("presence_penalty", s.presence_penalty),
+        ("frequency_penalty", s.frequency_penalty),
+    ] {
+        if v.is_some_and(|v| v != 0.0) {
+            return Err(ApiError::param(
+                name,
+                format!("{name} is not supported by block-diffusion decoding (only 0)"),
+            ));
+        }
+    }
+    if let Some(v) = s.max_completion_tokens.or(s.max_tokens) {
+        let name = if s.max_completion_tokens.is_some() {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        p.gen_length = at_least_one(name, v)?;
+    }
+    if let Some(v) = s.block_length {
+        p.block_length = at_least_one("block_length", v)?;
+    }
+    if let Some(v) = s.steps {
+        p.steps = at_least_one("steps", v)?;
+    }
+    if let Some(t) = s.threshold {
+        if !(t > 0.0 && t <= 1.0) {
+            return Err(ApiError::param(
+                "threshold",
+                format!("threshold must be in (0, 1], got {t}"),
+            ));
+        }
+        p.threshold = t as f32;
+    }
+    if let Some(t) = s.temperature {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(ApiError::param(
+                "temperature",
+                format!("temperature must be in [0, 2], got {t}"),
+            ));
+        }
+        p.temperature = t as f32;
+    }
+    if let Some(t) = s.top_p {
+        if !(t > 0.0 && t <= 1.0) {
+            return Err(ApiError::param(
+                "top_p",
+                format!("top_p must be in (0, 1], got {t}"),
+            ));
+        }
+        p.top_p = t as f32;
+    }
+    if let Some(k) = s.top_k {
+        if k < 0 {
+            return Err(ApiError::param(
+                "top_k",
+                format!("top_k must be >= 0, got {k}"),
+            ));
+        }
+        p.top_k = usize::try_from(k).unwrap_or(usize::MAX);
+    }
+    if let Some(seed) = s.seed {
+        // Any 64-bit integer, signed or not: a negative seed keeps its bit pattern.
+        p.seed = if let Ok(u) = u64::try_from(seed) {
+            u
+        } else if let Ok(i) = i64::try_from(seed) {
+            i as u64
+        } else {
+            return Err(ApiError::param("seed", "seed must fit in 64 bits"));
+        };
+    }
+    if let Some(e) = s.eos_early_stop {
+        p.eos_early_stop = e;
+    }
+    let max = cx.model.config.max_position_embeddings;
+    if p.block_length > max {
+        return Err(ApiError::param(
+            "block_length",
+            format!("block_length must be at most the context length ({max})"),
+        ));
+    }
+    // Steps past the block length commit nothing (the schedule gives them 0 tokens and the
+    // block is full by then): the same output with a bounded schedule.
+    p.steps = p.steps.min(p.block_length);
+    p.validate()
+        .map_err(|e| ApiError::invalid(None, e.to_string()))?;
+
+    let (plen, g, b) = (prompt.len(), p.gen_length, p.block_length);
+    let total = plen
+        .checked_add(g)
+        .and_then(|n| n.checked_next_multiple_of(b))
+        .filter(|&t| t <= max);
+    if total.is_none() {
+        let name = if s.max_completion_tokens.is_some() {
+            "max_completion_tokens"
+        } else if s.max_tokens.is_some() {
+            "max_tokens"
+        } else {
+            prompt_param
+        };
+        return Err(ApiError::param(
+            name,
+            format!(
+                "this model's maximum context length is {max} positions; the prompt has {plen} \
+                 tokens and max_tokens is {g}, padded to whole blocks of {b}: reduce the prompt \
+                 or max_tokens"
+            ),
+        )
+        .with_code("context_length_exceeded"));
+    }
+
+    let stop = match s.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s],
+        Some(Stop::Many(v)) => v,
+    };
+    if stop.len() > MAX_STOPS {
+        return Err(ApiError::param(
+            "stop",
+            format!("at most {MAX_STOPS} stop sequences, got {}", stop.len()),
+        ));
+    }
+    if stop.iter().any(String::is_empty) {
+        return Err(ApiError::param("stop", "stop sequences must not be empty"));
+    }
+    Ok(GenRequest {
+        prompt,
+        params: p,
+        stop,
+        stream: s.stream.unwrap_or(false),
+        include_usage: s
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
+        step_events: s.unmask_events.unwrap_or(false),
+    })
+}

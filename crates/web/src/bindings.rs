@@ -1,0 +1,222 @@
+//! The wasm-bindgen classes the worker uses: `Loader` (files in, checked model out) and
+//! `Engine` (tokenize, generate step by step with a JS callback per step).
+
+use crate::generator::Generator;
+use crate::load::ModelLoader;
+use crate::request::GenerateRequest;
+use js_sys::{Function, Promise};
+use serde::Serialize;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use unmask_core::decode::DecodeParams;
+use unmask_core::{Backend, ChatTokenizer, Config, Message, ReferenceBackend, SpecialIds};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::{future_to_promise, JsFuture};
+
+fn js_err(e: impl std::fmt::Display) -> JsValue {
+    JsError::new(&e.to_string()).into()
+}
+
+/// Collects a model's files as the worker fetches them.
+#[wasm_bindgen]
+pub struct Loader {
+    inner: Option<ModelLoader>,
+}
+
+#[wasm_bindgen]
+impl Loader {
+    #[wasm_bindgen(constructor)]
+    pub fn new(
+        config_json: &[u8],
+        tokenizer_json: &[u8],
+        tokenizer_config: Option<Vec<u8>>,
+    ) -> Result<Loader, JsValue> {
+        let inner = ModelLoader::new(config_json, tokenizer_json, tokenizer_config.as_deref())
+            .map_err(js_err)?;
+        Ok(Loader { inner: Some(inner) })
+    }
+
+    /// Adds one safetensors file (its bytes are copied into wasm memory and kept until the
+    /// backend has taken the weights).
+    pub fn add_shard(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), JsValue> {
+        self.loader()?.add_shard(name, bytes).map_err(js_err)
+    }
+
+    /// Checks the model and builds the engine on `backend` ("cpu"). Resolves to an `Engine`.
+    /// The loader is used up.
+    pub fn build(&mut self, label: String, backend: String) -> Result<Promise, JsValue> {
+        let loader = self
+            .inner
+            .take()
+            .ok_or_else(|| js_err("loader already used"))?;
+        Ok(future_to_promise(async move {
+            let model = loader.finish(&label).map_err(js_err)?;
+            let ids = model.special_ids();
+            let unmask_core::Model {
+                config,
+                weights,
+                tokenizer,
+                graph,
+                ..
+            } = model;
+            let summary = unmask_core::loader::summarize(&config, &weights);
+            let backend: Box<dyn Backend> = match backend.as_str() {
+                "cpu" => Box::new(
+                    ReferenceBackend::new(graph, &weights, &mut |_, _| {}).map_err(js_err)?,
+                ),
+                other => return Err(js_err(format!("unknown backend `{other}` (known: cpu)"))),
+            };
+            // The backend holds its own copy of the weights: let the fetched bytes go.
+            drop(weights);
+            let info = Info {
+                backend: backend.name(),
+                parameters: summary.parameters,
+                active_parameters: summary.active_parameters,
+                weight_bytes: summary.weight_bytes,
+                layers: config.num_hidden_layers,
+                hidden: config.hidden_size,
+                experts: config.num_experts,
+                vocab: config.vocab_size,
+                max_positions: config.max_position_embeddings,
+                eos: ids.eos,
+                mask: ids.mask,
+                defaults: DecodeParams::default(),
+            };
+            Ok(JsValue::from(Engine {
+                inner: Rc::new(Inner {
+                    config,
+                    tokenizer,
+                    ids,
+                    backend: RefCell::new(backend),
+                    busy: Cell::new(false),
+                    info: serde_json::to_string(&info).map_err(js_err)?,
+                }),
+            }))
+        }))
+    }
+
+    fn loader(&mut self) -> Result<&mut ModelLoader, JsValue> {
+        self.inner
+            .as_mut()
+            .ok_or_else(|| js_err("loader already used"))
+    }
+}
+
+#[derive(Serialize)]
+struct Info {
+    backend: String,
+    parameters: u64,
+    active_parameters: u64,
+    weight_bytes: u64,
+    layers: usize,
+    hidden: usize,
+    experts: usize,
+    vocab: usize,
+    max_positions: usize,
+    eos: u32,
+    mask: u32,
+    defaults: DecodeParams,
+}
+
+struct Inner {
+    config: Config,
+    tokenizer: ChatTokenizer,
+    ids: SpecialIds,
+    backend: RefCell<Box<dyn Backend>>,
+    /// One generation at a time: the backend's KV cache belongs to it.
+    busy: Cell<bool>,
+    info: String,
+}
+
+/// A loaded model on a backend.
+#[wasm_bindgen]
+pub struct Engine {
+    inner: Rc<Inner>,
+}
+
+#[wasm_bindgen]
+impl Engine {
+    /// JSON: backend name, model sizes, special ids, default options.
+    pub fn info(&self) -> String {
+        self.inner.info.clone()
+    }
+
+    /// Text to ids (special tokens in the text are matched; no chat template).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, JsValue> {
+        self.inner.tokenizer.encode(text).map_err(js_err)
+    }
+
+    /// Ids to text, special tokens kept.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, JsValue> {
+        self.inner.tokenizer.decode_raw(ids).map_err(js_err)
+    }
+
+    /// Renders `messages_json` (`[{"role", "content"}]`) through the chat template.
+    pub fn render_chat(
+        &self,
+        messages_json: &str,
+        add_generation_prompt: bool,
+    ) -> Result<String, JsValue> {
+        let messages: Vec<Message> = serde_json::from_str(messages_json).map_err(js_err)?;
+        self.inner
+            .tokenizer
+            .render_chat(&messages, add_generation_prompt)
+            .map_err(js_err)
+    }
+
+    /// Runs a generation (`request_json`: see `request.rs`). After every step `on_step` is
+    /// called with the step's JSON; it may return a promise, which is awaited (the worker uses
+    /// that to let messages in between steps); a result of `false` stops the run. Resolves to
+    /// the final JSON (`finish: "cancelled"` when stopped).
+    pub fn generate(&self, request_json: String, on_step: Function) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            if inner.busy.replace(true) {
+                return Err(js_err("a generation is already running on this engine"));
+            }
+            let result = run(&inner, &request_json, &on_step).await;
+            inner.busy.set(false);
+            result.map(|done| JsValue::from_str(&done))
+        })
+    }
+}
+
+async fn run(inner: &Inner, request_json: &str, on_step: &Function) -> Result<String, JsValue> {
+    let request = GenerateRequest::from_json(request_json).map_err(js_err)?;
+    let params = request.params().map_err(js_err)?;
+    let prompt = request.prompt_ids(&inner.tokenizer).map_err(js_err)?;
+    let mut g = Generator::new(
+        &inner.tokenizer,
+        &inner.ids,
+        inner.config.max_position_embeddings,
+        prompt,
+        &params,
+    )
+    .map_err(js_err)?;
+    let mut backend = inner.backend.borrow_mut();
+    let name = backend.name();
+    backend.reset();
+    loop {
+        let out = match g.next_step() {
+            Some(step) => backend.step(&step).map_err(js_err)?,
+            None => break,
+        };
+        let msg = g.apply(&out, &name).map_err(js_err)?;
+        let json = serde_json::to_string(&msg).map_err(js_err)?;
+        let mut keep = on_step.call1(&JsValue::NULL, &JsValue::from_str(&json))?;
+        if keep.has_type::<Promise>() {
+            keep = JsFuture::from(Promise::from(keep)).await?;
+        }
+        if keep.as_bool() == Some(false) {
+            break;
+        }
+    }
+    let done = g.finish().map_err(js_err)?;
+    serde_json::to_string(&done).map_err(js_err)
+}
+
+/// The backends this build can run, by the names `Loader.build` takes.
+#[wasm_bindgen]
+pub fn backends() -> Vec<String> {
+    vec!["cpu".to_string()]
+}

@@ -63,6 +63,9 @@ pub struct Args {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also write the JSON report to this file (the table still goes to stdout).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
 }
 
 impl Args {
@@ -238,8 +241,13 @@ pub fn run(args: Args) -> Result<()> {
         bandwidth,
         memory,
     };
+    let json = serde_json::to_string_pretty(&r)?;
+    if let Some(path) = &args.output {
+        std::fs::write(path, format!("{json}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        println!("{json}");
     } else {
         report::print_table(&r);
     }

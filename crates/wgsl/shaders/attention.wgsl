@@ -43,7 +43,9 @@ var<workgroup> qs: array<f32, MAX_D>;
 var<workgroup> sc: array<f32, WG>;
 
 fn neg_inf() -> f32 {
-    return bitcast<f32>(0xff800000u);
+    // Through a variable: Chrome's WGSL compiler (Tint) rejects -inf as a constant expression.
+    var bits = 0xff800000u;
+    return bitcast<f32>(bits);
 }
 
 // One workgroup per (q head, row); invocation li owns output dims li, li + 64, ...

@@ -69,7 +69,9 @@ const NONE: u32 = 0xffffffffu;
 const MAX_GROUPS: u32 = 64u;
 
 fn neg_inf() -> f32 {
-    return bitcast<f32>(0xff800000u);
+    // Through a variable: Chrome's WGSL compiler (Tint) rejects -inf as a constant expression.
+    var bits = 0xff800000u;
+    return bitcast<f32>(bits);
 }
 
 // Whether (v, i) may follow (pv, pi) in the order "value descending, then index ascending".

@@ -25,7 +25,9 @@ var<workgroup> rf: array<f32, WG>;
 var<workgroup> ru: array<u32, WG>;
 
 fn neg_inf() -> f32 {
-    return bitcast<f32>(0xff800000u);
+    // Through a variable: Chrome's WGSL compiler (Tint) rejects -inf as a constant expression.
+    var bits = 0xff800000u;
+    return bitcast<f32>(bits);
 }
 
 fn allowed(i: u32) -> bool {

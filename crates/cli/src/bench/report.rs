@@ -140,6 +140,16 @@ pub fn bytes(b: u64) -> String {
     }
 }
 
+/// Parameter counts in B(illions) or M(illions).
+pub fn count(n: u64) -> String {
+    let n = n as f64;
+    if n >= 1e9 {
+        format!("{:.2} B", n / 1e9)
+    } else {
+        format!("{:.2} M", n / 1e6)
+    }
+}
+
 fn spread_row(label: &str, s: &Spread) -> String {
     format!(
         "  {label:<28}{:>10.2}{:>10.2}{:>10.2}{:>10.2}{:>10.2}{:>5}",
@@ -192,10 +202,10 @@ pub fn print_table(r: &Report) {
             .map_or("?".into(), |l| format!("{l:.1}"))
     );
     println!(
-        "model     {}: {:.2} B parameters, {:.2} B active, {} of weights; built in {:.1} s, backend loaded in {:.1} s",
+        "model     {}: {} parameters, {} active, {} of weights; built in {:.1} s, backend loaded in {:.1} s",
         m.description,
-        m.parameters as f64 / 1e9,
-        m.active_parameters as f64 / 1e9,
+        count(m.parameters),
+        count(m.active_parameters),
         bytes(m.weight_bytes),
         m.build_seconds,
         r.backend.load_seconds
@@ -310,5 +320,7 @@ mod tests {
         assert_eq!(bytes(1_500), "1.5 kB");
         assert_eq!(bytes(644_000_000), "644.0 MB");
         assert_eq!(bytes(3_200_000_000), "3.20 GB");
+        assert_eq!(count(1_510_000_000), "1.51 B");
+        assert_eq!(count(690_000), "0.69 M");
     }
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod graph;
 pub mod loader;
 pub mod model;
+pub mod quant;
 pub mod reference;
 pub mod synthetic;
 pub mod weights;

@@ -76,9 +76,15 @@ impl SplitMix {
 
 /// Random weights for every tensor the graph reads, in `dtype` (bf16, f16 or f32). Matrices are
 /// N(0, 0.02) like the checkpoints' initialisation, norms are near 1, expert biases small.
+/// A quantized `dtype` gives the bf16 model's values with the tensors a quantized checkpoint
+/// packs (`quant::QuantPlan`) quantized one at a time.
 pub fn random_weights(c: &Config, dtype: DType, seed: u64) -> Result<WeightStore> {
     let mut store = WeightStore::default();
-    for (i, (name, shape)) in llada2::expected_tensors(c).into_iter().enumerate() {
+    let quant = dtype.quant().map(crate::quant::QuantPlan::new);
+    let graph = llada2::build(c);
+    let dtype = if quant.is_some() { DType::BF16 } else { dtype };
+    for (i, w) in graph.weights.iter().enumerate() {
+        let (name, shape) = (w.name.clone(), w.shape.clone());
         let numel: usize = shape.iter().product();
         let mut rng = SplitMix(seed ^ (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
         let (dt, values): (DType, Box<dyn FnMut() -> f32>) = if name.ends_with("expert_bias") {
@@ -89,7 +95,11 @@ pub fn random_weights(c: &Config, dtype: DType, seed: u64) -> Result<WeightStore
             (dtype, Box::new(move || rng.normal(0.02)))
         };
         let bytes = encode(dt, numel, values);
-        store.insert(name, Tensor::from_bytes(dt, shape, bytes)?);
+        let mut t = Tensor::from_bytes(dt, shape, bytes)?;
+        if let Some(plan) = quant.filter(|p| p.applies_to(w.role)) {
+            t = crate::quant::quantize_tensor(plan.format, &t)?.0;
+        }
+        store.insert(name, t);
     }
     Ok(store)
 }
@@ -102,6 +112,9 @@ fn encode(dtype: DType, numel: usize, mut next: Box<dyn FnMut() -> f32 + '_>) ->
             DType::F32 => out.extend_from_slice(&v.to_le_bytes()),
             DType::BF16 => out.extend_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes()),
             DType::F16 => out.extend_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes()),
+            DType::Q8_0 | DType::Q4 => {
+                unreachable!("random_weights encodes quantized models as bf16")
+            }
         }
     }
     out

@@ -1,5 +1,6 @@
 //! Weight matrices as the reference backend holds them: in their stored precision, widened to
-//! f32 one row at a time inside the kernels.
+//! f32 one row at a time inside the kernels. Quantized matrices stay packed (the tensor's own
+//! bytes, shared, not copied): a row is dequantized block by block into the caller's scratch.
 
 use crate::weights::{DType, Tensor};
 
@@ -13,6 +14,8 @@ enum Data {
     F32(Vec<f32>),
     Bf16(Vec<u16>),
     F16(Vec<u16>),
+    /// q8_0 / q4 blocks, exactly as loaded.
+    Packed(Tensor),
 }
 
 impl Matrix {
@@ -33,6 +36,7 @@ impl Matrix {
             DType::F32 => Data::F32(t.to_f32()),
             DType::BF16 => Data::Bf16(halves()),
             DType::F16 => Data::F16(halves()),
+            DType::Q8_0 | DType::Q4 => Data::Packed(t.clone()),
         };
         Matrix { rows, cols, data }
     }
@@ -53,6 +57,20 @@ impl Matrix {
                     *o = half::f16::from_bits(b).to_f32();
                 }
             }
+            Data::Packed(t) => t
+                .packed()
+                .expect("a packed tensor's size was checked when it was made")
+                .row_into(r, out),
+        }
+    }
+
+    /// The stored dtype (quantized matrices report their format).
+    pub fn dtype(&self) -> DType {
+        match &self.data {
+            Data::F32(_) => DType::F32,
+            Data::Bf16(_) => DType::BF16,
+            Data::F16(_) => DType::F16,
+            Data::Packed(t) => t.dtype,
         }
     }
 

@@ -3,6 +3,7 @@
 
 mod dtype;
 mod safetensors_dir;
+pub mod writer;
 
 pub use dtype::DType;
 pub use safetensors_dir::{add_shard, load_dir, load_files};
@@ -46,8 +47,7 @@ impl Tensor {
         start: usize,
         len: usize,
     ) -> Result<Self> {
-        let numel: usize = shape.iter().product();
-        let want = dtype.bytes_for(numel);
+        let want = dtype.bytes_for_shape(&shape);
         if want != len {
             return Err(Error::Weights(format!(
                 "{len} bytes do not hold a {dtype:?} tensor of shape {shape:?} ({want} bytes)"
@@ -87,7 +87,18 @@ impl Tensor {
 
     /// Widens to f32 (bf16 and f16 exactly; quantized formats are dequantized).
     pub fn to_f32(&self) -> Vec<f32> {
-        self.dtype.to_f32(self.bytes(), self.numel())
+        self.dtype.to_f32_shaped(self.bytes(), &self.shape)
+    }
+
+    /// The packed planes of a quantized tensor (`None` for f32/f16/bf16).
+    pub fn packed(&self) -> Option<crate::quant::Packed<'_>> {
+        let f = self.dtype.quant()?;
+        let cols = self.shape.last().copied().unwrap_or(1);
+        let rows = self.shape[..self.shape.len().saturating_sub(1)]
+            .iter()
+            .product();
+        // Tensor::new checked the byte count against the shape.
+        crate::quant::Packed::new(f, rows, cols, self.bytes()).ok()
     }
 }
 

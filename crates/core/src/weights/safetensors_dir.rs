@@ -1,7 +1,7 @@
 //! A Hugging Face model directory's safetensors: one file, or shards through
 //! `model.safetensors.index.json`.
 
-use super::{DType, Storage, Tensor, WeightStore};
+use super::{Storage, Tensor, WeightStore};
 use crate::error::{Error, Result};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -79,7 +79,14 @@ pub fn add_shard(store: &mut WeightStore, storage: Arc<Storage>, label: &str) ->
         .map_err(|e| Error::Weights(format!("{label}: not a valid safetensors file ({e})")))?;
     let data_start = 8 + header_len;
     for (name, info) in meta.tensors() {
-        let dtype = DType::from_safetensors(info.dtype, &name)?;
+        // Quantized tensors are U8 bytes whose format and shape are in the file's metadata.
+        let (dtype, shape) = crate::quant::meta::resolve(
+            meta.metadata().as_ref(),
+            &name,
+            info.dtype,
+            &info.shape,
+            label,
+        )?;
         let (b, e) = info.data_offsets;
         if data_start + e > bytes.len() {
             return Err(Error::Weights(format!(
@@ -88,14 +95,8 @@ pub fn add_shard(store: &mut WeightStore, storage: Arc<Storage>, label: &str) ->
                 bytes.len()
             )));
         }
-        let t = Tensor::new(
-            dtype,
-            info.shape.clone(),
-            storage.clone(),
-            data_start + b,
-            e - b,
-        )
-        .map_err(|err| Error::Weights(format!("{label}: tensor `{name}`: {err}")))?;
+        let t = Tensor::new(dtype, shape, storage.clone(), data_start + b, e - b)
+            .map_err(|err| Error::Weights(format!("{label}: tensor `{name}`: {err}")))?;
         store.insert(name, t);
     }
     Ok(())

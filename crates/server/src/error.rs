@@ -64,7 +64,8 @@ impl ApiError {
         ApiError {
             status: StatusCode::TOO_MANY_REQUESTS,
             message: format!(
-                "the server is busy: {capacity} requests are already waiting; retry later"
+                "the server is busy: the model is generating and its queue ({capacity} waiting) \
+                 is full; retry later"
             ),
             kind: "requests",
             param: None,

@@ -68,6 +68,11 @@ pub fn run(args: Args) -> Result<()> {
         eprintln!("serving `{model_id}` on http://{addr} (OpenAI API under /v1; Ctrl-C stops)");
         unmask_server::serve(listener, state, async {
             let _ = tokio::signal::ctrl_c().await;
+            eprintln!("stopping: finishing the requests in flight (Ctrl-C again quits at once)");
+            tokio::spawn(async {
+                let _ = tokio::signal::ctrl_c().await;
+                std::process::exit(130);
+            });
         })
         .await
         .context("serving")

@@ -21,6 +21,9 @@ pub struct BackendArgs {
     /// Device to run on.
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendName,
+    /// Quantize the matrices and embedding table of a full-precision checkpoint while loading.
+    #[arg(long, value_enum)]
+    pub quantize: Option<crate::commands::quantize::FormatName>,
 }
 
 /// Builds the chosen backend with the model's weights, saying on stderr what was chosen.
@@ -37,6 +40,14 @@ pub fn create_for(
     args: &BackendArgs,
     quiet: bool,
 ) -> Result<Box<dyn Backend>> {
+    let quantized;
+    let weights = match args.quantize {
+        Some(f) => {
+            quantized = crate::commands::quantize::at_load(graph, weights, f.into())?;
+            &quantized
+        }
+        None => weights,
+    };
     let mut why = String::new();
     let backend: Box<dyn Backend> = match args.backend {
         BackendName::Cuda => Box::new(cuda(config, graph, weights)?),

@@ -30,6 +30,8 @@ enum Command {
     Chat(commands::chat::Args),
     /// Time the decoding step against its memory floor and the autoregressive baseline.
     Bench(commands::bench::Args),
+    /// Write a quantized copy of a model directory (q8_0 or q4 blocks).
+    Quantize(commands::quantize::Args),
 }
 
 fn main() {
@@ -47,6 +49,7 @@ fn main() {
         Command::Serve(a) => commands::serve::run(a),
         Command::Chat(a) => commands::chat::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Quantize(a) => commands::quantize::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

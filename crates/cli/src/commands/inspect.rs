@@ -5,23 +5,34 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    #[arg(long, required_unless_present = "shape", conflicts_with = "shape")]
+    pub model: Option<PathBuf>,
+    /// A published shape instead of a directory (mini, flash): parameters and memory per format.
     #[arg(long)]
-    pub model: PathBuf,
+    pub shape: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let model = super::open_model(&args.model)?;
+    if let Some(name) = &args.shape {
+        return super::quantize::inspect_shape(name, args.json);
+    }
+    let Some(dir) = &args.model else {
+        anyhow::bail!("give --model DIR or --shape NAME");
+    };
+    let model = super::open_model(dir)?;
     let c = &model.config;
     let s = model.summary();
     let ids = model.special_ids();
+    let by_format = unmask_core::quant::memory::memory_by_format(c);
     if args.json {
         let v = serde_json::json!({
             "config": c,
             "special_ids": ids,
             "tokenizer_vocab": model.tokenizer.vocab_size(),
             "summary": s,
+            "memory_by_format": by_format,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -76,6 +87,7 @@ pub fn run(args: Args) -> Result<()> {
         human((s.memory_full_context - s.weight_bytes) as f64, "B"),
         human(s.memory_full_context as f64, "B")
     );
+    super::quantize::print_memory_by_format(&by_format);
     Ok(())
 }
 

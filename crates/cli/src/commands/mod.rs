@@ -2,6 +2,7 @@ pub mod bench;
 pub mod chat;
 pub mod generate;
 pub mod inspect;
+pub mod quantize;
 pub mod serve;
 
 use anyhow::{Context, Result};

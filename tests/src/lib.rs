@@ -56,6 +56,15 @@ fn make_cuda(m: &Model) -> anyhow::Result<Box<dyn Backend>> {
     )?))
 }
 
+fn make_wgpu(m: &Model) -> anyhow::Result<Box<dyn Backend>> {
+    Ok(Box::new(unmask_wgsl::WgpuBackend::new(
+        m.graph.clone(),
+        &m.weights,
+        &Default::default(),
+        &mut |_, _| {},
+    )?))
+}
+
 /// Prints `{backend}: SKIPPED ({why})` past the test harness's output capture, so that `cargo
 /// test` shows which backends a passing suite did not run on.
 pub fn report_skipped(backend: &str, why: &str) {
@@ -65,7 +74,7 @@ pub fn report_skipped(backend: &str, why: &str) {
 
 /// Every backend this build can run here. A backend whose device is absent is reported as
 /// skipped (printed), never counted as passed; `UNMASK_REQUIRE_CUDA=1` (scripts/gpu-check.sh)
-/// turns an absent CUDA device into a failure.
+/// turns an absent CUDA device into a failure, `UNMASK_REQUIRE_WGPU=1` (CI) an absent adapter.
 pub fn backends() -> Vec<BackendCase> {
     let mut v = vec![BackendCase {
         name: "cpu",
@@ -84,6 +93,23 @@ pub fn backends() -> Vec<BackendCase> {
                 "UNMASK_REQUIRE_CUDA is set but CUDA is unavailable: {why}"
             );
             report_skipped("cuda", why);
+        }
+    }
+    // wgpu: any adapter (`UNMASK_ADAPTER` picks one); CI runs it on lavapipe and sets
+    // UNMASK_REQUIRE_WGPU=1 so that a missing adapter fails instead of skipping.
+    match unmask_wgsl::probe(None) {
+        Ok(_) => v.push(BackendCase {
+            name: "wgpu",
+            make: make_wgpu,
+        }),
+        Err(e) => {
+            let why = e.to_string();
+            let why = why.strip_prefix("backend wgpu: ").unwrap_or(&why);
+            assert!(
+                std::env::var_os("UNMASK_REQUIRE_WGPU").is_none(),
+                "UNMASK_REQUIRE_WGPU is set but no wgpu adapter is available: {why}"
+            );
+            report_skipped("wgpu", why);
         }
     }
     v

@@ -1,0 +1,162 @@
+//! The activation arena, planned once at load: every graph buffer gets a slot (a device buffer)
+//! sized for the largest chunk, and buffers whose lifetimes do not overlap share a slot. The
+//! residual stream entering each layer, the logits and the samples stay live to the end of the
+//! step so that tests can read them back.
+
+use unmask_core::graph::{BufId, Graph, Op, Rows};
+
+/// Buffers an op reads and writes (an in-place op lists its buffer in both).
+pub fn op_buffers(op: &Op) -> (Vec<BufId>, Vec<BufId>) {
+    match op {
+        Op::Embed { ids, out, .. } => (vec![*ids], vec![*out]),
+        Op::RmsNorm { x, out, .. } | Op::MatMul { x, out, .. } => (vec![*x], vec![*out]),
+        Op::QkNormRope { qkv, .. } => (vec![*qkv], vec![*qkv]),
+        Op::Attention { qkv, out, .. } => (vec![*qkv], vec![*out]),
+        Op::Add { a, b, out } => (vec![*a, *b], vec![*out]),
+        Op::SwiGlu { gate, up, out } => (vec![*gate, *up], vec![*out]),
+        Op::MoeRoute {
+            logits,
+            ids,
+            weights,
+            ..
+        } => (vec![*logits], vec![*ids, *weights]),
+        Op::MoeExperts {
+            x,
+            ids,
+            weights,
+            out,
+            ..
+        } => (vec![*x, *ids, *weights], vec![*out]),
+        Op::TakeLastRows { x, out } => (vec![*x], vec![*out]),
+        Op::Sample { logits, out } => (vec![*logits], vec![*out]),
+    }
+}
+
+pub struct ArenaPlan {
+    /// Slot of each graph buffer (`None` for buffers the arena does not hold: the token ids).
+    pub slot_of: Vec<Option<usize>>,
+    /// Bytes of each slot.
+    pub slot_bytes: Vec<u64>,
+}
+
+impl ArenaPlan {
+    pub fn total_bytes(&self) -> u64 {
+        self.slot_bytes.iter().sum()
+    }
+}
+
+/// Bytes of buffer `b` for a chunk of `rows` rows (both token and predicted rows are capped by
+/// the chunk size).
+pub fn buffer_bytes(graph: &Graph, b: BufId, rows: usize) -> u64 {
+    let d = graph.buffer(b);
+    let rows = match d.rows {
+        Rows::Tokens | Rows::Out => rows,
+    };
+    (rows * d.cols * 4) as u64
+}
+
+/// Interval allocation in op order: a buffer's slot is free again after the last op that uses
+/// it; a new buffer takes the smallest free slot that fits, else grows the largest free slot,
+/// else opens a new one.
+pub fn plan(graph: &Graph, rows: usize) -> ArenaPlan {
+    let nb = graph.buffers.len();
+    let end = graph.ops.len();
+    let mut first = vec![usize::MAX; nb];
+    let mut last = vec![0usize; nb];
+    for (i, op) in graph.ops.iter().enumerate() {
+        let (r, w) = op_buffers(op);
+        for b in r.into_iter().chain(w) {
+            first[b.0] = first[b.0].min(i);
+            last[b.0] = last[b.0].max(i);
+        }
+    }
+    let mut pinned: Vec<BufId> = graph.hidden.clone();
+    pinned.extend([graph.logits, graph.samples]);
+    for b in pinned {
+        last[b.0] = end;
+    }
+    let mut slot_of = vec![None; nb];
+    let mut slot_bytes: Vec<u64> = Vec::new();
+    let mut busy_until: Vec<usize> = Vec::new();
+    for (i, op) in graph.ops.iter().enumerate() {
+        let (_, writes) = op_buffers(op);
+        for b in writes {
+            if slot_of[b.0].is_some() || b == graph.input_ids {
+                continue;
+            }
+            let need = buffer_bytes(graph, b, rows).max(4);
+            let free: Vec<usize> = (0..slot_bytes.len())
+                .filter(|&s| busy_until[s] < i)
+                .collect();
+            let fit = free
+                .iter()
+                .copied()
+                .filter(|&s| slot_bytes[s] >= need)
+                .min_by_key(|&s| slot_bytes[s]);
+            let s = match fit.or_else(|| free.iter().copied().max_by_key(|&s| slot_bytes[s])) {
+                Some(s) => s,
+                None => {
+                    slot_bytes.push(0);
+                    busy_until.push(0);
+                    slot_bytes.len() - 1
+                }
+            };
+            slot_bytes[s] = slot_bytes[s].max(need);
+            busy_until[s] = last[b.0];
+            slot_of[b.0] = Some(s);
+        }
+    }
+    ArenaPlan {
+        slot_of,
+        slot_bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use unmask_core::synthetic::shape_config;
+
+    #[test]
+    fn live_buffers_never_share_a_slot_and_reuse_saves_memory() {
+        let mut c = shape_config("tiny").unwrap();
+        c.num_hidden_layers = 3;
+        let g = unmask_core::model::llada2::build(&c);
+        let p = plan(&g, 32);
+        // Recompute lifetimes and check pairwise.
+        let mut first = vec![usize::MAX; g.buffers.len()];
+        let mut last = vec![0; g.buffers.len()];
+        for (i, op) in g.ops.iter().enumerate() {
+            let (r, w) = op_buffers(op);
+            for b in r.into_iter().chain(w) {
+                first[b.0] = first[b.0].min(i);
+                last[b.0] = last[b.0].max(i);
+            }
+        }
+        for b in g.hidden.iter().chain([&g.logits, &g.samples]) {
+            last[b.0] = g.ops.len();
+        }
+        for a in 0..g.buffers.len() {
+            for b in a + 1..g.buffers.len() {
+                if let (Some(sa), Some(sb)) = (p.slot_of[a], p.slot_of[b]) {
+                    let overlap = first[a] <= last[b] && first[b] <= last[a];
+                    assert!(
+                        !(sa == sb && overlap),
+                        "{} and {} share slot {sa} while both live",
+                        g.buffers[a].name,
+                        g.buffers[b].name
+                    );
+                }
+            }
+            if BufId(a) != g.input_ids {
+                let need = buffer_bytes(&g, BufId(a), 32);
+                assert!(p.slot_bytes[p.slot_of[a].unwrap()] >= need);
+            }
+        }
+        let naive: u64 = (0..g.buffers.len())
+            .filter(|&b| BufId(b) != g.input_ids)
+            .map(|b| buffer_bytes(&g, BufId(b), 32))
+            .sum();
+        assert!(p.total_bytes() < naive, "{} vs {naive}", p.total_bytes());
+    }
+}

@@ -1,0 +1,926 @@
+//! `WgpuBackend`: the graph compiled at load, replayed per step in one command encoder and one
+//! submission; per step the host writes token ids and step parameters and reads back one
+//! (token, confidence) pair per predicted row (plus logits and hidden states when a test asks).
+
+use crate::arena::{self, ArenaPlan};
+use crate::chunks::{self, Chunk};
+use crate::device::{Gpu, ADAPTER_ENV};
+use crate::kernels::{Kernels, STEP_UNIFORM_BYTES};
+use crate::kv::KvCache;
+use crate::program::{self, Context, Grid, MoeScratch, Program, TILE_ROWS};
+use crate::readback;
+use crate::weights::{self, DeviceMatrix, ExpertStacks};
+use unmask_core::backend::{Backend, Capture, Sampled, Step, StepOutput, StepStats};
+use unmask_core::graph::{Graph, Op, Rows};
+use unmask_core::weights::{Tensor, WeightStore};
+use unmask_core::{Error, Result};
+
+/// How to open the backend.
+#[derive(Debug, Clone)]
+pub struct WgpuOptions {
+    /// Case-insensitive part of the adapter's name; `None` reads `UNMASK_ADAPTER`, and without
+    /// it the best adapter is taken (hardware before software).
+    pub adapter: Option<String>,
+    /// Most tokens one pass over the graph handles; longer steps are split into chunks on block
+    /// boundaries. Lowered automatically when a buffer would not fit one storage binding.
+    pub max_tokens: usize,
+}
+
+impl Default for WgpuOptions {
+    fn default() -> Self {
+        WgpuOptions {
+            adapter: None,
+            max_tokens: 128,
+        }
+    }
+}
+
+/// The step parameters of one chunk (`StepParams` in shaders/step.wgsl).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct StepUniform {
+    n: u32,
+    start: u32,
+    out_rows: u32,
+    block: u32,
+    ids_offset: u32,
+    inv_temp: f32,
+    top_k: u32,
+    top_p: f32,
+    seed_lo: u32,
+    seed_hi: u32,
+    rng_step: u32,
+    mask_id: u32,
+    valid_vocab: u32,
+    _pad: [u32; 3],
+}
+
+const _: () = assert!(std::mem::size_of::<StepUniform>() as u64 == STEP_UNIFORM_BYTES);
+
+pub struct WgpuBackend {
+    gpu: Gpu,
+    graph: Graph,
+    kernels: Kernels,
+    arena: ArenaPlan,
+    slots: Vec<wgpu::Buffer>,
+    matrices: Vec<Option<DeviceMatrix>>,
+    vectors: Vec<Option<wgpu::Buffer>>,
+    op_experts: Vec<Option<ExpertStacks>>,
+    op_norms: Vec<Option<wgpu::Buffer>>,
+    dummy: wgpu::Buffer,
+    kv: KvCache,
+    moe: Option<MoeScratch>,
+    program: Program,
+    /// Token ids of a whole step (chunks read at their offset) and its capacity in tokens.
+    ids: wgpu::Buffer,
+    ids_cap: usize,
+    /// One `StepUniform` slot per chunk, at `uniform_align` strides.
+    step_uniform: wgpu::Buffer,
+    step_group: wgpu::BindGroup,
+    chunk_cap: usize,
+    uniform_align: u64,
+    /// Samples of a step, mapped for reading; capacity in rows.
+    staging: wgpu::Buffer,
+    staging_rows: usize,
+    max_tokens: usize,
+    /// Rows of the embedding table: token ids must be below.
+    vocab: usize,
+    weight_bytes: u64,
+    cached: usize,
+    stats: StepStats,
+}
+
+fn check_shape(name: &str, t: &Tensor, want: &[usize]) -> Result<()> {
+    if t.shape != want {
+        return Err(Error::Weights(format!(
+            "tensor `{name}` has shape {:?}, expected {want:?}",
+            t.shape
+        )));
+    }
+    Ok(())
+}
+
+/// Limits of the kernels, checked at load so a model they cannot run is a clear error.
+fn check_graph(graph: &Graph) -> Result<()> {
+    let bad = |m: String| Err(Error::backend("wgpu", m));
+    for op in &graph.ops {
+        match op {
+            Op::Attention { heads, .. } | Op::QkNormRope { heads, .. } => {
+                if heads.dim > 256 {
+                    return bad(format!("head_dim {} > 256 is not supported", heads.dim));
+                }
+                if heads.kv == 0 || heads.q % heads.kv != 0 {
+                    return bad(format!(
+                        "{} query heads do not share {} kv heads evenly",
+                        heads.q, heads.kv
+                    ));
+                }
+            }
+            Op::MoeRoute { routing: r, .. } => {
+                if r.n_group == 0
+                    || r.n_group > 64
+                    || r.num_experts % r.n_group != 0
+                    || r.topk_group > r.n_group
+                    || r.top_k == 0
+                    || r.top_k > r.num_experts
+                {
+                    return bad(format!("unsupported routing {r:?}"));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn storage(
+    device: &wgpu::Device,
+    label: &str,
+    bytes: u64,
+    extra: wgpu::BufferUsages,
+) -> wgpu::Buffer {
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: bytes.max(4).next_multiple_of(4),
+        usage: wgpu::BufferUsages::STORAGE | extra,
+        mapped_at_creation: false,
+    })
+}
+
+impl WgpuBackend {
+    /// Opens the adapter, uploads the graph's weights from `store` and compiles the graph.
+    /// `progress(done, total)` is called per weight.
+    pub async fn new_async(
+        graph: Graph,
+        store: &WeightStore,
+        options: &WgpuOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        check_graph(&graph)?;
+        let env = std::env::var(ADAPTER_ENV).ok().filter(|s| !s.is_empty());
+        let name = options.adapter.clone().or(env);
+        let gpu = Gpu::open(name.as_deref()).await?;
+        let device = gpu.device.clone();
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let invalid = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let built = Self::build(gpu, graph, store, options, progress);
+        let invalid = invalid.pop().await;
+        let oom = oom.pop().await;
+        if let Some(e) = oom.or(invalid) {
+            return Err(Error::backend("wgpu", format!("loading the model: {e}")));
+        }
+        built
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new(
+        graph: Graph,
+        store: &WeightStore,
+        options: &WgpuOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        pollster::block_on(Self::new_async(graph, store, options, progress))
+    }
+
+    fn build(
+        gpu: Gpu,
+        graph: Graph,
+        store: &WeightStore,
+        options: &WgpuOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        let device = gpu.device.clone();
+        let max_binding = gpu.max_binding();
+        // Matrix parts also keep dispatch grids within the per-dimension limit.
+        let max_rows_binding = (gpu.limits.max_compute_workgroups_per_dimension as u64
+            * program::TILE_FEATURES as u64)
+            .max(1);
+        let nw = graph.weights.len();
+        let nops = graph.ops.len();
+        let mut matrices: Vec<Option<DeviceMatrix>> = (0..nw).map(|_| None).collect();
+        let mut vectors: Vec<Option<wgpu::Buffer>> = (0..nw).map(|_| None).collect();
+        let mut op_experts: Vec<Option<ExpertStacks>> = (0..nops).map(|_| None).collect();
+        let mut op_norms: Vec<Option<wgpu::Buffer>> = (0..nops).map(|_| None).collect();
+        let mut weight_bytes = 0u64;
+        let mut done = 0usize;
+        let tensor = |id: unmask_core::graph::WeightId| -> Result<&Tensor> {
+            let d = graph.weight(id);
+            let t = store.get(&d.name)?;
+            check_shape(&d.name, t, &d.shape)?;
+            Ok(t)
+        };
+        let mut tick = |done: &mut usize| {
+            *done += 1;
+            progress((*done).min(nw), nw);
+        };
+        for (i, op) in graph.ops.iter().enumerate() {
+            match op {
+                Op::Embed { table: w, .. } | Op::MatMul { weight: w, .. } => {
+                    if matrices[w.0].is_none() {
+                        let name = &graph.weight(*w).name;
+                        let t = tensor(*w)?;
+                        let m = weights::upload_matrix(
+                            &device,
+                            name,
+                            t,
+                            max_binding.min(max_rows_binding * t.shape[1] as u64 * 4),
+                        )?;
+                        weight_bytes += m.parts.iter().map(|p| p.buffer.size()).sum::<u64>();
+                        matrices[w.0] = Some(m);
+                        tick(&mut done);
+                    }
+                }
+                Op::RmsNorm { weight: w, .. } => {
+                    if vectors[w.0].is_none() {
+                        let b =
+                            weights::upload_vector(&device, &graph.weight(*w).name, tensor(*w)?);
+                        weight_bytes += b.size();
+                        vectors[w.0] = Some(b);
+                        tick(&mut done);
+                    }
+                }
+                Op::MoeRoute { bias: Some(w), .. } => {
+                    if vectors[w.0].is_none() {
+                        let b =
+                            weights::upload_vector(&device, &graph.weight(*w).name, tensor(*w)?);
+                        weight_bytes += b.size();
+                        vectors[w.0] = Some(b);
+                        tick(&mut done);
+                    }
+                }
+                Op::QkNormRope {
+                    q_norm,
+                    k_norm,
+                    heads,
+                    ..
+                } => {
+                    let d = heads.dim;
+                    let mut v = vec![0f32; 2 * d];
+                    for (slot, w) in [(0, q_norm), (1, k_norm)] {
+                        if let Some(w) = w {
+                            let t = tensor(*w)?;
+                            v[slot * d..(slot + 1) * d].copy_from_slice(&t.to_f32());
+                            tick(&mut done);
+                        }
+                    }
+                    let t = Tensor::from_f32(vec![2 * d], &v)?;
+                    let b = weights::upload_vector(&device, "qk_norms", &t);
+                    weight_bytes += b.size();
+                    op_norms[i] = Some(b);
+                }
+                Op::MoeExperts { experts, .. } => {
+                    let get = |ids: &[unmask_core::graph::WeightId]| -> Result<Vec<&Tensor>> {
+                        ids.iter()
+                            .map(|&w| {
+                                let d = graph.weight(w);
+                                let t = store.get(&d.name)?;
+                                check_shape(&d.name, t, &d.shape)?;
+                                Ok(t)
+                            })
+                            .collect()
+                    };
+                    let (g, u, dn) = (get(&experts.gate)?, get(&experts.up)?, get(&experts.down)?);
+                    let layer = graph
+                        .weight(experts.gate[0])
+                        .name
+                        .split(".mlp.")
+                        .next()
+                        .unwrap_or("experts")
+                        .to_string();
+                    let ex = weights::upload_experts(&device, &layer, &g, &u, &dn, max_binding)?;
+                    weight_bytes += ex
+                        .gate_up
+                        .iter()
+                        .chain(&ex.down)
+                        .map(|b| b.size())
+                        .sum::<u64>();
+                    for _ in 0..3 * experts.gate.len() {
+                        tick(&mut done);
+                    }
+                    op_experts[i] = Some(ex);
+                }
+                _ => {}
+            }
+        }
+        // The chunk size: every per-token buffer must fit one binding.
+        let mut max_tokens = options.max_tokens.max(1);
+        let per_token_bytes = |cols: usize| (cols * 4) as u64;
+        for b in &graph.buffers {
+            max_tokens = max_tokens.min((max_binding / per_token_bytes(b.cols).max(1)) as usize);
+        }
+        let moe_dims = graph.ops.iter().enumerate().filter_map(|(i, op)| match op {
+            Op::MoeExperts { ids, .. } => {
+                let ex = op_experts[i].as_ref()?;
+                Some((
+                    ex.experts,
+                    graph.buffer(*ids).cols,
+                    ex.inter,
+                    ex.hidden,
+                    ex.gate_up.len(),
+                ))
+            }
+            _ => None,
+        });
+        let (mut e_max, mut k_max, mut width_max, mut parts_max) = (0, 0, 0, 0);
+        for (e, k, inter, hidden, parts) in moe_dims {
+            e_max = e_max.max(e);
+            k_max = k_max.max(k);
+            width_max = width_max.max(inter.max(hidden));
+            parts_max = parts_max.max(parts);
+        }
+        if k_max > 0 {
+            max_tokens =
+                max_tokens.min((max_binding / per_token_bytes(k_max * width_max)) as usize);
+            max_tokens = max_tokens.min((max_binding / per_token_bytes(2 * e_max)) as usize);
+        }
+        if max_tokens == 0 {
+            return Err(Error::backend(
+                "wgpu",
+                "one token's activations do not fit a storage binding of this adapter",
+            ));
+        }
+
+        let arena = arena::plan(&graph, max_tokens);
+        let slots: Vec<wgpu::Buffer> = arena
+            .slot_bytes
+            .iter()
+            .map(|&b| storage(&device, "arena", b, wgpu::BufferUsages::COPY_SRC))
+            .collect();
+        let moe = (k_max > 0).then(|| {
+            let slot_cap = max_tokens * k_max;
+            let max_items = slot_cap / TILE_ROWS + e_max.min(slot_cap) + 1;
+            MoeScratch {
+                scores: storage(
+                    &device,
+                    "moe_scores",
+                    (max_tokens * 2 * e_max * 4) as u64,
+                    wgpu::BufferUsages::empty(),
+                ),
+                counters: storage(
+                    &device,
+                    "moe_counters",
+                    (3 * e_max * 4) as u64,
+                    wgpu::BufferUsages::empty(),
+                ),
+                slots: storage(
+                    &device,
+                    "moe_slots",
+                    (2 * slot_cap * 4) as u64,
+                    wgpu::BufferUsages::empty(),
+                ),
+                plan: storage(
+                    &device,
+                    "moe_plan",
+                    ((7 * parts_max + 3 * max_items) * 4) as u64,
+                    wgpu::BufferUsages::INDIRECT,
+                ),
+                act: storage(
+                    &device,
+                    "moe_act",
+                    (slot_cap * width_max * 4) as u64,
+                    wgpu::BufferUsages::empty(),
+                ),
+                y: storage(
+                    &device,
+                    "moe_y",
+                    (slot_cap * width_max * 4) as u64,
+                    wgpu::BufferUsages::empty(),
+                ),
+                slot_cap,
+                max_parts: parts_max,
+            }
+        });
+        let dummy = storage(&device, "dummy", 16, wgpu::BufferUsages::empty());
+
+        let mut kv_width = 0;
+        let mut ropes = Vec::new();
+        for op in &graph.ops {
+            match op {
+                Op::Attention { heads, .. } => kv_width = kv_width.max(heads.kv * heads.dim),
+                Op::QkNormRope { rot_dim, theta, .. } => ropes.push((*rot_dim, *theta)),
+                _ => {}
+            }
+        }
+        let mut kv = KvCache::new(graph.num_layers, kv_width, &ropes, max_binding);
+        let mut encoder = device.create_command_encoder(&Default::default());
+        kv.ensure(&device, &gpu.queue, &mut encoder, max_tokens, 0)?;
+        gpu.queue.submit([encoder.finish()]);
+
+        let vocab = graph
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Embed { table, .. } => Some(graph.weight(*table).shape[0]),
+                _ => None,
+            })
+            .min()
+            .unwrap_or(0);
+        let kernels = Kernels::new(
+            &device,
+            &program::kernels_needed(&graph, &matrices, &op_experts),
+        );
+        let uniform_align = gpu.limits.min_uniform_buffer_offset_alignment.max(64) as u64;
+        let chunk_cap = 4;
+        let ids_cap = max_tokens * chunk_cap;
+        let ids = storage(
+            &device,
+            "ids",
+            (ids_cap * 4) as u64,
+            wgpu::BufferUsages::COPY_DST,
+        );
+        let (step_uniform, step_group) =
+            Self::step_buffers(&device, &kernels, chunk_cap, uniform_align);
+        let staging_rows = max_tokens;
+        let staging = Self::staging_buffer(&device, staging_rows);
+        let program = program::compile(&Context {
+            device: &device,
+            kernels: &kernels,
+            graph: &graph,
+            arena: &arena,
+            slots: &slots,
+            ids: &ids,
+            matrices: &matrices,
+            vectors: &vectors,
+            op_experts: &op_experts,
+            op_norms: &op_norms,
+            dummy: &dummy,
+            kv: &kv,
+            moe: moe.as_ref(),
+            uniform_align,
+        });
+        Ok(WgpuBackend {
+            gpu,
+            graph,
+            kernels,
+            arena,
+            slots,
+            matrices,
+            vectors,
+            op_experts,
+            op_norms,
+            dummy,
+            kv,
+            moe,
+            program,
+            ids,
+            ids_cap,
+            step_uniform,
+            step_group,
+            chunk_cap,
+            uniform_align,
+            staging,
+            staging_rows,
+            max_tokens,
+            vocab,
+            weight_bytes,
+            cached: 0,
+            stats: StepStats::default(),
+        })
+    }
+
+    fn step_buffers(
+        device: &wgpu::Device,
+        kernels: &Kernels,
+        chunks: usize,
+        align: u64,
+    ) -> (wgpu::Buffer, wgpu::BindGroup) {
+        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("step_params"),
+            size: chunks as u64 * align,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("step"),
+            layout: &kernels.step_layout,
+            entries: &[wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &buffer,
+                    offset: 0,
+                    size: wgpu::BufferSize::new(STEP_UNIFORM_BYTES),
+                }),
+            }],
+        });
+        (buffer, group)
+    }
+
+    fn staging_buffer(device: &wgpu::Device, rows: usize) -> wgpu::Buffer {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("samples_readback"),
+            size: (rows.max(1) * 8) as u64,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    fn recompile(&mut self) {
+        self.program = program::compile(&Context {
+            device: &self.gpu.device,
+            kernels: &self.kernels,
+            graph: &self.graph,
+            arena: &self.arena,
+            slots: &self.slots,
+            ids: &self.ids,
+            matrices: &self.matrices,
+            vectors: &self.vectors,
+            op_experts: &self.op_experts,
+            op_norms: &self.op_norms,
+            dummy: &self.dummy,
+            kv: &self.kv,
+            moe: self.moe.as_ref(),
+            uniform_align: self.uniform_align,
+        });
+    }
+
+    /// The most tokens one pass runs over (longer steps are chunked).
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    fn validate(&self, s: &Step) -> Result<()> {
+        let n = s.tokens.len();
+        if n == 0 || s.out_rows == 0 || s.out_rows > n || s.keep > n {
+            return Err(Error::Invalid(format!(
+                "step over {n} tokens with {} output rows and keep {}",
+                s.out_rows, s.keep
+            )));
+        }
+        if s.start > self.cached {
+            return Err(Error::Invalid(format!(
+                "step starts at position {} but only {} positions are cached",
+                s.start, self.cached
+            )));
+        }
+        if s.block_length == 0 {
+            return Err(Error::Invalid("block length must be at least 1".into()));
+        }
+        let vocab = self.vocab;
+        if let Some(&t) = s.tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::Invalid(format!(
+                "token id {t} is outside the embedding table ({vocab} rows)"
+            )));
+        }
+        let p = &s.sampling;
+        if !(p.temperature.is_finite() && p.temperature >= 0.0)
+            || !(p.top_p > 0.0 && p.top_p <= 1.0)
+        {
+            return Err(Error::Invalid(format!(
+                "sampling parameters out of range: temperature {}, top_p {}",
+                p.temperature, p.top_p
+            )));
+        }
+        Ok(())
+    }
+
+    /// Grows the per-step buffers (ids, step parameters, readback) for `tokens` and `chunks`.
+    /// Returns the buffers created.
+    fn ensure_step_capacity(&mut self, tokens: usize, chunks: usize, out_rows: usize) -> usize {
+        let mut created = 0;
+        if chunks > self.chunk_cap || tokens > self.ids_cap {
+            self.chunk_cap = self.chunk_cap.max(chunks).next_power_of_two();
+            self.ids_cap = self.ids_cap.max(tokens).next_power_of_two();
+            let (b, g) = Self::step_buffers(
+                &self.gpu.device,
+                &self.kernels,
+                self.chunk_cap,
+                self.uniform_align,
+            );
+            self.step_uniform = b;
+            self.step_group = g;
+            self.ids = storage(
+                &self.gpu.device,
+                "ids",
+                (self.ids_cap * 4) as u64,
+                wgpu::BufferUsages::COPY_DST,
+            );
+            self.recompile();
+            created += 3;
+        }
+        if out_rows > self.staging_rows {
+            self.staging_rows = out_rows.next_power_of_two();
+            self.staging = Self::staging_buffer(&self.gpu.device, self.staging_rows);
+            created += 1;
+        }
+        created
+    }
+
+    /// Runs one step: records every chunk into one command encoder, submits it once, and reads
+    /// back the samples (and captures).
+    pub async fn step_async(&mut self, s: &Step<'_>) -> Result<StepOutput> {
+        self.validate(s)?;
+        let n = s.tokens.len();
+        let chunks = chunks::split(s.start, n, s.out_rows, s.block_length, self.max_tokens)?;
+        let device = self.gpu.device.clone();
+        let mut allocations = self.ensure_step_capacity(n, chunks.len(), s.out_rows);
+        let mut uploaded = 0usize;
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("step"),
+        });
+        let (grown, table_bytes) =
+            self.kv
+                .ensure(&device, &self.gpu.queue, &mut encoder, s.start + n, s.start)?;
+        if grown > 0 {
+            self.recompile();
+            allocations += grown + 1;
+            uploaded += table_bytes;
+        }
+
+        // Per-step uploads: the ids and one parameter slot per chunk.
+        self.gpu
+            .queue
+            .write_buffer(&self.ids, 0, bytemuck::cast_slice(s.tokens));
+        uploaded += n * 4;
+        let p = &s.sampling;
+        let align = self.uniform_align as usize;
+        let mut params = vec![0u8; chunks.len() * align];
+        for (i, c) in chunks.iter().enumerate() {
+            let u = StepUniform {
+                n: c.len as u32,
+                start: (s.start + c.offset) as u32,
+                out_rows: c.out as u32,
+                block: s.block_length as u32,
+                ids_offset: c.offset as u32,
+                inv_temp: if p.temperature > 0.0 {
+                    1.0 / p.temperature
+                } else {
+                    0.0
+                },
+                top_k: p.top_k.min(u32::MAX as usize) as u32,
+                top_p: p.top_p,
+                seed_lo: p.seed as u32,
+                seed_hi: (p.seed >> 32) as u32,
+                rng_step: p.step,
+                mask_id: p.mask,
+                valid_vocab: p.valid_vocab,
+                _pad: [0; 3],
+            };
+            params[i * align..i * align + STEP_UNIFORM_BYTES as usize]
+                .copy_from_slice(bytemuck::bytes_of(&u));
+        }
+        self.gpu.queue.write_buffer(&self.step_uniform, 0, &params);
+        uploaded += params.len();
+
+        // Captures (tests only): logits, then each hidden state, rows in step order.
+        let capture = self.capture_layout(s, &chunks);
+        let capture_buffer = capture.as_ref().map(|c| {
+            allocations += 1;
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("capture_readback"),
+                size: c.total_bytes.max(4),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        });
+
+        let seeded = p.temperature > 0.0;
+        let mut dispatches = 0;
+        let mut out_done = 0usize;
+        let mut rows_done = 0usize;
+        for (ci, c) in chunks.iter().enumerate() {
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("chunk"),
+                    timestamp_writes: None,
+                });
+                for d in &self.program.dispatches {
+                    if d.needs_out && c.out == 0 {
+                        continue;
+                    }
+                    let (pipeline, group) = match (&d.seeded, seeded) {
+                        (Some((pl, bg)), true) => (pl, bg),
+                        _ => (&d.pipeline, &d.bind_group),
+                    };
+                    match d.grid {
+                        Grid::Direct(x, y) => {
+                            let (x, y) = (x.resolve(c.len, c.out), y.resolve(c.len, c.out));
+                            if x == 0 || y == 0 {
+                                continue;
+                            }
+                            pass.set_pipeline(pipeline);
+                            pass.set_bind_group(0, group, &[]);
+                            pass.set_bind_group(1, &self.step_group, &[(ci * align) as u32]);
+                            pass.dispatch_workgroups(x, y, 1);
+                        }
+                        Grid::Indirect(offset) => {
+                            let plan = &self.moe.as_ref().expect("MoE scratch").plan;
+                            pass.set_pipeline(pipeline);
+                            pass.set_bind_group(0, group, &[]);
+                            pass.set_bind_group(1, &self.step_group, &[(ci * align) as u32]);
+                            pass.dispatch_workgroups_indirect(plan, offset);
+                        }
+                    }
+                    dispatches += 1;
+                }
+            }
+            if c.out > 0 && self.has(self.graph.samples) {
+                let samples = self.slot(self.graph.samples);
+                encoder.copy_buffer_to_buffer(
+                    samples,
+                    0,
+                    &self.staging,
+                    (out_done * 8) as u64,
+                    (c.out * 8) as u64,
+                );
+            }
+            if let (Some(cap), Some(buf)) = (&capture, &capture_buffer) {
+                for (b, base) in &cap.sections {
+                    let d = self.graph.buffer(*b);
+                    let (rows, before) = match d.rows {
+                        Rows::Tokens => (c.len, rows_done),
+                        Rows::Out => (c.out, out_done),
+                    };
+                    if rows > 0 {
+                        encoder.copy_buffer_to_buffer(
+                            self.slot(*b),
+                            0,
+                            buf,
+                            base + (before * d.cols * 4) as u64,
+                            (rows * d.cols * 4) as u64,
+                        );
+                    }
+                }
+            }
+            out_done += c.out;
+            rows_done += c.len;
+        }
+        self.gpu.queue.submit([encoder.finish()]);
+
+        let sample_bytes = if self.has(self.graph.samples) {
+            s.out_rows * 8
+        } else {
+            0
+        };
+        let bytes = readback::read(&self.gpu, &self.staging, sample_bytes as u64).await?;
+        let words: &[u32] = bytemuck::cast_slice(&bytes);
+        let samples = words
+            .chunks_exact(2)
+            .map(|w| Sampled {
+                token: w[0],
+                confidence: f32::from_bits(w[1]),
+            })
+            .collect();
+        let mut out = StepOutput {
+            samples,
+            ..Default::default()
+        };
+        let mut read_back = sample_bytes;
+        if let (Some(cap), Some(buf)) = (capture, capture_buffer) {
+            let bytes = readback::read(&self.gpu, &buf, cap.total_bytes).await?;
+            read_back += bytes.len();
+            let all: &[f32] = bytemuck::cast_slice(&bytes);
+            let mut sections = cap.sections.iter().map(|(b, base)| {
+                let d = self.graph.buffer(*b);
+                let rows = match d.rows {
+                    Rows::Tokens => n,
+                    Rows::Out => s.out_rows,
+                };
+                let start = *base as usize / 4;
+                all[start..start + rows * d.cols].to_vec()
+            });
+            if self.has(self.graph.logits) {
+                out.logits = sections.next();
+            }
+            out.hidden = sections.collect();
+        }
+        if let Some(e) = self.gpu.take_error() {
+            return Err(Error::backend("wgpu", e));
+        }
+        self.cached = s.start + s.keep;
+        self.stats = StepStats {
+            dispatches,
+            submissions: 1,
+            bytes_uploaded: uploaded,
+            bytes_read_back: read_back,
+            allocations,
+        };
+        Ok(out)
+    }
+
+    /// Whether a graph buffer is computed (a graph for tests may have no sampler, say).
+    fn has(&self, b: unmask_core::graph::BufId) -> bool {
+        self.arena.slot_of[b.0].is_some()
+    }
+
+    fn slot(&self, b: unmask_core::graph::BufId) -> &wgpu::Buffer {
+        &self.slots[self.arena.slot_of[b.0].expect("arena buffer")]
+    }
+
+    fn capture_layout(&self, s: &Step, _chunks: &[Chunk]) -> Option<CaptureLayout> {
+        let mut bufs = match s.capture {
+            Capture::Samples => return None,
+            Capture::Logits => vec![self.graph.logits],
+            Capture::Hidden => vec![self.graph.logits],
+        };
+        if s.capture == Capture::Hidden {
+            bufs.extend(self.graph.hidden.iter().copied());
+        }
+        let mut sections = Vec::new();
+        let mut total = 0u64;
+        for b in bufs.into_iter().filter(|&b| self.has(b)) {
+            let d = self.graph.buffer(b);
+            let rows = match d.rows {
+                Rows::Tokens => s.tokens.len(),
+                Rows::Out => s.out_rows,
+            };
+            sections.push((b, total));
+            total += (rows * d.cols * 4) as u64;
+        }
+        Some(CaptureLayout {
+            sections,
+            total_bytes: total,
+        })
+    }
+
+    /// Bytes of device memory held: weights, activations, KV cache and scratch.
+    pub fn memory_bytes(&self) -> u64 {
+        let moe = self.moe.as_ref().map_or(0, |m| {
+            [&m.scores, &m.counters, &m.slots, &m.plan, &m.act, &m.y]
+                .iter()
+                .map(|b| b.size())
+                .sum()
+        });
+        self.weight_bytes + self.arena.total_bytes() + self.kv.bytes() + moe
+    }
+
+    /// Device-to-device copy bandwidth (bytes read + written per second).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn copy_bandwidth(&self) -> Result<f64> {
+        let size = (256u64 << 20).min(self.gpu.limits.max_buffer_size) & !3;
+        let make = |usage| {
+            self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("bandwidth"),
+                size,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let src = make(wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST);
+        let dst = make(wgpu::BufferUsages::COPY_DST);
+        let run = |times: usize| -> Result<f64> {
+            let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+            for _ in 0..times {
+                enc.copy_buffer_to_buffer(&src, 0, &dst, 0, size);
+            }
+            let t = std::time::Instant::now();
+            self.gpu.queue.submit([enc.finish()]);
+            self.gpu.wait()?;
+            Ok(t.elapsed().as_secs_f64())
+        };
+        run(1)?;
+        let times = 4;
+        let secs = run(times)?;
+        Ok((2 * size * times as u64) as f64 / secs.max(1e-9))
+    }
+}
+
+struct CaptureLayout {
+    /// (buffer, byte offset of its section).
+    sections: Vec<(unmask_core::graph::BufId, u64)>,
+    total_bytes: u64,
+}
+
+impl Backend for WgpuBackend {
+    fn name(&self) -> String {
+        self.gpu.describe()
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn step(&mut self, step: &Step) -> Result<StepOutput> {
+        pollster::block_on(self.step_async(step))
+    }
+
+    /// The browser cannot block on the device: use [`WgpuBackend::step_async`] there.
+    #[cfg(target_arch = "wasm32")]
+    fn step(&mut self, _step: &Step) -> Result<StepOutput> {
+        Err(Error::backend(
+            "wgpu",
+            "the browser cannot wait for the GPU synchronously; call step_async",
+        ))
+    }
+
+    fn cached(&self) -> usize {
+        self.cached
+    }
+
+    fn reset(&mut self) {
+        self.cached = 0;
+    }
+
+    fn last_stats(&self) -> StepStats {
+        self.stats.clone()
+    }
+
+    fn device_memory(&self) -> Option<u64> {
+        Some(self.memory_bytes())
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn measure_bandwidth(&mut self) -> Option<Result<f64>> {
+        Some(self.copy_bandwidth())
+    }
+}

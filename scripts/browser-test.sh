@@ -8,7 +8,8 @@
 # demo's model answering "What is 23+45?" with 68.
 #   scripts/browser-test.sh [MODEL_DIR]
 # Env: UNMASK_BROWSER_TIMEOUT (seconds, default 600), UNMASK_WEB_NO_BUILD=1 (use target/web/pkg),
-#      UNMASK_BROWSER_BACKEND (auto | cpu), CHROMIUM (binary, default chromium).
+#      UNMASK_BROWSER_BACKEND (auto | webgpu | cpu), UNMASK_BROWSER_WEBGPU=0 (Chromium without
+#      WebGPU: auto must fall back to the CPU), CHROMIUM (binary, default chromium).
 # Exits 0 only if every golden case is exact.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,7 +50,9 @@ port=$(cat "$work/port")
 url="http://127.0.0.1:$port/test/golden.html?model=/model/&demo=/demo-model/&backend=${UNMASK_BROWSER_BACKEND:-auto}"
 
 start=$(date +%s)
-setsid "$chromium" --headless=new --no-sandbox --enable-unsafe-webgpu --user-data-dir="$work/profile" \
+webgpu=--enable-unsafe-webgpu
+[ "${UNMASK_BROWSER_WEBGPU:-1}" = 0 ] && webgpu=--disable-features=WebGPUService,Vulkan
+setsid "$chromium" --headless=new --no-sandbox "$webgpu" --user-data-dir="$work/profile" \
   --disable-background-networking --disable-component-update --disable-sync --no-first-run \
   --disable-quic --enable-logging=stderr "$url" >"$work/chromium.log" 2>&1 &
 chrome_pid=$!
@@ -78,6 +81,8 @@ if gpu.get("available"):
 else:
     adapter = f"none ({gpu.get('reason', 'unknown')})"
 print(f"backend: {info.get('backend', '?')}; WebGPU adapter: {adapter}")
+if info.get("fallback"):
+    print(f"  (auto fell back to the CPU: {info['fallback']})")
 ok = not r.get("error")
 tok = r.get("tokenizer")
 if tok:
@@ -94,6 +99,12 @@ for c in cases:
                             f"first trace diff at forward {c['firstTraceDiff']})")
     print(f"  {'ok  ' if good else 'FAIL'} {c['name']}: {c['tokens']} tokens, {c['forwards']} forwards, "
           f"{c['ms']:.0f} ms, first token {c['firstTokenMs']:.0f} ms{note}")
+cn = r.get("cancel")
+if cn:
+    print(f"cancel: {cn['finish']} after {cn['forwards']} of {cn['full']} forwards ({cn['tokens']} committed tokens kept)")
+    ok &= cn["finish"] == "cancelled" and cn["forwards"] < cn["full"]
+else:
+    ok = False
 rl = r.get("reload")
 if rl:
     print(f"reload: {rl['cachedFiles']}/{rl['files']} files from Cache Storage, {rl['downloadedBytes']} bytes downloaded, {rl['ms']:.0f} ms")

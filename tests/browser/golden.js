@@ -78,7 +78,16 @@ async function main() {
     log(`backend: ${engine.info.backend}; WebGPU: ${JSON.stringify(engine.info.gpu)}`);
     const tok = await fetchJson(model + 'golden/tokenizer.json', true);
     if (tok) report.tokenizer = await tokenizerCases(engine, tok);
-    report.cases = await generateCases(engine, await fetchJson(model + 'golden/generate.json'));
+    const golden = await fetchJson(model + 'golden/generate.json');
+    report.cases = await generateCases(engine, golden);
+    // Cancel from the page while the worker is generating: threshold 1 commits one token per
+    // forward, so an uncancelled run would make gen_length forwards.
+    let steps = 0;
+    const full = 64;
+    const r = await engine.generate({ prompt_ids: golden.cases[0].prompt_ids }, { gen_length: full, threshold: 1 },
+      () => { if (++steps === 2) engine.cancel(); });
+    report.cancel = { finish: r.finish, forwards: r.forwards, full, tokens: r.tokens.length };
+    log(`cancel: ${r.finish} after ${r.forwards} of ${full} forwards`);
     // A second load of the same URL reads the files from Cache Storage.
     const again = await Engine.load(model, { backend });
     report.reload = again.info.load;

@@ -113,7 +113,14 @@ class FileSource {
   }
 
   constructor(files) {
-    this.byName = new Map(files.map(f => [f.name, f]));
+    // A picked folder also lists its subfolders (golden/tokenizer.json...): per name, keep the
+    // file closest to the top.
+    const depth = (f) => (f.webkitRelativePath || f.name).split('/').length;
+    this.byName = new Map();
+    for (const f of files) {
+      const seen = this.byName.get(f.name);
+      if (!seen || depth(f) < depth(seen)) this.byName.set(f.name, f);
+    }
     this.label = files.length ? (files[0].webkitRelativePath?.split('/')[0] || 'local files') : 'local files';
     this.cachedFiles = 0;
     this.downloadedBytes = 0;

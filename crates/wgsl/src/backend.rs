@@ -24,6 +24,9 @@ pub struct WgpuOptions {
     /// Most tokens one pass over the graph handles; longer steps are split into chunks on block
     /// boundaries. Lowered automatically when a buffer would not fit one storage binding.
     pub max_tokens: usize,
+    /// Caps the bytes of one weight binding below the adapter's limit, so that tests reach the
+    /// split-weight paths with small models (and a big GPU can rehearse a small one's limits).
+    pub weight_binding_limit: Option<u64>,
 }
 
 impl Default for WgpuOptions {
@@ -31,6 +34,7 @@ impl Default for WgpuOptions {
         WgpuOptions {
             adapter: None,
             max_tokens: 128,
+            weight_binding_limit: None,
         }
     }
 }
@@ -191,9 +195,13 @@ impl WgpuBackend {
     ) -> Result<Self> {
         let device = gpu.device.clone();
         let max_binding = gpu.max_binding();
+        let weight_binding = options
+            .weight_binding_limit
+            .map_or(max_binding, |m| m.min(max_binding))
+            & !3;
         // Matrix parts also keep dispatch grids within the per-dimension limit.
-        let max_rows_binding = (gpu.limits.max_compute_workgroups_per_dimension as u64
-            * program::TILE_FEATURES as u64)
+        let max_rows_binding = (gpu.limits.max_compute_workgroups_per_dimension as usize
+            * program::TILE_FEATURES)
             .max(1);
         let nw = graph.weights.len();
         let nops = graph.ops.len();
@@ -223,7 +231,8 @@ impl WgpuBackend {
                             &device,
                             name,
                             t,
-                            max_binding.min(max_rows_binding * t.shape[1] as u64 * 4),
+                            weight_binding,
+                            max_rows_binding,
                         )?;
                         weight_bytes += m.parts.iter().map(|p| p.buffer.size()).sum::<u64>();
                         matrices[w.0] = Some(m);
@@ -287,7 +296,7 @@ impl WgpuBackend {
                         .next()
                         .unwrap_or("experts")
                         .to_string();
-                    let ex = weights::upload_experts(&device, &layer, &g, &u, &dn, max_binding)?;
+                    let ex = weights::upload_experts(&device, &layer, &g, &u, &dn, weight_binding)?;
                     weight_bytes += ex
                         .gate_up
                         .iter()
@@ -755,8 +764,7 @@ impl WgpuBackend {
         } else {
             0
         };
-        let bytes = readback::read(&self.gpu, &self.staging, sample_bytes as u64).await?;
-        let words: &[u32] = bytemuck::cast_slice(&bytes);
+        let words = readback::read(&self.gpu, &self.staging, sample_bytes as u64).await?;
         let samples = words
             .chunks_exact(2)
             .map(|w| Sampled {
@@ -770,9 +778,9 @@ impl WgpuBackend {
         };
         let mut read_back = sample_bytes;
         if let (Some(cap), Some(buf)) = (capture, capture_buffer) {
-            let bytes = readback::read(&self.gpu, &buf, cap.total_bytes).await?;
-            read_back += bytes.len();
-            let all: &[f32] = bytemuck::cast_slice(&bytes);
+            let words = readback::read(&self.gpu, &buf, cap.total_bytes).await?;
+            read_back += words.len() * 4;
+            let all: &[f32] = bytemuck::cast_slice(&words);
             let mut sections = cap.sections.iter().map(|(b, base)| {
                 let d = self.graph.buffer(*b);
                 let rows = match d.rows {

@@ -32,8 +32,9 @@ impl Future for Mapped {
     }
 }
 
-/// The first `len` bytes of a `MAP_READ` buffer, after the work submitted so far.
-pub async fn read(gpu: &Gpu, buffer: &wgpu::Buffer, len: u64) -> Result<Vec<u8>> {
+/// The first `len` bytes (a multiple of 4) of a `MAP_READ` buffer as words, after the work
+/// submitted so far.
+pub async fn read(gpu: &Gpu, buffer: &wgpu::Buffer, len: u64) -> Result<Vec<u32>> {
     if len == 0 {
         return Ok(Vec::new());
     }
@@ -50,11 +51,13 @@ pub async fn read(gpu: &Gpu, buffer: &wgpu::Buffer, len: u64) -> Result<Vec<u8>>
     Mapped(shared)
         .await
         .map_err(|e| Error::backend("wgpu", format!("reading results back: {e}")))?;
-    let bytes = buffer
-        .slice(0..len)
-        .get_mapped_range()
-        .map_err(|e| Error::backend("wgpu", format!("reading results back: {e}")))?
-        .to_vec();
+    let words = {
+        let view = buffer
+            .slice(0..len)
+            .get_mapped_range()
+            .map_err(|e| Error::backend("wgpu", format!("reading results back: {e}")))?;
+        bytemuck::pod_collect_to_vec::<u8, u32>(&view)
+    };
     buffer.unmap();
-    Ok(bytes)
+    Ok(words)
 }

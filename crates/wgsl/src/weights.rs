@@ -123,17 +123,21 @@ fn too_large(name: &str, what: &str, bytes: usize, limit: u64) -> Error {
     )
 }
 
-/// Uploads a `[rows, cols]` matrix split into row ranges of at most `max_binding` bytes.
+/// Uploads a `[rows, cols]` matrix split into row ranges of at most `max_binding` bytes and
+/// `max_rows` rows.
 pub fn upload_matrix(
     device: &wgpu::Device,
     name: &str,
     t: &Tensor,
     max_binding: u64,
+    max_rows: usize,
 ) -> Result<DeviceMatrix> {
     let format = WeightFormat::of(t.dtype)?;
     let (rows, cols) = shape2(t, name)?;
     let stride = format.row_words(cols);
-    let per_part = (max_binding as usize / (stride * 4)).min(rows.max(1));
+    let per_part = (max_binding as usize / (stride * 4))
+        .min(max_rows)
+        .min(rows.max(1));
     if per_part == 0 {
         return Err(too_large(name, "one row", stride * 4, max_binding));
     }

@@ -276,3 +276,32 @@ fn bad_input_is_a_clean_error() {
     );
     assert_clean_error(&gen_on(&ok, &[]), "--prompt");
 }
+
+#[test]
+fn streamed_text_equals_the_json_text_even_when_the_block_runs_past_gen_length() {
+    let dir = fixture("tiny-llada2-add");
+    let d = dir.to_str().unwrap();
+    for gen in ["1", "2", "16"] {
+        let base = [
+            "generate",
+            "--model",
+            d,
+            "--chat",
+            "What is 97+70?",
+            "--backend",
+            "cpu",
+            "--gen-length",
+            gen,
+        ];
+        let streamed = unmask(&base);
+        assert!(streamed.status.success());
+        let mut with_json = base.to_vec();
+        with_json.push("--json");
+        let v = stdout_json(&unmask(&with_json));
+        assert_eq!(
+            String::from_utf8_lossy(&streamed.stdout).trim_end_matches('\n'),
+            v["text"].as_str().unwrap(),
+            "gen_length {gen}"
+        );
+    }
+}

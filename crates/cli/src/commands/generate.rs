@@ -169,7 +169,8 @@ fn answer(
         &model.tokenizer,
         prompt.len(),
         model.tokenizer.end_of_turn.clone(),
-    );
+    )
+    .limit(p.gen_length);
     let mut write_err = None;
     let t0 = Instant::now();
     let gen = generate(

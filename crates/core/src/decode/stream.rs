@@ -17,6 +17,8 @@ pub struct PrefixStreamer<'t> {
     emitted: String,
     stop: Vec<u32>,
     stopped: bool,
+    /// Generated positions beyond this are never part of the result (`gen_length`).
+    limit: usize,
 }
 
 impl<'t> PrefixStreamer<'t> {
@@ -30,7 +32,15 @@ impl<'t> PrefixStreamer<'t> {
             emitted: String::new(),
             stop,
             stopped: false,
+            limit: usize::MAX,
         }
+    }
+
+    /// Ignores commits past `gen_length` generated tokens: the decoder's last block may extend
+    /// beyond it, and those tokens are cut from the result.
+    pub fn limit(mut self, gen_length: usize) -> Self {
+        self.limit = gen_length;
+        self
     }
 
     /// Applies a step's commits; returns the text newly readable at the front, if any.
@@ -40,6 +50,9 @@ impl<'t> PrefixStreamer<'t> {
                 continue;
             }
             let i = pos - self.prompt_len;
+            if i >= self.limit {
+                continue;
+            }
             if self.slots.len() <= i {
                 self.slots.resize(i + 1, None);
             }

@@ -46,7 +46,7 @@ async function loadModel(source, label) {
   $('model-info').textContent =
     `${label}\n${i.layers} layers, hidden ${i.hidden}, ${i.experts} experts, vocab ${i.vocab}\n` +
     `${fmtCount(i.parameters)} parameters (${fmtCount(i.active_parameters)} active), ${fmtBytes(i.weight_bytes)}\n` +
-    `backend: ${i.backend}\nadapter: ${adapterName(i.gpu)}\n` +
+    `backend: ${i.backend}${i.fallback ? ` (fell back: ${i.fallback})` : ''}\nadapter: ${adapterName(i.gpu)}\n` +
     `loaded in ${(i.load.ms / 1000).toFixed(2)} s: ${i.load.cachedFiles}/${i.load.files} files from the cache, ` +
     `${fmtBytes(i.load.downloadedBytes)} downloaded`;
   setStatus(`${i.backend} · ${adapterName(i.gpu)}`);

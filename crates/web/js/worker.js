@@ -1,5 +1,5 @@
 // The worker that owns the engine: the page never runs model code, so it never freezes.
-// Messages in:  {id, type: 'load', source: {url} | {files}, backend: 'auto' | 'cpu'}
+// Messages in:  {id, type: 'load', source: {url} | {files}, backend: 'auto' | 'webgpu' | 'cpu'}
 //               {id, type: 'generate', input, options, raw}
 //               {id, type: 'cancel'}           (stops the running generation after its step)
 //               {id, type: 'encode', text} | {id, type: 'decode', ids}
@@ -85,6 +85,8 @@ async function load(msg, post) {
   engine = await loader.build(src.label, backend);
   const info = JSON.parse(engine.info());
   info.gpu = gpu;
+  // Browsers do not tell wgpu the adapter's name: describe it from the adapter info instead.
+  if (info.kind === 'webgpu') info.backend = `WebGPU (${describeAdapter(gpu)})`;
   info.load = {
     ms: performance.now() - t0, bytes: done, files: small.length + shards.length,
     cachedFiles: src.cachedFiles, downloadedBytes: src.downloadedBytes,
@@ -92,13 +94,17 @@ async function load(msg, post) {
   return info;
 }
 
+// 'auto' stays 'auto' (the engine tries WebGPU and falls back to the CPU, saying why) unless
+// the browser has no WebGPU adapter at all.
 function chooseBackend(requested, gpu) {
   const built = backends();
-  if (requested !== 'auto') {
-    if (!built.includes(requested)) throw new Error(`backend ${requested} is not in this build (have: ${built.join(', ')})`);
-    return requested;
-  }
-  return built.includes('webgpu') && gpu.available ? 'webgpu' : 'cpu';
+  if (requested === 'auto') return built.includes('webgpu') && gpu.available ? 'auto' : 'cpu';
+  if (!built.includes(requested)) throw new Error(`backend ${requested} is not in this build (have: ${built.join(', ')})`);
+  return requested;
+}
+
+function describeAdapter(gpu) {
+  return [gpu.vendor, gpu.architecture, gpu.description].filter(Boolean).join(' ') || 'unnamed adapter';
 }
 
 async function gpuInfo() {

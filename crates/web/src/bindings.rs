@@ -9,7 +9,11 @@ use serde::Serialize;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use unmask_core::decode::DecodeParams;
-use unmask_core::{Backend, ChatTokenizer, Config, Message, ReferenceBackend, SpecialIds};
+use unmask_core::weights::WeightStore;
+use unmask_core::{
+    Backend, ChatTokenizer, Config, Message, ReferenceBackend, SpecialIds, Step, StepOutput,
+};
+use unmask_wgsl::{WgpuBackend, WgpuOptions};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{future_to_promise, JsFuture};
 
@@ -42,7 +46,8 @@ impl Loader {
         self.loader()?.add_shard(name, bytes).map_err(js_err)
     }
 
-    /// Checks the model and builds the engine on `backend` ("cpu"). Resolves to an `Engine`.
+    /// Checks the model and builds the engine on `backend` ("auto", "webgpu" or "cpu").
+    /// Resolves to an `Engine`.
     /// The loader is used up.
     pub fn build(&mut self, label: String, backend: String) -> Result<Promise, JsValue> {
         let loader = self
@@ -60,16 +65,13 @@ impl Loader {
                 ..
             } = model;
             let summary = unmask_core::loader::summarize(&config, &weights);
-            let backend: Box<dyn Backend> = match backend.as_str() {
-                "cpu" => Box::new(
-                    ReferenceBackend::new(graph, &weights, &mut |_, _| {}).map_err(js_err)?,
-                ),
-                other => return Err(js_err(format!("unknown backend `{other}` (known: cpu)"))),
-            };
+            let (device, fallback) = Device::open(&backend, graph, &weights).await?;
             // The backend holds its own copy of the weights: let the fetched bytes go.
             drop(weights);
             let info = Info {
-                backend: backend.name(),
+                kind: device.kind(),
+                backend: device.name(),
+                fallback,
                 parameters: summary.parameters,
                 active_parameters: summary.active_parameters,
                 weight_bytes: summary.weight_bytes,
@@ -87,7 +89,7 @@ impl Loader {
                     config,
                     tokenizer,
                     ids,
-                    backend: RefCell::new(backend),
+                    device: RefCell::new(device),
                     busy: Cell::new(false),
                     info: serde_json::to_string(&info).map_err(js_err)?,
                 }),
@@ -102,9 +104,85 @@ impl Loader {
     }
 }
 
+/// The backend a model runs on. WebGPU answers asynchronously (its results come back through
+/// a promise), so steps go through [`Device::step`], never `Backend::step`.
+enum Device {
+    Cpu(ReferenceBackend),
+    WebGpu(WgpuBackend),
+}
+
+impl Device {
+    /// `which`: "webgpu", "cpu", or "auto" (WebGPU, else the CPU with the reason in the second
+    /// value).
+    async fn open(
+        which: &str,
+        graph: unmask_core::graph::Graph,
+        weights: &WeightStore,
+    ) -> Result<(Device, Option<String>), JsValue> {
+        let cpu = |graph| -> Result<Device, JsValue> {
+            Ok(Device::Cpu(
+                ReferenceBackend::new(graph, weights, &mut |_, _| {}).map_err(js_err)?,
+            ))
+        };
+        match which {
+            "cpu" => Ok((cpu(graph)?, None)),
+            "webgpu" => Ok((
+                Device::WebGpu(open_webgpu(graph, weights).await.map_err(js_err)?),
+                None,
+            )),
+            "auto" => match open_webgpu(graph.clone(), weights).await {
+                Ok(b) => Ok((Device::WebGpu(b), None)),
+                Err(e) => Ok((cpu(graph)?, Some(format!("WebGPU: {e}")))),
+            },
+            other => Err(js_err(format!(
+                "unknown backend `{other}` (known: auto, webgpu, cpu)"
+            ))),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Device::Cpu(_) => "cpu",
+            Device::WebGpu(_) => "webgpu",
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Device::Cpu(b) => b.name(),
+            Device::WebGpu(b) => b.name(),
+        }
+    }
+
+    fn reset(&mut self) {
+        match self {
+            Device::Cpu(b) => b.reset(),
+            Device::WebGpu(b) => b.reset(),
+        }
+    }
+
+    async fn step(&mut self, s: &Step<'_>) -> unmask_core::Result<StepOutput> {
+        match self {
+            Device::Cpu(b) => b.step(s),
+            Device::WebGpu(b) => b.step_async(s).await,
+        }
+    }
+}
+
+async fn open_webgpu(
+    graph: unmask_core::graph::Graph,
+    weights: &WeightStore,
+) -> unmask_core::Result<WgpuBackend> {
+    WgpuBackend::new_async(graph, weights, &WgpuOptions::default(), &mut |_, _| {}).await
+}
+
 #[derive(Serialize)]
 struct Info {
+    /// "webgpu" or "cpu".
+    kind: &'static str,
     backend: String,
+    /// Why "auto" did not take WebGPU.
+    fallback: Option<String>,
     parameters: u64,
     active_parameters: u64,
     weight_bytes: u64,
@@ -122,7 +200,7 @@ struct Inner {
     config: Config,
     tokenizer: ChatTokenizer,
     ids: SpecialIds,
-    backend: RefCell<Box<dyn Backend>>,
+    device: RefCell<Device>,
     /// One generation at a time: the backend's KV cache belongs to it.
     busy: Cell<bool>,
     info: String,
@@ -193,12 +271,12 @@ async fn run(inner: &Inner, request_json: &str, on_step: &Function) -> Result<St
         &params,
     )
     .map_err(js_err)?;
-    let mut backend = inner.backend.borrow_mut();
-    let name = backend.name();
-    backend.reset();
+    let mut device = inner.device.borrow_mut();
+    let name = device.name();
+    device.reset();
     loop {
         let out = match g.next_step() {
-            Some(step) => backend.step(&step).map_err(js_err)?,
+            Some(step) => device.step(&step).await.map_err(js_err)?,
             None => break,
         };
         let msg = g.apply(&out, &name).map_err(js_err)?;
@@ -218,5 +296,5 @@ async fn run(inner: &Inner, request_json: &str, on_step: &Function) -> Result<St
 /// The backends this build can run, by the names `Loader.build` takes.
 #[wasm_bindgen]
 pub fn backends() -> Vec<String> {
-    vec!["cpu".to_string()]
+    vec!["webgpu".to_string(), "cpu".to_string()]
 }

@@ -21,6 +21,17 @@ function adapterName(gpu) {
 
 function setStatus(text) { $('status').textContent = text; }
 
+// The status line: the backend, with the adapter when the backend's name does not include it.
+function backendLine(info) {
+  return info.kind === 'webgpu' ? info.backend : `${info.backend} · ${adapterName(info.gpu)}`;
+}
+
+function adapterDetails(gpu) {
+  if (!gpu?.available) return adapterName(gpu);
+  return `${adapterName(gpu)} (shader-f16: ${gpu.shaderF16 ? 'yes' : 'no'}, ` +
+    `max binding ${fmtBytes(gpu.maxStorageBufferBindingSize)})`;
+}
+
 async function loadModel(source, label) {
   $('send').disabled = true;
   const bar = $('progress');
@@ -46,10 +57,10 @@ async function loadModel(source, label) {
   $('model-info').textContent =
     `${label}\n${i.layers} layers, hidden ${i.hidden}, ${i.experts} experts, vocab ${i.vocab}\n` +
     `${fmtCount(i.parameters)} parameters (${fmtCount(i.active_parameters)} active), ${fmtBytes(i.weight_bytes)}\n` +
-    `backend: ${i.backend}${i.fallback ? ` (fell back: ${i.fallback})` : ''}\nadapter: ${adapterName(i.gpu)}\n` +
+    `backend: ${i.backend}${i.fallback ? ` (fell back: ${i.fallback})` : ''}\nadapter: ${adapterDetails(i.gpu)}\n` +
     `loaded in ${(i.load.ms / 1000).toFixed(2)} s: ${i.load.cachedFiles}/${i.load.files} files from the cache, ` +
     `${fmtBytes(i.load.downloadedBytes)} downloaded`;
-  setStatus(`${i.backend} · ${adapterName(i.gpu)}`);
+  setStatus(backendLine(i));
   $('send').disabled = false;
   return true;
 }
@@ -133,7 +144,7 @@ async function send(text) {
       `first token after ${s.firstTokenMs?.toFixed(0) ?? '–'} ms, first text after ${s.firstTextMs?.toFixed(0) ?? '–'} ms\n` +
       `${r.prompt_tokens} prompt tokens, ${r.tokens.length} generated in ${r.forwards} forwards (${(s.ms / 1000).toFixed(2)} s)\n` +
       `${(r.tokens.length / Math.max(r.forwards, 1)).toFixed(2)} tokens per forward; finish: ${r.finish}`;
-    setStatus(`${engine.info.backend} · ${adapterName(engine.info.gpu)} · ${s.tokensPerSecond.toFixed(1)} tokens/s`);
+    setStatus(`${backendLine(engine.info)} · ${s.tokensPerSecond.toFixed(1)} tokens/s`);
   } catch (e) {
     messages.pop();
     out.className = 'msg error';

@@ -4,12 +4,15 @@
 // workgroup memory; each of the 128 invocations owns 2 rows x 4 features.
 //
 // - `matmul`: dense rows (a linear layer over the chunk's tokens or its predicted rows).
+// - `matmul_narrow`: the same for at most NR rows, tiles of NR rows x 2 BN features, so a
+//   product over a few rows does not compute a whole BM-row tile.
 // - `moe_gate_up`: per routed expert, the rows routed to it (gathered by token) times the
 //   expert's stacked [gate; up] rows, writing silu(gate) * up.
 // - `moe_down`: per routed expert, its activation rows times its down rows.
 // The expert kernels are dispatched indirectly: `moe_group` (moe.wgsl) writes one work item per
-// (expert, tile of at most BM of its rows), so each touched expert's weights are read once per
-// tile of its rows and untouched experts are never read.
+// (expert, tile of at most NR of its rows), so each touched expert's weights are read once per
+// NR of its rows and untouched experts are never read. NR-row tiles because a decoding window
+// routes only a few rows to each expert (32 tokens x 8 experts over ~100 experts).
 
 const BM: u32 = 32u;
 const BN: u32 = 32u;
@@ -127,6 +130,50 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     }
 }
 
+const NR: u32 = 8u;
+
+// x: tiles of 2 BN features; one row tile (at most NR rows). Invocation li owns feature
+// li % 64 of the tile and rows li / 64 + 2i.
+@compute @workgroup_size(128)
+fn matmul_narrow(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let rows = select(st.n, st.out_rows, p.rows_from_out == 1u);
+    let valid_rows = min(NR, rows);
+    let f0 = wg.x * 2u * BN;
+    let valid_w = min(2u * BN, p.m - f0);
+    let tx = li % 64u;
+    let ty = li / 64u;
+    var acc: array<f32, 4>;
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        for (var e = 0u; e < 2u; e++) {
+            let idx = li + e * 128u;
+            let r = idx / BK;
+            let kk = idx % BK;
+            var v = 0.0;
+            if (r < valid_rows && k0 + kk < p.k) {
+                v = x[r * p.k + k0 + kk];
+            }
+            xs[r * LD + kk] = v;
+        }
+        // 2 BN rows = two BN-row tiles.
+        load_w_tile(li, 0u, f0, min(BN, valid_w), k0, p.k, p.stride);
+        load_w_tile(li, 1u, f0 + BN, valid_w - min(BN, valid_w), k0, p.k, p.stride);
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let b = ws[tx * LD + kk];
+            for (var i = 0u; i < 4u; i++) {
+                acc[i] += xs[(ty + 2u * i) * LD + kk] * b;
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let r = ty + 2u * i;
+        if (r < valid_rows && tx < valid_w) {
+            out[r * p.out_cols + p.col0 + f0 + tx] = acc[i];
+        }
+    }
+}
+
 // The work item of this workgroup: (expert, first slot, rows).
 fn work_item(y: u32) -> vec3<u32> {
     let item = plan[mp.first_item_at] + y;
@@ -134,7 +181,26 @@ fn work_item(y: u32) -> vec3<u32> {
     return vec3<u32>(plan[o], plan[o + 1u], plan[o + 2u]);
 }
 
-// x: tiles of BN expert features, y: work items of this binding (indirect).
+// Loads the rows of a work item (at most NR) into the x tile: row r is `x` row `row(r)`.
+fn load_item_rows(li: u32, s0: u32, valid_rows: u32, k0: u32, gather: bool) {
+    for (var e = 0u; e < 2u; e++) {
+        let idx = li + e * 128u;
+        let r = idx / BK;
+        let kk = idx % BK;
+        var v = 0.0;
+        if (r < valid_rows && k0 + kk < mp.k) {
+            var row = s0 + r;
+            if (gather) {
+                row = slot_token[row];
+            }
+            v = x[row * mp.k + k0 + kk];
+        }
+        xs[r * LD + kk] = v;
+    }
+}
+
+// x: tiles of BN expert features, y: work items of this binding (indirect). Invocation li owns
+// feature li % 32 of the tile and rows li / 32 + 4i, for both gate and up.
 @compute @workgroup_size(128)
 fn moe_gate_up(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let it = work_item(wg.y);
@@ -143,75 +209,65 @@ fn moe_gate_up(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     let valid_rows = it.z;
     let f0 = wg.x * BN;
     let valid_w = min(BN, mp.m - f0);
-    let tx = li % 8u;
-    let ty = li / 8u;
-    var g: array<f32, 8>;
-    var u: array<f32, 8>;
+    let tx = li % 32u;
+    let ty = li / 32u;
+    var g: array<f32, 2>;
+    var u: array<f32, 2>;
     for (var k0 = 0u; k0 < mp.k; k0 += BK) {
-        for (var e = 0u; e < 8u; e++) {
-            let idx = li + e * 128u;
-            let r = idx / BK;
-            let kk = idx % BK;
-            var v = 0.0;
-            if (r < valid_rows && k0 + kk < mp.k) {
-                v = x[slot_token[s0 + r] * mp.k + k0 + kk];
-            }
-            xs[r * LD + kk] = v;
-        }
+        load_item_rows(li, s0, valid_rows, k0, true);
         load_w_tile(li, 0u, first_row + f0, valid_w, k0, mp.k, mp.stride);
         load_w_tile(li, 1u, first_row + mp.m + f0, valid_w, k0, mp.k, mp.stride);
         workgroupBarrier();
-        mac(&g, 0u, tx, ty);
-        mac(&u, 1u, tx, ty);
+        for (var kk = 0u; kk < BK; kk++) {
+            let bg = ws[tx * LD + kk];
+            let bu = ws[BN * LD + tx * LD + kk];
+            for (var i = 0u; i < 2u; i++) {
+                let a = xs[(ty + 4u * i) * LD + kk];
+                g[i] += a * bg;
+                u[i] += a * bu;
+            }
+        }
         workgroupBarrier();
     }
     for (var i = 0u; i < 2u; i++) {
-        let r = ty + 16u * i;
-        for (var j = 0u; j < 4u; j++) {
-            let f = tx + 8u * j;
-            if (r < valid_rows && f < valid_w) {
-                let gv = g[4u * i + j];
-                out[(s0 + r) * mp.m + f0 + f] = gv / (1.0 + exp(-gv)) * u[4u * i + j];
-            }
+        let r = ty + 4u * i;
+        if (r < valid_rows && tx < valid_w) {
+            let gv = g[i];
+            out[(s0 + r) * mp.m + f0 + tx] = gv / (1.0 + exp(-gv)) * u[i];
         }
     }
 }
 
-// x: tiles of BN output features, y: work items of this binding (indirect).
+// x: tiles of 2 BN output features, y: work items of this binding (indirect). Invocation li
+// owns feature li % 64 of the tile and rows li / 64 + 2i.
 @compute @workgroup_size(128)
 fn moe_down(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let it = work_item(wg.y);
     let first_row = (it.x - mp.e0) * mp.rows_per_expert;
     let s0 = it.y;
     let valid_rows = it.z;
-    let f0 = wg.x * BN;
-    let valid_w = min(BN, mp.m - f0);
-    let tx = li % 8u;
-    let ty = li / 8u;
-    var acc: array<f32, 8>;
+    let f0 = wg.x * 2u * BN;
+    let valid_w = min(2u * BN, mp.m - f0);
+    let tx = li % 64u;
+    let ty = li / 64u;
+    var acc: array<f32, 4>;
     for (var k0 = 0u; k0 < mp.k; k0 += BK) {
-        for (var e = 0u; e < 8u; e++) {
-            let idx = li + e * 128u;
-            let r = idx / BK;
-            let kk = idx % BK;
-            var v = 0.0;
-            if (r < valid_rows && k0 + kk < mp.k) {
-                v = x[(s0 + r) * mp.k + k0 + kk];
-            }
-            xs[r * LD + kk] = v;
-        }
-        load_w_tile(li, 0u, first_row + f0, valid_w, k0, mp.k, mp.stride);
+        load_item_rows(li, s0, valid_rows, k0, false);
+        load_w_tile(li, 0u, first_row + f0, min(BN, valid_w), k0, mp.k, mp.stride);
+        load_w_tile(li, 1u, first_row + f0 + BN, valid_w - min(BN, valid_w), k0, mp.k, mp.stride);
         workgroupBarrier();
-        mac(&acc, 0u, tx, ty);
+        for (var kk = 0u; kk < BK; kk++) {
+            let b = ws[tx * LD + kk];
+            for (var i = 0u; i < 4u; i++) {
+                acc[i] += xs[(ty + 2u * i) * LD + kk] * b;
+            }
+        }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 2u; i++) {
-        let r = ty + 16u * i;
-        for (var j = 0u; j < 4u; j++) {
-            let f = tx + 8u * j;
-            if (r < valid_rows && f < valid_w) {
-                out[(s0 + r) * mp.m + f0 + f] = acc[4u * i + j];
-            }
+    for (var i = 0u; i < 4u; i++) {
+        let r = ty + 2u * i;
+        if (r < valid_rows && tx < valid_w) {
+            out[(s0 + r) * mp.m + f0 + tx] = acc[i];
         }
     }
 }

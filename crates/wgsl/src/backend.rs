@@ -7,7 +7,7 @@ use crate::chunks::{self, Chunk};
 use crate::device::{Gpu, ADAPTER_ENV};
 use crate::kernels::{Kernels, STEP_UNIFORM_BYTES};
 use crate::kv::KvCache;
-use crate::program::{self, Context, Grid, MoeScratch, Program, TILE_ROWS};
+use crate::program::{self, Context, Grid, MoeScratch, Program, NARROW_ROWS};
 use crate::readback;
 use crate::weights::{self, DeviceMatrix, ExpertStacks};
 use unmask_core::backend::{Backend, Capture, Sampled, Step, StepOutput, StepStats};
@@ -357,7 +357,7 @@ impl WgpuBackend {
             .collect();
         let moe = (k_max > 0).then(|| {
             let slot_cap = max_tokens * k_max;
-            let max_items = slot_cap / TILE_ROWS + e_max.min(slot_cap) + 1;
+            let max_items = slot_cap / NARROW_ROWS + e_max.min(slot_cap) + 1;
             MoeScratch {
                 scores: storage(
                     &device,
@@ -551,6 +551,12 @@ impl WgpuBackend {
         &self.graph
     }
 
+    /// How many storage bindings the matrix `name` was split into (`None`: not a matrix here).
+    pub fn weight_bindings(&self, name: &str) -> Option<usize> {
+        let i = self.graph.weights.iter().position(|w| w.name == name)?;
+        self.matrices[i].as_ref().map(|m| m.parts.len())
+    }
+
     fn validate(&self, s: &Step) -> Result<()> {
         let n = s.tokens.len();
         if n == 0 || s.out_rows == 0 || s.out_rows > n || s.keep > n {
@@ -700,11 +706,16 @@ impl WgpuBackend {
                     if d.needs_out && c.out == 0 {
                         continue;
                     }
-                    let (pipeline, group) = match (&d.seeded, seeded) {
-                        (Some((pl, bg)), true) => (pl, bg),
-                        _ => (&d.pipeline, &d.bind_group),
+                    let (mut pipeline, mut group, mut grid) = match (&d.seeded, seeded) {
+                        (Some((pl, bg)), true) => (pl, bg, d.grid),
+                        _ => (&d.pipeline, &d.bind_group, d.grid),
                     };
-                    match d.grid {
+                    if let Some((pl, bg, g, rows)) = &d.narrow {
+                        if rows.resolve(c.len, c.out) as usize <= NARROW_ROWS {
+                            (pipeline, group, grid) = (pl, bg, *g);
+                        }
+                    }
+                    match grid {
                         Grid::Direct(x, y) => {
                             let (x, y) = (x.resolve(c.len, c.out), y.resolve(c.len, c.out));
                             if x == 0 || y == 0 {

@@ -1,7 +1,9 @@
 //! How a weight matrix sits on the device: rows of u32 words in a format, unpacked in registers
 //! by the format's shader file (`shaders/formats/*.wgsl`, which defines `w_load4`). A format is
 //! three things kept together here: the packer (host bytes to words), the row length in words,
-//! and the shader. Quantized formats slot in as new variants with the same three pieces.
+//! and the shader. Quantized formats (q8_0, q4) keep their blocks as stored; the packer only
+//! moves each row's blocks from the file's two planes (codes, then scales) next to each other,
+//! in pairs behind one word of two scales, so a row is self-contained like any other format.
 
 use crate::shaders;
 use std::ops::Range;
@@ -13,10 +15,18 @@ pub enum WeightFormat {
     F32,
     Bf16,
     F16,
+    Q8_0,
+    Q4,
 }
 
 impl WeightFormat {
-    pub const ALL: [WeightFormat; 3] = [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::F16];
+    pub const ALL: [WeightFormat; 5] = [
+        WeightFormat::F32,
+        WeightFormat::Bf16,
+        WeightFormat::F16,
+        WeightFormat::Q8_0,
+        WeightFormat::Q4,
+    ];
 
     /// The device format of a stored tensor.
     pub fn of(dtype: DType) -> Result<Self> {
@@ -25,6 +35,8 @@ impl WeightFormat {
             DType::F32 => Ok(WeightFormat::F32),
             DType::BF16 => Ok(WeightFormat::Bf16),
             DType::F16 => Ok(WeightFormat::F16),
+            DType::Q8_0 => Ok(WeightFormat::Q8_0),
+            DType::Q4 => Ok(WeightFormat::Q4),
             other => Err(Error::backend(
                 "wgpu",
                 format!(
@@ -40,6 +52,8 @@ impl WeightFormat {
             WeightFormat::F32 => "f32",
             WeightFormat::Bf16 => "bf16",
             WeightFormat::F16 => "f16",
+            WeightFormat::Q8_0 => "q8_0",
+            WeightFormat::Q4 => "q4",
         }
     }
 
@@ -49,16 +63,33 @@ impl WeightFormat {
             WeightFormat::F32 => shaders::FORMAT_F32,
             WeightFormat::Bf16 => shaders::FORMAT_BF16,
             WeightFormat::F16 => shaders::FORMAT_F16,
+            WeightFormat::Q8_0 => shaders::FORMAT_Q8_0,
+            WeightFormat::Q4 => shaders::FORMAT_Q4,
         }
     }
 
     /// Words per packed row of `cols` values. Rows are padded with zeros to whole groups of four
     /// values, so that `w_load4` never straddles two rows and always starts on a word.
+    /// Quantized rows are whole blocks of 32 values, in pairs of (scale word, code words).
     pub fn row_words(self, cols: usize) -> usize {
         let groups = cols.div_ceil(4);
         match self {
             WeightFormat::F32 => groups * 4,
             WeightFormat::Bf16 | WeightFormat::F16 => groups * 2,
+            WeightFormat::Q8_0 | WeightFormat::Q4 => {
+                let nb = cols.div_ceil(32);
+                let pair = 1 + 2 * self.block_code_words();
+                pair * (nb / 2) + (1 + self.block_code_words()) * (nb % 2)
+            }
+        }
+    }
+
+    /// Code words of one 32-value block of a quantized format.
+    fn block_code_words(self) -> usize {
+        match self {
+            WeightFormat::Q8_0 => 8,
+            WeightFormat::Q4 => 4,
+            _ => 0,
         }
     }
 
@@ -70,6 +101,9 @@ impl WeightFormat {
         let elem = match self {
             WeightFormat::F32 => 4,
             WeightFormat::Bf16 | WeightFormat::F16 => 2,
+            WeightFormat::Q8_0 | WeightFormat::Q4 => {
+                return self.pack_quantized_rows(t, rows, dst);
+            }
         };
         let bytes = t.bytes();
         let row_bytes = cols * elem;
@@ -83,6 +117,39 @@ impl WeightFormat {
             let d = &mut dst_bytes[i * stride * 4..(i + 1) * stride * 4];
             d[..row_bytes].copy_from_slice(&bytes[r * row_bytes..(r + 1) * row_bytes]);
             d[row_bytes..].fill(0);
+        }
+    }
+}
+
+impl WeightFormat {
+    /// Row by row: for each pair of blocks (2g, 2g + 1), one word with their 16-bit scales
+    /// (block 2g in the low half), then block 2g's code words, then block 2g + 1's. An odd last
+    /// block gets its scale word (upper half zero) and its code words.
+    fn pack_quantized_rows(self, t: &Tensor, rows: Range<usize>, dst: &mut [u32]) {
+        let p = t
+            .packed()
+            .expect("WeightFormat::of gave a quantized format, so the tensor is packed");
+        let cw = self.block_code_words();
+        let stride = self.row_words(p.cols);
+        let word = |bytes: &[u8], i: usize| {
+            u32::from_le_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]])
+        };
+        let scale = |blk: usize| u16::from_le_bytes([p.scales[2 * blk], p.scales[2 * blk + 1]]) as u32;
+        for (i, r) in rows.enumerate() {
+            let row = &mut dst[i * stride..(i + 1) * stride];
+            let mut o = 0;
+            for b in (0..p.nb).step_by(2) {
+                let blk = r * p.nb + b;
+                let second = b + 1 < p.nb;
+                row[o] = scale(blk) | if second { scale(blk + 1) << 16 } else { 0 };
+                o += 1;
+                let blocks = if second { 2 } else { 1 };
+                for j in 0..blocks * cw {
+                    row[o] = word(p.codes, blk * cw + j);
+                    o += 1;
+                }
+            }
+            debug_assert_eq!(o, stride);
         }
     }
 }

@@ -20,6 +20,7 @@ pub enum Kernel {
     Embed,
     RmsNorm,
     Matmul,
+    MatmulNarrow,
     MoeGateUp,
     MoeDown,
     QkNormRope,
@@ -43,7 +44,7 @@ impl Kernel {
         match self {
             Embed => Family::Embed,
             RmsNorm => Family::RmsNorm,
-            Matmul | MoeGateUp | MoeDown => Family::Matmul,
+            Matmul | MatmulNarrow | MoeGateUp | MoeDown => Family::Matmul,
             QkNormRope => Family::Rope,
             KvStore | Attention => Family::Attention,
             Add | SwiGlu | TakeLastRows => Family::Elementwise,
@@ -58,6 +59,7 @@ impl Kernel {
             Embed => "embed",
             RmsNorm => "rms_norm",
             Matmul => "matmul",
+            MatmulNarrow => "matmul_narrow",
             MoeGateUp => "moe_gate_up",
             MoeDown => "moe_down",
             QkNormRope => "qk_norm_rope",
@@ -78,10 +80,11 @@ impl Kernel {
     pub fn bindings(self) -> &'static [(u32, Bind)] {
         use Kernel::*;
         match self {
-            Embed | Matmul => &[(0, U), (1, R), (2, R), (3, W)],
+            Embed | Matmul | MatmulNarrow => &[(0, U), (1, R), (2, R), (3, W)],
             RmsNorm | Add | SwiGlu => &[(0, U), (1, R), (2, R), (3, W)],
             MoeGateUp => &[(1, R), (2, R), (3, W), (4, U), (5, R), (6, R)],
-            MoeDown => &[(1, R), (2, R), (3, W), (4, U), (5, R)],
+            // `load_item_rows` (shared with moe_gate_up) names the slot table even when unused.
+            MoeDown => &[(1, R), (2, R), (3, W), (4, U), (5, R), (6, R)],
             QkNormRope => &[(0, U), (1, W), (2, R), (3, R)],
             KvStore => &[(0, U), (1, R), (2, W), (3, W)],
             Attention => &[(0, U), (1, R), (4, R), (5, R), (6, W)],

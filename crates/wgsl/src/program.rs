@@ -10,9 +10,13 @@ use crate::kv::KvCache;
 use crate::weights::{DeviceMatrix, ExpertStacks};
 use unmask_core::graph::{BufId, Graph, Op, Rows};
 
-/// Rows of the expert kernels' tiles (BM in matmul.wgsl) and of the dense tiles (BN).
+/// Rows and features of the dense tiles (BM, BN in matmul.wgsl).
 pub const TILE_ROWS: usize = 32;
 pub const TILE_FEATURES: usize = 32;
+/// Rows of the narrow tiles (NR): products over at most this many rows use `matmul_narrow`
+/// (tiles 2 * TILE_FEATURES wide), and expert work items hold at most this many rows (gate/up
+/// tiles TILE_FEATURES wide, down tiles 2 * TILE_FEATURES wide).
+pub const NARROW_ROWS: usize = 8;
 
 /// One dimension of a dispatch grid.
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +57,9 @@ pub struct Dispatch {
     pub bind_group: wgpu::BindGroup,
     /// The seeded sampler, used instead when the step samples with a temperature.
     pub seeded: Option<(wgpu::ComputePipeline, wgpu::BindGroup)>,
+    /// The narrow matmul and its grid, used instead when the product has at most NARROW_ROWS
+    /// rows (counted by the extent).
+    pub narrow: Option<(wgpu::ComputePipeline, wgpu::BindGroup, Grid, Extent)>,
     pub grid: Grid,
     /// Runs only when the chunk predicts rows (the head of the model).
     pub needs_out: bool,
@@ -111,6 +118,8 @@ struct Pending {
     params: (u32, [u32; 8]),
     grid: Grid,
     needs_out: bool,
+    /// For `matmul`: the narrow variant's grid and the extent that counts the rows.
+    narrow: Option<(Grid, Extent)>,
 }
 
 pub struct Program {
@@ -172,6 +181,7 @@ impl Context<'_> {
                             Extent::Tokens(1),
                         ),
                         needs_out: false,
+                        narrow: None,
                     });
                 }
             }
@@ -194,6 +204,7 @@ impl Context<'_> {
                     params: (0, [d as u32, groups as u32, f(*eps), 0, 0, 0, 0, 0]),
                     grid: Grid::Direct(Extent::Fixed(groups as u32), Extent::of(self.rows(*x), 1)),
                     needs_out: self.rows(*x) == Rows::Out,
+                    narrow: None,
                 });
             }
             Op::MatMul { x, weight, out: o } => {
@@ -226,6 +237,13 @@ impl Context<'_> {
                             Extent::of(self.rows(*x), TILE_ROWS),
                         ),
                         needs_out: from_out,
+                        narrow: Some((
+                            Grid::Direct(
+                                Extent::Fixed(part.rows.len().div_ceil(2 * TILE_FEATURES) as u32),
+                                Extent::Fixed(1),
+                            ),
+                            Extent::of(self.rows(*x), 1),
+                        )),
                     });
                 }
             }
@@ -269,6 +287,7 @@ impl Context<'_> {
                         Extent::of(self.rows(*qkv), 1),
                     ),
                     needs_out: false,
+                    narrow: None,
                 });
             }
             Op::Attention {
@@ -302,6 +321,7 @@ impl Context<'_> {
                         Extent::Tokens(1),
                     ),
                     needs_out: false,
+                    narrow: None,
                 });
                 out.push(Pending {
                     kernel: Kernel::Attention,
@@ -315,6 +335,7 @@ impl Context<'_> {
                     params: (0, params),
                     grid: Grid::Direct(Extent::Fixed(heads.q as u32), Extent::Tokens(1)),
                     needs_out: false,
+                    narrow: None,
                 });
             }
             Op::Add { a, b, out: o }
@@ -338,6 +359,7 @@ impl Context<'_> {
                         Extent::of(self.rows(*o), 1),
                     ),
                     needs_out: self.rows(*o) == Rows::Out,
+                    narrow: None,
                 });
             }
             Op::TakeLastRows { x, out: o } => {
@@ -349,6 +371,7 @@ impl Context<'_> {
                     params: (0, [cols as u32, 0, 0, 0, 0, 0, 0, 0]),
                     grid: Grid::Direct(Extent::Fixed((cols as u32).div_ceil(256)), Extent::Out(1)),
                     needs_out: true,
+                    narrow: None,
                 });
             }
             Op::MoeRoute {
@@ -387,6 +410,7 @@ impl Context<'_> {
                     ),
                     grid: Grid::Direct(Extent::Tokens(64), Extent::Fixed(1)),
                     needs_out: false,
+                    narrow: None,
                 });
             }
             Op::MoeExperts {
@@ -420,15 +444,16 @@ impl Context<'_> {
                             ex.experts as u32,
                             top_k as u32,
                             parts as u32,
-                            TILE_ROWS as u32,
+                            NARROW_ROWS as u32,
                             ex.inter.div_ceil(TILE_FEATURES) as u32,
-                            ex.hidden.div_ceil(TILE_FEATURES) as u32,
+                            ex.hidden.div_ceil(2 * TILE_FEATURES) as u32,
                             items_at,
                             moe.slot_cap as u32,
                         ],
                     ),
                     grid: Grid::Direct(Extent::Fixed(1), Extent::Fixed(1)),
                     needs_out: false,
+                    narrow: None,
                 });
                 // The group kernel writes args for `parts` parts: gate/up at 3p, down at 3(P + p),
                 // where P is this layer's part count (the plan is read with this layer's layout).
@@ -458,6 +483,7 @@ impl Context<'_> {
                         ),
                         grid: Grid::Indirect((12 * p) as u64),
                         needs_out: false,
+                        narrow: None,
                     });
                 }
                 for p in 0..parts {
@@ -469,6 +495,7 @@ impl Context<'_> {
                             (2, moe.act.clone()),
                             (3, moe.y.clone()),
                             (5, moe.plan.clone()),
+                            (6, moe.slots.clone()),
                         ],
                         params: (
                             4,
@@ -485,6 +512,7 @@ impl Context<'_> {
                         ),
                         grid: Grid::Indirect((12 * (parts + p)) as u64),
                         needs_out: false,
+                        narrow: None,
                     });
                 }
                 out.push(Pending {
@@ -515,6 +543,7 @@ impl Context<'_> {
                         Extent::Tokens(1),
                     ),
                     needs_out: false,
+                    narrow: None,
                 });
             }
             Op::Sample { logits, out: o } => {
@@ -526,6 +555,7 @@ impl Context<'_> {
                     params: (0, [vocab as u32, 0, 0, 0, 0, 0, 0, 0]),
                     grid: Grid::Direct(Extent::Out(1), Extent::Fixed(1)),
                     needs_out: true,
+                    narrow: None,
                 });
             }
         }
@@ -545,10 +575,11 @@ pub fn kernels_needed(
                 v.push((Kernel::Embed, matrices[table.0].as_ref().map(|m| m.format)))
             }
             Op::RmsNorm { .. } => v.push((Kernel::RmsNorm, None)),
-            Op::MatMul { weight, .. } => v.push((
-                Kernel::Matmul,
-                matrices[weight.0].as_ref().map(|m| m.format),
-            )),
+            Op::MatMul { weight, .. } => {
+                let format = matrices[weight.0].as_ref().map(|m| m.format);
+                v.push((Kernel::Matmul, format));
+                v.push((Kernel::MatmulNarrow, format));
+            }
             Op::QkNormRope { .. } => v.push((Kernel::QkNormRope, None)),
             Op::Attention { .. } => {
                 v.push((Kernel::KvStore, None));
@@ -630,10 +661,15 @@ pub fn compile(cx: &Context) -> Program {
         .map(|(i, p)| {
             let (pipeline, bind_group) = bind(p.kernel, p, i);
             let seeded = (p.kernel == Kernel::Greedy).then(|| bind(Kernel::Seeded, p, i));
+            let narrow = p.narrow.map(|(grid, rows)| {
+                let (pl, bg) = bind(Kernel::MatmulNarrow, p, i);
+                (pl, bg, grid, rows)
+            });
             Dispatch {
                 pipeline,
                 bind_group,
                 seeded,
+                narrow,
                 grid: p.grid,
                 needs_out: p.needs_out,
             }

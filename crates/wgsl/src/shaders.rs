@@ -8,6 +8,8 @@ pub const STEP: &str = include_str!("../shaders/step.wgsl");
 pub const FORMAT_F32: &str = include_str!("../shaders/formats/f32.wgsl");
 pub const FORMAT_BF16: &str = include_str!("../shaders/formats/bf16.wgsl");
 pub const FORMAT_F16: &str = include_str!("../shaders/formats/f16.wgsl");
+pub const FORMAT_Q8_0: &str = include_str!("../shaders/formats/q8_0.wgsl");
+pub const FORMAT_Q4: &str = include_str!("../shaders/formats/q4.wgsl");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Family {

@@ -1,0 +1,30 @@
+// q4 weights (crates/core/src/quant/q4.rs): blocks of 32 four-bit codes q with a 16-bit header
+// k | c << 8: d = k ? 2^((k >> 3) - 20) * (1 + (k & 7) / 8) : 0, w = d * (f32(q) - f32(c) / 16).
+// On the device a row is its blocks in pairs, each pair one word holding both headers (block 2g
+// in the low half) followed by the two blocks' 8 code words (8 codes per word, the first column
+// in the lowest nibble); an odd last block is a pair of one (its header word and 4 code words).
+// Columns 4 c4 .. 4 c4 + 3 are half c4 % 2 of code word (c4 % 16) / 2 of pair c4 / 16.
+fn q4_scale(k: u32) -> f32 {
+    if (k == 0u) {
+        return 0.0;
+    }
+    return bitcast<f32>((((k >> 3u) + 107u) << 23u) | ((k & 7u) << 20u));
+}
+
+fn w_load4(base: u32, c4: u32) -> vec4<f32> {
+    let g = base + 9u * (c4 / 16u);
+    let j = c4 % 16u;
+    let hw = w[g];
+    let h = select(hw & 0xffffu, hw >> 16u, j >= 8u);
+    let d = q4_scale(h & 0xffu);
+    // c / 16 is exact in f32, and so is q - c / 16: one rounding, as on the CPU.
+    let off = f32(h >> 8u) * 0.0625;
+    let n = w[g + 1u + j / 2u] >> (16u * (j % 2u));
+    let q = vec4<f32>(
+        f32(n & 15u),
+        f32((n >> 4u) & 15u),
+        f32((n >> 8u) & 15u),
+        f32((n >> 12u) & 15u),
+    );
+    return d * (q - vec4<f32>(off));
+}

@@ -79,43 +79,104 @@ impl SplitMix {
 /// A quantized `dtype` gives the bf16 model's values with the tensors a quantized checkpoint
 /// packs (`quant::QuantPlan`) quantized one at a time.
 pub fn random_weights(c: &Config, dtype: DType, seed: u64) -> Result<WeightStore> {
-    let mut store = WeightStore::default();
+    random_weights_on(c, dtype, seed, crate::reference::parallel::threads())
+}
+
+/// `random_weights` on `threads` threads. Each tensor has its own generator, keyed by its index,
+/// so the values do not depend on which thread makes which tensor (a 2-layer mini model takes
+/// seconds instead of tens of seconds, the whole model minutes instead of tens of minutes).
+fn random_weights_on(c: &Config, dtype: DType, seed: u64, threads: usize) -> Result<WeightStore> {
     let quant = dtype.quant().map(crate::quant::QuantPlan::new);
     let graph = llada2::build(c);
     let dtype = if quant.is_some() { DType::BF16 } else { dtype };
-    for (i, w) in graph.weights.iter().enumerate() {
-        let (name, shape) = (w.name.clone(), w.shape.clone());
+    let make = |i: usize| -> Result<Tensor> {
+        let w = &graph.weights[i];
+        let (name, shape) = (&w.name, w.shape.clone());
         let numel: usize = shape.iter().product();
         let mut rng = SplitMix(seed ^ (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
-        let (dt, values): (DType, Box<dyn FnMut() -> f32>) = if name.ends_with("expert_bias") {
-            (DType::F32, Box::new(move || 0.05 * rng.symmetric()))
+        let (dt, bytes) = if name.ends_with("expert_bias") {
+            (
+                DType::F32,
+                encode(DType::F32, numel, || 0.05 * rng.symmetric()),
+            )
         } else if name.contains("norm") {
-            (dtype, Box::new(move || 1.0 + 0.1 * rng.symmetric()))
+            (dtype, encode(dtype, numel, || 1.0 + 0.1 * rng.symmetric()))
         } else {
-            (dtype, Box::new(move || rng.normal(0.02)))
+            (dtype, encode(dtype, numel, || rng.normal(0.02)))
         };
-        let bytes = encode(dt, numel, values);
         let mut t = Tensor::from_bytes(dt, shape, bytes)?;
         if let Some(plan) = quant.filter(|p| p.applies_to(w.role)) {
             t = crate::quant::quantize_tensor(plan.format, &t)?.0;
         }
-        store.insert(name, t);
+        Ok(t)
+    };
+    // Largest first, so no thread is left with a big tensor at the end.
+    let mut order: Vec<usize> = (0..graph.weights.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(graph.weights[i].shape.iter().product::<usize>()));
+    let mut made: Vec<Option<Tensor>> = vec![None; order.len()];
+    for (i, t) in each_on_threads(&order, threads, &make) {
+        made[i] = Some(t?);
+    }
+    let mut store = WeightStore::default();
+    for (w, t) in graph.weights.iter().zip(made) {
+        store.insert(w.name.clone(), t.expect("every tensor was made"));
     }
     Ok(store)
 }
 
-fn encode(dtype: DType, numel: usize, mut next: Box<dyn FnMut() -> f32 + '_>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(dtype.bytes_for(numel));
-    for _ in 0..numel {
-        let v = next();
-        match dtype {
-            DType::F32 => out.extend_from_slice(&v.to_le_bytes()),
-            DType::BF16 => out.extend_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes()),
-            DType::F16 => out.extend_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes()),
-            DType::Q8_0 | DType::Q4 => {
-                unreachable!("random_weights encodes quantized models as bf16")
+/// `(i, f(i))` for every `i` of `items`, each thread taking the next item as it finishes one.
+fn each_on_threads<T: Send>(
+    items: &[usize],
+    threads: usize,
+    f: &(dyn Fn(usize) -> T + Sync),
+) -> Vec<(usize, T)> {
+    #[cfg(not(target_arch = "wasm32"))]
+    if threads > 1 {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let next = AtomicUsize::new(0);
+        return std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads.min(items.len()))
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut out = Vec::new();
+                        while let Some(&i) = items.get(next.fetch_add(1, Ordering::Relaxed)) {
+                            out.push((i, f(i)));
+                        }
+                        out
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("weight generator thread panicked"))
+                .collect()
+        });
+    }
+    let _ = threads;
+    items.iter().map(|&i| (i, f(i))).collect()
+}
+
+/// `numel` values of `next()` in `dtype`, written in place (generic, so the generator inlines:
+/// this loop is most of the time a synthetic model takes to build).
+fn encode(dtype: DType, numel: usize, mut next: impl FnMut() -> f32) -> Vec<u8> {
+    let mut out = vec![0u8; dtype.bytes_for(numel)];
+    match dtype {
+        DType::F32 => {
+            for c in out.chunks_exact_mut(4) {
+                c.copy_from_slice(&next().to_le_bytes());
             }
         }
+        DType::BF16 => {
+            for c in out.chunks_exact_mut(2) {
+                c.copy_from_slice(&half::bf16::from_f32(next()).to_bits().to_le_bytes());
+            }
+        }
+        DType::F16 => {
+            for c in out.chunks_exact_mut(2) {
+                c.copy_from_slice(&half::f16::from_f32(next()).to_bits().to_le_bytes());
+            }
+        }
+        DType::Q8_0 | DType::Q4 => unreachable!("random_weights encodes quantized models as bf16"),
     }
     out
 }
@@ -140,5 +201,27 @@ mod tests {
         c.num_hidden_layers = 2;
         let w = random_weights(&c, DType::BF16, 1).unwrap();
         w.check_shapes(&llada2::expected_tensors(&c)).unwrap();
+    }
+
+    #[test]
+    fn random_weights_do_not_depend_on_the_thread_count() {
+        let mut c = shape_config("tiny").unwrap();
+        c.num_hidden_layers = 2;
+        for dtype in [DType::BF16, DType::Q4] {
+            let one = random_weights_on(&c, dtype, 5, 1).unwrap();
+            let three = random_weights_on(&c, dtype, 5, 3).unwrap();
+            assert_eq!(one.len(), three.len());
+            for ((n1, t1), (n3, t3)) in one.iter().zip(three.iter()) {
+                assert_eq!((n1, t1.dtype, &t1.shape), (n3, t3.dtype, &t3.shape));
+                assert_eq!(t1.bytes(), t3.bytes(), "{n1}");
+            }
+            // A different seed gives different weights.
+            let other = random_weights_on(&c, dtype, 6, 3).unwrap();
+            let name = "lm_head.weight";
+            assert_ne!(
+                other.get(name).unwrap().bytes(),
+                one.get(name).unwrap().bytes()
+            );
+        }
     }
 }

@@ -17,6 +17,12 @@ pub enum WeightFormat {
     Bf16,
     F16,
     F32,
+    /// The bf16 model's values with the matrices and embedding table quantized to q8_0 blocks.
+    #[value(name = "q8_0")]
+    Q8_0,
+    /// The same in q4 blocks.
+    #[value(name = "q4")]
+    Q4,
 }
 
 impl WeightFormat {
@@ -25,6 +31,8 @@ impl WeightFormat {
             WeightFormat::Bf16 => DType::BF16,
             WeightFormat::F16 => DType::F16,
             WeightFormat::F32 => DType::F32,
+            WeightFormat::Q8_0 => DType::Q8_0,
+            WeightFormat::Q4 => DType::Q4,
         }
     }
 }
@@ -137,7 +145,7 @@ pub fn synthetic(
     let t = Instant::now();
     let weights = random_weights(&config, format.dtype(), seed)?;
     let graph = llada2::build(&config);
-    let format_name = format.dtype().name().to_string();
+    let format_name = matrix_format(&graph, &weights);
     Ok(BenchModel {
         description: format!(
             "{name}, {}, random {format_name} weights",
@@ -209,6 +217,9 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("3 layers"), "{err}");
+        let q = synthetic("tiny", Some(2), WeightFormat::Q4, 1).unwrap();
+        assert_eq!(q.format, "q4");
+        assert_eq!(q.weights.get("lm_head.weight").unwrap().dtype, DType::Q4);
         let err = synthetic("huge", None, WeightFormat::Bf16, 1)
             .err()
             .unwrap();

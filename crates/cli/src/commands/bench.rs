@@ -28,7 +28,7 @@ pub struct Args {
     /// Keep only the first N layers (the real per-layer cost of a model too big for this machine).
     #[arg(long)]
     pub layers: Option<usize>,
-    /// Stored precision of the random weights (with --shape).
+    /// Stored precision of the random weights (with --shape; q8_0 and q4 quantize the bf16 values).
     #[arg(long, value_enum)]
     pub format: Option<WeightFormat>,
     #[command(flatten)]
@@ -85,7 +85,7 @@ impl Args {
             }
         }
         if self.model.is_some() && self.format.is_some() {
-            bail!("--format chooses the precision of --shape's random weights; a model directory runs as stored");
+            bail!("--format chooses the precision of --shape's random weights; quantize a model directory while loading with --quantize q8_0|q4");
         }
         Ok(())
     }
@@ -99,7 +99,7 @@ pub fn run(args: Args) -> Result<()> {
     // Before any work of ours: the load average then is other work on the machine.
     let host = host::Host::describe();
     let note = |s: &str| eprintln!("bench: {s}");
-    let m = match (&args.model, &args.shape) {
+    let mut m = match (&args.model, &args.shape) {
         (Some(dir), _) => {
             note(&format!("loading {}", dir.display()));
             source::from_dir(dir, args.layers)?
@@ -118,9 +118,19 @@ pub fn run(args: Args) -> Result<()> {
             m.config.max_position_embeddings
         );
     }
+    let mut backend_args = args.backend.clone();
+    if let Some(f) = backend_args.quantize.take() {
+        // Quantized here rather than inside the backend's loading, so that the bytes the
+        // report counts are the ones the backend reads.
+        let format: unmask_core::quant::QuantFormat = f.into();
+        note(&format!("quantizing to {}", format.name()));
+        m.weights = crate::commands::quantize::at_load(&m.graph, &m.weights, format)?;
+        m.format = format.name().to_string();
+        m.description = format!("{}, quantized to {} at load", m.description, format.name());
+    }
     let sizes = WeightBytes::of(&m.weights);
     let t = Instant::now();
-    let mut backend = backends::create_for(&m.config, &m.graph, &m.weights, &args.backend, false)?;
+    let mut backend = backends::create_for(&m.config, &m.graph, &m.weights, &backend_args, false)?;
     let load_seconds = t.elapsed().as_secs_f64();
     let sp = SampleParams::greedy(m.ids.mask, m.ids.valid_vocab);
     let toks = workload::tokens(&m, p, b, args.seed)?;

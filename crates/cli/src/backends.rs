@@ -12,6 +12,8 @@ pub enum BackendName {
     Auto,
     /// An NVIDIA GPU through CUDA (needs the NVIDIA driver and NVRTC from the CUDA toolkit).
     Cuda,
+    /// A GPU through wgpu: Vulkan, Metal or DX12 (lavapipe on a Linux machine without a GPU).
+    Wgpu,
     /// The f32 reference backend (plain Rust, all cores).
     Cpu,
 }
@@ -21,6 +23,9 @@ pub struct BackendArgs {
     /// Device to run on.
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendName,
+    /// wgpu adapter to use: a case-insensitive part of its name (see `unmask devices`).
+    #[arg(long, env = "UNMASK_ADAPTER")]
+    pub adapter: Option<String>,
     /// Quantize the matrices and embedding table of a full-precision checkpoint while loading.
     #[arg(long, value_enum)]
     pub quantize: Option<crate::commands::quantize::FormatName>,
@@ -51,12 +56,19 @@ pub fn create_for(
     let mut why = String::new();
     let backend: Box<dyn Backend> = match args.backend {
         BackendName::Cuda => Box::new(cuda(config, graph, weights)?),
+        BackendName::Wgpu => Box::new(wgpu(graph, weights, args.adapter.as_deref())?),
         BackendName::Auto => match try_cuda(config, graph, weights) {
             Ok(b) => b,
-            Err(cuda_why) => {
-                why = format!(" (auto: {cuda_why})");
-                Box::new(cpu(graph, weights)?)
-            }
+            Err(cuda_why) => match try_wgpu(graph, weights, args.adapter.as_deref()) {
+                Ok((b, chose)) => {
+                    why = format!(" (auto: {cuda_why}; {chose})");
+                    b
+                }
+                Err(wgpu_why) => {
+                    why = format!(" (auto: {cuda_why}; {wgpu_why})");
+                    Box::new(cpu(graph, weights)?)
+                }
+            },
         },
         BackendName::Cpu => Box::new(cpu(graph, weights)?),
     };
@@ -98,6 +110,40 @@ fn cuda(config: &Config, graph: &Graph, weights: &WeightStore) -> Result<unmask_
     };
     let b =
         unmask_cuda::CudaBackend::new(graph.clone(), weights, opts, &mut |d, t| bar.update(d, t));
+    bar.finish();
+    Ok(b?)
+}
+
+/// `auto`'s second choice: a wgpu adapter, hardware before software (lavapipe). Returns the
+/// backend and what was chosen, or why none was.
+fn try_wgpu(
+    graph: &Graph,
+    weights: &WeightStore,
+    adapter: Option<&str>,
+) -> Result<(Box<dyn Backend>, String), String> {
+    let report = unmask_wgsl::probe(adapter)
+        .map_err(|e| e.to_string().replace("backend wgpu: ", "no wgpu: "))?;
+    let kind = if report.is_cpu {
+        "no hardware GPU adapter, so the CPU adapter"
+    } else {
+        "a hardware GPU adapter"
+    };
+    let b = wgpu(graph, weights, adapter).map_err(|e| format!("wgpu failed to load: {e:#}"))?;
+    Ok((Box::new(b), format!("{kind} {}", report.name)))
+}
+
+fn wgpu(
+    graph: &Graph,
+    weights: &WeightStore,
+    adapter: Option<&str>,
+) -> Result<unmask_wgsl::WgpuBackend> {
+    let mut bar = LazyBar::new("loading weights to the GPU");
+    let opts = unmask_wgsl::WgpuOptions {
+        adapter: adapter.map(str::to_string),
+        ..Default::default()
+    };
+    let b =
+        unmask_wgsl::WgpuBackend::new(graph.clone(), weights, &opts, &mut |d, t| bar.update(d, t));
     bar.finish();
     Ok(b?)
 }

@@ -32,6 +32,8 @@ enum Command {
     Bench(commands::bench::Args),
     /// Write a quantized copy of a model directory (q8_0 or q4 blocks).
     Quantize(commands::quantize::Args),
+    /// List the GPU adapters wgpu sees: backend, type, limits, features.
+    Devices(commands::devices::Args),
 }
 
 fn main() {
@@ -50,6 +52,7 @@ fn main() {
         Command::Chat(a) => commands::chat::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Quantize(a) => commands::quantize::run(a),
+        Command::Devices(a) => commands::devices::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

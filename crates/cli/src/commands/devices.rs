@@ -1,0 +1,82 @@
+//! `unmask devices`: the GPU adapters wgpu sees, best first, with what matters to this runtime
+//! (backend, type, the limits weights are split for, features), and which one `--backend wgpu`
+//! opens.
+
+use anyhow::Result;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Mark the adapter this name selects (as `--adapter` / UNMASK_ADAPTER would).
+    #[arg(long, env = "UNMASK_ADAPTER")]
+    pub adapter: Option<String>,
+}
+
+fn human(bytes: u64) -> Option<String> {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => Some(format!("{} GiB", b >> 30)),
+        b if b >= 1 << 20 => Some(format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64)),
+        _ => None,
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let adapters = unmask_wgsl::list_adapters();
+    let probe = unmask_wgsl::probe(args.adapter.as_deref());
+    let chosen = probe.as_ref().ok();
+    if args.json {
+        let list: Vec<serde_json::Value> = adapters
+            .iter()
+            .map(|a| {
+                let mut v = serde_json::to_value(a).unwrap_or_default();
+                v["chosen"] = serde_json::json!(chosen
+                    .as_ref()
+                    .is_some_and(|c| c.name == a.name && c.backend == a.backend));
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    if adapters.is_empty() {
+        println!(
+            "no wgpu adapters (no Vulkan, Metal or DX12 device; on Linux without a GPU, \
+             `apt-get install mesa-vulkan-drivers` provides lavapipe)"
+        );
+        return Ok(());
+    }
+    for (i, a) in adapters.iter().enumerate() {
+        let mark = if chosen
+            .as_ref()
+            .is_some_and(|c| c.name == a.name && c.backend == a.backend)
+        {
+            "  <- --backend wgpu"
+        } else {
+            ""
+        };
+        println!("{i}: {} ({}, {}){mark}", a.name, a.backend, a.device_type);
+        if !a.driver.is_empty() {
+            println!("   driver: {}", a.driver);
+        }
+        for (name, v) in &a.limits {
+            let shown = match human(*v) {
+                Some(h) if name.ends_with("_size") => format!("{v} ({h})"),
+                _ => v.to_string(),
+            };
+            println!("   {name}: {shown}");
+        }
+        let features = if a.features.is_empty() {
+            "none".to_string()
+        } else {
+            a.features.join(", ")
+        };
+        println!("   features: {features}");
+    }
+    if let Err(e) = probe {
+        let e = e.to_string();
+        println!("--backend wgpu: {}", e.trim_start_matches("backend wgpu: "));
+    }
+    Ok(())
+}

@@ -1,5 +1,5 @@
 //! Criterion micro-benchmarks of the reference backend's hot ops at LLaDA2.0-mini sizes:
-//! matmul (stored precision widened in the kernel), the grouped expert FFN, attention over a
+//! matmul (bf16, f32, q8_0 and q4, widened or dequantized in the kernel), the grouped expert FFN, attention over a
 //! KV cache, routing and sampling. `cargo bench -p unmask-core --bench ops`; the figures
 //! measured here are in docs/performance.md.
 
@@ -8,6 +8,7 @@ use std::hint::black_box;
 use unmask_core::backend::SampleParams;
 use unmask_core::decode::sampler;
 use unmask_core::graph::{Heads, Routing};
+use unmask_core::quant::quantize_tensor;
 use unmask_core::reference::ops;
 use unmask_core::reference::Matrix;
 use unmask_core::synthetic::SplitMix;
@@ -29,8 +30,18 @@ fn values(n: usize, seed: u64, std: f32) -> Vec<f32> {
     (0..n).map(|_| r.normal(std)).collect()
 }
 
-/// A `[rows, cols]` weight in `dtype`, as the reference backend holds it.
+/// A `[rows, cols]` weight in `dtype` (q8_0 / q4: the bf16 values quantized), as the
+/// reference backend holds it.
 fn matrix(rows: usize, cols: usize, dtype: DType, seed: u64) -> Matrix {
+    if let Some(format) = dtype.quant() {
+        let bf16 = tensor(rows, cols, DType::BF16, seed);
+        let (packed, _) = quantize_tensor(format, &bf16).expect("a full-precision matrix");
+        return Matrix::from_tensor(&packed);
+    }
+    Matrix::from_tensor(&tensor(rows, cols, dtype, seed))
+}
+
+fn tensor(rows: usize, cols: usize, dtype: DType, seed: u64) -> Tensor {
     let v = values(rows * cols, seed, 0.02);
     let bytes: Vec<u8> = match dtype {
         DType::BF16 => v
@@ -43,8 +54,7 @@ fn matrix(rows: usize, cols: usize, dtype: DType, seed: u64) -> Matrix {
             .collect(),
         _ => bytemuck::cast_slice(&v).to_vec(),
     };
-    let t = Tensor::from_bytes(dtype, vec![rows, cols], bytes).expect("consistent shape");
-    Matrix::from_tensor(&t)
+    Tensor::from_bytes(dtype, vec![rows, cols], bytes).expect("consistent shape")
 }
 
 fn matmul(c: &mut Criterion) {
@@ -52,13 +62,13 @@ fn matmul(c: &mut Criterion) {
     g.sample_size(10);
     // The fused QKV projection of one layer, for a window and for one AR token.
     let rows = (HEADS.q + 2 * HEADS.kv) * HEADS.dim;
-    for dtype in [DType::BF16, DType::F32] {
+    for dtype in [DType::BF16, DType::F32, DType::Q8_0, DType::Q4] {
         let w = matrix(rows, HIDDEN, dtype, 1);
         for n in [1, WINDOW] {
             let x = values(n * HIDDEN, 2, 1.0);
             let mut out = vec![0f32; n * rows];
             g.throughput(Throughput::Bytes(
-                (rows * HIDDEN * if dtype == DType::F32 { 4 } else { 2 }) as u64,
+                dtype.bytes_for_shape(&[rows, HIDDEN]) as u64
             ));
             g.bench_with_input(
                 BenchmarkId::new(format!("qkv_{}", dtype.name()), n),

@@ -6,7 +6,7 @@ use crate::load::ModelLoader;
 use crate::request::GenerateRequest;
 use js_sys::{Function, Promise};
 use serde::Serialize;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 use unmask_core::decode::DecodeParams;
 use unmask_core::weights::WeightStore;
@@ -89,8 +89,7 @@ impl Loader {
                     config,
                     tokenizer,
                     ids,
-                    device: RefCell::new(device),
-                    busy: Cell::new(false),
+                    device: RefCell::new(Some(device)),
                     info: serde_json::to_string(&info).map_err(js_err)?,
                 }),
             }))
@@ -108,7 +107,7 @@ impl Loader {
 /// a promise), so steps go through [`Device::step`], never `Backend::step`.
 enum Device {
     Cpu(ReferenceBackend),
-    WebGpu(WgpuBackend),
+    WebGpu(Box<WgpuBackend>),
 }
 
 impl Device {
@@ -127,11 +126,11 @@ impl Device {
         match which {
             "cpu" => Ok((cpu(graph)?, None)),
             "webgpu" => Ok((
-                Device::WebGpu(open_webgpu(graph, weights).await.map_err(js_err)?),
+                Device::WebGpu(Box::new(open_webgpu(graph, weights).await.map_err(js_err)?)),
                 None,
             )),
             "auto" => match open_webgpu(graph.clone(), weights).await {
-                Ok(b) => Ok((Device::WebGpu(b), None)),
+                Ok(b) => Ok((Device::WebGpu(Box::new(b)), None)),
                 Err(e) => Ok((cpu(graph)?, Some(format!("WebGPU: {e}")))),
             },
             other => Err(js_err(format!(
@@ -200,9 +199,8 @@ struct Inner {
     config: Config,
     tokenizer: ChatTokenizer,
     ids: SpecialIds,
-    device: RefCell<Device>,
-    /// One generation at a time: the backend's KV cache belongs to it.
-    busy: Cell<bool>,
+    /// Taken out while a generation runs (one at a time: the KV cache belongs to it).
+    device: RefCell<Option<Device>>,
     info: String,
 }
 
@@ -249,17 +247,22 @@ impl Engine {
     pub fn generate(&self, request_json: String, on_step: Function) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
-            if inner.busy.replace(true) {
+            let Some(mut device) = inner.device.borrow_mut().take() else {
                 return Err(js_err("a generation is already running on this engine"));
-            }
-            let result = run(&inner, &request_json, &on_step).await;
-            inner.busy.set(false);
+            };
+            let result = run(&inner, &mut device, &request_json, &on_step).await;
+            *inner.device.borrow_mut() = Some(device);
             result.map(|done| JsValue::from_str(&done))
         })
     }
 }
 
-async fn run(inner: &Inner, request_json: &str, on_step: &Function) -> Result<String, JsValue> {
+async fn run(
+    inner: &Inner,
+    device: &mut Device,
+    request_json: &str,
+    on_step: &Function,
+) -> Result<String, JsValue> {
     let request = GenerateRequest::from_json(request_json).map_err(js_err)?;
     let params = request.params().map_err(js_err)?;
     let prompt = request.prompt_ids(&inner.tokenizer).map_err(js_err)?;
@@ -271,14 +274,10 @@ async fn run(inner: &Inner, request_json: &str, on_step: &Function) -> Result<St
         &params,
     )
     .map_err(js_err)?;
-    let mut device = inner.device.borrow_mut();
     let name = device.name();
     device.reset();
-    loop {
-        let out = match g.next_step() {
-            Some(step) => device.step(&step).await.map_err(js_err)?,
-            None => break,
-        };
+    while let Some(step) = g.next_step() {
+        let out = device.step(&step).await.map_err(js_err)?;
         let msg = g.apply(&out, &name).map_err(js_err)?;
         let json = serde_json::to_string(&msg).map_err(js_err)?;
         let mut keep = on_step.call1(&JsValue::NULL, &JsValue::from_str(&json))?;

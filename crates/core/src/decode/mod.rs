@@ -123,11 +123,8 @@ pub fn generate(
     let mut decoding = Decoding::new(ids, max_positions, prompt, p)?;
     backend.reset();
     let name = backend.name();
-    loop {
-        let out = match decoding.next_step() {
-            Some(step) => backend.step(&step)?,
-            None => break,
-        };
+    while let Some(step) = decoding.next_step() {
+        let out = backend.step(&step)?;
         let event = decoding.apply(&out, &name)?;
         if !on_step(&event) {
             return Err(Error::Cancelled);

@@ -132,9 +132,15 @@ impl WeightFormat {
         let cw = self.block_code_words();
         let stride = self.row_words(p.cols);
         let word = |bytes: &[u8], i: usize| {
-            u32::from_le_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]])
+            u32::from_le_bytes([
+                bytes[4 * i],
+                bytes[4 * i + 1],
+                bytes[4 * i + 2],
+                bytes[4 * i + 3],
+            ])
         };
-        let scale = |blk: usize| u16::from_le_bytes([p.scales[2 * blk], p.scales[2 * blk + 1]]) as u32;
+        let scale =
+            |blk: usize| u16::from_le_bytes([p.scales[2 * blk], p.scales[2 * blk + 1]]) as u32;
         for (i, r) in rows.enumerate() {
             let row = &mut dst[i * stride..(i + 1) * stride];
             let mut o = 0;

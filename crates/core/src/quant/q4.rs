@@ -166,9 +166,16 @@ pub fn quantize_block(x: &[f32], quants: &mut [u8], stats: &mut BlockStats) -> R
 pub fn dequantize_block(quants: &[u8], header: [u8; 2], out: &mut [f32]) {
     let d = scale(header[0]);
     let off = header[1] as f32 / 16.0;
-    for (i, o) in out.iter_mut().enumerate() {
-        let q = (quants[i / 2] >> (4 * (i % 2))) & 15;
-        *o = d * (q as f32 - off);
+    // Two values per byte; whole pairs first (the common full block vectorises), then an odd
+    // last value.
+    let last_byte = out.len() / 2;
+    let mut pairs = out.chunks_exact_mut(2);
+    for (o, &byte) in (&mut pairs).zip(quants) {
+        o[0] = d * ((byte & 15) as f32 - off);
+        o[1] = d * ((byte >> 4) as f32 - off);
+    }
+    if let [last] = pairs.into_remainder() {
+        *last = d * ((quants[last_byte] & 15) as f32 - off);
     }
 }
 

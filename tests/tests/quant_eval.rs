@@ -1,0 +1,86 @@
+//! The trained addition model quantized to q8_0 and q4 (written to a directory by
+//! `quant::quantize_dir` and loaded back like any model) still answers the 300 held-out
+//! problems of `golden/eval.json` on every backend: q8_0 at least 295 and q4 at least 294
+//! right (f32 gets 297).
+
+use serde::Deserialize;
+use std::time::Instant;
+use unmask_core::quant::{quantize_dir, QuantFormat, QuantPlan, DEFAULT_SHARD_BYTES};
+use unmask_core::{generate, DecodeParams, Model};
+use unmask_tests::{backends, fixture, read_json};
+
+#[derive(Deserialize)]
+struct Eval {
+    cases: Vec<EvalCase>,
+}
+
+#[derive(Deserialize)]
+struct EvalCase {
+    answer: String,
+    prompt_ids: Vec<u32>,
+}
+
+#[test]
+fn quantized_addition_model_keeps_its_accuracy() {
+    let dir = fixture("tiny-llada2-add");
+    let eval: Eval = read_json(&dir.join("golden/eval.json"));
+    let source = Model::open(&dir).unwrap();
+    // The reference settings of the file: block 32, steps 32, threshold 0.95, gen_length 16.
+    let params = DecodeParams {
+        gen_length: 16,
+        block_length: 32,
+        steps: 32,
+        threshold: 0.95,
+        ..Default::default()
+    };
+    for (format, required) in [(QuantFormat::Q8_0, 295), (QuantFormat::Q4, 294)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join(format.name());
+        let report = quantize_dir(
+            &source,
+            &out,
+            &QuantPlan::new(format),
+            DEFAULT_SHARD_BYTES,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        println!(
+            "{format}: {:.3} bits/weight, rel_rmse {:.4} over {} tensors",
+            report.bits_per_weight, report.rel_rmse, report.quantized_tensors
+        );
+        let model = Model::open(&out).unwrap();
+        let ids = model.special_ids();
+        for be in backends() {
+            let t0 = Instant::now();
+            let mut backend = (be.make)(&model).unwrap();
+            let (mut correct, mut forwards, mut tokens) = (0, 0, 0);
+            for c in &eval.cases {
+                let g = generate(
+                    backend.as_mut(),
+                    &ids,
+                    model.config.max_position_embeddings,
+                    &c.prompt_ids,
+                    &params,
+                    &mut |_| true,
+                )
+                .unwrap();
+                let text = model.tokenizer.decode(&g.tokens).unwrap();
+                correct += usize::from(text.trim() == c.answer);
+                forwards += g.forwards;
+                tokens += g.tokens.len();
+            }
+            println!(
+                "{}: {format}: {correct}/{} correct, {:.2} tokens per forward ({:.1} s)",
+                be.name,
+                eval.cases.len(),
+                tokens as f64 / forwards as f64,
+                t0.elapsed().as_secs_f64()
+            );
+            assert!(
+                correct >= required,
+                "{}: {format}: {correct} correct, at least {required} required",
+                be.name
+            );
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! `unmask quantize`, `--quantize` and `inspect`'s memory per format, through the binary.
+
+use serde_json::Value;
+use std::process::{Command, Output};
+use unmask_tests::fixture;
+
+fn unmask(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_unmask"))
+        .args(args)
+        .output()
+        .expect("run unmask")
+}
+
+fn stdout_json(o: &Output) -> Value {
+    assert!(
+        o.status.success(),
+        "unmask failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+fn clean_error(o: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected failure; stderr: {err}");
+    assert!(err.contains("error:") && err.contains(needle), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn quantize_writes_a_directory_that_loads_and_answers() {
+    let src = fixture("tiny-llada2-add");
+    let tmp = tempfile::tempdir().unwrap();
+    for (format, max_bits, max_rmse) in [("q8_0", 8.5, 0.006), ("q4", 4.6, 0.080)] {
+        let out = tmp.path().join(format);
+        let o = unmask(&[
+            "quantize",
+            "--model",
+            src.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--format",
+            format,
+            "--json",
+        ]);
+        let v = stdout_json(&o);
+        let bits = v["bits_per_weight"].as_f64().unwrap();
+        let rmse = v["rel_rmse"].as_f64().unwrap();
+        println!("{format}: {bits} bits/weight, rel_rmse {rmse}");
+        assert!(
+            bits <= max_bits && rmse <= max_rmse,
+            "{format}: {bits} {rmse}"
+        );
+        assert_eq!(v["format"], format);
+        let tensors = v["tensors"].as_array().unwrap();
+        assert_eq!(
+            tensors.len(),
+            v["quantized_tensors"].as_u64().unwrap() as usize
+        );
+        let names: Vec<&str> = tensors
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert!(names.contains(&"lm_head.weight"));
+        assert!(names.contains(&"model.word_embeddings.weight"));
+        assert!(!names
+            .iter()
+            .any(|n| n.contains("norm") || n.ends_with("mlp.gate.weight")));
+        for t in tensors {
+            assert!(t["rel_rmse"].as_f64().unwrap() > 0.0, "{t}");
+        }
+        // Config and tokenizer files are copied; the checksums of the originals are not.
+        for f in [
+            "config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "model.safetensors",
+        ] {
+            assert!(out.join(f).is_file(), "{format}: {f}");
+        }
+        assert!(!out.join("SHA256SUMS").exists());
+
+        // The directory loads like any model and answers.
+        let g = stdout_json(&unmask(&[
+            "generate",
+            "--model",
+            out.to_str().unwrap(),
+            "--chat",
+            "What is 97+70?",
+            "--backend",
+            "cpu",
+            "--json",
+        ]));
+        assert_eq!(g["text"].as_str().unwrap().trim(), "167", "{format}: {g}");
+        let i = stdout_json(&unmask(&[
+            "inspect",
+            "--model",
+            out.to_str().unwrap(),
+            "--json",
+        ]));
+        assert!(
+            i["summary"]["bytes_by_dtype"][format].as_u64().unwrap() > 0,
+            "{i}"
+        );
+
+        // A non-empty output directory is refused; quantizing a quantized model too.
+        let again = unmask(&[
+            "quantize",
+            "--model",
+            src.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--format",
+            format,
+        ]);
+        clean_error(&again, "not empty");
+        let twice = unmask(&[
+            "quantize",
+            "--model",
+            out.to_str().unwrap(),
+            "--out",
+            tmp.path().join(format!("{format}-again")).to_str().unwrap(),
+            "--format",
+            format,
+        ]);
+        clean_error(&twice, "already quantized");
+        assert!(!tmp.path().join(format!("{format}-again")).exists());
+    }
+}
+
+#[test]
+fn quantize_on_the_fly_and_memory_per_format() {
+    let src = fixture("tiny-llada2-add");
+    for format in ["q8_0", "q4"] {
+        let g = stdout_json(&unmask(&[
+            "generate",
+            "--model",
+            src.to_str().unwrap(),
+            "--chat",
+            "What is 23+45?",
+            "--backend",
+            "cpu",
+            "--quantize",
+            format,
+            "--json",
+        ]));
+        assert_eq!(g["text"].as_str().unwrap().trim(), "68", "{format}: {g}");
+    }
+    let v = stdout_json(&unmask(&["inspect", "--shape", "mini", "--json"]));
+    let m = v["memory_by_format"].as_array().unwrap();
+    let per = |f: &str| {
+        m.iter().find(|x| x["format"] == f).unwrap()["bytes_per_parameter"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(per("q4") <= 0.6, "{v}");
+    assert!(per("q8_0") < per("bf16"));
+    let text = unmask(&["inspect", "--model", src.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    for f in ["bf16", "q8_0", "q4"] {
+        assert!(text.contains(&format!("as {f}")), "{text}");
+    }
+    clean_error(
+        &unmask(&[
+            "quantize",
+            "--model",
+            "/nonexistent",
+            "--out",
+            "/tmp/x",
+            "--format",
+            "q4",
+        ]),
+        "/nonexistent",
+    );
+}

@@ -121,12 +121,19 @@ pub fn at_load(
 /// `inspect`'s lines on what the weights need in each format.
 pub fn print_memory_by_format(m: &[FormatMemory]) {
     for f in m {
+        let packed = if f.quantized_parameters > 0 {
+            format!(
+                ", {} parameters packed",
+                human(f.quantized_parameters as f64, "")
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "as {:<8} {} ({:.3} bytes/parameter, {} parameters packed)",
+            "as {:<8} {} ({:.3} bytes/parameter{packed})",
             f.format,
             human(f.weight_bytes as f64, "B"),
             f.bytes_per_parameter,
-            human(f.quantized_parameters as f64, "")
         );
     }
 }

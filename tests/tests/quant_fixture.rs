@@ -70,6 +70,7 @@ fn quantized_random_fixture_loads_generates_and_stays_close() {
         );
         let ids = model.special_ids();
         for be in backends() {
+            let t0 = std::time::Instant::now();
             let mut backend = (be.make)(&model).unwrap();
             // Logits of the golden forward cases.
             let (mut same, mut rows, mut kl) = (0, 0, 0f64);
@@ -135,9 +136,10 @@ fn quantized_random_fixture_loads_generates_and_stays_close() {
             }
             println!(
                 "{}: {format}: logits top-1 agreement {same}/{rows} ({:.1} %), mean KL {kl:.2e}; \
-                 generated tokens equal to f32 golden {equal}/{total}",
+                 generated tokens equal to f32 golden {equal}/{total} ({:.1} s)",
                 be.name,
-                100.0 * top1
+                100.0 * top1,
+                t0.elapsed().as_secs_f64()
             );
             let (min_top1, max_kl) = match format {
                 QuantFormat::Q8_0 => (0.9, 0.2),

@@ -15,7 +15,7 @@ struct AttnParams {
     _pad1: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: AttnParams;
+@group(0) @binding(0) var<storage, read> p: AttnParams;
 @group(0) @binding(1) var<storage, read> qkv: array<f32>;
 @group(0) @binding(2) var<storage, read_write> k_cache: array<f32>;
 @group(0) @binding(3) var<storage, read_write> v_cache: array<f32>;
@@ -65,6 +65,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     var l = 0.0;
     var acc = vec4<f32>(0.0);
     for (var t0 = 0u; t0 < visible; t0 += WG) {
+        // Invocation li scores key t0 + li ...
         let t = t0 + li;
         var score = neg_inf();
         if (t < visible) {
@@ -87,10 +88,16 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
         if (l > 0.0) {
             f = exp(m - m_new);
         }
+        // ... and turns its score into a weight once, for every invocation to use.
+        workgroupBarrier();
+        if (li < count) {
+            sc[li] = exp(score - m_new);
+        }
+        workgroupBarrier();
         l *= f;
         acc *= f;
         for (var u = 0u; u < count; u++) {
-            let pr = exp(sc[u] - m_new);
+            let pr = sc[u];
             l += pr;
             let vb = (t0 + u) * p.kv_width + koff;
             for (var r = 0u; r < 4u; r++) {

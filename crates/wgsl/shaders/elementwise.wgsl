@@ -8,7 +8,7 @@ struct EwParams {
     _pad2: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: EwParams;
+@group(0) @binding(0) var<storage, read> p: EwParams;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;

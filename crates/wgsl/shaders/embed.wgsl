@@ -12,7 +12,7 @@ struct EmbedParams {
     rows: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: EmbedParams;
+@group(0) @binding(0) var<storage, read> p: EmbedParams;
 @group(0) @binding(1) var<storage, read> w: array<u32>;
 @group(0) @binding(2) var<storage, read> ids: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;

@@ -49,11 +49,11 @@ struct MoeMatmulParams {
     _pad: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: MatmulParams;
+@group(0) @binding(0) var<storage, read> p: MatmulParams;
 @group(0) @binding(1) var<storage, read> w: array<u32>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
-@group(0) @binding(4) var<uniform> mp: MoeMatmulParams;
+@group(0) @binding(4) var<storage, read> mp: MoeMatmulParams;
 @group(0) @binding(5) var<storage, read> plan: array<u32>;
 @group(0) @binding(6) var<storage, read> slot_token: array<u32>;
 

@@ -40,7 +40,7 @@ struct CombineParams {
 }
 
 // moe_route
-@group(0) @binding(0) var<uniform> rp: RouteParams;
+@group(0) @binding(0) var<storage, read> rp: RouteParams;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> scores: array<f32>;
@@ -48,7 +48,7 @@ struct CombineParams {
 @group(0) @binding(5) var<storage, read_write> route_weights: array<f32>;
 
 // moe_group
-@group(0) @binding(10) var<uniform> gp: GroupParams;
+@group(0) @binding(10) var<storage, read> gp: GroupParams;
 @group(0) @binding(11) var<storage, read> ids: array<u32>;
 @group(0) @binding(12) var<storage, read> bounds: array<u32>;
 // [0, e): tokens per expert; [e, 2e): scatter cursors; [2e, 3e): first slot of each expert.
@@ -59,7 +59,7 @@ struct CombineParams {
 @group(0) @binding(15) var<storage, read_write> plan: array<u32>;
 
 // moe_combine
-@group(0) @binding(20) var<uniform> cp: CombineParams;
+@group(0) @binding(20) var<storage, read> cp: CombineParams;
 @group(0) @binding(21) var<storage, read> weights: array<f32>;
 @group(0) @binding(22) var<storage, read> slot_of: array<u32>;
 @group(0) @binding(23) var<storage, read> y: array<f32>;

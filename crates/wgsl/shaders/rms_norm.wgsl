@@ -8,7 +8,7 @@ struct NormParams {
     _pad: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: NormParams;
+@group(0) @binding(0) var<storage, read> p: NormParams;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;

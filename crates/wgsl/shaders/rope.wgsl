@@ -16,7 +16,7 @@ struct RopeParams {
     norm_k: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: RopeParams;
+@group(0) @binding(0) var<storage, read> p: RopeParams;
 @group(0) @binding(1) var<storage, read_write> qkv: array<f32>;
 // [q norm (d values), k norm (d values)].
 @group(0) @binding(2) var<storage, read> norms: array<f32>;

@@ -14,7 +14,7 @@ struct SampleParams {
     _pad2: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: SampleParams;
+@group(0) @binding(0) var<storage, read> p: SampleParams;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 // [row] -> (token, bits of the confidence).
 @group(0) @binding(2) var<storage, read_write> out: array<u32>;

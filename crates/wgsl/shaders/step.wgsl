@@ -1,6 +1,6 @@
 // The values of one chunk of a step, shared by every kernel: group 1, bound with a dynamic
 // offset per chunk so that all chunks of a step fit in one command buffer. Mirrors
-// `StepUniform` in src/step_params.rs.
+// `StepParamsHost` in src/backend.rs. Read-only storage, not uniform (see `Bind::Params`).
 struct StepParams {
     // Tokens in this chunk, at absolute positions start .. start + n.
     n: u32,
@@ -27,4 +27,4 @@ struct StepParams {
     _pad2: u32,
 }
 
-@group(1) @binding(0) var<uniform> st: StepParams;
+@group(1) @binding(0) var<storage, read> st: StepParams;

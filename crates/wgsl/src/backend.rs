@@ -2,17 +2,17 @@
 //! submission; per step the host writes token ids and step parameters and reads back one
 //! (token, confidence) pair per predicted row (plus logits and hidden states when a test asks).
 
-use crate::arena::{self, ArenaPlan};
+use crate::arena::ArenaPlan;
 use crate::chunks::{self, Chunk};
-use crate::device::{Gpu, ADAPTER_ENV};
-use crate::kernels::{Kernels, STEP_UNIFORM_BYTES};
+use crate::device::Gpu;
+use crate::kernels::{Kernels, STEP_PARAMS_BYTES};
 use crate::kv::KvCache;
+use crate::load::storage;
 use crate::program::{self, Context, Grid, MoeScratch, Program, NARROW_ROWS};
 use crate::readback;
-use crate::weights::{self, DeviceMatrix, ExpertStacks};
+use crate::weights::{DeviceMatrix, ExpertStacks};
 use unmask_core::backend::{Backend, Capture, Sampled, Step, StepOutput, StepStats};
-use unmask_core::graph::{Graph, Op, Rows};
-use unmask_core::weights::{Tensor, WeightStore};
+use unmask_core::graph::{Graph, Rows};
 use unmask_core::{Error, Result};
 
 /// How to open the backend.
@@ -42,7 +42,7 @@ impl Default for WgpuOptions {
 /// The step parameters of one chunk (`StepParams` in shaders/step.wgsl).
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct StepUniform {
+pub(crate) struct StepParamsHost {
     n: u32,
     start: u32,
     out_rows: u32,
@@ -59,470 +59,42 @@ struct StepUniform {
     _pad: [u32; 3],
 }
 
-const _: () = assert!(std::mem::size_of::<StepUniform>() as u64 == STEP_UNIFORM_BYTES);
+const _: () = assert!(std::mem::size_of::<StepParamsHost>() as u64 == STEP_PARAMS_BYTES);
 
 pub struct WgpuBackend {
-    gpu: Gpu,
-    graph: Graph,
-    kernels: Kernels,
-    arena: ArenaPlan,
-    slots: Vec<wgpu::Buffer>,
-    matrices: Vec<Option<DeviceMatrix>>,
-    vectors: Vec<Option<wgpu::Buffer>>,
-    op_experts: Vec<Option<ExpertStacks>>,
-    op_norms: Vec<Option<wgpu::Buffer>>,
-    dummy: wgpu::Buffer,
-    kv: KvCache,
-    moe: Option<MoeScratch>,
-    program: Program,
+    pub(crate) gpu: Gpu,
+    pub(crate) graph: Graph,
+    pub(crate) kernels: Kernels,
+    pub(crate) arena: ArenaPlan,
+    pub(crate) slots: Vec<wgpu::Buffer>,
+    pub(crate) matrices: Vec<Option<DeviceMatrix>>,
+    pub(crate) vectors: Vec<Option<wgpu::Buffer>>,
+    pub(crate) op_experts: Vec<Option<ExpertStacks>>,
+    pub(crate) op_norms: Vec<Option<wgpu::Buffer>>,
+    pub(crate) dummy: wgpu::Buffer,
+    pub(crate) kv: KvCache,
+    pub(crate) moe: Option<MoeScratch>,
+    pub(crate) program: Program,
     /// Token ids of a whole step (chunks read at their offset) and its capacity in tokens.
-    ids: wgpu::Buffer,
-    ids_cap: usize,
-    /// One `StepUniform` slot per chunk, at `uniform_align` strides.
-    step_uniform: wgpu::Buffer,
-    step_group: wgpu::BindGroup,
-    chunk_cap: usize,
-    uniform_align: u64,
+    pub(crate) ids: wgpu::Buffer,
+    pub(crate) ids_cap: usize,
+    /// One `StepParamsHost` slot per chunk, at `params_align` strides.
+    pub(crate) step_params: wgpu::Buffer,
+    pub(crate) step_group: wgpu::BindGroup,
+    pub(crate) chunk_cap: usize,
+    pub(crate) params_align: u64,
     /// Samples of a step, mapped for reading; capacity in rows.
-    staging: wgpu::Buffer,
-    staging_rows: usize,
-    max_tokens: usize,
+    pub(crate) staging: wgpu::Buffer,
+    pub(crate) staging_rows: usize,
+    pub(crate) max_tokens: usize,
     /// Rows of the embedding table: token ids must be below.
-    vocab: usize,
-    weight_bytes: u64,
-    cached: usize,
-    stats: StepStats,
-}
-
-fn check_shape(name: &str, t: &Tensor, want: &[usize]) -> Result<()> {
-    if t.shape != want {
-        return Err(Error::Weights(format!(
-            "tensor `{name}` has shape {:?}, expected {want:?}",
-            t.shape
-        )));
-    }
-    Ok(())
-}
-
-/// Limits of the kernels, checked at load so a model they cannot run is a clear error.
-fn check_graph(graph: &Graph) -> Result<()> {
-    let bad = |m: String| Err(Error::backend("wgpu", m));
-    for op in &graph.ops {
-        match op {
-            Op::Attention { heads, .. } | Op::QkNormRope { heads, .. } => {
-                if heads.dim > 256 {
-                    return bad(format!("head_dim {} > 256 is not supported", heads.dim));
-                }
-                if heads.kv == 0 || heads.q % heads.kv != 0 {
-                    return bad(format!(
-                        "{} query heads do not share {} kv heads evenly",
-                        heads.q, heads.kv
-                    ));
-                }
-            }
-            Op::MoeRoute { routing: r, .. } => {
-                if r.n_group == 0
-                    || r.n_group > 64
-                    || r.num_experts % r.n_group != 0
-                    || r.topk_group > r.n_group
-                    || r.top_k == 0
-                    || r.top_k > r.num_experts
-                {
-                    return bad(format!("unsupported routing {r:?}"));
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-fn storage(
-    device: &wgpu::Device,
-    label: &str,
-    bytes: u64,
-    extra: wgpu::BufferUsages,
-) -> wgpu::Buffer {
-    device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size: bytes.max(4).next_multiple_of(4),
-        usage: wgpu::BufferUsages::STORAGE | extra,
-        mapped_at_creation: false,
-    })
+    pub(crate) vocab: usize,
+    pub(crate) weight_bytes: u64,
+    pub(crate) cached: usize,
+    pub(crate) stats: StepStats,
 }
 
 impl WgpuBackend {
-    /// Opens the adapter, uploads the graph's weights from `store` and compiles the graph.
-    /// `progress(done, total)` is called per weight.
-    pub async fn new_async(
-        graph: Graph,
-        store: &WeightStore,
-        options: &WgpuOptions,
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Self> {
-        check_graph(&graph)?;
-        let env = std::env::var(ADAPTER_ENV).ok().filter(|s| !s.is_empty());
-        let name = options.adapter.clone().or(env);
-        let gpu = Gpu::open(name.as_deref()).await?;
-        let device = gpu.device.clone();
-        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let invalid = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let built = Self::build(gpu, graph, store, options, progress);
-        let invalid = invalid.pop().await;
-        let oom = oom.pop().await;
-        if let Some(e) = oom.or(invalid) {
-            return Err(Error::backend("wgpu", format!("loading the model: {e}")));
-        }
-        built
-    }
-
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn new(
-        graph: Graph,
-        store: &WeightStore,
-        options: &WgpuOptions,
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Self> {
-        pollster::block_on(Self::new_async(graph, store, options, progress))
-    }
-
-    fn build(
-        gpu: Gpu,
-        graph: Graph,
-        store: &WeightStore,
-        options: &WgpuOptions,
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Self> {
-        let device = gpu.device.clone();
-        let max_binding = gpu.max_binding();
-        let weight_binding = options
-            .weight_binding_limit
-            .map_or(max_binding, |m| m.min(max_binding))
-            & !3;
-        // Matrix parts also keep dispatch grids within the per-dimension limit.
-        let max_rows_binding = (gpu.limits.max_compute_workgroups_per_dimension as usize
-            * program::TILE_FEATURES)
-            .max(1);
-        let nw = graph.weights.len();
-        let nops = graph.ops.len();
-        let mut matrices: Vec<Option<DeviceMatrix>> = (0..nw).map(|_| None).collect();
-        let mut vectors: Vec<Option<wgpu::Buffer>> = (0..nw).map(|_| None).collect();
-        let mut op_experts: Vec<Option<ExpertStacks>> = (0..nops).map(|_| None).collect();
-        let mut op_norms: Vec<Option<wgpu::Buffer>> = (0..nops).map(|_| None).collect();
-        let mut weight_bytes = 0u64;
-        let mut done = 0usize;
-        let tensor = |id: unmask_core::graph::WeightId| -> Result<&Tensor> {
-            let d = graph.weight(id);
-            let t = store.get(&d.name)?;
-            check_shape(&d.name, t, &d.shape)?;
-            Ok(t)
-        };
-        let mut tick = |done: &mut usize| {
-            *done += 1;
-            progress((*done).min(nw), nw);
-        };
-        for (i, op) in graph.ops.iter().enumerate() {
-            match op {
-                Op::Embed { table: w, .. } | Op::MatMul { weight: w, .. } => {
-                    if matrices[w.0].is_none() {
-                        let name = &graph.weight(*w).name;
-                        let t = tensor(*w)?;
-                        let m = weights::upload_matrix(
-                            &device,
-                            name,
-                            t,
-                            weight_binding,
-                            max_rows_binding,
-                        )?;
-                        weight_bytes += m.parts.iter().map(|p| p.buffer.size()).sum::<u64>();
-                        matrices[w.0] = Some(m);
-                        tick(&mut done);
-                    }
-                }
-                Op::RmsNorm { weight: w, .. } => {
-                    if vectors[w.0].is_none() {
-                        let b =
-                            weights::upload_vector(&device, &graph.weight(*w).name, tensor(*w)?);
-                        weight_bytes += b.size();
-                        vectors[w.0] = Some(b);
-                        tick(&mut done);
-                    }
-                }
-                Op::MoeRoute { bias: Some(w), .. } => {
-                    if vectors[w.0].is_none() {
-                        let b =
-                            weights::upload_vector(&device, &graph.weight(*w).name, tensor(*w)?);
-                        weight_bytes += b.size();
-                        vectors[w.0] = Some(b);
-                        tick(&mut done);
-                    }
-                }
-                Op::QkNormRope {
-                    q_norm,
-                    k_norm,
-                    heads,
-                    ..
-                } => {
-                    let d = heads.dim;
-                    let mut v = vec![0f32; 2 * d];
-                    for (slot, w) in [(0, q_norm), (1, k_norm)] {
-                        if let Some(w) = w {
-                            let t = tensor(*w)?;
-                            v[slot * d..(slot + 1) * d].copy_from_slice(&t.to_f32());
-                            tick(&mut done);
-                        }
-                    }
-                    let t = Tensor::from_f32(vec![2 * d], &v)?;
-                    let b = weights::upload_vector(&device, "qk_norms", &t);
-                    weight_bytes += b.size();
-                    op_norms[i] = Some(b);
-                }
-                Op::MoeExperts { experts, .. } => {
-                    let get = |ids: &[unmask_core::graph::WeightId]| -> Result<Vec<&Tensor>> {
-                        ids.iter()
-                            .map(|&w| {
-                                let d = graph.weight(w);
-                                let t = store.get(&d.name)?;
-                                check_shape(&d.name, t, &d.shape)?;
-                                Ok(t)
-                            })
-                            .collect()
-                    };
-                    let (g, u, dn) = (get(&experts.gate)?, get(&experts.up)?, get(&experts.down)?);
-                    let layer = graph
-                        .weight(experts.gate[0])
-                        .name
-                        .split(".mlp.")
-                        .next()
-                        .unwrap_or("experts")
-                        .to_string();
-                    let ex = weights::upload_experts(&device, &layer, &g, &u, &dn, weight_binding)?;
-                    weight_bytes += ex
-                        .gate_up
-                        .iter()
-                        .chain(&ex.down)
-                        .map(|b| b.size())
-                        .sum::<u64>();
-                    for _ in 0..3 * experts.gate.len() {
-                        tick(&mut done);
-                    }
-                    op_experts[i] = Some(ex);
-                }
-                _ => {}
-            }
-        }
-        // The chunk size: every per-token buffer must fit one binding.
-        let mut max_tokens = options.max_tokens.max(1);
-        let per_token_bytes = |cols: usize| (cols * 4) as u64;
-        for b in &graph.buffers {
-            max_tokens = max_tokens.min((max_binding / per_token_bytes(b.cols).max(1)) as usize);
-        }
-        let moe_dims = graph.ops.iter().enumerate().filter_map(|(i, op)| match op {
-            Op::MoeExperts { ids, .. } => {
-                let ex = op_experts[i].as_ref()?;
-                Some((
-                    ex.experts,
-                    graph.buffer(*ids).cols,
-                    ex.inter,
-                    ex.hidden,
-                    ex.gate_up.len(),
-                ))
-            }
-            _ => None,
-        });
-        let (mut e_max, mut k_max, mut width_max, mut parts_max) = (0, 0, 0, 0);
-        for (e, k, inter, hidden, parts) in moe_dims {
-            e_max = e_max.max(e);
-            k_max = k_max.max(k);
-            width_max = width_max.max(inter.max(hidden));
-            parts_max = parts_max.max(parts);
-        }
-        if k_max > 0 {
-            max_tokens =
-                max_tokens.min((max_binding / per_token_bytes(k_max * width_max)) as usize);
-            max_tokens = max_tokens.min((max_binding / per_token_bytes(2 * e_max)) as usize);
-        }
-        if max_tokens == 0 {
-            return Err(Error::backend(
-                "wgpu",
-                "one token's activations do not fit a storage binding of this adapter",
-            ));
-        }
-
-        let arena = arena::plan(&graph, max_tokens);
-        let slots: Vec<wgpu::Buffer> = arena
-            .slot_bytes
-            .iter()
-            .map(|&b| storage(&device, "arena", b, wgpu::BufferUsages::COPY_SRC))
-            .collect();
-        let moe = (k_max > 0).then(|| {
-            let slot_cap = max_tokens * k_max;
-            let max_items = slot_cap / NARROW_ROWS + e_max.min(slot_cap) + 1;
-            MoeScratch {
-                scores: storage(
-                    &device,
-                    "moe_scores",
-                    (max_tokens * 2 * e_max * 4) as u64,
-                    wgpu::BufferUsages::empty(),
-                ),
-                counters: storage(
-                    &device,
-                    "moe_counters",
-                    (3 * e_max * 4) as u64,
-                    wgpu::BufferUsages::empty(),
-                ),
-                slots: storage(
-                    &device,
-                    "moe_slots",
-                    (2 * slot_cap * 4) as u64,
-                    wgpu::BufferUsages::empty(),
-                ),
-                plan: storage(
-                    &device,
-                    "moe_plan",
-                    ((7 * parts_max + 3 * max_items) * 4) as u64,
-                    wgpu::BufferUsages::INDIRECT,
-                ),
-                act: storage(
-                    &device,
-                    "moe_act",
-                    (slot_cap * width_max * 4) as u64,
-                    wgpu::BufferUsages::empty(),
-                ),
-                y: storage(
-                    &device,
-                    "moe_y",
-                    (slot_cap * width_max * 4) as u64,
-                    wgpu::BufferUsages::empty(),
-                ),
-                slot_cap,
-                max_parts: parts_max,
-            }
-        });
-        let dummy = storage(&device, "dummy", 16, wgpu::BufferUsages::empty());
-
-        let mut kv_width = 0;
-        let mut ropes = Vec::new();
-        for op in &graph.ops {
-            match op {
-                Op::Attention { heads, .. } => kv_width = kv_width.max(heads.kv * heads.dim),
-                Op::QkNormRope { rot_dim, theta, .. } => ropes.push((*rot_dim, *theta)),
-                _ => {}
-            }
-        }
-        let mut kv = KvCache::new(graph.num_layers, kv_width, &ropes, max_binding);
-        let mut encoder = device.create_command_encoder(&Default::default());
-        kv.ensure(&device, &gpu.queue, &mut encoder, max_tokens, 0)?;
-        gpu.queue.submit([encoder.finish()]);
-
-        let vocab = graph
-            .ops
-            .iter()
-            .filter_map(|op| match op {
-                Op::Embed { table, .. } => Some(graph.weight(*table).shape[0]),
-                _ => None,
-            })
-            .min()
-            .unwrap_or(0);
-        let kernels = Kernels::new(
-            &device,
-            &program::kernels_needed(&graph, &matrices, &op_experts),
-        );
-        let uniform_align = gpu.limits.min_uniform_buffer_offset_alignment.max(64) as u64;
-        let chunk_cap = 4;
-        let ids_cap = max_tokens * chunk_cap;
-        let ids = storage(
-            &device,
-            "ids",
-            (ids_cap * 4) as u64,
-            wgpu::BufferUsages::COPY_DST,
-        );
-        let (step_uniform, step_group) =
-            Self::step_buffers(&device, &kernels, chunk_cap, uniform_align);
-        let staging_rows = max_tokens;
-        let staging = Self::staging_buffer(&device, staging_rows);
-        let program = program::compile(&Context {
-            device: &device,
-            kernels: &kernels,
-            graph: &graph,
-            arena: &arena,
-            slots: &slots,
-            ids: &ids,
-            matrices: &matrices,
-            vectors: &vectors,
-            op_experts: &op_experts,
-            op_norms: &op_norms,
-            dummy: &dummy,
-            kv: &kv,
-            moe: moe.as_ref(),
-            uniform_align,
-        });
-        Ok(WgpuBackend {
-            gpu,
-            graph,
-            kernels,
-            arena,
-            slots,
-            matrices,
-            vectors,
-            op_experts,
-            op_norms,
-            dummy,
-            kv,
-            moe,
-            program,
-            ids,
-            ids_cap,
-            step_uniform,
-            step_group,
-            chunk_cap,
-            uniform_align,
-            staging,
-            staging_rows,
-            max_tokens,
-            vocab,
-            weight_bytes,
-            cached: 0,
-            stats: StepStats::default(),
-        })
-    }
-
-    fn step_buffers(
-        device: &wgpu::Device,
-        kernels: &Kernels,
-        chunks: usize,
-        align: u64,
-    ) -> (wgpu::Buffer, wgpu::BindGroup) {
-        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("step_params"),
-            size: chunks as u64 * align,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("step"),
-            layout: &kernels.step_layout,
-            entries: &[wgpu::BindGroupEntry {
-                binding: 0,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: &buffer,
-                    offset: 0,
-                    size: wgpu::BufferSize::new(STEP_UNIFORM_BYTES),
-                }),
-            }],
-        });
-        (buffer, group)
-    }
-
-    fn staging_buffer(device: &wgpu::Device, rows: usize) -> wgpu::Buffer {
-        device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("samples_readback"),
-            size: (rows.max(1) * 8) as u64,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        })
-    }
-
     fn recompile(&mut self) {
         self.program = program::compile(&Context {
             device: &self.gpu.device,
@@ -538,7 +110,7 @@ impl WgpuBackend {
             dummy: &self.dummy,
             kv: &self.kv,
             moe: self.moe.as_ref(),
-            uniform_align: self.uniform_align,
+            params_align: self.params_align,
         });
     }
 
@@ -603,9 +175,9 @@ impl WgpuBackend {
                 &self.gpu.device,
                 &self.kernels,
                 self.chunk_cap,
-                self.uniform_align,
+                self.params_align,
             );
-            self.step_uniform = b;
+            self.step_params = b;
             self.step_group = g;
             self.ids = storage(
                 &self.gpu.device,
@@ -651,10 +223,10 @@ impl WgpuBackend {
             .write_buffer(&self.ids, 0, bytemuck::cast_slice(s.tokens));
         uploaded += n * 4;
         let p = &s.sampling;
-        let align = self.uniform_align as usize;
+        let align = self.params_align as usize;
         let mut params = vec![0u8; chunks.len() * align];
         for (i, c) in chunks.iter().enumerate() {
-            let u = StepUniform {
+            let u = StepParamsHost {
                 n: c.len as u32,
                 start: (s.start + c.offset) as u32,
                 out_rows: c.out as u32,
@@ -674,10 +246,10 @@ impl WgpuBackend {
                 valid_vocab: p.valid_vocab,
                 _pad: [0; 3],
             };
-            params[i * align..i * align + STEP_UNIFORM_BYTES as usize]
+            params[i * align..i * align + STEP_PARAMS_BYTES as usize]
                 .copy_from_slice(bytemuck::bytes_of(&u));
         }
-        self.gpu.queue.write_buffer(&self.step_uniform, 0, &params);
+        self.gpu.queue.write_buffer(&self.step_params, 0, &params);
         uploaded += params.len();
 
         // Captures (tests only): logits, then each hidden state, rows in step order.

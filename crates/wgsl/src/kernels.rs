@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 /// How an entry point uses one binding of group 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bind {
-    Uniform,
+    /// The op's parameters. Read-only storage rather than uniform: lavapipe recompiles a shader
+    /// whose loops depend on uniform values for every new value it sees ("inline uniforms"),
+    /// which cost tens of milliseconds per dispatch; the step parameters (group 1) likewise.
+    Params,
     Read,
     ReadWrite,
 }
@@ -36,7 +39,7 @@ pub enum Kernel {
     Seeded,
 }
 
-use Bind::{Read as R, ReadWrite as W, Uniform as U};
+use Bind::{Params as U, Read as R, ReadWrite as W};
 
 impl Kernel {
     pub fn family(self) -> Family {
@@ -109,7 +112,7 @@ pub struct Kernels {
 }
 
 /// Bytes of the group-1 step parameters (`StepParams` in step.wgsl).
-pub const STEP_UNIFORM_BYTES: u64 = 64;
+pub const STEP_PARAMS_BYTES: u64 = 64;
 
 impl Kernels {
     /// Builds `wanted` (kernel, format) pairs; shader modules are shared by the entry points of
@@ -121,9 +124,9 @@ impl Kernels {
                 binding: 0,
                 visibility: wgpu::ShaderStages::COMPUTE,
                 ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Uniform,
+                    ty: wgpu::BufferBindingType::Storage { read_only: true },
                     has_dynamic_offset: true,
-                    min_binding_size: wgpu::BufferSize::new(STEP_UNIFORM_BYTES),
+                    min_binding_size: wgpu::BufferSize::new(STEP_PARAMS_BYTES),
                 },
                 count: None,
             }],
@@ -154,7 +157,7 @@ impl Kernels {
                     visibility: wgpu::ShaderStages::COMPUTE,
                     ty: wgpu::BindingType::Buffer {
                         ty: match b {
-                            Bind::Uniform => wgpu::BufferBindingType::Uniform,
+                            Bind::Params => wgpu::BufferBindingType::Storage { read_only: true },
                             Bind::Read => wgpu::BufferBindingType::Storage { read_only: true },
                             Bind::ReadWrite => {
                                 wgpu::BufferBindingType::Storage { read_only: false }

@@ -13,6 +13,7 @@ pub mod device;
 pub mod format;
 pub mod kernels;
 pub mod kv;
+mod load;
 pub mod program;
 mod readback;
 pub mod shaders;

@@ -53,6 +53,7 @@ pub enum Grid {
 }
 
 pub struct Dispatch {
+    pub kernel: Kernel,
     pub pipeline: wgpu::ComputePipeline,
     pub bind_group: wgpu::BindGroup,
     /// The seeded sampler, used instead when the step samples with a temperature.
@@ -105,7 +106,7 @@ pub struct Context<'a> {
     pub dummy: &'a wgpu::Buffer,
     pub kv: &'a KvCache,
     pub moe: Option<&'a MoeScratch>,
-    pub uniform_align: u64,
+    pub params_align: u64,
 }
 
 /// A dispatch before its parameter buffer exists.
@@ -114,7 +115,7 @@ struct Pending {
     format: Option<WeightFormat>,
     /// (binding, buffer) for every non-parameter binding.
     buffers: Vec<(u32, wgpu::Buffer)>,
-    /// (binding, words) of the op's uniform parameters.
+    /// (binding, words) of the op's parameters.
     params: (u32, [u32; 8]),
     grid: Grid,
     needs_out: bool,
@@ -605,13 +606,13 @@ pub fn kernels_needed(
     v
 }
 
-/// Compiles the graph: parameters into one uniform buffer, one bind group per dispatch.
+/// Compiles the graph: parameters into one buffer, one bind group per dispatch.
 pub fn compile(cx: &Context) -> Program {
     let mut pending = Vec::new();
     for (i, op) in cx.graph.ops.iter().enumerate() {
         cx.compile_op(i, op, &mut pending);
     }
-    let align = cx.uniform_align.max(32) as usize;
+    let align = cx.params_align.max(32) as usize;
     let mut blob = vec![0u8; pending.len().max(1) * align];
     for (i, p) in pending.iter().enumerate() {
         blob[i * align..i * align + 32].copy_from_slice(bytemuck::cast_slice(&p.params.1));
@@ -619,7 +620,7 @@ pub fn compile(cx: &Context) -> Program {
     let params = cx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("op_params"),
         size: blob.len() as u64,
-        usage: wgpu::BufferUsages::UNIFORM,
+        usage: wgpu::BufferUsages::STORAGE,
         mapped_at_creation: true,
     });
     params
@@ -666,6 +667,7 @@ pub fn compile(cx: &Context) -> Program {
                 (pl, bg, grid, rows)
             });
             Dispatch {
+                kernel: p.kernel,
                 pipeline,
                 bind_group,
                 seeded,

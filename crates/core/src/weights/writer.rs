@@ -69,10 +69,9 @@ fn header(tensors: &[&PlannedTensor], extra: &BTreeMap<String, String>) -> Vec<u
     out.insert("__metadata__".into(), metadata.into());
     out.extend(h);
     let mut bytes = serde_json::to_vec(&serde_json::Value::Object(out)).expect("serializable");
-    // The data starts 8-byte aligned, as the format recommends.
-    while (bytes.len() + 8) % 8 != 0 {
-        bytes.push(b' ');
-    }
+    // The data starts 8-byte aligned (after the 8-byte length and the header), as the format
+    // recommends.
+    bytes.resize(bytes.len().next_multiple_of(8), b' ');
     bytes
 }
 

@@ -5,6 +5,9 @@ use serde_json::Value;
 use std::process::{Command, Output};
 use unmask_tests::{fixture, read_json, GenerateGolden};
 
+/// The mini-shape runs hold 6-9 GB each: one at a time.
+static MINI: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn unmask(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_unmask"))
         .args(args)
@@ -41,12 +44,18 @@ fn check_spread(r: &Value, path: &str, n: usize) {
     assert_eq!(f("n") as usize, n, "{path}: samples");
 }
 
-/// What every report must hold, whatever the model and backend.
-fn check_report(r: &Value, iters: usize) {
-    for path in ["forward.ms", "ar_baseline.ms", "kv_cache.without_cache_ms"] {
-        check_spread(r, path, iters);
+/// What every report must hold, whatever the model and backend. `full`: no part was skipped.
+fn check_report(r: &Value, iters: usize, full: bool) {
+    check_spread(r, "forward.ms", iters);
+    for part in ["ar_baseline", "kv_cache"] {
+        assert_eq!(r[part].is_null(), !full, "{part}");
     }
-    assert_eq!(r["kv_cache"]["with_cache_ms"], r["forward"]["ms"]);
+    assert_eq!(r["throughput"]["measured"].is_null(), !full);
+    if full {
+        check_spread(r, "ar_baseline.ms", iters);
+        check_spread(r, "kv_cache.without_cache_ms", iters);
+        assert_eq!(r["kv_cache"]["with_cache_ms"], r["forward"]["ms"]);
+    }
     let b = &r["forward"]["bytes"];
     let parts = [
         "attention_weights",
@@ -73,11 +82,11 @@ fn check_report(r: &Value, iters: usize) {
         assert!(t >= top_k && t <= experts, "{t} experts touched");
     }
     // One token reads exactly top_k experts per MoE layer.
-    for t in r["ar_baseline"]["bytes"]["experts_touched"]
-        .as_array()
-        .unwrap()
-    {
-        assert!((t.as_f64().unwrap() - top_k).abs() < 1e-9);
+    if full {
+        let ar = &r["ar_baseline"]["bytes"]["experts_touched"];
+        for t in ar.as_array().unwrap() {
+            assert!((t.as_f64().unwrap() - top_k).abs() < 1e-9);
+        }
     }
     let bw = num(r, "bandwidth.bytes_per_second");
     assert!(bw > 0.0 && bw.is_finite());
@@ -91,14 +100,16 @@ fn check_report(r: &Value, iters: usize) {
         (num(t, "tokens_per_second_assumed") - tpf * 1e3 / num(r, "forward.ms.median")).abs()
             < 1e-6
     );
-    let real = &t["measured"];
-    assert!(num(real, "forwards") >= 1.0 && num(real, "tokens") >= 1.0);
-    assert!(
-        (num(real, "tokens_per_forward") - num(real, "tokens") / num(real, "forwards")).abs()
-            < 1e-12
-    );
-    assert!(num(real, "time_to_first_token_ms") <= num(real, "elapsed_ms"));
-    assert!(num(t, "ar_tokens_per_second") > 0.0);
+    if full {
+        let real = &t["measured"];
+        assert!(num(real, "forwards") >= 1.0 && num(real, "tokens") >= 1.0);
+        let tpf = num(real, "tokens") / num(real, "forwards");
+        assert!((num(real, "tokens_per_forward") - tpf).abs() < 1e-12);
+        assert!(num(real, "time_to_first_token_ms") <= num(real, "elapsed_ms"));
+        assert!(num(t, "ar_tokens_per_second") > 0.0);
+    } else {
+        assert!(t["ar_tokens_per_second"].is_null() && t["speedup_over_ar_assumed"].is_null());
+    }
     // Peak host memory includes the weights the process holds.
     assert!(num(r, "memory.peak_host_bytes") > num(r, "model.weight_bytes"));
     for key in [
@@ -116,6 +127,7 @@ fn check_report(r: &Value, iters: usize) {
 /// The CI smoke run: the real LLaDA2.0-mini shape, 2 layers, random weights, minimal counts.
 #[test]
 fn mini_shape_two_layers_reports_sane_json() {
+    let _one_at_a_time = MINI.lock().unwrap_or_else(|e| e.into_inner());
     for backend in ["cpu"] {
         let r = report(&[
             "bench",
@@ -137,7 +149,7 @@ fn mini_shape_two_layers_reports_sane_json() {
             "--steps",
             "2",
         ]);
-        check_report(&r, 2);
+        check_report(&r, 2, true);
         let m = &r["model"];
         assert_eq!((num(m, "layers"), num(m, "full_layers")), (2.0, 20.0));
         assert_eq!(m["random_weights"], true);
@@ -161,6 +173,49 @@ fn mini_shape_two_layers_reports_sane_json() {
     }
 }
 
+/// The same shape on wgpu, where an adapter exists (CI: lavapipe, `UNMASK_REQUIRE_WGPU=1`). A
+/// window forward takes most of a minute on lavapipe with 2 cores, so this run times one window
+/// and skips the optional parts.
+#[test]
+fn mini_shape_two_layers_on_wgpu() {
+    if let Err(e) = unmask_wgsl::probe(None) {
+        assert!(
+            std::env::var_os("UNMASK_REQUIRE_WGPU").is_none(),
+            "UNMASK_REQUIRE_WGPU is set but no wgpu adapter is available: {e}"
+        );
+        eprintln!("wgpu: SKIPPED ({e})");
+        return;
+    }
+    let _one_at_a_time = MINI.lock().unwrap_or_else(|e| e.into_inner());
+    let r = report(&[
+        "bench",
+        "--shape",
+        "mini",
+        "--layers",
+        "2",
+        "--json",
+        "--backend",
+        "wgpu",
+        "--prompt-len",
+        "0",
+        "--warmup",
+        "0",
+        "--iters",
+        "1",
+        "--skip",
+        "ar,no-cache,real-run",
+    ]);
+    check_report(&r, 1, false);
+    assert!(r["backend"]["name"].as_str().unwrap().starts_with("wgpu"));
+    // One submission per step, and only (token, confidence) per window row comes back.
+    let step = &r["forward"]["per_step"];
+    assert_eq!(num(step, "submissions"), 1.0);
+    assert!(num(step, "bytes_read_back") <= 32.0 * 8.0 * 2.0, "{step}");
+    // wgpu does not tell its routing: the reference routed the same step on the host.
+    assert!(r["forward"]["routing"].as_str().unwrap().contains("host"));
+    assert!(num(&r, "memory.device_bytes") > 0.0);
+}
+
 /// A real model directory: the real run is its first golden case, token for token as many
 /// forwards as the reference made.
 #[test]
@@ -181,7 +236,7 @@ fn model_directory_runs_its_first_golden_case() {
         "--warmup",
         "1",
     ]);
-    check_report(&r, 3);
+    check_report(&r, 3, true);
     assert_eq!(r["model"]["random_weights"], false);
     let real = &r["throughput"]["measured"];
     assert_eq!(num(real, "forwards") as usize, case.forwards);

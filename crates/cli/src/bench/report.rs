@@ -21,9 +21,10 @@ pub struct Report {
     pub setup: Setup,
     /// The diffusion window step: `window` tokens after `prompt_len` cached positions.
     pub forward: Forward,
-    /// The same model decoding one token per forward (block length 1, causal).
-    pub ar_baseline: ArBaseline,
-    pub kv_cache: KvCache,
+    /// The same model decoding one token per forward (block length 1, causal); `null` when
+    /// skipped (`--skip ar`), as are the other optional parts.
+    pub ar_baseline: Option<ArBaseline>,
+    pub kv_cache: Option<KvCache>,
     pub throughput: Throughput,
     pub bandwidth: Bandwidth,
     pub memory: Memory,
@@ -109,13 +110,13 @@ pub struct Throughput {
     /// `assumed_tokens_per_forward` tokens per median window forward.
     pub tokens_per_second_assumed: f64,
     /// A real `generate()` run.
-    pub measured: RealRun,
+    pub measured: Option<RealRun>,
     /// The measured tokens per forward per median window forward.
-    pub tokens_per_second_at_measured: f64,
-    pub ar_tokens_per_second: f64,
+    pub tokens_per_second_at_measured: Option<f64>,
+    pub ar_tokens_per_second: Option<f64>,
     /// Diffusion tokens/s over AR tokens/s, at the assumed and at the measured tokens/forward.
-    pub speedup_over_ar_assumed: f64,
-    pub speedup_over_ar_measured: f64,
+    pub speedup_over_ar_assumed: Option<f64>,
+    pub speedup_over_ar_measured: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -226,17 +227,16 @@ pub fn print_table(r: &Report) {
             &r.forward.ms
         )
     );
-    println!("{}", spread_row("AR baseline, 1 token", &r.ar_baseline.ms));
-    println!(
-        "{}",
-        spread_row(
-            &format!(
-                "no KV cache, {} tokens",
-                r.setup.prompt_len + r.setup.window
-            ),
-            &r.kv_cache.without_cache_ms
-        )
-    );
+    if let Some(a) = &r.ar_baseline {
+        println!("{}", spread_row("AR baseline, 1 token", &a.ms));
+    }
+    if let Some(k) = &r.kv_cache {
+        let label = format!(
+            "no KV cache, {} tokens",
+            r.setup.prompt_len + r.setup.window
+        );
+        println!("{}", spread_row(&label, &k.without_cache_ms));
+    }
     println!();
     let f = &r.forward;
     println!(
@@ -263,44 +263,47 @@ pub fn print_table(r: &Report) {
         r.bandwidth.source,
         f.ratio_to_floor
     );
-    let a = &r.ar_baseline;
-    println!(
-        "AR        {} per forward, floor {:.2} ms, measured/floor {:.1}x",
-        bytes(a.bytes.total),
-        a.floor_ms,
-        a.ratio_to_floor
-    );
-    println!(
-        "KV cache  {:.1} ms with, {:.1} ms without after {} tokens: {:.1}x",
-        r.kv_cache.with_cache_ms.median,
-        r.kv_cache.without_cache_ms.median,
-        r.kv_cache.prompt_len,
-        r.kv_cache.speedup
-    );
+    if let Some(a) = &r.ar_baseline {
+        println!(
+            "AR        {} per forward, floor {:.2} ms, measured/floor {:.1}x",
+            bytes(a.bytes.total),
+            a.floor_ms,
+            a.ratio_to_floor
+        );
+    }
+    if let Some(k) = &r.kv_cache {
+        println!(
+            "KV cache  {:.1} ms with, {:.1} ms without after {} tokens: {:.1}x",
+            k.with_cache_ms.median, k.without_cache_ms.median, k.prompt_len, k.speedup
+        );
+    }
     println!();
     let t = &r.throughput;
-    let real = &t.measured;
+    let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
     println!(
-        "tokens/s  diffusion {:.2} at {:.2} tokens/forward (assumed), {:.2} at {:.2} (measured); AR {:.2}",
+        "tokens/s  diffusion {:.2} at {:.2} tokens/forward (assumed), {} at {} (measured); AR {}",
         t.tokens_per_second_assumed,
         t.assumed_tokens_per_forward,
-        t.tokens_per_second_at_measured,
-        real.tokens_per_forward,
-        t.ar_tokens_per_second
+        opt(t.tokens_per_second_at_measured),
+        opt(t.measured.as_ref().map(|m| m.tokens_per_forward)),
+        opt(t.ar_tokens_per_second)
     );
     println!(
-        "          diffusion over AR: {:.2}x assumed, {:.2}x measured",
-        t.speedup_over_ar_assumed, t.speedup_over_ar_measured
+        "          diffusion over AR: {}x assumed, {}x measured",
+        opt(t.speedup_over_ar_assumed),
+        opt(t.speedup_over_ar_measured)
     );
-    println!(
-        "real run  {} tokens in {} forwards, {:.0} ms ({:.2} tokens/s end to end), first token after {} ms; {}",
-        real.tokens,
-        real.forwards,
-        real.elapsed_ms,
-        real.tokens_per_second,
-        real.time_to_first_token_ms.map_or("-".into(), |v| format!("{v:.0}")),
-        real.prompt_source
-    );
+    if let Some(real) = &t.measured {
+        println!(
+            "real run  {} tokens in {} forwards, {:.0} ms ({:.2} tokens/s end to end), first token after {} ms; {}",
+            real.tokens,
+            real.forwards,
+            real.elapsed_ms,
+            real.tokens_per_second,
+            real.time_to_first_token_ms.map_or("-".into(), |v| format!("{v:.0}")),
+            real.prompt_source
+        );
+    }
     println!(
         "memory    peak host {}, device {}",
         r.memory.peak_host_bytes.map_or("?".into(), bytes),

@@ -66,6 +66,21 @@ pub struct Args {
     /// Also write the JSON report to this file (the table still goes to stdout).
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Leave out parts of the report (comma-separated; they are `null` in the JSON): for slow
+    /// devices and smoke runs.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub skip: Vec<Part>,
+}
+
+/// The optional parts of a report, each one or more extra forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// The autoregressive baseline.
+    Ar,
+    /// The window without the KV cache.
+    NoCache,
+    /// The real `generate()` run (tokens per forward, time to first token).
+    RealRun,
 }
 
 impl Args {
@@ -141,19 +156,40 @@ pub fn run(args: Args) -> Result<()> {
     let step = workload::repeatable_step(&toks.window, p, b, b, sp);
     let window = workload::time_step(be, &step, args.warmup, args.iters)?;
 
-    note("the same window without the KV cache");
-    let all: Vec<u32> = toks.prompt.iter().chain(&toks.window).copied().collect();
-    let step = workload::repeatable_step(&all, 0, b, b, sp);
-    let no_cache = workload::time_step(be, &step, args.warmup.min(1), args.iters)?;
+    let wanted = |part: Part| !args.skip.contains(&part);
+    let no_cache = if wanted(Part::NoCache) {
+        note("the same window without the KV cache");
+        let all: Vec<u32> = toks.prompt.iter().chain(&toks.window).copied().collect();
+        let step = workload::repeatable_step(&all, 0, b, b, sp);
+        Some(workload::time_step(
+            be,
+            &step,
+            args.warmup.min(1),
+            args.iters,
+        )?)
+    } else {
+        None
+    };
 
-    note("autoregressive baseline: one token per forward, causal");
-    let ar_prefill_ms = workload::prefill(be, &toks.prompt, 1, sp)?;
-    let step = workload::repeatable_step(&toks.window[..1], p, 1, 1, sp);
-    let ar = workload::time_step(be, &step, args.warmup, args.iters)?;
+    let ar = if wanted(Part::Ar) {
+        note("autoregressive baseline: one token per forward, causal");
+        let prefill_ms = workload::prefill(be, &toks.prompt, 1, sp)?;
+        let step = workload::repeatable_step(&toks.window[..1], p, 1, 1, sp);
+        Some((
+            prefill_ms,
+            workload::time_step(be, &step, args.warmup, args.iters)?,
+        ))
+    } else {
+        None
+    };
 
-    let prompt = realrun::real_prompt(&m, &toks.prompt, args.gen_length, args.steps)?;
-    note(&format!("real run: {}", prompt.source));
-    let real = realrun::run(be, &m, &prompt)?;
+    let real = if wanted(Part::RealRun) {
+        let prompt = realrun::real_prompt(&m, &toks.prompt, args.gen_length, args.steps)?;
+        note(&format!("real run: {}", prompt.source));
+        Some(realrun::run(be, &m, &prompt)?)
+    } else {
+        None
+    };
 
     let memory = Memory {
         peak_host_bytes: host::peak_resident_bytes(),
@@ -179,10 +215,24 @@ pub fn run(args: Args) -> Result<()> {
     let floor = |t: u64| t as f64 / bandwidth.bytes_per_second * 1e3;
 
     let spread = |ms: &[f64]| Spread::of(ms).expect("at least one timed forward");
-    let (win, ar_ms, nc) = (spread(&window.ms), spread(&ar.ms), spread(&no_cache.ms));
-    let ar_tps = 1e3 / ar_ms.median;
+    let win = spread(&window.ms);
     let tps_assumed = args.tokens_per_forward * 1e3 / win.median;
-    let tps_measured = real.tokens_per_forward * 1e3 / win.median;
+    let tps_measured = real
+        .as_ref()
+        .map(|r| r.tokens_per_forward * 1e3 / win.median);
+    let ar_baseline = ar.map(|(prefill_ms, ar)| {
+        let ms = spread(&ar.ms);
+        ArBaseline {
+            floor_ms: floor(ar_bytes.total),
+            ratio_to_floor: ms.median / floor(ar_bytes.total),
+            tokens_per_second: 1e3 / ms.median,
+            ms,
+            prefill_ms,
+            per_step: ar.stats,
+            bytes: ar_bytes,
+        }
+    });
+    let ar_tps = ar_baseline.as_ref().map(|a| a.tokens_per_second);
     let (params, active) = llada2::parameter_counts(&m.config);
     let r = Report {
         unmask_version: env!("CARGO_PKG_VERSION"),
@@ -224,28 +274,23 @@ pub fn run(args: Args) -> Result<()> {
             bytes,
             routing,
         },
-        ar_baseline: ArBaseline {
-            floor_ms: floor(ar_bytes.total),
-            ratio_to_floor: ar_ms.median / floor(ar_bytes.total),
-            ms: ar_ms,
-            tokens_per_second: ar_tps,
-            prefill_ms: ar_prefill_ms,
-            per_step: ar.stats,
-            bytes: ar_bytes,
-        },
-        kv_cache: KvCache {
-            prompt_len: p,
-            with_cache_ms: win,
-            without_cache_ms: nc,
-            speedup: nc.median / win.median,
-        },
+        ar_baseline,
+        kv_cache: no_cache.map(|nc| {
+            let nc = spread(&nc.ms);
+            KvCache {
+                prompt_len: p,
+                with_cache_ms: win,
+                without_cache_ms: nc,
+                speedup: nc.median / win.median,
+            }
+        }),
         throughput: Throughput {
             assumed_tokens_per_forward: args.tokens_per_forward,
             tokens_per_second_assumed: tps_assumed,
             tokens_per_second_at_measured: tps_measured,
             ar_tokens_per_second: ar_tps,
-            speedup_over_ar_assumed: tps_assumed / ar_tps,
-            speedup_over_ar_measured: tps_measured / ar_tps,
+            speedup_over_ar_assumed: ar_tps.map(|a| tps_assumed / a),
+            speedup_over_ar_measured: tps_measured.zip(ar_tps).map(|(m, a)| m / a),
             measured: real,
         },
         bandwidth,

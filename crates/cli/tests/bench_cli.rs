@@ -128,7 +128,8 @@ fn check_report(r: &Value, iters: usize, full: bool) {
 #[test]
 fn mini_shape_two_layers_reports_sane_json() {
     let _one_at_a_time = MINI.lock().unwrap_or_else(|e| e.into_inner());
-    for backend in ["cpu"] {
+    {
+        let backend = "cpu";
         let r = report(&[
             "bench",
             "--shape",

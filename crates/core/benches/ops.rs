@@ -107,7 +107,7 @@ fn experts(c: &mut Criterion) {
         for _ in 0..n {
             let mut chosen: Vec<u32> = Vec::new();
             while chosen.len() < top_k {
-                let e = (r.next_u64() % count as u64) as u32;
+                let e = (r.next_u64() % count) as u32;
                 if !chosen.contains(&e) {
                     chosen.push(e);
                 }

@@ -181,7 +181,7 @@ fn traffic_line(t: &Traffic) -> String {
         ("embedding rows", t.embedding_rows),
         ("norms", t.norm_weights),
     ];
-    parts.sort_by(|a, b| b.1.cmp(&a.1));
+    parts.sort_by_key(|p| std::cmp::Reverse(p.1));
     parts
         .iter()
         .filter(|p| p.1 > 0)

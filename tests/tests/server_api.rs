@@ -342,6 +342,9 @@ async fn bad_requests_get_openai_errors_and_never_hurt_the_server() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 413);
+    // The unread rest of the body makes the connection unusable: the server must say so, or a
+    // keep-alive client sends its next request into a closed socket.
+    assert_eq!(r.headers()["connection"], "close");
     assert!(r.json::<Value>().await.unwrap()["error"]["message"].is_string());
 
     // Nothing reached the model, every refusal was counted, and the server still answers.

@@ -10,9 +10,10 @@
 //   expert's stacked [gate; up] rows, writing silu(gate) * up.
 // - `moe_down`: per routed expert, its activation rows times its down rows.
 // The expert kernels are dispatched indirectly: `moe_group` (moe.wgsl) writes one work item per
-// (expert, tile of at most NR of its rows), so each touched expert's weights are read once per
-// NR of its rows and untouched experts are never read. NR-row tiles because a decoding window
-// routes only a few rows to each expert (32 tokens x 8 experts over ~100 experts).
+// (expert, tile of at most BM of its rows), so each touched expert's weights are read once per BM
+// of its rows (once per step for a 32-token window) and untouched experts are never read. A
+// window routes only a few rows to most experts, so a tile computes only its groups of NR rows
+// that hold routed rows.
 
 const BM: u32 = 32u;
 const BN: u32 = 32u;
@@ -181,9 +182,10 @@ fn work_item(y: u32) -> vec3<u32> {
     return vec3<u32>(plan[o], plan[o + 1u], plan[o + 2u]);
 }
 
-// Loads the rows of a work item (at most NR) into the x tile: row r is `x` row `row(r)`.
+// Loads the rows of a work item (at most BM) into the x tile: row r is `x` row s0 + r, or the
+// token of slot s0 + r when gathering.
 fn load_item_rows(li: u32, s0: u32, valid_rows: u32, k0: u32, gather: bool) {
-    for (var e = 0u; e < 2u; e++) {
+    for (var e = 0u; e < 8u; e++) {
         let idx = li + e * 128u;
         let r = idx / BK;
         let kk = idx % BK;
@@ -200,19 +202,21 @@ fn load_item_rows(li: u32, s0: u32, valid_rows: u32, k0: u32, gather: bool) {
 }
 
 // x: tiles of BN expert features, y: work items of this binding (indirect). Invocation li owns
-// feature li % 32 of the tile and rows li / 32 + 4i, for both gate and up.
+// feature li % 32 of the tile and rows li / 32 + 4i, for both gate and up; only the groups of
+// NR rows that hold routed rows are computed.
 @compute @workgroup_size(128)
 fn moe_gate_up(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let it = work_item(wg.y);
     let first_row = (it.x - mp.e0) * mp.rows_per_expert;
     let s0 = it.y;
     let valid_rows = it.z;
+    let live = 2u * ((valid_rows + NR - 1u) / NR);
     let f0 = wg.x * BN;
     let valid_w = min(BN, mp.m - f0);
     let tx = li % 32u;
     let ty = li / 32u;
-    var g: array<f32, 2>;
-    var u: array<f32, 2>;
+    var g: array<f32, 8>;
+    var u: array<f32, 8>;
     for (var k0 = 0u; k0 < mp.k; k0 += BK) {
         load_item_rows(li, s0, valid_rows, k0, true);
         load_w_tile(li, 0u, first_row + f0, valid_w, k0, mp.k, mp.stride);
@@ -221,7 +225,7 @@ fn moe_gate_up(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
         for (var kk = 0u; kk < BK; kk++) {
             let bg = ws[tx * LD + kk];
             let bu = ws[BN * LD + tx * LD + kk];
-            for (var i = 0u; i < 2u; i++) {
+            for (var i = 0u; i < live; i++) {
                 let a = xs[(ty + 4u * i) * LD + kk];
                 g[i] += a * bg;
                 u[i] += a * bu;
@@ -229,7 +233,7 @@ fn moe_gate_up(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 2u; i++) {
+    for (var i = 0u; i < live; i++) {
         let r = ty + 4u * i;
         if (r < valid_rows && tx < valid_w) {
             let gv = g[i];
@@ -239,18 +243,20 @@ fn moe_gate_up(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
 }
 
 // x: tiles of 2 BN output features, y: work items of this binding (indirect). Invocation li
-// owns feature li % 64 of the tile and rows li / 64 + 2i.
+// owns feature li % 64 of the tile and rows li / 64 + 2i; only the groups of NR rows that hold
+// routed rows are computed.
 @compute @workgroup_size(128)
 fn moe_down(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let it = work_item(wg.y);
     let first_row = (it.x - mp.e0) * mp.rows_per_expert;
     let s0 = it.y;
     let valid_rows = it.z;
+    let live = 4u * ((valid_rows + NR - 1u) / NR);
     let f0 = wg.x * 2u * BN;
     let valid_w = min(2u * BN, mp.m - f0);
     let tx = li % 64u;
     let ty = li / 64u;
-    var acc: array<f32, 4>;
+    var acc: array<f32, 16>;
     for (var k0 = 0u; k0 < mp.k; k0 += BK) {
         load_item_rows(li, s0, valid_rows, k0, false);
         load_w_tile(li, 0u, first_row + f0, min(BN, valid_w), k0, mp.k, mp.stride);
@@ -258,13 +264,13 @@ fn moe_down(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
             let b = ws[tx * LD + kk];
-            for (var i = 0u; i < 4u; i++) {
+            for (var i = 0u; i < live; i++) {
                 acc[i] += xs[(ty + 2u * i) * LD + kk] * b;
             }
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
+    for (var i = 0u; i < live; i++) {
         let r = ty + 2u * i;
         if (r < valid_rows && tx < valid_w) {
             out[(s0 + r) * mp.m + f0 + tx] = acc[i];

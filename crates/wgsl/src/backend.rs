@@ -3,7 +3,7 @@
 //! (token, confidence) pair per predicted row (plus logits and hidden states when a test asks).
 
 use crate::arena::ArenaPlan;
-use crate::chunks::{self, Chunk};
+use crate::chunks;
 use crate::device::Gpu;
 use crate::kernels::{Kernels, STEP_PARAMS_BYTES};
 use crate::kv::KvCache;
@@ -253,7 +253,7 @@ impl WgpuBackend {
         uploaded += params.len();
 
         // Captures (tests only): logits, then each hidden state, rows in step order.
-        let capture = self.capture_layout(s, &chunks);
+        let capture = self.capture_layout(s);
         let capture_buffer = capture.as_ref().map(|c| {
             allocations += 1;
             device.create_buffer(&wgpu::BufferDescriptor {
@@ -401,14 +401,13 @@ impl WgpuBackend {
         &self.slots[self.arena.slot_of[b.0].expect("arena buffer")]
     }
 
-    fn capture_layout(&self, s: &Step, _chunks: &[Chunk]) -> Option<CaptureLayout> {
-        let mut bufs = match s.capture {
+    /// Where each captured buffer lands in the capture readback: logits, then the hidden states.
+    fn capture_layout(&self, s: &Step) -> Option<CaptureLayout> {
+        let mut bufs = vec![self.graph.logits];
+        match s.capture {
             Capture::Samples => return None,
-            Capture::Logits => vec![self.graph.logits],
-            Capture::Hidden => vec![self.graph.logits],
-        };
-        if s.capture == Capture::Hidden {
-            bufs.extend(self.graph.hidden.iter().copied());
+            Capture::Logits => {}
+            Capture::Hidden => bufs.extend(self.graph.hidden.iter().copied()),
         }
         let mut sections = Vec::new();
         let mut total = 0u64;

@@ -7,7 +7,7 @@ use crate::backend::{WgpuBackend, WgpuOptions};
 use crate::device::{Gpu, ADAPTER_ENV};
 use crate::kernels::{Kernels, STEP_PARAMS_BYTES};
 use crate::kv::KvCache;
-use crate::program::{self, Context, MoeScratch, NARROW_ROWS};
+use crate::program::{self, Context, MoeScratch, TILE_ROWS};
 use crate::weights::{self, DeviceMatrix, ExpertStacks};
 use unmask_core::backend::StepStats;
 use unmask_core::graph::{Graph, Op};
@@ -277,7 +277,7 @@ impl WgpuBackend {
             .collect();
         let moe = (k_max > 0).then(|| {
             let slot_cap = max_tokens * k_max;
-            let max_items = slot_cap / NARROW_ROWS + e_max.min(slot_cap) + 1;
+            let max_items = slot_cap / TILE_ROWS + e_max.min(slot_cap) + 1;
             MoeScratch {
                 scores: storage(
                     &device,

@@ -14,8 +14,8 @@ use unmask_core::graph::{BufId, Graph, Op, Rows};
 pub const TILE_ROWS: usize = 32;
 pub const TILE_FEATURES: usize = 32;
 /// Rows of the narrow tiles (NR): products over at most this many rows use `matmul_narrow`
-/// (tiles 2 * TILE_FEATURES wide), and expert work items hold at most this many rows (gate/up
-/// tiles TILE_FEATURES wide, down tiles 2 * TILE_FEATURES wide).
+/// (tiles 2 * TILE_FEATURES wide). Expert work items hold at most TILE_ROWS rows (gate/up tiles
+/// TILE_FEATURES wide, down tiles 2 * TILE_FEATURES wide) and compute them NR at a time.
 pub const NARROW_ROWS: usize = 8;
 
 /// One dimension of a dispatch grid.
@@ -445,7 +445,7 @@ impl Context<'_> {
                             ex.experts as u32,
                             top_k as u32,
                             parts as u32,
-                            NARROW_ROWS as u32,
+                            TILE_ROWS as u32,
                             ex.inter.div_ceil(TILE_FEATURES) as u32,
                             ex.hidden.div_ceil(2 * TILE_FEATURES) as u32,
                             items_at,

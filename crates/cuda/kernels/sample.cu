@@ -9,7 +9,9 @@
 //   top-k   keep z >= the k-th largest z (4 passes of 8-bit histograms of counts);
 //   probs   q = exp(z - zmax) / total over the kept ids;
 //   top-p   find the candidate where the descending cumulative mass first reaches p (4 passes of
-//           8-bit histograms of mass), keep every q >= its q, renormalise;
+//           8-bit histograms of mass, in fixed point so that the sums do not depend on the order
+//           of the atomics and a seeded draw repeats exactly), keep every q >= its q,
+//           renormalise;
 //   draw    u = uniform(seed, position, step); the first id in ascending order whose cumulative
 //           probability exceeds u (a block prefix sum over contiguous chunks of ids), else the
 //           last kept id.
@@ -17,6 +19,9 @@
 // rounding; the token differs only where u falls within that rounding of a boundary.
 
 #define SAMPLE_THREADS 1024
+// Probability mass in the top-p histograms as u64 fixed point (2^48 per unit): integer atomics
+// add in any order to the same total, where float atomics would make the cut vary run to run.
+#define MASS_ONE 281474976710656.0f
 
 __device__ __forceinline__ u32 mix32(u32 x) {
     x ^= x >> 16;
@@ -36,9 +41,11 @@ __device__ __forceinline__ float rng_uniform(u32 seed_lo, u32 seed_hi, u32 posit
     return (float)(h >> 8) * (1.0f / 16777216.0f);
 }
 
-// Order-preserving map of a float to u32 (larger float, larger key).
+// Order-preserving map of a float to u32 (larger float, larger key). -0 maps to +0's key: the host
+// keeps values >= the k-th largest with a float comparison, where the two zeros are equal.
 __device__ __forceinline__ u32 order_key(float f) {
     u32 b = __float_as_uint(f);
+    if (b == 0x80000000u) b = 0u;
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
@@ -50,7 +57,8 @@ __device__ __forceinline__ bool is_finite(float v) { return fabsf(v) <= 3.402823
 
 struct SampleShared {
     u32 hist[256];
-    float mass[256];
+    u64 mass[256];
+    u64 need;
     float fscratch[32];
     double dscratch[32];
     u32 uscratch[32];
@@ -167,11 +175,11 @@ __device__ u32 select_kth_key(const float* row, u32 vocab, u32 mask, u32 valid_v
 __device__ u32 select_mass_key(const float* row, u32 vocab, u32 mask, u32 valid_vocab, float inv_t,
                                u32 kmin, float zmax, float total, float p, SampleShared& sh) {
     u32 prefix = 0u, pmask = 0u;
-    float need = p;
+    u64 need = p > 0.0f ? __float2ull_rn(p * MASS_ONE) : 0ull;
     for (int pass = 0; pass < 4; pass++) {
         const u32 shift = 24u - 8u * (u32)pass;
         for (u32 b = threadIdx.x; b < 256u; b += blockDim.x) {
-            sh.mass[b] = 0.0f;
+            sh.mass[b] = 0ull;
             sh.hist[b] = 0u;
         }
         __syncthreads();
@@ -182,7 +190,7 @@ __device__ u32 select_mass_key(const float* row, u32 vocab, u32 mask, u32 valid_
             u32 key = order_key(z);
             if (key < kmin || (key & pmask) != prefix) continue;
             u32 b = (key >> shift) & 255u;
-            atomicAdd(&sh.mass[b], expf(z - zmax) / total);
+            atomicAdd(&sh.mass[b], __float2ull_rn(expf(z - zmax) / total * MASS_ONE));
             atomicAdd(&sh.hist[b], 1u);
         }
         __syncthreads();
@@ -199,12 +207,12 @@ __device__ u32 select_mass_key(const float* row, u32 vocab, u32 mask, u32 valid_
             }
             // Rounding left the whole mass short of p: the cut falls on the smallest candidate.
             sh.sel = sel == 0xffffffffu ? lowest : sel;
-            sh.fscratch[0] = need;
+            sh.need = need;
         }
         __syncthreads();
         prefix |= sh.sel << shift;
         pmask |= 255u << shift;
-        need = sh.fscratch[0];
+        need = sh.need;
         __syncthreads();
     }
     return prefix;

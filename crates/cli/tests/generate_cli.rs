@@ -265,7 +265,7 @@ fn bad_input_is_a_clean_error() {
     let config: Value =
         serde_json::from_str(&std::fs::read_to_string(ok.join("config.json")).unwrap()).unwrap();
     let max = config["max_position_embeddings"].as_u64().unwrap() as usize;
-    let long: Vec<String> = std::iter::repeat("1".to_string()).take(max + 1).collect();
+    let long: Vec<String> = std::iter::repeat_n("1".to_string(), max + 1).collect();
     assert_clean_error(
         &gen_on(&ok, &["--prompt-ids", &long.join(","), "--gen-length", "8"]),
         "max_position_embeddings",

@@ -120,7 +120,10 @@ impl Config {
                 return err(format!("`{name}` must be positive"));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return err(format!(
                 "`num_attention_heads` ({}) must be a multiple of `num_key_value_heads` ({})",
                 self.num_attention_heads, self.num_key_value_heads
@@ -133,7 +136,7 @@ impl Config {
             ));
         }
         let rd = self.rotary_dim();
-        if rd == 0 || rd % 2 != 0 {
+        if rd == 0 || !rd.is_multiple_of(2) {
             return err(format!(
                 "rotary width int(head_dim * partial_rotary_factor) = {rd} must be even and positive"
             ));
@@ -143,7 +146,7 @@ impl Config {
             if self.num_experts == 0 || self.moe_intermediate_size == 0 {
                 return err("`num_experts` and `moe_intermediate_size` must be positive".into());
             }
-            if self.n_group == 0 || self.num_experts % self.n_group != 0 {
+            if self.n_group == 0 || !self.num_experts.is_multiple_of(self.n_group) {
                 return err(format!(
                     "`num_experts` ({}) must be a multiple of `n_group` ({})",
                     self.num_experts, self.n_group

@@ -22,6 +22,9 @@ pub struct KvPrefix {
     pub v: Vec<f32>,
 }
 
+/// What [`OpHarness::run`] returns: every buffer's words, and each layer's (K, V) cache.
+pub type RunOutput = (HashMap<BufId, Vec<u32>>, Vec<(Vec<f32>, Vec<f32>)>);
+
 impl OpHarness {
     pub fn open() -> Result<Self> {
         Ok(OpHarness {
@@ -39,7 +42,7 @@ impl OpHarness {
         inputs: &[(BufId, Vec<u32>)],
         kv_prefix: &[KvPrefix],
         step: &Step,
-    ) -> Result<(HashMap<BufId, Vec<u32>>, Vec<(Vec<f32>, Vec<f32>)>)> {
+    ) -> Result<RunOutput> {
         record::check_limits(graph)?;
         let dev = &self.dev;
         dev.bind()?;

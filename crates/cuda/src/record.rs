@@ -381,14 +381,14 @@ pub fn check_limits(g: &Graph) -> Result<()> {
                     )));
                 }
             }
-            Op::MoeRoute { routing, .. } => {
-                if routing.num_experts > MAX_EXPERTS || routing.top_k > MAX_TOP_K {
-                    return Err(cuda_error(format!(
-                        "{} experts with top-{} routing is beyond the CUDA kernels' limits \
-                         ({MAX_EXPERTS} experts, top-{MAX_TOP_K})",
-                        routing.num_experts, routing.top_k
-                    )));
-                }
+            Op::MoeRoute { routing, .. }
+                if routing.num_experts > MAX_EXPERTS || routing.top_k > MAX_TOP_K =>
+            {
+                return Err(cuda_error(format!(
+                    "{} experts with top-{} routing is beyond the CUDA kernels' limits \
+                     ({MAX_EXPERTS} experts, top-{MAX_TOP_K})",
+                    routing.num_experts, routing.top_k
+                )));
             }
             _ => {}
         }

@@ -153,9 +153,9 @@ impl WgpuBackend {
             )));
         }
         let p = &s.sampling;
-        if !(p.temperature.is_finite() && p.temperature >= 0.0)
-            || !(p.top_p > 0.0 && p.top_p <= 1.0)
-        {
+        let temperature_ok = p.temperature.is_finite() && p.temperature >= 0.0;
+        let top_p_ok = p.top_p > 0.0 && p.top_p <= 1.0;
+        if !(temperature_ok && top_p_ok) {
             return Err(Error::Invalid(format!(
                 "sampling parameters out of range: temperature {}, top_p {}",
                 p.temperature, p.top_p

@@ -40,16 +40,15 @@ fn check_graph(graph: &Graph) -> Result<()> {
                     ));
                 }
             }
-            Op::MoeRoute { routing: r, .. } => {
-                if r.n_group == 0
+            Op::MoeRoute { routing: r, .. }
+                if (r.n_group == 0
                     || r.n_group > 64
                     || r.num_experts % r.n_group != 0
                     || r.topk_group > r.n_group
                     || r.top_k == 0
-                    || r.top_k > r.num_experts
-                {
-                    return bad(format!("unsupported routing {r:?}"));
-                }
+                    || r.top_k > r.num_experts) =>
+            {
+                return bad(format!("unsupported routing {r:?}"));
             }
             _ => {}
         }
@@ -143,39 +142,28 @@ impl WgpuBackend {
         };
         for (i, op) in graph.ops.iter().enumerate() {
             match op {
-                Op::Embed { table: w, .. } | Op::MatMul { weight: w, .. } => {
-                    if matrices[w.0].is_none() {
-                        let name = &graph.weight(*w).name;
-                        let t = tensor(*w)?;
-                        let m = weights::upload_matrix(
-                            &device,
-                            name,
-                            t,
-                            weight_binding,
-                            max_rows_binding,
-                        )?;
-                        weight_bytes += m.parts.iter().map(|p| p.buffer.size()).sum::<u64>();
-                        matrices[w.0] = Some(m);
-                        tick(&mut done);
-                    }
+                Op::Embed { table: w, .. } | Op::MatMul { weight: w, .. }
+                    if matrices[w.0].is_none() =>
+                {
+                    let name = &graph.weight(*w).name;
+                    let t = tensor(*w)?;
+                    let m =
+                        weights::upload_matrix(&device, name, t, weight_binding, max_rows_binding)?;
+                    weight_bytes += m.parts.iter().map(|p| p.buffer.size()).sum::<u64>();
+                    matrices[w.0] = Some(m);
+                    tick(&mut done);
                 }
-                Op::RmsNorm { weight: w, .. } => {
-                    if vectors[w.0].is_none() {
-                        let b =
-                            weights::upload_vector(&device, &graph.weight(*w).name, tensor(*w)?);
-                        weight_bytes += b.size();
-                        vectors[w.0] = Some(b);
-                        tick(&mut done);
-                    }
+                Op::RmsNorm { weight: w, .. } if vectors[w.0].is_none() => {
+                    let b = weights::upload_vector(&device, &graph.weight(*w).name, tensor(*w)?);
+                    weight_bytes += b.size();
+                    vectors[w.0] = Some(b);
+                    tick(&mut done);
                 }
-                Op::MoeRoute { bias: Some(w), .. } => {
-                    if vectors[w.0].is_none() {
-                        let b =
-                            weights::upload_vector(&device, &graph.weight(*w).name, tensor(*w)?);
-                        weight_bytes += b.size();
-                        vectors[w.0] = Some(b);
-                        tick(&mut done);
-                    }
+                Op::MoeRoute { bias: Some(w), .. } if vectors[w.0].is_none() => {
+                    let b = weights::upload_vector(&device, &graph.weight(*w).name, tensor(*w)?);
+                    weight_bytes += b.size();
+                    vectors[w.0] = Some(b);
+                    tick(&mut done);
                 }
                 Op::QkNormRope {
                     q_norm,

@@ -231,8 +231,8 @@ pub fn upload_experts(
             &format!("{layer}.experts.down"),
             (e1 - e0) * d_words,
             |w| {
-                for e in e0..e1 {
-                    w.put_rows((e - e0) * d_words, format, down[e], inter, 0..hidden);
+                for (i, t) in down[e0..e1].iter().enumerate() {
+                    w.put_rows(i * d_words, format, t, inter, 0..hidden);
                 }
             },
         ));

@@ -68,6 +68,12 @@ fn quantized_random_fixture_loads_generates_and_stays_close() {
             "{format}: {}",
             report.rel_rmse
         );
+        // The fixture's 48-column expert rows are one block each: no bits go to padding.
+        assert!(
+            report.bits_per_weight <= format.bits_per_weight(),
+            "{format}: {} bits/weight",
+            report.bits_per_weight
+        );
         let ids = model.special_ids();
         for be in backends() {
             let t0 = std::time::Instant::now();

@@ -25,31 +25,24 @@ fn f16_to_f32(h: u32) -> f32 {
 /// Dequantizes a packed tensor straight from the byte layout documented in `quant::q8_0` and
 /// `quant::q4` (independently of the library's decoder, so the two check each other).
 fn decode_documented_layout(f: QuantFormat, rows: usize, cols: usize, bytes: &[u8]) -> Vec<f32> {
-    let nb = cols.div_ceil(32);
-    let code_bytes = match f {
-        QuantFormat::Q8_0 => 32,
-        QuantFormat::Q4 => 16,
+    // max(1, cols / 32) blocks per row, the last one running to the end of the row.
+    let nb = (cols / 32).max(1);
+    let row_code_bytes = match f {
+        QuantFormat::Q8_0 => cols,
+        QuantFormat::Q4 => cols.div_ceil(2),
     };
-    let scales = &bytes[rows * nb * code_bytes..];
+    let scales = &bytes[rows * row_code_bytes..];
     assert_eq!(scales.len(), rows * nb * 2);
     let mut out = Vec::with_capacity(rows * cols);
     for r in 0..rows {
         for col in 0..cols {
-            let (b, i) = (col / 32, col % 32);
-            let blk = r * nb + b;
+            let blk = r * nb + (col / 32).min(nb - 1);
             let h = u16::from_le_bytes([scales[2 * blk], scales[2 * blk + 1]]) as u32;
+            let byte = bytes[r * row_code_bytes + if f == QuantFormat::Q4 { col / 2 } else { col }];
             out.push(match f {
-                QuantFormat::Q8_0 => {
-                    let q = bytes[blk * 32 + i] as i8 as f32;
-                    f16_to_f32(h) * q
-                }
+                QuantFormat::Q8_0 => f16_to_f32(h) * byte as i8 as f32,
                 QuantFormat::Q4 => {
-                    let word = u32::from_le_bytes(
-                        bytes[(blk * 4 + i / 8) * 4..(blk * 4 + i / 8) * 4 + 4]
-                            .try_into()
-                            .unwrap(),
-                    );
-                    let q = (word >> (4 * (i % 8))) & 15;
+                    let q = (byte >> (4 * (col % 2))) & 15;
                     let (k, c) = (h & 0xff, h >> 8);
                     let d = if k == 0 {
                         0.0

@@ -28,6 +28,35 @@ fn clean_error(o: &Output, needle: &str) {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// The bounds hold on the random fixture too, whose 48-column expert rows are not whole
+/// blocks (the last block of a row absorbs the leftover columns instead of padding).
+#[test]
+fn quantize_json_meets_the_size_and_error_bounds_on_the_random_fixture() {
+    let src = fixture("tiny-llada2");
+    let tmp = tempfile::tempdir().unwrap();
+    for (format, max_bits, max_rmse) in [("q8_0", 8.5, 0.006), ("q4", 4.6, 0.080)] {
+        let out = tmp.path().join(format);
+        let o = unmask(&[
+            "quantize",
+            "--model",
+            src.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--format",
+            format,
+            "--json",
+        ]);
+        let v = stdout_json(&o);
+        let bits = v["bits_per_weight"].as_f64().unwrap();
+        let rmse = v["rel_rmse"].as_f64().unwrap();
+        println!("tiny-llada2 {format}: {bits} bits/weight, rel_rmse {rmse}");
+        assert!(
+            bits <= max_bits && rmse <= max_rmse,
+            "{format}: {bits} {rmse}"
+        );
+    }
+}
+
 #[test]
 fn quantize_writes_a_directory_that_loads_and_answers() {
     let src = fixture("tiny-llada2-add");

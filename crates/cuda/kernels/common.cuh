@@ -55,7 +55,9 @@ __device__ __forceinline__ float f16_bits_to_f32(u32 bits) {
     return f;
 }
 
-// One weight matrix `[rows, cols]` in its stored format. Quantized formats hold two planes,
+// One weight matrix `[rows, cols]` in its stored format. Quantized formats arrive in the
+// 32-column block shape of `Packed::padded` (the stored bytes when cols % 32 == 0; otherwise a
+// row's wider last block is split into 32-column pieces sharing its scale). Two planes,
 // nb = ceil(cols / 32) blocks per row, block index blk = r * nb + c / 32:
 //   q8_0 (crates/core/src/quant/q8_0.rs): rows*nb*32 bytes of i8 codes, then rows*nb f16 scales;
 //        w = f32(d) * f32(q).

@@ -55,7 +55,7 @@ impl WeightFormat {
         }
     }
 
-    /// Bytes of a `[rows, cols]` matrix.
+    /// Bytes of a `[rows, cols]` matrix on the device (quantized: `Packed::padded`'s shape).
     pub fn bytes(self, rows: usize, cols: usize) -> usize {
         let nb = cols.div_ceil(32);
         match self {
@@ -354,7 +354,13 @@ fn upload_exact(
     format: WeightFormat,
     (rows, cols): (usize, usize),
 ) -> Result<()> {
-    let bytes = store.get(name)?.bytes();
+    let t = store.get(name)?;
+    // Quantized kernels read blocks of exactly 32 columns (common.cuh): the padded view, which
+    // is the stored bytes themselves unless a row's last block is wider than 32.
+    let bytes = match t.packed() {
+        Some(p) => p.padded(),
+        None => std::borrow::Cow::Borrowed(t.bytes()),
+    };
     let want = format.bytes(rows, cols);
     if bytes.len() != want {
         return Err(cuda_error(format!(
@@ -363,7 +369,7 @@ fn upload_exact(
             format.suffix()
         )));
     }
-    dev.upload(at, bytes)
+    dev.upload(at, &bytes)
 }
 
 fn check_shape(name: &str, got: &[usize], want: &[usize]) -> Result<()> {
@@ -481,9 +487,18 @@ mod tests {
             assert_eq!(WeightFormat::from_name(d.name()), Some(f));
             assert_eq!(f.bytes(7, 33), d.bytes_for(7 * 33));
         }
-        // The quantized planes of crates/core/src/quant: 34 and 18 bytes per 32-column block.
+        // The padded planes of crates/core/src/quant: 34 and 18 bytes per 32-column block.
+        use unmask_core::quant::QuantFormat;
         assert_eq!(WeightFormat::Q8_0.bytes(3, 33), 3 * 2 * 34);
         assert_eq!(WeightFormat::Q4.bytes(3, 64), 3 * 2 * 18);
+        for (f, q) in [
+            (WeightFormat::Q8_0, QuantFormat::Q8_0),
+            (WeightFormat::Q4, QuantFormat::Q4),
+        ] {
+            for cols in [20, 33, 48, 64, 80] {
+                assert_eq!(f.bytes(3, cols), q.padded_bytes_for(3, cols));
+            }
+        }
     }
 
     #[test]

@@ -70,7 +70,8 @@ impl WeightFormat {
 
     /// Words per packed row of `cols` values. Rows are padded with zeros to whole groups of four
     /// values, so that `w_load4` never straddles two rows and always starts on a word.
-    /// Quantized rows are whole blocks of 32 values, in pairs of (scale word, code words).
+    /// Quantized rows are whole blocks of 32 values (`Packed::padded`: a stored last block wider
+    /// than 32 is split in two with the same scale), in pairs of (scale word, code words).
     pub fn row_words(self, cols: usize) -> usize {
         let groups = cols.div_ceil(4);
         match self {
@@ -122,15 +123,17 @@ impl WeightFormat {
 }
 
 impl WeightFormat {
-    /// Row by row: for each pair of blocks (2g, 2g + 1), one word with their 16-bit scales
-    /// (block 2g in the low half), then block 2g's code words, then block 2g + 1's. An odd last
-    /// block gets its scale word (upper half zero) and its code words.
+    /// Row by row, in the 32-column blocks of `Packed::padded`: for each pair of blocks
+    /// (2g, 2g + 1), one word with their 16-bit scales (block 2g in the low half), then block
+    /// 2g's code words, then block 2g + 1's. An odd last block gets its scale word (upper half
+    /// zero) and its code words.
     fn pack_quantized_rows(self, t: &Tensor, rows: Range<usize>, dst: &mut [u32]) {
         let p = t
             .packed()
             .expect("WeightFormat::of gave a quantized format, so the tensor is packed");
         let cw = self.block_code_words();
         let stride = self.row_words(p.cols);
+        let nbp = p.cols.div_ceil(32);
         let word = |bytes: &[u8], i: usize| {
             u32::from_le_bytes([
                 bytes[4 * i],
@@ -139,20 +142,20 @@ impl WeightFormat {
                 bytes[4 * i + 3],
             ])
         };
-        let scale =
-            |blk: usize| u16::from_le_bytes([p.scales[2 * blk], p.scales[2 * blk + 1]]) as u32;
         for (i, r) in rows.enumerate() {
             let row = &mut dst[i * stride..(i + 1) * stride];
             let mut o = 0;
-            for b in (0..p.nb).step_by(2) {
-                let blk = r * p.nb + b;
-                let second = b + 1 < p.nb;
-                row[o] = scale(blk) | if second { scale(blk + 1) << 16 } else { 0 };
+            for j in (0..nbp).step_by(2) {
+                let first = p.piece(r, j);
+                let second = (j + 1 < nbp).then(|| p.piece(r, j + 1));
+                let scale = |s: [u8; 2]| u16::from_le_bytes(s) as u32;
+                row[o] = scale(first.1) | second.map_or(0, |(_, s)| scale(s) << 16);
                 o += 1;
-                let blocks = if second { 2 } else { 1 };
-                for j in 0..blocks * cw {
-                    row[o] = word(p.codes, blk * cw + j);
-                    o += 1;
+                for (codes, _) in std::iter::once(first).chain(second) {
+                    for k in 0..cw {
+                        row[o] = word(&codes, k);
+                        o += 1;
+                    }
                 }
             }
             debug_assert_eq!(o, stride);

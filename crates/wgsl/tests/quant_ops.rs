@@ -37,7 +37,9 @@ fn packed(f: QuantFormat, rows: usize, cols: usize, rng: &mut SplitMix) -> Tenso
 
 #[test]
 fn device_rows_hold_the_blocks_in_scale_led_pairs() {
-    // Three blocks per row (an odd count): one pair and a single.
+    // 70 columns are stored as two blocks (32 and 38 columns) and sit on the device as three
+    // 32-column pieces (an odd count: one pair and a single); the last two carry the second
+    // block's scale, the last one is zero past column 70.
     let mut rng = SplitMix(3);
     for (f, cw) in [(QuantFormat::Q8_0, 8usize), (QuantFormat::Q4, 4)] {
         let t = packed(f, 2, 70, &mut rng);
@@ -47,17 +49,26 @@ fn device_rows_hold_the_blocks_in_scale_led_pairs() {
         let mut dst = vec![0u32; 2 * stride];
         wf.pack_rows(&t, 70, 0..2, &mut dst);
         let p = t.packed().unwrap();
+        assert_eq!(p.nb, 2);
         let scale = |blk: usize| u16::from_le_bytes([p.scales[2 * blk], p.scales[2 * blk + 1]]);
-        let code = |blk: usize, j: usize| {
-            let o = (blk * cw + j) * 4;
-            u32::from_le_bytes(p.codes[o..o + 4].try_into().unwrap())
+        // The first code word of row 1's piece j: its bytes in the row's codes, zero past the row.
+        let code = |j: usize| {
+            let row = &p.codes[p.row_code_bytes..2 * p.row_code_bytes];
+            let o = f.code_bytes(32 * j);
+            let mut w = [0u8; 4];
+            for (i, b) in w.iter_mut().enumerate() {
+                *b = row.get(o + i).copied().unwrap_or(0);
+            }
+            u32::from_le_bytes(w)
         };
         let row1 = &dst[stride..];
-        assert_eq!(row1[0], scale(3) as u32 | (scale(4) as u32) << 16);
-        assert_eq!(row1[1], code(3, 0));
-        assert_eq!(row1[1 + cw], code(4, 0));
-        assert_eq!(row1[1 + 2 * cw], scale(5) as u32);
-        assert_eq!(row1[2 + 2 * cw], code(5, 0));
+        assert_eq!(row1[0], scale(2) as u32 | (scale(3) as u32) << 16);
+        assert_eq!(row1[1], code(0));
+        assert_eq!(row1[1 + cw], code(1));
+        assert_eq!(row1[1 + 2 * cw], scale(3) as u32);
+        assert_eq!(row1[2 + 2 * cw], code(2));
+        let used = f.code_bytes(70 - 64).div_ceil(4);
+        assert!(row1[2 + 2 * cw + used..].iter().all(|&w| w == 0), "{f}");
     }
 }
 

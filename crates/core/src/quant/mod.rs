@@ -1,11 +1,18 @@
 //! Quantized weight formats: `q8_0` (8.5 bits per weight) and `q4` (4.5 bits per weight).
 //!
-//! Both cut each row of a `[rows, cols]` matrix into blocks of [`BLOCK`] columns (the last block
-//! of a row is zero-padded when `cols` is not a multiple of 32) and quantize rows independently.
-//! A tensor is stored in two planes: first every block's codes, then every block's 2-byte
-//! scale/header, both in block order `r * nb + b`. Planes keep the codes 4-byte aligned, so GPU
-//! kernels read them as u32 words, and a range of rows is a contiguous slice of each plane.
-//! The exact layouts are written next to each format: [`q8_0`], [`q4`].
+//! Both cut each row of a `[rows, cols]` matrix into blocks of [`BLOCK`] columns and quantize
+//! rows independently. When `cols` is not a multiple of 32 the row's last block absorbs the
+//! leftover columns (a 48-column row is one block of 48; 80 columns are blocks of 32 and 48), so
+//! no bits are spent on padding: see [`blocks_per_row`] and [`block_columns`].
+//! A tensor is stored in two planes: first every row's codes (row `r` at `r * code_bytes(cols)`,
+//! column order), then every block's 2-byte scale/header in block order `r * nb + b`. A range of
+//! rows is a contiguous slice of each plane. The exact layouts are written next to each format:
+//! [`q8_0`], [`q4`].
+//!
+//! GPU kernels read blocks of exactly 32 columns as u32 words: [`Packed::padded`] gives the
+//! same numbers in that shape (each row cut at every 32 columns, the last piece zero-padded,
+//! every piece carrying its block's scale). For rows that are whole blocks (every published
+//! LLaDA2 matrix) it is the stored bytes themselves.
 //!
 //! In safetensors files a quantized tensor is a `U8` tensor of its packed bytes; the file's
 //! `__metadata__` maps `unmask.quant.<name>` to `{"format": "q4", "shape": [rows, cols]}`.
@@ -22,9 +29,34 @@ pub use store::{quantize_tensor, quantize_weights, QuantPlan, TensorReport};
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::ops::Range;
 
-/// Columns per block, for every format.
+/// Columns per block, for every format (a row's last block may hold up to `2 * BLOCK - 1`).
 pub const BLOCK: usize = 32;
+
+/// Bytes of one block's scale/header, for every format.
+pub const SCALE_BYTES: usize = 2;
+
+/// Blocks per row of `cols` columns: `cols / 32`, at least one (none for an empty row).
+pub fn blocks_per_row(cols: usize) -> usize {
+    if cols < BLOCK {
+        (cols > 0) as usize
+    } else {
+        cols / BLOCK
+    }
+}
+
+/// The columns block `b` of a row covers: 32 of them, except the last block, which runs to the
+/// end of the row.
+pub fn block_columns(cols: usize, b: usize) -> Range<usize> {
+    let start = b * BLOCK;
+    if b + 1 >= blocks_per_row(cols) {
+        start..cols
+    } else {
+        start..start + BLOCK
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum QuantFormat {
@@ -54,24 +86,27 @@ impl QuantFormat {
         }
     }
 
-    /// Bytes of one block's codes (first plane) and of its scale/header (second plane).
-    pub fn block_bytes(self) -> (usize, usize) {
+    /// Bytes of the codes of `n` consecutive columns starting on a block boundary.
+    pub fn code_bytes(self, n: usize) -> usize {
         match self {
-            QuantFormat::Q8_0 => (q8_0::QUANT_BYTES, q8_0::SCALE_BYTES),
-            QuantFormat::Q4 => (q4::QUANT_BYTES, q4::SCALE_BYTES),
+            QuantFormat::Q8_0 => n,
+            QuantFormat::Q4 => n.div_ceil(2),
         }
     }
 
-    /// Bits per weight for full blocks.
+    /// Bits per weight for rows of whole 32-column blocks.
     pub fn bits_per_weight(self) -> f64 {
-        let (q, s) = self.block_bytes();
-        8.0 * (q + s) as f64 / BLOCK as f64
+        8.0 * (self.code_bytes(BLOCK) + SCALE_BYTES) as f64 / BLOCK as f64
     }
 
     /// Bytes of a `[rows, cols]` tensor.
     pub fn bytes_for(self, rows: usize, cols: usize) -> usize {
-        let (q, s) = self.block_bytes();
-        rows * cols.div_ceil(BLOCK) * (q + s)
+        rows * (self.code_bytes(cols) + blocks_per_row(cols) * SCALE_BYTES)
+    }
+
+    /// Bytes of a `[rows, cols]` tensor in the 32-column block shape of [`Packed::padded`].
+    pub fn padded_bytes_for(self, rows: usize, cols: usize) -> usize {
+        rows * cols.div_ceil(BLOCK) * (self.code_bytes(BLOCK) + SCALE_BYTES)
     }
 
     fn quantize_block(self, x: &[f32], codes: &mut [u8], st: &mut BlockStats) -> Result<[u8; 2]> {
@@ -124,10 +159,13 @@ pub struct Packed<'a> {
     pub format: QuantFormat,
     pub rows: usize,
     pub cols: usize,
-    /// Blocks per row.
+    /// Blocks per row ([`blocks_per_row`]).
     pub nb: usize,
+    /// Code bytes per row.
+    pub row_code_bytes: usize,
     pub codes: &'a [u8],
     pub scales: &'a [u8],
+    bytes: &'a [u8],
 }
 
 impl<'a> Packed<'a> {
@@ -139,25 +177,35 @@ impl<'a> Packed<'a> {
                 bytes.len()
             )));
         }
-        let nb = cols.div_ceil(BLOCK);
-        let (codes, scales) = bytes.split_at(rows * nb * format.block_bytes().0);
+        let row_code_bytes = format.code_bytes(cols);
+        let (codes, scales) = bytes.split_at(rows * row_code_bytes);
         Ok(Packed {
             format,
             rows,
             cols,
-            nb,
+            nb: blocks_per_row(cols),
+            row_code_bytes,
             codes,
             scales,
+            bytes,
         })
+    }
+
+    /// Block `b` of row `r`: its codes and its scale/header.
+    #[inline]
+    fn block(&self, r: usize, b: usize) -> (&'a [u8], [u8; 2]) {
+        let span = block_columns(self.cols, b);
+        let c0 = r * self.row_code_bytes + self.format.code_bytes(span.start);
+        let codes = &self.codes[c0..c0 + self.format.code_bytes(span.len())];
+        let s = (r * self.nb + b) * SCALE_BYTES;
+        (codes, [self.scales[s], self.scales[s + 1]])
     }
 
     /// Dequantizes row `r` into `out` (`cols` long), block by block.
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
-        let (qb, sb) = self.format.block_bytes();
-        for (b, chunk) in out[..self.cols].chunks_mut(BLOCK).enumerate() {
-            let blk = r * self.nb + b;
-            let codes = &self.codes[blk * qb..(blk + 1) * qb];
-            let s = [self.scales[blk * sb], self.scales[blk * sb + 1]];
+        for b in 0..self.nb {
+            let (codes, s) = self.block(r, b);
+            let chunk = &mut out[block_columns(self.cols, b)];
             match self.format {
                 QuantFormat::Q8_0 => q8_0::dequantize_block(codes, s, chunk),
                 QuantFormat::Q4 => q4::dequantize_block(codes, s, chunk),
@@ -175,6 +223,44 @@ impl<'a> Packed<'a> {
         }
         out
     }
+
+    /// Piece `j` of row `r` in the 32-column block shape of [`Packed::padded`]: columns
+    /// `32j .. 32j + 32` (zero codes past the row's end) and the header of the block holding
+    /// them. Only the first `format.code_bytes(32)` bytes of the codes are used.
+    #[inline]
+    pub fn piece(&self, r: usize, j: usize) -> ([u8; BLOCK], [u8; 2]) {
+        let n = BLOCK.min(self.cols - j * BLOCK);
+        let from = r * self.row_code_bytes + self.format.code_bytes(j * BLOCK);
+        let len = self.format.code_bytes(n);
+        let mut codes = [0u8; BLOCK];
+        codes[..len].copy_from_slice(&self.codes[from..from + len]);
+        let s = (r * self.nb + j.min(self.nb - 1)) * SCALE_BYTES;
+        (codes, [self.scales[s], self.scales[s + 1]])
+    }
+
+    /// The same values as blocks of exactly 32 columns, for kernels that read whole blocks:
+    /// `ceil(cols / 32)` blocks per row, codes plane then scale plane (block `r * nbp + j`), a
+    /// row's last piece zero-padded. A last block wider than 32 becomes two pieces with the
+    /// same scale/header, so every value decodes to the same f32. Borrowed when `cols` is a
+    /// multiple of 32 (then the stored layout already is this one).
+    pub fn padded(&self) -> Cow<'a, [u8]> {
+        if self.cols.is_multiple_of(BLOCK) {
+            return Cow::Borrowed(self.bytes);
+        }
+        let nbp = self.cols.div_ceil(BLOCK);
+        let qb = self.format.code_bytes(BLOCK);
+        let mut codes = Vec::with_capacity(self.format.padded_bytes_for(self.rows, self.cols));
+        let mut scales = Vec::with_capacity(self.rows * nbp * SCALE_BYTES);
+        for r in 0..self.rows {
+            for j in 0..nbp {
+                let (c, s) = self.piece(r, j);
+                codes.extend_from_slice(&c[..qb]);
+                scales.extend_from_slice(&s);
+            }
+        }
+        codes.extend_from_slice(&scales);
+        Cow::Owned(codes)
+    }
 }
 
 /// Quantizes `rows` rows into the two planes of a packed tensor. `row(r, out)` writes row `r`
@@ -185,11 +271,11 @@ pub fn quantize_rows(
     cols: usize,
     row: &(dyn Fn(usize, &mut [f32]) + Sync),
 ) -> Result<(Vec<u8>, BlockStats)> {
-    let nb = cols.div_ceil(BLOCK);
-    let (qb, sb) = format.block_bytes();
+    let nb = blocks_per_row(cols);
+    let rb = format.code_bytes(cols);
     let parts = crate::reference::parallel::map_chunks(rows, rows * cols * 64, |range| {
-        let mut codes = vec![0u8; range.len() * nb * qb];
-        let mut scales = vec![0u8; range.len() * nb * sb];
+        let mut codes = vec![0u8; range.len() * rb];
+        let mut scales = vec![0u8; range.len() * nb * SCALE_BYTES];
         let mut x = vec![0f32; cols];
         let mut st = BlockStats::default();
         for (i, r) in range.enumerate() {
@@ -200,17 +286,20 @@ pub fn quantize_rows(
                     x[bad]
                 )));
             }
-            for (b, chunk) in x.chunks(BLOCK).enumerate() {
+            let row_codes = &mut codes[i * rb..(i + 1) * rb];
+            for b in 0..nb {
+                let span = block_columns(cols, b);
+                let c0 = format.code_bytes(span.start);
+                let c1 = c0 + format.code_bytes(span.len());
+                let s = format.quantize_block(&x[span], &mut row_codes[c0..c1], &mut st)?;
                 let blk = i * nb + b;
-                let s =
-                    format.quantize_block(chunk, &mut codes[blk * qb..(blk + 1) * qb], &mut st)?;
-                scales[blk * sb..(blk + 1) * sb].copy_from_slice(&s);
+                scales[blk * SCALE_BYTES..(blk + 1) * SCALE_BYTES].copy_from_slice(&s);
             }
         }
         Ok((codes, scales, st))
     });
     let mut codes = Vec::with_capacity(format.bytes_for(rows, cols));
-    let mut scales = Vec::with_capacity(rows * nb * sb);
+    let mut scales = Vec::with_capacity(rows * nb * SCALE_BYTES);
     let mut stats = BlockStats::default();
     for part in parts {
         let (c, s, st) = part?;
@@ -313,38 +402,74 @@ mod tests {
     }
 
     #[test]
-    fn planes_and_padding_round_trip() {
-        // 48 columns: one full block and a half-filled one per row.
-        let (rows, cols) = (3, 48);
-        let w = gaussian(rows * cols, 1.0, 3);
+    fn last_blocks_absorb_the_leftover_columns() {
+        assert_eq!(
+            (blocks_per_row(0), blocks_per_row(20), blocks_per_row(48)),
+            (0, 1, 1)
+        );
+        assert_eq!((blocks_per_row(64), blocks_per_row(80)), (2, 2));
+        assert_eq!(block_columns(80, 0), 0..32);
+        assert_eq!(block_columns(80, 1), 32..80);
+        assert_eq!(block_columns(20, 0), 0..20);
         for f in QuantFormat::ALL {
-            let (bytes, _) = quantize(f, rows, cols, &w).unwrap();
-            assert_eq!(bytes.len(), f.bytes_for(rows, cols));
-            let p = Packed::new(f, rows, cols, &bytes).unwrap();
-            assert_eq!(p.nb, 2);
-            // Row 1, block 1 is block index 3: its bytes are where the layout says.
-            let (qb, sb) = f.block_bytes();
-            let blk = 3;
-            let mut want = vec![0f32; 16];
-            let s = [p.scales[blk * sb], p.scales[blk * sb + 1]];
-            match f {
-                QuantFormat::Q8_0 => {
-                    q8_0::dequantize_block(&bytes[blk * qb..(blk + 1) * qb], s, &mut want)
+            // 48 columns are one block: fewer bits than two padded blocks, and than 32 columns.
+            assert!(8.0 * f.bytes_for(1, 48) as f64 / 48.0 < f.bits_per_weight());
+            assert_eq!(f.bytes_for(3, 64), f.padded_bytes_for(3, 64));
+        }
+    }
+
+    #[test]
+    fn planes_round_trip_and_pad_to_whole_blocks() {
+        for (rows, cols) in [(3, 48), (2, 80), (3, 33), (2, 20), (2, 64)] {
+            let w = gaussian(rows * cols, 1.0, 3);
+            for f in QuantFormat::ALL {
+                let (bytes, st) = quantize(f, rows, cols, &w).unwrap();
+                assert_eq!(bytes.len(), f.bytes_for(rows, cols));
+                let p = Packed::new(f, rows, cols, &bytes).unwrap();
+                let all = p.to_f32();
+                // Row 1's last block sits where the layout says: its codes at the row's code
+                // offset plus its first column's, its header at index 1 * nb + nb - 1.
+                let b = p.nb - 1;
+                let span = block_columns(cols, b);
+                let c0 = p.row_code_bytes + f.code_bytes(span.start);
+                let codes = &bytes[c0..c0 + f.code_bytes(span.len())];
+                let h = rows * p.row_code_bytes + (p.nb + b) * SCALE_BYTES;
+                let s = [bytes[h], bytes[h + 1]];
+                let mut want = vec![0f32; span.len()];
+                match f {
+                    QuantFormat::Q8_0 => q8_0::dequantize_block(codes, s, &mut want),
+                    QuantFormat::Q4 => q4::dequantize_block(codes, s, &mut want),
                 }
-                QuantFormat::Q4 => {
-                    q4::dequantize_block(&bytes[blk * qb..(blk + 1) * qb], s, &mut want)
+                assert_eq!(&all[cols + span.start..2 * cols], &want[..], "{f} {cols}");
+                // The quantizer's error is the error of what is read back.
+                let mut check = BlockStats::default();
+                for (a, b) in w.iter().zip(&all) {
+                    check.add(*a, *b);
                 }
-            }
-            let all = p.to_f32();
-            assert_eq!(&all[cols + 32..2 * cols], &want[..]);
-            // Padding codes are zero.
-            let pad = &p.codes[blk * qb + qb / 2..(blk + 1) * qb];
-            assert!(pad.iter().all(|&b| b == 0), "{f}");
-            // q8_0 of q8_0 values is exact (the largest value maps back to 127 and the same d).
-            if f == QuantFormat::Q8_0 {
-                let (again, st) = quantize(f, rows, cols, &all).unwrap();
-                assert_eq!(again, bytes);
-                assert_eq!(st.err, 0.0);
+                assert!((check.rel_rmse() - st.rel_rmse()).abs() < 1e-9);
+                // The padded view holds the same values in 32-column blocks, padding zeroed.
+                let padded = p.padded();
+                let wide = cols.div_ceil(BLOCK) * BLOCK;
+                assert_eq!(padded.len(), f.padded_bytes_for(rows, cols));
+                let pp = Packed::new(f, rows, wide, &padded).unwrap();
+                let back = pp.to_f32();
+                for r in 0..rows {
+                    assert_eq!(
+                        &back[r * wide..r * wide + cols],
+                        &all[r * cols..(r + 1) * cols]
+                    );
+                }
+                if cols % BLOCK != 0 {
+                    let pad = f.code_bytes(cols % BLOCK)..f.code_bytes(BLOCK);
+                    let last = (pp.nb - 1) * f.code_bytes(BLOCK);
+                    assert!(pp.codes[last..][pad].iter().all(|&c| c == 0), "{f} {cols}");
+                }
+                // q8_0 of q8_0 values is exact (the largest value maps back to 127 and the same d).
+                if f == QuantFormat::Q8_0 {
+                    let (again, st) = quantize(f, rows, cols, &all).unwrap();
+                    assert_eq!(again, bytes);
+                    assert_eq!(st.err, 0.0);
+                }
             }
         }
     }

@@ -7,17 +7,19 @@
 //!
 //! # Byte layout of a `[rows, cols]` tensor (the contract for every kernel)
 //!
-//! `nb = ceil(cols / 32)` blocks per row; block `(r, b)` covers columns `32b .. 32b + 32` of row
-//! `r`, and its index is `blk = r * nb + b`. All numbers are little-endian.
+//! `nb` = [`blocks_per_row`]`(cols)` = `max(1, cols / 32)` blocks per row; block `(r, b)` covers
+//! columns `32b .. 32b + 32` of row `r`, except the last, which runs to `cols` (32 to 63
+//! columns, or `cols` when that is under 32). Its index is `blk = r * nb + b`. All numbers are
+//! little-endian. `rb = ceil(cols / 2)` code bytes per row.
 //!
 //! ```text
-//! offset 0                 codes: rows * nb * 16 bytes; column 32b + i of row r is the 4-bit
-//!                          code q of byte blk * 16 + i / 2, low nibble when i is even
-//!                          (as u32 words: word blk * 4 + i / 8, bits 4 * (i % 8))
-//! offset rows * nb * 16    headers: rows * nb u16; block blk's header is bytes
-//!                          [rows*nb*16 + 2*blk, +2) = k | c << 8  (as u32 words: the header
-//!                          plane's word blk / 2, low half when blk is even)
-//! total                    rows * nb * 18 bytes
+//! offset 0                 codes: rows * rb bytes; column c of row r is the 4-bit code q of
+//!                          byte r * rb + c / 2, low nibble when c is even (when cols % 32 == 0,
+//!                          as u32 words: word blk * 4 + i / 8, bits 4 * (i % 8), for column
+//!                          32b + i)
+//! offset rows * rb         headers: rows * nb u16; block blk's header is bytes
+//!                          [rows*rb + 2*blk, +2) = k | c << 8
+//! total                    rows * (rb + 2 * nb) bytes
 //! ```
 //!
 //! - `k` (low byte) is the scale `d` as an unsigned 8-bit float with 5 exponent and 3 mantissa
@@ -27,14 +29,13 @@
 //! - Value: `w = d * (f32(q) - f32(c) / 16)` (the parenthesis is exact in f32; one rounding).
 //!   Equivalently `(d / 16) * f32(16 q - c)`, the same f32.
 //!
-//! Columns past `cols` in a row's last block are padding, stored as `q = 0`; kernels must not
-//! read them.
+//! An odd row's unused last nibble is 0. GPU kernels read the 32-column shape of
+//! [`Packed::padded`](super::Packed::padded), which is these bytes when `cols % 32 == 0`.
 
-use super::{BlockStats, BLOCK};
+#[cfg(doc)]
+use super::blocks_per_row;
+use super::BlockStats;
 use crate::error::{Error, Result};
-
-pub const QUANT_BYTES: usize = BLOCK / 2;
-pub const SCALE_BYTES: usize = 2;
 
 /// Scale search: the block's range is shrunk by 2.5 % steps this many times (clipping the
 /// extremes trades a few large errors for a finer grid), and each try tests the three nearest
@@ -113,10 +114,10 @@ fn fit(x: &[f32], d: f32, c: u8) -> (f32, u8) {
     (err.iter().sum(), better)
 }
 
-/// Quantizes one block of `x.len() <= 32` values into `quants` (16 bytes, padding zeroed) and
-/// returns the header bytes `[k, c]`.
+/// Quantizes one block of values into `quants` (two codes per byte, any extra nibbles zeroed)
+/// and returns the header bytes `[k, c]`.
 pub fn quantize_block(x: &[f32], quants: &mut [u8], stats: &mut BlockStats) -> Result<[u8; 2]> {
-    debug_assert!(x.len() <= BLOCK && quants.len() == QUANT_BYTES);
+    debug_assert!(2 * quants.len() >= x.len());
     // The grid always reaches zero from one side (c >= 0), so span at least [min(x,0), max(x,0)].
     let lo = x.iter().fold(0f32, |m, &v| m.min(v));
     let hi = x.iter().fold(0f32, |m, &v| m.max(v));
@@ -161,7 +162,7 @@ pub fn quantize_block(x: &[f32], quants: &mut [u8], stats: &mut BlockStats) -> R
     Ok([k, c])
 }
 
-/// Writes the `out.len() <= 32` leading values of one block.
+/// Writes the `out.len()` values of one block.
 #[inline]
 pub fn dequantize_block(quants: &[u8], header: [u8; 2], out: &mut [f32]) {
     let d = scale(header[0]);

@@ -3,36 +3,38 @@
 //!
 //! # Byte layout of a `[rows, cols]` tensor (the contract for every kernel)
 //!
-//! `nb = ceil(cols / 32)` blocks per row; block `(r, b)` covers columns `32b .. 32b + 32` of row
-//! `r`, and its index is `blk = r * nb + b`. All numbers are little-endian.
+//! `nb` = [`blocks_per_row`]`(cols)` = `max(1, cols / 32)` blocks per row; block `(r, b)` covers
+//! columns `32b .. 32b + 32` of row `r`, except the last, which runs to `cols` (32 to 63
+//! columns, or `cols` when that is under 32). Its index is `blk = r * nb + b`. All numbers are
+//! little-endian.
 //!
 //! ```text
-//! offset 0                 quants: rows * nb * 32 bytes, i8; column 32b + i of row r is byte
-//!                          blk * 32 + i  (as u32 words: word blk * 8 + i / 4, bits 8 * (i % 4))
-//! offset rows * nb * 32    scales: rows * nb f16; block blk's scale d is bytes
-//!                          [rows*nb*32 + 2*blk, +2)  (as u32 words: the scale plane's word blk / 2,
-//!                          low half when blk is even)
-//! total                    rows * nb * 34 bytes
+//! offset 0                 quants: rows * cols bytes, i8; column c of row r is byte r * cols + c
+//!                          (when cols % 32 == 0, as u32 words: word blk * 8 + i / 4, bits
+//!                          8 * (i % 4), for column 32b + i)
+//! offset rows * cols       scales: rows * nb f16; block blk's scale d is bytes
+//!                          [rows*cols + 2*blk, +2)
+//! total                    rows * (cols + 2 * nb) bytes
 //! ```
 //!
-//! Value: `w = f32(d) * f32(q)` (one f32 rounding). Columns past `cols` in a row's last block
-//! are padding: stored as `q = 0`; kernels must not read them.
+//! Value: `w = f32(d) * f32(q)` (one f32 rounding). GPU kernels read the 32-column shape of
+//! [`Packed::padded`](super::Packed::padded), which is these bytes when `cols % 32 == 0`.
 //!
 //! Quantization (per block): `amax = max |x|`, `d = f16(amax / 127)`, `q = clamp(round(x / d),
 //! -127, 127)` with the stored (rounded) `d`.
 
-use super::{BlockStats, BLOCK};
+#[cfg(doc)]
+use super::blocks_per_row;
+use super::BlockStats;
+#[cfg(test)]
+use super::BLOCK;
 use crate::error::{Error, Result};
 use half::f16;
 
-/// Bytes per block in the quant plane and in the scale plane.
-pub const QUANT_BYTES: usize = BLOCK;
-pub const SCALE_BYTES: usize = 2;
-
-/// Quantizes one block of `x.len() <= 32` values into `quants` (32 bytes, padding zeroed) and
-/// returns the scale's bytes.
+/// Quantizes one block of values into `quants` (one byte per value, any extra bytes zeroed)
+/// and returns the scale's bytes.
 pub fn quantize_block(x: &[f32], quants: &mut [u8], stats: &mut BlockStats) -> Result<[u8; 2]> {
-    debug_assert!(x.len() <= BLOCK && quants.len() == QUANT_BYTES);
+    debug_assert!(quants.len() >= x.len());
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = f16::from_f32(amax / 127.0);
     if !d.is_finite() {
@@ -51,7 +53,7 @@ pub fn quantize_block(x: &[f32], quants: &mut [u8], stats: &mut BlockStats) -> R
     Ok(d.to_bits().to_le_bytes())
 }
 
-/// Writes the `out.len() <= 32` leading values of one block.
+/// Writes the `out.len()` values of one block.
 #[inline]
 pub fn dequantize_block(quants: &[u8], scale: [u8; 2], out: &mut [f32]) {
     let d = f16::from_bits(u16::from_le_bytes(scale)).to_f32();

@@ -105,6 +105,10 @@ if cn:
     ok &= cn["finish"] == "cancelled" and cn["forwards"] < cn["full"]
 else:
     ok = False
+ld = r.get("info", {})
+if ld.get("load"):
+    print(f"load: {ld['weight_bytes']} bytes of weights; wasm memory after load "
+          f"{ld['load']['wasmMemoryBytes']} bytes ({ld['backend']})")
 rl = r.get("reload")
 if rl:
     print(f"reload: {rl['cachedFiles']}/{rl['files']} files from Cache Storage, {rl['downloadedBytes']} bytes downloaded, {rl['ms']:.0f} ms")

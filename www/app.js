@@ -43,6 +43,11 @@ async function loadModel(source, label) {
       backend: $('backend').value,
       onProgress: (p) => {
         if (p.phase === 'build') { setStatus('preparing weights…'); return; }
+        if (p.phase === 'upload') {
+          bar.max = p.tensors || 1; bar.value = p.uploaded;
+          setStatus(`weights to the device: ${p.uploaded} of ${p.tensors} tensors`);
+          return;
+        }
         bar.max = p.total || 1; bar.value = p.loaded;
         setStatus(`${p.cached ? 'reading cached' : 'downloading'} ${p.file}: ${fmtBytes(p.loaded)} of ${fmtBytes(p.total)}`);
       },

@@ -37,13 +37,33 @@ impl Model {
         weights: WeightStore,
         tokenizer: ChatTokenizer,
     ) -> Result<Self> {
-        let graph = llada2::build(&config);
+        let graph = Self::check_parts(&config, &tokenizer, &|name| {
+            weights.get(name).ok().map(|t| t.shape.clone())
+        })?;
+        Ok(Model {
+            dir,
+            config,
+            weights,
+            tokenizer,
+            graph,
+        })
+    }
+
+    /// The checks of [`Model::from_parts`] for weights known only by their shapes (`shape_of`;
+    /// a model streamed tensor by tensor): every tensor the config implies exists with its
+    /// shape, and the special ids fit the vocabulary. Returns the model's graph.
+    pub fn check_parts(
+        config: &Config,
+        tokenizer: &ChatTokenizer,
+        shape_of: &dyn Fn(&str) -> Option<Vec<usize>>,
+    ) -> Result<Graph> {
+        let graph = llada2::build(config);
         let expected: Vec<(String, Vec<usize>)> = graph
             .weights
             .iter()
             .map(|w| (w.name.clone(), w.shape.clone()))
             .collect();
-        weights.check_shapes(&expected)?;
+        weights::check_shapes(&expected, shape_of)?;
         let ids = tokenizer.ids;
         for (what, id) in [("eos", ids.eos), ("mask", ids.mask)] {
             if id as usize >= config.vocab_size {
@@ -53,13 +73,7 @@ impl Model {
                 )));
             }
         }
-        Ok(Model {
-            dir,
-            config,
-            weights,
-            tokenizer,
-            graph,
-        })
+        Ok(graph)
     }
 
     /// Special ids, with the valid vocabulary capped by the embedding table.

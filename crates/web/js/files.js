@@ -77,6 +77,51 @@ class UrlSource {
   }
 }
 
+// The shard-sized files are handled as Blobs, never as one array: a cached file's Blob is read
+// from disk slice by slice, so a model larger than memory can load.
+UrlSource.prototype.blob = async function (file, progress) {
+  if (file.cached) {
+    this.cachedFiles += 1;
+    const b = await file.cached.blob();
+    progress(b.size);
+    return b;
+  }
+  const resp = await fetch(file.url, { cache: 'no-store' });
+  if (!resp.ok) throw new Error(`${file.url}: HTTP ${resp.status}`);
+  if (this.cache && resp.body) {
+    // One copy of the body streams into Cache Storage, the other is only counted (progress);
+    // the Blob then comes back from the cache, on disk.
+    const [toCache, toCount] = resp.body.tee();
+    const stored = this.cache.put(file.url, new Response(toCache, { headers: storedHeaders(resp) }))
+      .then(() => true, () => false);
+    const reader = toCount.getReader();
+    let loaded = 0;
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      loaded += value.length;
+      progress(loaded);
+    }
+    this.downloadedBytes += loaded;
+    if (await stored) {
+      const back = await this.cache.match(file.url);
+      if (back) return back.blob();
+    }
+    // Not stored (quota): fetch again into memory.
+    return new Blob([await this.read({ ...file, cached: null }, progress)]);
+  }
+  return new Blob([await this.read(file, progress)]);
+};
+
+function storedHeaders(resp) {
+  const headers = { 'content-type': resp.headers.get('content-type') ?? 'application/octet-stream' };
+  for (const h of VALIDATORS) {
+    const v = resp.headers.get(h);
+    if (v !== null) headers[h] = v;
+  }
+  return headers;
+}
+
 function sameValidators(a, b) {
   let compared = 0;
   for (const h of VALIDATORS) {
@@ -141,6 +186,12 @@ class FileSource {
 
   async read(file, progress) {
     return readBody(new Response(file.file), file.size, progress);
+  }
+
+  // A picked file already is a Blob, read from disk on demand.
+  async blob(file, progress) {
+    progress(file.file.size);
+    return file.file;
   }
 }
 

@@ -2,6 +2,8 @@
 // class turns its messages into promises and callbacks.
 //
 //   const engine = await Engine.load('models/add/', { onProgress: p => console.log(p.loaded, p.total) });
+//   (progress: {file, loaded, total, cached} while files arrive, {phase: 'build'}, then
+//   {phase: 'upload', uploaded, tensors} as tensors go to the device one by one)
 //   const result = await engine.generate('What is 23+45?', { gen_length: 16 }, step => draw(step));
 //   engine.cancel();          // stops a running generate() after its current step
 //

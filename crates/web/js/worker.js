@@ -78,11 +78,25 @@ async function load(msg, post) {
   const names = index ? shardNames(JSON.parse(new TextDecoder().decode(index))) : ['model.safetensors'];
   const shards = await src.plan(names);
   total += shards.reduce((s, f) => s + (f.size ?? 0), 0);
-  for (const f of shards) loader.add_shard(f.name, await read(f));
+  // Shards stay Blobs (on disk when cached or picked): the engine reads each tensor's bytes
+  // when it uploads that tensor, so wasm memory never holds the whole model.
+  const sync = new FileReaderSync();
+  for (const f of shards) {
+    const blob = await src.blob(f, (n) => post({
+      type: 'progress', file: f.name, fileLoaded: n, fileSize: f.size,
+      loaded: done + n, total, cached: f.cached !== null,
+    }));
+    done += blob.size;
+    const readRange = (start, len) => new Uint8Array(sync.readAsArrayBuffer(blob.slice(start, start + len)));
+    const n = Loader.header_len(readRange(0, Math.min(8, blob.size)), blob.size, f.name);
+    loader.add_shard(f.name, blob.size, readRange(0, n), readRange);
+  }
 
   post({ type: 'progress', phase: 'build', loaded: done, total });
   if (engine) { engine.free(); engine = null; }
-  engine = await loader.build(src.label, backend);
+  engine = await loader.build(backend, (uploaded, tensors) => post({
+    type: 'progress', phase: 'upload', uploaded, tensors, loaded: done, total,
+  }));
   const info = JSON.parse(engine.info());
   info.gpu = gpu;
   // Browsers do not tell wgpu the adapter's name: describe it from the adapter info instead.
@@ -90,6 +104,9 @@ async function load(msg, post) {
   info.load = {
     ms: performance.now() - t0, bytes: done, files: small.length + shards.length,
     cachedFiles: src.cachedFiles, downloadedBytes: src.downloadedBytes,
+    // The wasm heap after the upload (it never shrinks): about the largest layer's weights plus
+    // the runtime, not the model, when the engine runs on WebGPU.
+    wasmMemoryBytes: (await wasmReady).memory.buffer.byteLength,
   };
   return info;
 }

@@ -2,14 +2,14 @@
 //! `Engine` (tokenize, generate step by step with a JS callback per step).
 
 use crate::generator::Generator;
-use crate::load::ModelLoader;
+use crate::load::{LoadedModel, ModelLoader, RangeReader, StreamedWeights};
 use crate::request::GenerateRequest;
 use js_sys::{Function, Promise};
 use serde::Serialize;
 use std::cell::RefCell;
 use std::rc::Rc;
 use unmask_core::decode::DecodeParams;
-use unmask_core::weights::WeightStore;
+use unmask_core::model::llada2;
 use unmask_core::{
     Backend, ChatTokenizer, Config, Message, ReferenceBackend, SpecialIds, Step, StepOutput,
 };
@@ -40,41 +40,69 @@ impl Loader {
         Ok(Loader { inner: Some(inner) })
     }
 
-    /// Adds one safetensors file (its bytes are copied into wasm memory and kept until the
-    /// backend has taken the weights).
-    pub fn add_shard(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), JsValue> {
-        self.loader()?.add_shard(name, bytes).map_err(js_err)
+    /// Bytes of a safetensors file's header (what `add_shard` wants as `head`), from its first
+    /// 8 bytes and its length.
+    pub fn header_len(first8: &[u8], file_len: f64, name: &str) -> Result<usize, JsValue> {
+        ModelLoader::header_len(first8, file_len as u64, name).map_err(js_err)
     }
 
-    /// Checks the model and builds the engine on `backend` ("auto", "webgpu" or "cpu").
-    /// Resolves to an `Engine`.
+    /// Registers one safetensors file from its header; `read(start, len)` must return those
+    /// bytes of the file as a `Uint8Array`, synchronously (the worker slices a Blob with
+    /// `FileReaderSync`). Tensors are read when the backend uploads them, one at a time.
+    pub fn add_shard(
+        &mut self,
+        name: &str,
+        file_len: f64,
+        head: &[u8],
+        read: Function,
+    ) -> Result<(), JsValue> {
+        self.loader()?
+            .add_shard(name, file_len as u64, head, Box::new(JsReader(read)))
+            .map_err(js_err)
+    }
+
+    /// Checks the model and builds the engine on `backend` ("auto", "webgpu" or "cpu");
+    /// `progress(done, total)` is called per weight uploaded. Resolves to an `Engine`.
     /// The loader is used up.
-    pub fn build(&mut self, label: String, backend: String) -> Result<Promise, JsValue> {
+    pub fn build(
+        &mut self,
+        backend: String,
+        progress: Option<Function>,
+    ) -> Result<Promise, JsValue> {
         let loader = self
             .inner
             .take()
             .ok_or_else(|| js_err("loader already used"))?;
         Ok(future_to_promise(async move {
-            let model = loader.finish(&label).map_err(js_err)?;
-            let ids = model.special_ids();
-            let unmask_core::Model {
+            let LoadedModel {
                 config,
-                weights,
                 tokenizer,
                 graph,
-                ..
-            } = model;
-            let summary = unmask_core::loader::summarize(&config, &weights);
-            let (device, fallback) = Device::open(&backend, graph, &weights).await?;
-            // The backend holds its own copy of the weights: let the fetched bytes go.
-            drop(weights);
+                weights,
+            } = loader.finish().map_err(js_err)?;
+            let ids = tokenizer.ids;
+            let ids = SpecialIds {
+                valid_vocab: ids.valid_vocab.min(config.vocab_size as u32),
+                ..ids
+            };
+            let (parameters, active_parameters) = llada2::parameter_counts(&config);
+            let mut tick = |done: usize, total: usize| {
+                if let Some(f) = &progress {
+                    let _ = f.call2(
+                        &JsValue::NULL,
+                        &JsValue::from(done as u32),
+                        &JsValue::from(total as u32),
+                    );
+                }
+            };
+            let (device, fallback) = Device::open(&backend, graph, &weights, &mut tick).await?;
             let info = Info {
                 kind: device.kind(),
                 backend: device.name(),
                 fallback,
-                parameters: summary.parameters,
-                active_parameters: summary.active_parameters,
-                weight_bytes: summary.weight_bytes,
+                parameters,
+                active_parameters,
+                weight_bytes: weights.bytes(),
                 layers: config.num_hidden_layers,
                 hidden: config.hidden_size,
                 experts: config.num_experts,
@@ -116,20 +144,27 @@ impl Device {
     async fn open(
         which: &str,
         graph: unmask_core::graph::Graph,
-        weights: &WeightStore,
+        weights: &StreamedWeights,
+        progress: &mut dyn FnMut(usize, usize),
     ) -> Result<(Device, Option<String>), JsValue> {
         let cpu = |graph| -> Result<Device, JsValue> {
+            // The CPU computes from host memory: every tensor comes in.
+            let store = weights.to_store().map_err(js_err)?;
             Ok(Device::Cpu(
-                ReferenceBackend::new(graph, weights, &mut |_, _| {}).map_err(js_err)?,
+                ReferenceBackend::new(graph, &store, &mut |_, _| {}).map_err(js_err)?,
             ))
         };
         match which {
             "cpu" => Ok((cpu(graph)?, None)),
             "webgpu" => Ok((
-                Device::WebGpu(Box::new(open_webgpu(graph, weights).await.map_err(js_err)?)),
+                Device::WebGpu(Box::new(
+                    open_webgpu(graph, weights, progress)
+                        .await
+                        .map_err(js_err)?,
+                )),
                 None,
             )),
-            "auto" => match open_webgpu(graph.clone(), weights).await {
+            "auto" => match open_webgpu(graph.clone(), weights, progress).await {
                 Ok(b) => Ok((Device::WebGpu(Box::new(b)), None)),
                 Err(e) => Ok((cpu(graph)?, Some(format!("WebGPU: {e}")))),
             },
@@ -170,9 +205,40 @@ impl Device {
 
 async fn open_webgpu(
     graph: unmask_core::graph::Graph,
-    weights: &WeightStore,
+    weights: &StreamedWeights,
+    progress: &mut dyn FnMut(usize, usize),
 ) -> unmask_core::Result<WgpuBackend> {
-    WgpuBackend::new_async(graph, weights, &WgpuOptions::default(), &mut |_, _| {}).await
+    WgpuBackend::new_async(graph, weights, &WgpuOptions::default(), progress).await
+}
+
+/// A file's byte ranges through a synchronous JS function `(start, len) => Uint8Array`.
+struct JsReader(Function);
+
+impl RangeReader for JsReader {
+    fn read(&self, start: u64, len: usize) -> unmask_core::Result<Vec<u8>> {
+        let v = self
+            .0
+            .call2(
+                &JsValue::NULL,
+                &JsValue::from_f64(start as f64),
+                &JsValue::from_f64(len as f64),
+            )
+            .map_err(|e| {
+                unmask_core::Error::Weights(
+                    e.as_string()
+                        .or_else(|| {
+                            js_sys::Reflect::get(&e, &"message".into())
+                                .ok()?
+                                .as_string()
+                        })
+                        .unwrap_or_else(|| format!("{e:?}")),
+                )
+            })?;
+        let bytes = v.dyn_into::<js_sys::Uint8Array>().map_err(|_| {
+            unmask_core::Error::Weights("the file reader did not return a Uint8Array".into())
+        })?;
+        Ok(bytes.to_vec())
+    }
 }
 
 #[derive(Serialize)]

@@ -11,7 +11,7 @@ use crate::program::{self, Context, MoeScratch, TILE_ROWS};
 use crate::weights::{self, DeviceMatrix, ExpertStacks};
 use unmask_core::backend::StepStats;
 use unmask_core::graph::{Graph, Op};
-use unmask_core::weights::{Tensor, WeightStore};
+use unmask_core::weights::{Tensor, TensorSource};
 use unmask_core::{Error, Result};
 
 fn check_shape(name: &str, t: &Tensor, want: &[usize]) -> Result<()> {
@@ -72,10 +72,12 @@ pub(crate) fn storage(
 
 impl WgpuBackend {
     /// Opens the adapter, uploads the graph's weights from `store` and compiles the graph.
-    /// `progress(done, total)` is called per weight.
+    /// `progress(done, total)` is called per weight. Each tensor is taken from `store` once, when
+    /// it is uploaded (all experts of a layer together), and let go right after: a source that
+    /// reads tensors on demand keeps host memory to about one layer's experts.
     pub async fn new_async(
         graph: Graph,
-        store: &WeightStore,
+        store: &dyn TensorSource,
         options: &WgpuOptions,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
@@ -98,7 +100,7 @@ impl WgpuBackend {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn new(
         graph: Graph,
-        store: &WeightStore,
+        store: &dyn TensorSource,
         options: &WgpuOptions,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
@@ -108,7 +110,7 @@ impl WgpuBackend {
     fn build(
         gpu: Gpu,
         graph: Graph,
-        store: &WeightStore,
+        store: &dyn TensorSource,
         options: &WgpuOptions,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
@@ -130,10 +132,10 @@ impl WgpuBackend {
         let mut op_norms: Vec<Option<wgpu::Buffer>> = (0..nops).map(|_| None).collect();
         let mut weight_bytes = 0u64;
         let mut done = 0usize;
-        let tensor = |id: unmask_core::graph::WeightId| -> Result<&Tensor> {
+        let tensor = |id: unmask_core::graph::WeightId| -> Result<Tensor> {
             let d = graph.weight(id);
-            let t = store.get(&d.name)?;
-            check_shape(&d.name, t, &d.shape)?;
+            let t = store.tensor(&d.name)?;
+            check_shape(&d.name, &t, &d.shape)?;
             Ok(t)
         };
         let mut tick = |done: &mut usize| {
@@ -147,20 +149,25 @@ impl WgpuBackend {
                 {
                     let name = &graph.weight(*w).name;
                     let t = tensor(*w)?;
-                    let m =
-                        weights::upload_matrix(&device, name, t, weight_binding, max_rows_binding)?;
+                    let m = weights::upload_matrix(
+                        &device,
+                        name,
+                        &t,
+                        weight_binding,
+                        max_rows_binding,
+                    )?;
                     weight_bytes += m.parts.iter().map(|p| p.buffer.size()).sum::<u64>();
                     matrices[w.0] = Some(m);
                     tick(&mut done);
                 }
                 Op::RmsNorm { weight: w, .. } if vectors[w.0].is_none() => {
-                    let b = weights::upload_vector(&device, &graph.weight(*w).name, tensor(*w)?);
+                    let b = weights::upload_vector(&device, &graph.weight(*w).name, &tensor(*w)?);
                     weight_bytes += b.size();
                     vectors[w.0] = Some(b);
                     tick(&mut done);
                 }
                 Op::MoeRoute { bias: Some(w), .. } if vectors[w.0].is_none() => {
-                    let b = weights::upload_vector(&device, &graph.weight(*w).name, tensor(*w)?);
+                    let b = weights::upload_vector(&device, &graph.weight(*w).name, &tensor(*w)?);
                     weight_bytes += b.size();
                     vectors[w.0] = Some(b);
                     tick(&mut done);
@@ -186,15 +193,8 @@ impl WgpuBackend {
                     op_norms[i] = Some(b);
                 }
                 Op::MoeExperts { experts, .. } => {
-                    let get = |ids: &[unmask_core::graph::WeightId]| -> Result<Vec<&Tensor>> {
-                        ids.iter()
-                            .map(|&w| {
-                                let d = graph.weight(w);
-                                let t = store.get(&d.name)?;
-                                check_shape(&d.name, t, &d.shape)?;
-                                Ok(t)
-                            })
-                            .collect()
+                    let get = |ids: &[unmask_core::graph::WeightId]| -> Result<Vec<Tensor>> {
+                        ids.iter().map(|&w| tensor(w)).collect()
                     };
                     let (g, u, dn) = (get(&experts.gate)?, get(&experts.up)?, get(&experts.down)?);
                     let layer = graph

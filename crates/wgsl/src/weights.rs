@@ -175,9 +175,9 @@ pub fn upload_vector(device: &wgpu::Device, name: &str, t: &Tensor) -> wgpu::Buf
 pub fn upload_experts(
     device: &wgpu::Device,
     layer: &str,
-    gate: &[&Tensor],
-    up: &[&Tensor],
-    down: &[&Tensor],
+    gate: &[Tensor],
+    up: &[Tensor],
+    down: &[Tensor],
     max_binding: u64,
 ) -> Result<ExpertStacks> {
     let experts = gate.len();
@@ -220,8 +220,14 @@ pub fn upload_experts(
             |w| {
                 for e in e0..e1 {
                     let at = (e - e0) * gu_words;
-                    w.put_rows(at, format, gate[e], hidden, 0..inter);
-                    w.put_rows(at + inter * gate_up_stride, format, up[e], hidden, 0..inter);
+                    w.put_rows(at, format, &gate[e], hidden, 0..inter);
+                    w.put_rows(
+                        at + inter * gate_up_stride,
+                        format,
+                        &up[e],
+                        hidden,
+                        0..inter,
+                    );
                 }
             },
         ));

@@ -2,6 +2,7 @@
 //! the check that every tensor the graph needs exists with the shape the config implies.
 
 mod dtype;
+pub mod listing;
 mod safetensors_dir;
 pub mod writer;
 
@@ -102,6 +103,37 @@ impl Tensor {
     }
 }
 
+/// Where a backend takes its weights from: a [`WeightStore`] holding them all, or a source that
+/// reads each tensor when asked (the browser's, see [`listing`]), so a backend that copies the
+/// weights to a device never needs them all in host memory at once.
+pub trait TensorSource {
+    fn tensor(&self, name: &str) -> Result<Tensor>;
+}
+
+impl TensorSource for WeightStore {
+    fn tensor(&self, name: &str) -> Result<Tensor> {
+        self.get(name).cloned()
+    }
+}
+
+/// Checks that every expected tensor exists (`shape_of` gives its shape) with exactly the
+/// expected shape.
+pub fn check_shapes(
+    expected: &[(String, Vec<usize>)],
+    shape_of: &dyn Fn(&str) -> Option<Vec<usize>>,
+) -> Result<()> {
+    for (name, shape) in expected {
+        let have =
+            shape_of(name).ok_or_else(|| Error::Weights(format!("missing tensor `{name}`")))?;
+        if &have != shape {
+            return Err(Error::Weights(format!(
+                "tensor `{name}` has shape {have:?}, the config implies {shape:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// All tensors of a model by name.
 #[derive(Default, Clone)]
 pub struct WeightStore {
@@ -133,16 +165,9 @@ impl WeightStore {
 
     /// Checks that every expected tensor exists with exactly the expected shape.
     pub fn check_shapes(&self, expected: &[(String, Vec<usize>)]) -> Result<()> {
-        for (name, shape) in expected {
-            let t = self.get(name)?;
-            if &t.shape != shape {
-                return Err(Error::Weights(format!(
-                    "tensor `{name}` has shape {:?}, the config implies {:?}",
-                    t.shape, shape
-                )));
-            }
-        }
-        Ok(())
+        check_shapes(expected, &|name| {
+            self.tensors.get(name).map(|t| t.shape.clone())
+        })
     }
 
     /// Total bytes per dtype name, for `inspect`.

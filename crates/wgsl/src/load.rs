@@ -138,6 +138,10 @@ impl WgpuBackend {
             check_shape(&d.name, &t, &d.shape)?;
             Ok(t)
         };
+        let up = weights::Uploader {
+            device: &device,
+            queue: &gpu.queue,
+        };
         let mut tick = |done: &mut usize| {
             *done += 1;
             progress((*done).min(nw), nw);
@@ -149,25 +153,19 @@ impl WgpuBackend {
                 {
                     let name = &graph.weight(*w).name;
                     let t = tensor(*w)?;
-                    let m = weights::upload_matrix(
-                        &device,
-                        name,
-                        &t,
-                        weight_binding,
-                        max_rows_binding,
-                    )?;
+                    let m = weights::upload_matrix(up, name, &t, weight_binding, max_rows_binding)?;
                     weight_bytes += m.parts.iter().map(|p| p.buffer.size()).sum::<u64>();
                     matrices[w.0] = Some(m);
                     tick(&mut done);
                 }
                 Op::RmsNorm { weight: w, .. } if vectors[w.0].is_none() => {
-                    let b = weights::upload_vector(&device, &graph.weight(*w).name, &tensor(*w)?);
+                    let b = weights::upload_vector(up, &graph.weight(*w).name, &tensor(*w)?);
                     weight_bytes += b.size();
                     vectors[w.0] = Some(b);
                     tick(&mut done);
                 }
                 Op::MoeRoute { bias: Some(w), .. } if vectors[w.0].is_none() => {
-                    let b = weights::upload_vector(&device, &graph.weight(*w).name, &tensor(*w)?);
+                    let b = weights::upload_vector(up, &graph.weight(*w).name, &tensor(*w)?);
                     weight_bytes += b.size();
                     vectors[w.0] = Some(b);
                     tick(&mut done);
@@ -188,15 +186,11 @@ impl WgpuBackend {
                         }
                     }
                     let t = Tensor::from_f32(vec![2 * d], &v)?;
-                    let b = weights::upload_vector(&device, "qk_norms", &t);
+                    let b = weights::upload_vector(up, "qk_norms", &t);
                     weight_bytes += b.size();
                     op_norms[i] = Some(b);
                 }
                 Op::MoeExperts { experts, .. } => {
-                    let get = |ids: &[unmask_core::graph::WeightId]| -> Result<Vec<Tensor>> {
-                        ids.iter().map(|&w| tensor(w)).collect()
-                    };
-                    let (g, u, dn) = (get(&experts.gate)?, get(&experts.up)?, get(&experts.down)?);
                     let layer = graph
                         .weight(experts.gate[0])
                         .name
@@ -204,7 +198,19 @@ impl WgpuBackend {
                         .next()
                         .unwrap_or("experts")
                         .to_string();
-                    let ex = weights::upload_experts(&device, &layer, &g, &u, &dn, weight_binding)?;
+                    let ex = weights::upload_experts(
+                        up,
+                        &layer,
+                        experts.gate.len(),
+                        &mut |e| {
+                            Ok(weights::Expert {
+                                gate: tensor(experts.gate[e])?,
+                                up: tensor(experts.up[e])?,
+                                down: tensor(experts.down[e])?,
+                            })
+                        },
+                        weight_binding,
+                    )?;
                     weight_bytes += ex
                         .gate_up
                         .iter()

@@ -3,8 +3,10 @@
 //! 128 MiB). An MoE layer's experts are stacked, [gate; up] and down, and split by whole experts,
 //! so the expert kernels find any expert by index. Vectors (norms, router bias) are f32.
 //!
-//! Packing writes into buffers mapped at creation, a few MiB at a time: no second host copy of
-//! the model.
+//! Packing writes a few MiB at a time through `Queue::write_buffer`, flushed after each buffer:
+//! no host copy of a whole buffer ever exists (in the browser a mapped buffer would be mirrored
+//! in wasm memory), and experts are taken from their source one at a time, so host memory holds
+//! about one expert or one matrix while the model goes to the device.
 
 use crate::format::WeightFormat;
 use std::ops::Range;
@@ -43,17 +45,26 @@ pub struct ExpertStacks {
     pub down: Vec<wgpu::Buffer>,
 }
 
-/// Writes into a buffer mapped at creation (wgpu maps write-only: no `&mut [u8]`).
-pub struct Writer {
-    view: wgpu::BufferViewMut,
+/// The device and queue weights are uploaded through.
+#[derive(Clone, Copy)]
+pub struct Uploader<'a> {
+    pub device: &'a wgpu::Device,
+    pub queue: &'a wgpu::Queue,
 }
 
-impl Writer {
+/// Writes into one device buffer.
+pub struct Writer<'a> {
+    queue: &'a wgpu::Queue,
+    buffer: &'a wgpu::Buffer,
+}
+
+impl Writer<'_> {
     /// Writes `words` at word offset `at`.
     pub fn put(&mut self, at: usize, words: &[u32]) {
-        self.view
-            .slice(at * 4..(at + words.len()) * 4)
-            .copy_from_slice(bytemuck::cast_slice(words));
+        if !words.is_empty() {
+            self.queue
+                .write_buffer(self.buffer, (at * 4) as u64, bytemuck::cast_slice(words));
+        }
     }
 
     /// Packs rows `rows` of `t` at word offset `at`, a few MiB at a time.
@@ -79,29 +90,36 @@ impl Writer {
     }
 }
 
-/// Creates a storage buffer of `words` u32 and lets `fill` write it while mapped.
-fn mapped_buffer(
-    device: &wgpu::Device,
-    label: &str,
-    words: usize,
-    fill: impl FnOnce(&mut Writer),
-) -> wgpu::Buffer {
-    let size = (words.max(1) * 4) as u64;
-    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size,
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: true,
-    });
-    {
-        let view = buffer
-            .slice(..)
-            .get_mapped_range_mut()
-            .expect("a buffer mapped at creation can be written");
-        fill(&mut Writer { view });
+impl<'a> Uploader<'a> {
+    /// An empty storage buffer of `words` u32, to be written.
+    fn create(&self, label: &str, words: usize) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: (words.max(1) * 4) as u64,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
     }
-    buffer.unmap();
-    buffer
+
+    fn writer<'b>(&'b self, buffer: &'b wgpu::Buffer) -> Writer<'b> {
+        Writer {
+            queue: self.queue,
+            buffer,
+        }
+    }
+
+    /// Submits the queued writes, so their staging memory does not pile up.
+    fn flush(&self) {
+        self.queue.submit(std::iter::empty());
+    }
+
+    /// A storage buffer of `words` u32 written by `fill`.
+    fn buffer(&self, label: &str, words: usize, fill: impl FnOnce(&mut Writer)) -> wgpu::Buffer {
+        let buffer = self.create(label, words);
+        fill(&mut self.writer(&buffer));
+        self.flush();
+        buffer
+    }
 }
 
 fn shape2(t: &Tensor, name: &str) -> Result<(usize, usize)> {
@@ -126,7 +144,7 @@ fn too_large(name: &str, what: &str, bytes: usize, limit: u64) -> Error {
 /// Uploads a `[rows, cols]` matrix split into row ranges of at most `max_binding` bytes and
 /// `max_rows` rows.
 pub fn upload_matrix(
-    device: &wgpu::Device,
+    up: Uploader,
     name: &str,
     t: &Tensor,
     max_binding: u64,
@@ -145,7 +163,7 @@ pub fn upload_matrix(
     let mut r0 = 0;
     while r0 < rows {
         let r1 = (r0 + per_part).min(rows);
-        let buffer = mapped_buffer(device, name, (r1 - r0) * stride, |w| {
+        let buffer = up.buffer(name, (r1 - r0) * stride, |w| {
             w.put_rows(0, format, t, cols, r0..r1)
         });
         parts.push(MatrixPart {
@@ -164,40 +182,43 @@ pub fn upload_matrix(
 }
 
 /// Uploads a vector (any stored dtype) widened to f32.
-pub fn upload_vector(device: &wgpu::Device, name: &str, t: &Tensor) -> wgpu::Buffer {
+pub fn upload_vector(up: Uploader, name: &str, t: &Tensor) -> wgpu::Buffer {
     let v = t.to_f32();
     let words: Vec<u32> = v.iter().map(|x| x.to_bits()).collect();
-    mapped_buffer(device, name, words.len(), |w| w.put(0, &words))
+    up.buffer(name, words.len(), |w| w.put(0, &words))
 }
 
-/// Stacks and uploads one layer's experts (`gate[e]`, `up[e]`: `[inter, hidden]`; `down[e]`:
-/// `[hidden, inter]`), all in one format.
+/// One expert's matrices: gate and up `[inter, hidden]`, down `[hidden, inter]`.
+pub struct Expert {
+    pub gate: Tensor,
+    pub up: Tensor,
+    pub down: Tensor,
+}
+
+/// Stacks and uploads one layer's `experts` experts, all in one format; `expert(e)` gives
+/// expert `e`, asked for once, in order, and dropped after its upload.
 pub fn upload_experts(
-    device: &wgpu::Device,
+    up: Uploader,
     layer: &str,
-    gate: &[Tensor],
-    up: &[Tensor],
-    down: &[Tensor],
+    experts: usize,
+    expert: &mut dyn FnMut(usize) -> Result<Expert>,
     max_binding: u64,
 ) -> Result<ExpertStacks> {
-    let experts = gate.len();
-    let first = gate
-        .first()
-        .ok_or_else(|| Error::Weights(format!("{layer}: an MoE layer without experts")))?;
-    let format = WeightFormat::of(first.dtype)?;
-    let (inter, hidden) = shape2(first, layer)?;
-    for t in gate.iter().chain(up).chain(down) {
-        if WeightFormat::of(t.dtype)? != format {
-            return Err(Error::backend(
-                "wgpu",
-                format!("{layer}: experts stored in mixed dtypes are not supported"),
-            ));
-        }
+    if experts == 0 {
+        return Err(Error::Weights(format!(
+            "{layer}: an MoE layer without experts"
+        )));
     }
+    // The first expert fixes the format and the sizes; each later one is checked against it.
+    let mut next = Some(expert(0)?);
+    let first = next.as_ref().expect("just set");
+    let format = WeightFormat::of(first.gate.dtype)?;
+    let (inter, hidden) = shape2(&first.gate, layer)?;
     let gate_up_stride = format.row_words(hidden);
     let down_stride = format.row_words(inter);
-    let gu_bytes = 2 * inter * gate_up_stride * 4;
-    let down_bytes = hidden * down_stride * 4;
+    let gu_words = 2 * inter * gate_up_stride;
+    let d_words = hidden * down_stride;
+    let (gu_bytes, down_bytes) = (gu_words * 4, d_words * 4);
     let per_part = (max_binding as usize / gu_bytes.max(down_bytes)).min(experts);
     if per_part == 0 {
         return Err(too_large(
@@ -207,50 +228,45 @@ pub fn upload_experts(
             max_binding,
         ));
     }
+    let mut take = |e: usize| -> Result<Expert> {
+        let x = match next.take() {
+            Some(x) => x,
+            None => expert(e)?,
+        };
+        for t in [&x.gate, &x.up, &x.down] {
+            if WeightFormat::of(t.dtype)? != format {
+                return Err(Error::backend(
+                    "wgpu",
+                    format!("{layer}: experts stored in mixed dtypes are not supported"),
+                ));
+            }
+        }
+        Ok(x)
+    };
     let mut bounds = vec![0u32];
     let (mut gate_up, mut down_parts) = (Vec::new(), Vec::new());
     let mut e0 = 0;
     while e0 < experts {
         let e1 = (e0 + per_part).min(experts);
-        let gu_words = 2 * inter * gate_up_stride;
-        gate_up.push(mapped_buffer(
-            device,
-            &format!("{layer}.experts.gate_up"),
-            (e1 - e0) * gu_words,
-            |w| {
-                for e in e0..e1 {
-                    let at = (e - e0) * gu_words;
-                    w.put_rows(at, format, &gate[e], hidden, 0..inter);
-                    w.put_rows(
-                        at + inter * gate_up_stride,
-                        format,
-                        &up[e],
-                        hidden,
-                        0..inter,
-                    );
-                }
-            },
-        ));
-        let d_words = hidden * down_stride;
-        down_parts.push(mapped_buffer(
-            device,
-            &format!("{layer}.experts.down"),
-            (e1 - e0) * d_words,
-            |w| {
-                for (i, t) in down[e0..e1].iter().enumerate() {
-                    w.put_rows(i * d_words, format, t, inter, 0..hidden);
-                }
-            },
-        ));
+        let gu = up.create(&format!("{layer}.experts.gate_up"), (e1 - e0) * gu_words);
+        let dn = up.create(&format!("{layer}.experts.down"), (e1 - e0) * d_words);
+        let (mut gw, mut dw) = (up.writer(&gu), up.writer(&dn));
+        for e in e0..e1 {
+            let x = take(e)?;
+            let at = (e - e0) * gu_words;
+            gw.put_rows(at, format, &x.gate, hidden, 0..inter);
+            gw.put_rows(at + inter * gate_up_stride, format, &x.up, hidden, 0..inter);
+            dw.put_rows((e - e0) * d_words, format, &x.down, inter, 0..hidden);
+            up.flush();
+        }
+        gate_up.push(gu);
+        down_parts.push(dn);
         bounds.push(e1 as u32);
         e0 = e1;
     }
-    let bounds_buffer = mapped_buffer(
-        device,
-        &format!("{layer}.experts.bounds"),
-        bounds.len(),
-        |w| w.put(0, &bounds),
-    );
+    let bounds_buffer = up.buffer(&format!("{layer}.experts.bounds"), bounds.len(), |w| {
+        w.put(0, &bounds)
+    });
     Ok(ExpertStacks {
         format,
         experts,

@@ -1,6 +1,7 @@
 //! `unmask quantize`, `--quantize` and `inspect`'s memory per format, through the binary.
 
 use serde_json::Value;
+use std::path::Path;
 use std::process::{Command, Output};
 use unmask_tests::fixture;
 
@@ -28,32 +29,43 @@ fn clean_error(o: &Output, needle: &str) {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-/// The bounds hold on the random fixture too, whose 48-column expert rows are not whole
-/// blocks (the last block of a row absorbs the leftover columns instead of padding).
+/// The bounds on `unmask quantize --json`: bits per weight and relative RMSE.
+const BOUNDS: [(&str, f64, f64); 2] = [("q8_0", 8.5, 0.006), ("q4", 4.6, 0.080)];
+
+/// Runs `unmask quantize --json` of `src` into `out` and checks the report against `BOUNDS`.
+fn quantize_json(src: &Path, out: &Path, (format, max_bits, max_rmse): (&str, f64, f64)) -> Value {
+    let o = unmask(&[
+        "quantize",
+        "--model",
+        src.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--format",
+        format,
+        "--json",
+    ]);
+    let v = stdout_json(&o);
+    let bits = v["bits_per_weight"].as_f64().unwrap();
+    let rmse = v["rel_rmse"].as_f64().unwrap();
+    println!(
+        "{}: {format}: {bits} bits/weight, rel_rmse {rmse}",
+        src.display()
+    );
+    assert!(
+        bits <= max_bits && rmse <= max_rmse,
+        "{format}: {bits} {rmse}"
+    );
+    v
+}
+
+/// The bounds hold on the random fixture too, whose 48-column expert rows are not whole blocks
+/// (the last block of a row absorbs the leftover columns instead of padding).
 #[test]
 fn quantize_json_meets_the_size_and_error_bounds_on_the_random_fixture() {
     let src = fixture("tiny-llada2");
     let tmp = tempfile::tempdir().unwrap();
-    for (format, max_bits, max_rmse) in [("q8_0", 8.5, 0.006), ("q4", 4.6, 0.080)] {
-        let out = tmp.path().join(format);
-        let o = unmask(&[
-            "quantize",
-            "--model",
-            src.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--format",
-            format,
-            "--json",
-        ]);
-        let v = stdout_json(&o);
-        let bits = v["bits_per_weight"].as_f64().unwrap();
-        let rmse = v["rel_rmse"].as_f64().unwrap();
-        println!("tiny-llada2 {format}: {bits} bits/weight, rel_rmse {rmse}");
-        assert!(
-            bits <= max_bits && rmse <= max_rmse,
-            "{format}: {bits} {rmse}"
-        );
+    for b in BOUNDS {
+        quantize_json(&src, &tmp.path().join(b.0), b);
     }
 }
 
@@ -61,26 +73,10 @@ fn quantize_json_meets_the_size_and_error_bounds_on_the_random_fixture() {
 fn quantize_writes_a_directory_that_loads_and_answers() {
     let src = fixture("tiny-llada2-add");
     let tmp = tempfile::tempdir().unwrap();
-    for (format, max_bits, max_rmse) in [("q8_0", 8.5, 0.006), ("q4", 4.6, 0.080)] {
+    for b in BOUNDS {
+        let format = b.0;
         let out = tmp.path().join(format);
-        let o = unmask(&[
-            "quantize",
-            "--model",
-            src.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--format",
-            format,
-            "--json",
-        ]);
-        let v = stdout_json(&o);
-        let bits = v["bits_per_weight"].as_f64().unwrap();
-        let rmse = v["rel_rmse"].as_f64().unwrap();
-        println!("{format}: {bits} bits/weight, rel_rmse {rmse}");
-        assert!(
-            bits <= max_bits && rmse <= max_rmse,
-            "{format}: {bits} {rmse}"
-        );
+        let v = quantize_json(&src, &out, b);
         assert_eq!(v["format"], format);
         let tensors = v["tensors"].as_array().unwrap();
         assert_eq!(

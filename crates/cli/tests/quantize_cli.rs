@@ -32,9 +32,9 @@ fn clean_error(o: &Output, needle: &str) {
 /// The bounds on `unmask quantize --json`: bits per weight and relative RMSE.
 const BOUNDS: [(&str, f64, f64); 2] = [("q8_0", 8.5, 0.006), ("q4", 4.6, 0.080)];
 
-/// Runs `unmask quantize --json` of `src` into `out` and checks the report against `BOUNDS`.
-fn quantize_json(src: &Path, out: &Path, (format, max_bits, max_rmse): (&str, f64, f64)) -> Value {
-    let o = unmask(&[
+/// `unmask quantize --model src --out out --format format [extra...]`.
+fn quantize(src: &Path, out: &Path, format: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
         "quantize",
         "--model",
         src.to_str().unwrap(),
@@ -42,9 +42,14 @@ fn quantize_json(src: &Path, out: &Path, (format, max_bits, max_rmse): (&str, f6
         out.to_str().unwrap(),
         "--format",
         format,
-        "--json",
-    ]);
-    let v = stdout_json(&o);
+    ];
+    args.extend_from_slice(extra);
+    unmask(&args)
+}
+
+/// Runs `unmask quantize --json` of `src` into `out` and checks the report against `BOUNDS`.
+fn quantize_json(src: &Path, out: &Path, (format, max_bits, max_rmse): (&str, f64, f64)) -> Value {
+    let v = stdout_json(&quantize(src, out, format, &["--json"]));
     let bits = v["bits_per_weight"].as_f64().unwrap();
     let rmse = v["rel_rmse"].as_f64().unwrap();
     println!(
@@ -130,25 +135,14 @@ fn quantize_writes_a_directory_that_loads_and_answers() {
         );
 
         // A non-empty output directory is refused; quantizing a quantized model too.
-        let again = unmask(&[
-            "quantize",
-            "--model",
-            src.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--format",
-            format,
-        ]);
+        let again = quantize(&src, &out, format, &[]);
         clean_error(&again, "not empty");
-        let twice = unmask(&[
-            "quantize",
-            "--model",
-            out.to_str().unwrap(),
-            "--out",
-            tmp.path().join(format!("{format}-again")).to_str().unwrap(),
-            "--format",
+        let twice = quantize(
+            &out,
+            &tmp.path().join(format!("{format}-again")),
             format,
-        ]);
+            &[],
+        );
         clean_error(&twice, "already quantized");
         assert!(!tmp.path().join(format!("{format}-again")).exists());
     }

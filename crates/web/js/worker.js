@@ -104,8 +104,8 @@ async function load(msg, post) {
   info.load = {
     ms: performance.now() - t0, bytes: done, files: small.length + shards.length,
     cachedFiles: src.cachedFiles, downloadedBytes: src.downloadedBytes,
-    // The wasm heap after the upload (it never shrinks): about the largest layer's weights plus
-    // the runtime, not the model, when the engine runs on WebGPU.
+    // The wasm heap after the upload (it never shrinks): about the largest tensor plus the
+    // runtime, not the model, when the engine runs on WebGPU.
     wasmMemoryBytes: (await wasmReady).memory.buffer.byteLength,
   };
   return info;

@@ -21,6 +21,13 @@ fn js_err(e: impl std::fmt::Display) -> JsValue {
     JsError::new(&e.to_string()).into()
 }
 
+/// The text of a thrown JS value: a string, or an error's `message`.
+fn js_message(e: &JsValue) -> String {
+    e.as_string()
+        .or_else(|| js_sys::Reflect::get(e, &"message".into()).ok()?.as_string())
+        .unwrap_or_else(|| format!("{e:?}"))
+}
+
 /// Collects a model's files as the worker fetches them.
 #[wasm_bindgen]
 pub struct Loader {
@@ -131,6 +138,10 @@ impl Loader {
     }
 }
 
+/// The most weight bytes the CPU backend takes into wasm memory (4 GiB at most on wasm32, which
+/// also holds the runtime, the tokenizer and the activations).
+const CPU_WEIGHT_LIMIT: u64 = 3 << 30;
+
 /// The backend a model runs on. WebGPU answers asynchronously (its results come back through
 /// a promise), so steps go through [`Device::step`], never `Backend::step`.
 enum Device {
@@ -148,7 +159,15 @@ impl Device {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<(Device, Option<String>), JsValue> {
         let cpu = |graph| -> Result<Device, JsValue> {
-            // The CPU computes from host memory: every tensor comes in.
+            // The CPU computes from host memory: every tensor comes in, and a wasm allocation
+            // that fails aborts the module, so a model that cannot fit is refused up front.
+            if weights.bytes() > CPU_WEIGHT_LIMIT {
+                return Err(js_err(format!(
+                    "the CPU backend needs all {:.2} GB of weights in wasm memory, which holds \
+                     4 GiB at most; use WebGPU for this model",
+                    weights.bytes() as f64 / 1e9
+                )));
+            }
             let store = weights.to_store().map_err(js_err)?;
             Ok(Device::Cpu(
                 ReferenceBackend::new(graph, &store, &mut |_, _| {}).map_err(js_err)?,
@@ -166,7 +185,10 @@ impl Device {
             )),
             "auto" => match open_webgpu(graph.clone(), weights, progress).await {
                 Ok(b) => Ok((Device::WebGpu(Box::new(b)), None)),
-                Err(e) => Ok((cpu(graph)?, Some(format!("WebGPU: {e}")))),
+                Err(e) => match cpu(graph) {
+                    Ok(d) => Ok((d, Some(format!("WebGPU: {e}")))),
+                    Err(c) => Err(js_err(format!("WebGPU: {e}; CPU: {}", js_message(&c)))),
+                },
             },
             other => Err(js_err(format!(
                 "unknown backend `{other}` (known: auto, webgpu, cpu)"
@@ -223,17 +245,7 @@ impl RangeReader for JsReader {
                 &JsValue::from_f64(start as f64),
                 &JsValue::from_f64(len as f64),
             )
-            .map_err(|e| {
-                unmask_core::Error::Weights(
-                    e.as_string()
-                        .or_else(|| {
-                            js_sys::Reflect::get(&e, &"message".into())
-                                .ok()?
-                                .as_string()
-                        })
-                        .unwrap_or_else(|| format!("{e:?}")),
-                )
-            })?;
+            .map_err(|e| unmask_core::Error::Weights(js_message(&e)))?;
         let bytes = v.dyn_into::<js_sys::Uint8Array>().map_err(|_| {
             unmask_core::Error::Weights("the file reader did not return a Uint8Array".into())
         })?;

@@ -73,8 +73,8 @@ pub(crate) fn storage(
 impl WgpuBackend {
     /// Opens the adapter, uploads the graph's weights from `store` and compiles the graph.
     /// `progress(done, total)` is called per weight. Each tensor is taken from `store` once, when
-    /// it is uploaded (all experts of a layer together), and let go right after: a source that
-    /// reads tensors on demand keeps host memory to about one layer's experts.
+    /// it is uploaded (experts one at a time), and let go right after: with a source that reads
+    /// tensors on demand, host memory holds about the largest tensor, not the model.
     pub async fn new_async(
         graph: Graph,
         store: &dyn TensorSource,

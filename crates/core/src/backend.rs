@@ -2,7 +2,7 @@
 //! its compiled graph and its KV cache; the decoder only sends token ids and reads back
 //! (token, confidence) per predicted position.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// How a step turns logits into one (token, confidence) per predicted row.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -61,6 +61,45 @@ pub struct Step<'a> {
     pub out_rows: usize,
     pub sampling: SampleParams,
     pub capture: Capture,
+}
+
+impl Step<'_> {
+    /// The checks every backend makes before a step: a non-empty window whose output rows and
+    /// kept positions lie inside it, a start within the `cached` positions, a block length, token
+    /// ids inside the `vocab`-row embedding table, and sampling parameters in range.
+    pub fn check(&self, cached: usize, vocab: usize) -> Result<()> {
+        let n = self.tokens.len();
+        if n == 0 || self.out_rows == 0 || self.out_rows > n || self.keep > n {
+            return Err(Error::Invalid(format!(
+                "step over {n} tokens with {} output rows and keep {}",
+                self.out_rows, self.keep
+            )));
+        }
+        if self.start > cached {
+            return Err(Error::Invalid(format!(
+                "step starts at position {} but only {cached} positions are cached",
+                self.start
+            )));
+        }
+        if self.block_length == 0 {
+            return Err(Error::Invalid("block length must be at least 1".into()));
+        }
+        if let Some(&t) = self.tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::Invalid(format!(
+                "token id {t} is outside the embedding table ({vocab} rows)"
+            )));
+        }
+        let p = &self.sampling;
+        let temperature_ok = p.temperature.is_finite() && p.temperature >= 0.0;
+        let top_p_ok = p.top_p > 0.0 && p.top_p <= 1.0;
+        if !(temperature_ok && top_p_ok) {
+            return Err(Error::Invalid(format!(
+                "sampling parameters out of range: temperature {}, top_p {}",
+                p.temperature, p.top_p
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]

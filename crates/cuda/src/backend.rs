@@ -343,29 +343,8 @@ impl Backend for CudaBackend {
     }
 
     fn step(&mut self, s: &Step) -> Result<StepOutput> {
-        let n = s.tokens.len();
-        let out = s.out_rows;
-        if n == 0 || out == 0 || out > n || s.keep > n {
-            return Err(Error::Invalid(format!(
-                "step over {n} tokens with {out} output rows and keep {}",
-                s.keep
-            )));
-        }
-        if s.start > self.cached {
-            return Err(Error::Invalid(format!(
-                "step starts at position {} but only {} positions are cached",
-                s.start, self.cached
-            )));
-        }
-        if s.block_length == 0 {
-            return Err(Error::Invalid("block length must be at least 1".into()));
-        }
-        let vocab = self.graph.buffer(self.graph.logits).cols;
-        if let Some(&t) = s.tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::Invalid(format!(
-                "token id {t} is outside the embedding table ({vocab} rows)"
-            )));
-        }
+        s.check(self.cached, self.graph.buffer(self.graph.logits).cols)?;
+        let (n, out) = (s.tokens.len(), s.out_rows);
         let end = s.start + n;
         if end > self.opts.max_positions {
             return Err(Error::Invalid(format!(

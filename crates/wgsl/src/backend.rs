@@ -129,41 +129,6 @@ impl WgpuBackend {
         self.matrices[i].as_ref().map(|m| m.parts.len())
     }
 
-    fn validate(&self, s: &Step) -> Result<()> {
-        let n = s.tokens.len();
-        if n == 0 || s.out_rows == 0 || s.out_rows > n || s.keep > n {
-            return Err(Error::Invalid(format!(
-                "step over {n} tokens with {} output rows and keep {}",
-                s.out_rows, s.keep
-            )));
-        }
-        if s.start > self.cached {
-            return Err(Error::Invalid(format!(
-                "step starts at position {} but only {} positions are cached",
-                s.start, self.cached
-            )));
-        }
-        if s.block_length == 0 {
-            return Err(Error::Invalid("block length must be at least 1".into()));
-        }
-        let vocab = self.vocab;
-        if let Some(&t) = s.tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::Invalid(format!(
-                "token id {t} is outside the embedding table ({vocab} rows)"
-            )));
-        }
-        let p = &s.sampling;
-        let temperature_ok = p.temperature.is_finite() && p.temperature >= 0.0;
-        let top_p_ok = p.top_p > 0.0 && p.top_p <= 1.0;
-        if !(temperature_ok && top_p_ok) {
-            return Err(Error::Invalid(format!(
-                "sampling parameters out of range: temperature {}, top_p {}",
-                p.temperature, p.top_p
-            )));
-        }
-        Ok(())
-    }
-
     /// Grows the per-step buffers (ids, step parameters, readback) for `tokens` and `chunks`.
     /// Returns the buffers created.
     fn ensure_step_capacity(&mut self, tokens: usize, chunks: usize, out_rows: usize) -> usize {
@@ -199,7 +164,7 @@ impl WgpuBackend {
     /// Runs one step: records every chunk into one command encoder, submits it once, and reads
     /// back the samples (and captures).
     pub async fn step_async(&mut self, s: &Step<'_>) -> Result<StepOutput> {
-        self.validate(s)?;
+        s.check(self.cached, self.vocab)?;
         let n = s.tokens.len();
         let chunks = chunks::split(s.start, n, s.out_rows, s.block_length, self.max_tokens)?;
         let device = self.gpu.device.clone();

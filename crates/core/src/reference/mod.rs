@@ -109,28 +109,7 @@ impl Backend for ReferenceBackend {
     }
 
     fn step(&mut self, s: &Step) -> Result<StepOutput> {
-        let n = s.tokens.len();
-        if n == 0 || s.out_rows == 0 || s.out_rows > n || s.keep > n {
-            return Err(Error::Invalid(format!(
-                "step over {n} tokens with {} output rows and keep {}",
-                s.out_rows, s.keep
-            )));
-        }
-        if s.start > self.cached {
-            return Err(Error::Invalid(format!(
-                "step starts at position {} but only {} positions are cached",
-                s.start, self.cached
-            )));
-        }
-        if s.block_length == 0 {
-            return Err(Error::Invalid("block length must be at least 1".into()));
-        }
-        let vocab = self.graph.buffer(self.graph.logits).cols;
-        if let Some(&t) = s.tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::Invalid(format!(
-                "token id {t} is outside the embedding table ({vocab} rows)"
-            )));
-        }
+        s.check(self.cached, self.graph.buffer(self.graph.logits).cols)?;
         let mut dispatches = 0;
         let ops = std::mem::take(&mut self.graph.ops);
         let result = (|| {

@@ -2,18 +2,13 @@
 //! asserted (timings are what the command measures, not what tests judge).
 
 use serde_json::Value;
-use std::process::{Command, Output};
 use unmask_tests::{fixture, read_json, GenerateGolden};
+
+mod common;
+use common::unmask;
 
 /// The mini-shape runs hold 6-9 GB each: one at a time.
 static MINI: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn unmask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_unmask"))
-        .args(args)
-        .output()
-        .expect("run unmask")
-}
 
 fn report(args: &[&str]) -> Value {
     let o = unmask(args);

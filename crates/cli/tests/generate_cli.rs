@@ -2,40 +2,11 @@
 
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use unmask_tests::{fixture, golden_models, read_json, GenerateGolden};
 
-fn unmask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_unmask"))
-        .args(args)
-        .output()
-        .expect("run unmask")
-}
-
-fn stdout_json(o: &Output) -> Value {
-    assert!(
-        o.status.success(),
-        "unmask failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
-}
-
-/// A clean failure: non-zero exit, an `error:` line naming `needle`, and no panic.
-fn assert_clean_error(o: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success(),
-        "expected failure, got success; stderr: {err}"
-    );
-    assert!(err.contains("error:"), "{err}");
-    assert!(
-        err.contains(needle),
-        "stderr should mention {needle:?}: {err}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
-}
+mod common;
+use common::{assert_clean_error, stdout_json, unmask};
 
 #[test]
 fn json_generation_reproduces_every_golden_case() {

@@ -2,32 +2,11 @@
 
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use unmask_tests::fixture;
 
-fn unmask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_unmask"))
-        .args(args)
-        .output()
-        .expect("run unmask")
-}
-
-fn stdout_json(o: &Output) -> Value {
-    assert!(
-        o.status.success(),
-        "unmask failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
-}
-
-fn clean_error(o: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "expected failure; stderr: {err}");
-    assert!(err.contains("error:") && err.contains(needle), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-}
+mod common;
+use common::{assert_clean_error, stdout_json, unmask};
 
 /// The bounds on `unmask quantize --json`: bits per weight and relative RMSE.
 const BOUNDS: [(&str, f64, f64); 2] = [("q8_0", 8.5, 0.006), ("q4", 4.6, 0.080)];
@@ -136,14 +115,14 @@ fn quantize_writes_a_directory_that_loads_and_answers() {
 
         // A non-empty output directory is refused; quantizing a quantized model too.
         let again = quantize(&src, &out, format, &[]);
-        clean_error(&again, "not empty");
+        assert_clean_error(&again, "not empty");
         let twice = quantize(
             &out,
             &tmp.path().join(format!("{format}-again")),
             format,
             &[],
         );
-        clean_error(&twice, "already quantized");
+        assert_clean_error(&twice, "already quantized");
         assert!(!tmp.path().join(format!("{format}-again")).exists());
     }
 }
@@ -180,7 +159,7 @@ fn quantize_on_the_fly_and_memory_per_format() {
     for f in ["bf16", "q8_0", "q4"] {
         assert!(text.contains(&format!("as {f}")), "{text}");
     }
-    clean_error(
+    assert_clean_error(
         &unmask(&[
             "quantize",
             "--model",

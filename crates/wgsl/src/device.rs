@@ -174,6 +174,31 @@ pub fn probe(name: Option<&str>) -> Result<AdapterReport> {
     pollster::block_on(probe_async(name))
 }
 
+/// Set (CI, on lavapipe) to make test suites fail, rather than skip, when no adapter exists.
+pub const REQUIRE_ENV: &str = "UNMASK_REQUIRE_WGPU";
+
+/// For test suites and benches: the default adapter, or `None` after printing
+/// `wgpu: SKIPPED (why)`. Panics instead of skipping when [`REQUIRE_ENV`] is set.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn probe_or_skip() -> Option<AdapterReport> {
+    match probe(None) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            let why = e.to_string();
+            let why = why
+                .strip_prefix("backend wgpu: ")
+                .unwrap_or(&why)
+                .to_string();
+            assert!(
+                std::env::var_os(REQUIRE_ENV).is_none(),
+                "{REQUIRE_ENV} is set but no wgpu adapter is available: {why}"
+            );
+            eprintln!("wgpu: SKIPPED ({why})");
+            None
+        }
+    }
+}
+
 /// An opened device with what the backend needs to know about it.
 pub struct Gpu {
     pub device: wgpu::Device,

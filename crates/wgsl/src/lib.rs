@@ -21,5 +21,5 @@ pub mod weights;
 
 pub use backend::{WgpuBackend, WgpuOptions};
 #[cfg(not(target_arch = "wasm32"))]
-pub use device::{list_adapters, probe};
+pub use device::{list_adapters, probe, probe_or_skip, REQUIRE_ENV};
 pub use device::{list_adapters_async, probe_async, AdapterReport, Gpu, ADAPTER_ENV};

@@ -5,7 +5,8 @@
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use unmask_core::{Backend, Model, ReferenceBackend};
+use unmask_core::decode::Decoder;
+use unmask_core::{Backend, DecodeParams, Model, ReferenceBackend};
 
 pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
@@ -17,7 +18,7 @@ pub fn fixture(name: &str) -> PathBuf {
 
 /// Model directories that carry `golden/generate.json` / `golden/forward.safetensors`.
 pub fn golden_models() -> Vec<PathBuf> {
-    let mut dirs = vec![fixture("tiny-llada2")];
+    let mut dirs = vec![fixture("tiny-llada2"), fixture("tiny-llada2.2")];
     if let Ok(extra) = std::env::var("UNMASK_GOLDEN_MODELS") {
         dirs.extend(
             extra
@@ -108,46 +109,133 @@ pub fn backends() -> Vec<BackendCase> {
 
 #[derive(Debug, Deserialize)]
 pub struct GenerateGolden {
+    /// The decoder every case uses unless it names one (absent: detected from the model).
+    #[serde(default)]
+    pub decoder: Option<Decoder>,
     pub cases: Vec<GenerateCase>,
 }
 
+/// A generation case of `golden/generate*.json`: parameters a case leaves out take the
+/// official defaults of its decoder.
 #[derive(Debug, Deserialize)]
 pub struct GenerateCase {
     pub name: String,
+    #[serde(default)]
+    pub decoder: Option<Decoder>,
     pub prompt_ids: Vec<u32>,
     pub gen_length: usize,
     pub block_length: usize,
-    pub steps: usize,
+    pub steps: Option<usize>,
     pub threshold: f32,
+    pub editing_threshold: Option<f32>,
+    pub max_post_steps: Option<usize>,
+    pub num_to_transfer: Option<usize>,
+    pub minimal_topk: Option<usize>,
+    pub max_steps_per_block: Option<usize>,
     #[serde(default)]
     pub temperature: f32,
     #[serde(default)]
     pub eos_early_stop: bool,
     pub mask_id: u32,
     pub eos_id: u32,
+    pub delete_token_id: Option<u32>,
+    pub split_token_id: Option<u32>,
     pub output_ids: Vec<u32>,
     pub forwards: usize,
     pub trace: Vec<TraceEntry>,
+    /// 2.1: edits made by each forward (`null` for a block's last forward).
+    #[serde(default)]
+    pub edits_per_forward: Option<Vec<Option<usize>>>,
 }
 
-#[derive(Debug, Deserialize, PartialEq, Eq)]
+/// The window fed to one forward, and (2.2) what that forward wrote.
+#[derive(Debug, Deserialize, PartialEq, Eq, Clone)]
 pub struct TraceEntry {
     pub block_start: usize,
     pub tokens: Vec<u32>,
+    /// 2.2's files write these fields flat beside the tokens.
+    #[serde(flatten)]
+    pub writes: Option<TraceWrites>,
+}
+
+/// 2.2's per-forward record (SOURCES.md §7): block positions, ascending.
+#[derive(Debug, Deserialize, PartialEq, Eq, Clone)]
+pub struct TraceWrites {
+    pub m2t: Vec<usize>,
+    pub t2t: Vec<usize>,
+    pub delete_at: Vec<usize>,
+    pub split_at: Vec<usize>,
+    pub escapes: usize,
+    pub final_round: bool,
+}
+
+impl TraceEntry {
+    /// The golden form of a decoder event.
+    pub fn of(e: &unmask_core::StepEvent) -> Self {
+        let rel = |v: Vec<usize>| -> Vec<usize> {
+            let mut v: Vec<usize> = v.into_iter().map(|p| p - e.block_start).collect();
+            v.sort_unstable();
+            v
+        };
+        TraceEntry {
+            block_start: e.block_start,
+            tokens: e.window.clone(),
+            writes: Some(TraceWrites {
+                m2t: rel(e.committed.iter().map(|c| c.0).collect()),
+                t2t: rel(e.edited.iter().map(|c| c.0).collect()),
+                delete_at: rel(e.deleted.clone()),
+                split_at: rel(e.split.clone()),
+                escapes: e.escapes,
+                final_round: e.final_round,
+            }),
+        }
+    }
 }
 
 impl GenerateCase {
-    pub fn params(&self) -> unmask_core::DecodeParams {
-        unmask_core::DecodeParams {
+    /// The case's parameters over the official defaults of `decoder`.
+    pub fn params(&self, decoder: Decoder) -> DecodeParams {
+        let d = DecodeParams::for_decoder(decoder);
+        DecodeParams {
+            decoder,
             gen_length: self.gen_length,
             block_length: self.block_length,
-            steps: self.steps,
+            steps: self.steps.unwrap_or(d.steps),
             threshold: self.threshold,
+            editing_threshold: self.editing_threshold.unwrap_or(d.editing_threshold),
+            max_post_steps: self.max_post_steps.unwrap_or(d.max_post_steps),
+            num_to_transfer: self.num_to_transfer.unwrap_or(d.num_to_transfer),
+            minimal_topk: self.minimal_topk.unwrap_or(d.minimal_topk),
+            max_steps_per_block: self.max_steps_per_block.unwrap_or(d.max_steps_per_block),
             temperature: self.temperature,
-            eos_early_stop: self.eos_early_stop,
-            ..Default::default()
+            // The golden files write the official flag; false is the official default.
+            eos_early_stop: Some(self.eos_early_stop),
+            ..d
         }
     }
+}
+
+/// Every `golden/generate*.json` of a model directory, with its path.
+pub fn generate_goldens(dir: &Path) -> Vec<(PathBuf, GenerateGolden)> {
+    let Ok(entries) = std::fs::read_dir(dir.join("golden")) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("generate") && n.ends_with(".json"))
+        })
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            let g = read_json(&p);
+            (p, g)
+        })
+        .collect()
 }
 
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> T {

@@ -1,69 +1,76 @@
-//! Every golden generation case token-exact on every backend: output, the window fed to each
-//! forward (`trace`) and the number of forwards.
+//! Every golden generation case of every decoder token-exact on every backend: output, the
+//! window fed to each forward (`trace`), what each forward wrote where the golden file says
+//! (2.1's edit counts, 2.2's write sets), and the number of forwards.
 
+use unmask_core::decode::family;
 use unmask_core::{generate, Model};
-use unmask_tests::{backends, golden_models, read_json, GenerateGolden, TraceEntry};
+use unmask_tests::{backends, generate_goldens, golden_models, TraceEntry};
 
 #[test]
 fn every_golden_case_is_token_exact() {
     for dir in golden_models() {
-        let path = dir.join("golden/generate.json");
-        if !path.exists() {
-            continue;
-        }
-        let golden: GenerateGolden = read_json(&path);
         let model = Model::open(&dir).unwrap();
         let ids = model.special_ids();
-        for be in backends() {
-            let mut backend = (be.make)(&model).unwrap();
-            for case in &golden.cases {
-                assert_eq!(
-                    (case.mask_id, case.eos_id),
-                    (ids.mask, ids.eos),
-                    "{}: special ids",
-                    case.name
-                );
-                let mut trace = Vec::new();
-                let gen = generate(
-                    backend.as_mut(),
-                    &ids,
-                    model.config.max_position_embeddings,
-                    &case.prompt_ids,
-                    &case.params(),
-                    &mut |e| {
-                        trace.push(TraceEntry {
-                            block_start: e.block_start,
-                            tokens: e.window.clone(),
-                        });
-                        true
-                    },
-                )
-                .unwrap();
-                println!("{}: {}: {} forwards", be.name, case.name, gen.forwards);
-                for (i, (got, want)) in trace.iter().zip(&case.trace).enumerate() {
+        let (detected, _) = family::detect(&dir, &model.config);
+        for (path, golden) in generate_goldens(&dir) {
+            let file = path.file_name().unwrap().to_string_lossy().to_string();
+            for be in backends() {
+                let mut backend = (be.make)(&model).unwrap();
+                for case in &golden.cases {
+                    let decoder = case.decoder.or(golden.decoder).unwrap_or(detected);
+                    let what = format!("{}: {file}: {} ({decoder})", be.name, case.name);
                     assert_eq!(
-                        got, want,
-                        "{}: {}: window fed to forward {i}",
-                        be.name, case.name
+                        (case.mask_id, case.eos_id),
+                        (ids.mask, ids.eos),
+                        "{what}: special ids"
                     );
+                    if let Some(d) = case.delete_token_id {
+                        assert_eq!((Some(d), case.split_token_id), (ids.delete, ids.split));
+                    }
+                    let mut trace = Vec::new();
+                    let mut edits = Vec::new();
+                    let t = std::time::Instant::now();
+                    let gen = generate(
+                        backend.as_mut(),
+                        &ids,
+                        model.config.max_position_embeddings,
+                        &case.prompt_ids,
+                        &case.params(decoder),
+                        &mut |e| {
+                            trace.push(TraceEntry::of(e));
+                            edits.push(e.edited.len());
+                            true
+                        },
+                    )
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    let ms = t.elapsed().as_secs_f64() * 1e3;
+                    println!(
+                        "{what}: {} forwards, {} tokens, {:.2} tokens/forward, {ms:.0} ms",
+                        gen.forwards,
+                        gen.tokens.len(),
+                        gen.tokens.len() as f64 / gen.forwards as f64
+                    );
+                    for (i, (got, want)) in trace.iter().zip(&case.trace).enumerate() {
+                        assert_eq!(
+                            (got.block_start, &got.tokens),
+                            (want.block_start, &want.tokens),
+                            "{what}: window fed to forward {i}"
+                        );
+                        if want.writes.is_some() {
+                            assert_eq!(got.writes, want.writes, "{what}: writes of forward {i}");
+                        }
+                    }
+                    if let Some(want) = &case.edits_per_forward {
+                        for (i, (got, want)) in edits.iter().zip(want).enumerate() {
+                            if let Some(want) = want {
+                                assert_eq!(got, want, "{what}: edits of forward {i}");
+                            }
+                        }
+                    }
+                    assert_eq!(gen.tokens, case.output_ids, "{what}: output");
+                    assert_eq!(gen.forwards, case.forwards, "{what}: forwards");
+                    assert_eq!(trace.len(), case.trace.len(), "{what}: trace length");
                 }
-                assert_eq!(
-                    gen.tokens, case.output_ids,
-                    "{}: {}: output",
-                    be.name, case.name
-                );
-                assert_eq!(
-                    gen.forwards, case.forwards,
-                    "{}: {}: forwards",
-                    be.name, case.name
-                );
-                assert_eq!(
-                    trace.len(),
-                    case.trace.len(),
-                    "{}: {}: trace length",
-                    be.name,
-                    case.name
-                );
             }
         }
     }

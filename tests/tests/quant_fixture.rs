@@ -118,7 +118,7 @@ fn quantized_random_fixture_loads_generates_and_stays_close() {
                     &ids,
                     model.config.max_position_embeddings,
                     &case.prompt_ids,
-                    &case.params(),
+                    &case.params(unmask_core::decode::Decoder::Llada20),
                     &mut |_| true,
                 )
                 .unwrap();

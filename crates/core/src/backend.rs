@@ -102,10 +102,59 @@ impl Step<'_> {
     }
 }
 
+/// Words per predicted row in the samples buffer: token, confidence bits, then `ranked`.
+pub const SAMPLE_WORDS: usize = 5;
+
+/// What a step reads back per predicted row. `ranked` serves the editing decoders (LLaDA2.2's
+/// final round takes the best id other than DELETE/SPLIT, its anti-loop rule the best id other
+/// than the current one): with at most two ids excluded, one of three always remains.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Sampled {
     pub token: u32,
     pub confidence: f32,
+    /// The three allowed ids with the largest logits, descending, ties to the lower id
+    /// ([`NO_TOKEN`] where the vocabulary has fewer). Greedy: `ranked[0] == token`.
+    pub ranked: [u32; 3],
+}
+
+/// Fills `ranked` where the vocabulary has fewer than three allowed ids.
+pub const NO_TOKEN: u32 = u32::MAX;
+
+impl Sampled {
+    /// A greedy sample whose runners-up are unknown (tests and hand-made tables).
+    pub fn new(token: u32, confidence: f32) -> Self {
+        Sampled {
+            token,
+            confidence,
+            ranked: [token, NO_TOKEN, NO_TOKEN],
+        }
+    }
+
+    /// The best of `ranked` that is none of `excluded` (always found for two exclusions and a
+    /// vocabulary of three allowed ids or more).
+    pub fn best_except(&self, excluded: &[u32]) -> Option<u32> {
+        self.ranked
+            .iter()
+            .copied()
+            .find(|t| *t != NO_TOKEN && !excluded.contains(t))
+    }
+
+    pub fn to_words(&self) -> [u32; SAMPLE_WORDS] {
+        let r = self.ranked;
+        [self.token, self.confidence.to_bits(), r[0], r[1], r[2]]
+    }
+
+    /// Rows of a samples buffer read back from a device.
+    pub fn from_words(words: &[u32]) -> Vec<Sampled> {
+        words
+            .chunks_exact(SAMPLE_WORDS)
+            .map(|c| Sampled {
+                token: c[0],
+                confidence: f32::from_bits(c[1]),
+                ranked: [c[2], c[3], c[4]],
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Default)]

@@ -12,13 +12,42 @@ pub struct Message {
     pub content: String,
 }
 
-/// Ids the decoder needs, read from the tokenizer (config.json holds none of them).
+/// Ids the decoder needs: eos and mask from the tokenizer (config.json holds none of them), the
+/// rest from `config.json` and `generation_config.json` ([`SpecialIds::fit`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct SpecialIds {
     pub eos: u32,
     pub mask: u32,
     /// Ids at or above this are padded embedding rows: never valid output.
     pub valid_vocab: u32,
+    /// A second id that ends the answer under LLaDA2.2 (its `generation_config.json` lists
+    /// `<|endoftext|>` and `<|role_end|>`).
+    pub eos_alt: Option<u32>,
+    /// LLaDA2.2's edit tokens (`delete_token_id`, `split_token_id` of `config.json`).
+    pub delete: Option<u32>,
+    pub split: Option<u32>,
+    /// Not an id: LLaDA2.2's routing block (`block_size`), of which a decode block must be a
+    /// multiple; `None` without block routing.
+    pub routing_block: Option<u32>,
+}
+
+impl SpecialIds {
+    /// The tokenizer's ids and what `config.json` adds: the valid vocabulary capped by the
+    /// embedding table, the edit tokens, the routing block.
+    pub fn fit(self, c: &crate::config::Config) -> Self {
+        SpecialIds {
+            valid_vocab: self.valid_vocab.min(c.vocab_size as u32),
+            delete: c.delete_token_id,
+            split: c.split_token_id,
+            routing_block: c.block_routing().then_some(c.block_size as u32),
+            ..self
+        }
+    }
+
+    /// The edit tokens that are set.
+    pub fn edit_ids(&self) -> Vec<u32> {
+        self.delete.into_iter().chain(self.split).collect()
+    }
 }
 
 pub struct ChatTokenizer {
@@ -92,6 +121,10 @@ impl ChatTokenizer {
                 eos,
                 mask,
                 valid_vocab,
+                eos_alt: None,
+                delete: None,
+                split: None,
+                routing_block: None,
             },
             end_of_turn,
         })

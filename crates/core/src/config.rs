@@ -31,9 +31,21 @@ pub struct Config {
     pub max_position_embeddings: usize,
     pub use_qk_norm: bool,
     pub tie_word_embeddings: bool,
+    /// LLaDA2.2 (SPEC §3c): experts allowed per routing block; 0 = group-limited top-k (2.0/2.1).
+    pub expert_capacity: usize,
+    /// LLaDA2.2: the routing block (32-aligned absolute positions); meaningful when
+    /// `expert_capacity > 0`.
+    pub block_size: usize,
+    /// LLaDA2.2's edit tokens: DELETE removes a position, SPLIT inserts a mask before it.
+    pub delete_token_id: Option<u32>,
+    pub split_token_id: Option<u32>,
 }
 
 pub const SUPPORTED_MODEL_TYPE: &str = "llada2_moe";
+
+/// Bounds of block routing that device kernels size their scratch by (LLaDA2.2: 32 and 256).
+pub const MAX_BLOCK_SIZE: usize = 1024;
+pub const MAX_ROUTED_EXPERTS: usize = 1024;
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -73,6 +85,8 @@ impl Config {
             }
             Some(_) => usize_field(v, "head_dim")?,
         };
+        let (rope_theta, partial_rotary_factor) = rope(v)?;
+        let expert_capacity = opt_usize_field(v, "expert_capacity")?.unwrap_or(0);
         let c = Config {
             model_type: model_type.to_string(),
             vocab_size: usize_field(v, "vocab_size")?,
@@ -91,13 +105,17 @@ impl Config {
             first_k_dense_replace: opt_usize_field(v, "first_k_dense_replace")?.unwrap_or(0),
             routed_scaling_factor: opt_f64_field(v, "routed_scaling_factor")?.unwrap_or(1.0) as f32,
             expert_bias: opt_bool_field(v, "moe_router_enable_expert_bias")?.unwrap_or(true),
-            partial_rotary_factor: opt_f64_field(v, "partial_rotary_factor")?.unwrap_or(1.0),
+            partial_rotary_factor,
             rms_norm_eps: f64_field(v, "rms_norm_eps")? as f32,
-            rope_theta: f64_field(v, "rope_theta")? as f32,
+            rope_theta,
             max_position_embeddings: usize_field(v, "max_position_embeddings")?,
             // Absent from the real config: it means true (SPEC §1).
             use_qk_norm: opt_bool_field(v, "use_qk_norm")?.unwrap_or(true),
             tie_word_embeddings: opt_bool_field(v, "tie_word_embeddings")?.unwrap_or(false),
+            expert_capacity,
+            block_size: opt_usize_field(v, "block_size")?.unwrap_or(32),
+            delete_token_id: opt_id_field(v, "delete_token_id")?,
+            split_token_id: opt_id_field(v, "split_token_id")?,
         };
         reject_unsupported(v)?;
         c.validate()?;
@@ -146,19 +164,25 @@ impl Config {
             if self.num_experts == 0 || self.moe_intermediate_size == 0 {
                 return err("`num_experts` and `moe_intermediate_size` must be positive".into());
             }
-            if self.n_group == 0 || !self.num_experts.is_multiple_of(self.n_group) {
+            if self.block_routing() {
+                self.validate_block_routing()?;
+            } else if self.n_group == 0 || !self.num_experts.is_multiple_of(self.n_group) {
                 return err(format!(
                     "`num_experts` ({}) must be a multiple of `n_group` ({})",
                     self.num_experts, self.n_group
                 ));
             }
-            if self.topk_group == 0 || self.topk_group > self.n_group {
+            if !self.block_routing() && (self.topk_group == 0 || self.topk_group > self.n_group) {
                 return err(format!(
                     "`topk_group` ({}) must be in 1..=n_group ({})",
                     self.topk_group, self.n_group
                 ));
             }
-            let reachable = self.topk_group * (self.num_experts / self.n_group);
+            let reachable = if self.block_routing() {
+                self.expert_capacity
+            } else {
+                self.topk_group * (self.num_experts / self.n_group)
+            };
             if self.num_experts_per_tok == 0 || self.num_experts_per_tok > reachable {
                 return err(format!(
                     "`num_experts_per_tok` ({}) must be in 1..={reachable} (topk_group x experts per group)",
@@ -174,6 +198,48 @@ impl Config {
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
             return err("`rope_theta` must be positive".into());
+        }
+        for (name, id) in [
+            ("delete_token_id", self.delete_token_id),
+            ("split_token_id", self.split_token_id),
+        ] {
+            if let Some(id) = id.filter(|&id| id as usize >= self.vocab_size) {
+                return err(format!(
+                    "`{name}` ({id}) is outside the vocabulary (vocab_size {})",
+                    self.vocab_size
+                ));
+            }
+        }
+        if self.delete_token_id.is_some() && self.delete_token_id == self.split_token_id {
+            return err("`delete_token_id` and `split_token_id` must differ".into());
+        }
+        Ok(())
+    }
+
+    /// LLaDA2.2's block routing (`expert_capacity > 0`) instead of group-limited top-k.
+    pub fn block_routing(&self) -> bool {
+        self.expert_capacity > 0
+    }
+
+    fn validate_block_routing(&self) -> Result<()> {
+        let err = |m: String| Err(Error::Config(m));
+        if self.expert_capacity > self.num_experts {
+            return err(format!(
+                "`expert_capacity` ({}) is larger than `num_experts` ({})",
+                self.expert_capacity, self.num_experts
+            ));
+        }
+        if self.block_size == 0 || self.block_size > MAX_BLOCK_SIZE {
+            return err(format!(
+                "`block_size` ({}) must be in 1..={MAX_BLOCK_SIZE}",
+                self.block_size
+            ));
+        }
+        if self.num_experts > MAX_ROUTED_EXPERTS {
+            return err(format!(
+                "block routing supports at most {MAX_ROUTED_EXPERTS} experts, `num_experts` is {}",
+                self.num_experts
+            ));
         }
         Ok(())
     }
@@ -226,6 +292,57 @@ fn reject_unsupported(v: &Value) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `rope_theta` and `partial_rotary_factor`, from the top level and/or transformers 5's
+/// `rope_parameters` (LLaDA2.2 ships both): where both are given they must agree.
+fn rope(v: &Value) -> Result<(f32, f64)> {
+    let nested = match v.get("rope_parameters") {
+        None | Some(Value::Null) => None,
+        Some(o @ Value::Object(_)) => Some(o),
+        Some(x) => {
+            return Err(Error::Config(format!(
+                "field `rope_parameters` must be an object, got {x}"
+            )))
+        }
+    };
+    if let Some(t) = nested
+        .and_then(|o| o.get("rope_type"))
+        .filter(|t| !t.is_null())
+    {
+        if t.as_str() != Some("default") {
+            return Err(Error::Config(format!(
+                "`rope_parameters.rope_type` {t} is not supported (only \"default\")"
+            )));
+        }
+    }
+    let pick = |name: &str| -> Result<Option<f64>> {
+        let top = opt_f64_field(v, name)?;
+        let inner = match nested {
+            Some(o) => opt_f64_field(o, name)
+                .map_err(|e| Error::Config(format!("rope_parameters: {e}")))?,
+            None => None,
+        };
+        match (top, inner) {
+            (Some(a), Some(b)) if a != b => Err(Error::Config(format!(
+                "`{name}` ({a}) and `rope_parameters.{name}` ({b}) disagree"
+            ))),
+            (a, b) => Ok(a.or(b)),
+        }
+    };
+    let theta = pick("rope_theta")?.ok_or_else(|| {
+        Error::Config("missing field `rope_theta` (or `rope_parameters.rope_theta`)".into())
+    })?;
+    Ok((theta as f32, pick("partial_rotary_factor")?.unwrap_or(1.0)))
+}
+
+fn opt_id_field(v: &Value, name: &str) -> Result<Option<u32>> {
+    match opt_usize_field(v, name)? {
+        Some(id) if id > u32::MAX as usize => Err(Error::Config(format!(
+            "field `{name}` ({id}) is not a token id"
+        ))),
+        other => Ok(other.map(|id| id as u32)),
+    }
 }
 
 fn usize_field(v: &Value, name: &str) -> Result<usize> {
@@ -291,6 +408,27 @@ mod tests {
     }
 
     #[test]
+    fn llada22_fields() {
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("rope_theta");
+        v["rope_parameters"] =
+            serde_json::json!({"rope_type": "default", "rope_theta": 3e6, "partial_rotary_factor": 0.5});
+        v["expert_capacity"] = 3.into();
+        v["block_size"] = 32.into();
+        // Grouped top-k fields are ignored under block routing, even inconsistent ones.
+        v["n_group"] = 3.into();
+        v["delete_token_id"] = 60.into();
+        v["split_token_id"] = 61.into();
+        let c = Config::from_json(&v).unwrap();
+        assert_eq!(c.rope_theta, 3e6);
+        assert!(c.block_routing());
+        assert_eq!((c.delete_token_id, c.split_token_id), (Some(60), Some(61)));
+        v["expert_capacity"] = 1.into();
+        let e = Config::from_json(&v).unwrap_err().to_string();
+        assert!(e.contains("num_experts_per_tok"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let mut v = base();
         v.as_object_mut().unwrap().remove("hidden_size");
@@ -313,6 +451,21 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("n_group"));
+
+        let mut v = base();
+        v["expert_capacity"] = 5.into();
+        let e = Config::from_json(&v).unwrap_err().to_string();
+        assert!(e.contains("expert_capacity") && e.contains("num_experts"), "{e}");
+
+        let mut v = base();
+        v["delete_token_id"] = 64.into();
+        let e = Config::from_json(&v).unwrap_err().to_string();
+        assert!(e.contains("delete_token_id"), "{e}");
+
+        let mut v = base();
+        v["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 3e6});
+        let e = Config::from_json(&v).unwrap_err().to_string();
+        assert!(e.contains("disagree"), "{e}");
 
         let mut v = base();
         v["vocab_size"] = "many".into();

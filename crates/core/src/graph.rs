@@ -62,7 +62,8 @@ pub struct ExpertSet {
     pub down: Vec<WeightId>,
 }
 
-/// Group-limited top-k routing parameters (SPEC §2).
+/// Routing parameters: group-limited top-k (SPEC §2, LLaDA2.0/2.1), or LLaDA2.2's block
+/// routing (SPEC §3c) when `block` is set, which then ignores `n_group` and `topk_group`.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Routing {
     pub num_experts: usize,
@@ -70,6 +71,16 @@ pub struct Routing {
     pub n_group: usize,
     pub topk_group: usize,
     pub scaling: f32,
+    pub block: Option<BlockRouting>,
+}
+
+/// LLaDA2.2: per block of `size` absolute positions (aligned to multiples of `size`), the
+/// `capacity` experts with the largest block maximum of the biased score are allowed; each
+/// position takes its top-k among them. A step must start on a routing-block boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BlockRouting {
+    pub size: usize,
+    pub capacity: usize,
 }
 
 /// Attention geometry shared by the rope and attention ops.
@@ -125,8 +136,9 @@ pub enum Op {
     Add { a: BufId, b: BufId, out: BufId },
     /// `out = silu(gate) * up`.
     SwiGlu { gate: BufId, up: BufId, out: BufId },
-    /// Sigmoid router scores, expert bias for the choice only, group-limited top-k;
-    /// writes `top_k` expert ids and normalised, scaled weights per row.
+    /// Sigmoid router scores, expert bias for the choice only, group-limited top-k or block
+    /// routing (`routing.block`); writes `top_k` expert ids (descending biased score) and
+    /// normalised, scaled weights per row.
     MoeRoute {
         logits: BufId,
         bias: Option<WeightId>,
@@ -158,7 +170,8 @@ pub struct Graph {
     pub input_ids: BufId,
     /// `[out, vocab]` logits (kept on the device; read back only for tests).
     pub logits: BufId,
-    /// `[out, 2]` u32 (token, f32 bits of confidence): the only per-step readback.
+    /// `[out, SAMPLE_WORDS]` u32 (token, f32 bits of confidence, the three best ids): the only
+    /// per-step readback.
     pub samples: BufId,
     /// Residual stream entering each layer (`hidden[0]` = embeddings), then the final norm.
     pub hidden: Vec<BufId>,
@@ -172,6 +185,25 @@ impl Graph {
 
     pub fn weight(&self, id: WeightId) -> &WeightDesc {
         &self.weights[id.0]
+    }
+
+    /// The routing block of LLaDA2.2's block routing, where the graph routes that way: a step
+    /// must then start on a multiple of it.
+    pub fn routing_block(&self) -> Option<usize> {
+        self.ops.iter().find_map(|op| match op {
+            Op::MoeRoute { routing, .. } => routing.block.map(|b| b.size),
+            _ => None,
+        })
+    }
+
+    /// The error of a step that starts inside a routing block, if it does.
+    pub fn check_routing_start(&self, start: usize) -> crate::error::Result<()> {
+        match self.routing_block() {
+            Some(b) if !start.is_multiple_of(b) => Err(crate::error::Error::Invalid(format!(
+                "block routing: a step starts at position {start}, not on a routing block of {b}"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     pub fn find_buffer(&self, name: &str) -> Option<BufId> {

@@ -76,10 +76,12 @@ impl Model {
         Ok(graph)
     }
 
-    /// Special ids, with the valid vocabulary capped by the embedding table.
+    /// Special ids, with the valid vocabulary capped by the embedding table, the edit tokens of
+    /// `config.json` and the second eos of `generation_config.json`.
     pub fn special_ids(&self) -> SpecialIds {
-        let mut ids = self.tokenizer.ids;
-        ids.valid_vocab = ids.valid_vocab.min(self.config.vocab_size as u32);
+        let mut ids = self.tokenizer.ids.fit(&self.config);
+        ids.eos_alt = crate::decode::defaults::extra_eos(&self.dir, ids.eos)
+            .filter(|&id| (id as usize) < self.config.vocab_size);
         ids
     }
 

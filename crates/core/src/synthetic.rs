@@ -44,6 +44,10 @@ pub fn shape_config(name: &str) -> Result<Config> {
         max_position_embeddings: if tiny { 4096 } else { 32_768 },
         use_qk_norm: true,
         tie_word_embeddings: false,
+        expert_capacity: 0,
+        block_size: 32,
+        delete_token_id: None,
+        split_token_id: None,
     };
     c.validate()?;
     Ok(c)

@@ -7,7 +7,8 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-use unmask_core::decode::defaults::model_defaults;
+use unmask_core::decode::defaults::ModelDefaults;
+use unmask_core::decode::Decoder;
 use unmask_core::{
     generate, Backend, DecodeParams, Message, Model, ReferenceBackend, Result, Step, StepOutput,
 };
@@ -54,7 +55,11 @@ pub async fn start(model: Arc<Model>, max_queue: usize, backend: BackendFactory)
         ServerConfig {
             model_id: model_id.clone(),
             max_queue,
-            defaults: model_defaults(&model.dir),
+            defaults: model_defaults(&model).params(),
+            per_decoder: Decoder::ALL
+                .iter()
+                .map(|&d| model_defaults(&model).params_for(d))
+                .collect(),
         },
     )
     .expect("server starts");
@@ -230,9 +235,19 @@ pub fn chat_body(text: &str, extra: Value) -> Value {
     b
 }
 
+pub fn model_defaults(model: &Model) -> ModelDefaults {
+    ModelDefaults::from_dir(&model.dir, &model.config, None)
+}
+
 /// The model's defaults with a request's decoding fields applied (as the server does).
 pub fn params_for(model: &Model, extra: &Value) -> DecodeParams {
-    let mut p = model_defaults(&model.dir);
+    let mut p = match extra.get("decoder").and_then(Value::as_str) {
+        Some(d) => model_defaults(model).params_for(d.parse().unwrap()),
+        None => model_defaults(model).params(),
+    };
+    if let Some(v) = extra.get("editing_threshold").and_then(Value::as_f64) {
+        p.editing_threshold = v as f32;
+    }
     let u = |k: &str| extra.get(k).and_then(Value::as_u64).map(|v| v as usize);
     if let Some(v) = u("max_tokens") {
         p.gen_length = v;
@@ -252,7 +267,9 @@ pub fn params_for(model: &Model, extra: &Value) -> DecodeParams {
     if let Some(v) = u("seed") {
         p.seed = v as u64;
     }
-    p.steps = p.steps.min(p.block_length);
+    if p.decoder == Decoder::Llada20 {
+        p.steps = p.steps.min(p.block_length);
+    }
     p
 }
 

@@ -1,19 +1,72 @@
-//! The model's own decoding defaults: `generation_config.json` where it sets them, else LLaDA2's.
+//! The model's own decoding defaults: each family's official defaults, overridden by
+//! `generation_config.json` where it sets them.
 
+use super::family::{self, Decoder};
 use super::DecodeParams;
+use crate::config::Config;
 use serde_json::Value;
 use std::path::Path;
 
-/// Reads optional `generation_config.json` from a model directory. Unknown or malformed fields
-/// are ignored: the file is advisory, and the built-in defaults are the reference's.
-pub fn model_defaults(dir: &Path) -> DecodeParams {
-    let mut p = DecodeParams::default();
-    let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) else {
-        return p;
-    };
-    let Ok(v) = serde_json::from_str::<Value>(&text) else {
-        return p;
-    };
+/// What a model directory decodes with unless a request says otherwise: the detected decoder,
+/// why, and the defaults of every family (a request may name another decoder, and then its
+/// unset parameters take that family's defaults).
+#[derive(Debug, Clone)]
+pub struct ModelDefaults {
+    pub decoder: Decoder,
+    pub reason: String,
+    generation_config: Option<Value>,
+}
+
+impl ModelDefaults {
+    /// Detects the decoder (`forced` overrides the detection) and reads `generation_config.json`.
+    pub fn from_dir(dir: &Path, config: &Config, forced: Option<Decoder>) -> Self {
+        let (decoder, reason) = match forced {
+            Some(d) => (d, "asked for".to_string()),
+            None => family::detect(dir, config),
+        };
+        ModelDefaults {
+            decoder,
+            reason,
+            generation_config: read_generation_config(dir),
+        }
+    }
+
+    /// Defaults without a model directory (bench's synthetic weights, the browser).
+    pub fn plain(decoder: Decoder) -> Self {
+        ModelDefaults {
+            decoder,
+            reason: "asked for".into(),
+            generation_config: None,
+        }
+    }
+
+    /// The defaults of the detected decoder.
+    pub fn params(&self) -> DecodeParams {
+        self.params_for(self.decoder)
+    }
+
+    /// The defaults of `decoder`'s family with `generation_config.json` applied.
+    pub fn params_for(&self, decoder: Decoder) -> DecodeParams {
+        let mut p = DecodeParams::for_decoder(decoder);
+        if let Some(v) = &self.generation_config {
+            apply_generation_config(&mut p, v);
+        }
+        p
+    }
+}
+
+fn read_generation_config(dir: &Path) -> Option<Value> {
+    let path = dir.join("generation_config.json");
+    // The file is advisory and small; a huge or unreadable one is ignored.
+    if std::fs::metadata(&path).map_or(true, |m| !m.is_file() || m.len() > 1 << 20) {
+        return None;
+    }
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+/// Unknown or malformed fields are ignored: the file is advisory, and the built-in defaults are
+/// the reference's.
+fn apply_generation_config(p: &mut DecodeParams, v: &Value) {
     let u = |k: &str| v.get(k).and_then(Value::as_u64).map(|x| x as usize);
     let f = |k: &str| v.get(k).and_then(Value::as_f64).map(|x| x as f32);
     if let Some(x) = u("block_length").filter(|&x| x > 0) {
@@ -31,6 +84,15 @@ pub fn model_defaults(dir: &Path) -> DecodeParams {
     if let Some(x) = f("threshold").filter(|&x| x > 0.0 && x <= 1.0) {
         p.threshold = x;
     }
+    if let Some(x) = f("editing_threshold").filter(|&x| x >= 0.0) {
+        p.editing_threshold = x;
+    }
+    if let Some(x) = u("max_post_steps") {
+        p.max_post_steps = x;
+    }
+    if let Some(x) = u("num_to_transfer").filter(|&x| x > 0) {
+        p.num_to_transfer = x;
+    }
     if let Some(x) = f("temperature").filter(|&x| x >= 0.0) {
         p.temperature = x;
     }
@@ -40,5 +102,18 @@ pub fn model_defaults(dir: &Path) -> DecodeParams {
     if let Some(x) = f("top_p").filter(|&x| x > 0.0 && x <= 1.0) {
         p.top_p = x;
     }
-    p
+}
+
+/// The first `eos_token_id` of `generation_config.json` other than `eos` (LLaDA2.2 lists
+/// `<|endoftext|>` and `<|role_end|>`; either ends the answer).
+pub fn extra_eos(dir: &Path, eos: u32) -> Option<u32> {
+    let v = read_generation_config(dir)?;
+    let ids: Vec<u64> = match v.get("eos_token_id")? {
+        Value::Array(list) => list.iter().filter_map(Value::as_u64).collect(),
+        x => x.as_u64().into_iter().collect(),
+    };
+    ids.into_iter()
+        .filter(|&id| id <= u32::MAX as u64)
+        .map(|id| id as u32)
+        .find(|&id| id != eos)
 }

@@ -2,7 +2,7 @@
 //! This is the host definition every device sampler reproduces.
 
 use super::rng;
-use crate::backend::{SampleParams, Sampled};
+use crate::backend::{SampleParams, Sampled, NO_TOKEN};
 
 /// Whether the decoder may ever produce `id`.
 #[inline]
@@ -11,11 +11,34 @@ fn allowed(id: usize, p: &SampleParams) -> bool {
 }
 
 pub fn sample_row(logits: &[f32], p: &SampleParams, position: u32) -> Sampled {
-    if p.temperature > 0.0 {
+    let mut s = if p.temperature > 0.0 {
         sample_seeded(logits, p, position)
     } else {
         greedy(logits, p)
+    };
+    s.ranked = ranked(logits, p);
+    s
+}
+
+/// The three allowed ids with the largest logits, descending, ties to the lower id
+/// ([`NO_TOKEN`] past the end of a smaller vocabulary).
+pub fn ranked(logits: &[f32], p: &SampleParams) -> [u32; 3] {
+    let mut top = [(NO_TOKEN, f32::NEG_INFINITY); 3];
+    for (i, &v) in logits.iter().enumerate() {
+        if !allowed(i, p) {
+            continue;
+        }
+        // Strictly greater moves an id up: an equal value stays behind the lower id.
+        let mut at = 3;
+        while at > 0 && (top[at - 1].0 == NO_TOKEN || v > top[at - 1].1) {
+            at -= 1;
+        }
+        if at < 3 {
+            top.copy_within(at..2, at + 1);
+            top[at] = (i as u32, v);
+        }
     }
+    top.map(|(i, _)| i)
 }
 
 /// Argmax over the allowed ids (ties to the lower id); confidence is the probability under
@@ -32,16 +55,13 @@ pub fn greedy(logits: &[f32], p: &SampleParams) -> Sampled {
         }
     }
     if best == usize::MAX {
-        return Sampled {
-            token: 0,
-            confidence: 0.0,
-        };
+        return Sampled::new(0, 0.0);
     }
     let sum: f64 = logits.iter().map(|&v| ((v - max_all) as f64).exp()).sum();
-    Sampled {
-        token: best as u32,
-        confidence: (((best_v - max_all) as f64).exp() / sum) as f32,
-    }
+    Sampled::new(
+        best as u32,
+        (((best_v - max_all) as f64).exp() / sum) as f32,
+    )
 }
 
 /// Temperature, then top-k (keep logits >= the k-th largest), then top-p (keep the most likely
@@ -100,10 +120,7 @@ pub fn sample_seeded(logits: &[f32], p: &SampleParams, position: u32) -> Sampled
             break;
         }
     }
-    Sampled {
-        token: cand[pick].0 as u32,
-        confidence: probs[pick],
-    }
+    Sampled::new(cand[pick].0 as u32, probs[pick])
 }
 
 #[cfg(test)]
@@ -123,6 +140,17 @@ mod tests {
         let max = 11.0f64;
         let sum: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
         assert!((s.confidence as f64 - (2.0 - max).exp() / sum).abs() < 1e-7);
+    }
+
+    #[test]
+    fn ranked_keeps_the_three_best_allowed_ids() {
+        // ids 3 (mask) and >= 6 (padding) are never ranked; 1 and 4 tie: the lower id first.
+        let logits = [0.0, 2.0, 1.0, 9.0, 2.0, 5.0, 10.0];
+        assert_eq!(ranked(&logits, &params()), [5, 1, 4]);
+        assert_eq!(ranked(&[1.0, 0.5], &params()), [0, 1, NO_TOKEN]);
+        let s = sample_row(&logits, &params(), 0);
+        assert_eq!((s.token, s.ranked[0]), (5, 5));
+        assert_eq!(s.best_except(&[5, 1]), Some(4));
     }
 
     #[test]

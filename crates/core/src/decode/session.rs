@@ -3,8 +3,20 @@
 //! backend; a caller whose device answers asynchronously (WebGPU in the browser reads results
 //! back through a promise) or that must stay responsive between steps (cancel in a Web Worker)
 //! drives it one step at a time with the same arithmetic.
+//!
+//! The loop over blocks, the KV cache and the events are the same for every generation of
+//! LLaDA2; what a forward writes into its block and when the block ends is the family's
+//! [`BlockPolicy`].
+//!
+//! KV cache: every step keeps the K/V of all its positions. The K/V of a finished block are final
+//! when its last forward was fed its final tokens (a 2.1 block that ends because nothing changed);
+//! otherwise (the last forward filled or edited tokens) the next block's first step starts at the
+//! finished block and recomputes it with the new window (2B positions), so a generation makes
+//! exactly the reference's number of forwards.
 
-use super::{schedule, DecodeParams, Finish, Generation, StepEvent};
+use super::family::Decoder;
+use super::policy::{self, BlockPolicy, Writes};
+use super::{DecodeParams, Finish, Generation, StepEvent};
 use crate::backend::{Capture, SampleParams, Step, StepOutput};
 use crate::chat::SpecialIds;
 use crate::error::{Error, Result};
@@ -13,19 +25,27 @@ pub struct Decoding {
     p: DecodeParams,
     ids: SpecialIds,
     plen: usize,
-    /// Prompt plus masks, padded to whole blocks; committed tokens replace masks in place.
+    /// Prompt plus masks, padded to whole blocks; decoded tokens replace masks in place.
     x: Vec<u32>,
-    schedule: Vec<usize>,
+    policy: Box<dyn BlockPolicy>,
     block: usize,
-    /// Index into `schedule` within the current block.
-    substep: usize,
+    /// The current block has been entered (`policy.begin`).
+    entered: bool,
+    /// The block as fed to its last forward (to tell whether its cached K/V are final).
+    fed: Vec<u32>,
     forwards: usize,
-    /// Positions the backend's KV cache holds (when the cache is used).
-    cached: usize,
+    /// Positions before this have final K/V in the backend's cache (when the cache is used).
+    clean: usize,
     /// Set once decoding has ended (early stop, eos in a finished block, or the last block).
     done: Option<Generation>,
     /// A step has been handed out and its samples are awaited.
     pending: bool,
+    /// Tokens that became final since the last event (a block that ended).
+    settled: Vec<(usize, u32)>,
+    /// The current block was checked and needs a forward (the check has side effects).
+    ready: bool,
+    /// The error that ended decoding (LLaDA2.2's non-converging block).
+    failed: Option<Error>,
 }
 
 impl Decoding {
@@ -52,71 +72,129 @@ impl Decoding {
                 ids.valid_vocab
             )));
         }
+        if p.decoder == Decoder::Llada22 {
+            check_llada22(ids, prompt, p)?;
+        } else if let Some(r) = ids.routing_block {
+            // The forward of a block-routed model needs whole routing blocks whatever decodes it.
+            if !b.is_multiple_of(r as usize) {
+                return Err(block_multiple(b, r));
+            }
+        }
         let mut x = prompt.to_vec();
         x.resize(total, ids.mask);
         Ok(Decoding {
-            schedule: schedule::transfer_schedule(b, p.steps),
+            policy: policy::for_params(p, ids),
             block: plen / b,
-            substep: 0,
+            entered: false,
+            fed: Vec::new(),
             p: p.clone(),
             ids: *ids,
             plen,
             x,
             forwards: 0,
-            cached: 0,
+            clean: 0,
             done: None,
             pending: false,
+            settled: Vec::new(),
+            ready: false,
+            failed: None,
         })
     }
 
+    pub fn decoder(&self) -> Decoder {
+        self.p.decoder
+    }
+
     /// The next forward to run, or `None` once decoding has ended (then [`Self::result`]).
+    /// An error (LLaDA2.2's block that does not converge) ends decoding too.
     pub fn next_step(&mut self) -> Option<Step<'_>> {
+        if !self.ready {
+            match self.advance() {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => {
+                    self.failed = Some(e);
+                    return None;
+                }
+            }
+        }
+        let b = self.p.block_length;
+        let (ws, we) = (self.block * b, self.block * b + b);
+        let start = if self.p.use_cache { self.clean } else { 0 };
+        self.pending = true;
+        self.fed = self.x[ws..we].to_vec();
+        Some(Step {
+            tokens: &self.x[start..we],
+            start,
+            keep: if self.p.use_cache { we - start } else { 0 },
+            block_length: b,
+            out_rows: b,
+            sampling: SampleParams {
+                temperature: self.p.temperature,
+                top_k: self.p.top_k,
+                top_p: self.p.top_p,
+                seed: self.p.seed,
+                step: self.forwards as u32,
+                mask: self.ids.mask,
+                valid_vocab: self.ids.valid_vocab,
+            },
+            capture: Capture::Samples,
+        })
+    }
+
+    /// Moves through finished blocks until one needs a forward (`true`) or decoding ends.
+    fn advance(&mut self) -> Result<bool> {
         let b = self.p.block_length;
         let total = self.x.len();
         loop {
-            if self.done.is_some() {
-                return None;
+            if self.done.is_some() || self.failed.is_some() {
+                return Ok(false);
             }
             if self.block >= total / b {
-                self.done = Some(self.final_generation());
-                return None;
+                self.done = Some(self.final_generation()?);
+                return Ok(false);
             }
             let (ws, we) = (self.block * b, self.block * b + b);
-            let window_open =
-                self.substep < self.schedule.len() && self.x[ws..we].contains(&self.ids.mask);
-            if !window_open {
-                // The block is finished: an eos anywhere in the generation so far ends decoding.
-                if self.x[self.plen..we].contains(&self.ids.eos) {
-                    self.done = Some(self.final_generation());
-                    return None;
-                }
-                self.block += 1;
-                self.substep = 0;
-                continue;
+            if !self.entered {
+                let prompt = self.plen.saturating_sub(ws).min(b);
+                self.policy.begin(&self.x[ws..we], prompt)?;
+                self.entered = true;
+                self.fed.clear();
             }
-            let start = if self.p.use_cache { self.cached } else { 0 };
-            self.pending = true;
-            return Some(Step {
-                tokens: &self.x[start..we],
-                start,
-                keep: if self.p.use_cache { ws - start } else { 0 },
-                block_length: b,
-                out_rows: b,
-                sampling: SampleParams {
-                    temperature: self.p.temperature,
-                    top_k: self.p.top_k,
-                    top_p: self.p.top_p,
-                    seed: self.p.seed,
-                    step: self.forwards as u32,
-                    mask: self.ids.mask,
-                    valid_vocab: self.ids.valid_vocab,
-                },
-                capture: Capture::Samples,
-            });
+            if self.policy.wants_forward(&self.x[ws..we])? {
+                self.ready = true;
+                return Ok(true);
+            }
+            // The block is finished: its tokens are final.
+            self.settled.extend((ws.max(self.plen)..we).map(|i| (i, self.x[i])));
+            if self.fed == self.x[ws..we] {
+                self.clean = we;
+            }
+            if self.stops_after_block(we) {
+                self.done = Some(self.final_generation()?);
+                return Ok(false);
+            }
+            self.block += 1;
+            self.entered = false;
         }
     }
 
-    /// Applies the samples of the step last handed out by [`Self::next_step`]: commits tokens and
+    /// Whether an eos in the finished generation so far ends decoding after this block.
+    fn stops_after_block(&self, we: usize) -> bool {
+        let stop_after_block = match self.p.decoder {
+            // The official 2.0 generate always stops after the block with an eos.
+            Decoder::Llada20 => true,
+            _ => self.p.eos_early_stop.unwrap_or(true),
+        };
+        let end = we.min(self.plen + self.p.gen_length);
+        stop_after_block && self.x[self.plen..end].iter().any(|&t| self.is_eos(t))
+    }
+
+    fn is_eos(&self, t: u32) -> bool {
+        t == self.ids.eos || (self.p.decoder == Decoder::Llada22 && Some(t) == self.ids.eos_alt)
+    }
+
+    /// Applies the samples of the step last handed out by [`Self::next_step`]: writes tokens and
     /// says what changed. `backend` names the device in errors.
     pub fn apply(&mut self, out: &StepOutput, backend: &str) -> Result<StepEvent> {
         if !std::mem::take(&mut self.pending) {
@@ -124,49 +202,63 @@ impl Decoding {
                 "decoder: samples applied without a step handed out".into(),
             ));
         }
+        self.ready = false;
         let b = self.p.block_length;
         let (ws, we) = (self.block * b, self.block * b + b);
-        if self.p.use_cache {
-            self.cached = ws;
-        }
         if out.samples.len() != b {
             return Err(Error::backend(
                 backend,
                 format!("returned {} samples for a window of {b}", out.samples.len()),
             ));
         }
-        let mask = self.ids.mask;
-        let masked: Vec<usize> = (ws..we).filter(|&i| self.x[i] == mask).collect();
-        let cand: Vec<(usize, f32)> = masked
-            .iter()
-            .map(|&i| (i, out.samples[i - ws].confidence))
-            .collect();
-        let chosen = schedule::select_commits(&cand, self.p.threshold, self.schedule[self.substep]);
-        let window = self.x[ws..we].to_vec();
-        let proposals = masked
-            .iter()
-            .map(|&i| (i, out.samples[i - ws].token, out.samples[i - ws].confidence))
-            .collect();
-        let committed: Vec<(usize, u32)> = chosen
-            .iter()
-            .map(|&i| (i, out.samples[i - ws].token))
-            .collect();
-        for &(i, t) in &committed {
-            self.x[i] = t;
+        if self.p.use_cache {
+            // The positions before the window were fed their final tokens by this step.
+            self.clean = self.clean.max(ws);
         }
-        let event = StepEvent {
+        let mask = self.ids.mask;
+        let window = self.x[ws..we].to_vec();
+        let proposals = (ws..we)
+            .filter(|&i| self.x[i] == mask)
+            .map(|i| (i, out.samples[i - ws].token, out.samples[i - ws].confidence))
+            .collect();
+        let w: Writes = self.policy.apply(&mut self.x[ws..we], &out.samples)?;
+        let at = |list: &[usize]| -> Vec<(usize, u32)> {
+            list.iter().map(|&i| (ws + i, w.written[i])).collect()
+        };
+        let committed = at(&w.filled);
+        let mut event = StepEvent {
             forward: self.forwards,
             block_start: ws,
             window,
-            committed,
-            proposals,
+            edited: at(&w.edited),
+            deleted: w.deleted.iter().map(|&i| ws + i).collect(),
+            split: w.split.iter().map(|&i| ws + i).collect(),
+            escapes: w.escapes,
+            final_round: w.final_round,
             masked_after: (ws..we).filter(|&i| self.x[i] == mask).collect(),
+            window_after: self.x[ws..we].to_vec(),
+            proposals,
+            settled: Vec::new(),
+            committed,
         };
         self.forwards += 1;
-        self.substep += 1;
-        if self.p.eos_early_stop && event.committed.iter().any(|&(_, t)| t == self.ids.eos) {
+        if self.p.decoder == Decoder::Llada20
+            && self.p.eos_early_stop == Some(true)
+            && event.committed.iter().any(|&(_, t)| t == self.ids.eos)
+        {
             self.try_early_stop();
         }
+        // Find the next forward now, so that a block this step finished is reported with it.
+        if let Err(e) = self.advance() {
+            self.failed = Some(e);
+        }
+        let settled = std::mem::take(&mut self.settled);
+        event.settled = if self.p.decoder.edits() {
+            settled
+        } else {
+            // Committed 2.0 tokens never change again.
+            event.committed.clone()
+        };
         Ok(event)
     }
 
@@ -175,8 +267,18 @@ impl Decoding {
         self.done.as_ref()
     }
 
-    pub fn into_result(self) -> Option<Generation> {
+    /// The generation, or the error that ended decoding.
+    pub fn into_result(self) -> Result<Generation> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
         self.done
+            .ok_or_else(|| Error::Invalid("decoder ended without a result".into()))
+    }
+
+    /// The error that ended decoding, if one did.
+    pub fn error(&self) -> Option<&Error> {
+        self.failed.as_ref()
     }
 
     /// Forwards run so far.
@@ -198,24 +300,67 @@ impl Decoding {
                     tokens: self.x[plen..end].to_vec(),
                     forwards: self.forwards,
                     finish: Finish::Eos,
+                    decoder: self.p.decoder,
                 });
             }
         }
     }
 
-    fn final_generation(&self) -> Generation {
+    fn final_generation(&self) -> Result<Generation> {
         let mut tokens = self.x[self.plen..self.plen + self.p.gen_length].to_vec();
-        let finish = match tokens.iter().position(|&t| t == self.ids.eos) {
+        let finish = match tokens.iter().position(|&t| self.is_eos(t)) {
             Some(e) => {
                 tokens.truncate(e + 1);
                 Finish::Eos
             }
             None => Finish::Length,
         };
-        Generation {
+        let unresolved = |t: &u32| {
+            *t == self.ids.mask || Some(*t) == self.ids.delete || Some(*t) == self.ids.split
+        };
+        if self.p.decoder == Decoder::Llada22 && tokens.iter().any(unresolved) {
+            return Err(Error::Invalid(
+                "decoding left unresolved diffusion tokens (mask, DELETE or SPLIT)".into(),
+            ));
+        }
+        Ok(Generation {
             tokens,
             forwards: self.forwards,
             finish,
+            decoder: self.p.decoder,
+        })
+    }
+}
+
+/// LLaDA2.2's requirements on a request: edit tokens known, a non-empty prompt without masks or
+/// edit tokens, blocks made of whole routing blocks.
+fn check_llada22(ids: &SpecialIds, prompt: &[u32], p: &DecodeParams) -> Result<()> {
+    if ids.delete.is_none() || ids.split.is_none() {
+        return Err(Error::Invalid(
+            "the llada2.2 decoder needs delete_token_id and split_token_id in config.json".into(),
+        ));
+    }
+    if prompt.is_empty() {
+        return Err(Error::Invalid(
+            "the llada2.2 decoder needs a non-empty prompt".into(),
+        ));
+    }
+    let special = [Some(ids.mask), ids.delete, ids.split];
+    if let Some(t) = prompt.iter().find(|t| special.contains(&Some(**t))) {
+        return Err(Error::Invalid(format!(
+            "the prompt holds token {t} (mask, DELETE or SPLIT), which the llada2.2 decoder rejects"
+        )));
+    }
+    if let Some(r) = ids.routing_block {
+        if !p.block_length.is_multiple_of(r as usize) {
+            return Err(block_multiple(p.block_length, r));
         }
     }
+    Ok(())
+}
+
+fn block_multiple(b: usize, r: u32) -> Error {
+    Error::Invalid(format!(
+        "block_length {b} must be a multiple of the model's routing block (block_size {r})"
+    ))
 }

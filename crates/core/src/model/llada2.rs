@@ -1,7 +1,7 @@
 //! The LLaDA2 (`llada2_moe`) forward pass of SPEC §2 as a graph, and the tensors it reads.
 
 use crate::config::Config;
-use crate::graph::{Elem, ExpertSet, Graph, GraphBuilder, Heads, Op, Routing, Rows, WeightRole};
+use crate::graph::{BlockRouting, Elem, ExpertSet, Graph, GraphBuilder, Heads, Op, Routing, Rows, WeightRole};
 
 /// Every tensor the forward pass reads, with the shape the config implies (PyTorch `[out, in]`).
 pub fn expected_tensors(c: &Config) -> Vec<(String, Vec<usize>)> {
@@ -191,7 +191,12 @@ pub fn build(c: &Config) -> Graph {
         weight: head,
         out: logits,
     });
-    let samples = g.buffer("samples", Rows::Out, 2, Elem::U32);
+    let samples = g.buffer(
+        "samples",
+        Rows::Out,
+        crate::backend::SAMPLE_WORDS,
+        Elem::U32,
+    );
     g.op(Op::Sample {
         logits,
         out: samples,
@@ -249,6 +254,10 @@ fn moe_block(
             n_group: c.n_group,
             topk_group: c.topk_group,
             scaling: c.routed_scaling_factor,
+            block: c.block_routing().then_some(BlockRouting {
+                size: c.block_size,
+                capacity: c.expert_capacity,
+            }),
         },
         ids,
         weights,

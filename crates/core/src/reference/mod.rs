@@ -123,13 +123,7 @@ impl Backend for ReferenceBackend {
         result?;
         self.cached = s.start + s.keep;
 
-        let samples = self.u[self.graph.samples.0]
-            .chunks_exact(2)
-            .map(|c| crate::backend::Sampled {
-                token: c[0],
-                confidence: f32::from_bits(c[1]),
-            })
-            .collect();
+        let samples = crate::backend::Sampled::from_words(&self.u[self.graph.samples.0]);
         let mut out = StepOutput {
             samples,
             ..Default::default()
@@ -281,10 +275,18 @@ impl ReferenceBackend {
                 let mut oi = self.out_u(*ids, s);
                 let mut ow = self.out_f(*weights, s);
                 let e = routing.num_experts;
-                for (t, row) in self.f[logits.0].chunks_exact(e).enumerate() {
-                    let (i, w) = ops::route(row, bias.as_deref(), routing);
-                    oi[t * routing.top_k..(t + 1) * routing.top_k].copy_from_slice(&i);
-                    ow[t * routing.top_k..(t + 1) * routing.top_k].copy_from_slice(&w);
+                let rows = &self.f[logits.0];
+                let routed: Vec<(Vec<u32>, Vec<f32>)> = match routing.block {
+                    None => rows
+                        .chunks_exact(e)
+                        .map(|row| ops::route(row, bias.as_deref(), routing))
+                        .collect(),
+                    Some(b) => ops::route_blocks(rows, bias.as_deref(), routing, b, s.start)?,
+                };
+                let k = routing.top_k;
+                for (t, (i, w)) in routed.into_iter().enumerate() {
+                    oi[t * k..(t + 1) * k].copy_from_slice(&i);
+                    ow[t * k..(t + 1) * k].copy_from_slice(&w);
                 }
                 self.u[ids.0] = oi;
                 self.f[weights.0] = ow;
@@ -326,8 +328,8 @@ impl ReferenceBackend {
                 let first = (s.start + s.tokens.len() - s.out_rows) as u32;
                 for (r, row) in self.f[logits.0].chunks_exact(vocab).enumerate() {
                     let smp = sampler::sample_row(row, &s.sampling, first + r as u32);
-                    o[2 * r] = smp.token;
-                    o[2 * r + 1] = smp.confidence.to_bits();
+                    let w = crate::backend::SAMPLE_WORDS;
+                    o[w * r..w * (r + 1)].copy_from_slice(&smp.to_words());
                 }
                 self.u[out.0] = o;
             }

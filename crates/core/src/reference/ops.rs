@@ -3,7 +3,8 @@
 
 use super::matrix::Matrix;
 use super::parallel::map_chunks;
-use crate::graph::{Heads, Routing};
+use crate::error::{Error, Result};
+use crate::graph::{BlockRouting, Heads, Routing};
 
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -201,10 +202,66 @@ pub fn route(logits: &[f32], bias: Option<&[f32]>, r: &Routing) -> (Vec<u32>, Ve
         masked[g * gs..(g + 1) * gs].copy_from_slice(&sb[g * gs..(g + 1) * gs]);
     }
     let chosen = top_indices(&masked, r.top_k);
+    weigh(&s, chosen, r.scaling)
+}
+
+/// LLaDA2.2 block routing (SPEC §3c) of `logits` (`[n, num_experts]` rows at absolute positions
+/// `start..start + n`): per 32-aligned routing block, the `capacity` experts with the largest
+/// block maximum of the biased score; per row, the top-k of those by its own biased score.
+/// Weights come from the unbiased scores. A step must start on a routing-block boundary.
+pub fn route_blocks(
+    logits: &[f32],
+    bias: Option<&[f32]>,
+    r: &Routing,
+    b: BlockRouting,
+    start: usize,
+) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
+    if !start.is_multiple_of(b.size) {
+        return Err(Error::Invalid(format!(
+            "block routing: a step starts at position {start}, not on a routing block of {}",
+            b.size
+        )));
+    }
+    let e = r.num_experts;
+    let s: Vec<f32> = logits.iter().map(|&v| sigmoid(v)).collect();
+    let biased: Vec<f32> = match bias {
+        Some(bias) => s
+            .chunks_exact(e)
+            .flat_map(|row| row.iter().zip(bias).map(|(x, y)| x + y))
+            .collect(),
+        None => s.clone(),
+    };
+    let mut out = Vec::with_capacity(logits.len() / e.max(1));
+    for (block_s, block_r) in s.chunks(b.size * e).zip(biased.chunks(b.size * e)) {
+        let mut g = vec![f32::NEG_INFINITY; e];
+        for row in block_r.chunks_exact(e) {
+            for (gj, &v) in g.iter_mut().zip(row) {
+                *gj = gj.max(v);
+            }
+        }
+        let mut allowed = vec![false; e];
+        for j in top_indices(&g, b.capacity) {
+            allowed[j] = true;
+        }
+        for (row_s, row_r) in block_s.chunks_exact(e).zip(block_r.chunks_exact(e)) {
+            let masked: Vec<f32> = row_r
+                .iter()
+                .zip(&allowed)
+                .map(|(&v, &a)| if a { v } else { f32::NEG_INFINITY })
+                .collect();
+            let chosen = top_indices(&masked, r.top_k);
+            out.push(weigh(row_s, chosen, r.scaling));
+        }
+    }
+    Ok(out)
+}
+
+/// Expert ids and their weights `s_k / (sum of s + 1e-20) * scaling` (unbiased scores).
+fn weigh(s: &[f32], chosen: Vec<usize>, scaling: f32) -> (Vec<u32>, Vec<f32>) {
     let sum: f32 = chosen.iter().map(|&i| s[i]).sum();
     let weights = chosen
         .iter()
-        .map(|&i| s[i] / (sum + 1e-20) * r.scaling)
+        .map(|&i| s[i] / (sum + 1e-20) * scaling)
         .collect();
     (chosen.into_iter().map(|i| i as u32).collect(), weights)
 }
@@ -298,7 +355,35 @@ mod tests {
             n_group: g,
             topk_group: tg,
             scaling: 2.5,
+            block: None,
         }
+    }
+
+    #[test]
+    fn block_routing_allows_the_block_maxima_then_picks_per_row() {
+        // 4 experts, capacity 2, routing blocks of 2 rows, top-1. Block 0: experts 3 and 0 peak
+        // on row 0 -> allowed {3, 0}; row 1's own best (expert 1) is not allowed, and its tie
+        // between 0 and 3 goes to the lower id.
+        let logits = [
+            2.8, -1.0, -2.0, 3.0, //
+            -3.0, 2.5, -3.0, -3.0, //
+            // Block 1: a bias of -1 on expert 2 selects against it, weights stay unbiased.
+            1.0, 0.0, 1.5, -1.0, //
+            0.0, 0.5, 0.0, 0.0,
+        ];
+        let bias = [0.0, 0.0, -1.0, 0.0];
+        let mut rt = r(4, 1, 1, 1);
+        let b = BlockRouting {
+            size: 2,
+            capacity: 2,
+        };
+        rt.block = Some(b);
+        let out = route_blocks(&logits, Some(&bias), &rt, b, 4).unwrap();
+        let ids: Vec<u32> = out.iter().map(|o| o.0[0]).collect();
+        assert_eq!(ids, vec![3, 0, 0, 1]);
+        assert!((out[1].1[0] - 2.5).abs() < 1e-6, "k = 1: s / s * scaling");
+        let e = route_blocks(&logits, None, &rt, b, 3).unwrap_err().to_string();
+        assert!(e.contains("routing block"), "{e}");
     }
 
     #[test]

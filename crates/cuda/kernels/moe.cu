@@ -109,6 +109,115 @@ extern "C" __global__ void moe_route(const float* logits, const float* bias, u32
     }
 }
 
+// Op::MoeRoute with LLaDA2.2's block routing (SPEC §3c), as the reference `route_blocks`
+// computes it (n_group and topk_group do not apply):
+//   s = sigmoid(logits); r = s + bias (bias only chooses);
+//   the step starts on a routing block boundary (the host checks it), so routing block b is rows
+//   [b * size, min(n, (b + 1) * size)) of the step;
+//   per routing block: g[e] = max over its rows of r[row][e]; the `capacity` experts with the
+//   largest g are allowed (ties to the lower id, by counting the experts ranked before each);
+//   per row: the top_k largest r among allowed experts (the others are -inf, not dropped),
+//   descending, ties to the lower id; w = s / (sum of chosen s in that order + 1e-20) * scaling.
+// A warp routes one row at a time: pick k is the warp argmax over the experts that come strictly
+// after pick k - 1 in (r descending, id ascending) order, so no per-row scratch is needed; lane k
+// keeps pick k (top_k <= MAX_TOP_K = 32).
+//
+// Grid (ceil(n / size)), block ROUTE_BLOCK_THREADS. Dynamic shared memory: E floats (g) and E u32
+// flags (allowed).
+#define ROUTE_BLOCK_THREADS 1024
+
+__device__ __forceinline__ float route_score(const float* row, const float* bias, u32 e,
+                                             float* s_out) {
+    float s = 1.0f / (1.0f + expf(-row[e]));
+    *s_out = s;
+    return bias != 0 ? s + bias[e] : s;
+}
+
+extern "C" __global__ void __launch_bounds__(ROUTE_BLOCK_THREADS) moe_route_block(
+    const float* logits, const float* bias, u32* ids, float* wout, u32 n, u32 E, u32 top_k,
+    u32 size, u32 capacity, float scaling) {
+    extern __shared__ float sh[];
+    float* g = sh;                  // [E] block maximum of r
+    u32* allowed = (u32*)(g + E);   // [E] 1 where the expert is allowed in this block
+
+    const u32 first = blockIdx.x * size;
+    if (first >= n) return;
+    const u32 rows = min(size, n - first);
+    for (u32 e = threadIdx.x; e < E; e += blockDim.x) {
+        float m = NEG_INF, s;
+        for (u32 r = 0; r < rows; r++) m = fmaxf(m, route_score(logits + (u64)(first + r) * E, bias, e, &s));
+        g[e] = m;
+    }
+    __syncthreads();
+    for (u32 e = threadIdx.x; e < E; e += blockDim.x) {
+        const float v = g[e];
+        u32 before = 0;
+        for (u32 j = 0; j < E; j++) {
+            const float w = g[j];
+            before += (w > v || (w == v && j < e)) ? 1u : 0u;
+        }
+        allowed[e] = before < capacity ? 1u : 0u;
+    }
+    __syncthreads();
+
+    const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    for (u32 r = warp; r < rows; r += nw) {
+        const u64 t = (u64)first + r;
+        const float* row = logits + t * E;
+        float pv = 0.0f;
+        u32 pi = 0xffffffffu;
+        u32 my_id = 0u;
+        float my_s = 0.0f;
+        for (u32 k = 0; k < top_k; k++) {
+            float bv = NEG_INF, bs = 0.0f;
+            u32 bi = 0xffffffffu;
+            for (u32 e = lane; e < E; e += 32u) {
+                float s;
+                float v = route_score(row, bias, e, &s);
+                if (!allowed[e]) v = NEG_INF;
+                // Only experts strictly after the previous pick in (value desc, id asc) order.
+                if (pi != 0xffffffffu && !(v < pv || (v == pv && e > pi))) continue;
+                if (bi == 0xffffffffu || v > bv) {
+                    bv = v;
+                    bi = e;
+                    bs = s;
+                }
+            }
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) {
+                float ov = __shfl_xor_sync(FULL_MASK, bv, o);
+                float os = __shfl_xor_sync(FULL_MASK, bs, o);
+                u32 oi = __shfl_xor_sync(FULL_MASK, bi, o);
+                bool better = oi != 0xffffffffu &&
+                              (bi == 0xffffffffu || ov > bv || (ov == bv && oi < bi));
+                if (better) {
+                    bv = ov;
+                    bi = oi;
+                    bs = os;
+                }
+            }
+            // top_k <= E (checked at load): a pick always exists; guard the ids all the same.
+            if (bi == 0xffffffffu) {
+                bi = 0u;
+                bs = 0.0f;
+            }
+            if (lane == k) {
+                my_id = bi;
+                my_s = bs;
+            }
+            pv = bv;
+            pi = bi;
+        }
+        // The reference's sum, in pick order.
+        float sum = 0.0f;
+        for (u32 k = 0; k < top_k; k++) sum += __shfl_sync(FULL_MASK, my_s, k);
+        if (lane < top_k) {
+            ids[t * top_k + lane] = my_id;
+            wout[t * top_k + lane] = my_s / (sum + 1e-20f) * scaling;
+        }
+    }
+}
+
 // Op::MoeExperts: out[t] = sum_k w[t,k] * swiglu_{ids[t,k]}(x[t]), computed per expert over the
 // tokens routed to it so that each touched expert's weights are read once, with no host round
 // trip. Four kernels:

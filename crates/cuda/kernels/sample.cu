@@ -1,8 +1,15 @@
-// Op::Sample: one logits row to (token, f32 bits of confidence), reproducing the host definition
-// in crates/core/src/decode/sampler.rs. One block of SAMPLE_THREADS threads per output row.
+// Op::Sample: one logits row to SAMPLE_WORDS u32 words, reproducing the host definition in
+// crates/core/src/decode/sampler.rs: (token, f32 bits of confidence, ranked[0..3]). One block of
+// SAMPLE_THREADS threads per output row.
+//
+// Ranked (every row, either mode, independent of the drawn token): the three allowed ids with
+// the largest logits, descending, ties to the lower id, NO_TOKEN past the allowed ids
+// (`sampler::ranked`). Each thread keeps its own best three in one pass over the row; warps merge
+// them by shuffles, then warp 0 merges the warps' lists.
 //
 // Greedy (temperature 0): argmax over allowed ids (not the mask, below valid_vocab), ties to the
-// lower id; confidence = exp(best - max) / sum(exp(v - max)) over the whole row, summed in f64.
+// lower id (= ranked[0]); confidence = exp(best - max) / sum(exp(v - max)) over the whole row,
+// summed in f64.
 //
 // Seeded (temperature > 0): candidates are allowed, finite ids with z = v * (1 / T). The host
 // sorts them; here the same sets are found by radix selection on order-preserving keys of z:
@@ -19,6 +26,10 @@
 // rounding; the token differs only where u falls within that rounding of a boundary.
 
 #define SAMPLE_THREADS 1024
+// Words per output row (unmask_core::backend::SAMPLE_WORDS) and the id of an empty ranked slot
+// (unmask_core::backend::NO_TOKEN).
+#define SAMPLE_WORDS 5
+#define NO_TOKEN 0xffffffffu
 // Probability mass in the top-p histograms as u64 fixed point (2^48 per unit): integer atomics
 // add in any order to the same total, where float atomics would make the cut vary run to run.
 #define MASS_ONE 281474976710656.0f
@@ -63,59 +74,118 @@ struct SampleShared {
     double dscratch[32];
     u32 uscratch[32];
     float chunk[SAMPLE_THREADS];
+    // Per warp, its best three (value, id); then the row's best three.
+    float top_v[32 * 3];
+    u32 top_i[32 * 3];
+    float rank_v[3];
+    u32 rank_i[3];
     u32 sel;
-    u32 best_i;
-    float best_v;
     u32 pick;
     u32 last;
 };
 
-__device__ void sample_greedy(const float* row, u32 vocab, u32 mask, u32 valid_vocab, u32* out,
-                              SampleShared& sh) {
-    float mx = NEG_INF, bv = NEG_INF;
-    u32 bi = 0xffffffffu;
+// (av, ai) ranks before (bv, bi): larger value, ties to the lower id; an empty slot (NO_TOKEN)
+// ranks after everything.
+__device__ __forceinline__ bool rank_before(float av, u32 ai, float bv, u32 bi) {
+    return ai != NO_TOKEN && (bi == NO_TOKEN || av > bv || (av == bv && ai < bi));
+}
+
+// Inserts (v, i) into a descending best-three list (tv, ti), dropping what falls off its end.
+// Selects rather than branches, so that the lists stay in registers. The list is sorted, so
+// passing slot 0 implies passing slot 1 and 2; the ORs keep that so where NaNs break the order.
+__device__ __forceinline__ void top3_insert(float* tv, u32* ti, float v, u32 i) {
+    const bool b0 = rank_before(v, i, tv[0], ti[0]);
+    const bool b1 = b0 || rank_before(v, i, tv[1], ti[1]);
+    const bool b2 = b1 || rank_before(v, i, tv[2], ti[2]);
+    const float v0 = tv[0], v1 = tv[1], v2 = tv[2];
+    const u32 i0 = ti[0], i1 = ti[1], i2 = ti[2];
+    tv[0] = b0 ? v : v0;
+    ti[0] = b0 ? i : i0;
+    tv[1] = b0 ? v0 : (b1 ? v : v1);
+    ti[1] = b0 ? i0 : (b1 ? i : i1);
+    tv[2] = b1 ? v1 : (b2 ? v : v2);
+    ti[2] = b1 ? i1 : (b2 ? i : i2);
+}
+
+// Butterfly merge of the lanes' lists: every lane ends with the warp's best three. The lists
+// merged at each level come from disjoint lanes; the id check keeps an id from entering twice
+// even where NaN logits leave the order partial.
+__device__ __forceinline__ void warp_top3(float* tv, u32* ti) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov[3];
+        u32 oi[3];
+#pragma unroll
+        for (int k = 0; k < 3; k++) {
+            ov[k] = __shfl_xor_sync(FULL_MASK, tv[k], o);
+            oi[k] = __shfl_xor_sync(FULL_MASK, ti[k], o);
+        }
+#pragma unroll
+        for (int k = 0; k < 3; k++) {
+            if (oi[k] != ti[0] && oi[k] != ti[1] && oi[k] != ti[2]) top3_insert(tv, ti, ov[k], oi[k]);
+        }
+    }
+}
+
+// `sampler::ranked` of a row into sh.rank_i (sh.rank_v their logits), and the largest logit of
+// the whole row (every thread gets it).
+__device__ float row_ranked(const float* row, u32 vocab, u32 mask, u32 valid_vocab,
+                            SampleShared& sh) {
+    float mx = NEG_INF;
+    float tv[3] = {NEG_INF, NEG_INF, NEG_INF};
+    u32 ti[3] = {NO_TOKEN, NO_TOKEN, NO_TOKEN};
+    // Ids ascend within a thread: an equal value never passes an earlier id.
     for (u32 i = threadIdx.x; i < vocab; i += blockDim.x) {
         float v = row[i];
         mx = fmaxf(mx, v);
-        if (sample_allowed(i, mask, valid_vocab) && (bi == 0xffffffffu || v > bv)) {
-            bv = v;
-            bi = i;
-        }
+        if (sample_allowed(i, mask, valid_vocab)) top3_insert(tv, ti, v, i);
     }
     mx = block_max(mx, sh.fscratch);
-    // Argmax with ties to the lower id: warp shuffles, then one thread merges the warps.
+    warp_top3(tv, ti);
+    const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (lane == 0) {
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(FULL_MASK, bv, o);
-        u32 oi = __shfl_xor_sync(FULL_MASK, bi, o);
-        if (oi != 0xffffffffu && (bi == 0xffffffffu || ov > bv || (ov == bv && oi < bi))) {
-            bv = ov;
-            bi = oi;
+        for (int k = 0; k < 3; k++) {
+            sh.top_v[warp * 3u + k] = tv[k];
+            sh.top_i[warp * 3u + k] = ti[k];
         }
     }
-    if (threadIdx.x == 0) sh.best_i = 0xffffffffu;
     __syncthreads();
-    if ((threadIdx.x & 31u) == 0) {
-        sh.fscratch[threadIdx.x >> 5] = bv;
-        sh.uscratch[threadIdx.x >> 5] = bi;
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        float v0 = NEG_INF;
-        u32 i0 = 0xffffffffu;
-        for (u32 w = 0; w < (blockDim.x >> 5); w++) {
-            float v = sh.fscratch[w];
-            u32 i = sh.uscratch[w];
-            if (i != 0xffffffffu && (i0 == 0xffffffffu || v > v0 || (v == v0 && i < i0))) {
-                v0 = v;
-                i0 = i;
+    if (warp == 0) {
+#pragma unroll
+        for (int k = 0; k < 3; k++) {
+            tv[k] = lane < nw ? sh.top_v[lane * 3u + k] : NEG_INF;
+            ti[k] = lane < nw ? sh.top_i[lane * 3u + k] : NO_TOKEN;
+        }
+        warp_top3(tv, ti);
+        if (lane == 0) {
+#pragma unroll
+            for (int k = 0; k < 3; k++) {
+                sh.rank_v[k] = tv[k];
+                sh.rank_i[k] = ti[k];
             }
         }
-        sh.best_i = i0;
-        sh.best_v = v0;
     }
     __syncthreads();
-    if (sh.best_i == 0xffffffffu) {
+    return mx;
+}
+
+// Thread 0 writes a row's ranked words (after row_ranked, before sh.rank_* change).
+__device__ __forceinline__ void write_ranked(u32* out, const SampleShared& sh) {
+    if (threadIdx.x == 0) {
+        out[2] = sh.rank_i[0];
+        out[3] = sh.rank_i[1];
+        out[4] = sh.rank_i[2];
+    }
+}
+
+__device__ void sample_greedy(const float* row, u32 vocab, u32 mask, u32 valid_vocab, u32* out,
+                              SampleShared& sh) {
+    const float mx = row_ranked(row, vocab, mask, valid_vocab, sh);
+    write_ranked(out, sh);
+    const u32 best_i = sh.rank_i[0];
+    const float best_v = sh.rank_v[0];
+    if (best_i == NO_TOKEN) {
         if (threadIdx.x == 0) {
             out[0] = 0u;
             out[1] = __float_as_uint(0.0f);
@@ -126,8 +196,8 @@ __device__ void sample_greedy(const float* row, u32 vocab, u32 mask, u32 valid_v
     for (u32 i = threadIdx.x; i < vocab; i += blockDim.x) sum += exp((double)(row[i] - mx));
     sum = block_sum_d(sum, sh.dscratch);
     if (threadIdx.x == 0) {
-        out[0] = sh.best_i;
-        out[1] = __float_as_uint((float)(exp((double)(sh.best_v - mx)) / sum));
+        out[0] = best_i;
+        out[1] = __float_as_uint((float)(exp((double)(best_v - mx)) / sum));
     }
 }
 
@@ -240,6 +310,9 @@ __device__ void sample_seeded(const float* row, u32 vocab, const u32* params, u3
         sample_greedy(row, vocab, mask, valid_vocab, out, sh);
         return;
     }
+    // Ranked does not depend on the draw; sh.rank_i stays untouched below.
+    row_ranked(row, vocab, mask, valid_vocab, sh);
+    write_ranked(out, sh);
     // Top-k: keep keys >= the k-th largest key.
     u32 kmin = 0u;
     if (top_k > 0u && top_k < count) kmin = select_kth_key(row, vocab, mask, valid_vocab, inv_t, top_k, sh);
@@ -345,7 +418,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample(const float*
     __shared__ SampleShared sh;
     const u32 r = blockIdx.x;
     const float* row = logits + (u64)r * vocab;
-    u32* o = out + 2u * r;
+    u32* o = out + (u64)SAMPLE_WORDS * r;
     if (__uint_as_float(params[P_TEMPERATURE]) > 0.0f) {
         sample_seeded(row, vocab, params, params[P_FIRST_OUT_POS] + r, o, sh);
     } else {

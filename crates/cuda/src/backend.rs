@@ -3,9 +3,9 @@
 //! At load: the kernels are compiled, weights uploaded (or made on the device), the activation
 //! arena planned (plan.rs) and allocated with the KV cache and the MoE scratch. A step uploads its
 //! token ids and the 48-byte parameter words, replays the CUDA graph captured for its shape
-//! (token count, output rows) the first time that shape ran, and reads back one (token,
-//! confidence) per output row. Growing past the planned token count or cache length reallocates
-//! (counted in `StepStats::allocations`) and re-captures.
+//! (token count, output rows) the first time that shape ran, and reads back `SAMPLE_WORDS` words
+//! per output row (token, confidence, the three best ids). Growing past the planned token count
+//! or cache length reallocates (counted in `StepStats::allocations`) and re-captures.
 
 use crate::availability::cuda_error;
 use crate::device::{Device, DeviceMem, Launch};
@@ -16,7 +16,7 @@ use crate::weights::{DeviceWeights, RandomFormat, Source};
 use cudarc::driver::CudaGraph;
 use std::collections::HashMap;
 use std::time::Instant;
-use unmask_core::backend::{Backend, Capture, Sampled, Step, StepOutput, StepStats};
+use unmask_core::backend::{Backend, Capture, Sampled, Step, StepOutput, StepStats, SAMPLE_WORDS};
 use unmask_core::graph::{BufId, Graph, Op, Rows};
 use unmask_core::weights::WeightStore;
 use unmask_core::{Error, Result};
@@ -344,6 +344,8 @@ impl Backend for CudaBackend {
 
     fn step(&mut self, s: &Step) -> Result<StepOutput> {
         s.check(self.cached, self.graph.buffer(self.graph.logits).cols)?;
+        // Block routing reads routing block b as rows b * size.. of the step.
+        self.graph.check_routing_start(s.start)?;
         let (n, out) = (s.tokens.len(), s.out_rows);
         let end = s.start + n;
         if end > self.opts.max_positions {
@@ -385,18 +387,12 @@ impl Backend for CudaBackend {
             }
         };
         let dispatches = rec.launches.len();
-        let mut raw = vec![0u32; 2 * out];
+        let mut raw = vec![0u32; SAMPLE_WORDS * out];
         self.dev
             .download(self.buffers[self.graph.samples.0], &mut raw)?;
         self.cached = s.start + s.keep;
         self.last_tokens = n;
-        let samples = raw
-            .chunks_exact(2)
-            .map(|c| Sampled {
-                token: c[0],
-                confidence: f32::from_bits(c[1]),
-            })
-            .collect();
+        let samples = Sampled::from_words(&raw);
         let mut result = StepOutput {
             samples,
             ..Default::default()

@@ -44,6 +44,7 @@ impl OpHarness {
         step: &Step,
     ) -> Result<RunOutput> {
         record::check_limits(graph)?;
+        graph.check_routing_start(step.start)?;
         let dev = &self.dev;
         dev.bind()?;
         let (n, out) = (step.tokens.len(), step.out_rows);

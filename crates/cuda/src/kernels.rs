@@ -38,6 +38,7 @@ pub const SINGLE: &[&str] = &[
     "add",
     "swiglu",
     "moe_route",
+    "moe_route_block",
     "moe_bucket",
     "moe_combine",
     "take_last_rows",

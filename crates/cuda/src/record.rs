@@ -7,6 +7,7 @@
 use crate::availability::cuda_error;
 use crate::device::{Arg, Launch};
 use crate::weights::DeviceWeights;
+use unmask_core::backend::SAMPLE_WORDS;
 use unmask_core::graph::{BufId, Graph, Op};
 use unmask_core::Result;
 
@@ -21,6 +22,8 @@ const MM_THREADS: u32 = 256;
 /// ATT_WARPS * 32 in attention.cu; SAMPLE_THREADS in sample.cu.
 const ATT_THREADS: u32 = 128;
 const SAMPLE_THREADS: u32 = 1024;
+/// ROUTE_BLOCK_THREADS in moe.cu.
+const ROUTE_BLOCK_THREADS: u32 = 1024;
 /// MAX_HEAD_DIM and MAX_TOP_K in common.cuh.
 pub const MAX_HEAD_DIM: usize = 256;
 pub const MAX_TOP_K: usize = 32;
@@ -229,23 +232,52 @@ pub fn record(b: &Bindings, n: usize, out: usize) -> Result<Vec<Launch>> {
                     Some(w) => b.weights.vector(*w)?.0,
                     None => 0,
                 };
-                let mut l = launch(
-                    "moe_route",
-                    (n as u32, 1, 1),
-                    32,
-                    vec![
-                        ptr(*logits),
-                        Arg::Ptr(bias),
-                        ptr(*ids),
-                        ptr(*weights),
-                        u(r.num_experts),
-                        u(r.top_k),
-                        u(r.n_group),
-                        u(r.topk_group),
-                        Arg::F32(r.scaling),
-                    ],
-                );
-                l.shared_bytes = route_shared_bytes(r.num_experts, r.n_group) as u32;
+                let l = match r.block {
+                    // Rows of routing block b are rows b * size.. of the step: the backend
+                    // checks that a step starts on a routing block boundary.
+                    Some(blk) => {
+                        let rows = rows(*logits);
+                        let mut l = launch(
+                            "moe_route_block",
+                            (rows.div_ceil(blk.size).max(1) as u32, 1, 1),
+                            ROUTE_BLOCK_THREADS,
+                            vec![
+                                ptr(*logits),
+                                Arg::Ptr(bias),
+                                ptr(*ids),
+                                ptr(*weights),
+                                u(rows),
+                                u(r.num_experts),
+                                u(r.top_k),
+                                u(blk.size),
+                                u(blk.capacity),
+                                Arg::F32(r.scaling),
+                            ],
+                        );
+                        l.shared_bytes = route_block_shared_bytes(r.num_experts) as u32;
+                        l
+                    }
+                    None => {
+                        let mut l = launch(
+                            "moe_route",
+                            (n as u32, 1, 1),
+                            32,
+                            vec![
+                                ptr(*logits),
+                                Arg::Ptr(bias),
+                                ptr(*ids),
+                                ptr(*weights),
+                                u(r.num_experts),
+                                u(r.top_k),
+                                u(r.n_group),
+                                u(r.topk_group),
+                                Arg::F32(r.scaling),
+                            ],
+                        );
+                        l.shared_bytes = route_shared_bytes(r.num_experts, r.n_group) as u32;
+                        l
+                    }
+                };
                 ls.push(l);
             }
             Op::MoeExperts {
@@ -363,6 +395,11 @@ pub fn route_shared_bytes(experts: usize, groups: usize) -> usize {
     (3 * experts + groups) * 4 + (experts + groups) * 4
 }
 
+/// Dynamic shared memory of moe_route_block: E floats (block maxima) and E u32 flags (allowed).
+pub fn route_block_shared_bytes(experts: usize) -> usize {
+    experts * 4 + experts * 4
+}
+
 /// Limits the kernels assume, checked once at load.
 pub fn check_limits(g: &Graph) -> Result<()> {
     for op in &g.ops {
@@ -390,8 +427,119 @@ pub fn check_limits(g: &Graph) -> Result<()> {
                     routing.num_experts, routing.top_k
                 )));
             }
+            // Both routing kernels assume a pick always exists, and block routing a block of
+            // at least one row.
+            Op::MoeRoute { routing, .. }
+                if routing.top_k > routing.num_experts
+                    || routing.block.is_some_and(|b| b.size == 0) =>
+            {
+                return Err(cuda_error(format!("unsupported routing {routing:?}")));
+            }
+            Op::Sample { out, .. } if g.buffer(*out).cols != SAMPLE_WORDS => {
+                return Err(cuda_error(format!(
+                    "the samples buffer has {} words a row; the sample kernel writes \
+                     {SAMPLE_WORDS}",
+                    g.buffer(*out).cols
+                )));
+            }
             _ => {}
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::SOURCES;
+    use unmask_core::graph::{BlockRouting, Elem, GraphBuilder, Routing, Rows};
+
+    fn source(name: &str) -> &'static str {
+        SOURCES.iter().find(|(n, _)| *n == name).unwrap().1
+    }
+
+    /// The launch constants here and the kernels' `#define`s must agree.
+    #[test]
+    fn launch_constants_match_the_kernels() {
+        for (file, name, value) in [
+            ("sample.cu", "SAMPLE_THREADS", SAMPLE_THREADS as usize),
+            ("sample.cu", "SAMPLE_WORDS", SAMPLE_WORDS),
+            (
+                "moe.cu",
+                "ROUTE_BLOCK_THREADS",
+                ROUTE_BLOCK_THREADS as usize,
+            ),
+            ("common.cuh", "MAX_TOP_K", MAX_TOP_K),
+            ("common.cuh", "MAX_HEAD_DIM", MAX_HEAD_DIM),
+        ] {
+            let line = format!("#define {name} {value}\n");
+            assert!(
+                source(file).contains(&line),
+                "{file} lacks `{}`",
+                line.trim()
+            );
+        }
+        assert_eq!(unmask_core::backend::NO_TOKEN, 0xffff_ffff);
+        assert!(source("sample.cu").contains("#define NO_TOKEN 0xffffffffu\n"));
+    }
+
+    fn route_graph(routing: Routing, sample_words: usize) -> Graph {
+        let mut b = GraphBuilder::default();
+        let ids_in = b.buffer("ids_in", Rows::Tokens, 1, Elem::U32);
+        let logits = b.f32("logits", Rows::Tokens, routing.num_experts);
+        let ids = b.buffer("ids", Rows::Tokens, routing.top_k, Elem::U32);
+        let weights = b.f32("w", Rows::Tokens, routing.top_k);
+        let samples = b.buffer("samples", Rows::Out, sample_words, Elem::U32);
+        b.op(Op::MoeRoute {
+            logits,
+            bias: None,
+            routing,
+            ids,
+            weights,
+        });
+        b.op(Op::Sample {
+            logits,
+            out: samples,
+        });
+        Graph {
+            buffers: b.buffers,
+            weights: b.weights,
+            ops: b.ops,
+            input_ids: ids_in,
+            logits,
+            samples,
+            hidden: vec![],
+            num_layers: 0,
+        }
+    }
+
+    #[test]
+    fn limits_reject_what_the_kernels_cannot_route_or_sample() {
+        let r = Routing {
+            num_experts: 64,
+            top_k: 8,
+            n_group: 1,
+            topk_group: 1,
+            scaling: 1.0,
+            block: Some(BlockRouting {
+                size: 32,
+                capacity: 16,
+            }),
+        };
+        assert!(check_limits(&route_graph(r, SAMPLE_WORDS)).is_ok());
+        assert!(check_limits(&route_graph(r, 2)).is_err());
+        let mut bad = r;
+        bad.block = Some(BlockRouting {
+            size: 0,
+            capacity: 16,
+        });
+        assert!(check_limits(&route_graph(bad, SAMPLE_WORDS)).is_err());
+        let mut bad = r;
+        bad.num_experts = 4;
+        assert!(check_limits(&route_graph(bad, SAMPLE_WORDS)).is_err());
+        let mut big = r;
+        big.num_experts = MAX_EXPERTS + 1;
+        assert!(check_limits(&route_graph(big, SAMPLE_WORDS)).is_err());
+        assert_eq!(route_block_shared_bytes(256), 2048);
+    }
 }

@@ -5,8 +5,10 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use unmask_core::backend::{NO_TOKEN, SAMPLE_WORDS};
+use unmask_core::decode::sampler::ranked;
 use unmask_core::graph::{
-    BufId, Elem, ExpertSet, Graph, GraphBuilder, Heads, Op, Routing, Rows, WeightRole,
+    BlockRouting, BufId, Elem, ExpertSet, Graph, GraphBuilder, Heads, Op, Routing, Rows, WeightRole,
 };
 use unmask_core::reference::{ops, Matrix};
 use unmask_core::synthetic::SplitMix;
@@ -346,14 +348,25 @@ fn routing(e: usize, k: usize, g: usize, tg: usize) -> Routing {
         n_group: g,
         topk_group: tg,
         scaling: 2.5,
+        block: None,
     }
 }
 
-/// Runs MoeRoute then MoeExperts; returns the outputs and the buffers.
-#[allow(clippy::type_complexity)]
+/// LLaDA2.2 block routing: `capacity` experts allowed per routing block of `size` positions.
+fn block_routing(e: usize, k: usize, size: usize, capacity: usize) -> Routing {
+    Routing {
+        block: Some(BlockRouting { size, capacity }),
+        ..routing(e, k, 1, 1)
+    }
+}
+
+/// Runs MoeRoute then MoeExperts over `n` tokens at positions `start..`; returns the outputs and
+/// the buffers.
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn moe(
     h: &OpHarness,
     r: Routing,
+    start: usize,
     n: usize,
     hidden: usize,
     inter: usize,
@@ -434,7 +447,7 @@ fn moe(
             &store,
             &[(lb, bits(&logits)), (xb, bits(&x))],
             &[],
-            &step(&toks, 0, 32, n),
+            &step(&toks, start, 32, n),
         )
         .unwrap();
     (o, x, logits, bias, mats, ids, wb, ob)
@@ -443,22 +456,39 @@ fn moe(
 #[test]
 fn routing_and_grouped_experts() {
     let Some(h) = harness() else { return };
-    for (r, n, hidden, inter, dtype) in [
-        (routing(16, 4, 4, 2), 9, 40, 24, DType::F32),
-        (routing(16, 4, 4, 2), 33, 64, 32, DType::BF16),
-        (routing(8, 3, 1, 1), 5, 72, 20, DType::F16),
-        (routing(256, 8, 8, 4), 64, 256, 64, DType::BF16),
+    // (routing, start, n, hidden, inter, dtype): block routing steps start on a routing block
+    // boundary and end inside one (a partial last block); capacity 3 < top_k 4 makes rows pick
+    // experts outside the allowed set (-inf, by id).
+    for (r, start, n, hidden, inter, dtype) in [
+        (routing(16, 4, 4, 2), 0, 9, 40, 24, DType::F32),
+        (routing(16, 4, 4, 2), 0, 33, 64, 32, DType::BF16),
+        (routing(8, 3, 1, 1), 0, 5, 72, 20, DType::F16),
+        (routing(256, 8, 8, 4), 0, 64, 256, 64, DType::BF16),
+        (block_routing(64, 8, 32, 16), 64, 45, 64, 32, DType::F32),
+        (block_routing(16, 4, 8, 5), 24, 21, 40, 24, DType::BF16),
+        (block_routing(16, 4, 4, 3), 0, 10, 40, 24, DType::F32),
+        (block_routing(256, 8, 32, 96), 96, 32, 64, 32, DType::BF16),
     ] {
-        let (o, x, logits, bias, mats, ids, wb, ob) = moe(&h, r, n, hidden, inter, dtype, 4);
+        let (o, x, logits, bias, mats, ids, wb, ob) = moe(&h, r, start, n, hidden, inter, dtype, 4);
         let e = r.num_experts;
         let mut want_ids = Vec::new();
         let mut want_w = Vec::new();
-        for t in 0..n {
-            let (i, w) = ops::route(&logits[t * e..(t + 1) * e], Some(&bias), &r);
-            want_ids.extend(i);
-            want_w.extend(w);
+        match r.block {
+            Some(b) => {
+                for (i, w) in ops::route_blocks(&logits, Some(&bias), &r, b, start).unwrap() {
+                    want_ids.extend(i);
+                    want_w.extend(w);
+                }
+            }
+            None => {
+                for t in 0..n {
+                    let (i, w) = ops::route(&logits[t * e..(t + 1) * e], Some(&bias), &r);
+                    want_ids.extend(i);
+                    want_w.extend(w);
+                }
+            }
         }
-        assert_eq!(o[&ids], want_ids, "route ids {r:?}");
+        assert_eq!(o[&ids], want_ids, "route ids {r:?} start {start} n {n}");
         assert_close("route weights", &floats(&o[&wb]), &want_w, 1e-6);
         let m: Vec<Matrix> = mats.iter().map(Matrix::from_tensor).collect();
         let ex = ops::Experts {
@@ -473,12 +503,43 @@ fn routing_and_grouped_experts() {
     }
 }
 
+#[test]
+fn block_routing_refuses_a_step_inside_a_routing_block() {
+    let Some(h) = harness() else { return };
+    let r = block_routing(16, 4, 8, 5);
+    let mut b = GraphBuilder::default();
+    let ids_in = b.buffer("ids_in", Rows::Tokens, 1, Elem::U32);
+    let lb = b.f32("logits", Rows::Tokens, 16);
+    let ids = b.buffer("ids", Rows::Tokens, 4, Elem::U32);
+    let wb = b.f32("w", Rows::Tokens, 4);
+    b.op(Op::MoeRoute {
+        logits: lb,
+        bias: None,
+        routing: r,
+        ids,
+        weights: wb,
+    });
+    let g = graph(b, ids_in, 0);
+    let toks = vec![0u32; 8];
+    let err = h.run(
+        &g,
+        &WeightStore::default(),
+        &[],
+        &[],
+        &step(&toks, 12, 8, 8),
+    );
+    assert!(
+        err.is_err(),
+        "a step at 12 starts inside a routing block of 8"
+    );
+}
+
 fn sample_rows(h: &OpHarness, logits: &[f32], vocab: usize, p: SampleParams) -> Vec<Sampled> {
     let rows = logits.len() / vocab;
     let mut b = GraphBuilder::default();
     let ids = b.buffer("ids", Rows::Tokens, 1, Elem::U32);
     let lb = b.f32("logits", Rows::Out, vocab);
-    let sb = b.buffer("samples", Rows::Out, 2, Elem::U32);
+    let sb = b.buffer("samples", Rows::Out, SAMPLE_WORDS, Elem::U32);
     b.op(Op::Sample {
         logits: lb,
         out: sb,
@@ -490,13 +551,7 @@ fn sample_rows(h: &OpHarness, logits: &[f32], vocab: usize, p: SampleParams) -> 
     let (o, _) = h
         .run(&g, &WeightStore::default(), &[(lb, bits(logits))], &[], &s)
         .unwrap();
-    o[&sb]
-        .chunks_exact(2)
-        .map(|c| Sampled {
-            token: c[0],
-            confidence: f32::from_bits(c[1]),
-        })
-        .collect()
+    Sampled::from_words(&o[&sb])
 }
 
 #[test]
@@ -517,6 +572,9 @@ fn greedy_and_seeded_sampling_match_the_host_sampler() {
             (g.confidence - want.confidence).abs() <= 1e-7,
             "{g:?} vs {want:?}"
         );
+        let ranked = ranked(&logits[r * vocab..(r + 1) * vocab], &greedy);
+        assert_eq!(g.ranked, ranked, "greedy row {r}: ranked");
+        assert_eq!(g.ranked[0], g.token);
     }
     let mut agree = 0;
     let mut total = 0;
@@ -539,6 +597,12 @@ fn greedy_and_seeded_sampling_match_the_host_sampler() {
                 let row = &logits[r * vocab..(r + 1) * vocab];
                 let want =
                     unmask_core::decode::sampler::sample_seeded(row, &sp, (first + r) as u32);
+                // Ranked does not depend on the draw: always exact.
+                assert_eq!(
+                    g.ranked,
+                    ranked(row, &sp),
+                    "T {t} k {k} p {p} row {r}: ranked"
+                );
                 total += 1;
                 if g.token == want.token {
                     agree += 1;
@@ -557,4 +621,37 @@ fn greedy_and_seeded_sampling_match_the_host_sampler() {
         agree * 100 >= total * 99,
         "{agree}/{total} seeded draws agree"
     );
+}
+
+#[test]
+fn ranked_ids_skip_the_mask_and_padding_and_break_ties_low() {
+    let Some(h) = harness() else { return };
+    // The host sampler's own example: mask 3, ids >= 6 are padding, 1 and 4 tie.
+    let p = SampleParams::greedy(3, 6);
+    let logits = [0.0, 2.0, 1.0, 9.0, 2.0, 5.0, 10.0];
+    let got = sample_rows(&h, &logits, 7, p);
+    assert_eq!(got[0].ranked, [5, 1, 4]);
+    assert_eq!(got[0].token, 5);
+    // Fewer than three allowed ids.
+    let got = sample_rows(&h, &[1.0, 0.5], 2, SampleParams::greedy(u32::MAX, 2));
+    assert_eq!(got[0].ranked, [0, 1, NO_TOKEN]);
+    let got = sample_rows(&h, &[1.0, 0.5, 7.0], 3, SampleParams::greedy(2, 3));
+    assert_eq!(got[0].ranked, [0, 1, NO_TOKEN]);
+    // Wide rows of integer logits: ties everywhere, across threads and warps, in both modes.
+    let mut rng = SplitMix(6);
+    let (rows, vocab) = (5, 5003);
+    let logits: Vec<f32> = random(&mut rng, rows * vocab, 4.0)
+        .into_iter()
+        .map(f32::round)
+        .collect();
+    for temperature in [0.0, 0.8] {
+        let mut sp = SampleParams::greedy(7, 4990);
+        sp.temperature = temperature;
+        sp.seed = 3;
+        let got = sample_rows(&h, &logits, vocab, sp);
+        for (r, g) in got.iter().enumerate() {
+            let row = &logits[r * vocab..(r + 1) * vocab];
+            assert_eq!(g.ranked, ranked(row, &sp), "T {temperature} row {r}");
+        }
+    }
 }

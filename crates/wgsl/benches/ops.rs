@@ -199,6 +199,7 @@ fn experts(c: &mut Criterion) {
             n_group: 4,
             topk_group: 2,
             scaling: 2.5,
+            block: None,
         },
         ids,
         weights,

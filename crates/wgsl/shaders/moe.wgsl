@@ -1,6 +1,9 @@
 // Mixture of experts on the device, without a host round trip (SPEC §2):
 // - `moe_route`: per token, sigmoid scores, bias for the choice only, group-limited top-k,
 //   normalised and scaled weights.
+// - `moe_route_block`: LLaDA2.2's block routing (SPEC §3c), a workgroup per routing block: the
+//   `capacity` experts with the largest block maximum of the biased score are allowed, each
+//   token takes its top-k among them.
 // - `moe_group`: counts the tokens of each expert, lays their slots out expert by expert, and
 //   writes the work items and indirect dispatch arguments of the expert kernels (matmul.wgsl).
 // - `moe_combine`: per token, the weighted sum of its experts' outputs in ascending expert order
@@ -13,8 +16,9 @@ struct RouteParams {
     topk_group: u32,
     scaling: f32,
     has_bias: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // moe_route_block: experts allowed per routing block, and its length in tokens.
+    capacity: u32,
+    block_size: u32,
 }
 
 struct GroupParams {
@@ -168,6 +172,87 @@ fn moe_route(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var r = 0u; r < rp.top_k; r++) {
         let s = scores[sc + route_ids[t * rp.top_k + r]];
         route_weights[t * rp.top_k + r] = s / (sum + 1e-20) * rp.scaling;
+    }
+}
+
+// Block routing scratch: per expert, the block maximum and whether it is allowed.
+const MAX_ROUTED_EXPERTS: u32 = 1024u;
+var<workgroup> block_max: array<f32, MAX_ROUTED_EXPERTS>;
+var<workgroup> block_allowed: array<u32, MAX_ROUTED_EXPERTS>;
+
+// One workgroup per routing block of the chunk (the chunk starts on a routing block boundary).
+@compute @workgroup_size(64)
+fn moe_route_block(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let e = rp.e;
+    let first = wg.x * rp.block_size;
+    var rows = 0u;
+    if (first < st.n) {
+        rows = min(rp.block_size, st.n - first);
+    }
+    // Scores of every (token, expert) of the block: [s, s + bias] per token, as moe_route.
+    for (var q = li; q < rows * e; q += 64u) {
+        let t = first + q / e;
+        let j = q % e;
+        let s = 1.0 / (1.0 + exp(-logits[t * e + j]));
+        var b = 0.0;
+        if (rp.has_bias == 1u) {
+            b = bias[j];
+        }
+        scores[t * 2u * e + j] = s;
+        scores[t * 2u * e + e + j] = s + b;
+    }
+    storageBarrier();
+    workgroupBarrier();
+    for (var j = li; j < e; j += 64u) {
+        var m = neg_inf();
+        for (var r = 0u; r < rows; r++) {
+            m = max(m, scores[(first + r) * 2u * e + e + j]);
+        }
+        block_max[j] = m;
+    }
+    workgroupBarrier();
+    // An expert is allowed if fewer than `capacity` experts come before it (value descending,
+    // ties to the lower id).
+    for (var j = li; j < e; j += 64u) {
+        let v = block_max[j];
+        var rank = 0u;
+        for (var k = 0u; k < e; k++) {
+            let w = block_max[k];
+            if (w > v || (w == v && k < j)) {
+                rank++;
+            }
+        }
+        block_allowed[j] = select(0u, 1u, rank < rp.capacity);
+    }
+    workgroupBarrier();
+    for (var r = li; r < rows; r += 64u) {
+        let t = first + r;
+        let sc = t * 2u * e;
+        var pv = 0.0;
+        var pi = NONE;
+        var sum = 0.0;
+        for (var k = 0u; k < rp.top_k; k++) {
+            var bv = 0.0;
+            var bi = NONE;
+            for (var j = 0u; j < e; j++) {
+                var v = neg_inf();
+                if (block_allowed[j] == 1u) {
+                    v = scores[sc + e + j];
+                }
+                if (after(v, j, pv, pi) && (bi == NONE || v > bv)) {
+                    bv = v;
+                    bi = j;
+                }
+            }
+            route_ids[t * rp.top_k + k] = bi;
+            sum += scores[sc + bi];
+            pv = bv;
+            pi = bi;
+        }
+        for (var k = 0u; k < rp.top_k; k++) {
+            let s = scores[sc + route_ids[t * rp.top_k + k]];
+            route_weights[t * rp.top_k + k] = s / (sum + 1e-20) * rp.scaling;
+        }
     }
 }
 

@@ -1,5 +1,7 @@
-// One logits row to one (token, confidence) on the device, the definition being
-// `unmask_core::decode::sampler` (SPEC §3): one workgroup per predicted row.
+// One logits row to one (token, confidence, three best ids) on the device, the definition being
+// `unmask_core::decode::sampler` (SPEC §3): one workgroup per predicted row. Every row also
+// gets `ranked` (`sampler::ranked`): the three allowed ids with the largest logits, which the
+// editing decoders need (the best id other than DELETE/SPLIT, or other than the current one).
 // - `greedy`: argmax over the allowed ids (ties to the lower id); confidence = its probability
 //   under the softmax of the whole row.
 // - `seeded`: temperature, top-k (keep values >= the k-th largest), top-p (the most likely ids
@@ -16,10 +18,11 @@ struct SampleParams {
 
 @group(0) @binding(0) var<storage, read> p: SampleParams;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
-// [row] -> (token, bits of the confidence).
+// [row] -> (token, bits of the confidence, ranked[0], ranked[1], ranked[2]): SAMPLE_WORDS.
 @group(0) @binding(2) var<storage, read_write> out: array<u32>;
 
 const WG: u32 = 256u;
+const SAMPLE_WORDS: u32 = 5u;
 const NONE: u32 = 0xffffffffu;
 var<workgroup> rf: array<f32, WG>;
 var<workgroup> ru: array<u32, WG>;
@@ -114,13 +117,14 @@ fn max_u(li: u32, v: u32) -> u32 {
     return r;
 }
 
-// Argmax over allowed ids: the best (value, id) pair, ties to the lower id.
-fn argmax_allowed(li: u32, base: u32) -> u32 {
+// Argmax over allowed ids other than `ex0` and `ex1`: the best (value, id) pair, ties to the
+// lower id; NONE if there is none.
+fn argmax_except(li: u32, base: u32, ex0: u32, ex1: u32) -> u32 {
     var bv = neg_inf();
     var bi = NONE;
     for (var i = li; i < p.vocab; i += WG) {
         let v = logits[base + i];
-        if (allowed(i) && (bi == NONE || v > bv)) {
+        if (allowed(i) && i != ex0 && i != ex1 && (bi == NONE || v > bv)) {
             bv = v;
             bi = i;
         }
@@ -144,10 +148,28 @@ fn argmax_allowed(li: u32, base: u32) -> u32 {
     return r;
 }
 
-fn write(li: u32, row: u32, token: u32, confidence: f32) {
+fn argmax_allowed(li: u32, base: u32) -> u32 {
+    return argmax_except(li, base, NONE, NONE);
+}
+
+// The token, its confidence, and the row's three best allowed ids (`best` is the first).
+fn write(li: u32, row: u32, token: u32, confidence: f32, best: u32) {
+    let base = row * p.vocab;
+    var second = NONE;
+    var third = NONE;
+    if (best != NONE) {
+        second = argmax_except(li, base, best, NONE);
+    }
+    if (second != NONE) {
+        third = argmax_except(li, base, best, second);
+    }
     if (li == 0u) {
-        out[2u * row] = token;
-        out[2u * row + 1u] = bitcast<u32>(confidence);
+        let o = SAMPLE_WORDS * row;
+        out[o] = token;
+        out[o + 1u] = bitcast<u32>(confidence);
+        out[o + 2u] = best;
+        out[o + 3u] = second;
+        out[o + 4u] = third;
     }
 }
 
@@ -165,9 +187,9 @@ fn greedy_row(li: u32, row: u32) {
     }
     let total = sum_f(li, s);
     if (best == NONE) {
-        write(li, row, 0u, 0.0);
+        write(li, row, 0u, 0.0, best);
     } else {
-        write(li, row, best, exp(logits[base + best] - max_all) / total);
+        write(li, row, best, exp(logits[base + best] - max_all) / total, best);
     }
 }
 
@@ -350,7 +372,7 @@ fn seeded_row(li: u32, row: u32) {
     if (pick == NONE) {
         pick = max_u(li, last_id);
     }
-    write(li, row, pick, prob(f, pick) / f.total2);
+    write(li, row, pick, prob(f, pick) / f.total2, argmax_allowed(li, f.base));
 }
 
 @compute @workgroup_size(256)

@@ -11,7 +11,12 @@ use crate::load::storage;
 use crate::program::{self, Context, Grid, MoeScratch, Program, NARROW_ROWS};
 use crate::readback;
 use crate::weights::{DeviceMatrix, ExpertStacks};
-use unmask_core::backend::{Backend, Capture, Sampled, Step, StepOutput, StepStats};
+use unmask_core::backend::{
+    Backend, Capture, Sampled, Step, StepOutput, StepStats, SAMPLE_WORDS,
+};
+
+/// Bytes read back per predicted row (token, confidence, the three best ids).
+pub(crate) const ROW_BYTES: usize = SAMPLE_WORDS * 4;
 use unmask_core::graph::{Graph, Rows};
 use unmask_core::{Error, Result};
 
@@ -165,6 +170,7 @@ impl WgpuBackend {
     /// back the samples (and captures).
     pub async fn step_async(&mut self, s: &Step<'_>) -> Result<StepOutput> {
         s.check(self.cached, self.vocab)?;
+        self.graph.check_routing_start(s.start)?;
         let n = s.tokens.len();
         let chunks = chunks::split(s.start, n, s.out_rows, s.block_length, self.max_tokens)?;
         let device = self.gpu.device.clone();
@@ -280,8 +286,8 @@ impl WgpuBackend {
                     samples,
                     0,
                     &self.staging,
-                    (out_done * 8) as u64,
-                    (c.out * 8) as u64,
+                    (out_done * ROW_BYTES) as u64,
+                    (c.out * ROW_BYTES) as u64,
                 );
             }
             if let (Some(cap), Some(buf)) = (&capture, &capture_buffer) {
@@ -308,18 +314,12 @@ impl WgpuBackend {
         self.gpu.queue.submit([encoder.finish()]);
 
         let sample_bytes = if self.has(self.graph.samples) {
-            s.out_rows * 8
+            s.out_rows * SAMPLE_WORDS * 4
         } else {
             0
         };
         let words = readback::read(&self.gpu, &self.staging, sample_bytes as u64).await?;
-        let samples = words
-            .chunks_exact(2)
-            .map(|w| Sampled {
-                token: w[0],
-                confidence: f32::from_bits(w[1]),
-            })
-            .collect();
+        let samples = Sampled::from_words(&words);
         let mut out = StepOutput {
             samples,
             ..Default::default()

@@ -33,6 +33,7 @@ pub enum Kernel {
     SwiGlu,
     TakeLastRows,
     MoeRoute,
+    MoeRouteBlock,
     MoeGroup,
     MoeCombine,
     Greedy,
@@ -51,7 +52,7 @@ impl Kernel {
             QkNormRope => Family::Rope,
             KvStore | Attention => Family::Attention,
             Add | SwiGlu | TakeLastRows => Family::Elementwise,
-            MoeRoute | MoeGroup | MoeCombine => Family::Moe,
+            MoeRoute | MoeRouteBlock | MoeGroup | MoeCombine => Family::Moe,
             Greedy | Seeded => Family::Sample,
         }
     }
@@ -72,6 +73,7 @@ impl Kernel {
             SwiGlu => "swiglu",
             TakeLastRows => "take_last_rows",
             MoeRoute => "moe_route",
+            MoeRouteBlock => "moe_route_block",
             MoeGroup => "moe_group",
             MoeCombine => "moe_combine",
             Greedy => "greedy",
@@ -92,7 +94,7 @@ impl Kernel {
             KvStore => &[(0, U), (1, R), (2, W), (3, W)],
             Attention => &[(0, U), (1, R), (4, R), (5, R), (6, W)],
             TakeLastRows => &[(0, U), (1, R), (3, W)],
-            MoeRoute => &[(0, U), (1, R), (2, R), (3, W), (4, W), (5, W)],
+            MoeRoute | MoeRouteBlock => &[(0, U), (1, R), (2, R), (3, W), (4, W), (5, W)],
             MoeGroup => &[(10, U), (11, R), (12, R), (13, W), (14, W), (15, W)],
             MoeCombine => &[(20, U), (11, R), (21, R), (22, R), (23, R), (24, W)],
             Greedy | Seeded => &[(0, U), (1, R), (2, W)],

@@ -41,12 +41,20 @@ fn check_graph(graph: &Graph) -> Result<()> {
                 }
             }
             Op::MoeRoute { routing: r, .. }
-                if (r.n_group == 0
-                    || r.n_group > 64
-                    || r.num_experts % r.n_group != 0
-                    || r.topk_group > r.n_group
-                    || r.top_k == 0
-                    || r.top_k > r.num_experts) =>
+                if r.top_k == 0
+                    || r.top_k > r.num_experts
+                    || match r.block {
+                        // moe_route_block keeps one value per expert in workgroup memory.
+                        Some(b) => {
+                            r.num_experts > 1024 || b.capacity > r.num_experts || b.size == 0
+                        }
+                        None => {
+                            r.n_group == 0
+                                || r.n_group > 64
+                                || r.num_experts % r.n_group != 0
+                                || r.topk_group > r.n_group
+                        }
+                    } =>
             {
                 return bad(format!("unsupported routing {r:?}"));
             }
@@ -435,7 +443,7 @@ impl WgpuBackend {
     pub(crate) fn staging_buffer(device: &wgpu::Device, rows: usize) -> wgpu::Buffer {
         device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("samples_readback"),
-            size: (rows.max(1) * 8) as u64,
+            size: (rows.max(1) * crate::backend::ROW_BYTES) as u64,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         })

@@ -386,8 +386,18 @@ impl Context<'_> {
                 let bias_buf = bias
                     .map(|b| self.vectors[b.0].clone().expect("uploaded bias"))
                     .unwrap_or(self.dummy.clone());
+                // Block routing: one workgroup per routing block, else one invocation per token.
+                let (kernel, capacity, block_size, grid) = match routing.block {
+                    Some(b) => (
+                        Kernel::MoeRouteBlock,
+                        b.capacity as u32,
+                        b.size as u32,
+                        Extent::Tokens(b.size as u32),
+                    ),
+                    None => (Kernel::MoeRoute, 0, 0, Extent::Tokens(64)),
+                };
                 out.push(Pending {
-                    kernel: Kernel::MoeRoute,
+                    kernel,
                     format: None,
                     buffers: vec![
                         (1, self.slot(*logits)),
@@ -405,11 +415,11 @@ impl Context<'_> {
                             routing.topk_group as u32,
                             f(routing.scaling),
                             bias.is_some() as u32,
-                            0,
-                            0,
+                            capacity,
+                            block_size,
                         ],
                     ),
-                    grid: Grid::Direct(Extent::Tokens(64), Extent::Fixed(1)),
+                    grid: Grid::Direct(grid, Extent::Fixed(1)),
                     needs_out: false,
                     narrow: None,
                 });
@@ -589,7 +599,14 @@ pub fn kernels_needed(
             Op::Add { .. } => v.push((Kernel::Add, None)),
             Op::SwiGlu { .. } => v.push((Kernel::SwiGlu, None)),
             Op::TakeLastRows { .. } => v.push((Kernel::TakeLastRows, None)),
-            Op::MoeRoute { .. } => v.push((Kernel::MoeRoute, None)),
+            Op::MoeRoute { routing, .. } => v.push((
+                if routing.block.is_some() {
+                    Kernel::MoeRouteBlock
+                } else {
+                    Kernel::MoeRoute
+                },
+                None,
+            )),
             Op::MoeExperts { .. } => {
                 let format = op_experts[i].as_ref().map(|e| e.format);
                 v.push((Kernel::MoeGroup, None));

@@ -6,9 +6,10 @@
 //! Without an adapter the tests print `wgpu: SKIPPED (...)` and pass, unless
 //! `UNMASK_REQUIRE_WGPU` is set (CI), which makes a missing adapter a failure.
 
-use unmask_core::backend::{Backend, Capture, SampleParams, Step};
+use unmask_core::backend::{Backend, Capture, SampleParams, Step, SAMPLE_WORDS};
 use unmask_core::decode::sampler;
 use unmask_core::graph::{
+    BlockRouting,
     BufId, Elem, ExpertSet, Graph, GraphBuilder, Heads, Op, Routing, Rows, WeightId, WeightRole,
 };
 use unmask_core::reference::{ops, Matrix};
@@ -101,7 +102,7 @@ impl TestGraph {
         let (logits, samples) = sample.unwrap_or_else(|| {
             (
                 self.g.f32("unused_logits", Rows::Out, 1),
-                self.g.buffer("unused_samples", Rows::Out, 2, Elem::U32),
+                self.g.buffer("unused_samples", Rows::Out, SAMPLE_WORDS, Elem::U32),
             )
         });
         let graph = Graph {
@@ -397,14 +398,28 @@ fn moe_routing_and_grouped_experts_match_the_reference() {
     if !adapter_or_skip() {
         return;
     }
-    let (h, inter, e) = (40, 24, 16);
-    let routing = Routing {
-        num_experts: e,
-        top_k: 4,
-        n_group: 4,
-        topk_group: 2,
-        scaling: 2.5,
-    };
+    // Group-limited top-k (2.0/2.1), then LLaDA2.2's block routing (the 70-token case ends on
+    // a partial routing block).
+    for block in [
+        None,
+        Some(BlockRouting {
+            size: 32,
+            capacity: 6,
+        }),
+    ] {
+        check_moe(Routing {
+            num_experts: 16,
+            top_k: 4,
+            n_group: 4,
+            topk_group: 2,
+            scaling: 2.5,
+            block,
+        });
+    }
+}
+
+fn check_moe(routing: Routing) {
+    let (h, inter, e) = (40, 24, routing.num_experts);
     for (case, (n, limit)) in [(37usize, None), (70, Some(4000u64))]
         .into_iter()
         .enumerate()
@@ -496,13 +511,23 @@ fn moe_routing_and_grouped_experts_match_the_reference() {
         let (xs, ls) = (rows_of(&xt, &token_ids), rows_of(&lt, &token_ids));
         let mut want_ids = Vec::new();
         let mut want_w = Vec::new();
-        for row in ls.chunks_exact(e) {
-            let (i, w) = ops::route(row, Some(&bias), &routing);
+        let routed = match routing.block {
+            None => ls
+                .chunks_exact(e)
+                .map(|row| ops::route(row, Some(&bias), &routing))
+                .collect(),
+            Some(b) => ops::route_blocks(&ls, Some(&bias), &routing, b, 0).unwrap(),
+        };
+        for (i, w) in routed {
             want_ids.extend(i);
             want_w.extend(w);
         }
         let got_ids: Vec<u32> = got[0].iter().map(|v| v.to_bits()).collect();
-        assert_eq!(got_ids, want_ids, "case {case}: routed experts");
+        assert_eq!(
+            got_ids, want_ids,
+            "case {case}: {:?}: routed experts",
+            routing.block
+        );
         assert!(
             want_ids.iter().filter(|&&i| i == 3).count() > 32,
             "the test should give one expert several tiles"
@@ -536,7 +561,7 @@ fn greedy_and_seeded_sampling_reproduce_the_host_sampler() {
     let mut tg = TestGraph::new(41);
     let rows = 20;
     let (logits, lt) = tg.embed("logits", rows, vocab, DType::F32, 6.0);
-    let samples = tg.g.buffer("samples", Rows::Out, 2, Elem::U32);
+    let samples = tg.g.buffer("samples", Rows::Out, SAMPLE_WORDS, Elem::U32);
     let tail = tg.g.f32("tail", Rows::Out, vocab);
     tg.g.op(Op::TakeLastRows {
         x: logits,
@@ -588,6 +613,7 @@ fn greedy_and_seeded_sampling_reproduce_the_host_sampler() {
             let pos = (start + n - out_rows + r) as u32;
             let want = sampler::sample_row(&want_rows[r * vocab..(r + 1) * vocab], &sp, pos);
             assert_eq!(got.token, want.token, "{sp:?}: row {r}: token");
+            assert_eq!(got.ranked, want.ranked, "{sp:?}: row {r}: ranked ids");
             assert!(
                 (got.confidence - want.confidence).abs() <= 1e-5,
                 "{sp:?}: row {r}: confidence {} vs {}",
@@ -596,6 +622,9 @@ fn greedy_and_seeded_sampling_reproduce_the_host_sampler() {
             );
         }
         let s = b.last_stats();
-        assert_eq!((s.submissions, s.bytes_read_back), (1, out_rows * 8));
+        assert_eq!(
+            (s.submissions, s.bytes_read_back),
+            (1, out_rows * SAMPLE_WORDS * 4)
+        );
     }
 }

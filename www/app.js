@@ -71,14 +71,17 @@ async function loadModel(source, label) {
 }
 
 function options() {
-  return {
+  const o = {
     threshold: Number($('threshold').value),
+    editing_threshold: Number($('editing_threshold').value),
     block_length: Number($('block_length').value),
     steps: Number($('steps').value),
     gen_length: Number($('gen_length').value),
     temperature: Number($('temperature').value),
     seed: Number($('seed').value),
   };
+  if ($('decoder').value) o.decoder = $('decoder').value;
+  return o;
 }
 
 function bubble(role, text) {
@@ -106,9 +109,13 @@ function drawStep(step, rows) {
     $('blocks').append(row);
     rows.set(step.block_start, row);
   }
-  row.replaceChildren(...step.slots.map((s) => {
+  // DELETE / SPLIT (llada2.2) are marked where they were written: the block closed up there, or
+  // a mask was inserted before the token.
+  const cut = new Set(step.deleted.map((p) => p - step.block_start));
+  const split = new Set(step.split.map((p) => p - step.block_start));
+  row.replaceChildren(...step.slots.map((s, i) => {
     const el = document.createElement('span');
-    el.className = `slot ${s.state}`;
+    el.className = `slot ${s.state}` + (cut.has(i) ? ' deleted' : '') + (split.has(i) ? ' split' : '');
     el.textContent = slotLabel(s.text);
     if (s.state === 'masked') {
       el.style.setProperty('--conf', (0.15 + 0.6 * (s.confidence ?? 0)).toFixed(2));
@@ -119,7 +126,9 @@ function drawStep(step, rows) {
     return el;
   }));
   $('blockinfo').textContent = `step ${step.forward + 1}, block at position ${step.block_start}, ` +
-    `${step.committed.length} committed, ${step.masked.length} still masked`;
+    `${step.committed.length} committed, ${step.edited.length} edited` +
+    (step.deleted.length || step.split.length ? ` (${step.deleted.length} deleted, ${step.split.length} split)` : '') +
+    `, ${step.masked.length} still masked`;
 }
 
 async function send(text) {

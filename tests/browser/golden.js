@@ -25,9 +25,16 @@ async function generateCases(engine, golden) {
   for (const c of golden.cases) {
     const trace = [];
     const options = {
-      gen_length: c.gen_length, block_length: c.block_length, steps: c.steps,
+      gen_length: c.gen_length, block_length: c.block_length,
       threshold: c.threshold, temperature: c.temperature ?? 0, eos_early_stop: c.eos_early_stop ?? false,
     };
+    // Every other decoding field the case gives (llada2.1/2.2 files), and its decoder.
+    for (const k of ['steps', 'editing_threshold', 'max_post_steps', 'num_to_transfer', 'minimal_topk',
+      'max_steps_per_block']) {
+      if (c[k] !== undefined) options[k] = c[k];
+    }
+    const decoder = c.decoder ?? golden.decoder;
+    if (decoder) options.decoder = decoder;
     const r = await engine.generate({ prompt_ids: c.prompt_ids }, options,
       (step) => trace.push({ block_start: step.block_start, tokens: step.window }));
     const tokensExact = equal(r.tokens, c.output_ids);

@@ -3,7 +3,7 @@
 use serde_json::Value;
 use std::path::Path;
 use std::process::Output;
-use unmask_tests::{fixture, golden_models, read_json, GenerateGolden};
+use unmask_tests::{fixture, generate_goldens, golden_models};
 
 mod common;
 use common::{assert_clean_error, stdout_json, unmask};
@@ -11,48 +11,119 @@ use common::{assert_clean_error, stdout_json, unmask};
 #[test]
 fn json_generation_reproduces_every_golden_case() {
     for dir in golden_models() {
-        let path = dir.join("golden/generate.json");
-        if !path.exists() {
-            continue;
-        }
-        let golden: GenerateGolden = read_json(&path);
-        for case in &golden.cases {
-            let ids: Vec<String> = case.prompt_ids.iter().map(u32::to_string).collect();
-            let mut args = vec![
-                "generate".to_string(),
-                "--model".into(),
-                dir.display().to_string(),
-                "--prompt-ids".into(),
-                ids.join(","),
-                "--gen-length".into(),
-                case.gen_length.to_string(),
-                "--block-length".into(),
-                case.block_length.to_string(),
-                "--steps".into(),
-                case.steps.to_string(),
-                "--threshold".into(),
-                case.threshold.to_string(),
-                "--backend".into(),
-                "cpu".into(),
-                "--json".into(),
-            ];
-            if case.eos_early_stop {
-                args.push("--eos-early-stop".into());
+        for (path, golden) in generate_goldens(&dir) {
+            for case in &golden.cases {
+                let ids: Vec<String> = case.prompt_ids.iter().map(u32::to_string).collect();
+                let mut args = vec![
+                    "generate".to_string(),
+                    "--model".into(),
+                    dir.display().to_string(),
+                    "--prompt-ids".into(),
+                    ids.join(","),
+                    "--gen-length".into(),
+                    case.gen_length.to_string(),
+                    "--block-length".into(),
+                    case.block_length.to_string(),
+                    "--threshold".into(),
+                    case.threshold.to_string(),
+                    "--backend".into(),
+                    "cpu".into(),
+                    "--json".into(),
+                ];
+                let decoder = case.decoder.or(golden.decoder);
+                if let Some(d) = decoder {
+                    args.extend(["--decoder".into(), d.to_string()]);
+                }
+                let optional = [
+                    ("--steps", case.steps.map(|v| v.to_string())),
+                    ("--editing-threshold", case.editing_threshold.map(|v| v.to_string())),
+                    ("--max-post-steps", case.max_post_steps.map(|v| v.to_string())),
+                    ("--num-to-transfer", case.num_to_transfer.map(|v| v.to_string())),
+                    ("--minimal-topk", case.minimal_topk.map(|v| v.to_string())),
+                    (
+                        "--max-steps-per-block",
+                        case.max_steps_per_block.map(|v| v.to_string()),
+                    ),
+                ];
+                for (flag, v) in optional {
+                    if let Some(v) = v {
+                        args.extend([flag.to_string(), v]);
+                    }
+                }
+                // The golden files write the official flag (false is its default).
+                args.push(if case.eos_early_stop {
+                    "--eos-early-stop".into()
+                } else {
+                    "--no-eos-early-stop".into()
+                });
+                let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+                let o = unmask(&refs);
+                let what = format!("{}: {}", path.display(), case.name);
+                let v = stdout_json(&o);
+                let tokens: Vec<u32> = serde_json::from_value(v["tokens"].clone()).unwrap();
+                assert_eq!(tokens, case.output_ids, "{what}");
+                assert_eq!(
+                    v["forwards"].as_u64().unwrap() as usize,
+                    case.forwards,
+                    "{what}"
+                );
+                // Which decoder ran, and why (detected from the model when not named).
+                let want = decoder.map_or(
+                    if dir.ends_with("tiny-llada2.2") {
+                        "llada2.2"
+                    } else {
+                        "llada2.0"
+                    },
+                    |d| d.name(),
+                );
+                assert_eq!(v["decoder"], want, "{what}");
+                let stderr = String::from_utf8_lossy(&o.stderr);
+                assert!(stderr.contains(&format!("decoder: {want}")), "{stderr}");
+                assert!(v["elapsed_ms"].as_f64().unwrap() >= 0.0);
+                assert!(v["text"].is_string());
             }
-            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            let v = stdout_json(&unmask(&refs));
-            let tokens: Vec<u32> = serde_json::from_value(v["tokens"].clone()).unwrap();
-            assert_eq!(tokens, case.output_ids, "{}", case.name);
-            assert_eq!(
-                v["forwards"].as_u64().unwrap() as usize,
-                case.forwards,
-                "{}",
-                case.name
-            );
-            assert!(v["elapsed_ms"].as_f64().unwrap() >= 0.0);
-            assert!(v["text"].is_string());
         }
     }
+}
+
+#[test]
+fn decoder_flags_and_bad_llada22_requests_are_clear() {
+    let dir = fixture("tiny-llada2.2");
+    let d = dir.to_str().unwrap();
+    // A block length that is not a multiple of the routing block.
+    assert_clean_error(
+        &unmask(&["generate", "--model", d, "--prompt-ids", "5,6", "--block-length", "16"]),
+        "multiple of the model's routing block",
+    );
+    assert_clean_error(
+        &unmask(&["generate", "--model", d, "--prompt-ids", "5", "--decoder", "llada3"]),
+        "llada3",
+    );
+    // The presets are printed by --help.
+    let o = unmask(&["generate", "--help"]);
+    let help = String::from_utf8_lossy(&o.stdout);
+    for s in ["speed", "--threshold 0.5 --editing-threshold 0.0", "--no-eos-early-stop"] {
+        assert!(help.contains(s), "--help lacks {s:?}");
+    }
+    // A 2.0 model decoded with 2.1 editing, by flag.
+    let o = unmask(&[
+        "generate",
+        "--model",
+        fixture("tiny-llada2").to_str().unwrap(),
+        "--prompt-ids",
+        "5,6,7",
+        "--gen-length",
+        "8",
+        "--decoder",
+        "llada2.1",
+        "--mode",
+        "speed",
+        "--backend",
+        "cpu",
+        "--json",
+    ]);
+    let v = stdout_json(&o);
+    assert_eq!(v["decoder"], "llada2.1");
 }
 
 #[test]

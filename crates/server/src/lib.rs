@@ -37,6 +37,9 @@ pub struct ServerConfig {
     pub max_queue: usize,
     /// Decoding parameters of a request that sets none (the model's own defaults).
     pub defaults: DecodeParams,
+    /// The same for a request that names a decoder (one entry per decoder; a missing one falls
+    /// back to that family's built-in defaults).
+    pub per_decoder: Vec<DecodeParams>,
 }
 
 /// Everything handlers share.
@@ -44,6 +47,7 @@ pub struct AppState {
     pub model: Arc<Model>,
     pub model_id: String,
     pub defaults: DecodeParams,
+    pub per_decoder: Vec<DecodeParams>,
     pub metrics: Arc<Metrics>,
     pub created: u64,
     worker: Worker,
@@ -67,6 +71,7 @@ pub fn start(
         model,
         model_id: config.model_id,
         defaults: config.defaults,
+        per_decoder: config.per_decoder,
         metrics,
         created: routes::unix_now(),
         worker,

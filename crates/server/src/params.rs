@@ -6,6 +6,8 @@ use crate::error::ApiError;
 use crate::schema::{ChatFields, CompletionFields, Content, Prompt, Sampling, Stop};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use unmask_core::decode::overrides::Mode;
+use unmask_core::decode::Decoder;
 use unmask_core::{DecodeParams, Message, Model};
 
 /// OpenAI's limit on stop sequences.
@@ -27,6 +29,7 @@ pub struct Context<'a> {
     pub model: &'a Model,
     pub model_id: &'a str,
     pub defaults: &'a DecodeParams,
+    pub per_decoder: &'a [DecodeParams],
 }
 
 pub fn chat_request(cx: &Context, body: &[u8]) -> Result<GenRequest, ApiError> {
@@ -227,7 +230,25 @@ fn finish(
             .with_code("model_not_found"));
         }
     }
-    let mut p = cx.defaults.clone();
+    let mut p = match &s.decoder {
+        None => cx.defaults.clone(),
+        Some(name) => {
+            let d: Decoder = name
+                .parse()
+                .map_err(|e: unmask_core::Error| ApiError::param("decoder", e.to_string()))?;
+            cx.per_decoder
+                .iter()
+                .find(|p| p.decoder == d)
+                .cloned()
+                .unwrap_or_else(|| DecodeParams::for_decoder(d))
+        }
+    };
+    if let Some(m) = &s.mode {
+        let m: Mode = m
+            .parse()
+            .map_err(|e: unmask_core::Error| ApiError::param("mode", e.to_string()))?;
+        (p.threshold, p.editing_threshold) = m.values();
+    }
     let at_least_one = |name: &str, v: i64| -> Result<usize, ApiError> {
         if v < 1 {
             Err(ApiError::param(
@@ -267,6 +288,38 @@ fn finish(
     }
     if let Some(v) = s.steps {
         p.steps = at_least_one("steps", v)?;
+    }
+    for (name, v, field) in [
+        ("max_post_steps", s.max_post_steps, &mut p.max_post_steps),
+        ("max_steps_per_block", s.max_steps_per_block, &mut p.max_steps_per_block),
+    ] {
+        if let Some(v) = v {
+            if !(0..=unmask_core::decode::MAX_STEPS as i64).contains(&v) {
+                return Err(ApiError::param(
+                    name,
+                    format!(
+                        "{name} must be in 0..={}, got {v}",
+                        unmask_core::decode::MAX_STEPS
+                    ),
+                ));
+            }
+            *field = v as usize;
+        }
+    }
+    if let Some(v) = s.num_to_transfer {
+        p.num_to_transfer = at_least_one("num_to_transfer", v)?;
+    }
+    if let Some(v) = s.minimal_topk {
+        p.minimal_topk = at_least_one("minimal_topk", v)?;
+    }
+    if let Some(t) = s.editing_threshold {
+        if !(t.is_finite() && t >= 0.0) {
+            return Err(ApiError::param(
+                "editing_threshold",
+                format!("editing_threshold must be a number >= 0, got {t}"),
+            ));
+        }
+        p.editing_threshold = t as f32;
     }
     if let Some(t) = s.threshold {
         if !(t > 0.0 && t <= 1.0) {
@@ -315,7 +368,7 @@ fn finish(
         };
     }
     if let Some(e) = s.eos_early_stop {
-        p.eos_early_stop = e;
+        p.eos_early_stop = Some(e);
     }
     let max = cx.model.config.max_position_embeddings;
     if p.block_length > max {
@@ -324,9 +377,12 @@ fn finish(
             format!("block_length must be at most the context length ({max})"),
         ));
     }
-    // Steps past the block length commit nothing (the schedule gives them 0 tokens and the
-    // block is full by then): the same output with a bounded schedule.
-    p.steps = p.steps.min(p.block_length);
+    // Steps past the block length commit nothing under llada2.0 (the schedule gives them 0
+    // tokens and the block is full by then): the same output with a bounded schedule. (2.2's
+    // schedule past its masks still fills every mask, so its steps are left as given.)
+    if p.decoder == Decoder::Llada20 {
+        p.steps = p.steps.min(p.block_length);
+    }
     p.validate()
         .map_err(|e| ApiError::invalid(None, e.to_string()))?;
 

@@ -185,6 +185,7 @@ impl AppState {
                         model: &self.model,
                         model_id: &self.model_id,
                         defaults: &self.defaults,
+                        per_decoder: &self.per_decoder,
                     },
                     &b,
                 )

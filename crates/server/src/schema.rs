@@ -28,6 +28,15 @@ pub struct Sampling {
     pub steps: Option<i64>,
     pub threshold: Option<f64>,
     pub eos_early_stop: Option<bool>,
+    /// `llada2.0`, `llada2.1`, `llada2.2` (default: the model's detected decoder).
+    pub decoder: Option<String>,
+    /// llada2.1 presets: `speed`, `quality`.
+    pub mode: Option<String>,
+    pub editing_threshold: Option<f64>,
+    pub max_post_steps: Option<i64>,
+    pub num_to_transfer: Option<i64>,
+    pub minimal_topk: Option<i64>,
+    pub max_steps_per_block: Option<i64>,
     /// Send each decoder step's provisional state in the stream (`unmask` field of chunks).
     pub unmask_events: Option<bool>,
 }

@@ -8,7 +8,7 @@ use js_sys::{Function, Promise};
 use serde::Serialize;
 use std::cell::RefCell;
 use std::rc::Rc;
-use unmask_core::decode::DecodeParams;
+use unmask_core::decode::{DecodeParams, Decoder};
 use unmask_core::model::llada2;
 use unmask_core::{
     Backend, ChatTokenizer, Config, Message, ReferenceBackend, SpecialIds, Step, StepOutput,
@@ -88,9 +88,13 @@ impl Loader {
                 weights,
             } = loader.finish().map_err(js_err)?;
             let ids = tokenizer.ids;
-            let ids = SpecialIds {
-                valid_vocab: ids.valid_vocab.min(config.vocab_size as u32),
-                ..ids
+            let ids: SpecialIds = ids.fit(&config);
+            // The browser reads no modeling file: 2.2 from config.json, else 2.0 unless a
+            // request names its decoder.
+            let decoder = if config.block_routing() {
+                Decoder::Llada22
+            } else {
+                Decoder::Llada20
             };
             let (parameters, active_parameters) = llada2::parameter_counts(&config);
             let mut tick = |done: usize, total: usize| {
@@ -117,13 +121,15 @@ impl Loader {
                 max_positions: config.max_position_embeddings,
                 eos: ids.eos,
                 mask: ids.mask,
-                defaults: DecodeParams::default(),
+                decoder,
+                defaults: DecodeParams::for_decoder(decoder),
             };
             Ok(JsValue::from(Engine {
                 inner: Rc::new(Inner {
                     config,
                     tokenizer,
                     ids,
+                    decoder,
                     device: RefCell::new(Some(device)),
                     info: serde_json::to_string(&info).map_err(js_err)?,
                 }),
@@ -270,6 +276,7 @@ struct Info {
     max_positions: usize,
     eos: u32,
     mask: u32,
+    decoder: Decoder,
     defaults: DecodeParams,
 }
 
@@ -277,6 +284,7 @@ struct Inner {
     config: Config,
     tokenizer: ChatTokenizer,
     ids: SpecialIds,
+    decoder: Decoder,
     /// Taken out while a generation runs (one at a time: the KV cache belongs to it).
     device: RefCell<Option<Device>>,
     info: String,
@@ -342,7 +350,7 @@ async fn run(
     on_step: &Function,
 ) -> Result<String, JsValue> {
     let request = GenerateRequest::from_json(request_json).map_err(js_err)?;
-    let params = request.params().map_err(js_err)?;
+    let params = request.params(inner.decoder).map_err(js_err)?;
     let prompt = request.prompt_ids(&inner.tokenizer).map_err(js_err)?;
     let mut g = Generator::new(
         &inner.tokenizer,

@@ -18,6 +18,8 @@ pub enum SlotState {
     Done,
     /// Committed by this step.
     New,
+    /// Replaced by this step (llada2.1/2.2 editing), or moved by a DELETE/SPLIT.
+    Edited,
     /// Still masked: `id`/`text` are this step's provisional guess.
     Masked,
 }
@@ -46,6 +48,12 @@ pub struct StepMessage {
     pub committed: Vec<(usize, u32)>,
     /// Positions of the window still masked after this step.
     pub masked: Vec<usize>,
+    /// (absolute position, token) of written tokens this step replaced (llada2.1/2.2).
+    pub edited: Vec<(usize, u32)>,
+    /// Positions of the fed window where this step wrote DELETE / SPLIT (llada2.2): the block
+    /// closed up there / a mask was inserted before them.
+    pub deleted: Vec<usize>,
+    pub split: Vec<usize>,
     /// The window after this step, for drawing.
     pub slots: Vec<Slot>,
     /// Text newly readable at the front of the generation (empty if none).
@@ -107,7 +115,7 @@ impl<'t> Generator<'t> {
     pub fn apply(&mut self, out: &StepOutput, backend: &str) -> Result<StepMessage> {
         let e = self.decoding.apply(out, backend)?;
         let plen = self.prompt.len();
-        for &(pos, t) in &e.committed {
+        for &(pos, t) in &e.settled {
             if let Some(slot) = pos
                 .checked_sub(plen)
                 .and_then(|i| self.generated.get_mut(i))
@@ -116,27 +124,28 @@ impl<'t> Generator<'t> {
             }
         }
         let delta = self.streamer.push(&e)?.unwrap_or_default();
-        let mut slots = Vec::with_capacity(e.window.len());
-        for (i, &before) in e.window.iter().enumerate() {
+        // The window after this step; under DELETE/SPLIT positions shift, so a token that
+        // differs from the fed window at its position counts as edited.
+        let shifted = !(e.deleted.is_empty() && e.split.is_empty());
+        let mut slots = Vec::with_capacity(e.window_after.len());
+        for (i, (&before, &after)) in e.window.iter().zip(&e.window_after).enumerate() {
             let pos = e.block_start + i;
-            let new = e.committed.iter().find(|c| c.0 == pos).map(|c| c.1);
-            let slot = if let Some(id) = new {
-                self.slot(SlotState::New, id, None)?
-            } else if before != self.mask {
-                let state = if pos < plen {
-                    SlotState::Prompt
-                } else {
-                    SlotState::Done
-                };
-                self.slot(state, before, None)?
-            } else {
+            let slot = if after == self.mask {
                 let (_, id, c) = e
                     .proposals
                     .iter()
                     .copied()
-                    .find(|p| p.0 == pos)
+                    .find(|p| p.0 == pos && !shifted)
                     .unwrap_or((pos, self.mask, 0.0));
                 self.slot(SlotState::Masked, id, Some(c))?
+            } else if pos < plen {
+                self.slot(SlotState::Prompt, after, None)?
+            } else if before == self.mask && !shifted {
+                self.slot(SlotState::New, after, None)?
+            } else if before != after || e.edited.iter().any(|c| c.0 == pos) {
+                self.slot(SlotState::Edited, after, None)?
+            } else {
+                self.slot(SlotState::Done, after, None)?
             };
             slots.push(slot);
         }
@@ -146,6 +155,9 @@ impl<'t> Generator<'t> {
             window: e.window,
             committed: e.committed,
             masked: e.masked_after,
+            edited: e.edited,
+            deleted: e.deleted,
+            split: e.split,
             slots,
             delta,
         })
@@ -165,14 +177,18 @@ impl<'t> Generator<'t> {
     pub fn finish(mut self) -> Result<Done> {
         let forwards = self.decoding.forwards();
         let prompt_tokens = self.prompt.len();
-        let (tokens, finish): (Vec<u32>, &str) = match self.decoding.into_result() {
+        if let Some(e) = self.decoding.take_error() {
+            return Err(e);
+        }
+        let (tokens, finish): (Vec<u32>, &str) = match self.decoding.result() {
             Some(g) => {
                 let finish = match g.finish {
                     Finish::Eos => "eos",
                     Finish::Length => "length",
                 };
-                (g.tokens, finish)
+                (g.tokens.clone(), finish)
             }
+            // Stopped before the end: the settled prefix.
             None => {
                 let prefix = self.generated.iter().map_while(|t| *t).collect();
                 (prefix, "cancelled")
@@ -211,7 +227,7 @@ mod tests {
             &ids,
             model.config.max_position_embeddings,
             prompt,
-            &r.params().unwrap(),
+            &r.params(unmask_core::decode::Decoder::Llada20).unwrap(),
         )
         .unwrap();
         backend.reset();

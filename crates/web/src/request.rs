@@ -12,6 +12,8 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use unmask_core::decode::overrides::Mode;
+use unmask_core::decode::Decoder;
 use unmask_core::{ChatTokenizer, DecodeParams, Error, Message, Result};
 
 #[derive(Debug, Deserialize)]
@@ -42,12 +44,29 @@ impl GenerateRequest {
         })
     }
 
-    /// The decoding parameters: the defaults overridden by `options`.
-    pub fn params(&self) -> Result<DecodeParams> {
-        let mut merged = serde_json::to_value(DecodeParams::default())
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+    /// The decoding parameters: the defaults of the decoder (`options.decoder`, else `detected`)
+    /// overridden by `options` (`mode: "speed" | "quality"` sets llada2.1's preset thresholds
+    /// first).
+    pub fn params(&self, detected: Decoder) -> Result<DecodeParams> {
+        let decoder = match self.options.get("decoder") {
+            Some(v) => serde_json::from_value::<Decoder>(v.clone())
+                .map_err(|e| Error::Invalid(format!("options.decoder: {e}")))?,
+            None => detected,
+        };
+        let mut base = DecodeParams::for_decoder(decoder);
+        if let Some(m) = self.options.get("mode") {
+            let m: Mode = serde_json::from_value(m.clone())
+                .map_err(|e| Error::Invalid(format!("options.mode: {e}")))?;
+            (base.threshold, base.editing_threshold) = m.values();
+        }
+        let mut merged =
+            serde_json::to_value(base).map_err(|e| Error::Invalid(e.to_string()))?;
         let fields = merged.as_object_mut().expect("DecodeParams is a struct");
+        fields.insert("mode".into(), Value::Null);
         for (k, v) in &self.options {
+            if k == "mode" {
+                continue;
+            }
             if !fields.contains_key(k) {
                 let mut known: Vec<&String> = fields.keys().collect();
                 known.sort();
@@ -62,6 +81,7 @@ impl GenerateRequest {
             }
             fields.insert(k.clone(), v.clone());
         }
+        fields.remove("mode");
         let p: DecodeParams =
             serde_json::from_value(merged).map_err(|e| Error::Invalid(format!("options: {e}")))?;
         p.validate()?;
@@ -96,20 +116,38 @@ mod tests {
             r#"{"input": "hi", "options": {"threshold": 0.5, "gen_length": 16}}"#,
         )
         .unwrap();
-        let p = r.params().unwrap();
+        let p = r.params(Decoder::Llada20).unwrap();
         assert_eq!((p.threshold, p.gen_length), (0.5, 16));
         assert_eq!(p.block_length, DecodeParams::default().block_length);
+        // Another decoder's defaults, and llada2.1's preset under explicit values.
+        let r = GenerateRequest::from_json(
+            r#"{"input": "hi", "options": {"decoder": "llada2.1", "mode": "speed", "editing_threshold": 0.2}}"#,
+        )
+        .unwrap();
+        let p = r.params(Decoder::Llada20).unwrap();
+        assert_eq!(
+            (p.decoder, p.threshold, p.editing_threshold),
+            (Decoder::Llada21, 0.5, 0.2)
+        );
+        let p = GenerateRequest::from_json(r#"{"input": "hi"}"#)
+            .unwrap()
+            .params(Decoder::Llada22)
+            .unwrap();
+        assert_eq!((p.decoder, p.threshold), (Decoder::Llada22, 0.5));
+        let r = GenerateRequest::from_json(r#"{"input": "hi", "options": {"decoder": "x"}}"#)
+            .unwrap();
+        assert!(r.params(Decoder::Llada20).is_err());
 
         let r =
             GenerateRequest::from_json(r#"{"input": "hi", "options": {"treshold": 0.5}}"#).unwrap();
-        let e = r.params().unwrap_err().to_string();
+        let e = r.params(Decoder::Llada20).unwrap_err().to_string();
         assert!(e.contains("treshold") && e.contains("threshold"), "{e}");
 
         let r = GenerateRequest::from_json(r#"{"input": "hi", "options": {"steps": 0}}"#).unwrap();
-        assert!(r.params().is_err());
+        assert!(r.params(Decoder::Llada20).is_err());
         let r =
             GenerateRequest::from_json(r#"{"input": "hi", "options": {"steps": "x"}}"#).unwrap();
-        assert!(r.params().is_err());
+        assert!(r.params(Decoder::Llada20).is_err());
     }
 
     #[test]

@@ -109,8 +109,10 @@ pub struct Throughput {
     pub assumed_tokens_per_forward: f64,
     /// `assumed_tokens_per_forward` tokens per median window forward.
     pub tokens_per_second_assumed: f64,
-    /// A real `generate()` run.
+    /// A real `generate()` run under the model's detected decoder.
     pub measured: Option<RealRun>,
+    /// The same run under every decoder the model can use (tokens per forward of each).
+    pub measured_by_decoder: Vec<RealRun>,
     /// The measured tokens per forward per median window forward.
     pub tokens_per_second_at_measured: Option<f64>,
     pub ar_tokens_per_second: Option<f64>,
@@ -293,11 +295,13 @@ pub fn print_table(r: &Report) {
         opt(t.speedup_over_ar_assumed),
         opt(t.speedup_over_ar_measured)
     );
-    if let Some(real) = &t.measured {
+    for real in &t.measured_by_decoder {
         println!(
-            "real run  {} tokens in {} forwards, {:.0} ms ({:.2} tokens/s end to end), first token after {} ms; {}",
+            "real run  {}: {} tokens in {} forwards ({:.2} tokens/forward), {:.0} ms ({:.2} tokens/s end to end), first token after {} ms; {}",
+            real.decoder,
             real.tokens,
             real.forwards,
+            real.tokens_per_forward,
             real.elapsed_ms,
             real.tokens_per_second,
             real.time_to_first_token_ms.map_or("-".into(), |v| format!("{v:.0}")),

@@ -63,6 +63,10 @@ const REAL_IDS: SpecialIds = SpecialIds {
     eos: 156_892,
     mask: 156_895,
     valid_vocab: 157_153,
+    eos_alt: None,
+    delete: None,
+    split: None,
+    routing_block: None,
 };
 
 /// A model directory with its real weights (memory-mapped), optionally cut to `layers`.
@@ -130,17 +134,15 @@ pub fn synthetic(
     let full_layers = config.num_hidden_layers;
     cut_layers(&mut config, layers)?;
     let ids = match &tokenizer {
-        Some(t) => SpecialIds {
-            valid_vocab: t.ids.valid_vocab.min(config.vocab_size as u32),
-            ..t.ids
-        },
-        None if config.vocab_size == REAL_VOCAB => REAL_IDS,
+        Some(t) => t.ids.fit(&config),
+        None if config.vocab_size == REAL_VOCAB => REAL_IDS.fit(&config),
         // No tokenizer: the last ids of the table stand in for mask and eos.
         None => SpecialIds {
             eos: config.vocab_size as u32 - 2,
             mask: config.vocab_size as u32 - 1,
-            valid_vocab: config.vocab_size as u32,
-        },
+            ..REAL_IDS
+        }
+        .fit(&config),
     };
     let t = Instant::now();
     let weights = random_weights(&config, format.dtype(), seed)?;

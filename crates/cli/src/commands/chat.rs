@@ -7,7 +7,6 @@ use anyhow::{bail, Context, Result};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Instant;
-use unmask_core::decode::defaults::model_defaults;
 use unmask_core::{Backend, DecodeParams, Error, Message, Model};
 use unmask_server::completion::{complete, Update};
 
@@ -35,8 +34,7 @@ pub fn run(args: Args) -> Result<()> {
             args.model.display()
         );
     }
-    let params = args.decode.apply(model_defaults(&args.model));
-    params.validate()?;
+    let (_, params) = args.decode.resolve(&model)?;
     let mut backend = backends::create(&model, &args.backend, false)?;
     let interactive = std::io::stdin().is_terminal();
     if interactive {

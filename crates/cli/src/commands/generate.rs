@@ -7,7 +7,9 @@ use serde_json::Value;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::time::Instant;
-use unmask_core::decode::defaults::model_defaults;
+use unmask_core::decode::defaults::ModelDefaults;
+use unmask_core::decode::overrides::{Mode, Overrides};
+use unmask_core::decode::Decoder;
 use unmask_core::decode::stream::PrefixStreamer;
 use unmask_core::{generate, Backend, DecodeParams, Message, Model};
 
@@ -40,21 +42,48 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Decoding flags; unset ones take the model's defaults.
+/// Decoding flags; unset ones take the defaults of the chosen decoder for this model.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct DecodeArgs {
+    /// Decoding rule: llada2.0 (threshold commits), llada2.1 (token editing), llada2.2
+    /// (Levenshtein editing with DELETE/SPLIT). Default: detected from the model directory
+    /// (expert_capacity > 0 in config.json: llada2.2; a modeling_*.py whose generate() takes
+    /// editing_threshold: llada2.1; else llada2.0).
+    #[arg(long)]
+    pub decoder: Option<Decoder>,
+    /// llada2.1 presets: speed = --threshold 0.5 --editing-threshold 0.0, quality =
+    /// --threshold 0.7 --editing-threshold 0.5 (explicit flags win).
+    #[arg(long)]
+    pub mode: Option<Mode>,
     /// Tokens to generate.
     #[arg(long)]
     pub gen_length: Option<usize>,
-    /// Tokens per diffusion block.
+    /// Tokens per diffusion block (llada2.2: a multiple of the model's block_size).
     #[arg(long)]
     pub block_length: Option<usize>,
-    /// Denoising steps per block (at most).
+    /// Denoising steps per block (llada2.0: capped to gen_length / minimal_topk, as the official
+    /// generate(); llada2.2: not capped; unused by llada2.1). Default 32.
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Commit every token whose confidence is above this (0 < T <= 1).
+    /// llada2.0 step cap divisor: steps = min(steps, gen_length / minimal_topk). Default 1.
+    #[arg(long)]
+    pub minimal_topk: Option<usize>,
+    /// Fill every mask whose confidence is above this (0 < T <= 1). Default 0.95 (llada2.2: 0.5).
     #[arg(long)]
     pub threshold: Option<f32>,
+    /// llada2.1/2.2: replace a written token when another is predicted with a confidence above
+    /// this (>= 1 never edits). Default 0.9 (llada2.2: 0.0).
+    #[arg(long)]
+    pub editing_threshold: Option<f32>,
+    /// llada2.1/2.2: forwards a block may take once no mask is left. Default 16.
+    #[arg(long)]
+    pub max_post_steps: Option<usize>,
+    /// llada2.1: masks filled per forward when none is above the threshold. Default 1.
+    #[arg(long)]
+    pub num_to_transfer: Option<usize>,
+    /// llada2.2: forwards per block before decoding fails as not converging. Default 1000.
+    #[arg(long)]
+    pub max_steps_per_block: Option<usize>,
     /// 0 = greedy.
     #[arg(long)]
     pub temperature: Option<f32>,
@@ -64,37 +93,62 @@ pub struct DecodeArgs {
     pub top_p: Option<f32>,
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Stop as soon as an eos is committed with nothing masked before it.
-    #[arg(long)]
+    /// The official eos_early_stop=True: llada2.0 stops as soon as an eos is committed with
+    /// nothing masked before it; llada2.1/2.2 stop after the block that holds an eos. Without
+    /// either flag, decoding stops after the block that holds the first eos (the official
+    /// default's tokens, with fewer forwards under llada2.1/2.2).
+    #[arg(long, conflicts_with = "no_eos_early_stop")]
     pub eos_early_stop: bool,
+    /// The official eos_early_stop=False: llada2.1/2.2 decode every block up to gen_length (the
+    /// reference's forward count); llada2.0 still stops after the block with an eos.
+    #[arg(long)]
+    pub no_eos_early_stop: bool,
     /// Recompute the whole prefix every step (for measuring the cache's effect).
     #[arg(long)]
     pub no_cache: bool,
 }
 
 impl DecodeArgs {
-    pub fn apply(&self, mut p: DecodeParams) -> DecodeParams {
-        macro_rules! set {
-            ($($f:ident),*) => { $( if let Some(v) = self.$f { p.$f = v; } )* };
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            decoder: self.decoder,
+            mode: self.mode,
+            gen_length: self.gen_length,
+            block_length: self.block_length,
+            steps: self.steps,
+            minimal_topk: self.minimal_topk,
+            threshold: self.threshold,
+            editing_threshold: self.editing_threshold,
+            max_post_steps: self.max_post_steps,
+            num_to_transfer: self.num_to_transfer,
+            max_steps_per_block: self.max_steps_per_block,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+            eos_early_stop: match (self.eos_early_stop, self.no_eos_early_stop) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
         }
-        set!(
-            gen_length,
-            block_length,
-            steps,
-            threshold,
-            temperature,
-            top_k,
-            top_p,
-            seed
-        );
-        p.eos_early_stop |= self.eos_early_stop;
+    }
+
+    /// The model's defaults (decoder detected unless `--decoder` names one), and the parameters
+    /// these flags give over them. Says which decoder was chosen and why on stderr.
+    pub fn resolve(&self, model: &Model) -> Result<(ModelDefaults, DecodeParams)> {
+        let defaults = ModelDefaults::from_dir(&model.dir, &model.config, self.decoder);
+        let mut p = self.overrides().resolve(&defaults);
         p.use_cache &= !self.no_cache;
-        p
+        p.validate()?;
+        eprintln!("decoder: {} ({})", defaults.decoder, defaults.reason);
+        Ok((defaults, p))
     }
 }
 
 #[derive(Serialize)]
 struct Answer {
+    decoder: Decoder,
     tokens: Vec<u32>,
     text: String,
     forwards: usize,
@@ -107,8 +161,7 @@ struct Answer {
 
 pub fn run(args: Args) -> Result<()> {
     let model = super::open_model(&args.model)?;
-    let defaults = args.decode.apply(model_defaults(&args.model));
-    defaults.validate()?;
+    let (model_defaults, defaults) = args.decode.resolve(&model)?;
     if args.prompt.is_none()
         && args.chat.is_none()
         && args.prompt_ids.is_none()
@@ -121,7 +174,11 @@ pub fn run(args: Args) -> Result<()> {
         return run_batch(
             &model,
             backend.as_mut(),
-            &defaults,
+            &Batch {
+                defaults: &model_defaults,
+                flags: args.decode.overrides(),
+                use_cache: defaults.use_cache,
+            },
             input,
             args.output.as_ref(),
         );
@@ -209,6 +266,7 @@ fn answer(
         w.flush()?;
     }
     Ok(Answer {
+        decoder: gen.decoder,
         tokens_per_second: gen.tokens.len() as f64 / elapsed.max(1e-9),
         tokens_per_forward: gen.tokens.len() as f64 / gen.forwards.max(1) as f64,
         tokens: gen.tokens,
@@ -220,18 +278,26 @@ fn answer(
     })
 }
 
-/// One line of a batch file.
+/// One line of a batch file: the prompt, any decoding parameter, an id echoed back.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Request {
     prompt: Option<String>,
     chat: Option<ChatInput>,
     prompt_ids: Option<Vec<u32>>,
-    gen_length: Option<usize>,
+    /// OpenAI's name for gen_length.
     max_tokens: Option<usize>,
+    decoder: Option<Decoder>,
+    mode: Option<Mode>,
+    gen_length: Option<usize>,
     block_length: Option<usize>,
     steps: Option<usize>,
+    minimal_topk: Option<usize>,
     threshold: Option<f32>,
+    editing_threshold: Option<f32>,
+    max_post_steps: Option<usize>,
+    num_to_transfer: Option<usize>,
+    max_steps_per_block: Option<usize>,
     temperature: Option<f32>,
     top_k: Option<usize>,
     top_p: Option<f32>,
@@ -239,6 +305,36 @@ struct Request {
     eos_early_stop: Option<bool>,
     /// Free-form tag echoed back.
     id: Option<Value>,
+}
+
+impl Request {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            decoder: self.decoder,
+            mode: self.mode,
+            gen_length: self.gen_length.or(self.max_tokens),
+            block_length: self.block_length,
+            steps: self.steps,
+            minimal_topk: self.minimal_topk,
+            threshold: self.threshold,
+            editing_threshold: self.editing_threshold,
+            max_post_steps: self.max_post_steps,
+            num_to_transfer: self.num_to_transfer,
+            max_steps_per_block: self.max_steps_per_block,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+            eos_early_stop: self.eos_early_stop,
+        }
+    }
+}
+
+/// What every line of a batch starts from: the model's defaults and the command's flags.
+struct Batch<'a> {
+    defaults: &'a ModelDefaults,
+    flags: Overrides,
+    use_cache: bool,
 }
 
 #[derive(Deserialize)]
@@ -251,7 +347,7 @@ enum ChatInput {
 fn run_batch(
     model: &Model,
     backend: &mut dyn Backend,
-    defaults: &DecodeParams,
+    defaults: &Batch,
     input: &PathBuf,
     output: Option<&PathBuf>,
 ) -> Result<()> {
@@ -290,10 +386,11 @@ fn run_batch(
 fn batch_line(
     model: &Model,
     backend: &mut dyn Backend,
-    defaults: &DecodeParams,
+    batch: &Batch,
     line: &str,
 ) -> Result<Value> {
     let r: Request = serde_json::from_str(line).context("malformed request")?;
+    let overrides = r.overrides();
     let given = [r.prompt.is_some(), r.chat.is_some(), r.prompt_ids.is_some()];
     if given.iter().filter(|&&g| g).count() != 1 {
         bail!("a request needs exactly one of `prompt`, `chat`, `prompt_ids`");
@@ -312,26 +409,13 @@ fn batch_line(
         };
         model.tokenizer.encode_chat(&messages)?
     };
-    let mut p = defaults.clone();
-    macro_rules! set {
-        ($($f:ident),*) => { $( if let Some(v) = r.$f { p.$f = v; } )* };
-    }
-    set!(
-        gen_length,
-        block_length,
-        steps,
-        threshold,
-        temperature,
-        top_k,
-        top_p,
-        seed,
-        eos_early_stop
-    );
-    if let Some(m) = r.max_tokens {
-        p.gen_length = m;
-    }
+    let mut p = overrides.or(&batch.flags).resolve(batch.defaults);
+    p.use_cache = batch.use_cache;
+    p.validate()?;
     let a = answer(model, backend, &prompt, &p, None)?;
-    let mut v = serde_json::json!({ "tokens": a.tokens, "text": a.text, "forwards": a.forwards });
+    let mut v = serde_json::json!({
+        "tokens": a.tokens, "text": a.text, "forwards": a.forwards, "decoder": a.decoder,
+    });
     if let Some(id) = r.id {
         v["id"] = id;
     }

@@ -4,7 +4,6 @@ use crate::backends::{self, BackendArgs};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::sync::Arc;
-use unmask_core::decode::defaults::model_defaults;
 use unmask_core::Error;
 use unmask_server::ServerConfig;
 
@@ -33,8 +32,18 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let model = Arc::new(super::open_model(&args.model)?);
-    let defaults = args.decode.apply(model_defaults(&args.model));
-    defaults.validate()?;
+    let (model_defaults, defaults) = args.decode.resolve(&model)?;
+    let mut flags = args.decode.overrides();
+    // A request that names another decoder starts from that family's defaults and these flags.
+    flags.decoder = None;
+    let per_decoder = unmask_core::decode::Decoder::ALL
+        .iter()
+        .map(|&d| {
+            let mut p = flags.apply(model_defaults.params_for(d));
+            p.use_cache = defaults.use_cache;
+            p
+        })
+        .collect();
     let model_id = args.model_name.clone().unwrap_or_else(|| {
         args.model
             .canonicalize()
@@ -54,6 +63,7 @@ pub fn run(args: Args) -> Result<()> {
             model_id: model_id.clone(),
             max_queue: args.max_queue,
             defaults,
+            per_decoder,
         },
     )?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -281,6 +281,10 @@ impl Decoding {
         self.failed.as_ref()
     }
 
+    pub fn take_error(&mut self) -> Option<Error> {
+        self.failed.take()
+    }
+
     /// Forwards run so far.
     pub fn forwards(&self) -> usize {
         self.forwards

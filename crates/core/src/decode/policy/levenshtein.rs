@@ -198,7 +198,8 @@ impl BlockPolicy for Levenshtein {
         // Anti-loop: a written state seen before in this block is perturbed at its least
         // confident changed position (ties to the lower position), up to five times.
         let mut escapes = 0;
-        if !final_round && !(m2t.is_empty() && t2t.is_empty()) && self.seen.contains(&tokens) {
+        let wrote = !m2t.is_empty() || !t2t.is_empty();
+        if !final_round && wrote && self.seen.contains(&tokens) {
             for _ in 0..ESCAPES {
                 let Some(i) = (0..n)
                     .filter(|&i| tokens[i] != old[i])

@@ -78,6 +78,16 @@ async fn streamed_text_equals_non_streamed_text() {
         ));
         // Sampling with a seed.
         cases.push((q.clone(), json!({ "temperature": 0.8, "seed": 7 })));
+        // LLaDA2.1 token editing: tokens change until their block ends, so the stream grows by
+        // finished blocks; eager filling with edits, and one mask per step in small blocks.
+        cases.push((
+            q.clone(),
+            json!({ "decoder": "llada2.1", "threshold": 0.5, "editing_threshold": 0.0 }),
+        ));
+        cases.push((
+            q.clone(),
+            json!({ "decoder": "llada2.1", "threshold": 1.0, "block_length": 8 }),
+        ));
     }
     // Cut by max_tokens: finish_reason "length", and commits past the end never shown.
     cases.push((qs[0].clone(), json!({ "max_tokens": 1 })));

@@ -36,9 +36,18 @@ fn json_generation_reproduces_every_golden_case() {
                 }
                 let optional = [
                     ("--steps", case.steps.map(|v| v.to_string())),
-                    ("--editing-threshold", case.editing_threshold.map(|v| v.to_string())),
-                    ("--max-post-steps", case.max_post_steps.map(|v| v.to_string())),
-                    ("--num-to-transfer", case.num_to_transfer.map(|v| v.to_string())),
+                    (
+                        "--editing-threshold",
+                        case.editing_threshold.map(|v| v.to_string()),
+                    ),
+                    (
+                        "--max-post-steps",
+                        case.max_post_steps.map(|v| v.to_string()),
+                    ),
+                    (
+                        "--num-to-transfer",
+                        case.num_to_transfer.map(|v| v.to_string()),
+                    ),
                     ("--minimal-topk", case.minimal_topk.map(|v| v.to_string())),
                     (
                         "--max-steps-per-block",
@@ -92,17 +101,37 @@ fn decoder_flags_and_bad_llada22_requests_are_clear() {
     let d = dir.to_str().unwrap();
     // A block length that is not a multiple of the routing block.
     assert_clean_error(
-        &unmask(&["generate", "--model", d, "--prompt-ids", "5,6", "--block-length", "16"]),
+        &unmask(&[
+            "generate",
+            "--model",
+            d,
+            "--prompt-ids",
+            "5,6",
+            "--block-length",
+            "16",
+        ]),
         "multiple of the model's routing block",
     );
     assert_clean_error(
-        &unmask(&["generate", "--model", d, "--prompt-ids", "5", "--decoder", "llada3"]),
+        &unmask(&[
+            "generate",
+            "--model",
+            d,
+            "--prompt-ids",
+            "5",
+            "--decoder",
+            "llada3",
+        ]),
         "llada3",
     );
     // The presets are printed by --help.
     let o = unmask(&["generate", "--help"]);
     let help = String::from_utf8_lossy(&o.stdout);
-    for s in ["speed", "--threshold 0.5 --editing-threshold 0.0", "--no-eos-early-stop"] {
+    for s in [
+        "speed",
+        "--threshold 0.5 --editing-threshold 0.0",
+        "--no-eos-early-stop",
+    ] {
         assert!(help.contains(s), "--help lacks {s:?}");
     }
     // A 2.0 model decoded with 2.1 editing, by flag.

@@ -7,7 +7,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use std::hint::black_box;
 use unmask_core::backend::SampleParams;
 use unmask_core::decode::sampler;
-use unmask_core::graph::{Heads, Routing};
+use unmask_core::graph::{BlockRouting, Heads, Routing};
 use unmask_core::quant::quantize_tensor;
 use unmask_core::reference::ops;
 use unmask_core::reference::Matrix;
@@ -152,11 +152,25 @@ fn routing(c: &mut Criterion) {
         n_group: 8,
         topk_group: 4,
         scaling: 2.5,
+        block: None,
     };
     let logits = values(256, 8, 1.0);
     let bias = values(256, 9, 0.05);
     c.bench_function("route_256_experts_one_token", |b| {
         b.iter(|| ops::route(black_box(&logits), Some(&bias), &r))
+    });
+    // LLaDA2.2: one 32-token routing block, capacity 48 of 256 experts.
+    let block = BlockRouting {
+        size: 32,
+        capacity: 48,
+    };
+    let rb = Routing {
+        block: Some(block),
+        ..r
+    };
+    let window = values(256 * 32, 10, 1.0);
+    c.bench_function("route_blocks_256_experts_32_tokens", |b| {
+        b.iter(|| ops::route_blocks(black_box(&window), Some(&bias), &rb, block, 0))
     });
 }
 

@@ -411,8 +411,7 @@ mod tests {
     fn llada22_fields() {
         let mut v = base();
         v.as_object_mut().unwrap().remove("rope_theta");
-        v["rope_parameters"] =
-            serde_json::json!({"rope_type": "default", "rope_theta": 3e6, "partial_rotary_factor": 0.5});
+        v["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 3e6, "partial_rotary_factor": 0.5});
         v["expert_capacity"] = 3.into();
         v["block_size"] = 32.into();
         // Grouped top-k fields are ignored under block routing, even inconsistent ones.
@@ -455,7 +454,10 @@ mod tests {
         let mut v = base();
         v["expert_capacity"] = 5.into();
         let e = Config::from_json(&v).unwrap_err().to_string();
-        assert!(e.contains("expert_capacity") && e.contains("num_experts"), "{e}");
+        assert!(
+            e.contains("expert_capacity") && e.contains("num_experts"),
+            "{e}"
+        );
 
         let mut v = base();
         v["delete_token_id"] = 64.into();

@@ -131,7 +131,8 @@ pub fn complete(
     })
 }
 
-/// The generated slots as commits arrive, and how far the committed text reaches.
+/// The generated slots as tokens settle (`StepEvent::settled`: commits under llada2.0, finished
+/// blocks under the editing decoders), and how far the settled text reaches.
 struct CommittedPrefix {
     prompt_len: usize,
     gen_length: usize,
@@ -154,17 +155,18 @@ impl CommittedPrefix {
         }
     }
 
-    /// The event without commits outside the answer's positions.
+    /// The event without commits or settled tokens outside the answer's positions.
     fn clip(&self, e: &StepEvent) -> StepEvent {
         let end = self.prompt_len + self.gen_length;
+        let inside = |&(p, _): &(usize, u32)| p >= self.prompt_len && p < end;
         let mut e = e.clone();
-        e.committed
-            .retain(|&(p, _)| p >= self.prompt_len && p < end);
+        e.committed.retain(inside);
+        e.settled.retain(inside);
         e
     }
 
     fn push(&mut self, e: &StepEvent) {
-        for &(p, t) in &e.committed {
+        for &(p, t) in &e.settled {
             self.slots[p - self.prompt_len] = Some(t);
         }
         while !self.ended && self.front < self.slots.len() {

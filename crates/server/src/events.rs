@@ -14,12 +14,21 @@ pub struct StepView {
     pub answer_start: usize,
     /// The window as this step saw it: token ids, `null` where still masked.
     pub window: Vec<Option<u32>>,
-    /// What this step committed (final from now on).
+    /// What this step committed (final from now on under llada2.0; under editing, final when
+    /// its block ends).
     pub committed: Vec<Token>,
     /// The model's current guess for every position that was masked before this step.
     pub proposals: Vec<Proposal>,
     /// Positions still masked after this step.
     pub masked_after: Vec<usize>,
+    /// Written tokens this step replaced (llada2.1/2.2 editing; provisional until the block ends).
+    pub edited: Vec<Token>,
+    /// Positions where this step wrote DELETE (the position goes) / SPLIT (a mask is inserted
+    /// before it): llada2.2.
+    pub deleted: Vec<usize>,
+    pub split: Vec<usize>,
+    /// The window after this step (`null` where masked).
+    pub window_after: Vec<Option<u32>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -69,6 +78,22 @@ impl StepView {
                 })
                 .collect(),
             masked_after: e.masked_after.clone(),
+            edited: e
+                .edited
+                .iter()
+                .map(|&(position, token)| Token {
+                    position,
+                    token,
+                    text: text(token),
+                })
+                .collect(),
+            deleted: e.deleted.clone(),
+            split: e.split.clone(),
+            window_after: e
+                .window_after
+                .iter()
+                .map(|&t| (t != tok.ids.mask).then_some(t))
+                .collect(),
         }
     }
 }

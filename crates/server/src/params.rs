@@ -291,7 +291,11 @@ fn finish(
     }
     for (name, v, field) in [
         ("max_post_steps", s.max_post_steps, &mut p.max_post_steps),
-        ("max_steps_per_block", s.max_steps_per_block, &mut p.max_steps_per_block),
+        (
+            "max_steps_per_block",
+            s.max_steps_per_block,
+            &mut p.max_steps_per_block,
+        ),
     ] {
         if let Some(v) = v {
             if !(0..=unmask_core::decode::MAX_STEPS as i64).contains(&v) {

@@ -59,8 +59,7 @@ impl GenerateRequest {
                 .map_err(|e| Error::Invalid(format!("options.mode: {e}")))?;
             (base.threshold, base.editing_threshold) = m.values();
         }
-        let mut merged =
-            serde_json::to_value(base).map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut merged = serde_json::to_value(base).map_err(|e| Error::Invalid(e.to_string()))?;
         let fields = merged.as_object_mut().expect("DecodeParams is a struct");
         fields.insert("mode".into(), Value::Null);
         for (k, v) in &self.options {
@@ -134,8 +133,8 @@ mod tests {
             .params(Decoder::Llada22)
             .unwrap();
         assert_eq!((p.decoder, p.threshold), (Decoder::Llada22, 0.5));
-        let r = GenerateRequest::from_json(r#"{"input": "hi", "options": {"decoder": "x"}}"#)
-            .unwrap();
+        let r =
+            GenerateRequest::from_json(r#"{"input": "hi", "options": {"decoder": "x"}}"#).unwrap();
         assert!(r.params(Decoder::Llada20).is_err());
 
         let r =

@@ -11,9 +11,7 @@ use crate::load::storage;
 use crate::program::{self, Context, Grid, MoeScratch, Program, NARROW_ROWS};
 use crate::readback;
 use crate::weights::{DeviceMatrix, ExpertStacks};
-use unmask_core::backend::{
-    Backend, Capture, Sampled, Step, StepOutput, StepStats, SAMPLE_WORDS,
-};
+use unmask_core::backend::{Backend, Capture, Sampled, Step, StepOutput, StepStats, SAMPLE_WORDS};
 
 /// Bytes read back per predicted row (token, confidence, the three best ids).
 pub(crate) const ROW_BYTES: usize = SAMPLE_WORDS * 4;

@@ -9,8 +9,8 @@
 use unmask_core::backend::{Backend, Capture, SampleParams, Step, SAMPLE_WORDS};
 use unmask_core::decode::sampler;
 use unmask_core::graph::{
-    BlockRouting,
-    BufId, Elem, ExpertSet, Graph, GraphBuilder, Heads, Op, Routing, Rows, WeightId, WeightRole,
+    BlockRouting, BufId, Elem, ExpertSet, Graph, GraphBuilder, Heads, Op, Routing, Rows, WeightId,
+    WeightRole,
 };
 use unmask_core::reference::{ops, Matrix};
 use unmask_core::synthetic::SplitMix;
@@ -102,7 +102,8 @@ impl TestGraph {
         let (logits, samples) = sample.unwrap_or_else(|| {
             (
                 self.g.f32("unused_logits", Rows::Out, 1),
-                self.g.buffer("unused_samples", Rows::Out, SAMPLE_WORDS, Elem::U32),
+                self.g
+                    .buffer("unused_samples", Rows::Out, SAMPLE_WORDS, Elem::U32),
             )
         });
         let graph = Graph {

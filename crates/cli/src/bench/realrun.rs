@@ -23,11 +23,9 @@ pub struct RealPrompt {
 
 /// The decoder the model calls for (llada2.0 for random weights).
 pub fn detected_decoder(m: &BenchModel) -> Decoder {
-    m.dir
-        .as_deref()
-        .map_or(Decoder::Llada20, |d| {
-            ModelDefaults::from_dir(d, &m.config, None).decoder
-        })
+    m.dir.as_deref().map_or(Decoder::Llada20, |d| {
+        ModelDefaults::from_dir(d, &m.config, None).decoder
+    })
 }
 
 /// The decoders a real run can use on this model: llada2.2 needs the edit tokens.

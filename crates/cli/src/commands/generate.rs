@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 use unmask_core::decode::defaults::ModelDefaults;
 use unmask_core::decode::overrides::{Mode, Overrides};
-use unmask_core::decode::Decoder;
 use unmask_core::decode::stream::PrefixStreamer;
+use unmask_core::decode::Decoder;
 use unmask_core::{generate, Backend, DecodeParams, Message, Model};
 
 #[derive(clap::Args, Debug)]

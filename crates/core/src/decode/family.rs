@@ -100,8 +100,8 @@ fn editing_modeling_file(dir: &Path) -> Option<String> {
     names.sort();
     names.into_iter().find(|name| {
         let path = dir.join(name);
-        let small = std::fs::metadata(&path)
-            .is_ok_and(|m| m.is_file() && m.len() <= MAX_MODELING_BYTES);
+        let small =
+            std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() <= MAX_MODELING_BYTES);
         small
             && std::fs::read_to_string(&path)
                 .is_ok_and(|text| generate_takes(&text, "editing_threshold"))

@@ -17,8 +17,8 @@ pub mod stream;
 use crate::backend::Backend;
 use crate::chat::SpecialIds;
 use crate::error::{Error, Result};
-use serde::{Deserialize, Serialize};
 pub use family::Decoder;
+use serde::{Deserialize, Serialize};
 pub use session::Decoding;
 
 /// Largest `steps`, `max_post_steps` and `max_steps_per_block` accepted: each is a count of

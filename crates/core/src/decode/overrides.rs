@@ -144,7 +144,10 @@ mod tests {
             ..Default::default()
         };
         let p = o.resolve(&d);
-        assert_eq!((p.decoder, p.threshold, p.gen_length), (Decoder::Llada22, 0.5, 16));
+        assert_eq!(
+            (p.decoder, p.threshold, p.gen_length),
+            (Decoder::Llada22, 0.5, 16)
+        );
         let q = Overrides {
             mode: Some(Mode::Quality),
             editing_threshold: Some(0.6),

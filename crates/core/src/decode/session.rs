@@ -166,7 +166,8 @@ impl Decoding {
                 return Ok(true);
             }
             // The block is finished: its tokens are final.
-            self.settled.extend((ws.max(self.plen)..we).map(|i| (i, self.x[i])));
+            self.settled
+                .extend((ws.max(self.plen)..we).map(|i| (i, self.x[i])));
             if self.fed == self.x[ws..we] {
                 self.clean = we;
             }

@@ -1,7 +1,9 @@
 //! Turning out-of-order commits into an ordinary text stream: tokens commit anywhere inside a
-//! block, but a reader wants text that only grows. The streamer tracks the committed prefix of
-//! the generation and yields the new text of that prefix, stopping at end-of-turn tokens (which
-//! never appear in the text). Concatenating every delta gives exactly `finish()`'s text.
+//! block, but a reader wants text that only grows. The streamer tracks the settled prefix of
+//! the generation (`StepEvent::settled`: committed tokens under llada2.0, whole finished blocks
+//! under the editing decoders, whose tokens can change until their block ends) and yields the
+//! new text of that prefix, stopping at end-of-turn tokens (which never appear in the text).
+//! Concatenating every delta gives exactly `finish()`'s text.
 
 use super::StepEvent;
 use crate::chat::ChatTokenizer;
@@ -43,9 +45,9 @@ impl<'t> PrefixStreamer<'t> {
         self
     }
 
-    /// Applies a step's commits; returns the text newly readable at the front, if any.
+    /// Applies a step's settled tokens; returns the text newly readable at the front, if any.
     pub fn push(&mut self, e: &StepEvent) -> Result<Option<String>> {
-        for &(pos, tok) in &e.committed {
+        for &(pos, tok) in &e.settled {
             if pos < self.prompt_len {
                 continue;
             }

@@ -1,7 +1,9 @@
 //! The LLaDA2 (`llada2_moe`) forward pass of SPEC §2 as a graph, and the tensors it reads.
 
 use crate::config::Config;
-use crate::graph::{BlockRouting, Elem, ExpertSet, Graph, GraphBuilder, Heads, Op, Routing, Rows, WeightRole};
+use crate::graph::{
+    BlockRouting, Elem, ExpertSet, Graph, GraphBuilder, Heads, Op, Routing, Rows, WeightRole,
+};
 
 /// Every tensor the forward pass reads, with the shape the config implies (PyTorch `[out, in]`).
 pub fn expected_tensors(c: &Config) -> Vec<(String, Vec<usize>)> {

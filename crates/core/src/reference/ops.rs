@@ -382,7 +382,9 @@ mod tests {
         let ids: Vec<u32> = out.iter().map(|o| o.0[0]).collect();
         assert_eq!(ids, vec![3, 0, 0, 1]);
         assert!((out[1].1[0] - 2.5).abs() < 1e-6, "k = 1: s / s * scaling");
-        let e = route_blocks(&logits, None, &rt, b, 3).unwrap_err().to_string();
+        let e = route_blocks(&logits, None, &rt, b, 3)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("routing block"), "{e}");
     }
 

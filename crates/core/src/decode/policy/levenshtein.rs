@@ -159,7 +159,9 @@ impl BlockPolicy for Levenshtein {
             let masked: Vec<(usize, f32)> =
                 (0..n).filter(|&i| masks[i]).map(|i| (i, conf(i))).collect();
             m2t = match self.schedule.get(self.step) {
-                Some(&floor) => schedule::select_commits(&masked, self.threshold, floor + new_count),
+                Some(&floor) => {
+                    schedule::select_commits(&masked, self.threshold, floor + new_count)
+                }
                 None => masked.iter().map(|m| m.0).collect(),
             };
         }
@@ -288,7 +290,12 @@ mod tests {
         let w = p
             .apply(
                 &mut block,
-                &[s(1, 0.9, [2, 3]), s(1, 0.9, [2, 3]), s(5, 0.9, [2, 3]), s(6, 0.9, [2, 3])],
+                &[
+                    s(1, 0.9, [2, 3]),
+                    s(1, 0.9, [2, 3]),
+                    s(5, 0.9, [2, 3]),
+                    s(6, 0.9, [2, 3]),
+                ],
             )
             .unwrap();
         assert_eq!(block, vec![7, 8, 5, 6]);
@@ -299,7 +306,12 @@ mod tests {
         let w = p
             .apply(
                 &mut block,
-                &[s(1, 0.9, [2, 3]), s(1, 0.9, [2, 3]), s(5, 0.9, [2, 3]), s(DEL, 0.9, [6, 3])],
+                &[
+                    s(1, 0.9, [2, 3]),
+                    s(1, 0.9, [2, 3]),
+                    s(5, 0.9, [2, 3]),
+                    s(DEL, 0.9, [6, 3]),
+                ],
             )
             .unwrap();
         assert_eq!((w.edited.clone(), w.deleted.clone()), (vec![3], vec![3]));
@@ -318,7 +330,12 @@ mod tests {
         let w = p
             .apply(
                 &mut block,
-                &[s(1, 0.9, [2, 3]), s(SPL, 0.9, [2, 3]), s(3, 0.9, [2, 1]), s(4, 0.9, [2, 3])],
+                &[
+                    s(1, 0.9, [2, 3]),
+                    s(SPL, 0.9, [2, 3]),
+                    s(3, 0.9, [2, 1]),
+                    s(4, 0.9, [2, 3]),
+                ],
             )
             .unwrap();
         assert_eq!(w.split, vec![1]);

@@ -63,11 +63,13 @@ pub struct ChatTokenizer {
 impl ChatTokenizer {
     /// Loads `tokenizer.json` and `tokenizer_config.json` (optional) from a model directory.
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        let tok_path = dir.join("tokenizer.json");
-        let bytes = std::fs::read(&tok_path).map_err(|e| Error::io(&tok_path, e))?;
-        let cfg_path = dir.join("tokenizer_config.json");
-        let cfg = if cfg_path.exists() {
-            Some(std::fs::read(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?)
+        let bytes = crate::files::read(dir, "tokenizer.json", crate::files::MAX_TEXT_FILE)?;
+        let cfg = if crate::files::exists(dir, "tokenizer_config.json") {
+            Some(crate::files::read(
+                dir,
+                "tokenizer_config.json",
+                crate::files::MAX_TEXT_FILE,
+            )?)
         } else {
             None
         };

@@ -47,6 +47,15 @@ pub const SUPPORTED_MODEL_TYPE: &str = "llada2_moe";
 pub const MAX_BLOCK_SIZE: usize = 1024;
 pub const MAX_ROUTED_EXPERTS: usize = 1024;
 
+/// Bounds on the sizes a `config.json` may give, checked before anything is built or allocated
+/// (LLaDA2.0-flash, the largest model of the family, has 32 layers, hidden 4096, 256 experts, a
+/// vocabulary of 157184 and 32 heads of 128): see [`Config::size_limits`].
+pub const MAX_VOCAB: usize = 1 << 24;
+pub const MAX_WIDTH: usize = 1 << 20;
+pub const MAX_LAYERS: usize = 1024;
+pub const MAX_HEADS: usize = 1024;
+pub const MAX_EXPERTS: usize = 4096;
+
 impl Config {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -138,6 +147,13 @@ impl Config {
                 return err(format!("`{name}` must be positive"));
             }
         }
+        for (name, value, max) in self.size_limits() {
+            if value > max {
+                return err(format!(
+                    "`{name}` is {value}, more than this runtime supports ({max})"
+                ));
+            }
+        }
         if !self
             .num_attention_heads
             .is_multiple_of(self.num_key_value_heads)
@@ -214,6 +230,27 @@ impl Config {
             return err("`delete_token_id` and `split_token_id` must differ".into());
         }
         Ok(())
+    }
+
+    /// (field, value, largest accepted) of every size field.
+    pub fn size_limits(&self) -> [(&'static str, usize, usize); 11] {
+        [
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, MAX_HEADS),
+            ("num_key_value_heads", self.num_key_value_heads, MAX_HEADS),
+            ("head_dim", self.head_dim, MAX_HEADS),
+            ("intermediate_size", self.intermediate_size, MAX_WIDTH),
+            (
+                "moe_intermediate_size",
+                self.moe_intermediate_size,
+                MAX_WIDTH,
+            ),
+            ("num_experts", self.num_experts, MAX_EXPERTS),
+            ("num_experts_per_tok", self.num_experts_per_tok, MAX_EXPERTS),
+            ("num_shared_experts", self.num_shared_experts, MAX_HEADS),
+        ]
     }
 
     /// LLaDA2.2's block routing (`expert_capacity > 0`) instead of group-limited top-k.
@@ -450,6 +487,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("n_group"));
+
+        // Sizes beyond the bounds are refused before anything is built (the value and the limit).
+        let mut v = base();
+        v["num_hidden_layers"] = 100_000.into();
+        let e = Config::from_json(&v).unwrap_err().to_string();
+        assert!(
+            e.contains("num_hidden_layers") && e.contains("100000") && e.contains("1024"),
+            "{e}"
+        );
 
         let mut v = base();
         v["expert_capacity"] = 5.into();

@@ -24,6 +24,10 @@ pub enum Error {
     Backend { backend: String, message: String },
     #[error("cancelled")]
     Cancelled,
+    /// A forward's output held NaN or inf: a weight or an activation is not finite
+    /// ([`crate::weights::WeightStore::first_non_finite`] names the tensor where a weight is).
+    #[error("the model's output is not finite at forward {forward} (NaN or inf{culprit})")]
+    NonFinite { forward: usize, culprit: String },
 }
 
 impl Error {

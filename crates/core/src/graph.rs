@@ -211,12 +211,15 @@ impl Graph {
     }
 }
 
-/// Appends buffers and weights while the graph is built, de-duplicating weights by name.
+/// Appends buffers and weights while the graph is built, de-duplicating weights by name (through
+/// an index, so that building is linear in the number of tensors: a config with 100000 layers is
+/// refused by its bounds, not by a quadratic search).
 #[derive(Default)]
 pub struct GraphBuilder {
     pub buffers: Vec<BufferDesc>,
     pub weights: Vec<WeightDesc>,
     pub ops: Vec<Op>,
+    by_name: std::collections::HashMap<String, WeightId>,
 }
 
 impl GraphBuilder {
@@ -247,11 +250,13 @@ impl GraphBuilder {
         role: WeightRole,
     ) -> WeightId {
         let name = name.into();
-        if let Some(i) = self.weights.iter().position(|w| w.name == name) {
-            return WeightId(i);
+        if let Some(&id) = self.by_name.get(&name) {
+            return id;
         }
+        let id = WeightId(self.weights.len());
+        self.by_name.insert(name.clone(), id);
         self.weights.push(WeightDesc { name, shape, role });
-        WeightId(self.weights.len() - 1)
+        id
     }
 
     pub fn op(&mut self, op: Op) {

@@ -10,6 +10,7 @@ pub mod chat;
 pub mod config;
 pub mod decode;
 pub mod error;
+pub mod files;
 pub mod graph;
 pub mod loader;
 pub mod model;

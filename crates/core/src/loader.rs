@@ -25,7 +25,7 @@ impl Model {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found"),
             ));
         }
-        let config = Config::from_file(&dir.join("config.json"))?;
+        let config = Config::from_json_str(&crate::files::read_text(dir, "config.json")?)?;
         let tokenizer = ChatTokenizer::from_dir(dir)?;
         let weights = weights::load_dir(dir)?;
         Self::from_parts(dir.to_path_buf(), config, weights, tokenizer)
@@ -83,6 +83,21 @@ impl Model {
         ids.eos_alt = crate::decode::defaults::extra_eos(&self.dir, ids.eos)
             .filter(|&id| (id as usize) < self.config.vocab_size);
         ids
+    }
+
+    /// `e` with the tensor named when it is a non-finite output caused by a weight (the scan
+    /// reads every weight once, so it runs only on that error).
+    pub fn explain(&self, e: Error) -> Error {
+        match e {
+            Error::NonFinite { forward, .. } => match self.weights.first_non_finite() {
+                Some(name) => Error::NonFinite {
+                    forward,
+                    culprit: format!(": tensor `{name}` holds NaN or inf"),
+                },
+                None => e,
+            },
+            e => e,
+        }
     }
 
     pub fn summary(&self) -> Summary {

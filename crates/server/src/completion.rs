@@ -99,7 +99,7 @@ pub fn complete(
         Ok(gen) => gen.tokens,
         // We stopped it ourselves: the text is final (see the module comment).
         Err(Error::Cancelled) => prefix.tokens(),
-        Err(e) => return Err(e),
+        Err(e) => return Err(model.explain(e)),
     };
     let (completion_tokens, ended) = if stop.matched() {
         (prefix.len(), true)

@@ -258,7 +258,7 @@ fn answer(
     if let Some(e) = write_err {
         return Err(e).context("writing output");
     }
-    let gen = gen?;
+    let gen = gen.map_err(|e| model.explain(e))?;
     let elapsed = t0.elapsed().as_secs_f64();
     let (delta, text) = streamer.finish(&gen.tokens)?;
     if let Some(w) = stream {

@@ -56,12 +56,12 @@ impl ModelDefaults {
 }
 
 fn read_generation_config(dir: &Path) -> Option<Value> {
-    let path = dir.join("generation_config.json");
-    // The file is advisory and small; a huge or unreadable one is ignored.
-    if std::fs::metadata(&path).map_or(true, |m| !m.is_file() || m.len() > 1 << 20) {
+    // The file is advisory: a missing, unsafe, huge or malformed one is ignored.
+    let name = "generation_config.json";
+    if !crate::files::exists(dir, name) {
         return None;
     }
-    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+    serde_json::from_str(&crate::files::read_text(dir, name).ok()?).ok()
 }
 
 /// Unknown or malformed fields are ignored: the file is advisory, and the built-in defaults are

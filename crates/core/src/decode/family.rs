@@ -84,9 +84,6 @@ pub fn detect(dir: &Path, config: &Config) -> (Decoder, String) {
     )
 }
 
-/// Largest modeling file read while detecting (the official ones are about 60 KB).
-const MAX_MODELING_BYTES: u64 = 4 << 20;
-
 /// The name of a `modeling_*.py` in `dir` whose `def generate(` signature names
 /// `editing_threshold`.
 fn editing_modeling_file(dir: &Path) -> Option<String> {
@@ -99,12 +96,8 @@ fn editing_modeling_file(dir: &Path) -> Option<String> {
         .collect();
     names.sort();
     names.into_iter().find(|name| {
-        let path = dir.join(name);
-        let small =
-            std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() <= MAX_MODELING_BYTES);
-        small
-            && std::fs::read_to_string(&path)
-                .is_ok_and(|text| generate_takes(&text, "editing_threshold"))
+        crate::files::read_text(dir, name)
+            .is_ok_and(|text| generate_takes(&text, "editing_threshold"))
     })
 }
 

@@ -212,6 +212,12 @@ impl Decoding {
                 format!("returned {} samples for a window of {b}", out.samples.len()),
             ));
         }
+        if let Some(r) = out.samples.iter().position(|s| !s.confidence.is_finite()) {
+            return Err(Error::NonFinite {
+                forward: self.forwards,
+                culprit: format!(" in the prediction for position {}", ws + r),
+            });
+        }
         if self.p.use_cache {
             // The positions before the window were fed their final tokens by this step.
             self.clean = self.clean.max(ws);

@@ -82,6 +82,23 @@ impl Tensor {
         &self.storage.bytes()[self.start..self.start + self.len]
     }
 
+    /// Whether every value is finite (raw bits for float formats, no widening).
+    pub fn is_finite(&self) -> bool {
+        let b = self.bytes();
+        match self.dtype {
+            DType::BF16 => b
+                .chunks_exact(2)
+                .all(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7f80 != 0x7f80),
+            DType::F16 => b
+                .chunks_exact(2)
+                .all(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7c00 != 0x7c00),
+            DType::F32 => b
+                .chunks_exact(4)
+                .all(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7f80_0000 != 0x7f80_0000),
+            _ => self.to_f32().iter().all(|v| v.is_finite()),
+        }
+    }
+
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -168,6 +185,15 @@ impl WeightStore {
         check_shapes(expected, &|name| {
             self.tensors.get(name).map(|t| t.shape.clone())
         })
+    }
+
+    /// The first tensor (by name) holding NaN or inf, read in its stored format (quantized ones
+    /// through their scales). Reads every byte: for explaining a non-finite output, or a check.
+    pub fn first_non_finite(&self) -> Option<String> {
+        self.tensors
+            .iter()
+            .find(|(_, t)| !t.is_finite())
+            .map(|(name, _)| name.clone())
     }
 
     /// Total bytes per dtype name, for `inspect`.

@@ -3,34 +3,36 @@
 
 use super::{Storage, Tensor, WeightStore};
 use crate::error::{Error, Result};
+use crate::files;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Finds the weight files of `dir` and loads (memory-maps) them.
 pub fn load_dir(dir: &Path) -> Result<WeightStore> {
-    let index = dir.join("model.safetensors.index.json");
-    let files: Vec<PathBuf> = if index.exists() {
-        shard_list(&index)?
-            .into_iter()
-            .map(|f| dir.join(f))
-            .collect()
+    let index = "model.safetensors.index.json";
+    let names: Vec<String> = if files::exists(dir, index) {
+        shard_list(dir, index)?.into_iter().collect()
+    } else if files::exists(dir, "model.safetensors") {
+        vec!["model.safetensors".into()]
     } else {
-        let single = dir.join("model.safetensors");
-        if !single.exists() {
-            return Err(Error::Weights(format!(
-                "{}: neither model.safetensors nor model.safetensors.index.json found",
-                dir.display()
-            )));
-        }
-        vec![single]
+        return Err(Error::Weights(format!(
+            "{}: neither model.safetensors nor model.safetensors.index.json found",
+            dir.display()
+        )));
     };
-    load_files(&files)
+    // Every shard the index names must be a regular file inside the directory.
+    let paths = names
+        .iter()
+        .map(|n| files::model_file(dir, n))
+        .collect::<Result<Vec<PathBuf>>>()?;
+    load_files(&paths)
 }
 
 /// The shard file names listed by an index's `weight_map`.
-fn shard_list(index: &Path) -> Result<BTreeSet<String>> {
-    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+fn shard_list(dir: &Path, index: &str) -> Result<BTreeSet<String>> {
+    let text = files::read_text(dir, index)?;
+    let index = dir.join(index);
     let v: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::Weights(format!("{}: not valid JSON: {e}", index.display())))?;
     let map = v

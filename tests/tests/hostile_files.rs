@@ -1,0 +1,245 @@
+//! Model directories built to hurt: names that escape the directory, a FIFO, sizes that would
+//! make the graph builder crawl, NaN weights, and LLaDA2.2 fields that do not fit. Each is a
+//! prompt, clear error (never a hang, a panic or silent garbage).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use unmask_core::{generate, DecodeParams, Error, Model};
+use unmask_tests::fixture;
+
+fn copy_fixture(name: &str, to: &Path) -> PathBuf {
+    let dst = to.join(name);
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(fixture(name)).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
+    dst
+}
+
+fn open_err(dir: &Path) -> String {
+    match Model::open(dir) {
+        Ok(_) => panic!("{} should not load", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(path, v.to_string()).unwrap();
+}
+
+/// Points the index's first shard at `target`.
+fn redirect_first_shard(dir: &Path, target: &str) {
+    edit_json(&dir.join("model.safetensors.index.json"), |v| {
+        let map = v["weight_map"].as_object_mut().unwrap();
+        let first = map.keys().next().unwrap().clone();
+        map.insert(first, target.into());
+    });
+}
+
+#[test]
+fn an_index_cannot_name_files_outside_the_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = copy_fixture("tiny-llada2", &tmp.path().join("other"));
+    for (i, target) in [
+        "../../other/tiny-llada2/model-00001-of-00002.safetensors".to_string(),
+        outside
+            .join("model-00001-of-00002.safetensors")
+            .display()
+            .to_string(),
+        "/etc/passwd".to_string(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let d = copy_fixture("tiny-llada2", &tmp.path().join(format!("m{i}")));
+        redirect_first_shard(&d, target);
+        let e = open_err(&d);
+        assert!(
+            e.contains("not a file name inside the model directory")
+                || e.contains("outside the model directory"),
+            "{target}: {e}"
+        );
+    }
+    // A symlinked shard that leaves the directory is refused as well.
+    let d = copy_fixture("tiny-llada2", &tmp.path().join("link"));
+    let shard = d.join("model-00001-of-00002.safetensors");
+    std::fs::remove_file(&shard).unwrap();
+    std::os::unix::fs::symlink(outside.join("model-00001-of-00002.safetensors"), &shard).unwrap();
+    assert!(open_err(&d).contains("outside the model directory"));
+}
+
+#[test]
+fn a_fifo_is_refused_without_blocking() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = copy_fixture("tiny-llada2", &tmp.path().join("fifo"));
+    let fifo = d.join("fifo.safetensors");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    redirect_first_shard(&d, "fifo.safetensors");
+    let t = Instant::now();
+    let e = open_err(&d);
+    assert!(e.contains("not a regular file"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // A FIFO config.json likewise.
+    let d = copy_fixture("tiny-llada2", &tmp.path().join("fifo2"));
+    std::fs::remove_file(d.join("config.json")).unwrap();
+    assert!(std::process::Command::new("mkfifo")
+        .arg(d.join("config.json"))
+        .status()
+        .unwrap()
+        .success());
+    assert!(open_err(&d).contains("not a regular file"));
+}
+
+#[test]
+fn huge_sizes_are_refused_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = copy_fixture("tiny-llada2", &tmp.path().join("layers"));
+    edit_json(&d.join("config.json"), |v| {
+        v["num_hidden_layers"] = 100_000.into()
+    });
+    let t = Instant::now();
+    let e = open_err(&d);
+    assert!(e.contains("num_hidden_layers") && e.contains("1024"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    // Within the bounds the graph builder is linear: 1024 layers of 256 experts (790k tensors)
+    // are described quickly (the shapes then fail against the file).
+    let mut c = unmask_core::Config::from_json_str(
+        &std::fs::read_to_string(fixture("tiny-llada2").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    c.num_hidden_layers = 1024;
+    c.num_experts = 256;
+    c.n_group = 8;
+    let t = Instant::now();
+    let g = unmask_core::model::llada2::build(&c);
+    assert!(g.weights.len() > 700_000);
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+}
+
+/// Overwrites every value of tensor `name` in a single-file model with a bf16 NaN.
+fn poison(dir: &Path, name: &str) {
+    let path = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let t = &header[name];
+    assert_eq!(t["dtype"], "BF16");
+    let (a, b) = (
+        t["data_offsets"][0].as_u64().unwrap() as usize,
+        t["data_offsets"][1].as_u64().unwrap() as usize,
+    );
+    for c in bytes[8 + n + a..8 + n + b].chunks_exact_mut(2) {
+        c.copy_from_slice(&0x7fc0u16.to_le_bytes());
+    }
+    std::fs::write(&path, bytes).unwrap();
+}
+
+#[test]
+fn a_nan_weight_is_an_error_naming_the_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = copy_fixture("tiny-llada2-add", tmp.path());
+    let tensor = "model.layers.0.post_attention_layernorm.weight";
+    poison(&d, tensor);
+    let model = Model::open(&d).unwrap();
+    let mut backend =
+        unmask_core::ReferenceBackend::new(model.graph.clone(), &model.weights, &mut |_, _| {})
+            .unwrap();
+    let prompt = model.tokenizer.encode("What is 1+1?").unwrap();
+    let e = generate(
+        &mut backend,
+        &model.special_ids(),
+        model.config.max_position_embeddings,
+        &prompt,
+        &DecodeParams {
+            gen_length: 8,
+            ..Default::default()
+        },
+        &mut |_| true,
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::NonFinite { forward: 0, .. }), "{e}");
+    let e = model.explain(e).to_string();
+    assert!(e.contains(tensor) && e.contains("NaN"), "{e}");
+}
+
+#[test]
+fn llada22_fields_that_do_not_fit_are_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = copy_fixture("tiny-llada2.2", &tmp.path().join("cap"));
+    edit_json(&d.join("config.json"), |v| v["expert_capacity"] = 17.into());
+    let e = open_err(&d);
+    assert!(
+        e.contains("expert_capacity") && e.contains("num_experts"),
+        "{e}"
+    );
+    let d = copy_fixture("tiny-llada2.2", &tmp.path().join("ids"));
+    edit_json(&d.join("config.json"), |v| {
+        v["split_token_id"] = 3840.into()
+    });
+    let e = open_err(&d);
+    assert!(e.contains("split_token_id") && e.contains("3840"), "{e}");
+    let d = copy_fixture("tiny-llada2.2", &tmp.path().join("rope"));
+    edit_json(&d.join("config.json"), |v| {
+        v["rope_parameters"]["rope_theta"] = 10000.into()
+    });
+    assert!(open_err(&d).contains("disagree"));
+
+    // A decode block that is not a multiple of the routing block, and a prompt with an edit
+    // token, under every decoder.
+    let model = Model::open(&fixture("tiny-llada2.2")).unwrap();
+    let ids = model.special_ids();
+    let mut backend =
+        unmask_core::ReferenceBackend::new(model.graph.clone(), &model.weights, &mut |_, _| {})
+            .unwrap();
+    for decoder in unmask_core::decode::Decoder::ALL {
+        let p = DecodeParams {
+            block_length: 16,
+            ..DecodeParams::for_decoder(decoder)
+        };
+        let e = generate(&mut backend, &ids, 4096, &[5, 6], &p, &mut |_| true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("multiple of the model's routing block"),
+            "{decoder}: {e}"
+        );
+    }
+    let p = DecodeParams::for_decoder(unmask_core::decode::Decoder::Llada22);
+    let e = generate(
+        &mut backend,
+        &ids,
+        4096,
+        &[5, ids.delete.unwrap()],
+        &p,
+        &mut |_| true,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("DELETE"), "{e}");
+    // The llada2.2 decoder on a model without edit tokens.
+    let plain = Model::open(&fixture("tiny-llada2")).unwrap();
+    let mut backend =
+        unmask_core::ReferenceBackend::new(plain.graph.clone(), &plain.weights, &mut |_, _| {})
+            .unwrap();
+    let e = generate(
+        &mut backend,
+        &plain.special_ids(),
+        4096,
+        &[5],
+        &p,
+        &mut |_| true,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("delete_token_id"), "{e}");
+}

@@ -421,3 +421,39 @@ async fn metrics_count_requests_tokens_and_steps() {
     assert_eq!(m("unmask_requests_running"), 0.0);
     assert!(text.contains("# TYPE unmask_step_seconds histogram"));
 }
+
+/// A config that claims a huge context: one request asking for a billion tokens is refused with
+/// the context error, the CLI's `--gen-length` likewise, and the server keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_billion_tokens_is_refused_not_allocated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("huge-context");
+    std::fs::create_dir(&dir).unwrap();
+    for e in std::fs::read_dir(unmask_tests::fixture(ADD_MODEL)).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+        }
+    }
+    let cfg = dir.join("config.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["max_position_embeddings"] = json!(1u64 << 40);
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    let model = std::sync::Arc::new(unmask_core::Model::open(&dir).unwrap());
+    assert!(model.context_limit() <= unmask_core::decode::MAX_CONTEXT);
+    let s = start(model, 4, cpu()).await;
+    for body in [
+        json!({ "prompt": "hi", "max_tokens": 1_000_000_000 }),
+        json!({ "prompt": "hi", "max_tokens": 1u64 << 62 }),
+    ] {
+        let (st, v) = s.post("/v1/completions", &body).await;
+        assert_eq!(st, 400, "{v}");
+        assert_eq!(v["error"]["code"], "context_length_exceeded", "{v}");
+    }
+    let r = s.client.get(s.url("/health")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let (st, _) = s
+        .post("/v1/completions", &json!({ "prompt": "hi", "max_tokens": 4 }))
+        .await;
+    assert_eq!(st, 200);
+}

@@ -333,6 +333,15 @@ fn bad_input_is_a_clean_error() {
         "threshold",
     );
     assert_clean_error(&gen_on(&ok, &["--prompt", "x", "--steps", "0"]), "steps");
+    // Sizes that once made the process allocate itself to death are refused up front.
+    assert_clean_error(
+        &gen_on(&ok, &["--prompt", "x", "--steps", "10000000000"]),
+        "steps (10000000000) is larger than 65536",
+    );
+    assert_clean_error(
+        &gen_on(&ok, &["--prompt", "x", "--gen-length", "1000000000"]),
+        "gen_length must be in 1..=1048576",
+    );
     let config: Value =
         serde_json::from_str(&std::fs::read_to_string(ok.join("config.json")).unwrap()).unwrap();
     let max = config["max_position_embeddings"].as_u64().unwrap() as usize;

@@ -85,6 +85,19 @@ impl Model {
         ids
     }
 
+    /// The most positions (prompt + generation, padded to whole blocks) a request may use: the
+    /// model's `max_position_embeddings`, at most [`crate::decode::MAX_CONTEXT`], and no more
+    /// than the f32 KV cache of half the memory available now can hold (so one request can never
+    /// make the process allocate itself to death).
+    pub fn context_limit(&self) -> usize {
+        let per_position = summarize_kv(&self.config).max(1);
+        let by_memory = available_memory().map_or(usize::MAX, |m| (m / 2 / per_position) as usize);
+        self.config
+            .max_position_embeddings
+            .min(crate::decode::MAX_CONTEXT)
+            .min(by_memory.max(1))
+    }
+
     /// `e` with the tensor named when it is a non-finite output caused by a weight (the scan
     /// reads every weight once, so it runs only on that error).
     pub fn explain(&self, e: Error) -> Error {
@@ -117,12 +130,24 @@ pub struct Summary {
     pub memory_full_context: u64,
 }
 
+/// Bytes of f32 K and V per position, over all layers.
+fn summarize_kv(c: &Config) -> u64 {
+    (c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * 4) as u64
+}
+
+/// `MemAvailable` of /proc/meminfo, where there is one.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 pub fn summarize(c: &Config, w: &WeightStore) -> Summary {
     let (parameters, active_parameters) = llada2::parameter_counts(c);
     let bytes_by_dtype = w.bytes_by_dtype();
     let weight_bytes: u64 = bytes_by_dtype.values().map(|&b| b as u64).sum();
-    let kv_bytes_per_position =
-        (c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * 4) as u64;
+    let kv_bytes_per_position = summarize_kv(c);
     Summary {
         parameters,
         active_parameters,

@@ -62,7 +62,7 @@ pub fn complete(
     let result = generate(
         backend,
         &model.special_ids(),
-        model.config.max_position_embeddings,
+        model.context_limit(),
         prompt,
         params,
         &mut |event| {

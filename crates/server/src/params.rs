@@ -374,7 +374,7 @@ fn finish(
     if let Some(e) = s.eos_early_stop {
         p.eos_early_stop = Some(e);
     }
-    let max = cx.model.config.max_position_embeddings;
+    let max = cx.model.context_limit();
     if p.block_length > max {
         return Err(ApiError::param(
             "block_length",
@@ -387,9 +387,6 @@ fn finish(
     if p.decoder == Decoder::Llada20 {
         p.steps = p.steps.min(p.block_length);
     }
-    p.validate()
-        .map_err(|e| ApiError::invalid(None, e.to_string()))?;
-
     let (plen, g, b) = (prompt.len(), p.gen_length, p.block_length);
     let total = plen
         .checked_add(g)
@@ -413,6 +410,10 @@ fn finish(
         )
         .with_code("context_length_exceeded"));
     }
+
+    // After the context check, which names the parameter (max_tokens) and its code.
+    p.validate()
+        .map_err(|e| ApiError::invalid(None, e.to_string()))?;
 
     let stop = match s.stop {
         None => Vec::new(),

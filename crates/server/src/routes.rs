@@ -161,7 +161,7 @@ impl AppState {
             object: "model",
             created: self.created,
             owned_by: "unmask",
-            max_context: self.model.config.max_position_embeddings,
+            max_context: self.model.context_limit(),
         }
     }
 

@@ -151,7 +151,7 @@ fn turn(
 
 /// The prompt for `history`, dropping the oldest exchanges while it does not fit the context.
 fn fit_context(model: &Model, history: &mut Vec<Message>, p: &DecodeParams) -> Result<Vec<u32>> {
-    let max = model.config.max_position_embeddings;
+    let max = model.context_limit();
     let first = usize::from(history.first().is_some_and(|m| m.role == "system"));
     loop {
         let prompt = model.tokenizer.encode_chat(history)?;

@@ -233,7 +233,7 @@ fn answer(
     let gen = generate(
         backend,
         &ids,
-        model.config.max_position_embeddings,
+        model.context_limit(),
         prompt,
         p,
         &mut |e| {

@@ -25,6 +25,10 @@ pub use session::Decoding;
 /// forwards, and the schedule is allocated from `steps`.
 pub const MAX_STEPS: usize = 1 << 16;
 
+/// Most positions (prompt + generation) any request may use, whatever the config says
+/// (LLaDA2.2: 131072): bounds the decoder's own buffers before anything is allocated.
+pub const MAX_CONTEXT: usize = 1 << 20;
+
 /// Decoding parameters. `DecodeParams::default()` is LLaDA2.0's (block 32, steps 32, threshold
 /// 0.95, greedy); [`DecodeParams::for_decoder`] gives each family's official defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,8 +124,17 @@ impl DecodeParams {
                 return bad(format!("{name} ({v}) is larger than {MAX_STEPS}"));
             }
         }
-        if self.gen_length == 0 {
-            return bad("gen_length must be at least 1".into());
+        if self.gen_length == 0 || self.gen_length > MAX_CONTEXT {
+            return bad(format!(
+                "gen_length must be in 1..={MAX_CONTEXT}, got {}",
+                self.gen_length
+            ));
+        }
+        if self.block_length > MAX_CONTEXT {
+            return bad(format!(
+                "block_length ({}) is larger than {MAX_CONTEXT}",
+                self.block_length
+            ));
         }
         if self.minimal_topk == 0 {
             return bad("minimal_topk must be at least 1".into());

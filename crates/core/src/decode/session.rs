@@ -59,10 +59,11 @@ impl Decoding {
         p.validate()?;
         let (b, plen) = (p.block_length, prompt.len());
         let total = (plen + p.gen_length).div_ceil(b) * b;
+        let max_positions = max_positions.min(super::MAX_CONTEXT);
         if total > max_positions {
             return Err(Error::Invalid(format!(
                 "prompt ({plen} tokens) + generation ({}) padded to whole blocks of {b} is {total} positions, \
-                 beyond max_position_embeddings ({max_positions})",
+                 beyond the context limit of {max_positions} positions (max_position_embeddings, capped by memory)",
                 p.gen_length
             )));
         }

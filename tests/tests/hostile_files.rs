@@ -243,3 +243,45 @@ fn llada22_fields_that_do_not_fit_are_errors() {
     .to_string();
     assert!(e.contains("delete_token_id"), "{e}");
 }
+
+/// The fixture's tokenizer with `chat_template` set to `template` (a JSON value).
+fn tokenizer_with(template: serde_json::Value) -> unmask_core::Result<unmask_core::ChatTokenizer> {
+    let dir = fixture("tiny-llada2");
+    let tok = std::fs::read(dir.join("tokenizer.json")).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    cfg["chat_template"] = template;
+    unmask_core::ChatTokenizer::from_bytes(&tok, Some(cfg.to_string().as_bytes()))
+}
+
+#[test]
+fn templates_that_loop_or_explode_are_errors_in_bounded_time() {
+    let msg = [unmask_core::Message {
+        role: "user".into(),
+        content: "hi".into(),
+    }];
+    let cases = [
+        (
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "template instructions",
+        ),
+        (
+            "{% for i in range(100000) %}{% for j in range(100000) %}xxxxxxxxxxxxxxxx{% endfor %}{% endfor %}",
+            "longer than",
+        ),
+    ];
+    for (template, needle) in cases {
+        let t = Instant::now();
+        let e = tokenizer_with(template.into())
+            .unwrap()
+            .render_chat(&msg, true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(needle), "{template}: {e}");
+        assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    }
+    // A template of the wrong type is named as such, not reported missing.
+    let e = tokenizer_with(12345.into()).err().unwrap().to_string();
+    assert!(e.contains("must be a string") && e.contains("12345"), "{e}");
+}

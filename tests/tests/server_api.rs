@@ -453,7 +453,61 @@ async fn a_billion_tokens_is_refused_not_allocated() {
     let r = s.client.get(s.url("/health")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let (st, _) = s
-        .post("/v1/completions", &json!({ "prompt": "hi", "max_tokens": 4 }))
+        .post(
+            "/v1/completions",
+            &json!({ "prompt": "hi", "max_tokens": 4 }),
+        )
         .await;
     assert_eq!(st, 200);
+}
+
+/// A chat template that loops: each request fails alone with a 400, in bounded time, and the
+/// async threads stay free (`/health` answers while two such renders run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looping_template_fails_its_request_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("looping-template");
+    std::fs::create_dir(&dir).unwrap();
+    for e in std::fs::read_dir(unmask_tests::fixture(ADD_MODEL)).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+        }
+    }
+    let cfg = dir.join("tokenizer_config.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["chat_template"] =
+        json!("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}");
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    let s =
+        std::sync::Arc::new(start(std::sync::Arc::new(Model::open(&dir).unwrap()), 4, cpu()).await);
+    let renders: Vec<_> = (0..2)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.post("/v1/chat/completions", &chat_body("hi", json!({})))
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let t = std::time::Instant::now();
+    let r = s.client.get(s.url("/health")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        t.elapsed()
+    );
+    for r in renders {
+        let (st, v) = r.await.unwrap();
+        assert_eq!(st, 400, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("template instructions"),
+            "{v}"
+        );
+    }
 }

@@ -50,6 +50,29 @@ impl SpecialIds {
     }
 }
 
+/// Template instructions one rendering may execute (the LLaDA2 template spends a few dozen per
+/// message).
+pub const TEMPLATE_FUEL: u64 = 50_000_000;
+/// Bytes a rendered prompt may have (about four million tokens of text).
+pub const MAX_TEMPLATE_OUTPUT: usize = 16 << 20;
+
+/// Collects rendered output, failing once it would pass [`MAX_TEMPLATE_OUTPUT`].
+struct BoundedWriter(Vec<u8>);
+
+impl std::io::Write for BoundedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_TEMPLATE_OUTPUT {
+            self.0.resize(MAX_TEMPLATE_OUTPUT, 0);
+            return Err(std::io::Error::other("template output limit"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 pub struct ChatTokenizer {
     tokenizer: tokenizers::Tokenizer,
     template: Option<String>,
@@ -104,15 +127,21 @@ impl ChatTokenizer {
         let mask = id_of(&mask_token, "mask")?;
         let mut end_of_turn: Vec<u32> = tokenizer.token_to_id("<|role_end|>").into_iter().collect();
         end_of_turn.push(eos);
-        let template = cfg.get("chat_template").and_then(|t| match t {
-            Value::String(s) => Some(s.clone()),
+        let template = match cfg.get("chat_template") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
             // Some models ship a list of named templates: take the default one.
-            Value::Array(list) => list
+            Some(Value::Array(list)) => list
                 .iter()
                 .find(|e| e.get("name").and_then(Value::as_str) == Some("default"))
                 .and_then(|e| e.get("template")?.as_str().map(str::to_string)),
-            _ => None,
-        });
+            Some(other) => {
+                return Err(Error::Tokenizer(format!(
+                    "tokenizer_config.json: `chat_template` must be a string or a list of named \
+                     templates, got {other}"
+                )))
+            }
+        };
         let valid_vocab = tokenizer.get_vocab_size(true) as u32;
         Ok(ChatTokenizer {
             tokenizer,
@@ -160,12 +189,15 @@ impl ChatTokenizer {
         self.template.is_some()
     }
 
-    /// Renders `messages` through the model's chat template.
+    /// Renders `messages` through the model's chat template, within [`TEMPLATE_FUEL`]
+    /// instructions and [`MAX_TEMPLATE_OUTPUT`] bytes of output: a template that loops or
+    /// blows up is an error, never a hang or an exhausted memory.
     pub fn render_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let template = self.template.as_deref().ok_or_else(|| {
             Error::Template("tokenizer_config.json has no `chat_template`".into())
         })?;
         let mut env = minijinja::Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
         minijinja_contrib::add_to_environment(&mut env);
         // Python string methods (`.strip()`, `.startswith()`) that HF templates use.
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -183,13 +215,32 @@ impl ChatTokenizer {
         let tmpl = env
             .get_template("chat")
             .map_err(|e| Error::Template(e.to_string()))?;
-        tmpl.render(minijinja::context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos_token.clone().unwrap_or_default(),
-            eos_token => self.eos_token.clone(),
-        })
-        .map_err(|e| Error::Template(e.to_string()))
+        let mut out = BoundedWriter(Vec::new());
+        tmpl.render_captured_to(
+            minijinja::context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos_token.clone().unwrap_or_default(),
+                eos_token => self.eos_token.clone(),
+            },
+            &mut out,
+        )
+        .map(|_| ())
+        .map_err(|e| {
+            if e.kind() == minijinja::ErrorKind::OutOfFuel {
+                Error::Template(format!(
+                    "rendering took more than {TEMPLATE_FUEL} template instructions"
+                ))
+            } else if out.0.len() >= MAX_TEMPLATE_OUTPUT {
+                Error::Template(format!(
+                    "the rendered prompt is longer than {MAX_TEMPLATE_OUTPUT} bytes"
+                ))
+            } else {
+                Error::Template(e.to_string())
+            }
+        })?;
+        String::from_utf8(out.0)
+            .map_err(|_| Error::Template("the template rendered invalid UTF-8".into()))
     }
 
     /// Renders and tokenizes a conversation, ready for generation.

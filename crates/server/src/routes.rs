@@ -85,7 +85,7 @@ async fn method_not_allowed() -> ApiError {
 
 async fn chat(State(s): Shared, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     s.metrics.chat_requests.fetch_add(1, Relaxed);
-    let req = s.check(body, params::chat_request)?;
+    let req = s.check(body, params::chat_request).await?;
     let stream = req.stream;
     let (rx, h) = s.start(req, Kind::Chat, "chatcmpl")?;
     if stream {
@@ -116,7 +116,7 @@ async fn completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     s.metrics.completion_requests.fetch_add(1, Relaxed);
-    let req = s.check(body, params::completion_request)?;
+    let req = s.check(body, params::completion_request).await?;
     let stream = req.stream;
     let (rx, h) = s.start(req, Kind::Text, "cmpl")?;
     if stream {
@@ -165,31 +165,38 @@ impl AppState {
         }
     }
 
-    /// Body read and request checked; a failure counts as an invalid request.
-    fn check(
-        &self,
+    /// Body read and request checked; a failure counts as an invalid request. Parsing renders
+    /// the chat template and tokenizes, which can take a while on a hostile or huge request: it
+    /// runs on tokio's blocking pool, so the async threads (and `/health`) stay free, and the
+    /// template's fuel bounds it.
+    async fn check(
+        self: &Arc<Self>,
         body: Result<Bytes, BytesRejection>,
         parse: fn(&params::Context, &[u8]) -> Result<GenRequest, ApiError>,
     ) -> Result<GenRequest, ApiError> {
-        let r = body
-            .map_err(|e| ApiError {
+        let state = self.clone();
+        let r = match body {
+            Err(e) => Err(ApiError {
                 status: e.status(),
                 message: e.body_text(),
                 kind: "invalid_request_error",
                 param: None,
                 code: None,
-            })
-            .and_then(|b| {
+            }),
+            Ok(b) => tokio::task::spawn_blocking(move || {
                 parse(
                     &params::Context {
-                        model: &self.model,
-                        model_id: &self.model_id,
-                        defaults: &self.defaults,
-                        per_decoder: &self.per_decoder,
+                        model: &state.model,
+                        model_id: &state.model_id,
+                        defaults: &state.defaults,
+                        per_decoder: &state.per_decoder,
                     },
                     &b,
                 )
-            });
+            })
+            .await
+            .unwrap_or_else(|e| Err(ApiError::internal(format!("request parsing failed: {e}")))),
+        };
         if r.is_err() {
             self.metrics.invalid_requests.fetch_add(1, Relaxed);
         }

@@ -230,31 +230,24 @@ fn answer(
     .limit(p.gen_length);
     let mut write_err = None;
     let t0 = Instant::now();
-    let gen = generate(
-        backend,
-        &ids,
-        model.context_limit(),
-        prompt,
-        p,
-        &mut |e| {
-            if let Some(w) = stream.as_deref_mut() {
-                match streamer.push(e) {
-                    Ok(Some(d)) => {
-                        if let Err(err) = w.write_all(d.as_bytes()).and_then(|_| w.flush()) {
-                            write_err = Some(err);
-                            return false;
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(err) => {
-                        write_err = Some(std::io::Error::other(err.to_string()));
+    let gen = generate(backend, &ids, model.context_limit(), prompt, p, &mut |e| {
+        if let Some(w) = stream.as_deref_mut() {
+            match streamer.push(e) {
+                Ok(Some(d)) => {
+                    if let Err(err) = w.write_all(d.as_bytes()).and_then(|_| w.flush()) {
+                        write_err = Some(err);
                         return false;
                     }
                 }
+                Ok(None) => {}
+                Err(err) => {
+                    write_err = Some(std::io::Error::other(err.to_string()));
+                    return false;
+                }
             }
-            true
-        },
-    );
+        }
+        true
+    });
     if let Some(e) = write_err {
         return Err(e).context("writing output");
     }

@@ -285,3 +285,65 @@ fn templates_that_loop_or_explode_are_errors_in_bounded_time() {
     let e = tokenizer_with(12345.into()).err().unwrap().to_string();
     assert!(e.contains("must be a string") && e.contains("12345"), "{e}");
 }
+
+#[test]
+fn quantize_follows_hub_symlinks_keeps_permissions_and_cleans_up_when_cancelled() {
+    use std::os::unix::fs::PermissionsExt;
+    use unmask_core::quant::{quantize_dir, quantize_dir_cancellable, QuantFormat, QuantPlan};
+    let tmp = tempfile::tempdir().unwrap();
+    // A Hugging Face cache entry: every snapshot file is a symlink into blobs/.
+    let entry = tmp.path().join("models--org--tiny");
+    let snap = entry.join("snapshots/0123abcd");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(entry.join("blobs")).unwrap();
+    for e in std::fs::read_dir(fixture("tiny-llada2-add")).unwrap() {
+        let e = e.unwrap();
+        if !e.file_type().unwrap().is_file() {
+            continue;
+        }
+        let blob = entry
+            .join("blobs")
+            .join(format!("blob-{}", e.file_name().to_string_lossy()));
+        std::fs::copy(e.path(), &blob).unwrap();
+        std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o444)).unwrap();
+        std::os::unix::fs::symlink(&blob, snap.join(e.file_name())).unwrap();
+    }
+    let model = Model::open(&snap).unwrap();
+    let plan = QuantPlan {
+        format: QuantFormat::Q8_0,
+        embedding: true,
+    };
+    let out = tmp.path().join("q8");
+    quantize_dir(&model, &out, &plan, usize::MAX, &mut |_, _| {}).unwrap();
+    for name in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        let m = std::fs::metadata(out.join(name)).unwrap();
+        assert!(m.is_file(), "{name} copied");
+        let mode = m.permissions().mode() & 0o777;
+        assert_eq!(
+            mode & 0o022,
+            0,
+            "{name}: mode {mode:o} is writable by others"
+        );
+        assert_ne!(mode & 0o200, 0, "{name}: mode {mode:o}");
+    }
+    assert!(Model::open(&out).is_ok());
+
+    // Cancelled after the third tensor: nothing is left.
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let out = tmp.path().join("cancelled");
+    let e = quantize_dir_cancellable(
+        &model,
+        &out,
+        &plan,
+        usize::MAX,
+        &mut |done, _| {
+            if done == 3 {
+                cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        },
+        &cancel,
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Cancelled), "{e}");
+    assert!(!out.exists());
+}

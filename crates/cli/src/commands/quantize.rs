@@ -4,9 +4,11 @@ use super::inspect::human;
 use crate::progress::LazyBar;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 use unmask_core::quant::memory::{memory_by_format, FormatMemory};
-use unmask_core::quant::{quantize_dir, QuantFormat, QuantPlan, DEFAULT_SHARD_BYTES};
+use unmask_core::quant::{quantize_dir_cancellable, QuantFormat, QuantPlan, DEFAULT_SHARD_BYTES};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FormatName {
@@ -56,14 +58,24 @@ pub fn run(args: Args) -> Result<()> {
     };
     let t0 = Instant::now();
     let mut bar = LazyBar::new(&format!("quantizing to {}", plan.format));
-    let report = quantize_dir(
+    let interrupted = Arc::new(AtomicBool::new(false));
+    watch_signals(interrupted.clone());
+    let report = quantize_dir_cancellable(
         &model,
         &args.out,
         &plan,
         args.max_shard_bytes.max(1),
         &mut |d, t| bar.update(d, t),
+        &interrupted,
     );
     bar.finish();
+    if interrupted.load(Ordering::Relaxed) {
+        eprintln!(
+            "interrupted: the partial output {} was removed",
+            args.out.display()
+        );
+        std::process::exit(130);
+    }
     let report = report.with_context(|| format!("writing {}", args.out.display()))?;
     let elapsed = t0.elapsed().as_secs_f64();
     if args.json {
@@ -166,4 +178,38 @@ pub fn inspect_shape(name: &str, json: bool) -> Result<()> {
     );
     print_memory_by_format(&m);
     Ok(())
+}
+
+/// Sets `flag` on the first SIGINT or SIGTERM, so that quantization stops at the next tensor and
+/// removes what it wrote (a killed process would leave a half-written directory).
+fn watch_signals(flag: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            #[cfg(unix)]
+            {
+                use tokio::signal::unix::{signal, SignalKind};
+                let (Ok(mut int), Ok(mut term)) = (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                ) else {
+                    return;
+                };
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            #[cfg(not(unix))]
+            if tokio::signal::ctrl_c().await.is_err() {
+                return;
+            }
+            flag.store(true, Ordering::Relaxed);
+        });
+    });
 }

@@ -10,6 +10,7 @@ use crate::weights::DType;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Hugging Face's default shard size: small enough for browsers to fetch piecewise.
 /// (On 32-bit targets such as wasm32, where 5 GB does not fit a usize, the largest usize.)
@@ -85,9 +86,31 @@ pub fn quantize_dir(
     max_shard_bytes: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<DirReport> {
+    let never = AtomicBool::new(false);
+    quantize_dir_cancellable(model, out, plan, max_shard_bytes, progress, &never)
+}
+
+/// [`quantize_dir`] that stops with [`Error::Cancelled`] at the next tensor once `cancel` is
+/// set (a signal handler sets it), leaving nothing behind in `out`.
+pub fn quantize_dir_cancellable(
+    model: &Model,
+    out: &Path,
+    plan: &QuantPlan,
+    max_shard_bytes: usize,
+    progress: &mut dyn FnMut(usize, usize),
+    cancel: &AtomicBool,
+) -> Result<DirReport> {
     let created = prepare_out(out)?;
     let mut copied = Vec::new();
-    let result = write(model, out, plan, max_shard_bytes, progress, &mut copied);
+    let result = write(
+        model,
+        out,
+        plan,
+        max_shard_bytes,
+        progress,
+        cancel,
+        &mut copied,
+    );
     if result.is_err() {
         if created {
             let _ = std::fs::remove_dir_all(out);
@@ -100,34 +123,48 @@ pub fn quantize_dir(
     result
 }
 
+/// The copy keeps the source's permissions, made writable by its owner (the user's new file,
+/// even when a hub cache's blob is read-only) and never by group or others.
+fn keep_permissions(from: &Path, to: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(from)
+            .map_err(|e| Error::io(from, e))?
+            .permissions()
+            .mode();
+        let perms = std::fs::Permissions::from_mode((mode | 0o200) & !0o022 & 0o7777);
+        std::fs::set_permissions(to, perms).map_err(|e| Error::io(to, e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = (from, to);
+    Ok(())
+}
+
 fn write(
     model: &Model,
     out: &Path,
     plan: &QuantPlan,
     max_shard_bytes: usize,
     progress: &mut dyn FnMut(usize, usize),
+    cancel: &AtomicBool,
     copied: &mut Vec<PathBuf>,
 ) -> Result<DirReport> {
     let src = &model.dir;
     for entry in std::fs::read_dir(src).map_err(|e| Error::io(src, e))? {
         let entry = entry.map_err(|e| Error::io(src, e))?;
         let name = entry.file_name().to_string_lossy().to_string();
-        let is_file = entry
-            .file_type()
-            .map_err(|e| Error::io(entry.path(), e))?
-            .is_file();
-        if is_file && !is_weight_or_checksum(&name) {
-            let to = out.join(&name);
-            std::fs::copy(entry.path(), &to).map_err(|e| Error::io(&to, e))?;
-            copied.push(to.clone());
-            // The copy is the user's new file: writable even when the source was read-only.
-            let mut perms = std::fs::metadata(&to)
-                .map_err(|e| Error::io(&to, e))?
-                .permissions();
-            #[allow(clippy::permissions_set_readonly_false)]
-            perms.set_readonly(false);
-            std::fs::set_permissions(&to, perms).map_err(|e| Error::io(&to, e))?;
+        // Symlinks are followed (a Hugging Face snapshot is made of them), folders skipped;
+        // anything else must be a regular file inside the directory or its cache's blobs/.
+        if std::fs::metadata(entry.path()).is_ok_and(|m| m.is_dir()) || is_weight_or_checksum(&name)
+        {
+            continue;
         }
+        let from = crate::files::model_file(src, &name)?;
+        let to = out.join(&name);
+        std::fs::copy(&from, &to).map_err(|e| Error::io(&to, e))?;
+        copied.push(to.clone());
+        keep_permissions(&from, &to)?;
     }
 
     let roles: HashMap<&str, crate::graph::WeightRole> = model
@@ -177,6 +214,9 @@ fn write(
             t.bytes().to_vec()
         };
         progress(i + 1, total);
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
         Ok(bytes)
     })?;
 

@@ -24,7 +24,7 @@ pub mod q4;
 pub mod q8_0;
 mod store;
 
-pub use dir::{quantize_dir, DirReport, DEFAULT_SHARD_BYTES};
+pub use dir::{quantize_dir, quantize_dir_cancellable, DirReport, DEFAULT_SHARD_BYTES};
 pub use store::{quantize_tensor, quantize_weights, QuantPlan, TensorReport};
 
 use crate::error::{Error, Result};

@@ -298,6 +298,15 @@ fn bad_requests(m: &Model) -> Vec<(&'static str, String, u16, Option<&'static st
         (cmpl, json!({ "prompt": ["a", "b"] }).to_string(), 400, Some("prompt")),
         (cmpl, json!({ "prompt": {"text": "a"} }).to_string(), 400, Some("prompt")),
         (cmpl, p(json!({ "echo": true })), 400, Some("echo")),
+        // An empty prompt is not a request with 0 prompt tokens.
+        (cmpl, p(json!({ "prompt": "" })), 400, Some("prompt")),
+        (cmpl, p(json!({ "prompt": [[]] })), 400, Some("prompt")),
+        (cmpl, p(json!({ "prompt": [] })), 400, Some("prompt")),
+        // Decoder fields are checked like the others.
+        (cmpl, p(json!({ "decoder": "llada9" })), 400, Some("decoder")),
+        (cmpl, p(json!({ "mode": "fast" })), 400, Some("mode")),
+        (cmpl, p(json!({ "editing_threshold": -1 })), 400, Some("editing_threshold")),
+        (cmpl, p(json!({ "max_post_steps": 100000000 })), 400, Some("max_post_steps")),
         (cmpl, p(json!({ "suffix": "x" })), 400, Some("suffix")),
         (cmpl, p(json!({ "logprobs": 3 })), 400, Some("logprobs")),
     ]

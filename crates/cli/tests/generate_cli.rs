@@ -200,7 +200,10 @@ fn batch_file_answers_each_line_in_order_and_reports_bad_lines() {
         "--backend",
         "cpu",
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Every line is answered, and the failures make the exit status non-zero.
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("2 answered, 3 failed") && !err.contains("panicked"), "{err}");
     let lines: Vec<Value> = std::fs::read_to_string(&output)
         .unwrap()
         .lines()
@@ -355,6 +358,26 @@ fn bad_input_is_a_clean_error() {
         "outside the vocabulary",
     );
     assert_clean_error(&gen_on(&ok, &[]), "--prompt");
+    assert_clean_error(
+        &gen_on(&ok, &["--prompt", "x", "--output", "/tmp/never-written.jsonl"]),
+        "--output is for the answers of a batch",
+    );
+    // Errors say each thing once, and a file given as the model says so.
+    let o = unmask(&["generate", "--model", "/nonexistent-model", "--prompt", "x"]);
+    assert_clean_error(&o, "model directory not found");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.matches("not found").count(), 1, "{err}");
+    assert_eq!(err.matches("/nonexistent-model").count(), 1, "{err}");
+    let readme = ok.join("config.json");
+    assert_clean_error(
+        &unmask(&["generate", "--model", readme.to_str().unwrap(), "--prompt", "x"]),
+        "not a directory",
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let o = unmask(&["generate", "--model", empty.path().to_str().unwrap(), "--prompt", "x"]);
+    assert_clean_error(&o, "config.json");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
 }
 
 #[test]

@@ -19,11 +19,17 @@ pub struct Model {
 
 impl Model {
     pub fn open(dir: &Path) -> Result<Self> {
-        if !dir.is_dir() {
-            return Err(Error::io(
+        let missing = |why: &str| {
+            Err(Error::io(
                 dir,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found"),
-            ));
+                std::io::Error::new(std::io::ErrorKind::NotFound, why.to_string()),
+            ))
+        };
+        if !dir.exists() {
+            return missing("model directory not found");
+        }
+        if !dir.is_dir() {
+            return missing("not a directory (give the model's directory, not a file in it)");
         }
         let config = Config::from_json_str(&crate::files::read_text(dir, "config.json")?)?;
         let tokenizer = ChatTokenizer::from_dir(dir)?;

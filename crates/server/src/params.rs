@@ -119,6 +119,12 @@ pub fn completion_request(cx: &Context, body: &[u8]) -> Result<GenRequest, ApiEr
             ids(lists.remove(0))?
         }
     };
+    if prompt.is_empty() {
+        return Err(ApiError::param(
+            "prompt",
+            "the prompt is empty (give text or at least one token id)",
+        ));
+    }
     finish(cx, s, prompt, "prompt")
 }
 

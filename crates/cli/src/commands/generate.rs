@@ -162,6 +162,9 @@ struct Answer {
 pub fn run(args: Args) -> Result<()> {
     let model = super::open_model(&args.model)?;
     let (model_defaults, defaults) = args.decode.resolve(&model)?;
+    if args.output.is_some() && args.input.is_none() {
+        bail!("--output is for the answers of a batch (--input FILE); without --input it would be ignored");
+    }
     if args.prompt.is_none()
         && args.chat.is_none()
         && args.prompt_ids.is_none()
@@ -373,6 +376,9 @@ fn run_batch(
         out.flush()?;
     }
     eprintln!("{ok} answered, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} of {} requests failed (their lines hold the errors)", ok + failed);
+    }
     Ok(())
 }
 

@@ -12,5 +12,6 @@ use unmask_core::Model;
 
 /// Opens a model directory with the path in any error.
 pub fn open_model(dir: &Path) -> Result<Model> {
-    Model::open(dir).with_context(|| format!("loading model {}", dir.display()))
+    // The library's errors name the file involved: no second copy of the path.
+    Model::open(dir).context("loading the model")
 }

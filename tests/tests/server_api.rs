@@ -356,6 +356,7 @@ async fn bad_requests_get_openai_errors_and_never_hurt_the_server() {
     let r = s
         .client
         .post(s.url("/v1/completions"))
+        .header("content-type", "application/json")
         .body(huge)
         .send()
         .await
@@ -517,6 +518,71 @@ async fn a_looping_template_fails_its_request_only() {
                 .unwrap()
                 .contains("template instructions"),
             "{v}"
+        );
+    }
+}
+
+/// Only JSON bodies start generations, and CORS is granted to the configured origin alone (the
+/// test server allows `http://allowed.example`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_only_and_cors_for_the_configured_origin() {
+    let s = start(load(ADD_MODEL), 4, cpu()).await;
+    let body = json!({ "prompt": "1+1=", "max_tokens": 2 }).to_string();
+    for ct in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let mut r = s.client.post(s.url("/v1/completions")).body(body.clone());
+        if let Some(ct) = ct {
+            r = r.header("content-type", ct);
+        }
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 415, "{ct:?}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "unsupported_media_type", "{v}");
+    }
+    let ok = s
+        .client
+        .post(s.url("/v1/completions"))
+        .header("content-type", "application/json; charset=utf-8")
+        .header("origin", "http://allowed.example")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "http://allowed.example"
+    );
+    // Another origin gets no CORS headers, and its preflight is not granted.
+    let other = s
+        .client
+        .post(s.url("/v1/completions"))
+        .header("content-type", "application/json")
+        .header("origin", "http://evil.example")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    for (origin, granted) in [
+        ("http://allowed.example", true),
+        ("http://evil.example", false),
+    ] {
+        let r = s
+            .client
+            .request(reqwest::Method::OPTIONS, s.url("/v1/chat/completions"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.headers().get("access-control-allow-origin").is_some(),
+            granted,
+            "{origin}"
         );
     }
 }

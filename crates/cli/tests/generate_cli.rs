@@ -203,7 +203,10 @@ fn batch_file_answers_each_line_in_order_and_reports_bad_lines() {
     // Every line is answered, and the failures make the exit status non-zero.
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");
-    assert!(err.contains("2 answered, 3 failed") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("2 answered, 3 failed") && !err.contains("panicked"),
+        "{err}"
+    );
     let lines: Vec<Value> = std::fs::read_to_string(&output)
         .unwrap()
         .lines()
@@ -359,7 +362,10 @@ fn bad_input_is_a_clean_error() {
     );
     assert_clean_error(&gen_on(&ok, &[]), "--prompt");
     assert_clean_error(
-        &gen_on(&ok, &["--prompt", "x", "--output", "/tmp/never-written.jsonl"]),
+        &gen_on(
+            &ok,
+            &["--prompt", "x", "--output", "/tmp/never-written.jsonl"],
+        ),
         "--output is for the answers of a batch",
     );
     // Errors say each thing once, and a file given as the model says so.
@@ -370,11 +376,23 @@ fn bad_input_is_a_clean_error() {
     assert_eq!(err.matches("/nonexistent-model").count(), 1, "{err}");
     let readme = ok.join("config.json");
     assert_clean_error(
-        &unmask(&["generate", "--model", readme.to_str().unwrap(), "--prompt", "x"]),
+        &unmask(&[
+            "generate",
+            "--model",
+            readme.to_str().unwrap(),
+            "--prompt",
+            "x",
+        ]),
         "not a directory",
     );
     let empty = tempfile::tempdir().unwrap();
-    let o = unmask(&["generate", "--model", empty.path().to_str().unwrap(), "--prompt", "x"]);
+    let o = unmask(&[
+        "generate",
+        "--model",
+        empty.path().to_str().unwrap(),
+        "--prompt",
+        "x",
+    ]);
     assert_clean_error(&o, "config.json");
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.matches("os error 2").count(), 1, "{err}");

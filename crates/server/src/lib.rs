@@ -40,6 +40,8 @@ pub struct ServerConfig {
     /// The same for a request that names a decoder (one entry per decoder; a missing one falls
     /// back to that family's built-in defaults).
     pub per_decoder: Vec<DecodeParams>,
+    /// The one origin whose pages may call the API from a browser (`*` = any); none by default.
+    pub cors: Option<String>,
 }
 
 /// Everything handlers share.
@@ -48,6 +50,7 @@ pub struct AppState {
     pub model_id: String,
     pub defaults: DecodeParams,
     pub per_decoder: Vec<DecodeParams>,
+    pub cors: Option<String>,
     pub metrics: Arc<Metrics>,
     pub created: u64,
     worker: Worker,
@@ -72,6 +75,7 @@ pub fn start(
         model_id: config.model_id,
         defaults: config.defaults,
         per_decoder: config.per_decoder,
+        cors: config.cors,
         metrics,
         created: routes::unix_now(),
         worker,

@@ -13,7 +13,7 @@ use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -33,7 +33,48 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), cors))
         .with_state(state)
+}
+
+/// CORS only for the origin given by `--cors ORIGIN` (`*` for any): without it no browser page
+/// of another origin may read answers or send JSON requests (the preflight is not answered).
+async fn cors(
+    State(s): Shared,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let allowed = match (&s.cors, &origin) {
+        (Some(a), Some(o)) => a == "*" || o.to_str().is_ok_and(|o| o == a),
+        _ => false,
+    };
+    let Some(origin) = origin.filter(|_| allowed) else {
+        return next.run(req).await;
+    };
+    let mut resp = if req.method() == axum::http::Method::OPTIONS {
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        let h = r.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            header::HeaderValue::from_static("GET, POST, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            header::HeaderValue::from_static("content-type, authorization"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            header::HeaderValue::from_static("600"),
+        );
+        r
+    } else {
+        next.run(req).await
+    };
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(header::VARY, header::HeaderValue::from_static("origin"));
+    resp
 }
 
 async fn health(State(s): Shared) -> Json<serde_json::Value> {
@@ -83,9 +124,13 @@ async fn method_not_allowed() -> ApiError {
     }
 }
 
-async fn chat(State(s): Shared, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn chat(
+    State(s): Shared,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     s.metrics.chat_requests.fetch_add(1, Relaxed);
-    let req = s.check(body, params::chat_request).await?;
+    let req = s.check(&headers, body, params::chat_request).await?;
     let stream = req.stream;
     let (rx, h) = s.start(req, Kind::Chat, "chatcmpl")?;
     if stream {
@@ -113,10 +158,11 @@ async fn chat(State(s): Shared, body: Result<Bytes, BytesRejection>) -> Result<R
 
 async fn completions(
     State(s): Shared,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     s.metrics.completion_requests.fetch_add(1, Relaxed);
-    let req = s.check(body, params::completion_request).await?;
+    let req = s.check(&headers, body, params::completion_request).await?;
     let stream = req.stream;
     let (rx, h) = s.start(req, Kind::Text, "cmpl")?;
     if stream {
@@ -171,18 +217,18 @@ impl AppState {
     /// template's fuel bounds it.
     async fn check(
         self: &Arc<Self>,
+        headers: &HeaderMap,
         body: Result<Bytes, BytesRejection>,
         parse: fn(&params::Context, &[u8]) -> Result<GenRequest, ApiError>,
     ) -> Result<GenRequest, ApiError> {
         let state = self.clone();
-        let r = match body {
-            Err(e) => Err(ApiError {
-                status: e.status(),
-                message: e.body_text(),
-                kind: "invalid_request_error",
-                param: None,
-                code: None,
-            }),
+        // The body error first: a body too large was not read, and its answer closes the
+        // connection.
+        let r = match body
+            .map_err(body_error)
+            .and_then(|b| json_content_type(headers).map(|()| b))
+        {
+            Err(e) => Err(e),
             Ok(b) => tokio::task::spawn_blocking(move || {
                 parse(
                     &params::Context {
@@ -221,6 +267,41 @@ impl AppState {
                 include_usage,
             },
         ))
+    }
+}
+
+fn body_error(e: BytesRejection) -> ApiError {
+    ApiError {
+        status: e.status(),
+        message: e.body_text(),
+        kind: "invalid_request_error",
+        param: None,
+        code: None,
+    }
+}
+
+/// Generation requests must say they are JSON: a web page can send a cross-origin `text/plain`
+/// POST without asking (no CORS preflight), but not an `application/json` one, so this keeps
+/// other sites from starting generations on a server on localhost.
+fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            message: format!(
+                "the body must be JSON with `Content-Type: application/json` (got {})",
+                if ct.is_empty() { "none" } else { ct }
+            ),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("unsupported_media_type"),
+        })
     }
 }
 

@@ -60,6 +60,7 @@ pub async fn start(model: Arc<Model>, max_queue: usize, backend: BackendFactory)
                 .iter()
                 .map(|&d| model_defaults(&model).params_for(d))
                 .collect(),
+            cors: Some("http://allowed.example".into()),
         },
     )
     .expect("server starts");

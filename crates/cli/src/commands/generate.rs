@@ -377,7 +377,10 @@ fn run_batch(
     }
     eprintln!("{ok} answered, {failed} failed");
     if failed > 0 {
-        bail!("{failed} of {} requests failed (their lines hold the errors)", ok + failed);
+        bail!(
+            "{failed} of {} requests failed (their lines hold the errors)",
+            ok + failed
+        );
     }
     Ok(())
 }

@@ -21,6 +21,10 @@ pub struct Args {
     /// Requests that may wait while one is generated; one more is answered 429.
     #[arg(long, default_value_t = 32)]
     pub max_queue: usize,
+    /// Let pages of this origin call the API from a browser (CORS), e.g.
+    /// `http://localhost:3000`, or `*` for any. Off by default.
+    #[arg(long)]
+    pub cors: Option<String>,
     /// The model name clients use (default: the model directory's name).
     #[arg(long)]
     pub model_name: Option<String>,
@@ -64,6 +68,7 @@ pub fn run(args: Args) -> Result<()> {
             max_queue: args.max_queue,
             defaults,
             per_decoder,
+            cors: args.cors.clone(),
         },
     )?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -16,6 +16,19 @@ pub fn fixture(name: &str) -> PathBuf {
     fixtures_dir().join(name)
 }
 
+/// A copy of fixture `name` (its top-level files) in `to/name`, to damage or extend in a test.
+pub fn copy_fixture(name: &str, to: &Path) -> PathBuf {
+    let dst = to.join(name);
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(fixture(name)).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
+    dst
+}
+
 /// Model directories that carry `golden/generate.json` / `golden/forward.safetensors`.
 pub fn golden_models() -> Vec<PathBuf> {
     let mut dirs = vec![fixture("tiny-llada2"), fixture("tiny-llada2.2")];

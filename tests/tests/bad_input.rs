@@ -1,19 +1,7 @@
 //! Bad input through the library: every case is an `Err` with a message naming the problem.
 
 use unmask_core::{generate, DecodeParams, Model};
-use unmask_tests::{backends, fixture};
-
-fn copy_fixture(name: &str, to: &std::path::Path) -> std::path::PathBuf {
-    let dst = to.join(name);
-    std::fs::create_dir_all(&dst).unwrap();
-    for e in std::fs::read_dir(fixture(name)).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
-        }
-    }
-    dst
-}
+use unmask_tests::{backends, copy_fixture, fixture};
 
 fn open_err(dir: &std::path::Path) -> String {
     match Model::open(dir) {

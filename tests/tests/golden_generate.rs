@@ -75,3 +75,39 @@ fn every_golden_case_is_token_exact() {
         }
     }
 }
+
+/// LLaDA2.2 ends the answer at either eos id of `generation_config.json`: with a second id that
+/// the golden `defaults` case writes, the answer is the golden one cut after that id's first
+/// occurrence (blocks are block-causal, so the tokens before it do not change).
+#[test]
+fn llada22_stops_at_the_second_eos_of_generation_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = unmask_tests::copy_fixture("tiny-llada2.2", tmp.path());
+    let src = unmask_tests::fixture("tiny-llada2.2");
+    let (_, golden) = generate_goldens(&src).into_iter().next().unwrap();
+    let case = golden.cases.iter().find(|c| c.name == "defaults").unwrap();
+    let alt = case.output_ids[40];
+    let first = case.output_ids.iter().position(|&t| t == alt).unwrap();
+    std::fs::write(
+        dir.join("generation_config.json"),
+        format!("{{\"eos_token_id\": [{}, {alt}]}}", case.eos_id),
+    )
+    .unwrap();
+    let model = Model::open(&dir).unwrap();
+    let ids = model.special_ids();
+    assert_eq!(ids.eos_alt, Some(alt));
+    let mut backend =
+        unmask_core::ReferenceBackend::new(model.graph.clone(), &model.weights, &mut |_, _| {})
+            .unwrap();
+    let gen = generate(
+        &mut backend,
+        &ids,
+        model.context_limit(),
+        &case.prompt_ids,
+        &case.params(unmask_core::decode::Decoder::Llada22),
+        &mut |_| true,
+    )
+    .unwrap();
+    assert_eq!(gen.tokens, case.output_ids[..=first]);
+    assert_eq!(gen.finish, unmask_core::decode::Finish::Eos);
+}

@@ -2,22 +2,10 @@
 //! make the graph builder crawl, NaN weights, and LLaDA2.2 fields that do not fit. Each is a
 //! prompt, clear error (never a hang, a panic or silent garbage).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use unmask_core::{generate, DecodeParams, Error, Model};
-use unmask_tests::fixture;
-
-fn copy_fixture(name: &str, to: &Path) -> PathBuf {
-    let dst = to.join(name);
-    std::fs::create_dir_all(&dst).unwrap();
-    for e in std::fs::read_dir(fixture(name)).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
-        }
-    }
-    dst
-}
+use unmask_tests::{copy_fixture, fixture};
 
 fn open_err(dir: &Path) -> String {
     match Model::open(dir) {

@@ -437,14 +437,7 @@ async fn metrics_count_requests_tokens_and_steps() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_billion_tokens_is_refused_not_allocated() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("huge-context");
-    std::fs::create_dir(&dir).unwrap();
-    for e in std::fs::read_dir(unmask_tests::fixture(ADD_MODEL)).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
-        }
-    }
+    let dir = unmask_tests::copy_fixture(ADD_MODEL, &tmp.path().join("huge-context"));
     let cfg = dir.join("config.json");
     let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
     v["max_position_embeddings"] = json!(1u64 << 40);
@@ -476,14 +469,7 @@ async fn a_billion_tokens_is_refused_not_allocated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_looping_template_fails_its_request_only() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("looping-template");
-    std::fs::create_dir(&dir).unwrap();
-    for e in std::fs::read_dir(unmask_tests::fixture(ADD_MODEL)).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
-        }
-    }
+    let dir = unmask_tests::copy_fixture(ADD_MODEL, &tmp.path().join("looping-template"));
     let cfg = dir.join("tokenizer_config.json");
     let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
     v["chat_template"] =

@@ -49,24 +49,27 @@ pub struct Proposal {
 impl StepView {
     pub fn new(e: &StepEvent, tok: &ChatTokenizer, answer_start: usize) -> Self {
         let text = |t: u32| tok.decode_raw(&[t]).unwrap_or_default();
-        StepView {
-            forward: e.forward,
-            block_start: e.block_start,
-            answer_start,
-            window: e
-                .window
-                .iter()
-                .map(|&t| (t != tok.ids.mask).then_some(t))
-                .collect(),
-            committed: e
-                .committed
-                .iter()
+        let tokens = |list: &[(usize, u32)]| -> Vec<Token> {
+            list.iter()
                 .map(|&(position, token)| Token {
                     position,
                     token,
                     text: text(token),
                 })
-                .collect(),
+                .collect()
+        };
+        let masked = |window: &[u32]| -> Vec<Option<u32>> {
+            window
+                .iter()
+                .map(|&t| (t != tok.ids.mask).then_some(t))
+                .collect()
+        };
+        StepView {
+            forward: e.forward,
+            block_start: e.block_start,
+            answer_start,
+            window: masked(&e.window),
+            committed: tokens(&e.committed),
             proposals: e
                 .proposals
                 .iter()
@@ -78,22 +81,10 @@ impl StepView {
                 })
                 .collect(),
             masked_after: e.masked_after.clone(),
-            edited: e
-                .edited
-                .iter()
-                .map(|&(position, token)| Token {
-                    position,
-                    token,
-                    text: text(token),
-                })
-                .collect(),
+            edited: tokens(&e.edited),
             deleted: e.deleted.clone(),
             split: e.split.clone(),
-            window_after: e
-                .window_after
-                .iter()
-                .map(|&t| (t != tok.ids.mask).then_some(t))
-                .collect(),
+            window_after: masked(&e.window_after),
         }
     }
 }

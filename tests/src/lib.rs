@@ -289,6 +289,29 @@ pub fn read_golden_tensors(path: &Path) -> std::collections::BTreeMap<String, Go
     out
 }
 
+/// One cacheless forward over a golden case's `ids` (block-causal with 32-token blocks, as the
+/// forward goldens are made), predicting every row.
+pub fn golden_forward(
+    backend: &mut dyn Backend,
+    model: &Model,
+    ids: &[u32],
+    capture: unmask_core::Capture,
+) -> unmask_core::StepOutput {
+    let sp = model.special_ids();
+    backend.reset();
+    backend
+        .step(&unmask_core::Step {
+            tokens: ids,
+            start: 0,
+            keep: 0,
+            block_length: 32,
+            out_rows: ids.len(),
+            sampling: unmask_core::SampleParams::greedy(sp.mask, sp.valid_vocab),
+            capture,
+        })
+        .unwrap()
+}
+
 /// Largest absolute difference.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");

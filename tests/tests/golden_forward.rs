@@ -1,7 +1,9 @@
 //! Golden logits and per-layer hidden states (SPEC §5) on every backend.
 
-use unmask_core::{Capture, Model, SampleParams, Step};
-use unmask_tests::{backends, golden_models, max_abs_diff, read_golden_tensors, GoldenTensor};
+use unmask_core::{Capture, Model};
+use unmask_tests::{
+    backends, golden_forward, golden_models, max_abs_diff, read_golden_tensors, GoldenTensor,
+};
 
 #[test]
 fn logits_and_hidden_states_match_the_reference() {
@@ -23,19 +25,7 @@ fn logits_and_hidden_states_match_the_reference() {
                 let GoldenTensor::Ids(ids) = &golden[&format!("{case}.input_ids")] else {
                     panic!()
                 };
-                let ids_sp = model.special_ids();
-                backend.reset();
-                let out = backend
-                    .step(&Step {
-                        tokens: ids,
-                        start: 0,
-                        keep: 0,
-                        block_length: 32,
-                        out_rows: ids.len(),
-                        sampling: SampleParams::greedy(ids_sp.mask, ids_sp.valid_vocab),
-                        capture: Capture::Hidden,
-                    })
-                    .unwrap();
+                let out = golden_forward(backend.as_mut(), &model, ids, Capture::Hidden);
                 let GoldenTensor::F32 { data: want, .. } = &golden[&format!("{case}.logits")]
                 else {
                     panic!()

@@ -3,8 +3,10 @@
 //! and every choice lies in its routing block's allowed set.
 
 use serde_json::Value;
-use unmask_core::{Capture, Model, SampleParams, Step};
-use unmask_tests::{backends, golden_models, read_golden_tensors, read_json, GoldenTensor};
+use unmask_core::{Capture, Model};
+use unmask_tests::{
+    backends, golden_forward, golden_models, read_golden_tensors, read_json, GoldenTensor,
+};
 
 #[test]
 fn every_position_routes_to_the_golden_experts() {
@@ -21,25 +23,13 @@ fn every_position_routes_to_the_golden_experts() {
         assert_eq!(golden["block_size"], c.block_size);
         let k = c.num_experts_per_tok;
         let forward = read_golden_tensors(&dir.join("golden/forward.safetensors"));
-        let ids_sp = model.special_ids();
         for be in backends() {
             let mut backend = (be.make)(&model).unwrap();
             for (case, layers) in golden["cases"].as_object().unwrap() {
                 let GoldenTensor::Ids(ids) = &forward[&format!("{case}.input_ids")] else {
                     panic!("{case}: input ids")
                 };
-                backend.reset();
-                backend
-                    .step(&Step {
-                        tokens: ids,
-                        start: 0,
-                        keep: 0,
-                        block_length: 32,
-                        out_rows: ids.len(),
-                        sampling: SampleParams::greedy(ids_sp.mask, ids_sp.valid_vocab),
-                        capture: Capture::Logits,
-                    })
-                    .unwrap();
+                golden_forward(backend.as_mut(), &model, ids, Capture::Logits);
                 let Some(routing) = backend.last_routing() else {
                     println!("{}: routing not reported by this backend", be.name);
                     continue;

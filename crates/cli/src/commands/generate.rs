@@ -274,55 +274,35 @@ fn answer(
     })
 }
 
-/// One line of a batch file: the prompt, any decoding parameter, an id echoed back.
+/// One line of a batch file: the prompt and an id echoed back; every other field is a decoding
+/// parameter, read as [`Overrides`] (an unknown one is an error).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Request {
     prompt: Option<String>,
     chat: Option<ChatInput>,
     prompt_ids: Option<Vec<u32>>,
     /// OpenAI's name for gen_length.
     max_tokens: Option<usize>,
-    decoder: Option<Decoder>,
-    mode: Option<Mode>,
-    gen_length: Option<usize>,
-    block_length: Option<usize>,
-    steps: Option<usize>,
-    minimal_topk: Option<usize>,
-    threshold: Option<f32>,
-    editing_threshold: Option<f32>,
-    max_post_steps: Option<usize>,
-    num_to_transfer: Option<usize>,
-    max_steps_per_block: Option<usize>,
-    temperature: Option<f32>,
-    top_k: Option<usize>,
-    top_p: Option<f32>,
-    seed: Option<u64>,
-    eos_early_stop: Option<bool>,
     /// Free-form tag echoed back.
     id: Option<Value>,
 }
 
 impl Request {
-    fn overrides(&self) -> Overrides {
-        Overrides {
-            decoder: self.decoder,
-            mode: self.mode,
-            gen_length: self.gen_length.or(self.max_tokens),
-            block_length: self.block_length,
-            steps: self.steps,
-            minimal_topk: self.minimal_topk,
-            threshold: self.threshold,
-            editing_threshold: self.editing_threshold,
-            max_post_steps: self.max_post_steps,
-            num_to_transfer: self.num_to_transfer,
-            max_steps_per_block: self.max_steps_per_block,
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            seed: self.seed,
-            eos_early_stop: self.eos_early_stop,
+    /// Splits a line into the request and its decoding parameters.
+    fn parse(line: &str) -> Result<(Request, Overrides)> {
+        let mut fields: serde_json::Map<String, Value> =
+            serde_json::from_str(line).context("malformed request")?;
+        let mut own = serde_json::Map::new();
+        for k in ["prompt", "chat", "prompt_ids", "max_tokens", "id"] {
+            if let Some(v) = fields.remove(k) {
+                own.insert(k.into(), v);
+            }
         }
+        let r: Request = serde_json::from_value(Value::Object(own)).context("malformed request")?;
+        let mut o: Overrides =
+            serde_json::from_value(Value::Object(fields)).context("malformed request")?;
+        o.gen_length = o.gen_length.or(r.max_tokens);
+        Ok((r, o))
     }
 }
 
@@ -391,8 +371,7 @@ fn batch_line(
     batch: &Batch,
     line: &str,
 ) -> Result<Value> {
-    let r: Request = serde_json::from_str(line).context("malformed request")?;
-    let overrides = r.overrides();
+    let (r, overrides) = Request::parse(line)?;
     let given = [r.prompt.is_some(), r.chat.is_some(), r.prompt_ids.is_some()];
     if given.iter().filter(|&&g| g).count() != 1 {
         bail!("a request needs exactly one of `prompt`, `chat`, `prompt_ids`");

@@ -41,6 +41,7 @@ impl Mode {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Overrides {
     pub decoder: Option<Decoder>,
     /// A preset applied before the explicit thresholds.

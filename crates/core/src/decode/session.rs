@@ -123,7 +123,9 @@ impl Decoding {
         let (ws, we) = (self.block * b, self.block * b + b);
         let start = if self.p.use_cache { self.clean } else { 0 };
         self.pending = true;
-        self.fed = self.x[ws..we].to_vec();
+        // Reuses the buffer: no allocation per step.
+        self.fed.clear();
+        self.fed.extend_from_slice(&self.x[ws..we]);
         Some(Step {
             tokens: &self.x[start..we],
             start,

@@ -10,6 +10,7 @@
 pub mod completion;
 pub mod error;
 pub mod events;
+pub mod http;
 pub mod metrics;
 pub mod params;
 pub mod routes;
@@ -42,6 +43,8 @@ pub struct ServerConfig {
     pub per_decoder: Vec<DecodeParams>,
     /// The one origin whose pages may call the API from a browser (`*` = any); none by default.
     pub cors: Option<String>,
+    /// Timeouts and bounds of the HTTP layer.
+    pub http: http::HttpLimits,
 }
 
 /// Everything handlers share.
@@ -51,6 +54,7 @@ pub struct AppState {
     pub defaults: DecodeParams,
     pub per_decoder: Vec<DecodeParams>,
     pub cors: Option<String>,
+    pub http: http::HttpLimits,
     pub metrics: Arc<Metrics>,
     pub created: u64,
     worker: Worker,
@@ -76,19 +80,18 @@ pub fn start(
         defaults: config.defaults,
         per_decoder: config.per_decoder,
         cors: config.cors,
+        http: config.http,
         metrics,
         created: routes::unix_now(),
         worker,
     }))
 }
 
-/// Serves until `shutdown` resolves. In-flight streams end when their clients go.
+/// Serves until `shutdown` resolves, then waits for the requests in flight (see [`http`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    http::serve(listener, state, shutdown).await
 }

@@ -26,6 +26,10 @@ pub struct Metrics {
     pub prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
     pub forwards: AtomicU64,
+    /// Connections answered 503 at once because `--max-connections` were open.
+    pub refused_connections: AtomicU64,
+    /// Requests refused by the HTTP layer: a head too slow, too large or malformed.
+    pub http_errors: AtomicU64,
     /// Requests waiting for the worker.
     pub queue_depth: AtomicU64,
     /// 1 while the worker is generating.
@@ -77,6 +81,18 @@ impl Metrics {
                 ("{outcome=\"rejected\"}", g(&self.rejected_requests)),
                 ("{outcome=\"failed\"}", g(&self.failed_requests)),
             ],
+        );
+        metric(
+            "unmask_connections_refused_total",
+            "counter",
+            "Connections answered 503 because the connection limit was reached.",
+            &[("", g(&self.refused_connections))],
+        );
+        metric(
+            "unmask_http_errors_total",
+            "counter",
+            "Requests refused before routing (head timeout, too large, malformed).",
+            &[("", g(&self.http_errors))],
         );
         metric(
             "unmask_prompt_tokens_total",

@@ -33,6 +33,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // `read_body` bounds every body already; the extractor's own limit would be a second one.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            read_body,
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), cors))
         .with_state(state)
 }
@@ -75,6 +81,55 @@ async fn cors(
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     h.insert(header::VARY, header::HeaderValue::from_static("origin"));
     resp
+}
+
+/// Reads the whole body before any handler runs, within `--body-timeout` and `--max-body-bytes`
+/// (a client that sends half a body gets a 408 instead of holding its connection).
+async fn read_body(
+    State(s): Shared,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let limit = s.http.max_body_bytes;
+    let read = tokio::time::timeout(s.http.body_timeout, axum::body::to_bytes(body, limit));
+    let e = match read.await {
+        Ok(Ok(bytes)) => {
+            let req = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+            return next.run(req).await;
+        }
+        Err(_) => ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            message: format!(
+                "the request body did not arrive within {} s",
+                s.http.body_timeout.as_secs_f64()
+            ),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("request_timeout"),
+        },
+        Ok(Err(e)) if too_large(&e) => ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("the body exceeds {limit} bytes (--max-body-bytes)"),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("body_too_large"),
+        },
+        Ok(Err(e)) => ApiError::invalid(None, format!("the request body could not be read: {e}")),
+    };
+    s.metrics.http_errors.fetch_add(1, Relaxed);
+    e.into_response()
+}
+
+fn too_large(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 async fn health(State(s): Shared) -> Json<serde_json::Value> {

@@ -12,6 +12,7 @@ use unmask_core::decode::Decoder;
 use unmask_core::{
     generate, Backend, DecodeParams, Message, Model, ReferenceBackend, Result, Step, StepOutput,
 };
+use unmask_server::http::HttpLimits;
 use unmask_server::{BackendFactory, ServerConfig};
 
 pub const ADD_MODEL: &str = "tiny-llada2-add";
@@ -48,6 +49,16 @@ pub fn cpu() -> BackendFactory {
 
 /// Starts the server on a free port of 127.0.0.1 with the model's own defaults.
 pub async fn start(model: Arc<Model>, max_queue: usize, backend: BackendFactory) -> TestServer {
+    start_with(model, max_queue, backend, HttpLimits::default()).await
+}
+
+/// The same with the HTTP layer's limits given.
+pub async fn start_with(
+    model: Arc<Model>,
+    max_queue: usize,
+    backend: BackendFactory,
+    http: HttpLimits,
+) -> TestServer {
     let model_id = "test-model".to_string();
     let state = unmask_server::start(
         model.clone(),
@@ -61,6 +72,7 @@ pub async fn start(model: Arc<Model>, max_queue: usize, backend: BackendFactory)
                 .map(|&d| model_defaults(&model).params_for(d))
                 .collect(),
             cors: Some("http://allowed.example".into()),
+            http,
         },
     )
     .expect("server starts");

@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::sync::Arc;
 use unmask_core::Error;
+use unmask_server::http::HttpLimits;
 use unmask_server::ServerConfig;
 
 #[derive(clap::Args, Debug)]
@@ -25,6 +26,24 @@ pub struct Args {
     /// `http://localhost:3000`, or `*` for any. Off by default.
     #[arg(long)]
     pub cors: Option<String>,
+    /// Connections served at once; one more is answered 503 (each connection carries one
+    /// request: the server answers with `Connection: close`).
+    #[arg(long, default_value_t = HttpLimits::default().max_connections)]
+    pub max_connections: usize,
+    /// Seconds a client has to send the request line and headers (also the idle timeout of a
+    /// connection that sends nothing).
+    #[arg(long, default_value_t = HttpLimits::default().header_timeout.as_secs_f64())]
+    pub header_timeout: f64,
+    /// Seconds a client has to send the whole body once its headers have arrived.
+    #[arg(long, default_value_t = HttpLimits::default().body_timeout.as_secs_f64())]
+    pub body_timeout: f64,
+    /// Seconds a write of the answer may wait for a client that reads nothing before the
+    /// connection (and its generation) is given up.
+    #[arg(long, default_value_t = HttpLimits::default().write_timeout.as_secs_f64())]
+    pub write_timeout: f64,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = HttpLimits::default().max_body_bytes)]
+    pub max_body_bytes: usize,
     /// The model name clients use (default: the model directory's name).
     #[arg(long)]
     pub model_name: Option<String>,
@@ -35,6 +54,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if args.max_connections == 0 || args.max_body_bytes == 0 {
+        anyhow::bail!("--max-connections and --max-body-bytes must be at least 1");
+    }
     let model = Arc::new(super::open_model(&args.model)?);
     let (model_defaults, defaults) = args.decode.resolve(&model)?;
     let mut flags = args.decode.overrides();
@@ -69,6 +91,14 @@ pub fn run(args: Args) -> Result<()> {
             defaults,
             per_decoder,
             cors: args.cors.clone(),
+            http: HttpLimits {
+                max_connections: args.max_connections,
+                header_timeout: seconds("--header-timeout", args.header_timeout)?,
+                body_timeout: seconds("--body-timeout", args.body_timeout)?,
+                write_timeout: seconds("--write-timeout", args.write_timeout)?,
+                max_body_bytes: args.max_body_bytes,
+                ..HttpLimits::default()
+            },
         },
     )?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -92,4 +122,12 @@ pub fn run(args: Args) -> Result<()> {
         .await
         .context("serving")
     })
+}
+
+/// A timeout flag: positive, finite and at most a day.
+fn seconds(flag: &str, s: f64) -> Result<std::time::Duration> {
+    if !(s > 0.0 && s <= 86_400.0) {
+        anyhow::bail!("{flag} must be between 0 and 86400 seconds (got {s})");
+    }
+    Ok(std::time::Duration::from_secs_f64(s))
 }

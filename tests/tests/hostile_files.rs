@@ -274,6 +274,43 @@ fn templates_that_loop_or_explode_are_errors_in_bounded_time() {
     assert!(e.contains("must be a string") && e.contains("12345"), "{e}");
 }
 
+/// A render whose request is cancelled stops at the next turn of a loop, long before its fuel
+/// would run out.
+#[test]
+fn a_cancelled_render_stops_at_once() {
+    let msg = [unmask_core::Message {
+        role: "user".into(),
+        content: "hi".into(),
+    }];
+    let tok = tokenizer_with(
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}".into(),
+    )
+    .unwrap();
+    let t = Instant::now();
+    assert!(tok.render_chat(&msg, true).is_err());
+    let full = t.elapsed();
+    let cancel = unmask_core::chat::Cancel::default();
+    let setter = {
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(full / 10);
+            cancel.set();
+        })
+    };
+    let t = Instant::now();
+    let e = tok
+        .render_chat_cancellable(&msg, true, &cancel)
+        .unwrap_err();
+    let cancelled = t.elapsed();
+    setter.join().unwrap();
+    eprintln!(
+        "render to the fuel limit: {full:?}; cancelled after {:?}: {cancelled:?}",
+        full / 10
+    );
+    assert!(matches!(e, unmask_core::Error::Cancelled), "{e}");
+    assert!(cancelled < full / 2, "{cancelled:?} of {full:?}");
+}
+
 #[test]
 fn quantize_follows_hub_symlinks_keeps_permissions_and_cleans_up_when_cancelled() {
     use std::os::unix::fs::PermissionsExt;

@@ -509,6 +509,44 @@ async fn a_looping_template_fails_its_request_only() {
     }
 }
 
+/// A client that gives up while its chat template renders stops the render: it is counted as
+/// cancelled almost at once, not after the template's fuel runs out (about 2 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_stops_its_template_render() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = unmask_tests::copy_fixture(ADD_MODEL, &tmp.path().join("looping-template"));
+    let cfg = dir.join("tokenizer_config.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["chat_template"] =
+        json!("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}");
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    let s = start(std::sync::Arc::new(Model::open(&dir).unwrap()), 4, cpu()).await;
+    let t = std::time::Instant::now();
+    let r = s
+        .client
+        .post(s.url("/v1/chat/completions"))
+        .json(&chat_body("hi", json!({})))
+        .timeout(std::time::Duration::from_millis(100))
+        .send()
+        .await;
+    assert!(r.is_err(), "the client gave up");
+    s.wait_metric(
+        "unmask_requests_finished_total{outcome=\"cancelled\"}",
+        |v| v == 1.0,
+    )
+    .await;
+    assert!(
+        t.elapsed() < std::time::Duration::from_millis(1000),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        s.metric("unmask_requests_finished_total{outcome=\"invalid\"}")
+            .await,
+        0.0
+    );
+}
+
 /// Only JSON bodies start generations, and CORS is granted to the configured origin alone (the
 /// test server allows `http://allowed.example`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,8 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
@@ -56,11 +58,28 @@ pub const TEMPLATE_FUEL: u64 = 50_000_000;
 /// Bytes a rendered prompt may have (about four million tokens of text).
 pub const MAX_TEMPLATE_OUTPUT: usize = 16 << 20;
 
-/// Collects rendered output, failing once it would pass [`MAX_TEMPLATE_OUTPUT`].
-struct BoundedWriter(Vec<u8>);
+/// Set from another thread to stop a render ([`ChatTokenizer::render_chat_cancellable`]).
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    pub fn set(&self) {
+        self.0.store(true, Relaxed);
+    }
+    pub fn is_set(&self) -> bool {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Collects rendered output, failing once it would pass [`MAX_TEMPLATE_OUTPUT`] or once the
+/// render is cancelled.
+struct BoundedWriter(Vec<u8>, Arc<AtomicBool>);
 
 impl std::io::Write for BoundedWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.1.load(Relaxed) {
+            return Err(std::io::Error::other("render cancelled"));
+        }
         if self.0.len() + buf.len() > MAX_TEMPLATE_OUTPUT {
             self.0.resize(MAX_TEMPLATE_OUTPUT, 0);
             return Err(std::io::Error::other("template output limit"));
@@ -193,6 +212,18 @@ impl ChatTokenizer {
     /// instructions and [`MAX_TEMPLATE_OUTPUT`] bytes of output: a template that loops or
     /// blows up is an error, never a hang or an exhausted memory.
     pub fn render_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.render_chat_cancellable(messages, add_generation_prompt, &Cancel::default())
+    }
+
+    /// [`Self::render_chat`] that stops early once `cancel` is set (a server's client went
+    /// away): every `range` loop ends at its next turn and every write of output fails, so a
+    /// long render ends within a few instructions, with [`Error::Cancelled`].
+    pub fn render_chat_cancellable(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        cancel: &Cancel,
+    ) -> Result<String> {
         let template = self.template.as_deref().ok_or_else(|| {
             Error::Template("tokenizer_config.json has no `chat_template`".into())
         })?;
@@ -210,12 +241,28 @@ impl ChatTokenizer {
                 ))
             },
         );
+        // `range` is where loops get their turns: the built-in one, ending once cancelled.
+        let flag = cancel.0.clone();
+        env.add_function(
+            "range",
+            move |lower: isize, upper: Option<isize>, step: Option<isize>| {
+                let all = minijinja::functions::range(lower, upper, step)?;
+                let flag = flag.clone();
+                Ok::<_, minijinja::Error>(minijinja::Value::make_iterable(move || {
+                    let flag = flag.clone();
+                    all.try_iter()
+                        .into_iter()
+                        .flatten()
+                        .take_while(move |_| !flag.load(Relaxed))
+                }))
+            },
+        );
         env.add_template("chat", template)
             .map_err(|e| Error::Template(e.to_string()))?;
         let tmpl = env
             .get_template("chat")
             .map_err(|e| Error::Template(e.to_string()))?;
-        let mut out = BoundedWriter(Vec::new());
+        let mut out = BoundedWriter(Vec::new(), cancel.0.clone());
         tmpl.render_captured_to(
             minijinja::context! {
                 messages => messages,
@@ -227,7 +274,9 @@ impl ChatTokenizer {
         )
         .map(|_| ())
         .map_err(|e| {
-            if e.kind() == minijinja::ErrorKind::OutOfFuel {
+            if cancel.is_set() {
+                Error::Cancelled
+            } else if e.kind() == minijinja::ErrorKind::OutOfFuel {
                 Error::Template(format!(
                     "rendering took more than {TEMPLATE_FUEL} template instructions"
                 ))
@@ -239,6 +288,9 @@ impl ChatTokenizer {
                 Error::Template(e.to_string())
             }
         })?;
+        if cancel.is_set() {
+            return Err(Error::Cancelled);
+        }
         String::from_utf8(out.0)
             .map_err(|_| Error::Template("the template rendered invalid UTF-8".into()))
     }

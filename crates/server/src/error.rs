@@ -83,6 +83,18 @@ impl ApiError {
         }
     }
 
+    /// The client went away before its request was checked (nobody reads this answer; it
+    /// is counted as cancelled, not invalid).
+    pub fn cancelled() -> Self {
+        ApiError {
+            status: StatusCode::from_u16(499).expect("499 is a valid status"),
+            message: "the client closed the connection".into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("cancelled"),
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,

@@ -6,6 +6,7 @@ use crate::error::ApiError;
 use crate::schema::{ChatFields, CompletionFields, Content, Prompt, Sampling, Stop};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use unmask_core::chat::Cancel;
 use unmask_core::decode::overrides::Mode;
 use unmask_core::decode::Decoder;
 use unmask_core::{DecodeParams, Message, Model};
@@ -30,6 +31,8 @@ pub struct Context<'a> {
     pub model_id: &'a str,
     pub defaults: &'a DecodeParams,
     pub per_decoder: &'a [DecodeParams],
+    /// Set when the request's client has gone: the chat template stops rendering.
+    pub cancel: &'a Cancel,
 }
 
 pub fn chat_request(cx: &Context, body: &[u8]) -> Result<GenRequest, ApiError> {
@@ -52,8 +55,11 @@ pub fn chat_request(cx: &Context, body: &[u8]) -> Result<GenRequest, ApiError> {
     let text = cx
         .model
         .tokenizer
-        .render_chat(&messages, true)
-        .map_err(|e| ApiError::param("messages", format!("chat template: {e}")))?;
+        .render_chat_cancellable(&messages, true, cx.cancel)
+        .map_err(|e| match e {
+            unmask_core::Error::Cancelled => ApiError::cancelled(),
+            e => ApiError::param("messages", format!("chat template: {e}")),
+        })?;
     let prompt = cx
         .model
         .tokenizer

@@ -277,6 +277,10 @@ impl AppState {
         parse: fn(&params::Context, &[u8]) -> Result<GenRequest, ApiError>,
     ) -> Result<GenRequest, ApiError> {
         let state = self.clone();
+        // Dropped with this future when the client goes: the render then stops at once instead
+        // of running to its fuel limit on a blocking thread.
+        let cancel = CancelOnDrop(unmask_core::chat::Cancel::default());
+        let flag = cancel.0.clone();
         // The body error first: a body too large was not read, and its answer closes the
         // connection.
         let r = match body
@@ -285,15 +289,21 @@ impl AppState {
         {
             Err(e) => Err(e),
             Ok(b) => tokio::task::spawn_blocking(move || {
-                parse(
+                let r = parse(
                     &params::Context {
                         model: &state.model,
                         model_id: &state.model_id,
                         defaults: &state.defaults,
                         per_decoder: &state.per_decoder,
+                        cancel: &flag,
                     },
                     &b,
-                )
+                );
+                // Counted here: the handler that would count it is gone with its client.
+                if matches!(&r, Err(e) if e.code == Some("cancelled")) {
+                    state.metrics.cancelled_requests.fetch_add(1, Relaxed);
+                }
+                r
             })
             .await
             .unwrap_or_else(|e| Err(ApiError::internal(format!("request parsing failed: {e}")))),
@@ -322,6 +332,14 @@ impl AppState {
                 include_usage,
             },
         ))
+    }
+}
+
+struct CancelOnDrop(unmask_core::chat::Cancel);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.set();
     }
 }
 

@@ -357,6 +357,17 @@ fn bad_input_is_a_clean_error() {
         "max_position_embeddings",
     );
     assert_clean_error(
+        &gen_on(
+            &ok,
+            &["--prompt", "x", "--gen-length", "64", "--max-context", "32"],
+        ),
+        "--max-context",
+    );
+    assert_clean_error(
+        &gen_on(&ok, &["--prompt", "x", "--max-context", "0"]),
+        "--max-context must be at least 1",
+    );
+    assert_clean_error(
         &gen_on(&ok, &["--prompt-ids", "1,99999999"]),
         "outside the vocabulary",
     );

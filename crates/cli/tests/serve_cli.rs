@@ -26,6 +26,7 @@ fn start() -> Server {
         .args(["serve", "--model"])
         .arg(fixture("tiny-llada2-add"))
         .args(["--port", "0", "--backend", "cpu", "--max-queue", "2"])
+        .args(["--max-tokens", "16", "--max-context", "96"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -136,6 +137,31 @@ fn serves_models_chat_and_streams_through_the_binary() {
     assert_eq!(st, 400);
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["param"], "threshold");
+
+    // The operator's bounds: --max-tokens names itself, --max-context caps the context.
+    let (st, body) = http(
+        &s.addr,
+        "POST",
+        "/v1/completions",
+        Some(&json!({ "prompt": "x", "max_tokens": 17 })),
+    );
+    assert_eq!(st, 400, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["param"], "max_tokens");
+    assert!(body.contains("--max-tokens"), "{body}");
+    let (st, body) = http(&s.addr, "GET", "/v1/models", None);
+    assert_eq!(st, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["data"][0]["max_context"], 96);
+    let long = "1+".repeat(100);
+    let (st, body) = http(
+        &s.addr,
+        "POST",
+        "/v1/completions",
+        Some(&json!({ "prompt": long, "max_tokens": 16 })),
+    );
+    assert_eq!(st, 400, "{body}");
+    assert!(body.contains("context_length_exceeded"), "{body}");
 
     let (st, body) = http(&s.addr, "GET", "/metrics", None);
     assert_eq!(st, 200);

@@ -15,6 +15,8 @@ pub struct Model {
     pub weights: WeightStore,
     pub tokenizer: ChatTokenizer,
     pub graph: Graph,
+    /// The operator's bound on positions per request (`--max-context`), under the model's own.
+    pub max_context: Option<usize>,
 }
 
 impl Model {
@@ -52,6 +54,7 @@ impl Model {
             weights,
             tokenizer,
             graph,
+            max_context: None,
         })
     }
 
@@ -94,7 +97,7 @@ impl Model {
     /// The most positions (prompt + generation, padded to whole blocks) a request may use: the
     /// model's `max_position_embeddings`, at most [`crate::decode::MAX_CONTEXT`], and no more
     /// than the f32 KV cache of half the memory available now can hold (so one request can never
-    /// make the process allocate itself to death).
+    /// make the process allocate itself to death), nor than [`Model::max_context`].
     pub fn context_limit(&self) -> usize {
         let per_position = summarize_kv(&self.config).max(1);
         let by_memory = available_memory().map_or(usize::MAX, |m| (m / 2 / per_position) as usize);
@@ -102,6 +105,7 @@ impl Model {
             .max_position_embeddings
             .min(crate::decode::MAX_CONTEXT)
             .min(by_memory.max(1))
+            .min(self.max_context.unwrap_or(usize::MAX).max(1))
     }
 
     /// `e` with the tensor named when it is a non-finite output caused by a weight (the scan

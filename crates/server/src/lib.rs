@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub cors: Option<String>,
     /// Timeouts and bounds of the HTTP layer.
     pub http: http::HttpLimits,
+    /// Most tokens one request may ask for (`--max-tokens`); a request's default is capped too.
+    pub max_tokens: Option<usize>,
 }
 
 /// Everything handlers share.
@@ -55,6 +57,7 @@ pub struct AppState {
     pub per_decoder: Vec<DecodeParams>,
     pub cors: Option<String>,
     pub http: http::HttpLimits,
+    pub max_tokens: Option<usize>,
     pub metrics: Arc<Metrics>,
     pub created: u64,
     worker: Worker,
@@ -81,6 +84,7 @@ pub fn start(
         per_decoder: config.per_decoder,
         cors: config.cors,
         http: config.http,
+        max_tokens: config.max_tokens,
         metrics,
         created: routes::unix_now(),
         worker,

@@ -33,6 +33,8 @@ pub struct Context<'a> {
     pub per_decoder: &'a [DecodeParams],
     /// Set when the request's client has gone: the chat template stops rendering.
     pub cancel: &'a Cancel,
+    /// The server's `--max-tokens`.
+    pub max_tokens: Option<usize>,
 }
 
 pub fn chat_request(cx: &Context, body: &[u8]) -> Result<GenRequest, ApiError> {
@@ -294,6 +296,17 @@ fn finish(
             "max_tokens"
         };
         p.gen_length = at_least_one(name, v)?;
+        if let Some(cap) = cx.max_tokens.filter(|&c| p.gen_length > c) {
+            return Err(ApiError::param(
+                name,
+                format!(
+                    "{name} is {}, above this server's limit of {cap} (--max-tokens)",
+                    p.gen_length
+                ),
+            ));
+        }
+    } else if let Some(cap) = cx.max_tokens {
+        p.gen_length = p.gen_length.min(cap);
     }
     if let Some(v) = s.block_length {
         p.block_length = at_least_one("block_length", v)?;

@@ -296,6 +296,7 @@ impl AppState {
                         defaults: &state.defaults,
                         per_decoder: &state.per_decoder,
                         cancel: &flag,
+                        max_tokens: state.max_tokens,
                     },
                     &b,
                 );

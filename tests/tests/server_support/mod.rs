@@ -73,6 +73,7 @@ pub async fn start_with(
                 .collect(),
             cors: Some("http://allowed.example".into()),
             http,
+            max_tokens: None,
         },
     )
     .expect("server starts");

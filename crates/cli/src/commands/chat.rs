@@ -27,7 +27,7 @@ pub struct Args {
 const HELP: &str = "/reset forgets the conversation, /exit quits (so does Ctrl-D)";
 
 pub fn run(args: Args) -> Result<()> {
-    let model = super::open_model(&args.model)?;
+    let model = args.decode.open(&args.model)?;
     if !model.tokenizer.has_chat_template() {
         bail!(
             "{} has no chat template (tokenizer_config.json `chat_template`); use `unmask generate --prompt`",

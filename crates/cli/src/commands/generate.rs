@@ -103,6 +103,11 @@ pub struct DecodeArgs {
     /// reference's forward count); llada2.0 still stops after the block with an eos.
     #[arg(long)]
     pub no_eos_early_stop: bool,
+    /// Most positions (prompt + generated, padded to whole blocks) one request may use, below
+    /// the model's own limit (max_position_embeddings and half the free memory's KV cache):
+    /// bounds the KV cache a request can make the process allocate.
+    #[arg(long)]
+    pub max_context: Option<usize>,
     /// Recompute the whole prefix every step (for measuring the cache's effect).
     #[arg(long)]
     pub no_cache: bool,
@@ -136,6 +141,16 @@ impl DecodeArgs {
 
     /// The model's defaults (decoder detected unless `--decoder` names one), and the parameters
     /// these flags give over them. Says which decoder was chosen and why on stderr.
+    /// The model of `dir` with `--max-context` applied.
+    pub fn open(&self, dir: &std::path::Path) -> Result<Model> {
+        if self.max_context == Some(0) {
+            bail!("--max-context must be at least 1");
+        }
+        let mut model = super::open_model(dir)?;
+        model.max_context = self.max_context;
+        Ok(model)
+    }
+
     pub fn resolve(&self, model: &Model) -> Result<(ModelDefaults, DecodeParams)> {
         let defaults = ModelDefaults::from_dir(&model.dir, &model.config, self.decoder);
         let mut p = self.overrides().resolve(&defaults);
@@ -160,7 +175,7 @@ struct Answer {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let model = super::open_model(&args.model)?;
+    let model = args.decode.open(&args.model)?;
     let (model_defaults, defaults) = args.decode.resolve(&model)?;
     if args.output.is_some() && args.input.is_none() {
         bail!("--output is for the answers of a batch (--input FILE); without --input it would be ignored");

@@ -26,6 +26,10 @@ pub struct Args {
     /// `http://localhost:3000`, or `*` for any. Off by default.
     #[arg(long)]
     pub cors: Option<String>,
+    /// Most tokens one request may generate (max_tokens above it is a 400; a request without
+    /// max_tokens gets at most this many).
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
     /// Connections served at once; one more is answered 503 (each connection carries one
     /// request: the server answers with `Connection: close`).
     #[arg(long, default_value_t = HttpLimits::default().max_connections)]
@@ -54,10 +58,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if args.max_connections == 0 || args.max_body_bytes == 0 {
-        anyhow::bail!("--max-connections and --max-body-bytes must be at least 1");
+    if args.max_connections == 0 || args.max_body_bytes == 0 || args.max_tokens == Some(0) {
+        anyhow::bail!("--max-connections, --max-body-bytes and --max-tokens must be at least 1");
     }
-    let model = Arc::new(super::open_model(&args.model)?);
+    let model = Arc::new(args.decode.open(&args.model)?);
     let (model_defaults, defaults) = args.decode.resolve(&model)?;
     let mut flags = args.decode.overrides();
     // A request that names another decoder starts from that family's defaults and these flags.
@@ -91,6 +95,7 @@ pub fn run(args: Args) -> Result<()> {
             defaults,
             per_decoder,
             cors: args.cors.clone(),
+            max_tokens: args.max_tokens,
             http: HttpLimits {
                 max_connections: args.max_connections,
                 header_timeout: seconds("--header-timeout", args.header_timeout)?,

@@ -63,7 +63,7 @@ impl Decoding {
         if total > max_positions {
             return Err(Error::Invalid(format!(
                 "prompt ({plen} tokens) + generation ({}) padded to whole blocks of {b} is {total} positions, \
-                 beyond the context limit of {max_positions} positions (max_position_embeddings, capped by memory)",
+                 beyond the context limit of {max_positions} positions (max_position_embeddings, capped by memory and --max-context)",
                 p.gen_length
             )));
         }

@@ -3,6 +3,8 @@
 //! model's own files, so any LLaDA2 directory with a `golden/` folder in this format passes the
 //! same way (`UNMASK_GOLDEN_MODELS=dir1:dir2` adds more).
 
+pub mod fuzz;
+
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use unmask_core::decode::Decoder;

@@ -65,42 +65,47 @@ fn read_generation_config(dir: &Path) -> Option<Value> {
 }
 
 /// Unknown or malformed fields are ignored: the file is advisory, and the built-in defaults are
-/// the reference's.
+/// the reference's. A value is taken only if the parameters stay valid with it (a huge
+/// temperature or step count in a model's file must not make every request fail).
 fn apply_generation_config(p: &mut DecodeParams, v: &Value) {
     let u = |k: &str| v.get(k).and_then(Value::as_u64).map(|x| x as usize);
     let f = |k: &str| v.get(k).and_then(Value::as_f64).map(|x| x as f32);
-    if let Some(x) = u("block_length").filter(|&x| x > 0) {
-        p.block_length = x;
+    let mut keep_valid = |change: &dyn Fn(&mut DecodeParams)| {
+        let mut q = p.clone();
+        change(&mut q);
+        if q.validate().is_ok() {
+            *p = q;
+        }
+    };
+    if let Some(x) = u("block_length") {
+        keep_valid(&|q| q.block_length = x);
     }
-    if let Some(x) = u("steps").filter(|&x| x > 0) {
-        p.steps = x;
+    if let Some(x) = u("steps") {
+        keep_valid(&|q| q.steps = x);
     }
-    if let Some(x) = u("gen_length")
-        .or_else(|| u("max_new_tokens"))
-        .filter(|&x| x > 0)
-    {
-        p.gen_length = x;
+    if let Some(x) = u("gen_length").or_else(|| u("max_new_tokens")) {
+        keep_valid(&|q| q.gen_length = x);
     }
-    if let Some(x) = f("threshold").filter(|&x| x > 0.0 && x <= 1.0) {
-        p.threshold = x;
+    if let Some(x) = f("threshold") {
+        keep_valid(&|q| q.threshold = x);
     }
-    if let Some(x) = f("editing_threshold").filter(|&x| x >= 0.0) {
-        p.editing_threshold = x;
+    if let Some(x) = f("editing_threshold") {
+        keep_valid(&|q| q.editing_threshold = x);
     }
     if let Some(x) = u("max_post_steps") {
-        p.max_post_steps = x;
+        keep_valid(&|q| q.max_post_steps = x);
     }
-    if let Some(x) = u("num_to_transfer").filter(|&x| x > 0) {
-        p.num_to_transfer = x;
+    if let Some(x) = u("num_to_transfer") {
+        keep_valid(&|q| q.num_to_transfer = x);
     }
-    if let Some(x) = f("temperature").filter(|&x| x >= 0.0) {
-        p.temperature = x;
+    if let Some(x) = f("temperature") {
+        keep_valid(&|q| q.temperature = x);
     }
     if let Some(x) = u("top_k") {
-        p.top_k = x;
+        keep_valid(&|q| q.top_k = x);
     }
-    if let Some(x) = f("top_p").filter(|&x| x > 0.0 && x <= 1.0) {
-        p.top_p = x;
+    if let Some(x) = f("top_p") {
+        keep_valid(&|q| q.top_p = x);
     }
 }
 

@@ -249,6 +249,10 @@ fn templates_that_loop_or_explode_are_errors_in_bounded_time() {
         role: "user".into(),
         content: "hi".into(),
     }];
+    let doubled = format!(
+        "{{% set a = 'ab' %}}{}{{{{ a | length }}}}",
+        "{% set a = a ~ a %}".repeat(36)
+    );
     let cases = [
         (
             "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
@@ -257,6 +261,15 @@ fn templates_that_loop_or_explode_are_errors_in_bounded_time() {
         (
             "{% for i in range(100000) %}{% for j in range(100000) %}xxxxxxxxxxxxxxxx{% endfor %}{% endfor %}",
             "longer than",
+        ),
+        // Memory built up in variables, never written: only the render's process limit stops it.
+        (
+            "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}",
+            "MiB of memory",
+        ),
+        (
+            doubled.as_str(),
+            "MiB of memory",
         ),
     ];
     for (template, needle) in cases {

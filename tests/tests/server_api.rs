@@ -465,19 +465,24 @@ async fn a_billion_tokens_is_refused_not_allocated() {
     assert_eq!(st, 200);
 }
 
-/// A chat template that loops: each request fails alone with a 400, in bounded time, and the
-/// async threads stay free (`/health` answers while two such renders run).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_looping_template_fails_its_request_only() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = unmask_tests::copy_fixture(ADD_MODEL, &tmp.path().join("looping-template"));
+/// A server for a copy of the addition model whose chat template loops until its fuel runs out
+/// (about 2 s).
+async fn looping_template_server(tmp: &std::path::Path) -> TestServer {
+    let dir = unmask_tests::copy_fixture(ADD_MODEL, &tmp.join("looping-template"));
     let cfg = dir.join("tokenizer_config.json");
     let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
     v["chat_template"] =
         json!("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}");
     std::fs::write(&cfg, v.to_string()).unwrap();
-    let s =
-        std::sync::Arc::new(start(std::sync::Arc::new(Model::open(&dir).unwrap()), 4, cpu()).await);
+    start(std::sync::Arc::new(Model::open(&dir).unwrap()), 4, cpu()).await
+}
+
+/// A chat template that loops: each request fails alone with a 400, in bounded time, and the
+/// async threads stay free (`/health` answers while two such renders run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looping_template_fails_its_request_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = std::sync::Arc::new(looping_template_server(tmp.path()).await);
     let renders: Vec<_> = (0..2)
         .map(|_| {
             let s = s.clone();
@@ -514,13 +519,7 @@ async fn a_looping_template_fails_its_request_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_stops_its_template_render() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = unmask_tests::copy_fixture(ADD_MODEL, &tmp.path().join("looping-template"));
-    let cfg = dir.join("tokenizer_config.json");
-    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
-    v["chat_template"] =
-        json!("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}");
-    std::fs::write(&cfg, v.to_string()).unwrap();
-    let s = start(std::sync::Arc::new(Model::open(&dir).unwrap()), 4, cpu()).await;
+    let s = looping_template_server(tmp.path()).await;
     let t = std::time::Instant::now();
     let r = s
         .client

@@ -57,6 +57,10 @@ impl SpecialIds {
 pub const TEMPLATE_FUEL: u64 = 50_000_000;
 /// Bytes a rendered prompt may have (about four million tokens of text).
 pub const MAX_TEMPLATE_OUTPUT: usize = 16 << 20;
+/// Memory one render may map beyond what the process has (Linux: the sandbox's limit).
+pub const TEMPLATE_MEMORY: u64 = 1 << 30;
+/// Time one render may take (Linux: the sandbox is killed after it; the fuel ends a loop first).
+pub const TEMPLATE_TIME: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Set from another thread to stop a render ([`ChatTokenizer::render_chat_cancellable`]).
 #[derive(Debug, Clone, Default)]
@@ -216,8 +220,13 @@ impl ChatTokenizer {
     }
 
     /// [`Self::render_chat`] that stops early once `cancel` is set (a server's client went
-    /// away): every `range` loop ends at its next turn and every write of output fails, so a
-    /// long render ends within a few instructions, with [`Error::Cancelled`].
+    /// away), with [`Error::Cancelled`].
+    ///
+    /// On Linux the render runs in a child process ([`crate::sandbox`]) limited to
+    /// [`TEMPLATE_MEMORY`] bytes and [`TEMPLATE_TIME`]: memory a template builds up in its
+    /// variables is bounded there and nowhere else (minijinja has no allocation hook).
+    /// Elsewhere (and where no child can be made) it runs here, where every `range` loop ends at
+    /// its next turn and every write of output fails once cancelled.
     pub fn render_chat_cancellable(
         &self,
         messages: &[Message],
@@ -227,6 +236,48 @@ impl ChatTokenizer {
         let template = self.template.as_deref().ok_or_else(|| {
             Error::Template("tokenizer_config.json has no `chat_template`".into())
         })?;
+        use crate::sandbox::{isolated, Outcome};
+        let render = || {
+            self.render_here(
+                template,
+                messages,
+                add_generation_prompt,
+                &Cancel::default(),
+            )
+            .map(String::into_bytes)
+            .map_err(|e| match e {
+                Error::Template(m) => m,
+                e => e.to_string(),
+            })
+        };
+        let limit = MAX_TEMPLATE_OUTPUT;
+        match isolated(TEMPLATE_MEMORY, TEMPLATE_TIME, limit, cancel, render) {
+            Outcome::Done(Ok(bytes)) => String::from_utf8(bytes)
+                .map_err(|_| Error::Template("the template rendered invalid UTF-8".into())),
+            Outcome::Done(Err(m)) => Err(Error::Template(m)),
+            Outcome::OutOfMemory => Err(Error::Template(format!(
+                "rendering needed more than {} MiB of memory (or crashed)",
+                TEMPLATE_MEMORY >> 20
+            ))),
+            Outcome::TimedOut => Err(Error::Template(format!(
+                "rendering took longer than {} s",
+                TEMPLATE_TIME.as_secs()
+            ))),
+            Outcome::Cancelled => Err(Error::Cancelled),
+            Outcome::Unavailable => {
+                self.render_here(template, messages, add_generation_prompt, cancel)
+            }
+        }
+    }
+
+    /// The render itself, in this process.
+    fn render_here(
+        &self,
+        template: &str,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        cancel: &Cancel,
+    ) -> Result<String> {
         let mut env = minijinja::Environment::new();
         env.set_fuel(Some(TEMPLATE_FUEL));
         minijinja_contrib::add_to_environment(&mut env);

@@ -16,6 +16,7 @@ pub mod loader;
 pub mod model;
 pub mod quant;
 pub mod reference;
+pub mod sandbox;
 pub mod synthetic;
 pub mod weights;
 

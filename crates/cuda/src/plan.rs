@@ -9,63 +9,17 @@ use unmask_core::graph::{BufId, Graph, Op, Rows};
 /// cache lines).
 pub const ALIGN: usize = 256;
 
-/// First and last op index that reads or writes each buffer (`None` for a buffer no op uses).
+/// First and last op index that reads or writes each buffer (`None` for a buffer no op uses):
+/// what the host reads after a step (samples, logits, hidden states, the routing of every MoE
+/// layer) lives to the end, and the input ids from before the first op.
 pub fn lifetimes(g: &Graph) -> Vec<Option<(usize, usize)>> {
-    let mut life: Vec<Option<(usize, usize)>> = vec![None; g.buffers.len()];
-    let mut touch = |b: BufId, i: usize| {
-        let l = &mut life[b.0];
-        *l = Some(match *l {
-            None => (i, i),
-            Some((a, z)) => (a.min(i), z.max(i)),
-        });
-    };
-    for (i, op) in g.ops.iter().enumerate() {
-        for b in op_buffers(op) {
-            touch(b, i);
-        }
-    }
-    let end = g.ops.len();
-    let mut keep = vec![g.samples, g.logits, g.input_ids];
-    keep.extend(&g.hidden);
+    let mut keep = g.host_outputs();
+    keep.push(g.input_ids);
     keep.extend(g.ops.iter().filter_map(|op| match op {
         Op::MoeRoute { ids, .. } => Some(*ids),
         _ => None,
     }));
-    for b in keep {
-        touch(b, end);
-    }
-    // The host writes the ids before the first op.
-    if let Some((_, z)) = life[g.input_ids.0] {
-        life[g.input_ids.0] = Some((0, z));
-    }
-    life
-}
-
-/// The buffers an op reads or writes.
-pub fn op_buffers(op: &Op) -> Vec<BufId> {
-    match op {
-        Op::Embed { ids, out, .. } => vec![*ids, *out],
-        Op::RmsNorm { x, out, .. } | Op::MatMul { x, out, .. } => vec![*x, *out],
-        Op::QkNormRope { qkv, .. } => vec![*qkv],
-        Op::Attention { qkv, out, .. } => vec![*qkv, *out],
-        Op::Add { a, b, out } => vec![*a, *b, *out],
-        Op::SwiGlu { gate, up, out } => vec![*gate, *up, *out],
-        Op::MoeRoute {
-            logits,
-            ids,
-            weights,
-            ..
-        } => vec![*logits, *ids, *weights],
-        Op::MoeExperts {
-            x,
-            ids,
-            weights,
-            out,
-            ..
-        } => vec![*x, *ids, *weights, *out],
-        Op::TakeLastRows { x, out } => vec![*x, *out],
-        Op::Sample { logits, out } => vec![*logits, *out],
-    }
+    g.lifetimes(&keep)
 }
 
 /// Bytes of a buffer for `tokens` window rows and `out` predicted rows.

@@ -3,34 +3,7 @@
 //! residual stream entering each layer, the logits and the samples stay live to the end of the
 //! step so that tests can read them back.
 
-use unmask_core::graph::{BufId, Graph, Op, Rows};
-
-/// Buffers an op reads and writes (an in-place op lists its buffer in both).
-pub fn op_buffers(op: &Op) -> (Vec<BufId>, Vec<BufId>) {
-    match op {
-        Op::Embed { ids, out, .. } => (vec![*ids], vec![*out]),
-        Op::RmsNorm { x, out, .. } | Op::MatMul { x, out, .. } => (vec![*x], vec![*out]),
-        Op::QkNormRope { qkv, .. } => (vec![*qkv], vec![*qkv]),
-        Op::Attention { qkv, out, .. } => (vec![*qkv], vec![*out]),
-        Op::Add { a, b, out } => (vec![*a, *b], vec![*out]),
-        Op::SwiGlu { gate, up, out } => (vec![*gate, *up], vec![*out]),
-        Op::MoeRoute {
-            logits,
-            ids,
-            weights,
-            ..
-        } => (vec![*logits], vec![*ids, *weights]),
-        Op::MoeExperts {
-            x,
-            ids,
-            weights,
-            out,
-            ..
-        } => (vec![*x, *ids, *weights], vec![*out]),
-        Op::TakeLastRows { x, out } => (vec![*x], vec![*out]),
-        Op::Sample { logits, out } => (vec![*logits], vec![*out]),
-    }
-}
+use unmask_core::graph::{BufId, Graph, Rows};
 
 pub struct ArenaPlan {
     /// Slot of each graph buffer (`None` for buffers the arena does not hold: the token ids).
@@ -60,27 +33,12 @@ pub fn buffer_bytes(graph: &Graph, b: BufId, rows: usize) -> u64 {
 /// else opens a new one.
 pub fn plan(graph: &Graph, rows: usize) -> ArenaPlan {
     let nb = graph.buffers.len();
-    let end = graph.ops.len();
-    let mut first = vec![usize::MAX; nb];
-    let mut last = vec![0usize; nb];
-    for (i, op) in graph.ops.iter().enumerate() {
-        let (r, w) = op_buffers(op);
-        for b in r.into_iter().chain(w) {
-            first[b.0] = first[b.0].min(i);
-            last[b.0] = last[b.0].max(i);
-        }
-    }
-    let mut pinned: Vec<BufId> = graph.hidden.clone();
-    pinned.extend([graph.logits, graph.samples]);
-    for b in pinned {
-        last[b.0] = end;
-    }
+    let life = graph.lifetimes(&graph.host_outputs());
     let mut slot_of = vec![None; nb];
     let mut slot_bytes: Vec<u64> = Vec::new();
     let mut busy_until: Vec<usize> = Vec::new();
     for (i, op) in graph.ops.iter().enumerate() {
-        let (_, writes) = op_buffers(op);
-        for b in writes {
+        for b in op.writes() {
             if slot_of[b.0].is_some() || b == graph.input_ids {
                 continue;
             }
@@ -102,7 +60,7 @@ pub fn plan(graph: &Graph, rows: usize) -> ArenaPlan {
                 }
             };
             slot_bytes[s] = slot_bytes[s].max(need);
-            busy_until[s] = last[b.0];
+            busy_until[s] = life[b.0].map_or(i, |(_, last)| last);
             slot_of[b.0] = Some(s);
         }
     }
@@ -123,23 +81,13 @@ mod tests {
         c.num_hidden_layers = 3;
         let g = unmask_core::model::llada2::build(&c);
         let p = plan(&g, 32);
-        // Recompute lifetimes and check pairwise.
-        let mut first = vec![usize::MAX; g.buffers.len()];
-        let mut last = vec![0; g.buffers.len()];
-        for (i, op) in g.ops.iter().enumerate() {
-            let (r, w) = op_buffers(op);
-            for b in r.into_iter().chain(w) {
-                first[b.0] = first[b.0].min(i);
-                last[b.0] = last[b.0].max(i);
-            }
-        }
-        for b in g.hidden.iter().chain([&g.logits, &g.samples]) {
-            last[b.0] = g.ops.len();
-        }
+        // Check pairwise against the lifetimes.
+        let life = g.lifetimes(&g.host_outputs());
         for a in 0..g.buffers.len() {
             for b in a + 1..g.buffers.len() {
                 if let (Some(sa), Some(sb)) = (p.slot_of[a], p.slot_of[b]) {
-                    let overlap = first[a] <= last[b] && first[b] <= last[a];
+                    let ((fa, la), (fb, lb)) = (life[a].unwrap(), life[b].unwrap());
+                    let overlap = fa <= lb && fb <= la;
                     assert!(
                         !(sa == sb && overlap),
                         "{} and {} share slot {sa} while both live",

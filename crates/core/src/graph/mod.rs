@@ -4,6 +4,9 @@
 //! Row counts are symbolic: a step runs over `n` window tokens (`Rows::Tokens`) and produces
 //! predictions for the last `out` of them (`Rows::Out`). Everything else is fixed by the config.
 
+mod meta;
+
+pub use meta::OpFamily;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

@@ -2,7 +2,7 @@
 # The CUDA check, on a machine with an NVIDIA GPU (the driver and the CUDA 12 toolkit's NVRTC):
 #   1. builds the CLI and the CUDA test binaries (release);
 #   2. runs the CUDA suite with UNMASK_REQUIRE_CUDA=1, so that a missing device fails instead of
-#      being skipped: every kernel against the reference ops, golden logits and hidden states,
+#      being skipped: every op case against the reference backend, golden logits and hidden states,
 #      every golden generation token-exact, the 300-problem eval;
 #   3. `unmask bench` on a LLaDA2.0-mini-shaped model (20 layers, 256 experts, random weights)
 #      on cuda in bf16 and q4, and on wgpu (Vulkan) in bf16 where this build has that backend;
@@ -63,7 +63,7 @@ suite() { # log, cargo test arguments...
     fi
 }
 suite cuda-tests.log -p unmask-cuda
-suite golden-tests.log -p unmask-tests --test golden_forward --test golden_generate --test eval_add
+suite golden-tests.log -p unmask-tests --test ops --test golden_forward --test golden_generate --test eval_add
 unset UNMASK_REQUIRE_CUDA
 
 UNMASK=target/release/unmask

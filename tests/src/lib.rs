@@ -8,6 +8,8 @@ pub mod fuzz;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use unmask_core::decode::Decoder;
+use unmask_core::graph::Graph;
+use unmask_core::weights::WeightStore;
 use unmask_core::{Backend, DecodeParams, Model, ReferenceBackend};
 
 pub fn fixtures_dir() -> PathBuf {
@@ -88,19 +90,13 @@ pub fn report_skipped(backend: &str, why: &str) {
     let _ = std::io::stderr().write_all(format!("{backend}: SKIPPED ({why})\n").as_bytes());
 }
 
-/// Every backend this build can run here. A backend whose device is absent is reported as
-/// skipped (printed), never counted as passed; `UNMASK_REQUIRE_CUDA=1` (scripts/gpu-check.sh)
-/// turns an absent CUDA device into a failure, `UNMASK_REQUIRE_WGPU=1` (CI) an absent adapter.
-pub fn backends() -> Vec<BackendCase> {
-    let mut v = vec![BackendCase {
-        name: "cpu",
-        make: make_cpu,
-    }];
-    match unmask_cuda::probe(0) {
-        Ok(_) => v.push(BackendCase {
-            name: "cuda",
-            make: make_cuda,
-        }),
+/// Which device backends this build can run here: `(cuda, wgpu)`. A backend whose device is
+/// absent is reported as skipped (printed), never counted as passed; `UNMASK_REQUIRE_CUDA=1`
+/// (scripts/gpu-check.sh) turns an absent CUDA device into a failure, `UNMASK_REQUIRE_WGPU=1`
+/// (CI) an absent adapter.
+fn devices_here() -> (bool, bool) {
+    let cuda = match unmask_cuda::probe(0) {
+        Ok(_) => true,
         Err(e) => {
             let why = e.to_string();
             let why = why.strip_prefix("backend cuda: ").unwrap_or(&why);
@@ -109,14 +105,90 @@ pub fn backends() -> Vec<BackendCase> {
                 "UNMASK_REQUIRE_CUDA is set but CUDA is unavailable: {why}"
             );
             report_skipped("cuda", why);
+            false
         }
+    };
+    // wgpu: any adapter (`UNMASK_ADAPTER` picks one); CI runs it on lavapipe.
+    let wgpu = unmask_wgsl::probe_or_skip().is_some();
+    (cuda, wgpu)
+}
+
+/// Every backend this build can run here, the reference (`cpu`) first.
+pub fn backends() -> Vec<BackendCase> {
+    let mut v = vec![BackendCase {
+        name: "cpu",
+        make: make_cpu,
+    }];
+    let (cuda, wgpu) = devices_here();
+    if cuda {
+        v.push(BackendCase {
+            name: "cuda",
+            make: make_cuda,
+        });
     }
-    // wgpu: any adapter (`UNMASK_ADAPTER` picks one); CI runs it on lavapipe and sets
-    // UNMASK_REQUIRE_WGPU=1 so that a missing adapter fails instead of skipping.
-    if unmask_wgsl::probe_or_skip().is_some() {
+    if wgpu {
         v.push(BackendCase {
             name: "wgpu",
             make: make_wgpu,
+        });
+    }
+    v
+}
+
+/// What an op case may force on the backends that have such a knob (others ignore it): small
+/// weight bindings reach the split-weight paths, few tokens per pass the chunked paths.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Forced {
+    pub weight_binding_limit: Option<u64>,
+    pub max_tokens: Option<usize>,
+}
+
+/// A device backend built from a bare graph and its weights (the op suite's cases).
+pub struct GraphBackend {
+    pub name: &'static str,
+    pub make: fn(Graph, &WeightStore, Forced) -> anyhow::Result<Box<dyn Backend>>,
+}
+
+/// The device backends this build can run here (the reference backend is the oracle they are
+/// compared with, so it is not among them).
+pub fn graph_backends() -> Vec<GraphBackend> {
+    let (cuda, wgpu) = devices_here();
+    let mut v = Vec::new();
+    if cuda {
+        v.push(GraphBackend {
+            name: "cuda",
+            make: |g, store, _| {
+                let opts = unmask_cuda::CudaOptions {
+                    max_positions: 4096,
+                    ..Default::default()
+                };
+                Ok(Box::new(unmask_cuda::CudaBackend::new(
+                    g,
+                    store,
+                    opts,
+                    &mut |_, _| {},
+                )?))
+            },
+        });
+    }
+    if wgpu {
+        v.push(GraphBackend {
+            name: "wgpu",
+            make: |g, store, forced| {
+                let mut opts = unmask_wgsl::WgpuOptions {
+                    weight_binding_limit: forced.weight_binding_limit,
+                    ..Default::default()
+                };
+                if let Some(n) = forced.max_tokens {
+                    opts.max_tokens = n;
+                }
+                Ok(Box::new(unmask_wgsl::WgpuBackend::new(
+                    g,
+                    store,
+                    &opts,
+                    &mut |_, _| {},
+                )?))
+            },
         });
     }
     v

@@ -343,7 +343,7 @@ impl Backend for CudaBackend {
     }
 
     fn step(&mut self, s: &Step) -> Result<StepOutput> {
-        s.check(self.cached, self.graph.buffer(self.graph.logits).cols)?;
+        s.check(self.cached, self.graph.token_rows())?;
         // Block routing reads routing block b as rows b * size.. of the step.
         self.graph.check_routing_start(s.start)?;
         let (n, out) = (s.tokens.len(), s.out_rows);

@@ -5,7 +5,6 @@
 //! - [`CudaBackend`]: weights, KV cache and every activation on the device; the kernels of
 //!   `kernels/*.cu` compiled at load through NVRTC; each step shape captured once as a CUDA graph
 //!   and replayed, with the per-step scalars in a device buffer the host rewrites before a replay.
-//! - [`harness::OpHarness`]: single kernels on host data, for op-level tests against the reference.
 //!
 //! Everything links at run time (`dynamic-loading`): the crate builds and its tests run on machines
 //! without CUDA, where they report the device as absent.
@@ -13,7 +12,6 @@
 mod availability;
 mod backend;
 mod device;
-pub mod harness;
 pub mod kernels;
 pub mod params;
 pub mod plan;

@@ -337,15 +337,7 @@ impl WgpuBackend {
         kv.ensure(&device, &gpu.queue, &mut encoder, max_tokens, 0)?;
         gpu.queue.submit([encoder.finish()]);
 
-        let vocab = graph
-            .ops
-            .iter()
-            .filter_map(|op| match op {
-                Op::Embed { table, .. } => Some(graph.weight(*table).shape[0]),
-                _ => None,
-            })
-            .min()
-            .unwrap_or(0);
+        let vocab = graph.token_rows();
         let kernels = Kernels::new(
             &device,
             &program::kernels_needed(&graph, &matrices, &op_experts),

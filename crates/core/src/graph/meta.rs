@@ -106,6 +106,19 @@ impl Graph {
         out
     }
 
+    /// Token ids a step may feed: the rows of the smallest embedding table the graph gathers
+    /// from (`Step::check` bounds every id by it on every backend).
+    pub fn token_rows(&self) -> usize {
+        self.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Embed { table, .. } => Some(self.weight(*table).shape[0]),
+                _ => None,
+            })
+            .min()
+            .unwrap_or(0)
+    }
+
     /// First and last op index that touches each buffer (`None` for a buffer no op uses), with
     /// `host_reads` kept alive past the last op (index `ops.len()`) and the input ids, which
     /// the host writes before the first op, alive from op 0.

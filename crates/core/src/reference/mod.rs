@@ -109,7 +109,7 @@ impl Backend for ReferenceBackend {
     }
 
     fn step(&mut self, s: &Step) -> Result<StepOutput> {
-        s.check(self.cached, self.graph.buffer(self.graph.logits).cols)?;
+        s.check(self.cached, self.graph.token_rows())?;
         let mut dispatches = 0;
         let ops = std::mem::take(&mut self.graph.ops);
         let result = (|| {
@@ -136,7 +136,11 @@ impl Backend for ReferenceBackend {
                 .graph
                 .hidden
                 .iter()
-                .map(|b| self.f[b.0].clone())
+                // u32 buffers (routed expert ids) as their bits, as the device backends do.
+                .map(|b| match self.graph.buffer(*b).elem {
+                    Elem::U32 => self.u[b.0].iter().map(|&x| f32::from_bits(x)).collect(),
+                    Elem::F32 => self.f[b.0].clone(),
+                })
                 .collect();
         }
         self.stats = StepStats {

@@ -1,0 +1,592 @@
+//! One op suite for every backend, in the style of ggml's `test-backend-ops`: each case is a
+//! small graph (random rows enter through an embedding, the only way data enters a graph), its
+//! weights in one format, the steps to run and what to force on the backends (small weight
+//! bindings, few tokens per pass). Every case runs on every device backend this build finds and
+//! on the reference backend, the oracle; the captured buffers must agree (u32 buffers exactly,
+//! f32 ones within the case's tolerance relative to the largest value), and so must the samples.
+//! A new op is one case here. A row per (case, backend) is printed, and `SKIPPED (why)` for a
+//! backend that is not here.
+
+use unmask_core::backend::{Backend, Capture, SampleParams, Step, StepOutput, SAMPLE_WORDS};
+use unmask_core::graph::{
+    BlockRouting, BufId, Elem, ExpertSet, Graph, GraphBuilder, Heads, Op, Routing, Rows, WeightId,
+    WeightRole,
+};
+use unmask_core::quant::{quantize, QuantFormat};
+use unmask_core::synthetic::SplitMix;
+use unmask_core::weights::{DType, Tensor, WeightStore};
+use unmask_core::ReferenceBackend;
+use unmask_tests::{graph_backends, report_skipped, Forced};
+
+/// One forward of a case.
+struct Run {
+    tokens: Vec<u32>,
+    start: usize,
+    out_rows: usize,
+    block: usize,
+    sampling: SampleParams,
+}
+
+impl Run {
+    fn step(&self, capture: Capture) -> Step<'_> {
+        Step {
+            tokens: &self.tokens,
+            start: self.start,
+            keep: self.tokens.len(),
+            block_length: self.block,
+            out_rows: self.out_rows,
+            sampling: self.sampling,
+            capture,
+        }
+    }
+}
+
+struct Case {
+    name: String,
+    graph: Graph,
+    store: WeightStore,
+    runs: Vec<Run>,
+    forced: Forced,
+    /// Largest error allowed on f32 captures, relative to the largest value compared.
+    tol: f32,
+}
+
+/// A graph under construction with its weights.
+struct CaseGraph {
+    g: GraphBuilder,
+    store: WeightStore,
+    ids: BufId,
+    rng: SplitMix,
+    layers: usize,
+}
+
+impl CaseGraph {
+    fn new(seed: u64) -> Self {
+        let mut g = GraphBuilder::default();
+        let ids = g.buffer("input_ids", Rows::Tokens, 1, Elem::U32);
+        CaseGraph {
+            g,
+            store: WeightStore::default(),
+            ids,
+            rng: SplitMix(seed),
+            layers: 0,
+        }
+    }
+
+    fn values(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| scale * self.rng.symmetric()).collect()
+    }
+
+    /// A `[rows, cols]` weight of random values stored as `dtype` (packed for q8_0/q4).
+    fn weight(
+        &mut self,
+        name: &str,
+        shape: Vec<usize>,
+        dtype: DType,
+        scale: f32,
+        role: WeightRole,
+    ) -> WeightId {
+        let n: usize = shape.iter().product();
+        let v = self.values(n, scale);
+        let t = tensor(dtype, &shape, &v);
+        self.store.insert(name, t);
+        self.g.weight(name, shape, role)
+    }
+
+    fn vector(&mut self, name: &str, values: Vec<f32>) -> WeightId {
+        let shape = vec![values.len()];
+        self.store.insert(name, tensor(DType::F32, &shape, &values));
+        self.g.weight(name, shape, WeightRole::Vector)
+    }
+
+    /// `x = table[ids]` for a random `[rows, cols]` table.
+    fn embed(&mut self, name: &str, rows: usize, cols: usize, dtype: DType, scale: f32) -> BufId {
+        let table = self.weight(name, vec![rows, cols], dtype, scale, WeightRole::Embedding);
+        let out = self.g.f32(format!("{name}_rows"), Rows::Tokens, cols);
+        self.g.op(Op::Embed {
+            ids: self.ids,
+            table,
+            out,
+        });
+        out
+    }
+
+    fn tokens(&mut self, n: usize, rows: usize) -> Vec<u32> {
+        (0..n)
+            .map(|_| (self.rng.next_u64() % rows as u64) as u32)
+            .collect()
+    }
+
+    /// The graph, capturing `capture`; `sample` names the (logits, samples) buffers of a graph
+    /// that samples.
+    fn finish(
+        mut self,
+        capture: Vec<BufId>,
+        sample: Option<(BufId, BufId)>,
+    ) -> (Graph, WeightStore) {
+        let (logits, samples) = sample.unwrap_or_else(|| {
+            (
+                self.g.f32("unused_logits", Rows::Out, 1),
+                self.g
+                    .buffer("unused_samples", Rows::Out, SAMPLE_WORDS, Elem::U32),
+            )
+        });
+        let graph = Graph {
+            buffers: self.g.buffers,
+            weights: self.g.weights,
+            ops: self.g.ops,
+            input_ids: self.ids,
+            logits,
+            samples,
+            hidden: capture,
+            num_layers: self.layers,
+        };
+        (graph, self.store)
+    }
+}
+
+fn tensor(dtype: DType, shape: &[usize], values: &[f32]) -> Tensor {
+    let bytes: Vec<u8> = match dtype {
+        DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::BF16 => values
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_bits().to_le_bytes())
+            .collect(),
+        DType::F16 => values
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes())
+            .collect(),
+        DType::Q8_0 | DType::Q4 => {
+            let f = if dtype == DType::Q8_0 {
+                QuantFormat::Q8_0
+            } else {
+                QuantFormat::Q4
+            };
+            let (rows, cols) = (shape[0], shape[1..].iter().product());
+            quantize(f, rows, cols, values).unwrap().0
+        }
+    };
+    Tensor::from_bytes(dtype, shape.to_vec(), bytes).unwrap()
+}
+
+fn greedy() -> SampleParams {
+    SampleParams::greedy(u32::MAX, u32::MAX)
+}
+
+fn once(tokens: Vec<u32>) -> Vec<Run> {
+    let n = tokens.len();
+    vec![Run {
+        tokens,
+        start: 0,
+        out_rows: n,
+        block: 32,
+        sampling: greedy(),
+    }]
+}
+
+/// Embedding and matmul in every weight format, with odd sizes, more rows than a tile, and
+/// bindings small enough to split both the table and the matrix.
+fn matmul_cases() -> Vec<Case> {
+    let shapes = [
+        (1, 37, 45, None),
+        (5, 64, 100, Some(4096)),
+        (33, 129, 70, None),
+        (70, 96, 257, Some(10_000)),
+    ];
+    let mut cases = Vec::new();
+    for dtype in [DType::F32, DType::BF16, DType::F16, DType::Q8_0, DType::Q4] {
+        for (ci, &(n, k, m, limit)) in shapes.iter().enumerate() {
+            let mut cg = CaseGraph::new(ci as u64 + 1);
+            let table_rows = 2 * n + 3;
+            let x = cg.embed("table", table_rows, k, dtype, 1.0);
+            let w = cg.weight("w", vec![m, k], dtype, 1.0, WeightRole::Matrix);
+            let out = cg.g.f32("out", Rows::Tokens, m);
+            cg.g.op(Op::MatMul { x, weight: w, out });
+            let runs = once(cg.tokens(n, table_rows));
+            let (graph, store) = cg.finish(vec![x, out], None);
+            cases.push(Case {
+                name: format!("embed+matmul {dtype:?} n={n} [{m},{k}] split={limit:?}"),
+                graph,
+                store,
+                runs,
+                forced: Forced {
+                    weight_binding_limit: limit,
+                    max_tokens: None,
+                },
+                tol: 1e-5,
+            });
+        }
+    }
+    cases
+}
+
+fn elementwise_case() -> Case {
+    let (n, d, groups) = (7, 50, 3);
+    let mut cg = CaseGraph::new(11);
+    let a = cg.embed("a", 9, d * groups, DType::F32, 2.0);
+    let b = cg.embed("b", 9, d * groups, DType::F32, 2.0);
+    let norm = cg.vector("norm", (0..d).map(|i| 1.0 + 0.01 * i as f32).collect());
+    let normed = cg.g.f32("normed", Rows::Tokens, d * groups);
+    cg.g.op(Op::RmsNorm {
+        x: a,
+        weight: norm,
+        out: normed,
+        eps: 1e-6,
+    });
+    let sum = cg.g.f32("sum", Rows::Tokens, d * groups);
+    cg.g.op(Op::Add { a, b, out: sum });
+    let act = cg.g.f32("act", Rows::Tokens, d * groups);
+    cg.g.op(Op::SwiGlu {
+        gate: a,
+        up: b,
+        out: act,
+    });
+    let tail = cg.g.f32("tail", Rows::Out, d * groups);
+    cg.g.op(Op::TakeLastRows { x: sum, out: tail });
+    let mut runs = once(cg.tokens(n, 9));
+    runs[0].out_rows = 3;
+    let (graph, store) = cg.finish(vec![normed, sum, act, tail], None);
+    Case {
+        name: "rms_norm+add+swiglu+take_last_rows".into(),
+        graph,
+        store,
+        runs,
+        forced: Forced::default(),
+        tol: 1e-6,
+    }
+}
+
+/// QK norm, RoPE and attention over the cache: a long first step (several passes where the
+/// backend chunks, and a cache that grows), a short one after it, then one that rewinds into the
+/// cache as the decoder does for a window.
+fn attention_case() -> Case {
+    let heads = Heads {
+        q: 4,
+        kv: 2,
+        dim: 40,
+    };
+    let (rot_dim, theta, block) = (20, 10_000.0f32, 5);
+    let width = (heads.q + 2 * heads.kv) * heads.dim;
+    let mut cg = CaseGraph::new(21);
+    cg.layers = 1;
+    let table_rows = 50;
+    let qkv = cg.embed("qkv", table_rows, width, DType::F32, 1.0);
+    let q_norm = cg.vector(
+        "q_norm",
+        (0..heads.dim).map(|i| 0.9 + 0.005 * i as f32).collect(),
+    );
+    let k_norm = cg.vector(
+        "k_norm",
+        (0..heads.dim).map(|i| 1.1 - 0.004 * i as f32).collect(),
+    );
+    cg.g.op(Op::QkNormRope {
+        qkv,
+        q_norm: Some(q_norm),
+        k_norm: Some(k_norm),
+        heads,
+        rot_dim,
+        theta,
+        eps: 1e-6,
+    });
+    let out = cg.g.f32("attn", Rows::Tokens, heads.q * heads.dim);
+    cg.g.op(Op::Attention {
+        qkv,
+        layer: 0,
+        heads,
+        out,
+    });
+    let runs = [(0usize, 300usize), (300, 9), (305, 13)]
+        .into_iter()
+        .map(|(start, n)| Run {
+            tokens: cg.tokens(n, table_rows),
+            start,
+            out_rows: n,
+            block,
+            sampling: greedy(),
+        })
+        .collect();
+    let (graph, store) = cg.finish(vec![qkv, out], None);
+    Case {
+        name: "qk_norm_rope+attention over the cache (3 steps)".into(),
+        graph,
+        store,
+        runs,
+        forced: Forced {
+            weight_binding_limit: None,
+            max_tokens: Some(64),
+        },
+        tol: 1e-5,
+    }
+}
+
+/// Routing (group-limited top-k, then LLaDA2.2's block routing ending on a partial routing
+/// block) and the grouped experts, one expert favoured so that it gets several tiles of rows.
+fn moe_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for block in [
+        None,
+        Some(BlockRouting {
+            size: 32,
+            capacity: 6,
+        }),
+    ] {
+        let routing = Routing {
+            num_experts: 16,
+            top_k: 4,
+            n_group: 4,
+            topk_group: 2,
+            scaling: 2.5,
+            block,
+        };
+        for (ci, (n, limit, dtype)) in [
+            (37usize, None, DType::BF16),
+            (70, Some(4000u64), DType::Q8_0),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (h, inter, e) = (40, 24, routing.num_experts);
+            let mut cg = CaseGraph::new(31 + ci as u64);
+            let rows = 90;
+            let x = cg.embed("x", rows, h, DType::F32, 1.0);
+            let logits = cg.embed("router_logits", rows, e, DType::F32, 2.0);
+            let mut bias = cg.values(e, 0.05);
+            bias[3] = 3.0;
+            let bias = cg.vector("bias", bias);
+            let ids = cg.g.buffer("ids", Rows::Tokens, routing.top_k, Elem::U32);
+            let weights = cg.g.f32("weights", Rows::Tokens, routing.top_k);
+            cg.g.op(Op::MoeRoute {
+                logits,
+                bias: Some(bias),
+                routing,
+                ids,
+                weights,
+            });
+            let mut experts = ExpertSet {
+                gate: vec![],
+                up: vec![],
+                down: vec![],
+            };
+            for j in 0..e {
+                let m = WeightRole::Matrix;
+                experts
+                    .gate
+                    .push(cg.weight(&format!("e{j}.gate"), vec![inter, h], dtype, 0.3, m));
+                experts
+                    .up
+                    .push(cg.weight(&format!("e{j}.up"), vec![inter, h], dtype, 0.3, m));
+                experts
+                    .down
+                    .push(cg.weight(&format!("e{j}.down"), vec![h, inter], dtype, 0.3, m));
+            }
+            let out = cg.g.f32("moe", Rows::Tokens, h);
+            cg.g.op(Op::MoeExperts {
+                x,
+                ids,
+                weights,
+                experts,
+                out,
+            });
+            let runs = once(cg.tokens(n, rows));
+            let (graph, store) = cg.finish(vec![ids, weights, out], None);
+            cases.push(Case {
+                name: format!(
+                    "moe_route+moe_experts {} n={n} {dtype:?} split={limit:?}",
+                    if block.is_some() { "block" } else { "grouped" }
+                ),
+                graph,
+                store,
+                runs,
+                forced: Forced {
+                    weight_binding_limit: limit,
+                    max_tokens: None,
+                },
+                tol: 1e-5,
+            });
+        }
+    }
+    cases
+}
+
+/// Greedy and seeded sampling (temperature, top-k, top-p, large seeds, a later step) of the
+/// last rows, with a mask id and a valid vocabulary smaller than the row.
+fn sampling_case() -> Case {
+    let vocab = 3001;
+    let (n, out_rows) = (9, 6);
+    let mut cg = CaseGraph::new(41);
+    let rows = 20;
+    let logits = cg.embed("logits", rows, vocab, DType::F32, 6.0);
+    let samples = cg.g.buffer("samples", Rows::Out, SAMPLE_WORDS, Elem::U32);
+    let tail = cg.g.f32("tail", Rows::Out, vocab);
+    cg.g.op(Op::TakeLastRows {
+        x: logits,
+        out: tail,
+    });
+    cg.g.op(Op::Sample {
+        logits: tail,
+        out: samples,
+    });
+    let tokens = cg.tokens(n, rows);
+    let (mask, valid) = (17u32, 2990u32);
+    let mut params = vec![SampleParams::greedy(mask, valid)];
+    for (t, k, p, seed) in [
+        (0.7, 50, 0.9, 1u64),
+        (1.0, 0, 0.8, 2),
+        (1.3, 5, 1.0, 3),
+        (0.9, 0, 1.0, u64::MAX - 7),
+        (2.0, 200, 0.95, 12_345_678_901),
+    ] {
+        for step in [0u32, 3] {
+            params.push(SampleParams {
+                temperature: t,
+                top_k: k,
+                top_p: p,
+                seed,
+                step,
+                mask,
+                valid_vocab: valid,
+            });
+        }
+    }
+    let runs = params
+        .into_iter()
+        .map(|sampling| Run {
+            tokens: tokens.clone(),
+            start: 0,
+            out_rows,
+            block: 32,
+            sampling,
+        })
+        .collect();
+    let (graph, store) = cg.finish(vec![tail], Some((tail, samples)));
+    Case {
+        name: "take_last_rows+sample (greedy, 10 seeded)".into(),
+        graph,
+        store,
+        runs,
+        forced: Forced::default(),
+        tol: 1e-5,
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let mut v = matmul_cases();
+    v.push(elementwise_case());
+    v.push(attention_case());
+    v.extend(moe_cases());
+    v.push(sampling_case());
+    v
+}
+
+/// The largest error of `got` against `want` over every run, or what differs.
+fn compare(case: &Case, got: &[StepOutput], want: &[StepOutput]) -> Result<f32, String> {
+    let mut worst = 0f32;
+    for (r, (g, w)) in got.iter().zip(want).enumerate() {
+        for (k, (gb, wb)) in g.samples.iter().zip(&w.samples).enumerate() {
+            if gb.token != wb.token || gb.ranked != wb.ranked {
+                return Err(format!("run {r} row {k}: sample {gb:?}, want {wb:?}"));
+            }
+            let e = (gb.confidence - wb.confidence).abs();
+            if e > case.tol {
+                return Err(format!("run {r} row {k}: confidence off by {e}"));
+            }
+            worst = worst.max(e);
+        }
+        if g.samples.len() != w.samples.len() || g.hidden.len() != w.hidden.len() {
+            return Err(format!("run {r}: output counts differ"));
+        }
+        for ((gv, wv), &b) in g.hidden.iter().zip(&w.hidden).zip(&case.graph.hidden) {
+            let name = &case.graph.buffer(b).name;
+            if gv.len() != wv.len() {
+                return Err(format!(
+                    "run {r} {name}: {} values, want {}",
+                    gv.len(),
+                    wv.len()
+                ));
+            }
+            if case.graph.buffer(b).elem == Elem::U32 {
+                if let Some(i) = (0..gv.len()).find(|&i| gv[i].to_bits() != wv[i].to_bits()) {
+                    let (a, z) = (gv[i].to_bits(), wv[i].to_bits());
+                    return Err(format!("run {r} {name}[{i}]: {a}, want {z}"));
+                }
+                continue;
+            }
+            let scale = wv.iter().fold(1f32, |m, v| m.max(v.abs()));
+            for (i, (a, z)) in gv.iter().zip(wv).enumerate() {
+                let e = (a - z).abs() / scale;
+                if e.is_nan() || e > case.tol {
+                    return Err(format!(
+                        "run {r} {name}[{i}]: {a}, want {z} (relative error {e})"
+                    ));
+                }
+                worst = worst.max(e);
+            }
+        }
+    }
+    Ok(worst)
+}
+
+fn run_all(b: &mut dyn Backend, case: &Case) -> Vec<StepOutput> {
+    case.runs
+        .iter()
+        .map(|r| b.step(&r.step(Capture::Hidden)).unwrap())
+        .collect()
+}
+
+#[test]
+fn every_op_matches_the_reference_on_every_backend() {
+    let targets = graph_backends();
+    if targets.is_empty() {
+        report_skipped("op suite", "no device backend here; only the reference ran");
+    }
+    let mut failures = Vec::new();
+    let mut report = String::from("\n");
+    for case in cases() {
+        let mut oracle = ReferenceBackend::new(case.graph.clone(), &case.store, &mut |_, _| {})
+            .unwrap_or_else(|e| panic!("{}: reference: {e}", case.name));
+        let want = run_all(&mut oracle, &case);
+        for t in &targets {
+            let row = match (t.make)(case.graph.clone(), &case.store, case.forced) {
+                Err(e) => {
+                    failures.push(format!("{} on {}: {e:#}", case.name, t.name));
+                    format!("FAILED to build: {e:#}")
+                }
+                Ok(mut b) => match compare(&case, &run_all(b.as_mut(), &case), &want) {
+                    Ok(err) => format!("ok (max relative error {err:.1e})"),
+                    Err(why) => {
+                        failures.push(format!("{} on {}: {why}", case.name, t.name));
+                        format!("FAILED: {why}")
+                    }
+                },
+            };
+            report.push_str(&format!("{:<6} {:<60} {row}\n", t.name, case.name));
+        }
+    }
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(report.as_bytes());
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A sampling step of a device backend reads back only the samples (5 words a row): the logits
+/// stay on the device. wgpu also submits a step's work once.
+#[test]
+fn a_device_step_reads_back_only_its_samples() {
+    let case = sampling_case();
+    for t in graph_backends() {
+        let mut b = (t.make)(case.graph.clone(), &case.store, case.forced).unwrap();
+        for r in &case.runs {
+            let out = b.step(&r.step(Capture::Samples)).unwrap();
+            assert_eq!(out.samples.len(), r.out_rows);
+            let s = b.last_stats();
+            assert_eq!(
+                s.bytes_read_back,
+                r.out_rows * SAMPLE_WORDS * 4,
+                "{}: {s:?}",
+                t.name
+            );
+            if t.name == "wgpu" {
+                assert_eq!(s.submissions, 1, "{s:?}");
+            }
+        }
+    }
+}

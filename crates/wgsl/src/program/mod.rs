@@ -1,0 +1,348 @@
+//! The graph compiled for the device: every op becomes one or more dispatches with their
+//! pipeline, a bind group made at load, and a grid that depends only on the chunk's row counts.
+//! A step replays this list once per chunk, changing nothing but the dynamic offset of the step
+//! parameters. Built again only when the KV cache grows (its buffers are in the bind groups).
+
+mod attention;
+mod elementwise;
+mod embed;
+mod matmul;
+mod moe;
+mod norm;
+mod rope;
+mod sample;
+
+use crate::arena::ArenaPlan;
+use crate::format::WeightFormat;
+use crate::kernels::{Kernel, Kernels};
+use crate::kv::KvCache;
+use crate::weights::{DeviceMatrix, ExpertStacks};
+use unmask_core::graph::{BufId, Graph, Op, Rows};
+
+/// Rows and features of the dense tiles (BM, BN in matmul.wgsl).
+pub const TILE_ROWS: usize = 32;
+pub const TILE_FEATURES: usize = 32;
+/// Rows of the narrow tiles (NR): products over at most this many rows use `matmul_narrow`
+/// (tiles 2 * TILE_FEATURES wide). Expert work items hold at most TILE_ROWS rows (gate/up tiles
+/// TILE_FEATURES wide, down tiles 2 * TILE_FEATURES wide) and compute them NR at a time.
+pub const NARROW_ROWS: usize = 8;
+
+/// One dimension of a dispatch grid.
+#[derive(Debug, Clone, Copy)]
+pub enum Extent {
+    Fixed(u32),
+    /// ceil(chunk tokens / per)
+    Tokens(u32),
+    /// ceil(chunk predicted rows / per)
+    Out(u32),
+}
+
+impl Extent {
+    fn of(rows: Rows, per: usize) -> Extent {
+        match rows {
+            Rows::Tokens => Extent::Tokens(per as u32),
+            Rows::Out => Extent::Out(per as u32),
+        }
+    }
+
+    pub fn resolve(self, n: usize, out_rows: usize) -> u32 {
+        match self {
+            Extent::Fixed(v) => v,
+            Extent::Tokens(per) => (n as u32).div_ceil(per),
+            Extent::Out(per) => (out_rows as u32).div_ceil(per),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Grid {
+    Direct(Extent, Extent),
+    /// Arguments written on the device, at this byte offset of the MoE plan buffer.
+    Indirect(u64),
+}
+
+pub struct Dispatch {
+    pub kernel: Kernel,
+    pub pipeline: wgpu::ComputePipeline,
+    pub bind_group: wgpu::BindGroup,
+    /// The seeded sampler, used instead when the step samples with a temperature.
+    pub seeded: Option<(wgpu::ComputePipeline, wgpu::BindGroup)>,
+    /// The narrow matmul and its grid, used instead when the product has at most NARROW_ROWS
+    /// rows (counted by the extent).
+    pub narrow: Option<(wgpu::ComputePipeline, wgpu::BindGroup, Grid, Extent)>,
+    pub grid: Grid,
+    /// Runs only when the chunk predicts rows (the head of the model).
+    pub needs_out: bool,
+}
+
+/// Backend-private buffers of the MoE kernels, shared by every MoE layer.
+pub struct MoeScratch {
+    pub scores: wgpu::Buffer,
+    pub counters: wgpu::Buffer,
+    pub slots: wgpu::Buffer,
+    pub plan: wgpu::Buffer,
+    pub act: wgpu::Buffer,
+    pub y: wgpu::Buffer,
+    /// Entries (tokens * top_k) a chunk can have: where `slot_of` starts in `slots`.
+    pub slot_cap: usize,
+    /// Expert-stack parts of the most split layer (the plan is laid out for that many).
+    pub max_parts: usize,
+}
+
+/// What the ops of the graph refer to on the device.
+pub enum OpResource {
+    None,
+    Matrix(DeviceMatrix),
+    /// A per-op f32 constant buffer (norm vectors, router bias).
+    Vector(wgpu::Buffer),
+    Experts(ExpertStacks),
+}
+
+pub struct Context<'a> {
+    pub device: &'a wgpu::Device,
+    pub kernels: &'a Kernels,
+    pub graph: &'a Graph,
+    pub arena: &'a ArenaPlan,
+    pub slots: &'a [wgpu::Buffer],
+    pub ids: &'a wgpu::Buffer,
+    /// Matrices by weight id (embedding tables and linear layers).
+    pub matrices: &'a [Option<DeviceMatrix>],
+    /// Vectors by weight id.
+    pub vectors: &'a [Option<wgpu::Buffer>],
+    /// Per op: the expert stacks of `MoeExperts`, the [q norm; k norm] buffer of `QkNormRope`.
+    pub op_experts: &'a [Option<ExpertStacks>],
+    pub op_norms: &'a [Option<wgpu::Buffer>],
+    pub dummy: &'a wgpu::Buffer,
+    pub kv: &'a KvCache,
+    pub moe: Option<&'a MoeScratch>,
+    pub params_align: u64,
+}
+
+/// A dispatch before its parameter buffer exists.
+struct Pending {
+    kernel: Kernel,
+    format: Option<WeightFormat>,
+    /// (binding, buffer) for every non-parameter binding.
+    buffers: Vec<(u32, wgpu::Buffer)>,
+    /// (binding, words) of the op's parameters.
+    params: (u32, [u32; 8]),
+    grid: Grid,
+    needs_out: bool,
+    /// For `matmul`: the narrow variant's grid and the extent that counts the rows.
+    narrow: Option<(Grid, Extent)>,
+}
+
+pub struct Program {
+    pub dispatches: Vec<Dispatch>,
+    /// Keeps the parameter buffer alive (the bind groups refer to it).
+    pub params: wgpu::Buffer,
+}
+
+fn f(v: f32) -> u32 {
+    v.to_bits()
+}
+
+impl Context<'_> {
+    fn slot(&self, b: BufId) -> wgpu::Buffer {
+        if b == self.graph.input_ids {
+            return self.ids.clone();
+        }
+        let s = self.arena.slot_of[b.0].expect("every written buffer has a slot");
+        self.slots[s].clone()
+    }
+
+    fn rows(&self, b: BufId) -> Rows {
+        self.graph.buffer(b).rows
+    }
+
+    fn cols(&self, b: BufId) -> usize {
+        self.graph.buffer(b).cols
+    }
+
+    fn compile_op(&self, index: usize, op: &Op, out: &mut Vec<Pending>) {
+        match op {
+            Op::Embed { ids, table, out: o } => embed::lower(self, *ids, *table, *o, out),
+            Op::RmsNorm {
+                x,
+                weight,
+                out: o,
+                eps,
+            } => norm::lower(self, *x, *weight, *o, *eps, out),
+            Op::MatMul { x, weight, out: o } => matmul::lower(self, *x, *weight, *o, out),
+            Op::QkNormRope {
+                qkv,
+                q_norm,
+                k_norm,
+                heads,
+                rot_dim,
+                theta,
+                eps,
+            } => rope::lower(
+                self,
+                index,
+                rope::Rope {
+                    qkv: *qkv,
+                    has_q_norm: q_norm.is_some(),
+                    has_k_norm: k_norm.is_some(),
+                    heads: *heads,
+                    rot_dim: *rot_dim,
+                    theta: *theta,
+                    eps: *eps,
+                },
+                out,
+            ),
+            Op::Attention {
+                qkv,
+                layer,
+                heads,
+                out: o,
+            } => attention::lower(self, *qkv, *layer, *heads, *o, out),
+            Op::Add { a, b, out: o } => {
+                elementwise::lower_binary(self, Kernel::Add, *a, *b, *o, out)
+            }
+            Op::SwiGlu { gate, up, out: o } => {
+                elementwise::lower_binary(self, Kernel::SwiGlu, *gate, *up, *o, out)
+            }
+            Op::TakeLastRows { x, out: o } => elementwise::lower_take_last_rows(self, *x, *o, out),
+            Op::MoeRoute {
+                logits,
+                bias,
+                routing,
+                ids,
+                weights,
+            } => moe::lower_route(self, *logits, *bias, routing, *ids, *weights, out),
+            Op::MoeExperts {
+                x,
+                ids,
+                weights,
+                out: o,
+                ..
+            } => moe::lower_experts(self, index, *x, *ids, *weights, *o, out),
+            Op::Sample { logits, out: o } => sample::lower(self, *logits, *o, out),
+        }
+    }
+}
+
+/// The (kernel, format) pairs the graph needs, for building pipelines at load.
+pub fn kernels_needed(
+    graph: &Graph,
+    matrices: &[Option<DeviceMatrix>],
+    op_experts: &[Option<ExpertStacks>],
+) -> Vec<(Kernel, Option<WeightFormat>)> {
+    let mut v = Vec::new();
+    for (i, op) in graph.ops.iter().enumerate() {
+        match op {
+            Op::Embed { table, .. } => {
+                v.push((Kernel::Embed, matrices[table.0].as_ref().map(|m| m.format)))
+            }
+            Op::RmsNorm { .. } => v.push((Kernel::RmsNorm, None)),
+            Op::MatMul { weight, .. } => {
+                let format = matrices[weight.0].as_ref().map(|m| m.format);
+                v.push((Kernel::Matmul, format));
+                v.push((Kernel::MatmulNarrow, format));
+            }
+            Op::QkNormRope { .. } => v.push((Kernel::QkNormRope, None)),
+            Op::Attention { .. } => {
+                v.push((Kernel::KvStore, None));
+                v.push((Kernel::Attention, None));
+            }
+            Op::Add { .. } => v.push((Kernel::Add, None)),
+            Op::SwiGlu { .. } => v.push((Kernel::SwiGlu, None)),
+            Op::TakeLastRows { .. } => v.push((Kernel::TakeLastRows, None)),
+            Op::MoeRoute { routing, .. } => v.push((
+                if routing.block.is_some() {
+                    Kernel::MoeRouteBlock
+                } else {
+                    Kernel::MoeRoute
+                },
+                None,
+            )),
+            Op::MoeExperts { .. } => {
+                let format = op_experts[i].as_ref().map(|e| e.format);
+                v.push((Kernel::MoeGroup, None));
+                v.push((Kernel::MoeGateUp, format));
+                v.push((Kernel::MoeDown, format));
+                v.push((Kernel::MoeCombine, None));
+            }
+            Op::Sample { .. } => {
+                v.push((Kernel::Greedy, None));
+                v.push((Kernel::Seeded, None));
+            }
+        }
+    }
+    v
+}
+
+/// Compiles the graph: parameters into one buffer, one bind group per dispatch.
+pub fn compile(cx: &Context) -> Program {
+    let mut pending = Vec::new();
+    for (i, op) in cx.graph.ops.iter().enumerate() {
+        cx.compile_op(i, op, &mut pending);
+    }
+    let align = cx.params_align.max(32) as usize;
+    let mut blob = vec![0u8; pending.len().max(1) * align];
+    for (i, p) in pending.iter().enumerate() {
+        blob[i * align..i * align + 32].copy_from_slice(bytemuck::cast_slice(&p.params.1));
+    }
+    let params = cx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("op_params"),
+        size: blob.len() as u64,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: true,
+    });
+    params
+        .slice(..)
+        .get_mapped_range_mut()
+        .expect("a buffer mapped at creation can be written")
+        .copy_from_slice(&blob);
+    params.unmap();
+
+    let bind = |kernel: Kernel, p: &Pending, i: usize| {
+        let pl = cx.kernels.get(kernel, p.format);
+        let mut entries: Vec<wgpu::BindGroupEntry> = p
+            .buffers
+            .iter()
+            .map(|(binding, b)| wgpu::BindGroupEntry {
+                binding: *binding,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        entries.push(wgpu::BindGroupEntry {
+            binding: p.params.0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &params,
+                offset: (i * align) as u64,
+                size: wgpu::BufferSize::new(32),
+            }),
+        });
+        let bg = cx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel.entry()),
+            layout: &pl.layout,
+            entries: &entries,
+        });
+        (pl.pipeline.clone(), bg)
+    };
+
+    let dispatches = pending
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (pipeline, bind_group) = bind(p.kernel, p, i);
+            let seeded = (p.kernel == Kernel::Greedy).then(|| bind(Kernel::Seeded, p, i));
+            let narrow = p.narrow.map(|(grid, rows)| {
+                let (pl, bg) = bind(Kernel::MatmulNarrow, p, i);
+                (pl, bg, grid, rows)
+            });
+            Dispatch {
+                kernel: p.kernel,
+                pipeline,
+                bind_group,
+                seeded,
+                narrow,
+                grid: p.grid,
+                needs_out: p.needs_out,
+            }
+        })
+        .collect();
+    Program { dispatches, params }
+}

@@ -1,0 +1,193 @@
+//! Lowering of the MoE ops: routing (per token, or per routing block for LLaDA2.2), then the grouped experts: a group dispatch that buckets rows by expert and writes the indirect arguments, gate/up and down per expert-stack part, and the weighted combine.
+
+use super::{f, Context, Extent, Grid, Pending, TILE_FEATURES, TILE_ROWS};
+use crate::kernels::Kernel;
+use unmask_core::graph::{BufId, Routing, WeightId};
+
+pub(super) fn lower_route(
+    cx: &Context,
+    logits: BufId,
+    bias: Option<WeightId>,
+    routing: &Routing,
+    ids: BufId,
+    weights: BufId,
+    out: &mut Vec<Pending>,
+) {
+    let moe = cx.moe.expect("MoE scratch exists when the graph routes");
+    let bias_buf = bias
+        .map(|b| cx.vectors[b.0].clone().expect("uploaded bias"))
+        .unwrap_or(cx.dummy.clone());
+    // Block routing: one workgroup per routing block, else one invocation per token.
+    let (kernel, capacity, block_size, grid) = match routing.block {
+        Some(b) => (
+            Kernel::MoeRouteBlock,
+            b.capacity as u32,
+            b.size as u32,
+            Extent::Tokens(b.size as u32),
+        ),
+        None => (Kernel::MoeRoute, 0, 0, Extent::Tokens(64)),
+    };
+    out.push(Pending {
+        kernel,
+        format: None,
+        buffers: vec![
+            (1, cx.slot(logits)),
+            (2, bias_buf),
+            (3, moe.scores.clone()),
+            (4, cx.slot(ids)),
+            (5, cx.slot(weights)),
+        ],
+        params: (
+            0,
+            [
+                routing.num_experts as u32,
+                routing.top_k as u32,
+                routing.n_group as u32,
+                routing.topk_group as u32,
+                f(routing.scaling),
+                bias.is_some() as u32,
+                capacity,
+                block_size,
+            ],
+        ),
+        grid: Grid::Direct(grid, Extent::Fixed(1)),
+        needs_out: false,
+        narrow: None,
+    });
+}
+
+pub(super) fn lower_experts(
+    cx: &Context,
+    index: usize,
+    x: BufId,
+    ids: BufId,
+    weights: BufId,
+    o: BufId,
+    out: &mut Vec<Pending>,
+) {
+    let moe = cx
+        .moe
+        .expect("MoE scratch exists when the graph has experts");
+    let ex = cx.op_experts[index].as_ref().expect("uploaded experts");
+    let top_k = cx.cols(ids);
+    let parts = ex.gate_up.len();
+    let c = moe.max_parts as u32;
+    let items_at = 7 * c;
+    out.push(Pending {
+        kernel: Kernel::MoeGroup,
+        format: None,
+        buffers: vec![
+            (11, cx.slot(ids)),
+            (12, ex.bounds_buffer.clone()),
+            (13, moe.counters.clone()),
+            (14, moe.slots.clone()),
+            (15, moe.plan.clone()),
+        ],
+        params: (
+            10,
+            [
+                ex.experts as u32,
+                top_k as u32,
+                parts as u32,
+                TILE_ROWS as u32,
+                ex.inter.div_ceil(TILE_FEATURES) as u32,
+                ex.hidden.div_ceil(2 * TILE_FEATURES) as u32,
+                items_at,
+                moe.slot_cap as u32,
+            ],
+        ),
+        grid: Grid::Direct(Extent::Fixed(1), Extent::Fixed(1)),
+        needs_out: false,
+        narrow: None,
+    });
+    // The group kernel writes args for `parts` parts: gate/up at 3p, down at 3(P + p),
+    // where P is this layer's part count (the plan is read with this layer's layout).
+    for p in 0..parts {
+        out.push(Pending {
+            kernel: Kernel::MoeGateUp,
+            format: Some(ex.format),
+            buffers: vec![
+                (1, ex.gate_up[p].clone()),
+                (2, cx.slot(x)),
+                (3, moe.act.clone()),
+                (5, moe.plan.clone()),
+                (6, moe.slots.clone()),
+            ],
+            params: (
+                4,
+                [
+                    ex.hidden as u32,
+                    ex.gate_up_stride as u32,
+                    ex.inter as u32,
+                    (2 * ex.inter) as u32,
+                    ex.bounds[p],
+                    6 * parts as u32 + p as u32,
+                    items_at,
+                    0,
+                ],
+            ),
+            grid: Grid::Indirect((12 * p) as u64),
+            needs_out: false,
+            narrow: None,
+        });
+    }
+    for p in 0..parts {
+        out.push(Pending {
+            kernel: Kernel::MoeDown,
+            format: Some(ex.format),
+            buffers: vec![
+                (1, ex.down[p].clone()),
+                (2, moe.act.clone()),
+                (3, moe.y.clone()),
+                (5, moe.plan.clone()),
+                (6, moe.slots.clone()),
+            ],
+            params: (
+                4,
+                [
+                    ex.inter as u32,
+                    ex.down_stride as u32,
+                    ex.hidden as u32,
+                    ex.hidden as u32,
+                    ex.bounds[p],
+                    6 * parts as u32 + p as u32,
+                    items_at,
+                    0,
+                ],
+            ),
+            grid: Grid::Indirect((12 * (parts + p)) as u64),
+            needs_out: false,
+            narrow: None,
+        });
+    }
+    out.push(Pending {
+        kernel: Kernel::MoeCombine,
+        format: None,
+        buffers: vec![
+            (11, cx.slot(ids)),
+            (21, cx.slot(weights)),
+            (22, moe.slots.clone()),
+            (23, moe.y.clone()),
+            (24, cx.slot(o)),
+        ],
+        params: (
+            20,
+            [
+                ex.hidden as u32,
+                top_k as u32,
+                moe.slot_cap as u32,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ],
+        ),
+        grid: Grid::Direct(
+            Extent::Fixed((ex.hidden as u32).div_ceil(64)),
+            Extent::Tokens(1),
+        ),
+        needs_out: false,
+        narrow: None,
+    });
+}

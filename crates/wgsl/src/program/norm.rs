@@ -1,0 +1,31 @@
+//! Lowering of `RmsNorm`: one workgroup per (group of columns, row).
+
+use super::{f, Context, Extent, Grid, Pending};
+use crate::kernels::Kernel;
+use unmask_core::graph::{BufId, Rows, WeightId};
+
+pub(super) fn lower(
+    cx: &Context,
+    x: BufId,
+    weight: WeightId,
+    o: BufId,
+    eps: f32,
+    out: &mut Vec<Pending>,
+) {
+    let g = cx.graph;
+    let d = g.weight(weight).shape.iter().product::<usize>();
+    let groups = cx.cols(x) / d;
+    out.push(Pending {
+        kernel: Kernel::RmsNorm,
+        format: None,
+        buffers: vec![
+            (1, cx.slot(x)),
+            (2, cx.vectors[weight.0].clone().expect("uploaded vector")),
+            (3, cx.slot(o)),
+        ],
+        params: (0, [d as u32, groups as u32, f(eps), 0, 0, 0, 0, 0]),
+        grid: Grid::Direct(Extent::Fixed(groups as u32), Extent::of(cx.rows(x), 1)),
+        needs_out: cx.rows(x) == Rows::Out,
+        narrow: None,
+    });
+}

@@ -1,0 +1,18 @@
+//! Lowering of `Sample`: one workgroup per predicted row (the greedy pipeline, swapped for the seeded one when a step samples with a temperature).
+
+use super::{Context, Extent, Grid, Pending};
+use crate::kernels::Kernel;
+use unmask_core::graph::BufId;
+
+pub(super) fn lower(cx: &Context, logits: BufId, o: BufId, out: &mut Vec<Pending>) {
+    let vocab = cx.cols(logits);
+    out.push(Pending {
+        kernel: Kernel::Greedy,
+        format: None,
+        buffers: vec![(1, cx.slot(logits)), (2, cx.slot(o))],
+        params: (0, [vocab as u32, 0, 0, 0, 0, 0, 0, 0]),
+        grid: Grid::Direct(Extent::Out(1), Extent::Fixed(1)),
+        needs_out: true,
+        narrow: None,
+    });
+}

@@ -1,0 +1,48 @@
+//! Recording of `Attention`: the window's K/V stored into the layer's cache, then attention over it.
+
+use super::*;
+
+pub(super) fn record(
+    rec: &Rec,
+    qkv: &BufId,
+    layer: &usize,
+    heads: &Heads,
+    o: &BufId,
+    ls: &mut Vec<Launch>,
+) -> Result<()> {
+    let b = rec.b;
+    let n = rec.n;
+    let ptr = |id: BufId| rec.ptr(id);
+    let (k, v) = b.kv[*layer];
+    ls.push(launch(
+        "kv_store",
+        (n as u32, 1, 1),
+        EW,
+        vec![
+            ptr(*qkv),
+            Arg::Ptr(k),
+            Arg::Ptr(v),
+            Arg::Ptr(b.params),
+            u(heads.q),
+            u(heads.kv),
+            u(heads.dim),
+        ],
+    ));
+    ls.push(launch(
+        "attention",
+        (n as u32, heads.q as u32, 1),
+        ATT_THREADS,
+        vec![
+            ptr(*qkv),
+            Arg::Ptr(k),
+            Arg::Ptr(v),
+            ptr(*o),
+            Arg::Ptr(b.params),
+            u(n),
+            u(heads.q),
+            u(heads.kv),
+            u(heads.dim),
+        ],
+    ));
+    Ok(())
+}

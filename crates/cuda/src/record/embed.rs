@@ -1,0 +1,23 @@
+//! Recording of `Embed`: one gather launch (a block per 256 columns and token).
+
+use super::*;
+
+pub(super) fn record(
+    rec: &Rec,
+    ids: &BufId,
+    table: &WeightId,
+    o: &BufId,
+    ls: &mut Vec<Launch>,
+) -> Result<()> {
+    let b = rec.b;
+    let n = rec.n;
+    let ptr = |id: BufId| rec.ptr(id);
+    let t = b.weights.matrix(*table)?;
+    ls.push(launch(
+        format!("embed_{}", t.format.suffix()),
+        (t.cols.div_ceil(EW as usize) as u32, n as u32, 1),
+        EW,
+        vec![ptr(*ids), Arg::Ptr(t.ptr), u(t.rows), u(t.cols), ptr(*o)],
+    ));
+    Ok(())
+}

@@ -1,0 +1,35 @@
+//! Recording of `MatMul`: 32 weight rows by 8 tokens per block.
+
+use super::*;
+
+pub(super) fn record(
+    rec: &Rec,
+    x: &BufId,
+    weight: &WeightId,
+    o: &BufId,
+    ls: &mut Vec<Launch>,
+) -> Result<()> {
+    let b = rec.b;
+    let rows = |id: BufId| rec.rows(id);
+    let ptr = |id: BufId| rec.ptr(id);
+    let w = b.weights.matrix(*weight)?;
+    let m = rows(*x);
+    ls.push(launch(
+        format!("matmul_{}", w.format.suffix()),
+        (
+            w.rows.div_ceil(MM_BLOCK_ROWS) as u32,
+            m.div_ceil(MM_TOK) as u32,
+            1,
+        ),
+        MM_THREADS,
+        vec![
+            ptr(*x),
+            Arg::Ptr(w.ptr),
+            ptr(*o),
+            u(m),
+            u(w.cols),
+            u(w.rows),
+        ],
+    ));
+    Ok(())
+}

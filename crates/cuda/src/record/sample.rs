@@ -1,0 +1,22 @@
+//! Recording of `Sample`: a block per predicted row.
+
+use super::*;
+
+pub(super) fn record(rec: &Rec, logits: &BufId, o: &BufId, ls: &mut Vec<Launch>) -> Result<()> {
+    let b = rec.b;
+    let g = rec.b.graph;
+    let out = rec.out;
+    let ptr = |id: BufId| rec.ptr(id);
+    ls.push(launch(
+        "sample",
+        (out as u32, 1, 1),
+        SAMPLE_THREADS,
+        vec![
+            ptr(*logits),
+            ptr(*o),
+            Arg::Ptr(b.params),
+            u(g.buffer(*logits).cols),
+        ],
+    ));
+    Ok(())
+}

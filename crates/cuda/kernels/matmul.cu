@@ -121,3 +121,115 @@ extern "C" __global__ void matmul_q8_0(const float* x, const u8* w, float* out, 
 extern "C" __global__ void matmul_q4(const float* x, const u8* w, float* out, u32 n, u32 K, u32 M) {
     matmul_impl<DT_Q4>(x, w, out, n, K, M);
 }
+
+// The expert matrices of the grouped MoE (their routing, grouping and combine are in moe.cu, as
+// in the WGSL sources): expert e's matrix of a layer's stack starts at e * matrix_bytes.
+// moe_gate_up  act[j] = silu(x[t_j] @ Wg_e^T) * (x[t_j] @ Wu_e^T) for the j-th pair in expert
+//              order; grid (ceil(M / rows per block), max active experts): block y takes the y-th
+//              active expert and returns at once when fewer experts are active.
+// moe_down     ys[p_j] = act[j] @ Wd_e^T, stored by pair so the combine finds it.
+
+#define MOE_ROWS 2
+
+template <int DT>
+__device__ __forceinline__ void moe_gate_up_impl(const float* x, const u8* wg, const u8* wu,
+                                                 u64 matrix_bytes, const u32* offsets,
+                                                 const u32* active, const u32* num_active,
+                                                 const u32* pairs, float* act, u32 top_k, u32 K,
+                                                 u32 M) {
+    if (blockIdx.y >= *num_active) return;
+    const u32 e = active[blockIdx.y];
+    const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31u;
+    const u32 r0 = (blockIdx.x * MM_WARPS + warp) * MOE_ROWS;
+    if (r0 >= M) return;
+    const u32 nr = min((u32)MOE_ROWS, M - r0);
+    const u32 begin = offsets[e], count = offsets[e + 1u] - begin;
+    WMat g = {wg + (u64)e * matrix_bytes, M, K};
+    WMat u = {wu + (u64)e * matrix_bytes, M, K};
+    for (u32 t0 = 0; t0 < count; t0 += MM_TOK) {
+        const u32 nt = min((u32)MM_TOK, count - t0);
+        const float* xs[MM_TOK];
+#pragma unroll
+        for (int t = 0; t < MM_TOK; t++)
+            xs[t] = x + (u64)(pairs[begin + t0 + min((u32)t, nt - 1u)] / top_k) * K;
+        float ag[MOE_ROWS][MM_TOK], au[MOE_ROWS][MM_TOK];
+#pragma unroll
+        for (int r = 0; r < MOE_ROWS; r++) {
+#pragma unroll
+            for (int t = 0; t < MM_TOK; t++) {
+                ag[r][t] = 0.0f;
+                au[r][t] = 0.0f;
+            }
+        }
+        mm_accumulate<DT, MOE_ROWS>(g, r0, nr, xs, nt, ag);
+        mm_accumulate<DT, MOE_ROWS>(u, r0, nr, xs, nt, au);
+        mm_reduce<MOE_ROWS>(ag);
+        mm_reduce<MOE_ROWS>(au);
+#pragma unroll
+        for (int r = 0; r < MOE_ROWS; r++) {
+#pragma unroll
+            for (int t = 0; t < MM_TOK; t++) {
+                if (lane == (u32)(r * MM_TOK + t) && (u32)r < nr && (u32)t < nt)
+                    act[(u64)(begin + t0 + t) * M + r0 + r] = silu(ag[r][t]) * au[r][t];
+            }
+        }
+    }
+}
+
+template <int DT>
+__device__ __forceinline__ void moe_down_impl(const float* act, const u8* wd, u64 matrix_bytes,
+                                              const u32* offsets, const u32* active,
+                                              const u32* num_active, const u32* pairs, float* ys,
+                                              u32 K, u32 M) {
+    if (blockIdx.y >= *num_active) return;
+    const u32 e = active[blockIdx.y];
+    const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31u;
+    const u32 r0 = (blockIdx.x * MM_WARPS + warp) * MM_ROWS;
+    if (r0 >= M) return;
+    const u32 nr = min((u32)MM_ROWS, M - r0);
+    const u32 begin = offsets[e], count = offsets[e + 1u] - begin;
+    WMat d = {wd + (u64)e * matrix_bytes, M, K};
+    for (u32 t0 = 0; t0 < count; t0 += MM_TOK) {
+        const u32 nt = min((u32)MM_TOK, count - t0);
+        const float* xs[MM_TOK];
+#pragma unroll
+        for (int t = 0; t < MM_TOK; t++) xs[t] = act + (u64)(begin + t0 + min((u32)t, nt - 1u)) * K;
+        float acc[MM_ROWS][MM_TOK];
+#pragma unroll
+        for (int r = 0; r < MM_ROWS; r++) {
+#pragma unroll
+            for (int t = 0; t < MM_TOK; t++) acc[r][t] = 0.0f;
+        }
+        mm_accumulate<DT, MM_ROWS>(d, r0, nr, xs, nt, acc);
+        mm_reduce<MM_ROWS>(acc);
+#pragma unroll
+        for (int r = 0; r < MM_ROWS; r++) {
+#pragma unroll
+            for (int t = 0; t < MM_TOK; t++) {
+                if (lane == (u32)(r * MM_TOK + t) && (u32)r < nr && (u32)t < nt)
+                    ys[(u64)pairs[begin + t0 + t] * M + r0 + r] = acc[r][t];
+            }
+        }
+    }
+}
+
+#define MOE_KERNELS(SUFFIX, DT)                                                                   \
+    extern "C" __global__ void moe_gate_up_##SUFFIX(                                              \
+        const float* x, const u8* wg, const u8* wu, u64 matrix_bytes, const u32* offsets,         \
+        const u32* active, const u32* num_active, const u32* pairs, float* act, u32 top_k, u32 K, \
+        u32 M) {                                                                                  \
+        moe_gate_up_impl<DT>(x, wg, wu, matrix_bytes, offsets, active, num_active, pairs, act,    \
+                             top_k, K, M);                                                        \
+    }                                                                                             \
+    extern "C" __global__ void moe_down_##SUFFIX(const float* act, const u8* wd, u64 matrix_bytes, \
+                                                 const u32* offsets, const u32* active,           \
+                                                 const u32* num_active, const u32* pairs,         \
+                                                 float* ys, u32 K, u32 M) {                       \
+        moe_down_impl<DT>(act, wd, matrix_bytes, offsets, active, num_active, pairs, ys, K, M);   \
+    }
+
+MOE_KERNELS(f32, DT_F32)
+MOE_KERNELS(bf16, DT_BF16)
+MOE_KERNELS(f16, DT_F16)
+MOE_KERNELS(q8_0, DT_Q8_0)
+MOE_KERNELS(q4, DT_Q4)

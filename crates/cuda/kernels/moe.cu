@@ -220,23 +220,17 @@ extern "C" __global__ void __launch_bounds__(ROUTE_BLOCK_THREADS) moe_route_bloc
 
 // Op::MoeExperts: out[t] = sum_k w[t,k] * swiglu_{ids[t,k]}(x[t]), computed per expert over the
 // tokens routed to it so that each touched expert's weights are read once, with no host round
-// trip. Four kernels:
+// trip. Four kernels, the same as the WGSL backend's (moe.wgsl and matmul.wgsl):
 //
-// moe_bucket   one block: per expert the number of (token, slot) pairs routed to it, exclusive
+// moe_group    one block: per expert the number of (token, slot) pairs routed to it, exclusive
 //              prefix sums (offsets), the ascending list of active experts and their count, and
 //              the pairs grouped by expert (pair p = t * top_k + k, ascending p within an expert).
-// moe_gate_up  act[j] = silu(x[t_j] @ Wg_e^T) * (x[t_j] @ Wu_e^T) for the j-th pair in expert
-//              order; grid (ceil(M / rows per block), max active experts): block y takes the y-th
-//              active expert and returns at once when fewer experts are active.
-// moe_down     ys[p_j] = act[j] @ Wd_e^T, stored by pair so the combine finds it.
+// moe_gate_up, moe_down   the experts' matrices over their pairs: in matmul.cu, beside the
+//              other matrix kernels.
 // moe_combine  out[t] = sum over t's slots in ascending expert id of w * ys (the reference's order).
-//
-// Expert weights of a layer are stacked: expert e's matrix starts at e * matrix_bytes.
-
-#define MOE_ROWS 2
 
 // Up to 1024 threads (one per expert).
-extern "C" __global__ void __launch_bounds__(1024) moe_bucket(const u32* ids, u32 n_pairs, u32 E, u32* offsets,
+extern "C" __global__ void __launch_bounds__(1024) moe_group(const u32* ids, u32 n_pairs, u32 E, u32* offsets,
                                       u32* active, u32* num_active, u32* pairs) {
     extern __shared__ u32 cnt[];  // [E]
     for (u32 e = threadIdx.x; e < E; e += blockDim.x) {
@@ -266,108 +260,6 @@ extern "C" __global__ void __launch_bounds__(1024) moe_bucket(const u32* ids, u3
     }
 }
 
-template <int DT>
-__device__ __forceinline__ void moe_gate_up_impl(const float* x, const u8* wg, const u8* wu,
-                                                 u64 matrix_bytes, const u32* offsets,
-                                                 const u32* active, const u32* num_active,
-                                                 const u32* pairs, float* act, u32 top_k, u32 K,
-                                                 u32 M) {
-    if (blockIdx.y >= *num_active) return;
-    const u32 e = active[blockIdx.y];
-    const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31u;
-    const u32 r0 = (blockIdx.x * MM_WARPS + warp) * MOE_ROWS;
-    if (r0 >= M) return;
-    const u32 nr = min((u32)MOE_ROWS, M - r0);
-    const u32 begin = offsets[e], count = offsets[e + 1u] - begin;
-    WMat g = {wg + (u64)e * matrix_bytes, M, K};
-    WMat u = {wu + (u64)e * matrix_bytes, M, K};
-    for (u32 t0 = 0; t0 < count; t0 += MM_TOK) {
-        const u32 nt = min((u32)MM_TOK, count - t0);
-        const float* xs[MM_TOK];
-#pragma unroll
-        for (int t = 0; t < MM_TOK; t++)
-            xs[t] = x + (u64)(pairs[begin + t0 + min((u32)t, nt - 1u)] / top_k) * K;
-        float ag[MOE_ROWS][MM_TOK], au[MOE_ROWS][MM_TOK];
-#pragma unroll
-        for (int r = 0; r < MOE_ROWS; r++) {
-#pragma unroll
-            for (int t = 0; t < MM_TOK; t++) {
-                ag[r][t] = 0.0f;
-                au[r][t] = 0.0f;
-            }
-        }
-        mm_accumulate<DT, MOE_ROWS>(g, r0, nr, xs, nt, ag);
-        mm_accumulate<DT, MOE_ROWS>(u, r0, nr, xs, nt, au);
-        mm_reduce<MOE_ROWS>(ag);
-        mm_reduce<MOE_ROWS>(au);
-#pragma unroll
-        for (int r = 0; r < MOE_ROWS; r++) {
-#pragma unroll
-            for (int t = 0; t < MM_TOK; t++) {
-                if (lane == (u32)(r * MM_TOK + t) && (u32)r < nr && (u32)t < nt)
-                    act[(u64)(begin + t0 + t) * M + r0 + r] = silu(ag[r][t]) * au[r][t];
-            }
-        }
-    }
-}
-
-template <int DT>
-__device__ __forceinline__ void moe_down_impl(const float* act, const u8* wd, u64 matrix_bytes,
-                                              const u32* offsets, const u32* active,
-                                              const u32* num_active, const u32* pairs, float* ys,
-                                              u32 K, u32 M) {
-    if (blockIdx.y >= *num_active) return;
-    const u32 e = active[blockIdx.y];
-    const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31u;
-    const u32 r0 = (blockIdx.x * MM_WARPS + warp) * MM_ROWS;
-    if (r0 >= M) return;
-    const u32 nr = min((u32)MM_ROWS, M - r0);
-    const u32 begin = offsets[e], count = offsets[e + 1u] - begin;
-    WMat d = {wd + (u64)e * matrix_bytes, M, K};
-    for (u32 t0 = 0; t0 < count; t0 += MM_TOK) {
-        const u32 nt = min((u32)MM_TOK, count - t0);
-        const float* xs[MM_TOK];
-#pragma unroll
-        for (int t = 0; t < MM_TOK; t++) xs[t] = act + (u64)(begin + t0 + min((u32)t, nt - 1u)) * K;
-        float acc[MM_ROWS][MM_TOK];
-#pragma unroll
-        for (int r = 0; r < MM_ROWS; r++) {
-#pragma unroll
-            for (int t = 0; t < MM_TOK; t++) acc[r][t] = 0.0f;
-        }
-        mm_accumulate<DT, MM_ROWS>(d, r0, nr, xs, nt, acc);
-        mm_reduce<MM_ROWS>(acc);
-#pragma unroll
-        for (int r = 0; r < MM_ROWS; r++) {
-#pragma unroll
-            for (int t = 0; t < MM_TOK; t++) {
-                if (lane == (u32)(r * MM_TOK + t) && (u32)r < nr && (u32)t < nt)
-                    ys[(u64)pairs[begin + t0 + t] * M + r0 + r] = acc[r][t];
-            }
-        }
-    }
-}
-
-#define MOE_KERNELS(SUFFIX, DT)                                                                   \
-    extern "C" __global__ void moe_gate_up_##SUFFIX(                                              \
-        const float* x, const u8* wg, const u8* wu, u64 matrix_bytes, const u32* offsets,         \
-        const u32* active, const u32* num_active, const u32* pairs, float* act, u32 top_k, u32 K, \
-        u32 M) {                                                                                  \
-        moe_gate_up_impl<DT>(x, wg, wu, matrix_bytes, offsets, active, num_active, pairs, act,    \
-                             top_k, K, M);                                                        \
-    }                                                                                             \
-    extern "C" __global__ void moe_down_##SUFFIX(const float* act, const u8* wd, u64 matrix_bytes, \
-                                                 const u32* offsets, const u32* active,           \
-                                                 const u32* num_active, const u32* pairs,         \
-                                                 float* ys, u32 K, u32 M) {                       \
-        moe_down_impl<DT>(act, wd, matrix_bytes, offsets, active, num_active, pairs, ys, K, M);   \
-    }
-
-MOE_KERNELS(f32, DT_F32)
-MOE_KERNELS(bf16, DT_BF16)
-MOE_KERNELS(f16, DT_F16)
-MOE_KERNELS(q8_0, DT_Q8_0)
-MOE_KERNELS(q4, DT_Q4)
 
 // Grid (ceil(H / 256), n), block 256.
 extern "C" __global__ void moe_combine(const float* ys, const u32* ids, const float* w, float* out,

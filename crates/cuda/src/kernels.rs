@@ -39,7 +39,7 @@ pub const SINGLE: &[&str] = &[
     "swiglu",
     "moe_route",
     "moe_route_block",
-    "moe_bucket",
+    "moe_group",
     "moe_combine",
     "take_last_rows",
     "sample",

@@ -194,7 +194,7 @@ fn greedy_row(li: u32, row: u32) {
 }
 
 @compute @workgroup_size(256)
-fn greedy(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn sample(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     greedy_row(li, wg.x);
 }
 
@@ -376,6 +376,6 @@ fn seeded_row(li: u32, row: u32) {
 }
 
 @compute @workgroup_size(256)
-fn seeded(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn sample_seeded(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     seeded_row(li, wg.x);
 }

@@ -36,8 +36,8 @@ pub enum Kernel {
     MoeRouteBlock,
     MoeGroup,
     MoeCombine,
-    Greedy,
-    Seeded,
+    Sample,
+    SampleSeeded,
 }
 
 use Bind::{Params as U, Read as R, ReadWrite as W};
@@ -53,7 +53,7 @@ impl Kernel {
             KvStore | Attention => Family::Attention,
             Add | SwiGlu | TakeLastRows => Family::Elementwise,
             MoeRoute | MoeRouteBlock | MoeGroup | MoeCombine => Family::Moe,
-            Greedy | Seeded => Family::Sample,
+            Sample | SampleSeeded => Family::Sample,
         }
     }
 
@@ -76,8 +76,8 @@ impl Kernel {
             MoeRouteBlock => "moe_route_block",
             MoeGroup => "moe_group",
             MoeCombine => "moe_combine",
-            Greedy => "greedy",
-            Seeded => "seeded",
+            Sample => "sample",
+            SampleSeeded => "sample_seeded",
         }
     }
 
@@ -97,7 +97,7 @@ impl Kernel {
             MoeRoute | MoeRouteBlock => &[(0, U), (1, R), (2, R), (3, W), (4, W), (5, W)],
             MoeGroup => &[(10, U), (11, R), (12, R), (13, W), (14, W), (15, W)],
             MoeCombine => &[(20, U), (11, R), (21, R), (22, R), (23, R), (24, W)],
-            Greedy | Seeded => &[(0, U), (1, R), (2, W)],
+            Sample | SampleSeeded => &[(0, U), (1, R), (2, W)],
         }
     }
 }

@@ -36,7 +36,7 @@ const ROUTE_BLOCK_THREADS: u32 = 1024;
 /// MAX_HEAD_DIM and MAX_TOP_K in common.cuh.
 pub const MAX_HEAD_DIM: usize = 256;
 pub const MAX_TOP_K: usize = 32;
-/// moe_bucket runs one block with a thread per expert (up to this many).
+/// moe_group runs one block with a thread per expert (up to this many).
 pub const MAX_EXPERTS: usize = 1024;
 
 /// Device addresses a recorded step reads and writes.

@@ -91,7 +91,7 @@ pub(super) fn experts(
     let e = st.count;
     let m = &b.moe;
     let mut bucket = launch(
-        "moe_bucket",
+        "moe_group",
         (1, 1, 1),
         (e.div_ceil(32) * 32).min(MAX_EXPERTS) as u32,
         vec![

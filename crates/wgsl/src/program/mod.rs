@@ -265,8 +265,8 @@ pub fn kernels_needed(
                 v.push((Kernel::MoeCombine, None));
             }
             Op::Sample { .. } => {
-                v.push((Kernel::Greedy, None));
-                v.push((Kernel::Seeded, None));
+                v.push((Kernel::Sample, None));
+                v.push((Kernel::SampleSeeded, None));
             }
         }
     }
@@ -328,7 +328,7 @@ pub fn compile(cx: &Context) -> Program {
         .enumerate()
         .map(|(i, p)| {
             let (pipeline, bind_group) = bind(p.kernel, p, i);
-            let seeded = (p.kernel == Kernel::Greedy).then(|| bind(Kernel::Seeded, p, i));
+            let seeded = (p.kernel == Kernel::Sample).then(|| bind(Kernel::SampleSeeded, p, i));
             let narrow = p.narrow.map(|(grid, rows)| {
                 let (pl, bg) = bind(Kernel::MatmulNarrow, p, i);
                 (pl, bg, grid, rows)

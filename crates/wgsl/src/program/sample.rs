@@ -7,7 +7,7 @@ use unmask_core::graph::BufId;
 pub(super) fn lower(cx: &Context, logits: BufId, o: BufId, out: &mut Vec<Pending>) {
     let vocab = cx.cols(logits);
     out.push(Pending {
-        kernel: Kernel::Greedy,
+        kernel: Kernel::Sample,
         format: None,
         buffers: vec![(1, cx.slot(logits)), (2, cx.slot(o))],
         params: (0, [vocab as u32, 0, 0, 0, 0, 0, 0, 0]),

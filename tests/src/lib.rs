@@ -146,6 +146,8 @@ pub struct Forced {
 /// A device backend built from a bare graph and its weights (the op suite's cases).
 pub struct GraphBackend {
     pub name: &'static str,
+    /// `Err(why)` for an op past the backend's limits (checked before building).
+    pub supports: fn(&Graph, &unmask_core::graph::Op) -> Result<(), String>,
     pub make: fn(Graph, &WeightStore, Forced) -> anyhow::Result<Box<dyn Backend>>,
 }
 
@@ -157,6 +159,7 @@ pub fn graph_backends() -> Vec<GraphBackend> {
     if cuda {
         v.push(GraphBackend {
             name: "cuda",
+            supports: unmask_cuda::supports,
             make: |g, store, _| {
                 let opts = unmask_cuda::CudaOptions {
                     max_positions: 4096,
@@ -174,6 +177,7 @@ pub fn graph_backends() -> Vec<GraphBackend> {
     if wgpu {
         v.push(GraphBackend {
             name: "wgpu",
+            supports: unmask_wgsl::supports,
             make: |g, store, forced| {
                 let mut opts = unmask_wgsl::WgpuOptions {
                     weight_binding_limit: forced.weight_binding_limit,

@@ -180,6 +180,12 @@ pub trait Backend {
     /// Human-readable device description ("cpu (2 threads)", an adapter name...).
     fn name(&self) -> String;
     fn step(&mut self, step: &Step) -> Result<StepOutput>;
+    /// Whether this backend can run `op` of its graph: `Err(why)` where its kernels have a
+    /// limit the op exceeds (the op suite prints "not supported (why)"). Loading a graph with
+    /// such an op fails with the same reason.
+    fn supports(&self, _op: &crate::graph::Op) -> std::result::Result<(), String> {
+        Ok(())
+    }
     /// Positions currently held in the KV cache.
     fn cached(&self) -> usize;
     /// Forgets the KV cache (a new sequence).

@@ -322,6 +322,10 @@ impl CudaBackend {
 }
 
 impl Backend for CudaBackend {
+    fn supports(&self, op: &unmask_core::graph::Op) -> std::result::Result<(), String> {
+        crate::record::supports(&self.graph, op)
+    }
+
     fn name(&self) -> String {
         let i = &self.dev.info;
         format!(

@@ -20,4 +20,5 @@ mod weights;
 
 pub use availability::{probe, DeviceInfo};
 pub use backend::{CudaBackend, CudaOptions};
+pub use record::supports;
 pub use weights::{RandomFormat, WeightFormat};

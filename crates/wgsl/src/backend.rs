@@ -438,6 +438,10 @@ struct CaptureLayout {
 }
 
 impl Backend for WgpuBackend {
+    fn supports(&self, op: &unmask_core::graph::Op) -> std::result::Result<(), String> {
+        crate::load::supports(&self.graph, op)
+    }
+
     fn name(&self) -> String {
         self.gpu.describe()
     }

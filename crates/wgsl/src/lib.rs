@@ -23,3 +23,4 @@ pub use backend::{WgpuBackend, WgpuOptions};
 #[cfg(not(target_arch = "wasm32"))]
 pub use device::{list_adapters, probe, probe_or_skip, REQUIRE_ENV};
 pub use device::{list_adapters_async, probe_async, AdapterReport, Gpu, ADAPTER_ENV};
+pub use load::supports;

@@ -25,41 +25,44 @@ fn check_shape(name: &str, t: &Tensor, want: &[usize]) -> Result<()> {
 }
 
 /// Limits of the kernels, checked at load so a model they cannot run is a clear error.
-fn check_graph(graph: &Graph) -> Result<()> {
-    let bad = |m: String| Err(Error::backend("wgpu", m));
-    for op in &graph.ops {
-        match op {
-            Op::Attention { heads, .. } | Op::QkNormRope { heads, .. } => {
-                if heads.dim > 256 {
-                    return bad(format!("head_dim {} > 256 is not supported", heads.dim));
-                }
-                if heads.kv == 0 || heads.q % heads.kv != 0 {
-                    return bad(format!(
-                        "{} query heads do not share {} kv heads evenly",
-                        heads.q, heads.kv
-                    ));
-                }
+/// Whether the WGSL kernels can run `op` (`Err(why)` past one of their limits).
+pub fn supports(_graph: &Graph, op: &Op) -> std::result::Result<(), String> {
+    match op {
+        Op::Attention { heads, .. } | Op::QkNormRope { heads, .. } => {
+            if heads.dim > 256 {
+                return Err(format!("head_dim {} > 256 is not supported", heads.dim));
             }
-            Op::MoeRoute { routing: r, .. }
-                if r.top_k == 0
-                    || r.top_k > r.num_experts
-                    || match r.block {
-                        // moe_route_block keeps one value per expert in workgroup memory.
-                        Some(b) => {
-                            r.num_experts > 1024 || b.capacity > r.num_experts || b.size == 0
-                        }
-                        None => {
-                            r.n_group == 0
-                                || r.n_group > 64
-                                || r.num_experts % r.n_group != 0
-                                || r.topk_group > r.n_group
-                        }
-                    } =>
-            {
-                return bad(format!("unsupported routing {r:?}"));
+            if heads.kv == 0 || heads.q % heads.kv != 0 {
+                return Err(format!(
+                    "{} query heads do not share {} kv heads evenly",
+                    heads.q, heads.kv
+                ));
             }
-            _ => {}
         }
+        Op::MoeRoute { routing: r, .. }
+            if r.top_k == 0
+                || r.top_k > r.num_experts
+                || match r.block {
+                    // moe_route_block keeps one value per expert in workgroup memory.
+                    Some(b) => r.num_experts > 1024 || b.capacity > r.num_experts || b.size == 0,
+                    None => {
+                        r.n_group == 0
+                            || r.n_group > 64
+                            || r.num_experts % r.n_group != 0
+                            || r.topk_group > r.n_group
+                    }
+                } =>
+        {
+            return Err(format!("unsupported routing {r:?}"));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn check_graph(graph: &Graph) -> Result<()> {
+    for op in &graph.ops {
+        supports(graph, op).map_err(|why| Error::backend("wgpu", why))?;
     }
     Ok(())
 }

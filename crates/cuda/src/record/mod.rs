@@ -166,49 +166,56 @@ pub fn route_block_shared_bytes(experts: usize) -> usize {
 }
 
 /// Limits the kernels assume, checked once at load.
+/// Whether the CUDA kernels can run `op` of `g` (`Err(why)` past one of their limits).
+pub fn supports(g: &Graph, op: &Op) -> std::result::Result<(), String> {
+    match op {
+        Op::QkNormRope { heads, .. } | Op::Attention { heads, .. } => {
+            if heads.dim > MAX_HEAD_DIM {
+                return Err(format!(
+                    "head_dim {} is above the CUDA kernels' limit of {MAX_HEAD_DIM}",
+                    heads.dim
+                ));
+            }
+            if heads.kv == 0 || heads.q % heads.kv != 0 {
+                return Err(format!(
+                    "{} query heads do not share {} KV heads evenly",
+                    heads.q, heads.kv
+                ));
+            }
+        }
+        Op::MoeRoute { routing, .. }
+            if routing.num_experts > MAX_EXPERTS || routing.top_k > MAX_TOP_K =>
+        {
+            return Err(format!(
+                "{} experts with top-{} routing is beyond the CUDA kernels' limits \
+                     ({MAX_EXPERTS} experts, top-{MAX_TOP_K})",
+                routing.num_experts, routing.top_k
+            ));
+        }
+        // Both routing kernels assume a pick always exists, and block routing a block of
+        // at least one row.
+        Op::MoeRoute { routing, .. }
+            if routing.top_k > routing.num_experts
+                || routing.block.is_some_and(|b| b.size == 0) =>
+        {
+            return Err(format!("unsupported routing {routing:?}"));
+        }
+        Op::Sample { out, .. } if g.buffer(*out).cols != SAMPLE_WORDS => {
+            return Err(format!(
+                "the samples buffer has {} words a row; the sample kernel writes \
+                     {SAMPLE_WORDS}",
+                g.buffer(*out).cols
+            ));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Every op of `g` the kernels can run, or the first one they cannot, as a CUDA error.
 pub fn check_limits(g: &Graph) -> Result<()> {
     for op in &g.ops {
-        match op {
-            Op::QkNormRope { heads, .. } | Op::Attention { heads, .. } => {
-                if heads.dim > MAX_HEAD_DIM {
-                    return Err(cuda_error(format!(
-                        "head_dim {} is above the CUDA kernels' limit of {MAX_HEAD_DIM}",
-                        heads.dim
-                    )));
-                }
-                if heads.kv == 0 || heads.q % heads.kv != 0 {
-                    return Err(cuda_error(format!(
-                        "{} query heads do not share {} KV heads evenly",
-                        heads.q, heads.kv
-                    )));
-                }
-            }
-            Op::MoeRoute { routing, .. }
-                if routing.num_experts > MAX_EXPERTS || routing.top_k > MAX_TOP_K =>
-            {
-                return Err(cuda_error(format!(
-                    "{} experts with top-{} routing is beyond the CUDA kernels' limits \
-                     ({MAX_EXPERTS} experts, top-{MAX_TOP_K})",
-                    routing.num_experts, routing.top_k
-                )));
-            }
-            // Both routing kernels assume a pick always exists, and block routing a block of
-            // at least one row.
-            Op::MoeRoute { routing, .. }
-                if routing.top_k > routing.num_experts
-                    || routing.block.is_some_and(|b| b.size == 0) =>
-            {
-                return Err(cuda_error(format!("unsupported routing {routing:?}")));
-            }
-            Op::Sample { out, .. } if g.buffer(*out).cols != SAMPLE_WORDS => {
-                return Err(cuda_error(format!(
-                    "the samples buffer has {} words a row; the sample kernel writes \
-                     {SAMPLE_WORDS}",
-                    g.buffer(*out).cols
-                )));
-            }
-            _ => {}
-        }
+        supports(g, op).map_err(cuda_error)?;
     }
     Ok(())
 }

@@ -179,6 +179,15 @@ pub fn strip_comments(src: &str) -> String {
 mod tests {
     use super::*;
 
+    /// One kernel file per op family, named as the WGSL backend's shader files are.
+    #[test]
+    fn every_op_family_has_its_kernel_file() {
+        for f in unmask_core::graph::OpFamily::ALL {
+            let file = format!("{}.cu", f.file_stem());
+            assert!(SOURCES.iter().any(|(n, _)| *n == file), "no {file}");
+        }
+    }
+
     /// Names after every `__global__ void` (past an optional `__launch_bounds__(..)`); the
     /// grouped expert kernels stamped out by `MOE_KERNELS` appear as `moe_gate_up_##SUFFIX`.
     fn defined_kernels(src: &str) -> Vec<String> {

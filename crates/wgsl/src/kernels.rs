@@ -47,8 +47,8 @@ impl Kernel {
         use Kernel::*;
         match self {
             Embed => Family::Embed,
-            RmsNorm => Family::RmsNorm,
-            Matmul | MatmulNarrow | MoeGateUp | MoeDown => Family::Matmul,
+            RmsNorm => Family::Norm,
+            Matmul | MatmulNarrow | MoeGateUp | MoeDown => Family::MatMul,
             QkNormRope => Family::Rope,
             KvStore | Attention => Family::Attention,
             Add | SwiGlu | TakeLastRows => Family::Elementwise,
@@ -143,8 +143,8 @@ impl Kernels {
             let family = kernel.family();
             let module = modules.entry((family, format)).or_insert_with(|| {
                 let label = match format {
-                    Some(f) => format!("{}.{}", family.name(), f.name()),
-                    None => family.name().to_string(),
+                    Some(f) => format!("{}.{}", family.file_stem(), f.name()),
+                    None => family.file_stem().to_string(),
                 };
                 device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(&label),

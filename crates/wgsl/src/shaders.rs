@@ -11,60 +11,25 @@ pub const FORMAT_F16: &str = include_str!("../shaders/formats/f16.wgsl");
 pub const FORMAT_Q8_0: &str = include_str!("../shaders/formats/q8_0.wgsl");
 pub const FORMAT_Q4: &str = include_str!("../shaders/formats/q4.wgsl");
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Family {
-    Embed,
-    RmsNorm,
-    Matmul,
-    Rope,
-    Attention,
-    Elementwise,
-    Moe,
-    Sample,
+/// The kernel families are core's (`OpFamily`): one WGSL file each, named by its file stem.
+pub use unmask_core::graph::OpFamily as Family;
+
+pub fn source(family: Family) -> &'static str {
+    match family {
+        Family::Embed => include_str!("../shaders/embed.wgsl"),
+        Family::Norm => include_str!("../shaders/rms_norm.wgsl"),
+        Family::MatMul => include_str!("../shaders/matmul.wgsl"),
+        Family::Rope => include_str!("../shaders/rope.wgsl"),
+        Family::Attention => include_str!("../shaders/attention.wgsl"),
+        Family::Elementwise => include_str!("../shaders/elementwise.wgsl"),
+        Family::Moe => include_str!("../shaders/moe.wgsl"),
+        Family::Sample => include_str!("../shaders/sample.wgsl"),
+    }
 }
 
-impl Family {
-    pub const ALL: [Family; 8] = [
-        Family::Embed,
-        Family::RmsNorm,
-        Family::Matmul,
-        Family::Rope,
-        Family::Attention,
-        Family::Elementwise,
-        Family::Moe,
-        Family::Sample,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Family::Embed => "embed",
-            Family::RmsNorm => "rms_norm",
-            Family::Matmul => "matmul",
-            Family::Rope => "rope",
-            Family::Attention => "attention",
-            Family::Elementwise => "elementwise",
-            Family::Moe => "moe",
-            Family::Sample => "sample",
-        }
-    }
-
-    pub fn source(self) -> &'static str {
-        match self {
-            Family::Embed => include_str!("../shaders/embed.wgsl"),
-            Family::RmsNorm => include_str!("../shaders/rms_norm.wgsl"),
-            Family::Matmul => include_str!("../shaders/matmul.wgsl"),
-            Family::Rope => include_str!("../shaders/rope.wgsl"),
-            Family::Attention => include_str!("../shaders/attention.wgsl"),
-            Family::Elementwise => include_str!("../shaders/elementwise.wgsl"),
-            Family::Moe => include_str!("../shaders/moe.wgsl"),
-            Family::Sample => include_str!("../shaders/sample.wgsl"),
-        }
-    }
-
-    /// Whether the family reads packed weight matrices (and so is built once per format).
-    pub fn reads_matrices(self) -> bool {
-        matches!(self, Family::Embed | Family::Matmul)
-    }
+/// Whether the family reads packed weight matrices (and so is built once per format).
+pub fn reads_matrices(family: Family) -> bool {
+    matches!(family, Family::Embed | Family::MatMul)
 }
 
 /// The complete WGSL of one module. `format` must be given exactly for families that read
@@ -76,7 +41,7 @@ pub fn module_source(family: Family, format: Option<WeightFormat>) -> String {
         s.push_str(f.shader());
     }
     s.push('\n');
-    s.push_str(family.source());
+    s.push_str(source(family));
     s
 }
 
@@ -84,15 +49,15 @@ pub fn module_source(family: Family, format: Option<WeightFormat>) -> String {
 pub fn all_modules() -> Vec<(String, String)> {
     let mut out = Vec::new();
     for family in Family::ALL {
-        if family.reads_matrices() {
+        if reads_matrices(family) {
             for f in WeightFormat::ALL {
                 out.push((
-                    format!("{}.{}", family.name(), f.name()),
+                    format!("{}.{}", family.file_stem(), f.name()),
                     module_source(family, Some(f)),
                 ));
             }
         } else {
-            out.push((family.name().to_string(), module_source(family, None)));
+            out.push((family.file_stem().to_string(), module_source(family, None)));
         }
     }
     out

@@ -3,9 +3,10 @@
 
 use super::{BufId, Graph, Op, WeightId};
 
-/// Kinds of op, one per kernel family: the shader files of `crates/wgsl/shaders/` and the
-/// kernel files of `crates/cuda/kernels/` are split the same way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Kinds of op, one per kernel family: the lowering modules and the shader and kernel files of
+/// both GPU backends (`crates/wgsl/shaders/`, `crates/cuda/kernels/`) are split the same way.
+/// (The expert matrices, `moe_gate_up` and `moe_down`, sit with the matrix kernels.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum OpFamily {
     Embed,
     Norm,
@@ -15,6 +16,33 @@ pub enum OpFamily {
     Elementwise,
     Moe,
     Sample,
+}
+
+impl OpFamily {
+    pub const ALL: [OpFamily; 8] = [
+        OpFamily::Embed,
+        OpFamily::Norm,
+        OpFamily::MatMul,
+        OpFamily::Rope,
+        OpFamily::Attention,
+        OpFamily::Elementwise,
+        OpFamily::Moe,
+        OpFamily::Sample,
+    ];
+
+    /// The family's file name (`matmul.wgsl`, `matmul.cu`, ...) without its extension.
+    pub fn file_stem(self) -> &'static str {
+        match self {
+            OpFamily::Embed => "embed",
+            OpFamily::Norm => "rms_norm",
+            OpFamily::MatMul => "matmul",
+            OpFamily::Rope => "rope",
+            OpFamily::Attention => "attention",
+            OpFamily::Elementwise => "elementwise",
+            OpFamily::Moe => "moe",
+            OpFamily::Sample => "sample",
+        }
+    }
 }
 
 impl Op {

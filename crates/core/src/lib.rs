@@ -17,6 +17,7 @@ pub mod model;
 pub mod quant;
 pub mod reference;
 pub mod sandbox;
+pub mod step_params;
 pub mod synthetic;
 pub mod weights;
 

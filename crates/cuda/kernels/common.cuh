@@ -17,20 +17,21 @@ typedef unsigned char u8;
 
 // Per-step scalars live in one device buffer of u32 words, written by the host before each
 // replay of a captured step: a CUDA graph keyed by the step's token count stays valid while the
-// start position, block length and sampling parameters change. `src/params.rs` mirrors these.
+// start position, block length and sampling parameters change. The layout is core's
+// `StepParams` (crates/core/src/step_params.rs); `src/params.rs` checks these against it.
 #define P_START 0
 #define P_BLOCK 1
-#define P_FIRST_OUT_POS 2
-#define P_STEP 3
-#define P_SEED_LO 4
-#define P_SEED_HI 5
-#define P_TEMPERATURE 6
-#define P_INV_TEMPERATURE 7
-#define P_TOP_K 8
-#define P_TOP_P 9
-#define P_MASK 10
-#define P_VALID_VOCAB 11
-#define P_WORDS 12
+#define P_FIRST_OUT_POS 5
+#define P_STEP 6
+#define P_SEED_LO 7
+#define P_SEED_HI 8
+#define P_TEMPERATURE 9
+#define P_INV_TEMPERATURE 10
+#define P_TOP_K 11
+#define P_TOP_P 12
+#define P_MASK 13
+#define P_VALID_VOCAB 14
+#define P_WORDS 16
 
 // Stored weight formats (`src/weights.rs` mirrors these).
 #define DT_F32 0

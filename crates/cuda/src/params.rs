@@ -2,44 +2,43 @@
 //! one device buffer, so a replay with another start position, block length or sampling setting
 //! needs only a 48-byte upload before it.
 
+use unmask_core::step_params::{StepParams, FIELDS};
 use unmask_core::Step;
 
+/// `P_*` of common.cuh: the word of each field of core's `StepParams` the kernels read.
 pub const P_START: usize = 0;
 pub const P_BLOCK: usize = 1;
-pub const P_FIRST_OUT_POS: usize = 2;
-pub const P_STEP: usize = 3;
-pub const P_SEED_LO: usize = 4;
-pub const P_SEED_HI: usize = 5;
-pub const P_TEMPERATURE: usize = 6;
-pub const P_INV_TEMPERATURE: usize = 7;
-pub const P_TOP_K: usize = 8;
-pub const P_TOP_P: usize = 9;
-pub const P_MASK: usize = 10;
-pub const P_VALID_VOCAB: usize = 11;
-pub const P_WORDS: usize = 12;
+pub const P_FIRST_OUT_POS: usize = 5;
+pub const P_STEP: usize = 6;
+pub const P_SEED_LO: usize = 7;
+pub const P_SEED_HI: usize = 8;
+pub const P_TEMPERATURE: usize = 9;
+pub const P_INV_TEMPERATURE: usize = 10;
+pub const P_TOP_K: usize = 11;
+pub const P_TOP_P: usize = 12;
+pub const P_MASK: usize = 13;
+pub const P_VALID_VOCAB: usize = 14;
+pub const P_WORDS: usize = FIELDS.len();
 
-/// The words for one step (validated by the caller).
+/// Each `P_*` and the core field it names.
+pub const NAMED: [(&str, usize, &str); 12] = [
+    ("P_START", P_START, "start"),
+    ("P_BLOCK", P_BLOCK, "block"),
+    ("P_FIRST_OUT_POS", P_FIRST_OUT_POS, "first_out_pos"),
+    ("P_STEP", P_STEP, "rng_step"),
+    ("P_SEED_LO", P_SEED_LO, "seed_lo"),
+    ("P_SEED_HI", P_SEED_HI, "seed_hi"),
+    ("P_TEMPERATURE", P_TEMPERATURE, "temperature"),
+    ("P_INV_TEMPERATURE", P_INV_TEMPERATURE, "inv_temp"),
+    ("P_TOP_K", P_TOP_K, "top_k"),
+    ("P_TOP_P", P_TOP_P, "top_p"),
+    ("P_MASK", P_MASK, "mask_id"),
+    ("P_VALID_VOCAB", P_VALID_VOCAB, "valid_vocab"),
+];
+
+/// The words for one step, run as one pass (validated by the caller).
 pub fn words(s: &Step) -> [u32; P_WORDS] {
-    let sp = &s.sampling;
-    let mut w = [0u32; P_WORDS];
-    w[P_START] = s.start as u32;
-    w[P_BLOCK] = s.block_length as u32;
-    w[P_FIRST_OUT_POS] = (s.start + s.tokens.len() - s.out_rows) as u32;
-    w[P_STEP] = sp.step;
-    w[P_SEED_LO] = sp.seed as u32;
-    w[P_SEED_HI] = (sp.seed >> 32) as u32;
-    w[P_TEMPERATURE] = sp.temperature.to_bits();
-    // The host sampler multiplies by this same f32 reciprocal.
-    w[P_INV_TEMPERATURE] = if sp.temperature > 0.0 {
-        (1.0 / sp.temperature).to_bits()
-    } else {
-        0
-    };
-    w[P_TOP_K] = sp.top_k.min(u32::MAX as usize) as u32;
-    w[P_TOP_P] = sp.top_p.to_bits();
-    w[P_MASK] = sp.mask;
-    w[P_VALID_VOCAB] = sp.valid_vocab;
-    w
+    StepParams::pass(s, 0, s.tokens.len(), s.out_rows).words()
 }
 
 #[cfg(test)]
@@ -47,29 +46,21 @@ mod tests {
     use super::*;
     use crate::kernels::SOURCES;
 
-    /// The Rust constants and the kernels' `#define`s must agree word for word.
+    /// The Rust constants, core's layout and the kernels' `#define`s agree word for word.
     #[test]
-    fn layout_matches_common_cuh() {
+    fn layout_matches_core_and_common_cuh() {
         let common = SOURCES[0].1;
-        let want = [
-            ("P_START", P_START),
-            ("P_BLOCK", P_BLOCK),
-            ("P_FIRST_OUT_POS", P_FIRST_OUT_POS),
-            ("P_STEP", P_STEP),
-            ("P_SEED_LO", P_SEED_LO),
-            ("P_SEED_HI", P_SEED_HI),
-            ("P_TEMPERATURE", P_TEMPERATURE),
-            ("P_INV_TEMPERATURE", P_INV_TEMPERATURE),
-            ("P_TOP_K", P_TOP_K),
-            ("P_TOP_P", P_TOP_P),
-            ("P_MASK", P_MASK),
-            ("P_VALID_VOCAB", P_VALID_VOCAB),
-            ("P_WORDS", P_WORDS),
-        ];
-        for (name, value) in want {
+        for (name, value, field) in NAMED {
+            assert_eq!(
+                StepParams::index_of(field),
+                Some(value),
+                "{name} is not core's {field}"
+            );
             let line = format!("#define {name} {value}\n");
             assert!(common.contains(&line), "common.cuh lacks `{}`", line.trim());
         }
+        let line = format!("#define P_WORDS {P_WORDS}\n");
+        assert!(common.contains(&line), "common.cuh lacks `{}`", line.trim());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::program::{self, Context, Grid, MoeScratch, Program, NARROW_ROWS};
 use crate::readback;
 use crate::weights::{DeviceMatrix, ExpertStacks};
 use unmask_core::backend::{Backend, Capture, Sampled, Step, StepOutput, StepStats, SAMPLE_WORDS};
+use unmask_core::step_params::StepParams;
 
 /// Bytes read back per predicted row (token, confidence, the three best ids).
 pub(crate) const ROW_BYTES: usize = SAMPLE_WORDS * 4;
@@ -42,28 +43,6 @@ impl Default for WgpuOptions {
     }
 }
 
-/// The step parameters of one chunk (`StepParams` in shaders/step.wgsl).
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-pub(crate) struct StepParamsHost {
-    n: u32,
-    start: u32,
-    out_rows: u32,
-    block: u32,
-    ids_offset: u32,
-    inv_temp: f32,
-    top_k: u32,
-    top_p: f32,
-    seed_lo: u32,
-    seed_hi: u32,
-    rng_step: u32,
-    mask_id: u32,
-    valid_vocab: u32,
-    _pad: [u32; 3],
-}
-
-const _: () = assert!(std::mem::size_of::<StepParamsHost>() as u64 == STEP_PARAMS_BYTES);
-
 pub struct WgpuBackend {
     pub(crate) gpu: Gpu,
     pub(crate) graph: Graph,
@@ -81,7 +60,7 @@ pub struct WgpuBackend {
     /// Token ids of a whole step (chunks read at their offset) and its capacity in tokens.
     pub(crate) ids: wgpu::Buffer,
     pub(crate) ids_cap: usize,
-    /// One `StepParamsHost` slot per chunk, at `params_align` strides.
+    /// One `StepParams` slot per chunk, at `params_align` strides.
     pub(crate) step_params: wgpu::Buffer,
     pub(crate) step_group: wgpu::BindGroup,
     pub(crate) chunk_cap: usize,
@@ -195,26 +174,7 @@ impl WgpuBackend {
         let align = self.params_align as usize;
         let mut params = vec![0u8; chunks.len() * align];
         for (i, c) in chunks.iter().enumerate() {
-            let u = StepParamsHost {
-                n: c.len as u32,
-                start: (s.start + c.offset) as u32,
-                out_rows: c.out as u32,
-                block: s.block_length as u32,
-                ids_offset: c.offset as u32,
-                inv_temp: if p.temperature > 0.0 {
-                    1.0 / p.temperature
-                } else {
-                    0.0
-                },
-                top_k: p.top_k.min(u32::MAX as usize) as u32,
-                top_p: p.top_p,
-                seed_lo: p.seed as u32,
-                seed_hi: (p.seed >> 32) as u32,
-                rng_step: p.step,
-                mask_id: p.mask,
-                valid_vocab: p.valid_vocab,
-                _pad: [0; 3],
-            };
+            let u = StepParams::pass(s, c.offset, c.len, c.out);
             params[i * align..i * align + STEP_PARAMS_BYTES as usize]
                 .copy_from_slice(bytemuck::bytes_of(&u));
         }

@@ -114,7 +114,7 @@ pub struct Kernels {
 }
 
 /// Bytes of the group-1 step parameters (`StepParams` in step.wgsl).
-pub const STEP_PARAMS_BYTES: u64 = 64;
+pub const STEP_PARAMS_BYTES: u64 = unmask_core::step_params::BYTES as u64;
 
 impl Kernels {
     /// Builds `wanted` (kernel, format) pairs; shader modules are shared by the entry points of

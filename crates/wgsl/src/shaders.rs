@@ -62,3 +62,30 @@ pub fn all_modules() -> Vec<(String, String)> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// step.wgsl's `StepParams` has core's fields, in core's order, one 4-byte word each.
+    #[test]
+    fn step_params_match_core_field_for_field() {
+        let body = STEP
+            .split("struct StepParams {")
+            .nth(1)
+            .and_then(|s| s.split('}').next())
+            .expect("step.wgsl declares StepParams");
+        let fields: Vec<&str> = body
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with("//") && l.contains(':'))
+            .map(|l| {
+                let (name, ty) = l.split_once(':').unwrap();
+                let ty = ty.trim().trim_end_matches(',');
+                assert!(ty == "u32" || ty == "f32", "{name}: {ty} is not one word");
+                name.trim()
+            })
+            .collect();
+        assert_eq!(fields, unmask_core::step_params::FIELDS);
+    }
+}

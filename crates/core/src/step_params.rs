@@ -1,0 +1,147 @@
+//! The per-pass scalars every device kernel reads, in one layout for both GPU backends: WGSL's
+//! `StepParams` (crates/wgsl/shaders/step.wgsl) has these fields in this order and CUDA's `P_*`
+//! words (crates/cuda/kernels/common.cuh) index them; a test on each side checks its copy
+//! against [`FIELDS`]. A pass is one dispatch of the graph over part of a step (the WGSL backend
+//! splits long steps into chunks; CUDA runs a step as one pass).
+
+use crate::backend::Step;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct StepParams {
+    /// Absolute position of the pass's first token.
+    pub start: u32,
+    /// Block length of the block-causal attention mask.
+    pub block: u32,
+    /// Tokens in this pass, at positions start .. start + n.
+    pub n: u32,
+    /// Rows whose predictions are wanted: the pass's last `out_rows` tokens.
+    pub out_rows: u32,
+    /// Where this pass's token ids start in the step's ids.
+    pub ids_offset: u32,
+    /// Position of the step's first predicted row (the sampler's RNG counter).
+    pub first_out_pos: u32,
+    /// The decoder's step counter and the seed's two halves: the counter-based RNG key.
+    pub rng_step: u32,
+    pub seed_lo: u32,
+    pub seed_hi: u32,
+    /// Sampling temperature (0 = greedy) and its f32 reciprocal, which the host sampler
+    /// multiplies by too.
+    pub temperature: f32,
+    pub inv_temp: f32,
+    /// 0 = off.
+    pub top_k: u32,
+    /// 1 = off.
+    pub top_p: f32,
+    /// Never sampled: the mask id and every id >= valid_vocab.
+    pub mask_id: u32,
+    pub valid_vocab: u32,
+    pub _pad: u32,
+}
+
+/// The field names in memory order, one u32 word each.
+pub const FIELDS: [&str; 16] = [
+    "start",
+    "block",
+    "n",
+    "out_rows",
+    "ids_offset",
+    "first_out_pos",
+    "rng_step",
+    "seed_lo",
+    "seed_hi",
+    "temperature",
+    "inv_temp",
+    "top_k",
+    "top_p",
+    "mask_id",
+    "valid_vocab",
+    "_pad",
+];
+
+pub const BYTES: usize = 64;
+const _: () = assert!(std::mem::size_of::<StepParams>() == BYTES && FIELDS.len() * 4 == BYTES);
+
+impl StepParams {
+    /// The parameters of the pass over `len` tokens of `s` from `offset`, predicting its last
+    /// `out` rows (a whole step: `offset` 0, `len` = tokens, `out` = the step's out_rows).
+    pub fn pass(s: &Step, offset: usize, len: usize, out: usize) -> Self {
+        let p = &s.sampling;
+        StepParams {
+            start: (s.start + offset) as u32,
+            block: s.block_length as u32,
+            n: len as u32,
+            out_rows: out as u32,
+            ids_offset: offset as u32,
+            first_out_pos: (s.start + s.tokens.len() - s.out_rows) as u32,
+            rng_step: p.step,
+            seed_lo: p.seed as u32,
+            seed_hi: (p.seed >> 32) as u32,
+            temperature: p.temperature,
+            inv_temp: if p.temperature > 0.0 {
+                1.0 / p.temperature
+            } else {
+                0.0
+            },
+            top_k: p.top_k.min(u32::MAX as usize) as u32,
+            top_p: p.top_p,
+            mask_id: p.mask,
+            valid_vocab: p.valid_vocab,
+            _pad: 0,
+        }
+    }
+
+    pub fn words(&self) -> [u32; 16] {
+        bytemuck::cast(*self)
+    }
+
+    /// The word index of a field (for the backends' layout checks).
+    pub fn index_of(field: &str) -> Option<usize> {
+        FIELDS.iter().position(|&f| f == field)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_words_are_the_fields_in_order() {
+        let toks = [5u32; 40];
+        let mut sp = crate::SampleParams::greedy(7, 100);
+        sp.seed = 0x1234_5678_9abc_def0;
+        sp.step = 9;
+        sp.temperature = 0.5;
+        sp.top_p = 0.9;
+        let s = Step {
+            tokens: &toks,
+            start: 64,
+            keep: 8,
+            block_length: 32,
+            out_rows: 32,
+            sampling: sp,
+            capture: Default::default(),
+        };
+        let w = StepParams::pass(&s, 0, 40, 32).words();
+        let at = |f: &str| w[StepParams::index_of(f).unwrap()];
+        assert_eq!(
+            (at("start"), at("block"), at("n"), at("out_rows")),
+            (64, 32, 40, 32)
+        );
+        assert_eq!(at("first_out_pos"), 64 + 40 - 32);
+        assert_eq!((at("seed_lo"), at("seed_hi")), (0x9abc_def0, 0x1234_5678));
+        assert_eq!(f32::from_bits(at("temperature")), 0.5);
+        assert_eq!(f32::from_bits(at("inv_temp")), 2.0);
+        assert_eq!(f32::from_bits(at("top_p")), 0.9);
+        assert_eq!(
+            (at("mask_id"), at("valid_vocab"), at("rng_step")),
+            (7, 100, 9)
+        );
+        // A later chunk of the same step.
+        let c = StepParams::pass(&s, 16, 24, 24);
+        assert_eq!(
+            (c.start, c.ids_offset, c.n, c.first_out_pos),
+            (80, 16, 24, 72)
+        );
+    }
+}

@@ -1,5 +1,5 @@
-//! The activation arena, planned once at load: every graph buffer gets a slot (a device buffer)
-//! sized for the largest chunk, and buffers whose lifetimes do not overlap share a slot. The
+//! The activation arena, planned once at load: every graph buffer gets a bin (a device buffer; "slot" is the MoE kernels' word for an entry)
+//! sized for the largest chunk, and buffers whose lifetimes do not overlap share a bin. The
 //! residual stream entering each layer, the logits and the samples stay live to the end of the
 //! step so that tests can read them back.
 
@@ -7,14 +7,14 @@ use unmask_core::graph::{BufId, Graph, Rows};
 
 pub struct ArenaPlan {
     /// Slot of each graph buffer (`None` for buffers the arena does not hold: the token ids).
-    pub slot_of: Vec<Option<usize>>,
-    /// Bytes of each slot.
-    pub slot_bytes: Vec<u64>,
+    pub bin_of: Vec<Option<usize>>,
+    /// Bytes of each bin.
+    pub bin_bytes: Vec<u64>,
 }
 
 impl ArenaPlan {
     pub fn total_bytes(&self) -> u64 {
-        self.slot_bytes.iter().sum()
+        self.bin_bytes.iter().sum()
     }
 }
 
@@ -28,46 +28,43 @@ pub fn buffer_bytes(graph: &Graph, b: BufId, rows: usize) -> u64 {
     (rows * d.cols * 4) as u64
 }
 
-/// Interval allocation in op order: a buffer's slot is free again after the last op that uses
-/// it; a new buffer takes the smallest free slot that fits, else grows the largest free slot,
+/// Interval allocation in op order: a buffer's bin is free again after the last op that uses
+/// it; a new buffer takes the smallest free bin that fits, else grows the largest free bin,
 /// else opens a new one.
 pub fn plan(graph: &Graph, rows: usize) -> ArenaPlan {
     let nb = graph.buffers.len();
     let life = graph.lifetimes(&graph.host_outputs());
-    let mut slot_of = vec![None; nb];
-    let mut slot_bytes: Vec<u64> = Vec::new();
+    let mut bin_of = vec![None; nb];
+    let mut bin_bytes: Vec<u64> = Vec::new();
     let mut busy_until: Vec<usize> = Vec::new();
     for (i, op) in graph.ops.iter().enumerate() {
         for b in op.writes() {
-            if slot_of[b.0].is_some() || b == graph.input_ids {
+            if bin_of[b.0].is_some() || b == graph.input_ids {
                 continue;
             }
             let need = buffer_bytes(graph, b, rows).max(4);
-            let free: Vec<usize> = (0..slot_bytes.len())
+            let free: Vec<usize> = (0..bin_bytes.len())
                 .filter(|&s| busy_until[s] < i)
                 .collect();
             let fit = free
                 .iter()
                 .copied()
-                .filter(|&s| slot_bytes[s] >= need)
-                .min_by_key(|&s| slot_bytes[s]);
-            let s = match fit.or_else(|| free.iter().copied().max_by_key(|&s| slot_bytes[s])) {
+                .filter(|&s| bin_bytes[s] >= need)
+                .min_by_key(|&s| bin_bytes[s]);
+            let s = match fit.or_else(|| free.iter().copied().max_by_key(|&s| bin_bytes[s])) {
                 Some(s) => s,
                 None => {
-                    slot_bytes.push(0);
+                    bin_bytes.push(0);
                     busy_until.push(0);
-                    slot_bytes.len() - 1
+                    bin_bytes.len() - 1
                 }
             };
-            slot_bytes[s] = slot_bytes[s].max(need);
+            bin_bytes[s] = bin_bytes[s].max(need);
             busy_until[s] = life[b.0].map_or(i, |(_, last)| last);
-            slot_of[b.0] = Some(s);
+            bin_of[b.0] = Some(s);
         }
     }
-    ArenaPlan {
-        slot_of,
-        slot_bytes,
-    }
+    ArenaPlan { bin_of, bin_bytes }
 }
 
 #[cfg(test)]
@@ -76,7 +73,7 @@ mod tests {
     use unmask_core::synthetic::shape_config;
 
     #[test]
-    fn live_buffers_never_share_a_slot_and_reuse_saves_memory() {
+    fn live_buffers_never_share_a_bin_and_reuse_saves_memory() {
         let mut c = shape_config("tiny").unwrap();
         c.num_hidden_layers = 3;
         let g = unmask_core::model::llada2::build(&c);
@@ -85,12 +82,12 @@ mod tests {
         let life = g.lifetimes(&g.host_outputs());
         for a in 0..g.buffers.len() {
             for b in a + 1..g.buffers.len() {
-                if let (Some(sa), Some(sb)) = (p.slot_of[a], p.slot_of[b]) {
+                if let (Some(sa), Some(sb)) = (p.bin_of[a], p.bin_of[b]) {
                     let ((fa, la), (fb, lb)) = (life[a].unwrap(), life[b].unwrap());
                     let overlap = fa <= lb && fb <= la;
                     assert!(
                         !(sa == sb && overlap),
-                        "{} and {} share slot {sa} while both live",
+                        "{} and {} share bin {sa} while both live",
                         g.buffers[a].name,
                         g.buffers[b].name
                     );
@@ -98,7 +95,7 @@ mod tests {
             }
             if BufId(a) != g.input_ids {
                 let need = buffer_bytes(&g, BufId(a), 32);
-                assert!(p.slot_bytes[p.slot_of[a].unwrap()] >= need);
+                assert!(p.bin_bytes[p.bin_of[a].unwrap()] >= need);
             }
         }
         let naive: u64 = (0..g.buffers.len())

@@ -48,7 +48,7 @@ pub struct WgpuBackend {
     pub(crate) graph: Graph,
     pub(crate) kernels: Kernels,
     pub(crate) arena: ArenaPlan,
-    pub(crate) slots: Vec<wgpu::Buffer>,
+    pub(crate) bins: Vec<wgpu::Buffer>,
     pub(crate) matrices: Vec<Option<DeviceMatrix>>,
     pub(crate) vectors: Vec<Option<wgpu::Buffer>>,
     pub(crate) op_experts: Vec<Option<ExpertStacks>>,
@@ -60,7 +60,7 @@ pub struct WgpuBackend {
     /// Token ids of a whole step (chunks read at their offset) and its capacity in tokens.
     pub(crate) ids: wgpu::Buffer,
     pub(crate) ids_cap: usize,
-    /// One `StepParams` slot per chunk, at `params_align` strides.
+    /// One `StepParams` entry per chunk, at `params_align` strides.
     pub(crate) step_params: wgpu::Buffer,
     pub(crate) step_group: wgpu::BindGroup,
     pub(crate) chunk_cap: usize,
@@ -83,7 +83,7 @@ impl WgpuBackend {
             kernels: &self.kernels,
             graph: &self.graph,
             arena: &self.arena,
-            slots: &self.slots,
+            bins: &self.bins,
             ids: &self.ids,
             matrices: &self.matrices,
             vectors: &self.vectors,
@@ -165,7 +165,7 @@ impl WgpuBackend {
             uploaded += table_bytes;
         }
 
-        // Per-step uploads: the ids and one parameter slot per chunk.
+        // Per-step uploads: the ids and one parameter entry per chunk.
         self.gpu
             .queue
             .write_buffer(&self.ids, 0, bytemuck::cast_slice(s.tokens));
@@ -239,7 +239,7 @@ impl WgpuBackend {
                 }
             }
             if c.out > 0 && self.has(self.graph.samples) {
-                let samples = self.slot(self.graph.samples);
+                let samples = self.buffer_of(self.graph.samples);
                 encoder.copy_buffer_to_buffer(
                     samples,
                     0,
@@ -257,7 +257,7 @@ impl WgpuBackend {
                     };
                     if rows > 0 {
                         encoder.copy_buffer_to_buffer(
-                            self.slot(*b),
+                            self.buffer_of(*b),
                             0,
                             buf,
                             base + (before * d.cols * 4) as u64,
@@ -317,11 +317,11 @@ impl WgpuBackend {
 
     /// Whether a graph buffer is computed (a graph for tests may have no sampler, say).
     fn has(&self, b: unmask_core::graph::BufId) -> bool {
-        self.arena.slot_of[b.0].is_some()
+        self.arena.bin_of[b.0].is_some()
     }
 
-    fn slot(&self, b: unmask_core::graph::BufId) -> &wgpu::Buffer {
-        &self.slots[self.arena.slot_of[b.0].expect("arena buffer")]
+    fn buffer_of(&self, b: unmask_core::graph::BufId) -> &wgpu::Buffer {
+        &self.bins[self.arena.bin_of[b.0].expect("arena buffer")]
     }
 
     /// Where each captured buffer lands in the capture readback: logits, then the hidden states.

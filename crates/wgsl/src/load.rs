@@ -189,10 +189,10 @@ impl WgpuBackend {
                 } => {
                     let d = heads.dim;
                     let mut v = vec![0f32; 2 * d];
-                    for (slot, w) in [(0, q_norm), (1, k_norm)] {
+                    for (which, w) in [(0, q_norm), (1, k_norm)] {
                         if let Some(w) = w {
                             let t = tensor(*w)?;
-                            v[slot * d..(slot + 1) * d].copy_from_slice(&t.to_f32());
+                            v[which * d..(which + 1) * d].copy_from_slice(&t.to_f32());
                             tick(&mut done);
                         }
                     }
@@ -275,8 +275,8 @@ impl WgpuBackend {
         }
 
         let arena = arena::plan(&graph, max_tokens);
-        let slots: Vec<wgpu::Buffer> = arena
-            .slot_bytes
+        let bins: Vec<wgpu::Buffer> = arena
+            .bin_bytes
             .iter()
             .map(|&b| storage(&device, "arena", b, wgpu::BufferUsages::COPY_SRC))
             .collect();
@@ -367,7 +367,7 @@ impl WgpuBackend {
             kernels: &kernels,
             graph: &graph,
             arena: &arena,
-            slots: &slots,
+            bins: &bins,
             ids: &ids,
             matrices: &matrices,
             vectors: &vectors,
@@ -383,7 +383,7 @@ impl WgpuBackend {
             graph,
             kernels,
             arena,
-            slots,
+            bins,
             matrices,
             vectors,
             op_experts,

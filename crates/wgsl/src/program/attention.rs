@@ -27,7 +27,7 @@ pub(super) fn lower(
         kernel: Kernel::KvStore,
         format: None,
         buffers: vec![
-            (1, cx.slot(qkv)),
+            (1, cx.buffer_of(qkv)),
             (2, cx.kv.k[layer].clone()),
             (3, cx.kv.v[layer].clone()),
         ],
@@ -43,10 +43,10 @@ pub(super) fn lower(
         kernel: Kernel::Attention,
         format: None,
         buffers: vec![
-            (1, cx.slot(qkv)),
+            (1, cx.buffer_of(qkv)),
             (4, cx.kv.k[layer].clone()),
             (5, cx.kv.v[layer].clone()),
-            (6, cx.slot(o)),
+            (6, cx.buffer_of(o)),
         ],
         params: (0, params),
         grid: Grid::Direct(Extent::Fixed(heads.q as u32), Extent::Tokens(1)),

@@ -17,7 +17,11 @@ pub(super) fn lower_binary(
     out.push(Pending {
         kernel,
         format: None,
-        buffers: vec![(1, cx.slot(a)), (2, cx.slot(b)), (3, cx.slot(o))],
+        buffers: vec![
+            (1, cx.buffer_of(a)),
+            (2, cx.buffer_of(b)),
+            (3, cx.buffer_of(o)),
+        ],
         params: (0, [cols as u32, 0, 0, 0, 0, 0, 0, 0]),
         grid: Grid::Direct(
             Extent::Fixed((cols as u32).div_ceil(256)),
@@ -33,7 +37,7 @@ pub(super) fn lower_take_last_rows(cx: &Context, x: BufId, o: BufId, out: &mut V
     out.push(Pending {
         kernel: Kernel::TakeLastRows,
         format: None,
-        buffers: vec![(1, cx.slot(x)), (3, cx.slot(o))],
+        buffers: vec![(1, cx.buffer_of(x)), (3, cx.buffer_of(o))],
         params: (0, [cols as u32, 0, 0, 0, 0, 0, 0, 0]),
         grid: Grid::Direct(Extent::Fixed((cols as u32).div_ceil(256)), Extent::Out(1)),
         needs_out: true,

@@ -10,7 +10,11 @@ pub(super) fn lower(cx: &Context, ids: BufId, table: WeightId, o: BufId, out: &m
         out.push(Pending {
             kernel: Kernel::Embed,
             format: Some(m.format),
-            buffers: vec![(1, part.buffer.clone()), (2, cx.slot(ids)), (3, cx.slot(o))],
+            buffers: vec![
+                (1, part.buffer.clone()),
+                (2, cx.buffer_of(ids)),
+                (3, cx.buffer_of(o)),
+            ],
             params: (
                 0,
                 [

@@ -11,7 +11,11 @@ pub(super) fn lower(cx: &Context, x: BufId, weight: WeightId, o: BufId, out: &mu
         out.push(Pending {
             kernel: Kernel::Matmul,
             format: Some(m.format),
-            buffers: vec![(1, part.buffer.clone()), (2, cx.slot(x)), (3, cx.slot(o))],
+            buffers: vec![
+                (1, part.buffer.clone()),
+                (2, cx.buffer_of(x)),
+                (3, cx.buffer_of(o)),
+            ],
             params: (
                 0,
                 [

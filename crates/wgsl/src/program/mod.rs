@@ -103,7 +103,8 @@ pub struct Context<'a> {
     pub kernels: &'a Kernels,
     pub graph: &'a Graph,
     pub arena: &'a ArenaPlan,
-    pub slots: &'a [wgpu::Buffer],
+    /// The arena's bins (device buffers shared by graph buffers of disjoint lifetimes).
+    pub bins: &'a [wgpu::Buffer],
     pub ids: &'a wgpu::Buffer,
     /// Matrices by weight id (embedding tables and linear layers).
     pub matrices: &'a [Option<DeviceMatrix>],
@@ -143,12 +144,12 @@ fn f(v: f32) -> u32 {
 }
 
 impl Context<'_> {
-    fn slot(&self, b: BufId) -> wgpu::Buffer {
+    fn buffer_of(&self, b: BufId) -> wgpu::Buffer {
         if b == self.graph.input_ids {
             return self.ids.clone();
         }
-        let s = self.arena.slot_of[b.0].expect("every written buffer has a slot");
-        self.slots[s].clone()
+        let s = self.arena.bin_of[b.0].expect("every written buffer has a bin");
+        self.bins[s].clone()
     }
 
     fn rows(&self, b: BufId) -> Rows {

@@ -31,11 +31,11 @@ pub(super) fn lower_route(
         kernel,
         format: None,
         buffers: vec![
-            (1, cx.slot(logits)),
+            (1, cx.buffer_of(logits)),
             (2, bias_buf),
             (3, moe.scores.clone()),
-            (4, cx.slot(ids)),
-            (5, cx.slot(weights)),
+            (4, cx.buffer_of(ids)),
+            (5, cx.buffer_of(weights)),
         ],
         params: (
             0,
@@ -77,7 +77,7 @@ pub(super) fn lower_experts(
         kernel: Kernel::MoeGroup,
         format: None,
         buffers: vec![
-            (11, cx.slot(ids)),
+            (11, cx.buffer_of(ids)),
             (12, ex.bounds_buffer.clone()),
             (13, moe.counters.clone()),
             (14, moe.slots.clone()),
@@ -108,7 +108,7 @@ pub(super) fn lower_experts(
             format: Some(ex.format),
             buffers: vec![
                 (1, ex.gate_up[p].clone()),
-                (2, cx.slot(x)),
+                (2, cx.buffer_of(x)),
                 (3, moe.act.clone()),
                 (5, moe.plan.clone()),
                 (6, moe.slots.clone()),
@@ -164,11 +164,11 @@ pub(super) fn lower_experts(
         kernel: Kernel::MoeCombine,
         format: None,
         buffers: vec![
-            (11, cx.slot(ids)),
-            (21, cx.slot(weights)),
+            (11, cx.buffer_of(ids)),
+            (21, cx.buffer_of(weights)),
             (22, moe.slots.clone()),
             (23, moe.y.clone()),
-            (24, cx.slot(o)),
+            (24, cx.buffer_of(o)),
         ],
         params: (
             20,

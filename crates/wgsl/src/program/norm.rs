@@ -19,9 +19,9 @@ pub(super) fn lower(
         kernel: Kernel::RmsNorm,
         format: None,
         buffers: vec![
-            (1, cx.slot(x)),
+            (1, cx.buffer_of(x)),
             (2, cx.vectors[weight.0].clone().expect("uploaded vector")),
-            (3, cx.slot(o)),
+            (3, cx.buffer_of(o)),
         ],
         params: (0, [d as u32, groups as u32, f(eps), 0, 0, 0, 0, 0]),
         grid: Grid::Direct(Extent::Fixed(groups as u32), Extent::of(cx.rows(x), 1)),

@@ -30,7 +30,7 @@ pub(super) fn lower(cx: &Context, index: usize, r: Rope, out: &mut Vec<Pending>)
         kernel: Kernel::QkNormRope,
         format: None,
         buffers: vec![
-            (1, cx.slot(qkv)),
+            (1, cx.buffer_of(qkv)),
             (2, norms),
             (
                 3,

@@ -9,7 +9,7 @@ pub(super) fn lower(cx: &Context, logits: BufId, o: BufId, out: &mut Vec<Pending
     out.push(Pending {
         kernel: Kernel::Sample,
         format: None,
-        buffers: vec![(1, cx.slot(logits)), (2, cx.slot(o))],
+        buffers: vec![(1, cx.buffer_of(logits)), (2, cx.buffer_of(o))],
         params: (0, [vocab as u32, 0, 0, 0, 0, 0, 0, 0]),
         grid: Grid::Direct(Extent::Out(1), Extent::Fixed(1)),
         needs_out: true,

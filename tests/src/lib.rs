@@ -75,7 +75,7 @@ fn make_cuda(m: &Model) -> anyhow::Result<Box<dyn Backend>> {
 }
 
 fn make_wgpu(m: &Model) -> anyhow::Result<Box<dyn Backend>> {
-    Ok(Box::new(unmask_wgsl::WgpuBackend::new(
+    Ok(Box::new(unmask_wgpu::WgpuBackend::new(
         m.graph.clone(),
         &m.weights,
         &Default::default(),
@@ -109,7 +109,7 @@ fn devices_here() -> (bool, bool) {
         }
     };
     // wgpu: any adapter (`UNMASK_ADAPTER` picks one); CI runs it on lavapipe.
-    let wgpu = unmask_wgsl::probe_or_skip().is_some();
+    let wgpu = unmask_wgpu::probe_or_skip().is_some();
     (cuda, wgpu)
 }
 
@@ -177,16 +177,16 @@ pub fn graph_backends() -> Vec<GraphBackend> {
     if wgpu {
         v.push(GraphBackend {
             name: "wgpu",
-            supports: unmask_wgsl::supports,
+            supports: unmask_wgpu::supports,
             make: |g, store, forced| {
-                let mut opts = unmask_wgsl::WgpuOptions {
+                let mut opts = unmask_wgpu::WgpuOptions {
                     weight_binding_limit: forced.weight_binding_limit,
                     ..Default::default()
                 };
                 if let Some(n) = forced.max_tokens {
                     opts.max_tokens = n;
                 }
-                Ok(Box::new(unmask_wgsl::WgpuBackend::new(
+                Ok(Box::new(unmask_wgpu::WgpuBackend::new(
                     g,
                     store,
                     &opts,

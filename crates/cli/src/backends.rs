@@ -121,7 +121,7 @@ fn try_wgpu(
     weights: &WeightStore,
     adapter: Option<&str>,
 ) -> Result<(Box<dyn Backend>, String), String> {
-    let report = unmask_wgsl::probe(adapter)
+    let report = unmask_wgpu::probe(adapter)
         .map_err(|e| e.to_string().replace("backend wgpu: ", "no wgpu: "))?;
     let kind = if report.is_cpu {
         "no hardware GPU adapter, so the CPU adapter"
@@ -136,14 +136,14 @@ fn wgpu(
     graph: &Graph,
     weights: &WeightStore,
     adapter: Option<&str>,
-) -> Result<unmask_wgsl::WgpuBackend> {
+) -> Result<unmask_wgpu::WgpuBackend> {
     let mut bar = LazyBar::new("loading weights to the GPU");
-    let opts = unmask_wgsl::WgpuOptions {
+    let opts = unmask_wgpu::WgpuOptions {
         adapter: adapter.map(str::to_string),
         ..Default::default()
     };
     let b =
-        unmask_wgsl::WgpuBackend::new(graph.clone(), weights, &opts, &mut |d, t| bar.update(d, t));
+        unmask_wgpu::WgpuBackend::new(graph.clone(), weights, &opts, &mut |d, t| bar.update(d, t));
     bar.finish();
     Ok(b?)
 }

@@ -174,7 +174,7 @@ fn mini_shape_two_layers_reports_sane_json() {
 /// and skips the optional parts.
 #[test]
 fn mini_shape_two_layers_on_wgpu() {
-    if unmask_wgsl::probe_or_skip().is_none() {
+    if unmask_wgpu::probe_or_skip().is_none() {
         return;
     }
     let _one_at_a_time = MINI.lock().unwrap_or_else(|e| e.into_inner());

@@ -13,7 +13,7 @@ use unmask_core::model::llada2;
 use unmask_core::{
     Backend, ChatTokenizer, Config, Message, ReferenceBackend, SpecialIds, Step, StepOutput,
 };
-use unmask_wgsl::{WgpuBackend, WgpuOptions};
+use unmask_wgpu::{WgpuBackend, WgpuOptions};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{future_to_promise, JsFuture};
 

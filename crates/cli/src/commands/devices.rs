@@ -23,8 +23,8 @@ fn human(bytes: u64) -> Option<String> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let adapters = unmask_wgsl::list_adapters();
-    let probe = unmask_wgsl::probe(args.adapter.as_deref());
+    let adapters = unmask_wgpu::list_adapters();
+    let probe = unmask_wgpu::probe(args.adapter.as_deref());
     let chosen = probe.as_ref().ok();
     if args.json {
         let list: Vec<serde_json::Value> = adapters

@@ -4,7 +4,7 @@
 use super::{BufId, Graph, Op, WeightId};
 
 /// Kinds of op, one per kernel family: the lowering modules and the shader and kernel files of
-/// both GPU backends (`crates/wgsl/shaders/`, `crates/cuda/kernels/`) are split the same way.
+/// both GPU backends (`crates/wgpu/shaders/`, `crates/cuda/kernels/`) are split the same way.
 /// (The expert matrices, `moe_gate_up` and `moe_down`, sit with the matrix kernels.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum OpFamily {

@@ -2,7 +2,7 @@
 //! one times a step of a small graph whose first op embeds rows (the only way data enters a
 //! graph) followed by the op under test, so every figure includes a step's fixed cost (ids
 //! upload, one submission, the samples readback). `step_overhead` is that cost alone.
-//! `cargo bench -p unmask-wgsl --bench ops`; without an adapter it prints `wgpu: SKIPPED`.
+//! `cargo bench -p unmask-wgpu --bench ops`; without an adapter it prints `wgpu: SKIPPED`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use unmask_core::backend::{Backend, Capture, SampleParams, Step};
@@ -12,7 +12,7 @@ use unmask_core::graph::{
 use unmask_core::quant::quantize_tensor;
 use unmask_core::synthetic::SplitMix;
 use unmask_core::weights::{DType, Tensor, WeightStore};
-use unmask_wgsl::{WgpuBackend, WgpuOptions};
+use unmask_wgpu::{WgpuBackend, WgpuOptions};
 
 const HIDDEN: usize = 2048;
 const HEADS: Heads = Heads {
@@ -291,7 +291,7 @@ fn sampling(c: &mut Criterion) {
 }
 
 fn all(c: &mut Criterion) {
-    if let Err(e) = unmask_wgsl::probe(None) {
+    if let Err(e) = unmask_wgpu::probe(None) {
         eprintln!("wgpu: SKIPPED ({e})");
         return;
     }

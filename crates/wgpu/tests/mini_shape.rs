@@ -9,13 +9,13 @@ use unmask_core::model::llada2;
 use unmask_core::synthetic::{random_weights, shape_config};
 use unmask_core::weights::DType;
 use unmask_core::ReferenceBackend;
-use unmask_wgsl::{WgpuBackend, WgpuOptions};
+use unmask_wgpu::{WgpuBackend, WgpuOptions};
 
 const LIMIT: u64 = 128 << 20;
 
 #[test]
 fn mini_shaped_logits_match_the_reference_with_split_bindings() {
-    let Some(adapter) = unmask_wgsl::probe_or_skip() else {
+    let Some(adapter) = unmask_wgpu::probe_or_skip() else {
         return;
     };
     let mut c = shape_config("mini").unwrap();

@@ -3,7 +3,7 @@
 
 use naga::back::{hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
-use unmask_wgsl::shaders::all_modules;
+use unmask_wgpu::shaders::all_modules;
 
 fn validate(label: &str, source: &str) -> (naga::Module, naga::valid::ModuleInfo) {
     let module = naga::front::wgsl::parse_str(source)

@@ -5,7 +5,7 @@
 use unmask_core::quant::{quantize, QuantFormat};
 use unmask_core::synthetic::SplitMix;
 use unmask_core::weights::{DType, Tensor};
-use unmask_wgsl::format::WeightFormat;
+use unmask_wgpu::format::WeightFormat;
 
 fn packed(f: QuantFormat, rows: usize, cols: usize, rng: &mut SplitMix) -> Tensor {
     let v: Vec<f32> = (0..rows * cols).map(|_| rng.normal(1.0)).collect();

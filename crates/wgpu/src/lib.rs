@@ -1,4 +1,4 @@
-//! unmask-wgsl: the LLaDA2 step on wgpu (Vulkan, Metal, DX12, WebGPU).
+//! unmask-wgpu: the LLaDA2 step on wgpu (Vulkan, Metal, DX12, WebGPU).
 //!
 //! The graph of `unmask_core::model::llada2` is compiled at load into pipelines
 //! ([`kernels`]), weights split to fit storage bindings ([`weights`], [`format`]), an activation

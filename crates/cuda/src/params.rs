@@ -62,31 +62,4 @@ mod tests {
         let line = format!("#define P_WORDS {P_WORDS}\n");
         assert!(common.contains(&line), "common.cuh lacks `{}`", line.trim());
     }
-
-    #[test]
-    fn words_carry_the_step() {
-        let toks = [5u32; 40];
-        let mut sp = unmask_core::SampleParams::greedy(7, 100);
-        sp.seed = 0x1234_5678_9abc_def0;
-        sp.step = 9;
-        sp.temperature = 0.5;
-        sp.top_p = 0.9;
-        let s = Step {
-            tokens: &toks,
-            start: 64,
-            keep: 8,
-            block_length: 32,
-            out_rows: 32,
-            sampling: sp,
-            capture: Default::default(),
-        };
-        let w = words(&s);
-        assert_eq!(w[P_START], 64);
-        assert_eq!(w[P_FIRST_OUT_POS], 64 + 40 - 32);
-        assert_eq!(w[P_SEED_LO], 0x9abc_def0);
-        assert_eq!(w[P_SEED_HI], 0x1234_5678);
-        assert_eq!(f32::from_bits(w[P_INV_TEMPERATURE]), 2.0);
-        assert_eq!(f32::from_bits(w[P_TOP_P]), 0.9);
-        assert_eq!((w[P_MASK], w[P_VALID_VOCAB], w[P_STEP]), (7, 100, 9));
-    }
 }

@@ -23,7 +23,12 @@ pub enum Refusal {
 impl Refusal {
     pub fn api_error(&self, limits: &HttpLimits) -> ApiError {
         let (status, code, message) = match self {
-            Refusal::Closed => (StatusCode::BAD_REQUEST, "bad_request", "closed".into()),
+            // Never sent (the client is gone); listed so every refusal has its error.
+            Refusal::Closed => (
+                StatusCode::BAD_REQUEST,
+                "connection_closed",
+                "the connection closed before a whole request head".into(),
+            ),
             Refusal::Timeout => (
                 StatusCode::REQUEST_TIMEOUT,
                 "request_timeout",

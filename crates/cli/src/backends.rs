@@ -114,8 +114,9 @@ fn cuda(config: &Config, graph: &Graph, weights: &WeightStore) -> Result<unmask_
     Ok(b?)
 }
 
-/// `auto`'s second choice: a wgpu adapter, hardware before software (lavapipe). Returns the
-/// backend and what was chosen, or why none was.
+/// `auto`'s second choice: a hardware wgpu adapter. A software one (llvmpipe, SwiftShader) is
+/// about 20x slower than `cpu`, so `auto` takes it only when it was asked for by name
+/// (`--adapter`, `UNMASK_ADAPTER`). Returns the backend and what was chosen, or why none was.
 fn try_wgpu(
     graph: &Graph,
     weights: &WeightStore,
@@ -123,8 +124,17 @@ fn try_wgpu(
 ) -> Result<(Box<dyn Backend>, String), String> {
     let report = unmask_wgpu::probe(adapter)
         .map_err(|e| e.to_string().replace("backend wgpu: ", "no wgpu: "))?;
+    let named =
+        adapter.is_some() || std::env::var(unmask_wgpu::ADAPTER_ENV).is_ok_and(|s| !s.is_empty());
+    if report.is_cpu && !named {
+        return Err(format!(
+            "no hardware GPU adapter (only the software adapter {}, slower than cpu; \
+             --backend wgpu or --adapter takes it)",
+            report.name
+        ));
+    }
     let kind = if report.is_cpu {
-        "no hardware GPU adapter, so the CPU adapter"
+        "the software adapter asked for,"
     } else {
         "a hardware GPU adapter"
     };

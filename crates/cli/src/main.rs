@@ -37,6 +37,7 @@ enum Command {
 }
 
 fn main() {
+    quiet_mesa();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("UNMASK_LOG")
@@ -59,3 +60,28 @@ fn main() {
         std::process::exit(1);
     }
 }
+
+/// Mesa's Vulkan drivers print "XDG_RUNTIME_DIR is invalid or not set in the environment" on
+/// every start where it is missing (servers, containers, CI). A private runtime directory for
+/// this process keeps that off the user's terminal. Runs first in `main`, before any thread.
+#[cfg(target_os = "linux")]
+fn quiet_mesa() {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| std::path::Path::new(&d).is_dir()) {
+        return;
+    }
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("unmask-runtime-{uid}"));
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    // Only a directory of our own that nobody else may enter (not one planted by another user).
+    let ours = std::fs::symlink_metadata(&dir)
+        .is_ok_and(|m| m.is_dir() && m.uid() == uid && m.permissions().mode() & 0o077 == 0);
+    if ours {
+        std::env::set_var("XDG_RUNTIME_DIR", &dir);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn quiet_mesa() {}

@@ -78,6 +78,8 @@ pub struct CudaBackend {
     steps: HashMap<(usize, usize), Recorded>,
     clock: u64,
     cached: usize,
+    /// Token ids must be below this (the graph's, computed once).
+    token_rows: usize,
     last_tokens: usize,
     stats: StepStats,
 }
@@ -154,6 +156,7 @@ impl CudaBackend {
             steps: HashMap::new(),
             clock: 0,
             cached: 0,
+            token_rows: graph.token_rows(),
             last_tokens: 0,
             stats: StepStats::default(),
             life,
@@ -347,7 +350,7 @@ impl Backend for CudaBackend {
     }
 
     fn step(&mut self, s: &Step) -> Result<StepOutput> {
-        s.check(self.cached, self.graph.token_rows())?;
+        s.check(self.cached, self.token_rows)?;
         // Block routing reads routing block b as rows b * size.. of the step.
         self.graph.check_routing_start(s.start)?;
         let (n, out) = (s.tokens.len(), s.out_rows);

@@ -20,6 +20,8 @@ pub struct ReferenceBackend {
     k_cache: Vec<Vec<f32>>,
     v_cache: Vec<Vec<f32>>,
     cached: usize,
+    /// Token ids must be below this (the graph's, computed once).
+    token_rows: usize,
     f: Vec<Vec<f32>>,
     u: Vec<Vec<u32>>,
     inv_freq: Vec<Vec<f32>>,
@@ -60,6 +62,7 @@ impl ReferenceBackend {
             v_cache: vec![Vec::new(); graph.num_layers],
             weights,
             cached: 0,
+            token_rows: graph.token_rows(),
             f: vec![Vec::new(); nb],
             u: vec![Vec::new(); nb],
             inv_freq,
@@ -109,7 +112,7 @@ impl Backend for ReferenceBackend {
     }
 
     fn step(&mut self, s: &Step) -> Result<StepOutput> {
-        s.check(self.cached, self.graph.token_rows())?;
+        s.check(self.cached, self.token_rows)?;
         let mut dispatches = 0;
         let ops = std::mem::take(&mut self.graph.ops);
         let result = (|| {

@@ -179,7 +179,7 @@ impl CudaBackend {
     fn grow_tokens(&mut self, tokens: usize) -> Result<usize> {
         let g = &self.graph;
         let sizes: Vec<usize> = (0..g.buffers.len())
-            .map(|i| plan::buffer_bytes(g, BufId(i), tokens, tokens))
+            .map(|i| g.buffer_bytes(BufId(i), tokens, tokens))
             .collect();
         let (offsets, total) = plan::assign(&sizes, &self.life);
         let arena = self.dev.alloc(total)?;

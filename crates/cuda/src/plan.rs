@@ -3,7 +3,7 @@
 //! memory, which cuts a 20-layer model's activations about twentyfold; buffers the host reads
 //! after a step (samples, logits, hidden states, routing) live to the end.
 
-use unmask_core::graph::{BufId, Graph, Op, Rows};
+use unmask_core::graph::{Graph, Op};
 
 /// Offsets are multiples of this (vector loads want 16 bytes; 256 keeps every buffer on its own
 /// cache lines).
@@ -20,16 +20,6 @@ pub fn lifetimes(g: &Graph) -> Vec<Option<(usize, usize)>> {
         _ => None,
     }));
     g.lifetimes(&keep)
-}
-
-/// Bytes of a buffer for `tokens` window rows and `out` predicted rows.
-pub fn buffer_bytes(g: &Graph, b: BufId, tokens: usize, out: usize) -> usize {
-    let d = g.buffer(b);
-    let rows = match d.rows {
-        Rows::Tokens => tokens,
-        Rows::Out => out,
-    };
-    rows * d.cols * 4
 }
 
 /// Offsets for buffers of `sizes` bytes with `life` intervals, and the arena's total size.
@@ -71,6 +61,7 @@ pub fn assign(sizes: &[usize], life: &[Option<(usize, usize)>]) -> (Vec<usize>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use unmask_core::graph::BufId;
 
     #[test]
     fn overlapping_lifetimes_never_share_bytes() {
@@ -112,7 +103,7 @@ mod tests {
         }
         assert_eq!(life[g.input_ids.0].unwrap().0, 0);
         let sizes: Vec<usize> = (0..g.buffers.len())
-            .map(|b| buffer_bytes(&g, BufId(b), 64, 32))
+            .map(|b| g.buffer_bytes(BufId(b), 64, 32))
             .collect();
         let (_, total) = assign(&sizes, &life);
         let sum: usize = sizes.iter().map(|s| s.div_ceil(ALIGN) * ALIGN).sum();

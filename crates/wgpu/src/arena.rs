@@ -1,9 +1,9 @@
-//! The activation arena, planned once at load: every graph buffer gets a bin (a device buffer; "slot" is the MoE kernels' word for an entry)
+//! The activation arena, planned once at load: every graph buffer gets a bin (a device buffer)
 //! sized for the largest chunk, and buffers whose lifetimes do not overlap share a bin. The
 //! residual stream entering each layer, the logits and the samples stay live to the end of the
 //! step so that tests can read them back.
 
-use unmask_core::graph::{BufId, Graph, Rows};
+use unmask_core::graph::Graph;
 
 pub struct ArenaPlan {
     /// Slot of each graph buffer (`None` for buffers the arena does not hold: the token ids).
@@ -16,16 +16,6 @@ impl ArenaPlan {
     pub fn total_bytes(&self) -> u64 {
         self.bin_bytes.iter().sum()
     }
-}
-
-/// Bytes of buffer `b` for a chunk of `rows` rows (both token and predicted rows are capped by
-/// the chunk size).
-pub fn buffer_bytes(graph: &Graph, b: BufId, rows: usize) -> u64 {
-    let d = graph.buffer(b);
-    let rows = match d.rows {
-        Rows::Tokens | Rows::Out => rows,
-    };
-    (rows * d.cols * 4) as u64
 }
 
 /// Interval allocation in op order: a buffer's bin is free again after the last op that uses
@@ -42,7 +32,8 @@ pub fn plan(graph: &Graph, rows: usize) -> ArenaPlan {
             if bin_of[b.0].is_some() || b == graph.input_ids {
                 continue;
             }
-            let need = buffer_bytes(graph, b, rows).max(4);
+            // Both token and predicted rows are capped by the chunk size.
+            let need = (graph.buffer_bytes(b, rows, rows) as u64).max(4);
             let free: Vec<usize> = (0..bin_bytes.len())
                 .filter(|&s| busy_until[s] < i)
                 .collect();
@@ -70,6 +61,7 @@ pub fn plan(graph: &Graph, rows: usize) -> ArenaPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use unmask_core::graph::BufId;
     use unmask_core::synthetic::shape_config;
 
     #[test]
@@ -94,13 +86,13 @@ mod tests {
                 }
             }
             if BufId(a) != g.input_ids {
-                let need = buffer_bytes(&g, BufId(a), 32);
+                let need = g.buffer_bytes(BufId(a), 32, 32) as u64;
                 assert!(p.bin_bytes[p.bin_of[a].unwrap()] >= need);
             }
         }
         let naive: u64 = (0..g.buffers.len())
             .filter(|&b| BufId(b) != g.input_ids)
-            .map(|b| buffer_bytes(&g, BufId(b), 32))
+            .map(|b| g.buffer_bytes(BufId(b), 32, 32) as u64)
             .sum();
         assert!(p.total_bytes() < naive, "{} vs {naive}", p.total_bytes());
     }

@@ -134,6 +134,17 @@ impl Graph {
         out
     }
 
+    /// Bytes of buffer `b` in a pass over `tokens` window rows predicting `out` of them (every
+    /// element is one 4-byte word, f32 or u32).
+    pub fn buffer_bytes(&self, b: BufId, tokens: usize, out: usize) -> usize {
+        let d = self.buffer(b);
+        let rows = match d.rows {
+            super::Rows::Tokens => tokens,
+            super::Rows::Out => out,
+        };
+        rows * d.cols * 4
+    }
+
     /// Token ids a step may feed: the rows of the smallest embedding table the graph gathers
     /// from (`Step::check` bounds every id by it on every backend).
     pub fn token_rows(&self) -> usize {

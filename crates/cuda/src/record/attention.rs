@@ -12,14 +12,13 @@ pub(super) fn record(
 ) -> Result<()> {
     let b = rec.b;
     let n = rec.n;
-    let ptr = |id: BufId| rec.ptr(id);
     let (k, v) = b.kv[*layer];
     ls.push(launch(
         "kv_store",
         (n as u32, 1, 1),
         EW,
         vec![
-            ptr(*qkv),
+            rec.ptr(*qkv),
             Arg::Ptr(k),
             Arg::Ptr(v),
             Arg::Ptr(b.params),
@@ -33,10 +32,10 @@ pub(super) fn record(
         (n as u32, heads.q as u32, 1),
         ATT_THREADS,
         vec![
-            ptr(*qkv),
+            rec.ptr(*qkv),
             Arg::Ptr(k),
             Arg::Ptr(v),
-            ptr(*o),
+            rec.ptr(*o),
             Arg::Ptr(b.params),
             u(n),
             u(heads.q),

@@ -4,14 +4,12 @@ use super::*;
 
 pub(super) fn add(rec: &Rec, a: &BufId, bb: &BufId, o: &BufId, ls: &mut Vec<Launch>) -> Result<()> {
     let g = rec.b.graph;
-    let rows = |id: BufId| rec.rows(id);
-    let ptr = |id: BufId| rec.ptr(id);
-    let count = rows(*o) * g.buffer(*o).cols;
+    let count = rec.rows(*o) * g.buffer(*o).cols;
     ls.push(launch(
         "add",
         grid1(count),
         EW,
-        vec![ptr(*a), ptr(*bb), ptr(*o), u(count)],
+        vec![rec.ptr(*a), rec.ptr(*bb), rec.ptr(*o), u(count)],
     ));
     Ok(())
 }
@@ -24,14 +22,12 @@ pub(super) fn swiglu(
     ls: &mut Vec<Launch>,
 ) -> Result<()> {
     let g = rec.b.graph;
-    let rows = |id: BufId| rec.rows(id);
-    let ptr = |id: BufId| rec.ptr(id);
-    let count = rows(*o) * g.buffer(*o).cols;
+    let count = rec.rows(*o) * g.buffer(*o).cols;
     ls.push(launch(
         "swiglu",
         grid1(count),
         EW,
-        vec![ptr(*gate), ptr(*up), ptr(*o), u(count)],
+        vec![rec.ptr(*gate), rec.ptr(*up), rec.ptr(*o), u(count)],
     ));
     Ok(())
 }
@@ -40,14 +36,13 @@ pub(super) fn take_last_rows(rec: &Rec, x: &BufId, o: &BufId, ls: &mut Vec<Launc
     let g = rec.b.graph;
     let n = rec.n;
     let out = rec.out;
-    let ptr = |id: BufId| rec.ptr(id);
     let cols = g.buffer(*o).cols;
     let count = out * cols;
     ls.push(launch(
         "take_last_rows",
         grid1(count),
         EW,
-        vec![ptr(*x), ptr(*o), u((n - out) * cols), u(count)],
+        vec![rec.ptr(*x), rec.ptr(*o), u((n - out) * cols), u(count)],
     ));
     Ok(())
 }

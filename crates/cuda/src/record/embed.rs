@@ -11,13 +11,18 @@ pub(super) fn record(
 ) -> Result<()> {
     let b = rec.b;
     let n = rec.n;
-    let ptr = |id: BufId| rec.ptr(id);
     let t = b.weights.matrix(*table)?;
     ls.push(launch(
         format!("embed_{}", t.format.suffix()),
         (t.cols.div_ceil(EW as usize) as u32, n as u32, 1),
         EW,
-        vec![ptr(*ids), Arg::Ptr(t.ptr), u(t.rows), u(t.cols), ptr(*o)],
+        vec![
+            rec.ptr(*ids),
+            Arg::Ptr(t.ptr),
+            u(t.rows),
+            u(t.cols),
+            rec.ptr(*o),
+        ],
     ));
     Ok(())
 }

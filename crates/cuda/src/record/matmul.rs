@@ -10,10 +10,8 @@ pub(super) fn record(
     ls: &mut Vec<Launch>,
 ) -> Result<()> {
     let b = rec.b;
-    let rows = |id: BufId| rec.rows(id);
-    let ptr = |id: BufId| rec.ptr(id);
     let w = b.weights.matrix(*weight)?;
-    let m = rows(*x);
+    let m = rec.rows(*x);
     ls.push(launch(
         format!("matmul_{}", w.format.suffix()),
         (
@@ -23,9 +21,9 @@ pub(super) fn record(
         ),
         MM_THREADS,
         vec![
-            ptr(*x),
+            rec.ptr(*x),
             Arg::Ptr(w.ptr),
-            ptr(*o),
+            rec.ptr(*o),
             u(m),
             u(w.cols),
             u(w.rows),

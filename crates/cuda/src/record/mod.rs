@@ -93,6 +93,7 @@ pub struct Rec<'a> {
 }
 
 impl Rec<'_> {
+    /// Rows of buffer `id` in this step.
     fn rows(&self, id: BufId) -> usize {
         match self.b.graph.buffer(id).rows {
             Rows::Tokens => self.n,
@@ -100,6 +101,7 @@ impl Rec<'_> {
         }
     }
 
+    /// The device address of buffer `id`, as a launch argument.
     fn ptr(&self, id: BufId) -> Arg {
         Arg::Ptr(self.b.buffers[id.0])
     }

@@ -13,8 +13,6 @@ pub(super) fn route(
 ) -> Result<()> {
     let b = rec.b;
     let n = rec.n;
-    let rows = |id: BufId| rec.rows(id);
-    let ptr = |id: BufId| rec.ptr(id);
     let bias = match bias {
         Some(w) => b.weights.vector(*w)?.0,
         None => 0,
@@ -23,16 +21,16 @@ pub(super) fn route(
         // Rows of routing block b are rows b * size.. of the step: the backend
         // checks that a step starts on a routing block boundary.
         Some(blk) => {
-            let rows = rows(*logits);
+            let rows = rec.rows(*logits);
             let mut l = launch(
                 "moe_route_block",
                 (rows.div_ceil(blk.size).max(1) as u32, 1, 1),
                 ROUTE_BLOCK_THREADS,
                 vec![
-                    ptr(*logits),
+                    rec.ptr(*logits),
                     Arg::Ptr(bias),
-                    ptr(*ids),
-                    ptr(*weights),
+                    rec.ptr(*ids),
+                    rec.ptr(*weights),
                     u(rows),
                     u(r.num_experts),
                     u(r.top_k),
@@ -50,10 +48,10 @@ pub(super) fn route(
                 (n as u32, 1, 1),
                 32,
                 vec![
-                    ptr(*logits),
+                    rec.ptr(*logits),
                     Arg::Ptr(bias),
-                    ptr(*ids),
-                    ptr(*weights),
+                    rec.ptr(*ids),
+                    rec.ptr(*weights),
                     u(r.num_experts),
                     u(r.top_k),
                     u(r.n_group),
@@ -81,7 +79,6 @@ pub(super) fn experts(
     let b = rec.b;
     let g = rec.b.graph;
     let n = rec.n;
-    let ptr = |id: BufId| rec.ptr(id);
     let st =
         b.weights.stacks.get(&oi).ok_or_else(|| {
             cuda_error(format!("op {oi}: MoE experts were not uploaded as a stack"))
@@ -95,7 +92,7 @@ pub(super) fn experts(
         (1, 1, 1),
         (e.div_ceil(32) * 32).min(MAX_EXPERTS) as u32,
         vec![
-            ptr(*ids),
+            rec.ptr(*ids),
             u(pairs),
             u(e),
             Arg::Ptr(m.offsets),
@@ -113,7 +110,7 @@ pub(super) fn experts(
         (st.inter.div_ceil(GATE_UP_BLOCK_ROWS) as u32, slots, 1),
         MM_THREADS,
         vec![
-            ptr(*x),
+            rec.ptr(*x),
             Arg::Ptr(st.gate),
             Arg::Ptr(st.up),
             Arg::U64(st.gate_up_stride),
@@ -150,9 +147,9 @@ pub(super) fn experts(
         EW,
         vec![
             Arg::Ptr(m.ys),
-            ptr(*ids),
-            ptr(*weights),
-            ptr(*o),
+            rec.ptr(*ids),
+            rec.ptr(*weights),
+            rec.ptr(*o),
             u(top_k),
             u(st.hidden),
         ],

@@ -12,15 +12,13 @@ pub(super) fn record(
 ) -> Result<()> {
     let b = rec.b;
     let g = rec.b.graph;
-    let rows = |id: BufId| rec.rows(id);
-    let ptr = |id: BufId| rec.ptr(id);
     let (w, d) = b.weights.vector(*weight)?;
-    let groups = rows(*x) * g.buffer(*x).cols / d;
+    let groups = rec.rows(*x) * g.buffer(*x).cols / d;
     ls.push(launch(
         "rms_norm",
         (groups as u32, 1, 1),
         EW,
-        vec![ptr(*x), Arg::Ptr(w), ptr(*o), u(d), Arg::F32(*eps)],
+        vec![rec.ptr(*x), Arg::Ptr(w), rec.ptr(*o), u(d), Arg::F32(*eps)],
     ));
     Ok(())
 }

@@ -17,7 +17,6 @@ pub(super) fn record(rec: &Rec, op: &Op, oi: usize, ls: &mut Vec<Launch>) -> Res
     };
     let b = rec.b;
     let n = rec.n;
-    let ptr = |id: BufId| rec.ptr(id);
     let norm = |w: &Option<unmask_core::graph::WeightId>| -> Result<Arg> {
         Ok(Arg::Ptr(match w {
             Some(w) => b.weights.vector(*w)?.0,
@@ -29,7 +28,7 @@ pub(super) fn record(rec: &Rec, op: &Op, oi: usize, ls: &mut Vec<Launch>) -> Res
         (n as u32, (heads.q + heads.kv) as u32, 1),
         32,
         vec![
-            ptr(*qkv),
+            rec.ptr(*qkv),
             norm(q_norm)?,
             norm(k_norm)?,
             Arg::Ptr(b.inv_freq[oi]),

@@ -6,14 +6,13 @@ pub(super) fn record(rec: &Rec, logits: &BufId, o: &BufId, ls: &mut Vec<Launch>)
     let b = rec.b;
     let g = rec.b.graph;
     let out = rec.out;
-    let ptr = |id: BufId| rec.ptr(id);
     ls.push(launch(
         "sample",
         (out as u32, 1, 1),
         SAMPLE_THREADS,
         vec![
-            ptr(*logits),
-            ptr(*o),
+            rec.ptr(*logits),
+            rec.ptr(*o),
             Arg::Ptr(b.params),
             u(g.buffer(*logits).cols),
         ],

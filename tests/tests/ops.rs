@@ -13,7 +13,6 @@ use unmask_core::graph::{
     BlockRouting, BufId, Elem, ExpertSet, Graph, GraphBuilder, Heads, Op, Routing, Rows, WeightId,
     WeightRole,
 };
-use unmask_core::quant::{quantize, QuantFormat};
 use unmask_core::synthetic::SplitMix;
 use unmask_core::weights::{DType, Tensor, WeightStore};
 use unmask_core::ReferenceBackend;
@@ -147,27 +146,7 @@ impl CaseGraph {
 }
 
 fn tensor(dtype: DType, shape: &[usize], values: &[f32]) -> Tensor {
-    let bytes: Vec<u8> = match dtype {
-        DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::BF16 => values
-            .iter()
-            .flat_map(|&v| half::bf16::from_f32(v).to_bits().to_le_bytes())
-            .collect(),
-        DType::F16 => values
-            .iter()
-            .flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes())
-            .collect(),
-        DType::Q8_0 | DType::Q4 => {
-            let f = if dtype == DType::Q8_0 {
-                QuantFormat::Q8_0
-            } else {
-                QuantFormat::Q4
-            };
-            let (rows, cols) = (shape[0], shape[1..].iter().product());
-            quantize(f, rows, cols, values).unwrap().0
-        }
-    };
-    Tensor::from_bytes(dtype, shape.to_vec(), bytes).unwrap()
+    unmask_core::synthetic::tensor(dtype, shape, values).unwrap()
 }
 
 fn greedy() -> SampleParams {

@@ -160,6 +160,22 @@ fn each_on_threads<T: Send>(
     items.iter().map(|&i| (i, f(i))).collect()
 }
 
+/// A tensor of `values` stored as `dtype` (quantized formats packed from the f32 values), for
+/// tests and benches that build small graphs by hand.
+pub fn tensor(dtype: DType, shape: &[usize], values: &[f32]) -> Result<Tensor> {
+    match dtype.quant() {
+        Some(f) => {
+            let t = Tensor::from_f32(shape.to_vec(), values)?;
+            Ok(crate::quant::quantize_tensor(f, &t)?.0)
+        }
+        None => {
+            let mut next = values.iter().copied();
+            let bytes = encode(dtype, values.len(), || next.next().unwrap_or(0.0));
+            Tensor::from_bytes(dtype, shape.to_vec(), bytes)
+        }
+    }
+}
+
 /// `numel` values of `next()` in `dtype`, written in place (generic, so the generator inlines:
 /// this loop is most of the time a synthetic model takes to build).
 fn encode(dtype: DType, numel: usize, mut next: impl FnMut() -> f32) -> Vec<u8> {

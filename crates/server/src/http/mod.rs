@@ -147,9 +147,10 @@ async fn connection(
     }
 }
 
-/// Answers a connection that hyper will never see with `e` and closes it. The rest of what the
-/// client sent is read (bounded) before closing: closing with unread bytes makes the kernel
-/// send a reset, which can destroy the answer before the client reads it.
+/// Answers a connection that hyper will never see with `e` and closes it. What the client still
+/// sends (a refused request's body) is read and dropped for up to 2 s first: closing with unread
+/// bytes makes the kernel send a reset, and a client still writing its body would get that
+/// reset instead of the answer. The time bound, not a byte count, limits the cost.
 async fn refuse(mut stream: TcpStream, e: &ApiError, limits: &HttpLimits) {
     let body = e.body().to_string();
     let status = e.status;
@@ -175,15 +176,7 @@ async fn refuse(mut stream: TcpStream, e: &ApiError, limits: &HttpLimits) {
     {
         return;
     }
-    let mut sink = [0u8; 4096];
-    let drain = async {
-        let mut left = 1usize << 20;
-        while left > 0 {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => left = left.saturating_sub(n),
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+    let mut sink = vec![0u8; 64 << 10];
+    let drain = async { while let Ok(1..) = stream.read(&mut sink).await {} };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }

@@ -95,6 +95,31 @@ impl ApiError {
         }
     }
 
+    /// 408: `what` (the request head, its body) did not arrive within `limit`.
+    pub fn request_timeout(what: &str, limit: std::time::Duration) -> Self {
+        ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            message: format!("{what} did not arrive within {} s", limit.as_secs_f64()),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("request_timeout"),
+        }
+    }
+
+    /// 413: a body over `limit` bytes (`declared`: its Content-Length, where it had one).
+    pub fn body_too_large(limit: usize, declared: Option<u64>) -> Self {
+        let size = declared
+            .map(|n| format!(" ({n} bytes)"))
+            .unwrap_or_default();
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("the body{size} exceeds {limit} bytes (--max-body-bytes)"),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("body_too_large"),
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -136,13 +161,6 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::TOO_MANY_REQUESTS {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
-            // The rest of the body was never read, so the connection cannot carry another
-            // request: saying so keeps keep-alive clients from reusing it (they would see the
-            // server hang up on their next request).
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         r
     }

@@ -11,7 +11,6 @@ use crate::sse::{self, Header, Kind};
 use crate::worker::JobEvent;
 use crate::AppState;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -98,23 +97,8 @@ async fn read_body(
             let req = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
             return next.run(req).await;
         }
-        Err(_) => ApiError {
-            status: StatusCode::REQUEST_TIMEOUT,
-            message: format!(
-                "the request body did not arrive within {} s",
-                s.http.body_timeout.as_secs_f64()
-            ),
-            kind: "invalid_request_error",
-            param: None,
-            code: Some("request_timeout"),
-        },
-        Ok(Err(e)) if too_large(&e) => ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            message: format!("the body exceeds {limit} bytes (--max-body-bytes)"),
-            kind: "invalid_request_error",
-            param: None,
-            code: Some("body_too_large"),
-        },
+        Err(_) => ApiError::request_timeout("the request body", s.http.body_timeout),
+        Ok(Err(e)) if too_large(&e) => ApiError::body_too_large(limit, None),
         Ok(Err(e)) => ApiError::invalid(None, format!("the request body could not be read: {e}")),
     };
     s.metrics.http_errors.fetch_add(1, Relaxed);
@@ -179,11 +163,7 @@ async fn method_not_allowed() -> ApiError {
     }
 }
 
-async fn chat(
-    State(s): Shared,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+async fn chat(State(s): Shared, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     s.metrics.chat_requests.fetch_add(1, Relaxed);
     let req = s.check(&headers, body, params::chat_request).await?;
     let stream = req.stream;
@@ -214,7 +194,7 @@ async fn chat(
 async fn completions(
     State(s): Shared,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
     s.metrics.completion_requests.fetch_add(1, Relaxed);
     let req = s.check(&headers, body, params::completion_request).await?;
@@ -273,7 +253,7 @@ impl AppState {
     async fn check(
         self: &Arc<Self>,
         headers: &HeaderMap,
-        body: Result<Bytes, BytesRejection>,
+        body: Bytes,
         parse: fn(&params::Context, &[u8]) -> Result<GenRequest, ApiError>,
     ) -> Result<GenRequest, ApiError> {
         let state = self.clone();
@@ -281,14 +261,10 @@ impl AppState {
         // of running to its fuel limit on a blocking thread.
         let cancel = CancelOnDrop(unmask_core::chat::Cancel::default());
         let flag = cancel.0.clone();
-        // The body error first: a body too large was not read, and its answer closes the
-        // connection.
-        let r = match body
-            .map_err(body_error)
-            .and_then(|b| json_content_type(headers).map(|()| b))
-        {
+        // The body was read whole (and bounded) by `read_body` before the handler ran.
+        let r = match json_content_type(headers) {
             Err(e) => Err(e),
-            Ok(b) => tokio::task::spawn_blocking(move || {
+            Ok(()) => tokio::task::spawn_blocking(move || {
                 let r = parse(
                     &params::Context {
                         model: &state.model,
@@ -298,7 +274,7 @@ impl AppState {
                         cancel: &flag,
                         max_tokens: state.max_tokens,
                     },
-                    &b,
+                    &body,
                 );
                 // Counted here: the handler that would count it is gone with its client.
                 if matches!(&r, Err(e) if e.code == Some("cancelled")) {
@@ -341,16 +317,6 @@ struct CancelOnDrop(unmask_core::chat::Cancel);
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         self.0.set();
-    }
-}
-
-fn body_error(e: BytesRejection) -> ApiError {
-    ApiError {
-        status: e.status(),
-        message: e.body_text(),
-        kind: "invalid_request_error",
-        param: None,
-        code: None,
     }
 }
 

@@ -23,19 +23,17 @@ pub enum Refusal {
 impl Refusal {
     pub fn api_error(&self, limits: &HttpLimits) -> ApiError {
         let (status, code, message) = match self {
+            Refusal::Timeout => {
+                return ApiError::request_timeout("the request head", limits.header_timeout)
+            }
+            Refusal::BodyTooLarge(n) => {
+                return ApiError::body_too_large(limits.max_body_bytes, Some(*n))
+            }
             // Never sent (the client is gone); listed so every refusal has its error.
             Refusal::Closed => (
                 StatusCode::BAD_REQUEST,
                 "connection_closed",
                 "the connection closed before a whole request head".into(),
-            ),
-            Refusal::Timeout => (
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                format!(
-                    "the request head did not arrive within {} s",
-                    limits.header_timeout.as_secs_f64()
-                ),
             ),
             Refusal::HeadTooLarge => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -54,14 +52,6 @@ impl Refusal {
                 StatusCode::URI_TOO_LONG,
                 "uri_too_long",
                 format!("the request target exceeds {} bytes", limits.max_uri_bytes),
-            ),
-            Refusal::BodyTooLarge(n) => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!(
-                    "the body ({n} bytes) exceeds {} bytes (--max-body-bytes)",
-                    limits.max_body_bytes
-                ),
             ),
             Refusal::Malformed(why) => (
                 StatusCode::BAD_REQUEST,

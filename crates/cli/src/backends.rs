@@ -115,7 +115,7 @@ fn cuda(config: &Config, graph: &Graph, weights: &WeightStore) -> Result<unmask_
 }
 
 /// `auto`'s second choice: a hardware wgpu adapter. A software one (llvmpipe, SwiftShader) is
-/// about 20x slower than `cpu`, so `auto` takes it only when it was asked for by name
+/// about 10x slower than `cpu` on this VM (README: GPU), so `auto` takes it only when it was asked for by name
 /// (`--adapter`, `UNMASK_ADAPTER`). Returns the backend and what was chosen, or why none was.
 fn try_wgpu(
     graph: &Graph,

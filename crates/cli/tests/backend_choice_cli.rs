@@ -1,5 +1,5 @@
 //! `--backend auto` takes CUDA, else a hardware GPU adapter, else `cpu`: a software adapter
-//! (lavapipe, SwiftShader), about 20x slower than `cpu`, only when it is named. And Mesa's
+//! (lavapipe, SwiftShader), about 10x slower than `cpu` on this VM (README: GPU), only when it is named. And Mesa's
 //! "XDG_RUNTIME_DIR is invalid or not set" never reaches the terminal.
 
 use std::process::{Command, Output};

@@ -49,7 +49,13 @@ struct Case {
     forced: Forced,
     /// Largest error allowed on f32 captures, relative to the largest value compared.
     tol: f32,
+    /// What the case must exercise, checked on the oracle's output (a case that no longer does
+    /// would pass without testing its path).
+    exercises: Option<Exercises>,
 }
+
+/// A check on the oracle's output that the case still reaches the path it is for.
+type Exercises = fn(&[StepOutput]) -> Result<(), String>;
 
 /// A graph under construction with its weights.
 struct CaseGraph {
@@ -194,6 +200,7 @@ fn matmul_cases() -> Vec<Case> {
                     max_tokens: None,
                 },
                 tol: 1e-5,
+                exercises: None,
             });
         }
     }
@@ -233,6 +240,7 @@ fn elementwise_case() -> Case {
         runs,
         forced: Forced::default(),
         tol: 1e-6,
+        exercises: None,
     }
 }
 
@@ -292,6 +300,7 @@ fn attention_case(dim: usize) -> Case {
             max_tokens: Some(64),
         },
         tol: 1e-5,
+        exercises: None,
     }
 }
 
@@ -378,10 +387,22 @@ fn moe_cases() -> Vec<Case> {
                     max_tokens: None,
                 },
                 tol: 1e-5,
+                exercises: Some(one_expert_gets_several_tiles),
             });
         }
     }
     cases
+}
+
+/// Expert 3, favoured by its bias, gets more rows than one 32-row tile holds.
+fn one_expert_gets_several_tiles(out: &[StepOutput]) -> Result<(), String> {
+    let ids = &out[0].hidden[0];
+    let n = ids.iter().filter(|v| v.to_bits() == 3).count();
+    if n > 32 {
+        Ok(())
+    } else {
+        Err(format!("expert 3 got {n} rows, not several tiles"))
+    }
 }
 
 /// Greedy and seeded sampling (temperature, top-k, top-p, large seeds, a later step) of the
@@ -442,6 +463,7 @@ fn sampling_case() -> Case {
         runs,
         forced: Forced::default(),
         tol: 1e-5,
+        exercises: None,
     }
 }
 
@@ -511,6 +533,22 @@ fn run_all(b: &mut dyn Backend, case: &Case) -> Vec<StepOutput> {
         .collect()
 }
 
+/// The case's steps on a device backend; wgpu must also run each step in one submission
+/// (chunked passes and indirect expert dispatches included).
+fn run_on_device(b: &mut dyn Backend, name: &str, case: &Case) -> Vec<StepOutput> {
+    case.runs
+        .iter()
+        .map(|r| {
+            let out = b.step(&r.step(Capture::Hidden)).unwrap();
+            if name == "wgpu" {
+                let s = b.last_stats();
+                assert_eq!(s.submissions, 1, "{}: {s:?}", case.name);
+            }
+            out
+        })
+        .collect()
+}
+
 #[test]
 fn every_op_matches_the_reference_on_every_backend() {
     let targets = graph_backends();
@@ -539,20 +577,26 @@ fn every_op_matches_the_reference_on_every_backend() {
                 let mut oracle =
                     ReferenceBackend::new(case.graph.clone(), &case.store, &mut |_, _| {})
                         .unwrap_or_else(|e| panic!("{}: reference: {e}", case.name));
-                run_all(&mut oracle, &case)
+                let want = run_all(&mut oracle, &case);
+                if let Some(check) = case.exercises {
+                    check(&want).unwrap_or_else(|why| panic!("{}: {why}", case.name));
+                }
+                want
             });
             let row = match (t.make)(case.graph.clone(), &case.store, case.forced) {
                 Err(e) => {
                     failures.push(format!("{} on {}: {e:#}", case.name, t.name));
                     format!("FAILED to build: {e:#}")
                 }
-                Ok(mut b) => match compare(&case, &run_all(b.as_mut(), &case), want) {
-                    Ok(err) => format!("ok (max relative error {err:.1e})"),
-                    Err(why) => {
-                        failures.push(format!("{} on {}: {why}", case.name, t.name));
-                        format!("FAILED: {why}")
+                Ok(mut b) => {
+                    match compare(&case, &run_on_device(b.as_mut(), t.name, &case), want) {
+                        Ok(err) => format!("ok (max relative error {err:.1e})"),
+                        Err(why) => {
+                            failures.push(format!("{} on {}: {why}", case.name, t.name));
+                            format!("FAILED: {why}")
+                        }
                     }
-                },
+                }
             };
             report.push_str(&format!("{:<6} {:<60} {row}\n", t.name, case.name));
         }

@@ -10,7 +10,7 @@ use crate::kv::KvCache;
 use crate::program::{self, Context, MoeScratch, TILE_ROWS};
 use crate::weights::{self, DeviceMatrix, ExpertStacks};
 use unmask_core::backend::StepStats;
-use unmask_core::graph::{Graph, Op};
+use unmask_core::graph::{Graph, Op, WeightRole};
 use unmask_core::weights::{Tensor, TensorSource};
 use unmask_core::{Error, Result};
 
@@ -159,28 +159,6 @@ impl WgpuBackend {
         };
         for (i, op) in graph.ops.iter().enumerate() {
             match op {
-                Op::Embed { table: w, .. } | Op::MatMul { weight: w, .. }
-                    if matrices[w.0].is_none() =>
-                {
-                    let name = &graph.weight(*w).name;
-                    let t = tensor(*w)?;
-                    let m = weights::upload_matrix(up, name, &t, weight_binding, max_rows_binding)?;
-                    weight_bytes += m.parts.iter().map(|p| p.buffer.size()).sum::<u64>();
-                    matrices[w.0] = Some(m);
-                    tick(&mut done);
-                }
-                Op::RmsNorm { weight: w, .. } if vectors[w.0].is_none() => {
-                    let b = weights::upload_vector(up, &graph.weight(*w).name, &tensor(*w)?);
-                    weight_bytes += b.size();
-                    vectors[w.0] = Some(b);
-                    tick(&mut done);
-                }
-                Op::MoeRoute { bias: Some(w), .. } if vectors[w.0].is_none() => {
-                    let b = weights::upload_vector(up, &graph.weight(*w).name, &tensor(*w)?);
-                    weight_bytes += b.size();
-                    vectors[w.0] = Some(b);
-                    tick(&mut done);
-                }
                 Op::QkNormRope {
                     q_norm,
                     k_norm,
@@ -233,7 +211,33 @@ impl WgpuBackend {
                     }
                     op_experts[i] = Some(ex);
                 }
-                _ => {}
+                // Every other op's weights by their role: vectors as f32, the rest as
+                // matrices (split across bindings where they must be), each uploaded once.
+                _ => {
+                    for w in op.weights() {
+                        let desc = graph.weight(w);
+                        if desc.role == WeightRole::Vector {
+                            if vectors[w.0].is_none() {
+                                let b = weights::upload_vector(up, &desc.name, &tensor(w)?);
+                                weight_bytes += b.size();
+                                vectors[w.0] = Some(b);
+                                tick(&mut done);
+                            }
+                        } else if matrices[w.0].is_none() {
+                            let t = tensor(w)?;
+                            let m = weights::upload_matrix(
+                                up,
+                                &desc.name,
+                                &t,
+                                weight_binding,
+                                max_rows_binding,
+                            )?;
+                            weight_bytes += m.parts.iter().map(|p| p.buffer.size()).sum::<u64>();
+                            matrices[w.0] = Some(m);
+                            tick(&mut done);
+                        }
+                    }
+                }
             }
         }
         // The chunk size: every per-token buffer must fit one binding.

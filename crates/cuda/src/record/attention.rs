@@ -2,7 +2,7 @@
 
 use super::*;
 
-pub(super) fn record(
+fn attend(
     rec: &Rec,
     qkv: &BufId,
     layer: &usize,
@@ -44,4 +44,16 @@ pub(super) fn record(
         ],
     ));
     Ok(())
+}
+
+pub(super) fn record(rec: &Rec, _oi: usize, op: &Op, ls: &mut Vec<Launch>) -> Result<()> {
+    match op {
+        Op::Attention {
+            qkv,
+            layer,
+            heads,
+            out: o,
+        } => attend(rec, qkv, layer, heads, o, ls),
+        _ => unreachable!("not an attention op: {op:?}"),
+    }
 }

@@ -2,7 +2,7 @@
 
 use super::*;
 
-pub(super) fn add(rec: &Rec, a: &BufId, bb: &BufId, o: &BufId, ls: &mut Vec<Launch>) -> Result<()> {
+fn add(rec: &Rec, a: &BufId, bb: &BufId, o: &BufId, ls: &mut Vec<Launch>) -> Result<()> {
     let g = rec.b.graph;
     let count = rec.rows(*o) * g.buffer(*o).cols;
     ls.push(launch(
@@ -14,13 +14,7 @@ pub(super) fn add(rec: &Rec, a: &BufId, bb: &BufId, o: &BufId, ls: &mut Vec<Laun
     Ok(())
 }
 
-pub(super) fn swiglu(
-    rec: &Rec,
-    gate: &BufId,
-    up: &BufId,
-    o: &BufId,
-    ls: &mut Vec<Launch>,
-) -> Result<()> {
+fn swiglu(rec: &Rec, gate: &BufId, up: &BufId, o: &BufId, ls: &mut Vec<Launch>) -> Result<()> {
     let g = rec.b.graph;
     let count = rec.rows(*o) * g.buffer(*o).cols;
     ls.push(launch(
@@ -32,7 +26,7 @@ pub(super) fn swiglu(
     Ok(())
 }
 
-pub(super) fn take_last_rows(rec: &Rec, x: &BufId, o: &BufId, ls: &mut Vec<Launch>) -> Result<()> {
+fn take_last_rows(rec: &Rec, x: &BufId, o: &BufId, ls: &mut Vec<Launch>) -> Result<()> {
     let g = rec.b.graph;
     let n = rec.n;
     let out = rec.out;
@@ -45,4 +39,13 @@ pub(super) fn take_last_rows(rec: &Rec, x: &BufId, o: &BufId, ls: &mut Vec<Launc
         vec![rec.ptr(*x), rec.ptr(*o), u((n - out) * cols), u(count)],
     ));
     Ok(())
+}
+
+pub(super) fn record(rec: &Rec, _oi: usize, op: &Op, ls: &mut Vec<Launch>) -> Result<()> {
+    match op {
+        Op::Add { a, b, out: o } => add(rec, a, b, o, ls),
+        Op::SwiGlu { gate, up, out: o } => swiglu(rec, gate, up, o, ls),
+        Op::TakeLastRows { x, out: o } => take_last_rows(rec, x, o, ls),
+        _ => unreachable!("not an elementwise op: {op:?}"),
+    }
 }

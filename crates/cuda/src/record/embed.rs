@@ -2,13 +2,7 @@
 
 use super::*;
 
-pub(super) fn record(
-    rec: &Rec,
-    ids: &BufId,
-    table: &WeightId,
-    o: &BufId,
-    ls: &mut Vec<Launch>,
-) -> Result<()> {
+fn gather(rec: &Rec, ids: &BufId, table: &WeightId, o: &BufId, ls: &mut Vec<Launch>) -> Result<()> {
     let b = rec.b;
     let n = rec.n;
     let t = b.weights.matrix(*table)?;
@@ -25,4 +19,11 @@ pub(super) fn record(
         ],
     ));
     Ok(())
+}
+
+pub(super) fn record(rec: &Rec, _oi: usize, op: &Op, ls: &mut Vec<Launch>) -> Result<()> {
+    match op {
+        Op::Embed { ids, table, out: o } => gather(rec, ids, table, o, ls),
+        _ => unreachable!("not an embedding op: {op:?}"),
+    }
 }

@@ -2,13 +2,7 @@
 
 use super::*;
 
-pub(super) fn record(
-    rec: &Rec,
-    x: &BufId,
-    weight: &WeightId,
-    o: &BufId,
-    ls: &mut Vec<Launch>,
-) -> Result<()> {
+fn product(rec: &Rec, x: &BufId, weight: &WeightId, o: &BufId, ls: &mut Vec<Launch>) -> Result<()> {
     let b = rec.b;
     let w = b.weights.matrix(*weight)?;
     let m = rec.rows(*x);
@@ -30,4 +24,11 @@ pub(super) fn record(
         ],
     ));
     Ok(())
+}
+
+pub(super) fn record(rec: &Rec, _oi: usize, op: &Op, ls: &mut Vec<Launch>) -> Result<()> {
+    match op {
+        Op::MatMul { x, weight, out: o } => product(rec, x, weight, o, ls),
+        _ => unreachable!("not a matrix op: {op:?}"),
+    }
 }

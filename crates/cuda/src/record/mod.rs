@@ -17,7 +17,7 @@ use crate::availability::cuda_error;
 use crate::device::{Arg, Launch};
 use crate::weights::DeviceWeights;
 use unmask_core::backend::SAMPLE_WORDS;
-use unmask_core::graph::{BufId, Graph, Heads, Op, Routing, Rows, WeightId};
+use unmask_core::graph::{BufId, Graph, Heads, Op, OpFamily, Routing, Rows, WeightId};
 use unmask_core::Result;
 
 /// Threads of the elementwise kernels.
@@ -117,42 +117,17 @@ pub fn record(b: &Bindings, n: usize, out: usize) -> Result<Vec<Launch>> {
     let rec = Rec { b, n, out };
     let mut ls = Vec::new();
     for (oi, op) in b.graph.ops.iter().enumerate() {
-        let ls = &mut ls;
-        match op {
-            Op::Embed { ids, table, out: o } => embed::record(&rec, ids, table, o, ls)?,
-            Op::RmsNorm {
-                x,
-                weight,
-                out: o,
-                eps,
-            } => norm::record(&rec, x, weight, o, eps, ls)?,
-            Op::MatMul { x, weight, out: o } => matmul::record(&rec, x, weight, o, ls)?,
-            Op::QkNormRope { .. } => rope::record(&rec, op, oi, ls)?,
-            Op::Attention {
-                qkv,
-                layer,
-                heads,
-                out: o,
-            } => attention::record(&rec, qkv, layer, heads, o, ls)?,
-            Op::Add { a, b: bb, out: o } => elementwise::add(&rec, a, bb, o, ls)?,
-            Op::SwiGlu { gate, up, out: o } => elementwise::swiglu(&rec, gate, up, o, ls)?,
-            Op::TakeLastRows { x, out: o } => elementwise::take_last_rows(&rec, x, o, ls)?,
-            Op::MoeRoute {
-                logits,
-                bias,
-                routing,
-                ids,
-                weights,
-            } => moe::route(&rec, logits, bias, routing, ids, weights, ls)?,
-            Op::MoeExperts {
-                x,
-                ids,
-                weights,
-                out: o,
-                ..
-            } => moe::experts(&rec, x, ids, weights, o, oi, ls)?,
-            Op::Sample { logits, out: o } => sample::record(&rec, logits, o, ls)?,
-        }
+        let record = match op.family() {
+            OpFamily::Embed => embed::record,
+            OpFamily::Norm => norm::record,
+            OpFamily::MatMul => matmul::record,
+            OpFamily::Rope => rope::record,
+            OpFamily::Attention => attention::record,
+            OpFamily::Elementwise => elementwise::record,
+            OpFamily::Moe => moe::record,
+            OpFamily::Sample => sample::record,
+        };
+        record(&rec, oi, op, &mut ls)?;
     }
     Ok(ls)
 }

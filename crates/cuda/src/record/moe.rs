@@ -2,7 +2,7 @@
 
 use super::*;
 
-pub(super) fn route(
+fn route(
     rec: &Rec,
     logits: &BufId,
     bias: &Option<WeightId>,
@@ -67,7 +67,7 @@ pub(super) fn route(
     Ok(())
 }
 
-pub(super) fn experts(
+fn experts(
     rec: &Rec,
     x: &BufId,
     ids: &BufId,
@@ -155,4 +155,24 @@ pub(super) fn experts(
         ],
     ));
     Ok(())
+}
+
+pub(super) fn record(rec: &Rec, oi: usize, op: &Op, ls: &mut Vec<Launch>) -> Result<()> {
+    match op {
+        Op::MoeRoute {
+            logits,
+            bias,
+            routing,
+            ids,
+            weights,
+        } => route(rec, logits, bias, routing, ids, weights, ls),
+        Op::MoeExperts {
+            x,
+            ids,
+            weights,
+            out: o,
+            ..
+        } => experts(rec, x, ids, weights, o, oi, ls),
+        _ => unreachable!("not a MoE op: {op:?}"),
+    }
 }

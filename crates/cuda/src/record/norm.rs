@@ -2,7 +2,7 @@
 
 use super::*;
 
-pub(super) fn record(
+fn rms_norm(
     rec: &Rec,
     x: &BufId,
     weight: &WeightId,
@@ -21,4 +21,16 @@ pub(super) fn record(
         vec![rec.ptr(*x), Arg::Ptr(w), rec.ptr(*o), u(d), Arg::F32(*eps)],
     ));
     Ok(())
+}
+
+pub(super) fn record(rec: &Rec, _oi: usize, op: &Op, ls: &mut Vec<Launch>) -> Result<()> {
+    match op {
+        Op::RmsNorm {
+            x,
+            weight,
+            out: o,
+            eps,
+        } => rms_norm(rec, x, weight, o, eps, ls),
+        _ => unreachable!("not a norm op: {op:?}"),
+    }
 }

@@ -2,7 +2,7 @@
 
 use super::*;
 
-pub(super) fn record(rec: &Rec, op: &Op, oi: usize, ls: &mut Vec<Launch>) -> Result<()> {
+pub(super) fn record(rec: &Rec, oi: usize, op: &Op, ls: &mut Vec<Launch>) -> Result<()> {
     let Op::QkNormRope {
         qkv,
         q_norm,

@@ -2,7 +2,7 @@
 
 use super::*;
 
-pub(super) fn record(rec: &Rec, logits: &BufId, o: &BufId, ls: &mut Vec<Launch>) -> Result<()> {
+fn sample(rec: &Rec, logits: &BufId, o: &BufId, ls: &mut Vec<Launch>) -> Result<()> {
     let b = rec.b;
     let g = rec.b.graph;
     let out = rec.out;
@@ -18,4 +18,11 @@ pub(super) fn record(rec: &Rec, logits: &BufId, o: &BufId, ls: &mut Vec<Launch>)
         ],
     ));
     Ok(())
+}
+
+pub(super) fn record(rec: &Rec, _oi: usize, op: &Op, ls: &mut Vec<Launch>) -> Result<()> {
+    match op {
+        Op::Sample { logits, out: o } => sample(rec, logits, o, ls),
+        _ => unreachable!("not a sampling op: {op:?}"),
+    }
 }

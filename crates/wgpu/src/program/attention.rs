@@ -1,17 +1,10 @@
 //! Lowering of `Attention`: the window's K/V stored into the layer's cache, then block-masked attention over the cache.
 
-use super::{f, Context, Extent, Grid, Pending};
+use super::{f, Context, Extent, Grid, Needs, Pending};
 use crate::kernels::Kernel;
-use unmask_core::graph::{BufId, Heads};
+use unmask_core::graph::{BufId, Heads, Op};
 
-pub(super) fn lower(
-    cx: &Context,
-    qkv: BufId,
-    layer: usize,
-    heads: Heads,
-    o: BufId,
-    out: &mut Vec<Pending>,
-) {
+fn attend(cx: &Context, qkv: BufId, layer: usize, heads: Heads, o: BufId, out: &mut Vec<Pending>) {
     let kv_width = heads.kv * heads.dim;
     let params = [
         heads.dim as u32,
@@ -53,4 +46,21 @@ pub(super) fn lower(
         needs_out: false,
         narrow: None,
     });
+}
+
+pub(super) fn lower(cx: &Context, _index: usize, op: &Op, out: &mut Vec<Pending>) {
+    match op {
+        Op::Attention {
+            qkv,
+            layer,
+            heads,
+            out: o,
+        } => attend(cx, *qkv, *layer, *heads, *o, out),
+        _ => unreachable!("not an attention op: {op:?}"),
+    }
+}
+
+pub(super) fn kernels(_op: &Op, needs: &mut Needs) {
+    needs.push(Kernel::KvStore, None);
+    needs.push(Kernel::Attention, None);
 }

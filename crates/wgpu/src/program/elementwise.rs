@@ -1,18 +1,11 @@
 //! Lowering of the row-wise ops: `Add`, `SwiGlu` (two inputs, one output) and `TakeLastRows`.
 
-use super::{Context, Extent, Grid, Pending};
+use super::{Context, Extent, Grid, Needs, Pending};
 use crate::kernels::Kernel;
-use unmask_core::graph::{BufId, Rows};
+use unmask_core::graph::{BufId, Op, Rows};
 
 /// `Add` or `SwiGlu` (`kernel`): `o = kernel(a, b)` column by column.
-pub(super) fn lower_binary(
-    cx: &Context,
-    kernel: Kernel,
-    a: BufId,
-    b: BufId,
-    o: BufId,
-    out: &mut Vec<Pending>,
-) {
+fn binary(cx: &Context, kernel: Kernel, a: BufId, b: BufId, o: BufId, out: &mut Vec<Pending>) {
     let cols = cx.cols(o);
     out.push(Pending {
         kernel,
@@ -32,7 +25,7 @@ pub(super) fn lower_binary(
     });
 }
 
-pub(super) fn lower_take_last_rows(cx: &Context, x: BufId, o: BufId, out: &mut Vec<Pending>) {
+fn take_last_rows(cx: &Context, x: BufId, o: BufId, out: &mut Vec<Pending>) {
     let cols = cx.cols(o);
     out.push(Pending {
         kernel: Kernel::TakeLastRows,
@@ -43,4 +36,22 @@ pub(super) fn lower_take_last_rows(cx: &Context, x: BufId, o: BufId, out: &mut V
         needs_out: true,
         narrow: None,
     });
+}
+
+pub(super) fn lower(cx: &Context, _index: usize, op: &Op, out: &mut Vec<Pending>) {
+    match op {
+        Op::Add { a, b, out: o } => binary(cx, Kernel::Add, *a, *b, *o, out),
+        Op::SwiGlu { gate, up, out: o } => binary(cx, Kernel::SwiGlu, *gate, *up, *o, out),
+        Op::TakeLastRows { x, out: o } => take_last_rows(cx, *x, *o, out),
+        _ => unreachable!("not an elementwise op: {op:?}"),
+    }
+}
+
+pub(super) fn kernels(op: &Op, needs: &mut Needs) {
+    match op {
+        Op::Add { .. } => needs.push(Kernel::Add, None),
+        Op::SwiGlu { .. } => needs.push(Kernel::SwiGlu, None),
+        Op::TakeLastRows { .. } => needs.push(Kernel::TakeLastRows, None),
+        _ => {}
+    }
 }

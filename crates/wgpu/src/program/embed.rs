@@ -1,10 +1,10 @@
 //! Lowering of `Embed`: one gather dispatch per part of the (possibly split) table.
 
-use super::{Context, Extent, Grid, Pending};
+use super::{Context, Extent, Grid, Needs, Pending};
 use crate::kernels::Kernel;
-use unmask_core::graph::{BufId, WeightId};
+use unmask_core::graph::{BufId, Op, WeightId};
 
-pub(super) fn lower(cx: &Context, ids: BufId, table: WeightId, o: BufId, out: &mut Vec<Pending>) {
+fn gather(cx: &Context, ids: BufId, table: WeightId, o: BufId, out: &mut Vec<Pending>) {
     let m = cx.matrices[table.0].as_ref().expect("uploaded table");
     for part in &m.parts {
         out.push(Pending {
@@ -35,5 +35,18 @@ pub(super) fn lower(cx: &Context, ids: BufId, table: WeightId, o: BufId, out: &m
             needs_out: false,
             narrow: None,
         });
+    }
+}
+
+pub(super) fn lower(cx: &Context, _index: usize, op: &Op, out: &mut Vec<Pending>) {
+    match op {
+        Op::Embed { ids, table, out: o } => gather(cx, *ids, *table, *o, out),
+        _ => unreachable!("not an embedding op: {op:?}"),
+    }
+}
+
+pub(super) fn kernels(op: &Op, needs: &mut Needs) {
+    if let Op::Embed { table, .. } = op {
+        needs.push(Kernel::Embed, needs.matrix_format(*table));
     }
 }

@@ -1,10 +1,10 @@
 //! Lowering of `MatMul`: a tiled dispatch per part of the (possibly split) matrix, with the narrow variant for windows of at most `NARROW_ROWS` rows.
 
-use super::{Context, Extent, Grid, Pending, TILE_FEATURES, TILE_ROWS};
+use super::{Context, Extent, Grid, Needs, Pending, TILE_FEATURES, TILE_ROWS};
 use crate::kernels::Kernel;
-use unmask_core::graph::{BufId, Rows, WeightId};
+use unmask_core::graph::{BufId, Op, Rows, WeightId};
 
-pub(super) fn lower(cx: &Context, x: BufId, weight: WeightId, o: BufId, out: &mut Vec<Pending>) {
+fn product(cx: &Context, x: BufId, weight: WeightId, o: BufId, out: &mut Vec<Pending>) {
     let m = cx.matrices[weight.0].as_ref().expect("uploaded matrix");
     let from_out = cx.rows(x) == Rows::Out;
     for part in &m.parts {
@@ -42,5 +42,20 @@ pub(super) fn lower(cx: &Context, x: BufId, weight: WeightId, o: BufId, out: &mu
                 Extent::of(cx.rows(x), 1),
             )),
         });
+    }
+}
+
+pub(super) fn lower(cx: &Context, _index: usize, op: &Op, out: &mut Vec<Pending>) {
+    match op {
+        Op::MatMul { x, weight, out: o } => product(cx, *x, *weight, *o, out),
+        _ => unreachable!("not a matrix op: {op:?}"),
+    }
+}
+
+pub(super) fn kernels(op: &Op, needs: &mut Needs) {
+    if let Op::MatMul { weight, .. } = op {
+        let format = needs.matrix_format(*weight);
+        needs.push(Kernel::Matmul, format);
+        needs.push(Kernel::MatmulNarrow, format);
     }
 }

@@ -17,7 +17,7 @@ use crate::format::WeightFormat;
 use crate::kernels::{Kernel, Kernels};
 use crate::kv::KvCache;
 use crate::weights::{DeviceMatrix, ExpertStacks};
-use unmask_core::graph::{BufId, Graph, Op, Rows};
+use unmask_core::graph::{BufId, Graph, Op, OpFamily, Rows, WeightId};
 
 /// Rows and features of the dense tiles (BM, BN in matmul.wgsl).
 pub const TILE_ROWS: usize = 32;
@@ -160,67 +160,65 @@ impl Context<'_> {
         self.graph.buffer(b).cols
     }
 
+    /// The op handed to its family's module: a new op of an existing family touches only
+    /// that module.
     fn compile_op(&self, index: usize, op: &Op, out: &mut Vec<Pending>) {
-        match op {
-            Op::Embed { ids, table, out: o } => embed::lower(self, *ids, *table, *o, out),
-            Op::RmsNorm {
-                x,
-                weight,
-                out: o,
-                eps,
-            } => norm::lower(self, *x, *weight, *o, *eps, out),
-            Op::MatMul { x, weight, out: o } => matmul::lower(self, *x, *weight, *o, out),
-            Op::QkNormRope {
-                qkv,
-                q_norm,
-                k_norm,
-                heads,
-                rot_dim,
-                theta,
-                eps,
-            } => rope::lower(
-                self,
-                index,
-                rope::Rope {
-                    qkv: *qkv,
-                    has_q_norm: q_norm.is_some(),
-                    has_k_norm: k_norm.is_some(),
-                    heads: *heads,
-                    rot_dim: *rot_dim,
-                    theta: *theta,
-                    eps: *eps,
-                },
-                out,
-            ),
-            Op::Attention {
-                qkv,
-                layer,
-                heads,
-                out: o,
-            } => attention::lower(self, *qkv, *layer, *heads, *o, out),
-            Op::Add { a, b, out: o } => {
-                elementwise::lower_binary(self, Kernel::Add, *a, *b, *o, out)
-            }
-            Op::SwiGlu { gate, up, out: o } => {
-                elementwise::lower_binary(self, Kernel::SwiGlu, *gate, *up, *o, out)
-            }
-            Op::TakeLastRows { x, out: o } => elementwise::lower_take_last_rows(self, *x, *o, out),
-            Op::MoeRoute {
-                logits,
-                bias,
-                routing,
-                ids,
-                weights,
-            } => moe::lower_route(self, *logits, *bias, routing, *ids, *weights, out),
-            Op::MoeExperts {
-                x,
-                ids,
-                weights,
-                out: o,
-                ..
-            } => moe::lower_experts(self, index, *x, *ids, *weights, *o, out),
-            Op::Sample { logits, out: o } => sample::lower(self, *logits, *o, out),
+        (Family::of(op.family()).lower)(self, index, op, out)
+    }
+}
+
+/// What a family's module provides: its ops' dispatches, and the pipelines they need.
+struct Family {
+    lower: fn(&Context, usize, &Op, &mut Vec<Pending>),
+    kernels: fn(&Op, &mut Needs),
+}
+
+impl Family {
+    /// The one place that names every family's module.
+    fn of(f: OpFamily) -> Family {
+        macro_rules! family {
+            ($m:ident) => {
+                Family {
+                    lower: $m::lower,
+                    kernels: $m::kernels,
+                }
+            };
         }
+        match f {
+            OpFamily::Embed => family!(embed),
+            OpFamily::Norm => family!(norm),
+            OpFamily::MatMul => family!(matmul),
+            OpFamily::Rope => family!(rope),
+            OpFamily::Attention => family!(attention),
+            OpFamily::Elementwise => family!(elementwise),
+            OpFamily::Moe => family!(moe),
+            OpFamily::Sample => family!(sample),
+        }
+    }
+}
+
+/// The (kernel, weight format) pairs a graph's ops need, gathered by the family modules.
+pub struct Needs<'a> {
+    matrices: &'a [Option<DeviceMatrix>],
+    op_experts: &'a [Option<ExpertStacks>],
+    /// The op being asked about.
+    index: usize,
+    list: Vec<(Kernel, Option<WeightFormat>)>,
+}
+
+impl Needs<'_> {
+    fn push(&mut self, kernel: Kernel, format: Option<WeightFormat>) {
+        self.list.push((kernel, format));
+    }
+
+    /// The stored format of a matrix or table (`None` before it is uploaded).
+    fn matrix_format(&self, w: WeightId) -> Option<WeightFormat> {
+        self.matrices[w.0].as_ref().map(|m| m.format)
+    }
+
+    /// The stored format of the op's expert stacks.
+    fn experts_format(&self) -> Option<WeightFormat> {
+        self.op_experts[self.index].as_ref().map(|e| e.format)
     }
 }
 
@@ -230,48 +228,17 @@ pub fn kernels_needed(
     matrices: &[Option<DeviceMatrix>],
     op_experts: &[Option<ExpertStacks>],
 ) -> Vec<(Kernel, Option<WeightFormat>)> {
-    let mut v = Vec::new();
+    let mut needs = Needs {
+        matrices,
+        op_experts,
+        index: 0,
+        list: Vec::new(),
+    };
     for (i, op) in graph.ops.iter().enumerate() {
-        match op {
-            Op::Embed { table, .. } => {
-                v.push((Kernel::Embed, matrices[table.0].as_ref().map(|m| m.format)))
-            }
-            Op::RmsNorm { .. } => v.push((Kernel::RmsNorm, None)),
-            Op::MatMul { weight, .. } => {
-                let format = matrices[weight.0].as_ref().map(|m| m.format);
-                v.push((Kernel::Matmul, format));
-                v.push((Kernel::MatmulNarrow, format));
-            }
-            Op::QkNormRope { .. } => v.push((Kernel::QkNormRope, None)),
-            Op::Attention { .. } => {
-                v.push((Kernel::KvStore, None));
-                v.push((Kernel::Attention, None));
-            }
-            Op::Add { .. } => v.push((Kernel::Add, None)),
-            Op::SwiGlu { .. } => v.push((Kernel::SwiGlu, None)),
-            Op::TakeLastRows { .. } => v.push((Kernel::TakeLastRows, None)),
-            Op::MoeRoute { routing, .. } => v.push((
-                if routing.block.is_some() {
-                    Kernel::MoeRouteBlock
-                } else {
-                    Kernel::MoeRoute
-                },
-                None,
-            )),
-            Op::MoeExperts { .. } => {
-                let format = op_experts[i].as_ref().map(|e| e.format);
-                v.push((Kernel::MoeGroup, None));
-                v.push((Kernel::MoeGateUp, format));
-                v.push((Kernel::MoeDown, format));
-                v.push((Kernel::MoeCombine, None));
-            }
-            Op::Sample { .. } => {
-                v.push((Kernel::Sample, None));
-                v.push((Kernel::SampleSeeded, None));
-            }
-        }
+        needs.index = i;
+        (Family::of(op.family()).kernels)(op, &mut needs);
     }
-    v
+    needs.list
 }
 
 /// Compiles the graph: parameters into one buffer, one bind group per dispatch.

@@ -1,10 +1,10 @@
 //! Lowering of the MoE ops: routing (per token, or per routing block for LLaDA2.2), then the grouped experts: a group dispatch that buckets rows by expert and writes the indirect arguments, gate/up and down per expert-stack part, and the weighted combine.
 
-use super::{f, Context, Extent, Grid, Pending, TILE_FEATURES, TILE_ROWS};
+use super::{f, Context, Extent, Grid, Needs, Pending, TILE_FEATURES, TILE_ROWS};
 use crate::kernels::Kernel;
-use unmask_core::graph::{BufId, Routing, WeightId};
+use unmask_core::graph::{BufId, Op, Routing, WeightId};
 
-pub(super) fn lower_route(
+fn route(
     cx: &Context,
     logits: BufId,
     bias: Option<WeightId>,
@@ -56,7 +56,7 @@ pub(super) fn lower_route(
     });
 }
 
-pub(super) fn lower_experts(
+fn experts(
     cx: &Context,
     index: usize,
     x: BufId,
@@ -190,4 +190,41 @@ pub(super) fn lower_experts(
         needs_out: false,
         narrow: None,
     });
+}
+
+pub(super) fn lower(cx: &Context, index: usize, op: &Op, out: &mut Vec<Pending>) {
+    match op {
+        Op::MoeRoute {
+            logits,
+            bias,
+            routing,
+            ids,
+            weights,
+        } => route(cx, *logits, *bias, routing, *ids, *weights, out),
+        Op::MoeExperts {
+            x,
+            ids,
+            weights,
+            out: o,
+            ..
+        } => experts(cx, index, *x, *ids, *weights, *o, out),
+        _ => unreachable!("not a MoE op: {op:?}"),
+    }
+}
+
+pub(super) fn kernels(op: &Op, needs: &mut Needs) {
+    match op {
+        Op::MoeRoute { routing, .. } if routing.block.is_some() => {
+            needs.push(Kernel::MoeRouteBlock, None)
+        }
+        Op::MoeRoute { .. } => needs.push(Kernel::MoeRoute, None),
+        Op::MoeExperts { .. } => {
+            let format = needs.experts_format();
+            needs.push(Kernel::MoeGroup, None);
+            needs.push(Kernel::MoeGateUp, format);
+            needs.push(Kernel::MoeDown, format);
+            needs.push(Kernel::MoeCombine, None);
+        }
+        _ => {}
+    }
 }

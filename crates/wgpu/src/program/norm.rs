@@ -1,17 +1,10 @@
 //! Lowering of `RmsNorm`: one workgroup per (group of columns, row).
 
-use super::{f, Context, Extent, Grid, Pending};
+use super::{f, Context, Extent, Grid, Needs, Pending};
 use crate::kernels::Kernel;
-use unmask_core::graph::{BufId, Rows, WeightId};
+use unmask_core::graph::{BufId, Op, Rows, WeightId};
 
-pub(super) fn lower(
-    cx: &Context,
-    x: BufId,
-    weight: WeightId,
-    o: BufId,
-    eps: f32,
-    out: &mut Vec<Pending>,
-) {
+fn rms_norm(cx: &Context, x: BufId, weight: WeightId, o: BufId, eps: f32, out: &mut Vec<Pending>) {
     let g = cx.graph;
     let d = g.weight(weight).shape.iter().product::<usize>();
     let groups = cx.cols(x) / d;
@@ -28,4 +21,20 @@ pub(super) fn lower(
         needs_out: cx.rows(x) == Rows::Out,
         narrow: None,
     });
+}
+
+pub(super) fn lower(cx: &Context, _index: usize, op: &Op, out: &mut Vec<Pending>) {
+    match op {
+        Op::RmsNorm {
+            x,
+            weight,
+            out: o,
+            eps,
+        } => rms_norm(cx, *x, *weight, *o, *eps, out),
+        _ => unreachable!("not a norm op: {op:?}"),
+    }
+}
+
+pub(super) fn kernels(_op: &Op, needs: &mut Needs) {
+    needs.push(Kernel::RmsNorm, None);
 }

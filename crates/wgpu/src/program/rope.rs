@@ -1,10 +1,10 @@
 //! Lowering of `QkNormRope`: per-head norms and NeoX RoPE in place, one workgroup per (q or k head, row).
 
-use super::{f, Context, Extent, Grid, Pending};
+use super::{f, Context, Extent, Grid, Needs, Pending};
 use crate::kernels::Kernel;
-use unmask_core::graph::{BufId, Heads};
+use unmask_core::graph::{BufId, Heads, Op};
 
-pub(super) struct Rope {
+struct Rope {
     pub qkv: BufId,
     pub has_q_norm: bool,
     pub has_k_norm: bool,
@@ -14,7 +14,7 @@ pub(super) struct Rope {
     pub eps: f32,
 }
 
-pub(super) fn lower(cx: &Context, index: usize, r: Rope, out: &mut Vec<Pending>) {
+fn norm_rope(cx: &Context, index: usize, r: Rope, out: &mut Vec<Pending>) {
     let Rope {
         qkv,
         has_q_norm,
@@ -57,4 +57,36 @@ pub(super) fn lower(cx: &Context, index: usize, r: Rope, out: &mut Vec<Pending>)
         needs_out: false,
         narrow: None,
     });
+}
+
+pub(super) fn lower(cx: &Context, index: usize, op: &Op, out: &mut Vec<Pending>) {
+    match op {
+        Op::QkNormRope {
+            qkv,
+            q_norm,
+            k_norm,
+            heads,
+            rot_dim,
+            theta,
+            eps,
+        } => norm_rope(
+            cx,
+            index,
+            Rope {
+                qkv: *qkv,
+                has_q_norm: q_norm.is_some(),
+                has_k_norm: k_norm.is_some(),
+                heads: *heads,
+                rot_dim: *rot_dim,
+                theta: *theta,
+                eps: *eps,
+            },
+            out,
+        ),
+        _ => unreachable!("not a rope op: {op:?}"),
+    }
+}
+
+pub(super) fn kernels(_op: &Op, needs: &mut Needs) {
+    needs.push(Kernel::QkNormRope, None);
 }

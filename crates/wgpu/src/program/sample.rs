@@ -1,10 +1,10 @@
 //! Lowering of `Sample`: one workgroup per predicted row (the greedy pipeline, swapped for the seeded one when a step samples with a temperature).
 
-use super::{Context, Extent, Grid, Pending};
+use super::{Context, Extent, Grid, Needs, Pending};
 use crate::kernels::Kernel;
-use unmask_core::graph::BufId;
+use unmask_core::graph::{BufId, Op};
 
-pub(super) fn lower(cx: &Context, logits: BufId, o: BufId, out: &mut Vec<Pending>) {
+fn sample(cx: &Context, logits: BufId, o: BufId, out: &mut Vec<Pending>) {
     let vocab = cx.cols(logits);
     out.push(Pending {
         kernel: Kernel::Sample,
@@ -15,4 +15,16 @@ pub(super) fn lower(cx: &Context, logits: BufId, o: BufId, out: &mut Vec<Pending
         needs_out: true,
         narrow: None,
     });
+}
+
+pub(super) fn lower(cx: &Context, _index: usize, op: &Op, out: &mut Vec<Pending>) {
+    match op {
+        Op::Sample { logits, out: o } => sample(cx, *logits, *o, out),
+        _ => unreachable!("not a sampling op: {op:?}"),
+    }
+}
+
+pub(super) fn kernels(_op: &Op, needs: &mut Needs) {
+    needs.push(Kernel::Sample, None);
+    needs.push(Kernel::SampleSeeded, None);
 }

@@ -1,11 +1,11 @@
-//! The bytes one forward must touch, from the graph: every weight it reads (only the routed
-//! experts of each MoE layer, only the embedding rows of its tokens), plus the KV cache it reads
-//! and writes. Activations are left out: at decode sizes they are a rounding error beside the
-//! weights. Divided by a memory bandwidth this is the floor no implementation can beat.
+//! The bytes one forward must touch, summed from each op's `Op::cost` (core's op metadata):
+//! every weight it reads (only the routed experts of each MoE layer, only the embedding rows of
+//! its tokens), plus the KV cache it reads and writes. Divided by a memory bandwidth this is the
+//! floor no implementation can beat.
 
 use serde::Serialize;
-use std::collections::{BTreeSet, HashMap};
-use unmask_core::graph::{Graph, Op, WeightRole};
+use std::collections::HashMap;
+use unmask_core::graph::{CostOf, Graph, Op, WeightId, WeightRole};
 use unmask_core::weights::WeightStore;
 
 /// Stored bytes of every tensor, by name (quantized tensors count at their packed size).
@@ -35,13 +35,12 @@ impl WeightBytes {
 pub enum Routing<'a> {
     /// Expert ids per `MoeRoute` op in graph order, `[rows * top_k]` each.
     Known(&'a [Vec<u32>]),
-    /// Unknown: each token picks `top_k` of `num_experts` uniformly at random, independently.
-    /// Exact for a single token; an upper estimate for a window of a trained model, whose
-    /// tokens agree on experts more often than chance.
+    /// Unknown: each token picks `top_k` of `num_experts` uniformly at random (see
+    /// `CostOf::routed`).
     Expected,
 }
 
-/// Bytes by what they hold. K/V are counted as f32, as the reference backend stores them.
+/// Bytes by what they hold, each op's from its `Op::cost`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Traffic {
     pub attention_weights: u64,
@@ -57,7 +56,12 @@ pub struct Traffic {
     pub norm_weights: u64,
     pub kv_cache_read: u64,
     pub kv_cache_written: u64,
+    /// Weights and KV cache: the floor's bytes.
     pub total: u64,
+    /// Activations read and written (left out of `total`: at decode sizes a rounding error
+    /// beside the weights, and mostly in caches).
+    pub activations: u64,
+    pub flops: u64,
 }
 
 impl Traffic {
@@ -76,79 +80,57 @@ pub fn forward_traffic(
     routing: &Routing,
 ) -> Traffic {
     let mut t = Traffic::default();
-    let name = |w: unmask_core::graph::WeightId| graph.weight(w).name.as_str();
+    let stored = |w: WeightId| sizes.get(&graph.weight(w).name);
     let mut moe_index = 0;
     for op in &graph.ops {
-        match op {
-            Op::Embed { table, .. } => {
-                let rows = graph.weight(*table).shape[0].max(1) as u64;
-                t.embedding_rows += sizes.get(name(*table)) / rows * tokens as u64;
+        let routed = match (op, routing) {
+            (Op::MoeExperts { .. }, Routing::Known(lists)) => {
+                Some(lists.get(moe_index).map_or(&[][..], |l| l.as_slice()))
             }
-            Op::RmsNorm { weight, .. } => t.norm_weights += sizes.get(name(*weight)),
-            Op::QkNormRope { q_norm, k_norm, .. } => {
-                for w in q_norm.iter().chain(k_norm) {
-                    t.norm_weights += sizes.get(name(*w));
-                }
-            }
+            _ => None,
+        };
+        let c = op.cost(
+            graph,
+            &CostOf {
+                tokens,
+                out: tokens,
+                start,
+                stored: &stored,
+                routed,
+            },
+        );
+        t.kv_cache_read += c.kv_read;
+        t.kv_cache_written += c.kv_written;
+        t.activations += c.activation_bytes;
+        t.flops += c.flops;
+        // What the weights hold, for the report's breakdown.
+        let bucket = match op {
+            Op::Embed { .. } => &mut t.embedding_rows,
             Op::MatMul { weight, out, .. } => {
-                let n = name(*weight);
-                let b = sizes.get(n);
+                let n = graph.weight(*weight).name.as_str();
                 if *out == graph.logits {
-                    t.lm_head_weights += b;
+                    &mut t.lm_head_weights
                 } else if graph.weight(*weight).role == WeightRole::Router {
-                    t.router_weights += b;
+                    &mut t.router_weights
                 } else if n.contains(".attention.") {
-                    t.attention_weights += b;
+                    &mut t.attention_weights
                 } else if n.contains(".shared_experts.") {
-                    t.shared_expert_weights += b;
+                    &mut t.shared_expert_weights
                 } else {
-                    t.dense_ffn_weights += b;
+                    &mut t.dense_ffn_weights
                 }
             }
-            Op::Attention { heads, .. } => {
-                let per_position = (2 * heads.kv * heads.dim * 4) as u64;
-                t.kv_cache_read += per_position * (start + tokens) as u64;
-                t.kv_cache_written += per_position * tokens as u64;
-            }
-            Op::MoeRoute { bias, .. } => {
-                if let Some(b) = bias {
-                    t.router_weights += sizes.get(name(*b));
-                }
-            }
-            Op::MoeExperts { experts, ids, .. } => {
-                let expert_bytes = |e: usize| {
-                    sizes.get(name(experts.gate[e]))
-                        + sizes.get(name(experts.up[e]))
-                        + sizes.get(name(experts.down[e]))
-                };
-                let count = experts.gate.len();
-                t.num_experts = count;
-                let top_k = graph.buffer(*ids).cols;
-                match routing {
-                    Routing::Known(lists) => {
-                        let touched: BTreeSet<usize> = lists
-                            .get(moe_index)
-                            .map(|l| l.iter().map(|&e| e as usize).filter(|&e| e < count))
-                            .into_iter()
-                            .flatten()
-                            .collect();
-                        t.routed_expert_weights +=
-                            touched.iter().map(|&e| expert_bytes(e)).sum::<u64>();
-                        t.experts_touched.push(touched.len() as f64);
-                    }
-                    Routing::Expected => {
-                        let e = count as f64;
-                        let miss = (1.0 - top_k as f64 / e).max(0.0);
-                        let touched = e * (1.0 - miss.powi(tokens as i32));
-                        let mean = (0..count).map(expert_bytes).sum::<u64>() as f64 / e.max(1.0);
-                        t.routed_expert_weights += (touched * mean).round() as u64;
-                        t.experts_touched.push(touched);
-                    }
-                }
+            Op::MoeRoute { .. } => &mut t.router_weights,
+            Op::MoeExperts { experts, .. } => {
+                t.num_experts = experts.gate.len();
+                t.experts_touched.push(c.experts_touched.unwrap_or(0.0));
                 moe_index += 1;
+                &mut t.routed_expert_weights
             }
-            Op::Add { .. } | Op::SwiGlu { .. } | Op::TakeLastRows { .. } | Op::Sample { .. } => {}
-        }
+            // Norm vectors, and whatever small weights a new op reads.
+            _ => &mut t.norm_weights,
+        };
+        *bucket += c.weight_bytes;
     }
     t.total = t.attention_weights
         + t.dense_ffn_weights
@@ -166,6 +148,7 @@ pub fn forward_traffic(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
     use unmask_core::backend::{Backend, Capture, SampleParams, Step};
     use unmask_core::model::llada2;
     use unmask_core::synthetic::{random_weights, shape_config};

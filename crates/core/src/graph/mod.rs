@@ -6,7 +6,7 @@
 
 mod meta;
 
-pub use meta::OpFamily;
+pub use meta::{CostOf, OpCost, OpFamily};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

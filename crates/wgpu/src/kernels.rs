@@ -17,89 +17,64 @@ pub enum Bind {
     ReadWrite,
 }
 
-/// One entry point and the bindings it uses, as the WGSL declares them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Kernel {
-    Embed,
-    RmsNorm,
-    Matmul,
-    MatmulNarrow,
-    MoeGateUp,
-    MoeDown,
-    QkNormRope,
-    KvStore,
-    Attention,
-    Add,
-    SwiGlu,
-    TakeLastRows,
-    MoeRoute,
-    MoeRouteBlock,
-    MoeGroup,
-    MoeCombine,
-    Sample,
-    SampleSeeded,
-}
-
 use Bind::{Params as U, Read as R, ReadWrite as W};
 
-impl Kernel {
-    pub fn family(self) -> Family {
-        use Kernel::*;
-        match self {
-            Embed => Family::Embed,
-            RmsNorm => Family::Norm,
-            Matmul | MatmulNarrow | MoeGateUp | MoeDown => Family::MatMul,
-            QkNormRope => Family::Rope,
-            KvStore | Attention => Family::Attention,
-            Add | SwiGlu | TakeLastRows => Family::Elementwise,
-            MoeRoute | MoeRouteBlock | MoeGroup | MoeCombine => Family::Moe,
-            Sample | SampleSeeded => Family::Sample,
+/// Declares `Kernel` from one row per entry point: its family (the shader file it lives in), its
+/// WGSL name and the (binding, use) of every group-0 binding, in the order bind groups list
+/// them. A new kernel is one row.
+macro_rules! kernel_table {
+    ($($k:ident: $family:ident, $entry:literal, [$(($b:literal, $u:ident)),*];)*) => {
+        /// One entry point and the bindings it uses, as the WGSL declares them.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+        pub enum Kernel {
+            $($k,)*
         }
-    }
 
-    pub fn entry(self) -> &'static str {
-        use Kernel::*;
-        match self {
-            Embed => "embed",
-            RmsNorm => "rms_norm",
-            Matmul => "matmul",
-            MatmulNarrow => "matmul_narrow",
-            MoeGateUp => "moe_gate_up",
-            MoeDown => "moe_down",
-            QkNormRope => "qk_norm_rope",
-            KvStore => "kv_store",
-            Attention => "attention",
-            Add => "add",
-            SwiGlu => "swiglu",
-            TakeLastRows => "take_last_rows",
-            MoeRoute => "moe_route",
-            MoeRouteBlock => "moe_route_block",
-            MoeGroup => "moe_group",
-            MoeCombine => "moe_combine",
-            Sample => "sample",
-            SampleSeeded => "sample_seeded",
-        }
-    }
+        impl Kernel {
+            #[cfg(test)]
+            pub const ALL: &[Kernel] = &[$(Kernel::$k),*];
 
-    /// (binding, use) of every group-0 binding, in the order bind groups list them.
-    pub fn bindings(self) -> &'static [(u32, Bind)] {
-        use Kernel::*;
-        match self {
-            Embed | Matmul | MatmulNarrow => &[(0, U), (1, R), (2, R), (3, W)],
-            RmsNorm | Add | SwiGlu => &[(0, U), (1, R), (2, R), (3, W)],
-            MoeGateUp => &[(1, R), (2, R), (3, W), (4, U), (5, R), (6, R)],
-            // `load_item_rows` (shared with moe_gate_up) names the slot table even when unused.
-            MoeDown => &[(1, R), (2, R), (3, W), (4, U), (5, R), (6, R)],
-            QkNormRope => &[(0, U), (1, W), (2, R), (3, R)],
-            KvStore => &[(0, U), (1, R), (2, W), (3, W)],
-            Attention => &[(0, U), (1, R), (4, R), (5, R), (6, W)],
-            TakeLastRows => &[(0, U), (1, R), (3, W)],
-            MoeRoute | MoeRouteBlock => &[(0, U), (1, R), (2, R), (3, W), (4, W), (5, W)],
-            MoeGroup => &[(10, U), (11, R), (12, R), (13, W), (14, W), (15, W)],
-            MoeCombine => &[(20, U), (11, R), (21, R), (22, R), (23, R), (24, W)],
-            Sample | SampleSeeded => &[(0, U), (1, R), (2, W)],
+            pub fn family(self) -> Family {
+                match self {
+                    $(Kernel::$k => Family::$family,)*
+                }
+            }
+
+            pub fn entry(self) -> &'static str {
+                match self {
+                    $(Kernel::$k => $entry,)*
+                }
+            }
+
+            pub fn bindings(self) -> &'static [(u32, Bind)] {
+                match self {
+                    $(Kernel::$k => &[$(($b, $u)),*],)*
+                }
+            }
         }
-    }
+    };
+}
+
+kernel_table! {
+    Embed: Embed, "embed", [(0, U), (1, R), (2, R), (3, W)];
+    RmsNorm: Norm, "rms_norm", [(0, U), (1, R), (2, R), (3, W)];
+    Matmul: MatMul, "matmul", [(0, U), (1, R), (2, R), (3, W)];
+    MatmulNarrow: MatMul, "matmul_narrow", [(0, U), (1, R), (2, R), (3, W)];
+    MoeGateUp: MatMul, "moe_gate_up", [(1, R), (2, R), (3, W), (4, U), (5, R), (6, R)];
+    // `load_item_rows` (shared with moe_gate_up) names the slot table even when unused.
+    MoeDown: MatMul, "moe_down", [(1, R), (2, R), (3, W), (4, U), (5, R), (6, R)];
+    QkNormRope: Rope, "qk_norm_rope", [(0, U), (1, W), (2, R), (3, R)];
+    KvStore: Attention, "kv_store", [(0, U), (1, R), (2, W), (3, W)];
+    Attention: Attention, "attention", [(0, U), (1, R), (4, R), (5, R), (6, W)];
+    Add: Elementwise, "add", [(0, U), (1, R), (2, R), (3, W)];
+    SwiGlu: Elementwise, "swiglu", [(0, U), (1, R), (2, R), (3, W)];
+    TakeLastRows: Elementwise, "take_last_rows", [(0, U), (1, R), (3, W)];
+    MoeRoute: Moe, "moe_route", [(0, U), (1, R), (2, R), (3, W), (4, W), (5, W)];
+    MoeRouteBlock: Moe, "moe_route_block", [(0, U), (1, R), (2, R), (3, W), (4, W), (5, W)];
+    MoeGroup: Moe, "moe_group", [(10, U), (11, R), (12, R), (13, W), (14, W), (15, W)];
+    MoeCombine: Moe, "moe_combine", [(20, U), (11, R), (21, R), (22, R), (23, R), (24, W)];
+    Sample: Sample, "sample", [(0, U), (1, R), (2, W)];
+    SampleSeeded: Sample, "sample_seeded", [(0, U), (1, R), (2, W)];
 }
 
 pub struct Pipeline {
@@ -197,5 +172,33 @@ impl Kernels {
         self.map
             .get(&(kernel, format))
             .unwrap_or_else(|| panic!("pipeline {kernel:?}/{format:?} was not built at load"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shaders::source;
+
+    /// Every row of the kernel table names an entry point of its family's shader and only
+    /// bindings that shader declares.
+    #[test]
+    fn the_kernel_table_matches_the_shaders() {
+        for &k in Kernel::ALL {
+            let src = source(k.family());
+            assert!(
+                src.contains(&format!("fn {}(", k.entry())),
+                "{:?}: no `fn {}` in {}.wgsl",
+                k,
+                k.entry(),
+                k.family().file_stem()
+            );
+            for (b, _) in k.bindings() {
+                assert!(
+                    src.contains(&format!("@binding({b})")),
+                    "{k:?}: binding {b} is not declared"
+                );
+            }
+        }
     }
 }

@@ -244,6 +244,37 @@ fn elementwise_case() -> Case {
     }
 }
 
+/// The residual add fused with the next norm, over groups longer than a workgroup (300 > 256
+/// columns: each invocation loops) and rows that split into several groups.
+fn add_rms_norm_case() -> Case {
+    let (n, d, groups) = (5, 300, 2);
+    let mut cg = CaseGraph::new(12);
+    let a = cg.embed("a", 9, d * groups, DType::F32, 2.0);
+    let b = cg.embed("b", 9, d * groups, DType::F32, 2.0);
+    let weight = cg.vector("norm", (0..d).map(|i| 0.5 + 0.01 * i as f32).collect());
+    let sum = cg.g.f32("sum", Rows::Tokens, d * groups);
+    let out = cg.g.f32("normed", Rows::Tokens, d * groups);
+    cg.g.op(Op::AddRmsNorm {
+        a,
+        b,
+        weight,
+        sum,
+        out,
+        eps: 1e-6,
+    });
+    let runs = once(cg.tokens(n, 9));
+    let (graph, store) = cg.finish(vec![sum, out], None);
+    Case {
+        name: format!("add_rms_norm d={d} groups={groups}"),
+        graph,
+        store,
+        runs,
+        forced: Forced::default(),
+        tol: 1e-6,
+        exercises: None,
+    }
+}
+
 /// QK norm, RoPE and attention over the cache: a long first step (several passes where the
 /// backend chunks, and a cache that grows), a short one after it, then one that rewinds into the
 /// cache as the decoder does for a window.
@@ -470,6 +501,7 @@ fn sampling_case() -> Case {
 fn cases() -> Vec<Case> {
     let mut v = matmul_cases();
     v.push(elementwise_case());
+    v.push(add_rms_norm_case());
     v.push(attention_case(40));
     // Past the GPU kernels' head_dim limit (256): "not supported" there, run by the reference.
     v.push(attention_case(272));

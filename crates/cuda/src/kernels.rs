@@ -32,6 +32,7 @@ pub const PER_FORMAT: [&str; 4] = ["embed", "matmul", "moe_gate_up", "moe_down"]
 /// Kernels with a single variant.
 pub const SINGLE: &[&str] = &[
     "rms_norm",
+    "add_rms_norm",
     "qk_norm_rope",
     "kv_store",
     "attention",

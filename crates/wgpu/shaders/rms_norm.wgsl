@@ -1,4 +1,5 @@
 // RMS norm over groups of `d` columns: out = w * (x / sqrt(mean(x^2) + eps)), statistics in f32.
+// add_rms_norm first forms x = a + b and writes it to `sum` (the residual stream).
 
 struct NormParams {
     // Group length (the weight's length) and groups per row.
@@ -12,9 +13,25 @@ struct NormParams {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read> b: array<f32>;
+@group(0) @binding(5) var<storage, read_write> sum: array<f32>;
 
 const WG: u32 = 256u;
 var<workgroup> partial: array<f32, 256>;
+
+// 1 / sqrt(mean + eps) from each invocation's sum of squares (the same tree for both entries,
+// so the fused norm rounds exactly as the plain one).
+fn inv_rms(li: u32, squares: f32) -> f32 {
+    partial[li] = squares;
+    for (var h = WG / 2u; h > 0u; h >>= 1u) {
+        workgroupBarrier();
+        if (li < h) {
+            partial[li] += partial[li + h];
+        }
+    }
+    workgroupBarrier();
+    return 1.0 / sqrt(partial[0] / f32(p.d) + p.eps);
+}
 
 // One workgroup per group: x = group within the row, y = row.
 @compute @workgroup_size(256)
@@ -25,16 +42,24 @@ fn rms_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
         let v = x[base + j];
         s += v * v;
     }
-    partial[li] = s;
-    for (var h = WG / 2u; h > 0u; h >>= 1u) {
-        workgroupBarrier();
-        if (li < h) {
-            partial[li] += partial[li + h];
-        }
-    }
-    workgroupBarrier();
-    let r = 1.0 / sqrt(partial[0] / f32(p.d) + p.eps);
+    let r = inv_rms(li, s);
     for (var j = li; j < p.d; j += WG) {
         out[base + j] = weight[j] * (x[base + j] * r);
+    }
+}
+
+// The same grid; each invocation reads back only the sums it wrote.
+@compute @workgroup_size(256)
+fn add_rms_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let base = (wg.y * p.groups + wg.x) * p.d;
+    var s = 0.0;
+    for (var j = li; j < p.d; j += WG) {
+        let v = x[base + j] + b[base + j];
+        sum[base + j] = v;
+        s += v * v;
+    }
+    let r = inv_rms(li, s);
+    for (var j = li; j < p.d; j += WG) {
+        out[base + j] = weight[j] * (sum[base + j] * r);
     }
 }

@@ -58,6 +58,7 @@ macro_rules! kernel_table {
 kernel_table! {
     Embed: Embed, "embed", [(0, U), (1, R), (2, R), (3, W)];
     RmsNorm: Norm, "rms_norm", [(0, U), (1, R), (2, R), (3, W)];
+    AddRmsNorm: Norm, "add_rms_norm", [(0, U), (1, R), (2, R), (3, W), (4, R), (5, W)];
     Matmul: MatMul, "matmul", [(0, U), (1, R), (2, R), (3, W)];
     MatmulNarrow: MatMul, "matmul_narrow", [(0, U), (1, R), (2, R), (3, W)];
     MoeGateUp: MatMul, "moe_gate_up", [(1, R), (2, R), (3, W), (4, U), (5, R), (6, R)];

@@ -53,7 +53,7 @@ impl Op {
             Op::Embed { ids, .. } => vec![*ids],
             Op::RmsNorm { x, .. } | Op::MatMul { x, .. } | Op::TakeLastRows { x, .. } => vec![*x],
             Op::QkNormRope { qkv, .. } | Op::Attention { qkv, .. } => vec![*qkv],
-            Op::Add { a, b, .. } => vec![*a, *b],
+            Op::Add { a, b, .. } | Op::AddRmsNorm { a, b, .. } => vec![*a, *b],
             Op::SwiGlu { gate, up, .. } => vec![*gate, *up],
             Op::MoeRoute { logits, .. } | Op::Sample { logits, .. } => vec![*logits],
             Op::MoeExperts {
@@ -67,6 +67,7 @@ impl Op {
         match self {
             Op::QkNormRope { qkv, .. } => vec![*qkv],
             Op::MoeRoute { ids, weights, .. } => vec![*ids, *weights],
+            Op::AddRmsNorm { sum, out, .. } => vec![*sum, *out],
             Op::Embed { out, .. }
             | Op::RmsNorm { out, .. }
             | Op::MatMul { out, .. }
@@ -94,7 +95,9 @@ impl Op {
     pub fn weights(&self) -> Vec<WeightId> {
         match self {
             Op::Embed { table, .. } => vec![*table],
-            Op::RmsNorm { weight, .. } | Op::MatMul { weight, .. } => vec![*weight],
+            Op::RmsNorm { weight, .. }
+            | Op::AddRmsNorm { weight, .. }
+            | Op::MatMul { weight, .. } => vec![*weight],
             Op::QkNormRope { q_norm, k_norm, .. } => q_norm.iter().chain(k_norm).copied().collect(),
             Op::MoeRoute { bias, .. } => bias.iter().copied().collect(),
             Op::MoeExperts { experts, .. } => experts
@@ -115,7 +118,7 @@ impl Op {
     pub fn family(&self) -> OpFamily {
         match self {
             Op::Embed { .. } => OpFamily::Embed,
-            Op::RmsNorm { .. } => OpFamily::Norm,
+            Op::RmsNorm { .. } | Op::AddRmsNorm { .. } => OpFamily::Norm,
             Op::MatMul { .. } => OpFamily::MatMul,
             Op::QkNormRope { .. } => OpFamily::Rope,
             Op::Attention { .. } => OpFamily::Attention,
@@ -177,7 +180,7 @@ pub struct CostOf<'a> {
 impl Op {
     /// Bytes and flops of the op in the step `at`. Flops count: 2 per multiply-add of a matrix
     /// product and of attention (QK^T and PV over every key a row may see: the cache and the
-    /// window), 4 per element for a norm, 5 per element for SwiGLU, 1 for an add, 8 per rotated
+    /// window), 4 per element for a norm (5 with its add), 5 per element for SwiGLU, 1 for an add, 8 per rotated
     /// or normed head element for rope, 4 per router score, 2 per logit for sampling.
     pub fn cost(&self, g: &Graph, at: &CostOf) -> OpCost {
         let rows = |b: BufId| g.buffer_rows(b, at.tokens, at.out) as u64;
@@ -200,6 +203,10 @@ impl Op {
             Op::RmsNorm { weight, out, .. } => {
                 c.weight_bytes = (at.stored)(*weight);
                 c.flops = 4 * elems(*out);
+            }
+            Op::AddRmsNorm { weight, out, .. } => {
+                c.weight_bytes = (at.stored)(*weight);
+                c.flops = 5 * elems(*out);
             }
             Op::MatMul { weight, out, .. } => {
                 c.weight_bytes = (at.stored)(*weight);

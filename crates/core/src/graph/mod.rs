@@ -109,6 +109,16 @@ pub enum Op {
         out: BufId,
         eps: f32,
     },
+    /// `sum = a + b`, then `out` = `sum` RMS-normed as `RmsNorm` does: a residual add and
+    /// the norm after it in one pass.
+    AddRmsNorm {
+        a: BufId,
+        b: BufId,
+        weight: WeightId,
+        sum: BufId,
+        out: BufId,
+        eps: f32,
+    },
     /// `out = x @ weight^T` for a `[out_features, in_features]` weight.
     MatMul {
         x: BufId,

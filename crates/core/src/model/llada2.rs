@@ -125,23 +125,19 @@ pub fn build(c: &Config) -> Graph {
             weight: wo,
             out: o,
         });
+        // The residual add and the feed-forward block's norm, in one op.
         let x_mid = g.f32(l("resid_mid"), Rows::Tokens, h);
-        g.op(Op::Add {
-            a: x,
-            b: o,
-            out: x_mid,
-        });
-
-        // Feed-forward block.
         let ln2 = g.weight(
             format!("{p}.post_attention_layernorm.weight"),
             vec![h],
             WeightRole::Vector,
         );
         let f = g.f32(l("ffn_norm"), Rows::Tokens, h);
-        g.op(Op::RmsNorm {
-            x: x_mid,
+        g.op(Op::AddRmsNorm {
+            a: x,
+            b: o,
             weight: ln2,
+            sum: x_mid,
             out: f,
             eps: c.rms_norm_eps,
         });

@@ -205,6 +205,23 @@ impl ReferenceBackend {
                 ops::rms_norm(&self.f[x.0], &w, *eps, &mut o);
                 self.f[out.0] = o;
             }
+            Op::AddRmsNorm {
+                a,
+                b,
+                weight,
+                sum,
+                out,
+                eps,
+            } => {
+                let mut total = self.out_f(*sum, s);
+                for ((t, x), y) in total.iter_mut().zip(&self.f[a.0]).zip(&self.f[b.0]) {
+                    *t = x + y;
+                }
+                let mut o = self.out_f(*out, s);
+                ops::rms_norm(&total, &self.vector(*weight), *eps, &mut o);
+                self.f[sum.0] = total;
+                self.f[out.0] = o;
+            }
             Op::MatMul { x, weight, out } => {
                 let mut o = self.out_f(*out, s);
                 ops::matmul(&self.f[x.0], &self.weights[weight.0], &mut o);

@@ -1,4 +1,4 @@
-//! Recording of `RmsNorm`: a block per group of columns.
+//! Recording of `RmsNorm` and `AddRmsNorm`: a block per group of columns.
 
 use super::*;
 
@@ -31,6 +31,28 @@ pub(super) fn record(rec: &Rec, _oi: usize, op: &Op, ls: &mut Vec<Launch>) -> Re
             out: o,
             eps,
         } => rms_norm(rec, x, weight, o, eps, ls),
+        Op::AddRmsNorm {
+            a,
+            b,
+            weight,
+            sum,
+            out: o,
+            eps,
+        } => {
+            let (w, d) = rec.b.weights.vector(*weight)?;
+            let groups = rec.rows(*a) * rec.b.graph.buffer(*a).cols / d;
+            let args = vec![
+                rec.ptr(*a),
+                rec.ptr(*b),
+                Arg::Ptr(w),
+                rec.ptr(*sum),
+                rec.ptr(*o),
+                u(d),
+                Arg::F32(*eps),
+            ];
+            ls.push(launch("add_rms_norm", (groups as u32, 1, 1), EW, args));
+            Ok(())
+        }
         _ => unreachable!("not a norm op: {op:?}"),
     }
 }

@@ -1,5 +1,5 @@
-//! What each op reads, writes, costs and is: the one table the backends' buffer planners, the
-//! bench's traffic model and the profiler use, so a new op is described here once.
+//! What each op reads, writes, costs and is: the one table the backends' buffer planners and
+//! the bench's traffic model use, so a new op is described here once.
 
 use super::{BufId, Graph, Op, WeightId};
 use serde::Serialize;
@@ -148,20 +148,6 @@ pub struct OpCost {
     pub experts_touched: Option<f64>,
 }
 
-impl std::ops::AddAssign for OpCost {
-    fn add_assign(&mut self, o: OpCost) {
-        self.weight_bytes += o.weight_bytes;
-        self.kv_read += o.kv_read;
-        self.kv_written += o.kv_written;
-        self.activation_bytes += o.activation_bytes;
-        self.flops += o.flops;
-        self.experts_touched = match (self.experts_touched, o.experts_touched) {
-            (Some(a), Some(b)) => Some(a + b),
-            (a, b) => a.or(b),
-        };
-    }
-}
-
 /// The step an op's cost is asked for.
 pub struct CostOf<'a> {
     /// Window tokens, predicted rows and cached positions before the window.
@@ -180,13 +166,15 @@ pub struct CostOf<'a> {
 impl Op {
     /// Bytes and flops of the op in the step `at`. Flops count: 2 per multiply-add of a matrix
     /// product and of attention (QK^T and PV over every key a row may see: the cache and the
-    /// window), 4 per element for a norm (5 with its add), 5 per element for SwiGLU, 1 for an add, 8 per rotated
-    /// or normed head element for rope, 4 per router score, 2 per logit for sampling.
+    /// window), 4 per element for a norm (5 with its add), 5 per element for SwiGLU, 1 for an
+    /// add, 8 per rotated or normed head element for rope, 4 per router score, 2 per logit for
+    /// sampling. Every weight is read whole but the embedding table and the experts.
     pub fn cost(&self, g: &Graph, at: &CostOf) -> OpCost {
         let rows = |b: BufId| g.buffer_rows(b, at.tokens, at.out) as u64;
         let elems = |b: BufId| rows(b) * g.buffer(b).cols as u64;
         let stored = |ws: &[WeightId]| ws.iter().map(|&w| (at.stored)(w)).sum::<u64>();
         let mut c = OpCost {
+            weight_bytes: stored(&self.weights()),
             activation_bytes: self
                 .reads()
                 .iter()
@@ -200,21 +188,13 @@ impl Op {
                 let table_rows = g.weight(*table).shape[0].max(1) as u64;
                 c.weight_bytes = (at.stored)(*table) / table_rows * rows(*out);
             }
-            Op::RmsNorm { weight, out, .. } => {
-                c.weight_bytes = (at.stored)(*weight);
-                c.flops = 4 * elems(*out);
-            }
-            Op::AddRmsNorm { weight, out, .. } => {
-                c.weight_bytes = (at.stored)(*weight);
-                c.flops = 5 * elems(*out);
-            }
+            Op::RmsNorm { out, .. } => c.flops = 4 * elems(*out),
+            Op::AddRmsNorm { out, .. } => c.flops = 5 * elems(*out),
             Op::MatMul { weight, out, .. } => {
-                c.weight_bytes = (at.stored)(*weight);
                 let inner = g.weight(*weight).shape.get(1).copied().unwrap_or(0) as u64;
                 c.flops = 2 * elems(*out) * inner;
             }
             Op::QkNormRope { qkv, heads, .. } => {
-                c.weight_bytes = stored(&self.weights());
                 c.flops = 8 * rows(*qkv) * ((heads.q + heads.kv) * heads.dim) as u64;
             }
             Op::Attention { qkv, heads, .. } => {
@@ -227,10 +207,7 @@ impl Op {
             Op::Add { out, .. } => c.flops = elems(*out),
             Op::SwiGlu { out, .. } => c.flops = 5 * elems(*out),
             Op::TakeLastRows { .. } => {}
-            Op::MoeRoute { logits, .. } => {
-                c.weight_bytes = stored(&self.weights());
-                c.flops = 4 * elems(*logits);
-            }
+            Op::MoeRoute { logits, .. } => c.flops = 4 * elems(*logits),
             Op::MoeExperts {
                 experts, ids, x, ..
             } => {

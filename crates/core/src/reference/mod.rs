@@ -214,9 +214,7 @@ impl ReferenceBackend {
                 eps,
             } => {
                 let mut total = self.out_f(*sum, s);
-                for ((t, x), y) in total.iter_mut().zip(&self.f[a.0]).zip(&self.f[b.0]) {
-                    *t = x + y;
-                }
+                ops::add(&self.f[a.0], &self.f[b.0], &mut total);
                 let mut o = self.out_f(*out, s);
                 ops::rms_norm(&total, &self.vector(*weight), *eps, &mut o);
                 self.f[sum.0] = total;
@@ -278,9 +276,7 @@ impl ReferenceBackend {
             }
             Op::Add { a, b, out } => {
                 let mut o = self.out_f(*out, s);
-                for ((o, x), y) in o.iter_mut().zip(&self.f[a.0]).zip(&self.f[b.0]) {
-                    *o = x + y;
-                }
+                ops::add(&self.f[a.0], &self.f[b.0], &mut o);
                 self.f[out.0] = o;
             }
             Op::SwiGlu { gate, up, out } => {

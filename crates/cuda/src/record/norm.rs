@@ -2,24 +2,27 @@
 
 use super::*;
 
+/// The norm of `x` (or, with `add = Some((b, sum))`, of `sum = x + b`) into `o`.
 fn rms_norm(
     rec: &Rec,
-    x: &BufId,
-    weight: &WeightId,
-    o: &BufId,
-    eps: &f32,
+    x: BufId,
+    add: Option<(BufId, BufId)>,
+    weight: WeightId,
+    o: BufId,
+    eps: f32,
     ls: &mut Vec<Launch>,
 ) -> Result<()> {
-    let b = rec.b;
-    let g = rec.b.graph;
-    let (w, d) = b.weights.vector(*weight)?;
-    let groups = rec.rows(*x) * g.buffer(*x).cols / d;
-    ls.push(launch(
-        "rms_norm",
-        (groups as u32, 1, 1),
-        EW,
-        vec![rec.ptr(*x), Arg::Ptr(w), rec.ptr(*o), u(d), Arg::F32(*eps)],
-    ));
+    let (w, d) = rec.b.weights.vector(weight)?;
+    let groups = rec.rows(x) * rec.b.graph.buffer(x).cols / d;
+    let (kernel, mut args) = match add {
+        None => ("rms_norm", vec![rec.ptr(x), Arg::Ptr(w)]),
+        Some((b, sum)) => (
+            "add_rms_norm",
+            vec![rec.ptr(x), rec.ptr(b), Arg::Ptr(w), rec.ptr(sum)],
+        ),
+    };
+    args.extend([rec.ptr(o), u(d), Arg::F32(eps)]);
+    ls.push(launch(kernel, (groups as u32, 1, 1), EW, args));
     Ok(())
 }
 
@@ -30,7 +33,7 @@ pub(super) fn record(rec: &Rec, _oi: usize, op: &Op, ls: &mut Vec<Launch>) -> Re
             weight,
             out: o,
             eps,
-        } => rms_norm(rec, x, weight, o, eps, ls),
+        } => rms_norm(rec, *x, None, *weight, *o, *eps, ls),
         Op::AddRmsNorm {
             a,
             b,
@@ -38,21 +41,7 @@ pub(super) fn record(rec: &Rec, _oi: usize, op: &Op, ls: &mut Vec<Launch>) -> Re
             sum,
             out: o,
             eps,
-        } => {
-            let (w, d) = rec.b.weights.vector(*weight)?;
-            let groups = rec.rows(*a) * rec.b.graph.buffer(*a).cols / d;
-            let args = vec![
-                rec.ptr(*a),
-                rec.ptr(*b),
-                Arg::Ptr(w),
-                rec.ptr(*sum),
-                rec.ptr(*o),
-                u(d),
-                Arg::F32(*eps),
-            ];
-            ls.push(launch("add_rms_norm", (groups as u32, 1, 1), EW, args));
-            Ok(())
-        }
+        } => rms_norm(rec, *a, Some((*b, *sum)), *weight, *o, *eps, ls),
         _ => unreachable!("not a norm op: {op:?}"),
     }
 }

@@ -2,28 +2,22 @@
 
 use super::{f, Context, Extent, Grid, Needs, Pending};
 use crate::kernels::Kernel;
-use unmask_core::graph::{BufId, Heads, Op};
+use unmask_core::graph::Op;
 
-struct Rope {
-    pub qkv: BufId,
-    pub has_q_norm: bool,
-    pub has_k_norm: bool,
-    pub heads: Heads,
-    pub rot_dim: usize,
-    pub theta: f32,
-    pub eps: f32,
-}
-
-fn norm_rope(cx: &Context, index: usize, r: Rope, out: &mut Vec<Pending>) {
-    let Rope {
+pub(super) fn lower(cx: &Context, index: usize, op: &Op, out: &mut Vec<Pending>) {
+    let Op::QkNormRope {
         qkv,
-        has_q_norm,
-        has_k_norm,
+        q_norm,
+        k_norm,
         heads,
         rot_dim,
         theta,
         eps,
-    } = r;
+    } = *op
+    else {
+        unreachable!("not a rope op: {op:?}")
+    };
+    let (has_q_norm, has_k_norm) = (q_norm.is_some(), k_norm.is_some());
     let table = &cx.kv.tables[cx.kv.table_index(rot_dim, theta)];
     let norms = cx.op_norms[index].clone().unwrap_or(cx.dummy.clone());
     out.push(Pending {
@@ -57,34 +51,6 @@ fn norm_rope(cx: &Context, index: usize, r: Rope, out: &mut Vec<Pending>) {
         needs_out: false,
         narrow: None,
     });
-}
-
-pub(super) fn lower(cx: &Context, index: usize, op: &Op, out: &mut Vec<Pending>) {
-    match op {
-        Op::QkNormRope {
-            qkv,
-            q_norm,
-            k_norm,
-            heads,
-            rot_dim,
-            theta,
-            eps,
-        } => norm_rope(
-            cx,
-            index,
-            Rope {
-                qkv: *qkv,
-                has_q_norm: q_norm.is_some(),
-                has_k_norm: k_norm.is_some(),
-                heads: *heads,
-                rot_dim: *rot_dim,
-                theta: *theta,
-                eps: *eps,
-            },
-            out,
-        ),
-        _ => unreachable!("not a rope op: {op:?}"),
-    }
 }
 
 pub(super) fn kernels(_op: &Op, needs: &mut Needs) {

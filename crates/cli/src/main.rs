@@ -3,6 +3,7 @@
 mod backends;
 mod bench;
 mod commands;
+mod hub;
 mod progress;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,10 @@ enum Command {
     Quantize(commands::quantize::Args),
     /// List the GPU adapters wgpu sees: backend, type, limits, features.
     Devices(commands::devices::Args),
+    /// Download a model from the Hugging Face hub into its cache, without running it.
+    Pull(commands::pull::Args),
+    /// List the LLaDA2 models in the Hugging Face cache (revision, size, path).
+    List(commands::list::Args),
 }
 
 fn main() {
@@ -54,6 +59,8 @@ fn main() {
         Command::Bench(a) => commands::bench::run(a),
         Command::Quantize(a) => commands::quantize::run(a),
         Command::Devices(a) => commands::devices::run(a),
+        Command::Pull(a) => commands::pull::run(a),
+        Command::List(a) => commands::list::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

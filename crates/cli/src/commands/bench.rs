@@ -18,7 +18,7 @@ use unmask_core::ReferenceBackend;
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["model", "shape"])))]
 pub struct Args {
-    /// Model directory with real weights (Hugging Face layout).
+    /// Model directory with real weights (Hugging Face layout), or a Hugging Face id.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Random weights made in memory, no file: `mini`, `flash`, `tiny`, or a directory whose
@@ -115,9 +115,10 @@ pub fn run(args: Args) -> Result<()> {
     let host = host::Host::describe();
     let note = |s: &str| eprintln!("bench: {s}");
     let mut m = match (&args.model, &args.shape) {
-        (Some(dir), _) => {
+        (Some(arg), _) => {
+            let dir = crate::hub::model_dir(arg)?;
             note(&format!("loading {}", dir.display()));
-            source::from_dir(dir, args.layers)?
+            source::from_dir(&dir, args.layers)?
         }
         (None, Some(shape)) => {
             note(&format!("making random weights of the {shape} shape"));

@@ -12,7 +12,8 @@ use unmask_server::completion::{complete, Update};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Model directory (Hugging Face layout: config.json, safetensors, tokenizer files).
+    /// Model directory (Hugging Face layout: config.json, safetensors, tokenizer files), or a
+    /// Hugging Face id `ORG/NAME[@REVISION]` (used from the hub cache, fetched when missing).
     #[arg(long)]
     pub model: PathBuf,
     /// A system message at the start of the conversation (kept across /reset).

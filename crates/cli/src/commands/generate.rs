@@ -15,7 +15,8 @@ use unmask_core::{generate, Backend, DecodeParams, Message, Model};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Model directory (Hugging Face layout: config.json, safetensors, tokenizer files).
+    /// Model directory (Hugging Face layout: config.json, safetensors, tokenizer files), or a
+    /// Hugging Face id `ORG/NAME[@REVISION]` (used from the hub cache, fetched when missing).
     #[arg(long)]
     pub model: PathBuf,
     /// Raw prompt text (no chat template).

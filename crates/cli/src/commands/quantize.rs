@@ -31,7 +31,7 @@ impl From<FormatName> for QuantFormat {
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Full-precision model directory (bf16, f16 or f32 safetensors).
+    /// Full-precision model directory (bf16, f16 or f32 safetensors), or a Hugging Face id.
     #[arg(long)]
     pub model: PathBuf,
     /// Output directory (created; must not exist or be empty).

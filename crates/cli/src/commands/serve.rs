@@ -10,7 +10,8 @@ use unmask_server::ServerConfig;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Model directory (Hugging Face layout: config.json, safetensors, tokenizer files).
+    /// Model directory (Hugging Face layout: config.json, safetensors, tokenizer files), or a
+    /// Hugging Face id `ORG/NAME[@REVISION]` (used from the hub cache, fetched when missing).
     #[arg(long)]
     pub model: PathBuf,
     /// Address to listen on.
@@ -48,7 +49,7 @@ pub struct Args {
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = HttpLimits::default().max_body_bytes)]
     pub max_body_bytes: usize,
-    /// The model name clients use (default: the model directory's name).
+    /// The model name clients use (default: the hub id, or the model directory's name).
     #[arg(long)]
     pub model_name: Option<String>,
     #[command(flatten)]
@@ -74,14 +75,21 @@ pub fn run(args: Args) -> Result<()> {
             p
         })
         .collect();
-    let model_id = args.model_name.clone().unwrap_or_else(|| {
-        args.model
-            .canonicalize()
-            .unwrap_or_else(|_| args.model.clone())
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "model".into())
-    });
+    let hub_id = (!args.model.exists())
+        .then(|| args.model.to_str().and_then(crate::hub::HubId::parse))
+        .flatten();
+    let model_id = args
+        .model_name
+        .clone()
+        .or(hub_id.map(|id| id.repo))
+        .unwrap_or_else(|| {
+            args.model
+                .canonicalize()
+                .unwrap_or_else(|_| args.model.clone())
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into())
+        });
     let backend_args = args.backend.clone();
     let state = unmask_server::start(
         model,

@@ -1,6 +1,8 @@
 //! Shared by the CLI tests: running the `unmask` binary and reading what it prints.
 #![allow(dead_code)]
 
+pub mod hub_server;
+
 use serde_json::Value;
 use std::process::{Command, Output};
 

@@ -7,7 +7,7 @@ mod safetensors_dir;
 pub mod writer;
 
 pub use dtype::DType;
-pub use safetensors_dir::{add_shard, load_dir, load_files};
+pub use safetensors_dir::{add_shard, load_dir, load_files, weight_files};
 
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;

@@ -10,23 +10,28 @@ use std::sync::Arc;
 
 /// Finds the weight files of `dir` and loads (memory-maps) them.
 pub fn load_dir(dir: &Path) -> Result<WeightStore> {
-    let index = "model.safetensors.index.json";
-    let names: Vec<String> = if files::exists(dir, index) {
-        shard_list(dir, index)?.into_iter().collect()
-    } else if files::exists(dir, "model.safetensors") {
-        vec!["model.safetensors".into()]
-    } else {
-        return Err(Error::Weights(format!(
-            "{}: neither model.safetensors nor model.safetensors.index.json found",
-            dir.display()
-        )));
-    };
     // Every shard the index names must be a regular file inside the directory.
-    let paths = names
+    let paths = weight_files(dir)?
         .iter()
         .map(|n| files::model_file(dir, n))
         .collect::<Result<Vec<PathBuf>>>()?;
     load_files(&paths)
+}
+
+/// The names of `dir`'s weight files: the shards its `model.safetensors.index.json` names, or
+/// `model.safetensors` (the hub download fetches exactly these).
+pub fn weight_files(dir: &Path) -> Result<Vec<String>> {
+    let index = "model.safetensors.index.json";
+    if files::exists(dir, index) {
+        Ok(shard_list(dir, index)?.into_iter().collect())
+    } else if files::exists(dir, "model.safetensors") {
+        Ok(vec!["model.safetensors".into()])
+    } else {
+        Err(Error::Weights(format!(
+            "{}: neither model.safetensors nor model.safetensors.index.json found",
+            dir.display()
+        )))
+    }
 }
 
 /// The shard file names listed by an index's `weight_map`.

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::hub_server::{Fault, HubServer, TOKEN};
+use common::hub_server::{Fault, HubServer, LISTING, TOKEN};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -116,8 +116,9 @@ fn first_run_downloads_into_the_hub_cache_then_the_cache_answers_without_the_hub
     // First run: the runtime files are fetched and the model answers.
     let o = env.answer(REPO, &[]);
     assert_answers(&o);
-    let (_, err) = text(&o);
+    let (out, err) = text(&o);
     assert!(err.contains("hub: downloading model.safetensors"), "{err}");
+    println!("$ unmask generate --model {REPO} --chat 'What is 23+45?'\n{err}{out}");
 
     // The layout huggingface_hub writes: refs/main, snapshot links into blobs named by etag.
     let folder = env.cache().join("models--unmask-test--tiny-add");
@@ -151,15 +152,30 @@ fn first_run_downloads_into_the_hub_cache_then_the_cache_answers_without_the_hub
     // `--quantize` on a hub model, as on a directory.
     assert_answers(&env.answer(REPO, &["--quantize", "q8_0"]));
 
-    // The hub gone: the cached snapshot answers, with a note; and HF_HUB_OFFLINE=1 asks nothing.
-    hub.stop();
+    // The hub failing (503) or answering nothing: the cache answers.
+    hub.fault(LISTING, Fault::Status(503));
     let o = env.answer(REPO, &[]);
+    assert_answers(&o);
+    assert!(text(&o).1.contains("503"), "{}", text(&o).1);
+    hub.fault(LISTING, Fault::Stall(0));
+    let o = env
+        .clone()
+        .with("UNMASK_HUB_STALL_SECS", "1")
+        .answer(REPO, &[]);
     assert_answers(&o);
     assert!(
         text(&o).1.contains("could not be reached"),
         "{}",
         text(&o).1
     );
+
+    // The hub gone: the cached snapshot answers, with a note; and HF_HUB_OFFLINE=1 asks nothing.
+    hub.stop();
+    let o = env.answer(REPO, &[]);
+    assert_answers(&o);
+    let (out, err) = text(&o);
+    assert!(err.contains("could not be reached"), "{err}");
+    println!("$ unmask generate ... (the hub stopped)\n{err}{out}");
     let offline = env.offline();
     assert_answers(&offline.answer(REPO, &[]));
     assert_answers(&offline.answer(&format!("{REPO}@{}", hub.commit), &[]));
@@ -168,6 +184,7 @@ fn first_run_downloads_into_the_hub_cache_then_the_cache_answers_without_the_hub
     let o = offline.run(&["list"]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
+    println!("$ unmask list\n{out}");
     assert!(out.contains(REPO) && out.contains("main ("), "{out}");
     let o = offline.run(&["list", "--json"]);
     let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -432,7 +449,7 @@ impl Drop for SmallDisk {
 }
 
 #[test]
-fn a_download_the_disk_cannot_hold_is_refused_before_it_starts() {
+fn a_download_the_disk_cannot_hold_is_refused_ahead_or_stopped_with_a_clear_error() {
     let hub = HubServer::start(&fixture(), REPO);
     let env = Env::new(&hub.url);
     // Room for the small files, not for the 5 MB of weights.
@@ -447,5 +464,20 @@ fn a_download_the_disk_cannot_hold_is_refused_before_it_starts() {
         "{err}"
     );
     assert_eq!(downloads_of(&hub, "model.safetensors"), 0);
+    println!("{}", err.trim());
+
+    // A listing without sizes cannot be checked ahead: the disk fills mid-download, and says so.
+    hub.bare_listing();
+    let o = env.run(&["pull", REPO]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("is full") && err.contains("run again to resume"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!env.snapshot(&hub.commit).join("model.safetensors").exists());
+    // The small files already there were kept, not fetched twice.
+    assert_eq!(downloads_of(&hub, "config.json"), 1);
     println!("{}", err.trim());
 }

@@ -109,12 +109,19 @@ impl<'a> Fetcher<'a> {
             .repo(repo)
             .info_request()
             .query("blobs", "true")
+            // A hub that accepts the connection and never answers must not hang the run.
+            .config()
+            .timeout_global(Some(self.env.stall))
+            .build()
             .call();
         let mut response = match response {
             Ok(r) => r,
             Err(e) => {
                 return Err(match errors::classify_ureq(&e) {
-                    errors::Kind::Network => InfoError::Unreachable(e.to_string()),
+                    // Down or overloaded is unreachable too: the cache may still serve.
+                    errors::Kind::Network | errors::Kind::Status(429 | 500..=599) => {
+                        InfoError::Unreachable(e.to_string())
+                    }
                     _ => InfoError::Refused(errors::explain(
                         self.env,
                         self.id,
@@ -122,7 +129,7 @@ impl<'a> Fetcher<'a> {
                         &e.to_string(),
                         errors::classify_ureq(&e),
                     )),
-                })
+                });
             }
         };
         let info: RepoInfo = response.body_mut().read_json().map_err(|e| {
@@ -216,8 +223,9 @@ impl<'a> Fetcher<'a> {
         }
         let size = sibling.and_then(Sibling::size);
         let etag = sibling.and_then(Sibling::etag).map(str::to_string);
-        if let Some(etag) = &etag {
-            if self.reuse(commit, name, etag, size)? {
+        // A listing without etags (a minimal mirror): the snapshot's own link says which blob.
+        if let Some(known) = etag.clone().or_else(|| self.rc.linked_etag(commit, name)) {
+            if self.reuse(commit, name, &known, size)? {
                 return Ok(());
             }
         }

@@ -21,7 +21,7 @@ pub use env::HubEnv;
 pub use id::{parse_or_explain, HubId};
 pub use list::list;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use cache::RepoCache;
 use fetch::{Fetcher, InfoError};
 use std::path::{Path, PathBuf};
@@ -33,7 +33,9 @@ pub fn model_dir(arg: &Path) -> Result<PathBuf> {
         return Ok(arg.to_path_buf());
     }
     match arg.to_str().and_then(HubId::parse) {
-        Some(id) => snapshot(&HubEnv::from_env(), &id),
+        Some(id) => snapshot(&HubEnv::from_env(), &id).with_context(|| {
+            format!("`{id}` is no directory here, so it was taken for a Hugging Face id")
+        }),
         None => Ok(arg.to_path_buf()),
     }
 }

@@ -42,7 +42,12 @@ pub enum Fault {
     Stall(u64),
     /// Send the whole body with one byte changed.
     Damage,
+    /// Answer with this status and no body.
+    Status(u16),
 }
+
+/// The name under which a fault applies to the repository listing (`/api/models/...`).
+pub const LISTING: &str = "<listing>";
 
 #[derive(Clone, Debug)]
 pub struct Logged {
@@ -55,6 +60,8 @@ pub struct Logged {
 struct State {
     log: Vec<Logged>,
     faults: Vec<(String, Fault)>,
+    /// List files by name only, as a minimal mirror does (no sizes, no etags).
+    bare_listing: bool,
 }
 
 pub struct HubServer {
@@ -143,6 +150,11 @@ impl HubServer {
             .push((file.to_string(), fault));
     }
 
+    /// From now on the listing names the files without sizes or etags.
+    pub fn bare_listing(&self) {
+        self.state.lock().unwrap().bare_listing = true;
+    }
+
     pub fn log(&self) -> Vec<Logged> {
         self.state.lock().unwrap().log.clone()
     }
@@ -223,6 +235,13 @@ impl Ctx {
         self.route(&req, conn)
     }
 
+    /// The first fault armed for `name`, disarmed.
+    fn take_fault(&self, name: &str) -> Option<Fault> {
+        let mut st = self.state.lock().unwrap();
+        let i = st.faults.iter().position(|(n, _)| n == name)?;
+        Some(st.faults.remove(i).1)
+    }
+
     /// The repositories this hub has: the fixture, and a gated copy of it.
     fn known(&self, repo: &str, req: &Request) -> Result<(), (u16, &'static str)> {
         if repo == self.repo {
@@ -258,10 +277,24 @@ impl Ctx {
             if rev != "main" && rev != self.commit {
                 return reply(&mut conn, 404, &[], b"{\"error\":\"Invalid rev id\"}");
             }
+            match self.take_fault(LISTING) {
+                Some(Fault::Status(code)) => return reply(&mut conn, code, &[], b""),
+                Some(Fault::Stall(_)) => {
+                    while !self.stop.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    return Ok(());
+                }
+                _ => {}
+            }
+            let bare = self.state.lock().unwrap().bare_listing;
             let siblings: Vec<serde_json::Value> = self
                 .files
                 .iter()
                 .map(|f| {
+                    if bare {
+                        return serde_json::json!({ "rfilename": f.name });
+                    }
                     let mut s = serde_json::json!({
                         "rfilename": f.name, "size": f.bytes.len(), "blobId": f.git_sha1,
                     });
@@ -351,17 +384,14 @@ impl Ctx {
         // The metadata probe (`bytes=0-0`) never trips a fault; the download does.
         let probe = end == 0;
         let fault = (!probe && req.method == "GET")
-            .then(|| {
-                let mut st = self.state.lock().unwrap();
-                let i = st.faults.iter().position(|(n, _)| *n == f.name)?;
-                Some(st.faults.remove(i).1)
-            })
+            .then(|| self.take_fault(&f.name))
             .flatten();
         if req.method == "HEAD" {
             return head(conn, status, &headers, body.len());
         }
         match fault {
             None => reply(conn, status, &headers, &body),
+            Some(Fault::Status(code)) => reply(conn, code, &[], b""),
             Some(Fault::Damage) => {
                 let mid = body.len() / 2;
                 body[mid] ^= 0x5a;

@@ -53,6 +53,7 @@ impl Env {
             .env("HF_HOME", self.home.path().join("hf-home"))
             .env("HF_ENDPOINT", &self.endpoint)
             .env_remove("HF_TOKEN")
+            .env_remove("HF_TOKEN_PATH")
             .env_remove("HF_HUB_OFFLINE")
             .env_remove("HUGGING_FACE_HUB_TOKEN");
         for (k, v) in &self.extra {
@@ -204,6 +205,15 @@ fn first_run_downloads_into_the_hub_cache_then_the_cache_answers_without_the_hub
     assert_eq!(PathBuf::from(text(&o).0.trim()), snap);
 
     python_reads_the_cache(&offline.cache(), &hub.commit);
+}
+
+/// The Python checks need huggingface_hub; CI installs it and sets UNMASK_REQUIRE_HF_PYTHON.
+fn python_skipped(why: &str) {
+    assert!(
+        std::env::var_os("UNMASK_REQUIRE_HF_PYTHON").is_none(),
+        "UNMASK_REQUIRE_HF_PYTHON is set but: {why}"
+    );
+    println!("python check SKIPPED ({why})");
 }
 
 /// huggingface_hub (where Python has it) sees the cache unmask wrote as its own.
@@ -384,6 +394,12 @@ fn hub_failures_are_errors_a_user_can_act_on() {
         "may not read it",
     );
 
+    // A listing whose etags would name files outside the cache is refused, nothing written.
+    hub.fault(LISTING, Fault::EscapingEtags);
+    let env2 = Env::new(&hub.url);
+    fails(&env2.run(&["pull", REPO]), "which is no blob name");
+    assert!(!env2.home.path().join("outside").exists());
+
     // No hub and nothing cached; offline and nothing cached.
     hub.stop();
     fails(&env.answer(REPO, &[]), "offline and not in the cache");
@@ -412,12 +428,12 @@ print("fetched")
     );
     let o = match Command::new("python3").arg("-c").arg(&script).output() {
         Ok(o) => o,
-        Err(e) => return println!("SKIPPED (no python3: {e})"),
+        Err(e) => return python_skipped(&format!("no python3: {e}")),
     };
     let (out, err) = text(&o);
     assert!(o.status.success(), "huggingface_hub failed: {out}{err}");
     if out.contains("SKIPPED") {
-        return println!("{}", out.trim());
+        return python_skipped(out.trim());
     }
     let before = hub.log().len();
     // unmask reads what Python wrote: one listing request, not one byte downloaded again.
@@ -454,6 +470,10 @@ fn a_download_the_disk_cannot_hold_is_refused_ahead_or_stopped_with_a_clear_erro
     let env = Env::new(&hub.url);
     // Room for the small files, not for the 5 MB of weights.
     let Some(_disk) = SmallDisk::mount(&env.cache(), 2 << 20) else {
+        assert!(
+            std::env::var_os("UNMASK_REQUIRE_TMPFS").is_none(),
+            "UNMASK_REQUIRE_TMPFS is set but a tmpfs could not be mounted"
+        );
         return println!("SKIPPED (mounting a tmpfs needs root)");
     };
     let o = env.run(&["pull", REPO]);

@@ -75,9 +75,7 @@ pub fn run(args: Args) -> Result<()> {
             p
         })
         .collect();
-    let hub_id = (!args.model.exists())
-        .then(|| args.model.to_str().and_then(crate::hub::HubId::parse))
-        .flatten();
+    let hub_id = crate::hub::hub_id_of(&args.model);
     let model_id = args
         .model_name
         .clone()

@@ -51,7 +51,7 @@ impl RepoCache {
                 .is_dir()
                 .then(|| id.revision.clone());
         }
-        let text = std::fs::read_to_string(self.dir.join("refs").join(&id.revision)).ok()?;
+        let text = read_small(&self.dir.join("refs").join(&id.revision))?;
         let commit = text.trim();
         is_commit_hash(commit).then(|| commit.to_string())
     }
@@ -66,7 +66,10 @@ impl RepoCache {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let tmp = path.with_extension("unmask-tmp");
+        // Written beside `refs/`, not in it: a crash must not leave something that reads as a ref.
+        let tmp = self
+            .dir
+            .join(format!(".unmask-ref-{}.tmp", std::process::id()));
         std::fs::write(&tmp, commit)?;
         std::fs::rename(tmp, path)
     }
@@ -109,6 +112,16 @@ impl RepoCache {
         let _ = std::fs::remove_file(self.marker(etag));
         let _ = std::fs::remove_file(self.snapshot(commit).join(file));
     }
+}
+
+/// A small regular file's text (refs, marks, tokens): `None` for anything else (a directory, a
+/// FIFO that would block, a file too large to be one).
+pub fn read_small(path: &Path) -> Option<String> {
+    let m = std::fs::metadata(path).ok()?;
+    if !m.is_file() || m.len() > 4096 {
+        return None;
+    }
+    std::fs::read_to_string(path).ok()
 }
 
 #[cfg(unix)]

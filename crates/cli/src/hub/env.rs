@@ -39,7 +39,7 @@ impl HubEnv {
             .unwrap_or_else(|| hf_home.join("token"));
         let token = var("HF_TOKEN")
             .or_else(|| var("HUGGING_FACE_HUB_TOKEN"))
-            .or_else(|| std::fs::read_to_string(token_file).ok())
+            .or_else(|| super::cache::read_small(&token_file))
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty());
         let endpoint = var("HF_ENDPOINT")

@@ -69,6 +69,10 @@ pub fn explain(
         }
         Kind::Status(404) => match file {
             Some(f) => anyhow!("{}: no file {f} in {id} ({detail})", env.endpoint),
+            None if env.token.is_none() => anyhow!(
+                "{}: no such model repository or revision: {id} ({detail}); check the name on the hub (a private repository answers so too without HF_TOKEN)",
+                env.endpoint
+            ),
             None => anyhow!(
                 "{}: no such model repository or revision: {id} ({detail}); check the name on the hub",
                 env.endpoint

@@ -9,12 +9,12 @@ use super::progress::{Bar, Heartbeat};
 use super::verify::{self, Check};
 use super::{errors, files, space};
 use anyhow::{anyhow, bail, Context, Result};
-use hf_hub::api::sync::{Api, ApiBuilder};
+use hf_hub::api::sync::{Api, ApiBuilder, ApiError, ApiRepo, Metadata};
 use hf_hub::{Cache, Repo, RepoType};
 use indicatif::HumanBytes;
 use serde::Deserialize;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 /// `GET /api/models/{repo}/revision/{rev}?blobs=true`: the commit and every file's size and etag.
@@ -75,6 +75,14 @@ pub struct Fetcher<'a> {
     rc: RepoCache,
 }
 
+/// A blob name: one path component of letters, digits, `-` and `_` (the hub's are hex).
+fn safe_etag(e: &str) -> bool {
+    !e.is_empty()
+        && e.len() <= 128
+        && e.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+}
+
 /// Attempts at a file whose bytes fail their check before giving up.
 const ATTEMPTS: usize = 2;
 
@@ -109,29 +117,55 @@ impl<'a> Fetcher<'a> {
             .repo(repo)
             .info_request()
             .query("blobs", "true")
-            // A hub that accepts the connection and never answers must not hang the run.
             .config()
+            // A hub that accepts the connection and never answers must not hang the run.
             .timeout_global(Some(self.env.stall))
+            // The answer's X-Error-Code tells a missing repository from a gated one.
+            .http_status_as_error(false)
             .build()
             .call();
         let mut response = match response {
             Ok(r) => r,
             Err(e) => {
-                return Err(match errors::classify_ureq(&e) {
-                    // Down or overloaded is unreachable too: the cache may still serve.
-                    errors::Kind::Network | errors::Kind::Status(429 | 500..=599) => {
-                        InfoError::Unreachable(e.to_string())
-                    }
+                let kind = errors::classify_ureq(&e);
+                return Err(match kind {
+                    errors::Kind::Network => InfoError::Unreachable(e.to_string()),
                     _ => InfoError::Refused(errors::explain(
                         self.env,
                         self.id,
                         None,
                         &e.to_string(),
-                        errors::classify_ureq(&e),
+                        kind,
                     )),
                 });
             }
         };
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            let header = |k: &str| {
+                response
+                    .headers()
+                    .get(k)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| v.chars().take(200).collect::<String>())
+            };
+            let code = header("x-error-code");
+            let detail = match (&code, header("x-error-message")) {
+                (Some(c), Some(m)) => format!("HTTP {status}, {c}: {m}"),
+                (Some(c), None) => format!("HTTP {status}, {c}"),
+                (None, _) => format!("HTTP {status}"),
+            };
+            let kind = match code.as_deref() {
+                Some("RepoNotFound" | "RevisionNotFound") => errors::Kind::Status(404),
+                Some("GatedRepo") => errors::Kind::Status(403),
+                _ => errors::Kind::Status(status),
+            };
+            return Err(match status {
+                // Down or overloaded is unreachable too: the cache may still serve.
+                429 | 500..=599 => InfoError::Unreachable(detail),
+                _ => InfoError::Refused(errors::explain(self.env, self.id, None, &detail, kind)),
+            });
+        }
         let info: RepoInfo = response.body_mut().read_json().map_err(|e| {
             InfoError::Refused(anyhow!(
                 "{}: the hub's listing of {} is not what it should be: {e}",
@@ -162,6 +196,10 @@ impl<'a> Fetcher<'a> {
         for f in small {
             self.file(commit, f, sibling(f))?;
         }
+        // Gigabytes of weights are fetched only for a config the loader takes.
+        unmask_core::files::read_text(&dir, "config.json")
+            .and_then(|text| unmask_core::Config::from_json_str(&text))
+            .with_context(|| format!("{} is not a model unmask can run", self.id))?;
         let mut weights = entry.to_vec();
         if entry[0] == files::INDEX {
             self.file(commit, files::INDEX, sibling(files::INDEX))?;
@@ -178,7 +216,6 @@ impl<'a> Fetcher<'a> {
             self.file(commit, w, sibling(w))?;
         }
         self.rc.set_ref(self.id, commit)?;
-        self.rc.drop_commit_ref(commit);
         Ok(dir)
     }
 
@@ -221,40 +258,72 @@ impl<'a> Fetcher<'a> {
                 self.id
             );
         }
-        let size = sibling.and_then(Sibling::size);
-        let etag = sibling.and_then(Sibling::etag).map(str::to_string);
+        let listed_size = sibling.and_then(Sibling::size);
+        let listed_etag = sibling.and_then(Sibling::etag);
+        if let Some(e) = listed_etag.filter(|e| !safe_etag(e)) {
+            bail!(
+                "{}: the listing gives {name} the etag `{e}`, which is no blob name",
+                self.id
+            );
+        }
         // A listing without etags (a minimal mirror): the snapshot's own link says which blob.
-        if let Some(known) = etag.clone().or_else(|| self.rc.linked_etag(commit, name)) {
-            if self.reuse(commit, name, &known, size)? {
+        let known = listed_etag
+            .map(str::to_string)
+            .or_else(|| self.rc.linked_etag(commit, name).filter(|e| safe_etag(e)));
+        if let Some(known) = &known {
+            if self.reuse(commit, name, known, listed_size)? {
                 return Ok(());
             }
         }
-        for attempt in 1..=ATTEMPTS {
-            eprintln!(
-                "hub: downloading {name}{}",
-                size.map(|s| format!(" ({})", HumanBytes(s)))
-                    .unwrap_or_default()
+        // What hf-hub will store the file as, checked before it writes anything: the blob's name
+        // comes from the answer's headers.
+        let meta = self.probe(commit, name)?;
+        let etag = meta.etag().to_string();
+        if !safe_etag(&etag) || meta.commit_hash() != commit {
+            bail!(
+                "{}: the hub answered for {name} with etag `{etag}` at commit `{}` (listed: commit {commit}); refusing it",
+                self.id,
+                meta.commit_hash()
             );
-            self.download(commit, name)?;
-            let got = self
-                .rc
-                .linked_etag(commit, name)
-                .ok_or_else(|| anyhow!("{}: hf-hub stored {name} without its blob", self.id))?;
-            if let Some(expected) = etag.as_deref().filter(|e| *e != got) {
-                self.rc.remove(commit, name, &got);
+        }
+        if let Some(e) = listed_etag.filter(|e| *e != etag) {
+            bail!(
+                "{}: {name} comes with etag {etag}, but the listing says {e}",
+                self.id
+            );
+        }
+        let size = listed_size.unwrap_or(meta.size() as u64);
+        if size != meta.size() as u64 {
+            bail!(
+                "{}: {name} is {} bytes by the listing and {} by the hub",
+                self.id,
+                size,
+                meta.size()
+            );
+        }
+        if known.is_none() && self.reuse(commit, name, &etag, Some(size))? {
+            return Ok(());
+        }
+        for attempt in 1..=ATTEMPTS {
+            eprintln!("hub: downloading {name} ({})", HumanBytes(size));
+            let done = self.download(commit, name, size);
+            // hf-hub names a ref after the commit it was asked for; huggingface_hub never does.
+            self.rc.drop_commit_ref(commit);
+            done?;
+            if self.rc.linked_etag(commit, name).as_deref() != Some(etag.as_str()) {
                 bail!(
-                    "{}: {name} came with etag {got}, but the listing says {expected}",
+                    "{}: hf-hub stored {name} elsewhere than blobs/{etag}",
                     self.id
                 );
             }
-            match verify::check_file(&self.rc.blob(&got), &got, size)? {
+            match verify::check_file(&self.rc.blob(&etag), &etag, Some(size))? {
                 Check::Good => {
-                    verify::mark(&self.rc, &got)?;
+                    verify::mark(&self.rc, &etag)?;
                     return Ok(());
                 }
                 bad => {
-                    self.rc.remove(commit, name, &got);
-                    let _ = std::fs::remove_file(self.rc.part(&got));
+                    self.rc.remove(commit, name, &etag);
+                    let _ = std::fs::remove_file(self.rc.part(&etag));
                     if attempt == ATTEMPTS {
                         bail!(
                             "{}: {name} from {} failed its check {ATTEMPTS} times ({}); nothing of it was kept",
@@ -312,29 +381,68 @@ impl<'a> Fetcher<'a> {
         Ok(true)
     }
 
-    /// hf-hub's download of `name` at `commit` on a thread of its own, watched: no bytes for
-    /// `env.stall` ends the run with the part file kept for the next one.
-    fn download(&self, commit: &str, name: &str) -> Result<()> {
-        let beat = Heartbeat::new();
-        let bar = Bar::new(name, beat.clone());
-        let repo = self.api.repo(Repo::with_revision(
+    /// hf-hub's one-byte probe of `name` at `commit`: its etag, commit and size.
+    fn probe(&self, commit: &str, name: &str) -> Result<Metadata> {
+        let api = self.api.clone();
+        let url = self.repo(commit).url(name);
+        self.watched(name, None, Heartbeat::new(), move |_| api.metadata(&url))
+    }
+
+    /// hf-hub's download of `name` (`size` bytes) at `commit`, watched.
+    fn download(&self, commit: &str, name: &str, size: u64) -> Result<()> {
+        let repo = self.repo(commit);
+        let file = name.to_string();
+        self.watched(name, Some(size), Heartbeat::new(), move |beat| {
+            repo.download_with_progress(&file, Bar::new(&file, beat))
+        })
+        .map(|_| ())
+    }
+
+    fn repo(&self, commit: &str) -> ApiRepo {
+        self.api.repo(Repo::with_revision(
             self.id.repo.clone(),
             RepoType::Model,
             commit.to_string(),
-        ));
-        let file = name.to_string();
+        ))
+    }
+
+    /// Runs an hf-hub call on a thread of its own: no bytes for `env.stall` ends the run (a part
+    /// file kept for the next one), and a panic inside the crate is an error, not a crash.
+    fn watched<T: Send + 'static>(
+        &self,
+        name: &str,
+        size: Option<u64>,
+        beat: Arc<Heartbeat>,
+        job: impl FnOnce(Arc<Heartbeat>) -> std::result::Result<T, ApiError> + Send + 'static,
+    ) -> Result<T> {
         let (tx, rx) = mpsc::channel();
+        let b = beat.clone();
         std::thread::spawn(move || {
-            let _ = tx.send(repo.download_with_progress(&file, bar));
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(b)));
+            let _ = tx.send(r);
         });
         loop {
             match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(Ok(_)) => return Ok(()),
-                Ok(Err(e)) => {
+                Ok(Ok(Ok(v))) => return Ok(v),
+                Ok(Ok(Err(e))) => {
                     let kind = errors::classify(&e);
-                    return Err(errors::explain(self.env, self.id, Some(name), &e.to_string(), kind))
+                    let mut detail = e.to_string();
+                    if kind == errors::Kind::DiskFull {
+                        if let Some(size) = size {
+                            detail = format!(
+                                "{detail}; {name} needs {}, {} of it received",
+                                HumanBytes(size),
+                                HumanBytes(beat.bytes())
+                            );
+                        }
+                    }
+                    return Err(errors::explain(self.env, self.id, Some(name), &detail, kind))
                         .with_context(|| format!("downloading {name} into {}", self.rc.dir.display()));
                 }
+                Ok(Err(_panic)) => bail!(
+                    "{}: the hub client failed on {name} (an answer it could not handle; see above)",
+                    self.id
+                ),
                 Err(mpsc::RecvTimeoutError::Timeout) if beat.idle() > self.env.stall => bail!(
                     "{}: the hub sent nothing for {} s while downloading {name} ({} received, kept in {} for the next run to resume)",
                     self.id,

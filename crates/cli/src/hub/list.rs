@@ -45,7 +45,11 @@ pub fn list(cache: &Path) -> Result<Vec<CachedModel>> {
         let mut found: Vec<CachedModel> = snaps
             .filter_map(|s| {
                 let s = s.ok()?;
-                let commit = s.file_name().into_string().ok()?;
+                let commit = s
+                    .file_name()
+                    .into_string()
+                    .ok()
+                    .filter(|c| is_commit_hash(c))?;
                 let path = s.path();
                 runs_here(&path).then(|| CachedModel {
                     repo: repo.clone(),
@@ -87,9 +91,10 @@ fn refs_by_commit(refs: &Path) -> BTreeMap<String, Vec<String>> {
         };
         for e in entries.flatten() {
             let p = e.path();
-            if p.is_dir() {
+            // Folders as they are, never through a link (a link loop would never end).
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
                 stack.push(p);
-            } else if let Ok(text) = std::fs::read_to_string(&p) {
+            } else if let Some(text) = super::cache::read_small(&p) {
                 let commit = text.trim().to_string();
                 if is_commit_hash(&commit) {
                     if let Ok(name) = p.strip_prefix(refs) {
@@ -116,10 +121,13 @@ fn snapshot_bytes(dir: &Path) -> u64 {
             continue;
         };
         for e in entries.flatten() {
-            match std::fs::metadata(e.path()) {
-                Ok(m) if m.is_dir() => stack.push(e.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
+            // Files through their links (snapshots link into blobs), folders never through one.
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            } else if let Ok(m) = std::fs::metadata(e.path()) {
+                if m.is_file() {
+                    total += m.len();
+                }
             }
         }
     }

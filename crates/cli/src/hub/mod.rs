@@ -29,15 +29,20 @@ use std::path::{Path, PathBuf};
 /// `--model`: a path that exists as it is; else a hub id, resolved (and fetched) to its snapshot.
 /// Anything else is handed on as a path, for the loader to say what is missing.
 pub fn model_dir(arg: &Path) -> Result<PathBuf> {
-    if arg.exists() {
-        return Ok(arg.to_path_buf());
-    }
-    match arg.to_str().and_then(HubId::parse) {
+    match hub_id_of(arg) {
         Some(id) => snapshot(&HubEnv::from_env(), &id).with_context(|| {
             format!("`{id}` is no directory here, so it was taken for a Hugging Face id")
         }),
         None => Ok(arg.to_path_buf()),
     }
+}
+
+/// The hub id `--model` names: not a path that exists, and of the `org/name[@rev]` shape.
+pub fn hub_id_of(arg: &Path) -> Option<HubId> {
+    if arg.exists() {
+        return None;
+    }
+    arg.to_str().and_then(HubId::parse)
 }
 
 /// The snapshot folder of `id` with every runtime file in it: from the cache when offline or

@@ -111,8 +111,8 @@ fn stamp(path: &Path) -> io::Result<String> {
 
 /// Whether `blob` was hashed before and has not changed since.
 pub fn is_marked(rc: &RepoCache, etag: &str) -> bool {
-    let (Ok(mark), Ok(now)) = (
-        std::fs::read_to_string(rc.marker(etag)),
+    let (Some(mark), Ok(now)) = (
+        super::cache::read_small(&rc.marker(etag)),
         stamp(&rc.blob(etag)),
     ) else {
         return false;

@@ -44,6 +44,8 @@ pub enum Fault {
     Damage,
     /// Answer with this status and no body.
     Status(u16),
+    /// (The listing) give every file an etag that climbs out of the cache: `../../...`.
+    EscapingEtags,
 }
 
 /// The name under which a fault applies to the repository listing (`/api/models/...`).
@@ -243,17 +245,22 @@ impl Ctx {
     }
 
     /// The repositories this hub has: the fixture, and a gated copy of it.
-    fn known(&self, repo: &str, req: &Request) -> Result<(), (u16, &'static str)> {
+    /// Whether `repo` may be read, as the hub decides it: an unknown repository is a 401 with
+    /// `X-Error-Code: RepoNotFound` to an anonymous client (the hub does not say whether a
+    /// private one exists); the gated copy lists freely but refuses its files without the token.
+    fn known(&self, repo: &str, req: &Request, file: bool) -> Result<(), (u16, &'static str)> {
         if repo == self.repo {
             return Ok(());
         }
         if repo == format!("{}-gated", self.repo) {
-            return match req.auth.as_deref() == Some(&format!("Bearer {TOKEN}")) {
-                true => Ok(()),
-                false => Err((401, "Access to this model is restricted")),
+            return match (file, req.auth.as_deref()) {
+                (false, _) => Ok(()),
+                (true, Some(a)) if a == format!("Bearer {TOKEN}") => Ok(()),
+                (true, Some(_)) => Err((403, "GatedRepo")),
+                (true, None) => Err((401, "GatedRepo")),
             };
         }
-        Err((404, "Repository not found"))
+        Err((401, "RepoNotFound"))
     }
 
     fn route(&self, req: &Request, mut conn: TcpStream) -> std::io::Result<()> {
@@ -266,18 +273,20 @@ impl Ctx {
                 [o, n] => (format!("{o}/{n}"), "main"),
                 _ => return reply(&mut conn, 404, &[], b"{}"),
             };
-            if let Err((code, msg)) = self.known(&repo, req) {
-                return reply(
-                    &mut conn,
-                    code,
-                    &[],
-                    format!("{{\"error\":\"{msg}\"}}").as_bytes(),
-                );
+            if let Err((code, err)) = self.known(&repo, req, false) {
+                return reply(&mut conn, code, &[("X-Error-Code", err.into())], b"{}");
             }
             if rev != "main" && rev != self.commit {
-                return reply(&mut conn, 404, &[], b"{\"error\":\"Invalid rev id\"}");
+                return reply(
+                    &mut conn,
+                    404,
+                    &[("X-Error-Code", "RevisionNotFound".into())],
+                    b"{}",
+                );
             }
-            match self.take_fault(LISTING) {
+            let fault = self.take_fault(LISTING);
+            let escaping = matches!(fault, Some(Fault::EscapingEtags));
+            match fault {
                 Some(Fault::Status(code)) => return reply(&mut conn, code, &[], b""),
                 Some(Fault::Stall(_)) => {
                     while !self.stop.load(Ordering::SeqCst) {
@@ -298,6 +307,9 @@ impl Ctx {
                     let mut s = serde_json::json!({
                         "rfilename": f.name, "size": f.bytes.len(), "blobId": f.git_sha1,
                     });
+                    if escaping {
+                        s["blobId"] = "../../../../outside".into();
+                    }
                     if f.lfs() {
                         s["lfs"] = serde_json::json!({"sha256": f.sha256, "size": f.bytes.len(), "pointerSize": 134});
                     }
@@ -323,8 +335,8 @@ impl Ctx {
         let [o, n, "resolve", rev, file] = segs.as_slice() else {
             return reply(&mut conn, 404, &[], b"");
         };
-        if let Err((code, msg)) = self.known(&format!("{o}/{n}"), req) {
-            return reply(&mut conn, code, &[("X-Error-Message", msg.into())], b"");
+        if let Err((code, err)) = self.known(&format!("{o}/{n}"), req, true) {
+            return reply(&mut conn, code, &[("X-Error-Code", err.into())], b"");
         }
         let Some(f) = self.files.iter().find(|f| f.name == *file) else {
             return reply(
@@ -390,7 +402,8 @@ impl Ctx {
             return head(conn, status, &headers, body.len());
         }
         match fault {
-            None => reply(conn, status, &headers, &body),
+            // A listing's fault; a body is served as it is.
+            None | Some(Fault::EscapingEtags) => reply(conn, status, &headers, &body),
             Some(Fault::Status(code)) => reply(conn, code, &[], b""),
             Some(Fault::Damage) => {
                 let mid = body.len() / 2;

@@ -19,7 +19,12 @@ pub struct HubEnv {
 
 impl HubEnv {
     pub fn from_env() -> HubEnv {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        Self::from_vars(&|k| std::env::var(k).ok())
+    }
+
+    /// The same from any variable lookup (the tests give their own).
+    pub fn from_vars(get: &dyn Fn(&str) -> Option<String>) -> HubEnv {
+        let var = |k: &str| get(k).filter(|v| !v.trim().is_empty());
         let home = var("HOME")
             .map(PathBuf::from)
             .unwrap_or_else(std::env::temp_dir);
@@ -72,6 +77,53 @@ fn truthy(v: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::HubEnv;
+    use std::path::Path;
+
+    fn env(vars: &[(&str, &str)]) -> HubEnv {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        HubEnv::from_vars(&|k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn the_cache_and_endpoint_are_where_huggingface_hub_puts_them() {
+        let e = env(&[("HOME", "/home/u")]);
+        assert_eq!(e.cache, Path::new("/home/u/.cache/huggingface/hub"));
+        assert_eq!(e.endpoint, "https://huggingface.co");
+        assert!(!e.offline && e.token.is_none());
+        let e = env(&[("HOME", "/home/u"), ("XDG_CACHE_HOME", "/x")]);
+        assert_eq!(e.cache, Path::new("/x/huggingface/hub"));
+        let e = env(&[
+            ("HOME", "/home/u"),
+            ("XDG_CACHE_HOME", "/x"),
+            ("HF_HOME", "/hf"),
+        ]);
+        assert_eq!(e.cache, Path::new("/hf/hub"));
+        let e = env(&[
+            ("HF_HOME", "/hf"),
+            ("HF_HUB_CACHE", "/c"),
+            ("HF_ENDPOINT", "http://m/"),
+        ]);
+        assert_eq!(e.cache, Path::new("/c"));
+        assert_eq!(e.endpoint, "http://m");
+        let e = env(&[
+            ("HF_TOKEN", " hf_x \n"),
+            ("HF_HUB_OFFLINE", "1"),
+            ("UNMASK_HUB_STALL_SECS", "5"),
+        ]);
+        assert_eq!(e.token.as_deref(), Some("hf_x"));
+        assert!(e.offline);
+        assert_eq!(e.stall.as_secs(), 5);
+        // The saved login, when no variable names a token.
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("token"), "hf_saved\n").unwrap();
+        let e = env(&[("HF_HOME", tmp.path().to_str().unwrap())]);
+        assert_eq!(e.token.as_deref(), Some("hf_saved"));
+    }
+
     #[test]
     fn booleans_read_as_huggingface_hub_reads_them() {
         for v in ["1", "ON", "yes", "True "] {

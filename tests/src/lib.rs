@@ -53,8 +53,17 @@ pub struct BackendCase {
     pub make: fn(&Model) -> anyhow::Result<Box<dyn Backend>>,
 }
 
-fn make_cpu(m: &Model) -> anyhow::Result<Box<dyn Backend>> {
+fn make_reference(m: &Model) -> anyhow::Result<Box<dyn Backend>> {
     Ok(Box::new(ReferenceBackend::new(
+        m.graph.clone(),
+        &m.weights,
+        &mut |_, _| {},
+    )?))
+}
+
+/// `--backend cpu`: the reference's interpreter with the fast (SIMD) kernels.
+fn make_cpu(m: &Model) -> anyhow::Result<Box<dyn Backend>> {
+    Ok(Box::new(ReferenceBackend::fast(
         m.graph.clone(),
         &m.weights,
         &mut |_, _| {},
@@ -113,12 +122,18 @@ fn devices_here() -> (bool, bool) {
     (cuda, wgpu)
 }
 
-/// Every backend this build can run here, the reference (`cpu`) first.
+/// Every backend this build can run here, the reference first, then the fast `cpu`.
 pub fn backends() -> Vec<BackendCase> {
-    let mut v = vec![BackendCase {
-        name: "cpu",
-        make: make_cpu,
-    }];
+    let mut v = vec![
+        BackendCase {
+            name: "reference",
+            make: make_reference,
+        },
+        BackendCase {
+            name: "cpu",
+            make: make_cpu,
+        },
+    ];
     let (cuda, wgpu) = devices_here();
     if cuda {
         v.push(BackendCase {
@@ -155,7 +170,11 @@ pub struct GraphBackend {
 /// compared with, so it is not among them).
 pub fn graph_backends() -> Vec<GraphBackend> {
     let (cuda, wgpu) = devices_here();
-    let mut v = Vec::new();
+    let mut v = vec![GraphBackend {
+        name: "cpu",
+        supports: |_, _| Ok(()),
+        make: |g, store, _| Ok(Box::new(ReferenceBackend::fast(g, store, &mut |_, _| {})?)),
+    }];
     if cuda {
         v.push(GraphBackend {
             name: "cuda",

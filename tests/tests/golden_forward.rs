@@ -59,3 +59,40 @@ fn logits_and_hidden_states_match_the_reference() {
         }
     }
 }
+
+/// The cpu backend's SIMD matmuls are the reference's dot products operation for operation: on
+/// every golden input its logits and hidden states are the reference's bit for bit.
+#[test]
+fn the_cpu_backend_is_the_reference_bit_for_bit() {
+    let [reference, cpu] = [backends().remove(0), backends().remove(1)];
+    assert_eq!((reference.name, cpu.name), ("reference", "cpu"));
+    for dir in golden_models() {
+        let path = dir.join("golden/forward.safetensors");
+        if !path.exists() {
+            continue;
+        }
+        let model = Model::open(&dir).unwrap();
+        let golden = read_golden_tensors(&path);
+        let (mut a, mut b) = (
+            (reference.make)(&model).unwrap(),
+            (cpu.make)(&model).unwrap(),
+        );
+        for (key, t) in &golden {
+            let (Some(case), GoldenTensor::Ids(ids)) = (key.strip_suffix(".input_ids"), t) else {
+                continue;
+            };
+            let want = golden_forward(a.as_mut(), &model, ids, Capture::Hidden);
+            let got = golden_forward(b.as_mut(), &model, ids, Capture::Hidden);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(got.logits.as_ref().unwrap()),
+                bits(want.logits.as_ref().unwrap()),
+                "{}: {case}: logits",
+                dir.display()
+            );
+            for (i, (g, w)) in got.hidden.iter().zip(&want.hidden).enumerate() {
+                assert_eq!(bits(g), bits(w), "{}: {case}: hidden.{i}", dir.display());
+            }
+        }
+    }
+}

@@ -643,7 +643,8 @@ fn every_op_matches_the_reference_on_every_backend() {
 #[test]
 fn a_device_step_reads_back_only_its_samples() {
     let case = sampling_case();
-    for t in graph_backends() {
+    // The cpu backend's memory is the host's: it reads nothing back.
+    for t in graph_backends().into_iter().filter(|t| t.name != "cpu") {
         let mut b = (t.make)(case.graph.clone(), &case.store, case.forced).unwrap();
         for r in &case.runs {
             let out = b.step(&r.step(Capture::Samples)).unwrap();

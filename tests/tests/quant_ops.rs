@@ -3,7 +3,7 @@
 //! grouped expert FFN and the embedding gather read the packed blocks directly.
 
 use unmask_core::quant::{quantize, QuantFormat};
-use unmask_core::reference::{ops, Matrix};
+use unmask_core::reference::{ops, Kernels, Matrix};
 use unmask_core::synthetic::SplitMix;
 use unmask_core::weights::{DType, Tensor};
 
@@ -148,8 +148,24 @@ fn quantized_experts_equal_dequantized_experts() {
             .collect();
         let weights: Vec<f32> = (0..n * top_k).map(|i| 0.2 + 0.1 * (i % 4) as f32).collect();
         let (mut got, mut want) = (vec![0f32; n * h], vec![0f32; n * h]);
-        ops::moe_experts(&x, &ids, &weights, top_k, &expert_set(&packed), &mut got);
-        ops::moe_experts(&x, &ids, &weights, top_k, &expert_set(&dense), &mut want);
+        ops::moe_experts(
+            Kernels::Reference,
+            &x,
+            &ids,
+            &weights,
+            top_k,
+            &expert_set(&packed),
+            &mut got,
+        );
+        ops::moe_experts(
+            Kernels::Reference,
+            &x,
+            &ids,
+            &weights,
+            top_k,
+            &expert_set(&dense),
+            &mut want,
+        );
         let e = rel_diff(&got, &want);
         assert!(e <= 1e-5, "{f}: {e}");
     }

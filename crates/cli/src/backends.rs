@@ -3,6 +3,7 @@
 use crate::progress::LazyBar;
 use anyhow::{bail, Result};
 use unmask_core::graph::Graph;
+use unmask_core::reference::Kernels;
 use unmask_core::weights::WeightStore;
 use unmask_core::{Backend, Config, Model, ReferenceBackend};
 
@@ -14,8 +15,10 @@ pub enum BackendName {
     Cuda,
     /// A GPU through wgpu: Vulkan, Metal or DX12 (lavapipe on a Linux machine without a GPU).
     Wgpu,
-    /// The f32 reference backend (plain Rust, all cores).
+    /// The CPU: f32 arithmetic, SIMD matmuls (AVX2 where present), all cores; bit for bit `reference`.
     Cpu,
+    /// The f32 reference: plain loops, the oracle the other backends are tested against.
+    Reference,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -66,11 +69,12 @@ pub fn create_for(
                 }
                 Err(wgpu_why) => {
                     why = format!(" (auto: {cuda_why}; {wgpu_why})");
-                    Box::new(cpu(graph, weights)?)
+                    Box::new(cpu(graph, weights, Kernels::Fast)?)
                 }
             },
         },
-        BackendName::Cpu => Box::new(cpu(graph, weights)?),
+        BackendName::Cpu => Box::new(cpu(graph, weights, Kernels::Fast)?),
+        BackendName::Reference => Box::new(cpu(graph, weights, Kernels::Reference)?),
     };
     if !quiet {
         eprintln!("backend: {}{why}", backend.name());
@@ -78,9 +82,11 @@ pub fn create_for(
     Ok(backend)
 }
 
-fn cpu(graph: &Graph, weights: &WeightStore) -> Result<ReferenceBackend> {
+fn cpu(graph: &Graph, weights: &WeightStore, kernels: Kernels) -> Result<ReferenceBackend> {
     let mut bar = LazyBar::new("loading weights");
-    let b = ReferenceBackend::new(graph.clone(), weights, &mut |d, t| bar.update(d, t));
+    let b = ReferenceBackend::with_kernels(graph.clone(), weights, kernels, &mut |d, t| {
+        bar.update(d, t)
+    });
     bar.finish();
     match b {
         Ok(b) => Ok(b),

@@ -10,7 +10,7 @@ use unmask_core::decode::sampler;
 use unmask_core::graph::{BlockRouting, Heads, Routing};
 use unmask_core::quant::quantize_tensor;
 use unmask_core::reference::ops;
-use unmask_core::reference::Matrix;
+use unmask_core::reference::{Kernels, Matrix};
 use unmask_core::synthetic::SplitMix;
 use unmask_core::weights::{DType, Tensor};
 
@@ -75,6 +75,12 @@ fn matmul(c: &mut Criterion) {
                 &n,
                 |b, _| b.iter(|| ops::matmul(black_box(&x), &w, &mut out)),
             );
+            // The cpu backend's kernel (SIMD where present; the same loop otherwise).
+            g.bench_with_input(
+                BenchmarkId::new(format!("qkv_{}_fast", dtype.name()), n),
+                &n,
+                |b, _| b.iter(|| Kernels::Fast.matmul(black_box(&x), &w, &mut out)),
+            );
         }
     }
     g.finish();
@@ -117,7 +123,17 @@ fn experts(c: &mut Criterion) {
         let weights = vec![0.3f32; n * top_k];
         let mut out = vec![0f32; n * HIDDEN];
         g.bench_with_input(BenchmarkId::new("top8_of_32", n), &n, |b, _| {
-            b.iter(|| ops::moe_experts(black_box(&x), &ids, &weights, top_k, &ex, &mut out))
+            b.iter(|| {
+                ops::moe_experts(
+                    Kernels::Reference,
+                    black_box(&x),
+                    &ids,
+                    &weights,
+                    top_k,
+                    &ex,
+                    &mut out,
+                )
+            })
         });
     }
     g.finish();

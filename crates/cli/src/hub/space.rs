@@ -16,6 +16,8 @@ pub fn available(dir: &Path) -> Option<u64> {
     }
     // SAFETY: statvfs returned 0, so it wrote the struct.
     let st = unsafe { st.assume_init() };
+    // The fields are u32 on some platforms, u64 on others.
+    #[allow(clippy::unnecessary_cast)]
     Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 

@@ -18,6 +18,15 @@ enum Data {
     Packed(Tensor),
 }
 
+/// A matrix's values as stored: f32, or the bits of bf16 / f16 halves; packed blocks are read
+/// through `row_into` only.
+pub enum Weights<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
+    F16(&'a [u16]),
+    Packed,
+}
+
 impl Matrix {
     /// A 1-D tensor becomes a single row.
     pub fn from_tensor(t: &Tensor) -> Matrix {
@@ -61,6 +70,16 @@ impl Matrix {
                 .packed()
                 .expect("a packed tensor's size was checked when it was made")
                 .row_into(r, out),
+        }
+    }
+
+    /// The stored values, for kernels that widen them themselves.
+    pub fn weights(&self) -> Weights<'_> {
+        match &self.data {
+            Data::F32(v) => Weights::F32(v),
+            Data::Bf16(v) => Weights::Bf16(v),
+            Data::F16(v) => Weights::F16(v),
+            Data::Packed(_) => Weights::Packed,
         }
     }
 

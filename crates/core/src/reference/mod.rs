@@ -1,10 +1,12 @@
 //! The reference backend: the graph interpreted op by op in plain f32 Rust (threads for the big
 //! loops). It is the oracle every other backend is tested against.
 
+pub mod fast;
 mod matrix;
 pub mod ops;
 pub mod parallel;
 
+pub use fast::Kernels;
 pub use matrix::Matrix;
 
 use crate::backend::{Backend, Capture, Step, StepOutput, StepStats};
@@ -26,13 +28,33 @@ pub struct ReferenceBackend {
     u: Vec<Vec<u32>>,
     inv_freq: Vec<Vec<f32>>,
     stats: StepStats,
+    kernels: Kernels,
 }
 
 impl ReferenceBackend {
-    /// Takes the graph's weights from `store` (shapes were checked when the model was loaded).
+    /// The reference (plain loops) over the graph's weights from `store` (shapes were checked
+    /// when the model was loaded).
     pub fn new(
         graph: Graph,
         store: &WeightStore,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        Self::with_kernels(graph, store, Kernels::Reference, progress)
+    }
+
+    /// The same interpreter with the fast kernels: the `cpu` backend.
+    pub fn fast(
+        graph: Graph,
+        store: &WeightStore,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        Self::with_kernels(graph, store, Kernels::Fast, progress)
+    }
+
+    pub fn with_kernels(
+        graph: Graph,
+        store: &WeightStore,
+        kernels: Kernels,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         let total = graph.weights.len();
@@ -67,6 +89,7 @@ impl ReferenceBackend {
             u: vec![Vec::new(); nb],
             inv_freq,
             stats: StepStats::default(),
+            kernels,
             graph,
         })
     }
@@ -82,7 +105,14 @@ impl ReferenceBackend {
 
 impl Backend for ReferenceBackend {
     fn name(&self) -> String {
-        format!("cpu (reference, {} threads)", parallel::threads())
+        match self.kernels {
+            Kernels::Reference => format!("cpu (reference, {} threads)", parallel::threads()),
+            Kernels::Fast => format!(
+                "cpu ({}, {} threads)",
+                fast::matmul::isa(),
+                parallel::threads()
+            ),
+        }
     }
 
     fn cached(&self) -> usize {
@@ -222,7 +252,8 @@ impl ReferenceBackend {
             }
             Op::MatMul { x, weight, out } => {
                 let mut o = self.out_f(*out, s);
-                ops::matmul(&self.f[x.0], &self.weights[weight.0], &mut o);
+                self.kernels
+                    .matmul(&self.f[x.0], &self.weights[weight.0], &mut o);
                 self.f[out.0] = o;
             }
             Op::QkNormRope {
@@ -326,6 +357,7 @@ impl ReferenceBackend {
                 };
                 let top_k = self.graph.buffer(*ids).cols;
                 ops::moe_experts(
+                    self.kernels,
                     &self.f[x.0],
                     &self.u[ids.0],
                     &self.f[weights.0],

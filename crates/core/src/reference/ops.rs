@@ -1,6 +1,7 @@
 //! The reference kernels: plain f32 over slices, one function per graph op. They are the
 //! definition other backends are tested against, so they favour clarity over speed.
 
+use super::fast::Kernels;
 use super::matrix::Matrix;
 use super::parallel::map_chunks;
 use crate::error::{Error, Result};
@@ -294,6 +295,7 @@ pub struct Experts<'a> {
 /// `out[i] = sum_k w[i,k] * swiglu_{ids[i,k]}(x[i])`, computed per expert over the tokens routed
 /// to it (each touched expert's weights are read once), summed per token in expert order.
 pub fn moe_experts(
+    kernels: Kernels,
     x: &[f32],
     ids: &[u32],
     weights: &[f32],
@@ -328,11 +330,11 @@ pub fn moe_experts(
                 vec![0f32; m * inter],
                 vec![0f32; m * inter],
             );
-            matmul(&xs, ex.gate[e], &mut g);
-            matmul(&xs, ex.up[e], &mut u);
+            kernels.matmul(&xs, ex.gate[e], &mut g);
+            kernels.matmul(&xs, ex.up[e], &mut u);
             swiglu(&g, &u, &mut a);
             let mut y = vec![0f32; m * h];
-            matmul(&a, ex.down[e], &mut y);
+            kernels.matmul(&a, ex.down[e], &mut y);
             contrib.push((e, y));
         }
         contrib

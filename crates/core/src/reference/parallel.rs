@@ -1,4 +1,5 @@
-//! Splitting a loop over the machine's cores (sequential on wasm32, which has no threads here).
+//! Splitting a loop over the machine's cores: rayon's pool, made once with `threads()` workers
+//! (sequential on wasm32, which has no threads here).
 
 use std::ops::Range;
 
@@ -12,7 +13,7 @@ pub fn threads() -> usize {
         use std::sync::OnceLock;
         static N: OnceLock<usize> = OnceLock::new();
         *N.get_or_init(|| {
-            std::env::var("UNMASK_THREADS")
+            let n = std::env::var("UNMASK_THREADS")
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .filter(|&n| n > 0)
@@ -20,7 +21,12 @@ pub fn threads() -> usize {
                     std::thread::available_parallelism()
                         .map(|n| n.get())
                         .unwrap_or(1)
-                })
+                });
+            // The global pool takes this size unless the embedding program built it first.
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global();
+            rayon::current_num_threads()
         })
     }
 }
@@ -47,13 +53,8 @@ pub fn map_chunks<T: Send, F: Fn(Range<usize>) -> T + Sync>(
     }
     #[cfg(not(target_arch = "wasm32"))]
     {
-        std::thread::scope(|s| {
-            let f = &f;
-            let handles: Vec<_> = ranges.into_iter().map(|r| s.spawn(move || f(r))).collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("worker thread panicked"))
-                .collect()
-        })
+        use rayon::prelude::*;
+        // In order: the results come back as the ranges were cut.
+        ranges.into_par_iter().map(&f).collect()
     }
 }

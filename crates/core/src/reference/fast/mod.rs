@@ -1,0 +1,26 @@
+//! The cpu backend's fast kernels: the reference backend's interpreter with its hot loops (the
+//! matmuls, dense and per expert) in SIMD where the machine has it. `Kernels::Reference` keeps
+//! the plain loops: the oracle the conformance suite compares every backend with.
+
+pub mod matmul;
+
+use super::matrix::Matrix;
+use super::ops;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernels {
+    /// Plain f32 loops, the definition (`--backend reference`).
+    Reference,
+    /// SIMD where the machine and the weight format have it, else the plain loop (`--backend cpu`).
+    Fast,
+}
+
+impl Kernels {
+    /// `out[n, w.rows] = x[n, w.cols] @ w^T`.
+    pub fn matmul(self, x: &[f32], w: &Matrix, out: &mut [f32]) {
+        if self == Kernels::Fast && matmul::matmul(x, w, out).is_some() {
+            return;
+        }
+        ops::matmul(x, w, out)
+    }
+}

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use unmask_core::decode::Decoder;
 use unmask_core::graph::Graph;
+use unmask_core::reference::Kernels;
 use unmask_core::weights::WeightStore;
 use unmask_core::{Backend, DecodeParams, Model, ReferenceBackend};
 
@@ -53,21 +54,18 @@ pub struct BackendCase {
     pub make: fn(&Model) -> anyhow::Result<Box<dyn Backend>>,
 }
 
+fn make_host(m: &Model, kernels: Kernels) -> anyhow::Result<Box<dyn Backend>> {
+    let b = ReferenceBackend::with_kernels(m.graph.clone(), &m.weights, kernels, &mut |_, _| {});
+    Ok(Box::new(b?))
+}
+
 fn make_reference(m: &Model) -> anyhow::Result<Box<dyn Backend>> {
-    Ok(Box::new(ReferenceBackend::new(
-        m.graph.clone(),
-        &m.weights,
-        &mut |_, _| {},
-    )?))
+    make_host(m, Kernels::Reference)
 }
 
 /// `--backend cpu`: the reference's interpreter with the fast (SIMD) kernels.
 fn make_cpu(m: &Model) -> anyhow::Result<Box<dyn Backend>> {
-    Ok(Box::new(ReferenceBackend::fast(
-        m.graph.clone(),
-        &m.weights,
-        &mut |_, _| {},
-    )?))
+    make_host(m, Kernels::Fast)
 }
 
 fn make_cuda(m: &Model) -> anyhow::Result<Box<dyn Backend>> {

@@ -5,20 +5,32 @@ use unmask_tests::{
     backends, golden_forward, golden_models, max_abs_diff, read_golden_tensors, GoldenTensor,
 };
 
+/// Each golden model with a `golden/forward.safetensors`, opened, with its tensors.
+fn forward_goldens() -> Vec<(
+    std::path::PathBuf,
+    Model,
+    std::collections::BTreeMap<String, GoldenTensor>,
+)> {
+    golden_models()
+        .into_iter()
+        .filter_map(|dir| {
+            let path = dir.join("golden/forward.safetensors");
+            path.exists().then(|| {
+                let model = Model::open(&dir).unwrap();
+                (dir, model, read_golden_tensors(&path))
+            })
+        })
+        .collect()
+}
+
 #[test]
 fn logits_and_hidden_states_match_the_reference() {
-    for dir in golden_models() {
-        let path = dir.join("golden/forward.safetensors");
-        if !path.exists() {
-            continue;
-        }
-        let model = Model::open(&dir).unwrap();
-        let golden = read_golden_tensors(&path);
+    for (dir, model, golden) in forward_goldens() {
         let cases: Vec<String> = golden
             .keys()
             .filter_map(|k| k.strip_suffix(".input_ids").map(str::to_string))
             .collect();
-        assert!(!cases.is_empty(), "no cases in {}", path.display());
+        assert!(!cases.is_empty(), "no cases in {}", dir.display());
         for be in backends() {
             let mut backend = (be.make)(&model).unwrap();
             for case in &cases {
@@ -66,13 +78,7 @@ fn logits_and_hidden_states_match_the_reference() {
 fn the_cpu_backend_is_the_reference_bit_for_bit() {
     let [reference, cpu] = [backends().remove(0), backends().remove(1)];
     assert_eq!((reference.name, cpu.name), ("reference", "cpu"));
-    for dir in golden_models() {
-        let path = dir.join("golden/forward.safetensors");
-        if !path.exists() {
-            continue;
-        }
-        let model = Model::open(&dir).unwrap();
-        let golden = read_golden_tensors(&path);
+    for (dir, model, golden) in forward_goldens() {
         let (mut a, mut b) = (
             (reference.make)(&model).unwrap(),
             (cpu.make)(&model).unwrap(),

@@ -147,25 +147,13 @@ fn quantized_experts_equal_dequantized_experts() {
             .map(|i| ((i * 5 + i / 3) % experts) as u32)
             .collect();
         let weights: Vec<f32> = (0..n * top_k).map(|i| 0.2 + 0.1 * (i % 4) as f32).collect();
-        let (mut got, mut want) = (vec![0f32; n * h], vec![0f32; n * h]);
-        ops::moe_experts(
-            Kernels::Reference,
-            &x,
-            &ids,
-            &weights,
-            top_k,
-            &expert_set(&packed),
-            &mut got,
-        );
-        ops::moe_experts(
-            Kernels::Reference,
-            &x,
-            &ids,
-            &weights,
-            top_k,
-            &expert_set(&dense),
-            &mut want,
-        );
+        let run = |set: &[Matrix]| {
+            let mut out = vec![0f32; n * h];
+            let ex = expert_set(set);
+            ops::moe_experts(Kernels::Reference, &x, &ids, &weights, top_k, &ex, &mut out);
+            out
+        };
+        let (got, want) = (run(&packed), run(&dense));
         let e = rel_diff(&got, &want);
         assert!(e <= 1e-5, "{f}: {e}");
     }

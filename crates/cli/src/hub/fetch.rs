@@ -224,7 +224,7 @@ impl<'a> Fetcher<'a> {
         let mut needed = 0u64;
         for n in names {
             let Some(s) = info.sibling(n) else { continue };
-            let (Some(etag), Some(size)) = (s.etag(), s.size()) else {
+            let (Some(etag), Some(size)) = (s.etag().filter(|e| safe_etag(e)), s.size()) else {
                 continue;
             };
             if self.rc.blob(etag).is_file() || self.rc.linked_etag(commit, n).is_some() {

@@ -171,7 +171,10 @@ pub fn graph_backends() -> Vec<GraphBackend> {
     let mut v = vec![GraphBackend {
         name: "cpu",
         supports: |_, _| Ok(()),
-        make: |g, store, _| Ok(Box::new(ReferenceBackend::fast(g, store, &mut |_, _| {})?)),
+        make: |g, store, _| {
+            let b = ReferenceBackend::with_kernels(g, store, Kernels::Fast, &mut |_, _| {});
+            Ok(Box::new(b?))
+        },
     }];
     if cuda {
         v.push(GraphBackend {

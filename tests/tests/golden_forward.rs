@@ -76,7 +76,8 @@ fn logits_and_hidden_states_match_the_reference() {
 /// every golden input its logits and hidden states are the reference's bit for bit.
 #[test]
 fn the_cpu_backend_is_the_reference_bit_for_bit() {
-    let [reference, cpu] = [backends().remove(0), backends().remove(1)];
+    let mut all = backends();
+    let (reference, cpu) = (all.remove(0), all.remove(0));
     assert_eq!((reference.name, cpu.name), ("reference", "cpu"));
     for (dir, model, golden) in forward_goldens() {
         let (mut a, mut b) = (

@@ -1,5 +1,6 @@
 //! The reference backend: the graph interpreted op by op in plain f32 Rust (threads for the big
-//! loops). It is the oracle every other backend is tested against.
+//! loops). It is the oracle every other backend is tested against; with `Kernels::Fast` its
+//! matmuls run the SIMD kernels of `fast/` instead (the `cpu` backend, bit for bit the same).
 
 pub mod fast;
 mod matrix;
@@ -42,15 +43,7 @@ impl ReferenceBackend {
         Self::with_kernels(graph, store, Kernels::Reference, progress)
     }
 
-    /// The same interpreter with the fast kernels: the `cpu` backend.
-    pub fn fast(
-        graph: Graph,
-        store: &WeightStore,
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Self> {
-        Self::with_kernels(graph, store, Kernels::Fast, progress)
-    }
-
+    /// The same interpreter with `kernels` (`Kernels::Fast`: the `cpu` backend).
     pub fn with_kernels(
         graph: Graph,
         store: &WeightStore,

@@ -29,7 +29,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub fn matmul(x: &[f32], w: &Matrix, out: &mut [f32]) {
     let (k, m) = (w.cols, w.rows);
     let n = x.len() / k;
-    let parts = map_chunks(m, n * m * k, |rows| {
+    by_output_columns(n, m, n * m * k, 1, out, |rows| {
         let mut row = vec![0f32; k];
         let mut part = vec![0f32; n * rows.len()];
         for (j, r) in rows.clone().enumerate() {
@@ -38,12 +38,30 @@ pub fn matmul(x: &[f32], w: &Matrix, out: &mut [f32]) {
                 part[t * rows.len() + j] = dot(&x[t * k..(t + 1) * k], &row);
             }
         }
-        (rows, part)
+        part
     });
-    for (rows, part) in parts {
-        let w = rows.len();
+}
+
+/// Fills `out[n, m]` by ranges of its columns computed over the pool: `part(cols)` returns the
+/// `[n, cols.len()]` values of those columns. Ranges start at multiples of `align` (a kernel's
+/// row block); `work` is the cost estimate `map_chunks` takes.
+pub fn by_output_columns(
+    n: usize,
+    m: usize,
+    work: usize,
+    align: usize,
+    out: &mut [f32],
+    part: impl Fn(std::ops::Range<usize>) -> Vec<f32> + Sync,
+) {
+    let parts = map_chunks(m.div_ceil(align), work, |units| {
+        let cols = units.start * align..(units.end * align).min(m);
+        let values = part(cols.clone());
+        (cols, values)
+    });
+    for (cols, values) in parts {
+        let w = cols.len();
         for t in 0..n {
-            out[t * m + rows.start..t * m + rows.end].copy_from_slice(&part[t * w..(t + 1) * w]);
+            out[t * m + cols.start..t * m + cols.end].copy_from_slice(&values[t * w..(t + 1) * w]);
         }
     }
 }

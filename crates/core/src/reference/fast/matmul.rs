@@ -61,12 +61,9 @@ pub fn matmul(x: &[f32], w: &Matrix, out: &mut [f32]) -> Option<()> {
 #[cfg(target_arch = "x86_64")]
 fn blocks(x: &[f32], w: &Matrix, out: &mut [f32]) {
     use super::super::matrix::Weights;
-    use super::super::parallel::map_chunks;
     let (k, m) = (w.cols, w.rows);
     let n = x.len() / k.max(1);
-    let blocks = m.div_ceil(BLOCK);
-    let parts = map_chunks(blocks, n * m * k, |bs| {
-        let rows = bs.start * BLOCK..(bs.end * BLOCK).min(m);
+    super::super::ops::by_output_columns(n, m, n * m * k, BLOCK, out, |rows| {
         let mut part = vec![0f32; n * rows.len()];
         // q8_0 / q4 rows are dequantized here, a block at a time (the reference's values).
         let mut scratch = match w.weights() {
@@ -89,15 +86,8 @@ fn blocks(x: &[f32], w: &Matrix, out: &mut [f32]) {
                 )
             };
         }
-        (rows, part)
+        part
     });
-    for (rows, part) in parts {
-        let width = rows.len();
-        for t in 0..n {
-            out[t * m + rows.start..t * m + rows.end]
-                .copy_from_slice(&part[t * width..(t + 1) * width]);
-        }
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -295,37 +285,12 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::weights::{DType, Tensor};
+    use crate::weights::DType;
 
-    fn matrix(rows: usize, cols: usize, dtype: DType, seed: u32) -> Matrix {
-        let vals: Vec<f32> = (0..rows * cols)
-            .map(|i| {
-                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32
-                    / (1 << 24) as f32)
-                    - 0.5
-            })
-            .collect();
-        let bytes: Vec<u8> = match dtype {
-            DType::F32 => bytemuck::cast_slice(&vals).to_vec(),
-            DType::BF16 => vals
-                .iter()
-                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
-                .collect(),
-            DType::F16 => vals
-                .iter()
-                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-                .collect(),
-            q => {
-                let f32s = bytemuck::cast_slice(&vals).to_vec();
-                let t = Tensor::from_bytes(DType::F32, vec![rows, cols], f32s).unwrap();
-                let format = match q {
-                    DType::Q8_0 => crate::quant::QuantFormat::Q8_0,
-                    _ => crate::quant::QuantFormat::Q4,
-                };
-                return Matrix::from_tensor(&crate::quant::quantize_tensor(format, &t).unwrap().0);
-            }
-        };
-        Matrix::from_tensor(&Tensor::from_bytes(dtype, vec![rows, cols], bytes).unwrap())
+    fn matrix(rows: usize, cols: usize, dtype: DType, seed: u64) -> Matrix {
+        let mut rng = crate::synthetic::SplitMix(seed);
+        let vals: Vec<f32> = (0..rows * cols).map(|_| rng.symmetric()).collect();
+        Matrix::from_tensor(&crate::synthetic::tensor(dtype, &[rows, cols], &vals).unwrap())
     }
 
     #[test]
@@ -346,8 +311,9 @@ mod tests {
                 let mut got = vec![f32::NAN; n * m];
                 matmul(&x, &w, &mut got).unwrap();
                 for (i, (g, r)) in got.iter().zip(&want).enumerate() {
-                    assert!(
-                        (g - r).abs() <= 1e-4 * (1.0 + r.abs()),
+                    assert_eq!(
+                        g.to_bits(),
+                        r.to_bits(),
                         "{dtype:?} {n}x{m}x{k} [{i}]: {g} vs {r}"
                     );
                 }

@@ -4,7 +4,7 @@
 
 use super::cache::RepoCache;
 use super::env::HubEnv;
-use super::id::{is_commit_hash, HubId};
+use super::id::{is_commit_hash, plain_path, HubId};
 use super::progress::{Bar, Heartbeat};
 use super::verify::{self, Check};
 use super::{errors, files, space};
@@ -252,7 +252,7 @@ impl<'a> Fetcher<'a> {
 
     /// One file: kept if its blob is there and sound, else downloaded and checked.
     fn file(&self, commit: &str, name: &str, sibling: Option<&Sibling>) -> Result<()> {
-        if !files::safe_name(name) {
+        if !plain_path(name) {
             bail!(
                 "{}: the repository lists `{name}`, not a plain file name",
                 self.id

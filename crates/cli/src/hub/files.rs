@@ -1,6 +1,7 @@
 //! Which of a repository's files the runtime reads: only those are fetched (a LLaDA2 repository
 //! also carries READMEs, images, other formats' weights).
 
+use super::id::plain_path;
 use anyhow::{bail, Result};
 use std::path::Path;
 
@@ -53,7 +54,7 @@ pub fn shards(dir: &Path) -> Result<Vec<String>> {
     }
     let names = unmask_core::weights::weight_files(dir)?;
     for n in &names {
-        if !safe_name(n) {
+        if !plain_path(n) {
             bail!(
                 "{}: shard name `{n}` is not a plain file name inside the repository",
                 dir.join(INDEX).display()
@@ -61,19 +62,6 @@ pub fn shards(dir: &Path) -> Result<Vec<String>> {
         }
     }
     Ok(names)
-}
-
-/// A repository path that stays inside the snapshot and needs no URL escaping.
-pub fn safe_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
-        && !name.starts_with('/')
-        && !name
-            .split('/')
-            .any(|p| p.is_empty() || p == "." || p == "..")
 }
 
 #[cfg(test)]
@@ -111,8 +99,8 @@ mod tests {
         assert!(is_modeling_file("modeling_llada2_moe.py"));
         assert!(!is_modeling_file("sub/modeling_x.py"));
         for bad in ["../x", "/x", "a//b", "a/./b", "x y", ""] {
-            assert!(!safe_name(bad), "{bad}");
+            assert!(!plain_path(bad), "{bad}");
         }
-        assert!(safe_name("model-00001-of-00002.safetensors"));
+        assert!(plain_path("model-00001-of-00002.safetensors"));
     }
 }

@@ -13,8 +13,8 @@ pub struct HubId {
 
 /// The hub's own limit on each half of a repository name.
 const MAX_NAME: usize = 96;
-/// Branch and tag names longer than this are not names anyone types.
-const MAX_REVISION: usize = 255;
+/// Branch, tag and file names longer than this are not names anyone types.
+const MAX_PATH: usize = 255;
 
 impl HubId {
     /// Parses `org/name[@revision]`; `None` when `text` does not have that shape (it may be a path).
@@ -74,14 +74,18 @@ fn valid_name(s: &str) -> bool {
         && !s.contains("..")
 }
 
-/// Branch, tag or commit: printable ASCII that stays one path below `refs/` in the cache.
+/// Branch, tag or commit: a plain path (it stays below `refs/` in the cache), not hidden.
 fn valid_revision(s: &str) -> bool {
+    plain_path(s) && !s.starts_with('.')
+}
+
+/// A relative path of letters, digits, `-`, `_`, `.` and `/` that stays where it is joined
+/// (no empty, `.` or `..` parts) and needs no URL escaping: revisions, a repository's file names.
+pub fn plain_path(s: &str) -> bool {
     !s.is_empty()
-        && s.len() <= MAX_REVISION
+        && s.len() <= MAX_PATH
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
-        && !s.starts_with(['/', '.'])
-        && !s.ends_with('/')
         && !s
             .split('/')
             .any(|part| part.is_empty() || part == "." || part == "..")

@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod chat;
+pub mod chunks;
 pub mod config;
 pub mod decode;
 pub mod error;

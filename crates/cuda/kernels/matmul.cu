@@ -3,11 +3,13 @@
 //
 // A step is a handful of tokens against large weights, so the kernel is built to read each weight
 // byte once: a warp owns MM_ROWS weight rows and a block of MM_WARPS warps owns MM_WARPS * MM_ROWS
-// rows for a tile of up to MM_TOK tokens (grid.y tiles the tokens; those blocks read the same
-// weights and meet in L2). Each lane reads 8 consecutive weights per row (one 16-byte load for
-// bf16/f16) and the matching 8 activations of every token, then the warp reduces.
+// rows for a tile of up to MM_TOK tokens. grid.x tiles the tokens and grid.y the rows: blocks are
+// issued x fastest, so the token tiles of one row block run side by side and meet in L2, and each
+// weight byte comes from DRAM once a step (rows in grid.x would sweep a 644 MB lm_head once per
+// token tile). Each lane reads 8 consecutive weights per row (one 16-byte load for bf16/f16) and
+// the matching 8 activations of every token, then the warp reduces.
 //
-// Grid (ceil(M / (MM_WARPS * MM_ROWS)), ceil(n / MM_TOK)), block MM_WARPS * 32.
+// Grid (ceil(n / MM_TOK), ceil(M / (MM_WARPS * MM_ROWS))), block MM_WARPS * 32.
 // The grouped expert kernels (moe.cu) reuse mm_accumulate with gathered token rows.
 
 #define MM_ROWS 4
@@ -78,8 +80,8 @@ template <int DT>
 __device__ __forceinline__ void matmul_impl(const float* x, const u8* wbase, float* out, u32 n,
                                             u32 K, u32 M) {
     const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31u;
-    const u32 r0 = (blockIdx.x * MM_WARPS + warp) * MM_ROWS;
-    const u32 t0 = blockIdx.y * MM_TOK;
+    const u32 r0 = (blockIdx.y * MM_WARPS + warp) * MM_ROWS;
+    const u32 t0 = blockIdx.x * MM_TOK;
     if (r0 >= M || t0 >= n) return;
     const u32 nr = min((u32)MM_ROWS, M - r0);
     const u32 nt = min((u32)MM_TOK, n - t0);

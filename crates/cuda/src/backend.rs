@@ -1,11 +1,13 @@
 //! `CudaBackend`: the `Backend` trait on one NVIDIA GPU.
 //!
-//! At load: the kernels are compiled, weights uploaded (or made on the device), the activation
-//! arena planned (plan.rs) and allocated with the KV cache and the MoE scratch. A step uploads its
-//! token ids and the 48-byte parameter words, replays the CUDA graph captured for its shape
-//! (token count, output rows) the first time that shape ran, and reads back `SAMPLE_WORDS` words
+//! At load: the kernels are compiled (or taken from the disk cache), weights uploaded (or made
+//! on the device), the activation arena planned (plan.rs) and allocated with the KV cache and
+//! the MoE scratch. A step is split into chunks of at most `max_tokens` (whole blocks; core's
+//! chunks.rs, as on wgpu); each chunk uploads its token ids and the 48-byte parameter words,
+//! runs its shape (token count, output rows) directly the first time and as a CUDA graph once
+//! the shape comes back (shapes.rs), and the chunks that predict read back `SAMPLE_WORDS` words
 //! per output row (token, confidence, the three best ids). Growing past the planned token count
-//! or cache length reallocates (counted in `StepStats::allocations`) and re-captures.
+//! or cache length reallocates (counted in `StepStats::allocations`) and re-records.
 
 use crate::availability::cuda_error;
 use crate::device::{Device, DeviceMem, Launch};
@@ -13,11 +15,13 @@ use crate::params;
 use crate::plan;
 use crate::record::{self, Bindings, MoeScratch};
 use crate::weights::{DeviceWeights, RandomFormat, Source};
+use crate::shapes::{Run, Shapes};
 use cudarc::driver::CudaGraph;
-use std::collections::HashMap;
 use std::time::Instant;
 use unmask_core::backend::{Backend, Capture, Sampled, Step, StepOutput, StepStats, SAMPLE_WORDS};
+use unmask_core::chunks::{self, Chunk};
 use unmask_core::graph::{BufId, Graph, Op, Rows};
+use unmask_core::step_params::StepParams;
 use unmask_core::weights::WeightStore;
 use unmask_core::{Error, Result};
 
@@ -30,8 +34,11 @@ pub struct CudaOptions {
     /// Replay captured CUDA graphs (`UNMASK_CUDA_GRAPHS=0` launches every kernel instead, to
     /// tell a capture problem from a kernel problem).
     pub graphs: bool,
-    /// Window tokens the arena is first planned for; larger steps grow it.
+    /// Window tokens the arena is first planned for; larger steps grow it up to `max_tokens`.
     pub initial_tokens: usize,
+    /// Most tokens one pass runs over: longer steps (prompts) run in chunks of whole blocks, as
+    /// on wgpu, so the arena stays small and the chunks' shapes repeat (and replay graphs).
+    pub max_tokens: usize,
 }
 
 impl Default for CudaOptions {
@@ -41,6 +48,7 @@ impl Default for CudaOptions {
             max_positions: 32_768,
             graphs: std::env::var("UNMASK_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             initial_tokens: 64,
+            max_tokens: 128,
         }
     }
 }
@@ -49,12 +57,6 @@ impl Default for CudaOptions {
 const MAX_SHAPES: usize = 16;
 /// Cache positions allocated at first (doubling up to `max_positions` as sequences grow).
 const INITIAL_POSITIONS: usize = 4096;
-
-struct Recorded {
-    launches: Vec<Launch>,
-    graph: Option<CudaGraph>,
-    last_used: u64,
-}
 
 pub struct CudaBackend {
     dev: Device,
@@ -75,12 +77,12 @@ pub struct CudaBackend {
     params: DeviceMem,
     _inv_freq_mem: Vec<DeviceMem>,
     inv_freq: Vec<u64>,
-    steps: HashMap<(usize, usize), Recorded>,
-    clock: u64,
+    steps: Shapes<CudaGraph>,
     cached: usize,
     /// Token ids must be below this (the graph's, computed once).
     token_rows: usize,
     last_tokens: usize,
+    last_chunks: usize,
     stats: StepStats,
 }
 
@@ -153,11 +155,11 @@ impl CudaBackend {
             params,
             _inv_freq_mem: inv_mem,
             inv_freq,
-            steps: HashMap::new(),
-            clock: 0,
+            steps: Shapes::new(MAX_SHAPES),
             cached: 0,
             token_rows: graph.token_rows(),
             last_tokens: 0,
+            last_chunks: 0,
             stats: StepStats::default(),
             life,
             weights,
@@ -256,20 +258,10 @@ impl CudaBackend {
         }
     }
 
-    /// Records (and captures, when graphs are on) the launches of a step shape.
+    /// Records the launches of a step shape (once: they stay valid until buffers move).
     fn prepare(&mut self, n: usize, out: usize) -> Result<()> {
-        if self.steps.contains_key(&(n, out)) {
+        if self.steps.contains((n, out)) {
             return Ok(());
-        }
-        if self.steps.len() >= MAX_SHAPES {
-            if let Some(&oldest) = self
-                .steps
-                .iter()
-                .min_by_key(|(_, r)| r.last_used)
-                .map(|(k, _)| k)
-            {
-                self.steps.remove(&oldest);
-            }
         }
         let kv: Vec<(u64, u64)> = self
             .kv_mem
@@ -281,33 +273,35 @@ impl CudaBackend {
             b.kv = &kv;
             record::record(&b, n, out)?
         };
-        let graph = if self.opts.graphs {
-            self.dev.bind()?;
-            self.dev.begin_capture()?;
-            let mut failed = None;
-            for l in &launches {
-                if let Err(e) = self.dev.launch(l) {
-                    failed = Some(e);
-                    break;
-                }
-            }
-            let captured = self.dev.end_capture();
-            if let Some(e) = failed {
-                return Err(e);
-            }
-            Some(captured?.ok_or_else(|| cuda_error("capturing a step gave an empty graph"))?)
-        } else {
-            None
-        };
-        self.steps.insert(
-            (n, out),
-            Recorded {
-                launches,
-                graph,
-                last_used: 0,
-            },
-        );
+        self.steps.insert((n, out), launches);
         Ok(())
+    }
+
+    /// Runs one pass of a recorded shape: launched, captured then replayed, or replayed
+    /// (shapes.rs decides). Returns (kernels, submissions).
+    fn run(&mut self, n: usize, out: usize) -> Result<(usize, usize)> {
+        let graphs = self.opts.graphs;
+        let (how, rec) = self
+            .steps
+            .run((n, out), graphs)
+            .ok_or_else(|| cuda_error("a step shape ran before it was recorded"))?;
+        let kernels = rec.launches.len();
+        if how == Run::Capture {
+            rec.graph = Some(capture(&self.dev, &rec.launches)?);
+        }
+        match (&rec.graph, how) {
+            (Some(g), Run::Capture | Run::Replay) => {
+                g.launch()
+                    .map_err(|e| cuda_error(format!("replaying a step: {e}")))?;
+                Ok((kernels, 1))
+            }
+            _ => {
+                for l in &rec.launches {
+                    self.dev.launch(l)?;
+                }
+                Ok((kernels, kernels))
+            }
+        }
     }
 
     fn rows(&self, b: BufId, n: usize, out: usize) -> usize {
@@ -317,10 +311,67 @@ impl CudaBackend {
         }
     }
 
-    fn read_f32(&self, b: BufId, n: usize, out: usize) -> Result<Vec<f32>> {
-        let mut v = vec![0f32; self.rows(b, n, out) * self.graph.buffer(b).cols];
-        self.dev.download(self.buffers[b.0], &mut v)?;
-        Ok(v)
+    /// Appends buffer `b`'s rows of a chunk of `n` tokens predicting `out` to `into`.
+    fn read_f32(&self, b: BufId, n: usize, out: usize, into: &mut Vec<f32>) -> Result<usize> {
+        let at = into.len();
+        into.resize(at + self.rows(b, n, out) * self.graph.buffer(b).cols, 0.0);
+        self.dev.download(self.buffers[b.0], &mut into[at..])?;
+        Ok((into.len() - at) * 4)
+    }
+}
+
+/// A step's outputs assembled chunk by chunk: the sampled rows (and captured logits) of the
+/// chunks that predict, every chunk's hidden rows when hidden states are captured.
+struct Gathered {
+    capture: Capture,
+    out_rows: usize,
+    words: Vec<u32>,
+    logits: Vec<f32>,
+    hidden: Vec<Vec<f32>>,
+    read_back: usize,
+}
+
+impl Gathered {
+    fn new(s: &Step) -> Self {
+        Gathered {
+            capture: s.capture,
+            out_rows: s.out_rows,
+            words: Vec::with_capacity(SAMPLE_WORDS * s.out_rows),
+            logits: Vec::new(),
+            hidden: Vec::new(),
+            read_back: 0,
+        }
+    }
+
+    fn read(&mut self, b: &CudaBackend, c: &Chunk) -> Result<()> {
+        let g = &b.graph;
+        if c.out > 0 {
+            let at = self.words.len();
+            self.words.resize(at + SAMPLE_WORDS * c.out, 0);
+            b.dev.download(b.buffers[g.samples.0], &mut self.words[at..])?;
+            self.read_back += SAMPLE_WORDS * c.out * 4;
+            if self.capture != Capture::Samples {
+                self.read_back += b.read_f32(g.logits, c.len, c.out, &mut self.logits)?;
+            }
+        }
+        if self.capture == Capture::Hidden {
+            self.hidden.resize(g.hidden.len(), Vec::new());
+            for (i, &h) in g.hidden.iter().enumerate() {
+                self.read_back += b.read_f32(h, c.len, c.out, &mut self.hidden[i])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> (StepOutput, usize) {
+        debug_assert_eq!(self.words.len(), SAMPLE_WORDS * self.out_rows);
+        let out = StepOutput {
+            samples: Sampled::from_words(&self.words),
+            logits: (self.capture != Capture::Samples).then_some(self.logits),
+            hidden: self.hidden,
+            ..Default::default()
+        };
+        (out, self.read_back)
     }
 }
 
@@ -331,9 +382,16 @@ impl Backend for CudaBackend {
 
     fn name(&self) -> String {
         let i = &self.dev.info;
+        let t = &self.dev.toolchain;
         format!(
-            "cuda ({}, sm_{}{})",
-            i.name, i.compute_capability.0, i.compute_capability.1
+            "cuda ({}, sm_{}{}, driver CUDA {}.{}, NVRTC {}.{})",
+            i.name,
+            i.compute_capability.0,
+            i.compute_capability.1,
+            t.driver.0,
+            t.driver.1,
+            t.nvrtc.0,
+            t.nvrtc.1
         )
     }
 
@@ -353,7 +411,7 @@ impl Backend for CudaBackend {
         s.check(self.cached, self.token_rows)?;
         // Block routing reads routing block b as rows b * size.. of the step.
         self.graph.check_routing_start(s.start)?;
-        let (n, out) = (s.tokens.len(), s.out_rows);
+        let n = s.tokens.len();
         let end = s.start + n;
         if end > self.opts.max_positions {
             return Err(Error::Invalid(format!(
@@ -363,64 +421,41 @@ impl Backend for CudaBackend {
             )));
         }
         self.dev.bind()?;
+        let chunks = chunks::split(s.start, n, s.out_rows, s.block_length, self.opts.max_tokens)?;
+        let widest = chunks.iter().map(|c| c.len).max().unwrap_or(0);
         let mut allocations = 0;
-        if n > self.cap_tokens {
-            let want = n.max(2 * self.cap_tokens).min(self.opts.max_positions);
+        if widest > self.cap_tokens {
+            let want = widest
+                .max(2 * self.cap_tokens)
+                .min(self.opts.max_tokens.max(widest));
             allocations += self.grow_tokens(want)?;
         }
         if end > self.kv_cap {
             let want = end.max(2 * self.kv_cap).min(self.opts.max_positions);
             allocations += self.grow_positions(want)?;
         }
-        self.prepare(n, out)?;
-        let words = params::words(s);
-        self.dev
-            .upload(self.buffers[self.graph.input_ids.0], s.tokens)?;
-        self.dev.upload(self.params.ptr(), &words)?;
-        self.clock += 1;
-        let rec = self.steps.get_mut(&(n, out)).expect("prepared above");
-        rec.last_used = self.clock;
-        let submissions = match &rec.graph {
-            Some(g) => {
-                g.launch()
-                    .map_err(|e| cuda_error(format!("replaying a step: {e}")))?;
-                1
-            }
-            None => {
-                for l in &rec.launches {
-                    self.dev.launch(l)?;
-                }
-                rec.launches.len()
-            }
-        };
-        let dispatches = rec.launches.len();
-        let mut raw = vec![0u32; SAMPLE_WORDS * out];
-        self.dev
-            .download(self.buffers[self.graph.samples.0], &mut raw)?;
+        let mut out_rows = Gathered::new(s);
+        let (mut dispatches, mut submissions, mut uploaded) = (0, 0, 0);
+        for c in &chunks {
+            self.prepare(c.len, c.out)?;
+            let words = StepParams::pass(s, c.offset, c.len, c.out).words();
+            let ids = &s.tokens[c.offset..c.offset + c.len];
+            self.dev.upload(self.buffers[self.graph.input_ids.0], ids)?;
+            self.dev.upload(self.params.ptr(), &words)?;
+            uploaded += ids.len() * 4 + words.len() * 4;
+            let (k, sub) = self.run(c.len, c.out)?;
+            dispatches += k;
+            submissions += sub;
+            out_rows.read(self, c)?;
+        }
         self.cached = s.start + s.keep;
-        self.last_tokens = n;
-        let samples = Sampled::from_words(&raw);
-        let mut result = StepOutput {
-            samples,
-            ..Default::default()
-        };
-        let mut read_back = raw.len() * 4;
-        if s.capture != Capture::Samples {
-            let logits = self.read_f32(self.graph.logits, n, out)?;
-            read_back += logits.len() * 4;
-            result.logits = Some(logits);
-        }
-        if s.capture == Capture::Hidden {
-            for &b in &self.graph.hidden {
-                let h = self.read_f32(b, n, out)?;
-                read_back += h.len() * 4;
-                result.hidden.push(h);
-            }
-        }
+        self.last_tokens = chunks.last().map_or(0, |c| c.len);
+        self.last_chunks = chunks.len();
+        let (result, read_back) = out_rows.finish();
         self.stats = StepStats {
             dispatches,
             submissions,
-            bytes_uploaded: n * 4 + words.len() * 4,
+            bytes_uploaded: uploaded,
             bytes_read_back: read_back,
             allocations,
         };
@@ -429,7 +464,11 @@ impl Backend for CudaBackend {
 
     fn last_routing(&self) -> Option<Vec<Vec<u32>>> {
         // The routing ids stay in the arena to the end of a step (plan.rs); reading them is a
-        // transfer made only on request, outside any timed step.
+        // transfer made only on request, outside any timed step. A chunked step kept only its
+        // last chunk's.
+        if self.last_chunks != 1 {
+            return None;
+        }
         let n = self.last_tokens;
         let mut lists = Vec::new();
         for op in &self.graph.ops {
@@ -478,4 +517,22 @@ impl CudaBackend {
         let secs = t.elapsed().as_secs_f64();
         Ok(2.0 * size as f64 * iters as f64 / secs)
     }
+}
+
+/// Captures `launches` on the device's stream into an instantiated graph (run by the caller).
+fn capture(dev: &Device, launches: &[Launch]) -> Result<CudaGraph> {
+    dev.bind()?;
+    dev.begin_capture()?;
+    let mut failed = None;
+    for l in launches {
+        if let Err(e) = dev.launch(l) {
+            failed = Some(e);
+            break;
+        }
+    }
+    let captured = dev.end_capture();
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    captured?.ok_or_else(|| cuda_error("capturing a step gave an empty graph"))
 }

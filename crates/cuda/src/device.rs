@@ -4,6 +4,7 @@
 //! on the one stream.
 
 use crate::availability::{cuda_error, guarded, probe, DeviceInfo};
+use crate::compile::Toolchain;
 use crate::kernels::Kernels;
 use cudarc::driver::{result, sys, CudaContext, CudaSlice, CudaStream, DevicePtr};
 use std::ffi::c_void;
@@ -48,10 +49,13 @@ pub struct Launch {
     pub block: (u32, u32, u32),
     pub shared_bytes: u32,
     pub args: Vec<Arg>,
+    /// The graph op it computes (profiles add kernel times up per op family).
+    pub op: usize,
 }
 
 pub struct Device {
     pub info: DeviceInfo,
+    pub toolchain: Toolchain,
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     pub kernels: Kernels,
@@ -62,6 +66,7 @@ impl Device {
     /// context and compiles the kernels.
     pub fn open(ordinal: usize) -> Result<Device> {
         let info = probe(ordinal)?;
+        let toolchain = Toolchain::query()?;
         let (ctx, stream) = guarded("creating the CUDA context", || {
             let ctx = driver("creating the CUDA context", CudaContext::new(ordinal))?;
             // SAFETY: one stream orders every use of every allocation of this backend.
@@ -70,9 +75,10 @@ impl Device {
             let stream = driver("creating a CUDA stream", ctx.new_stream())?;
             Ok((ctx, stream))
         })?;
-        let kernels = Kernels::load(&ctx, info.compute_capability)?;
+        let kernels = Kernels::load(&ctx, &info, &toolchain)?;
         Ok(Device {
             info,
+            toolchain,
             ctx,
             stream,
             kernels,

@@ -1,12 +1,16 @@
-//! The CUDA C sources (`kernels/*.cu`, compiled into the binary) and their compilation at load:
-//! one NVRTC program made of `common.cuh` followed by every kernel file, one module, and a
-//! function handle per kernel name.
+//! The CUDA C sources (`kernels/*.cu`, compiled into the binary) and their module at load: one
+//! NVRTC program made of `common.cuh` followed by every kernel file, compiled to a cubin for the
+//! device (compile.rs) or taken from the disk cache (module_cache.rs), and a function handle per
+//! kernel name.
 
-use crate::availability::{cuda_error, guarded};
+use crate::availability::{cuda_error, guarded, DeviceInfo};
+use crate::compile::{self, Toolchain};
+use crate::module_cache::ModuleCache;
 use cudarc::driver::{CudaContext, CudaFunction};
-use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions};
+use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 use unmask_core::Result;
 
 /// Every source file in program order (`common.cuh` first: the others use it).
@@ -71,71 +75,86 @@ pub fn program_source() -> String {
     s
 }
 
-/// NVRTC's virtual architecture for a device: the newest one at or below its compute capability
-/// that NVRTC 12.x knows (the driver JIT-compiles the PTX for the actual GPU).
-fn virtual_arch(cc: (i32, i32)) -> Option<&'static str> {
-    const ARCHS: [((i32, i32), &str); 8] = [
-        ((9, 0), "compute_90"),
-        ((8, 9), "compute_89"),
-        ((8, 7), "compute_87"),
-        ((8, 6), "compute_86"),
-        ((8, 0), "compute_80"),
-        ((7, 5), "compute_75"),
-        ((7, 0), "compute_70"),
-        ((6, 0), "compute_60"),
-    ];
-    ARCHS.iter().find(|(c, _)| *c <= cc).map(|(_, a)| *a)
+/// Where a context's kernels came from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Origin {
+    /// Compiled by NVRTC in this many seconds (and stored at the path, when the cache took it).
+    Compiled {
+        seconds: f64,
+        stored: Option<std::path::PathBuf>,
+    },
+    /// Loaded from the disk cache: NVRTC compiled nothing.
+    Cached(std::path::PathBuf),
 }
 
 /// The compiled kernels of one context.
 pub struct Kernels {
     funcs: HashMap<String, CudaFunction>,
+    pub origin: Origin,
 }
 
 impl Kernels {
-    pub fn load(ctx: &Arc<CudaContext>, cc: (i32, i32)) -> Result<Self> {
-        let arch = virtual_arch(cc).ok_or_else(|| {
-            cuda_error(format!(
-                "compute capability {}.{} is too old (6.0 or newer is needed)",
-                cc.0, cc.1
-            ))
-        })?;
+    /// A cubin for the device's exact architecture, from the disk cache when an intact entry for
+    /// this source, NVRTC and architecture is there, else compiled (and stored).
+    pub fn load(ctx: &Arc<CudaContext>, info: &DeviceInfo, tc: &Toolchain) -> Result<Self> {
+        let sm = tc.target(info.compute_capability, &info.name)?;
         let src = program_source();
-        let opts = |arch| CompileOptions {
-            arch,
-            name: Some("unmask.cu".into()),
-            ..Default::default()
-        };
-        let ptx = guarded("compiling the kernels with NVRTC", || {
-            let first = compile_ptx_with_opts(&src, opts(Some(arch)));
-            // An older NVRTC may not know the newest architecture: its default then does.
-            let result = match first {
-                Err(CompileError::CompileError { ref log, .. })
-                    if log.to_string_lossy().contains("arch") =>
-                {
-                    compile_ptx_with_opts(&src, opts(None))
+        let options = compile::options(sm);
+        let cache = ModuleCache::from_env();
+        let key = ModuleCache::key(&src, &options, tc.nvrtc, sm);
+        if let Some(cache) = &cache {
+            if let Some(image) = cache.load(&key) {
+                match Self::from_image(ctx, image) {
+                    Ok(funcs) => {
+                        return Ok(Kernels {
+                            funcs,
+                            origin: Origin::Cached(cache.path(&key)),
+                        })
+                    }
+                    // A driver update may refuse an old entry: compile afresh below.
+                    Err(e) => {
+                        tracing::warn!("cached kernels {key} did not load ({e}); recompiling");
+                        cache.forget(&key);
+                    }
                 }
-                other => other,
-            };
-            result.map_err(|e| match e {
-                CompileError::CompileError { log, .. } => cuda_error(format!(
-                    "NVRTC could not compile the kernels:\n{}",
-                    log.to_string_lossy()
-                )),
-                other => cuda_error(format!("NVRTC: {other}")),
-            })
-        })?;
-        let module = ctx
-            .load_module(ptx)
-            .map_err(|e| cuda_error(format!("loading the compiled kernels: {e}")))?;
+            }
+        }
+        let t = Instant::now();
+        let image = compile::cubin(&src, "unmask.cu", &options, tc)?;
+        let seconds = t.elapsed().as_secs_f64();
+        let funcs = Self::from_image(ctx, image.clone())
+            .map_err(|e| cuda_error(tc.load_failure(sm, &info.name, e)))?;
+        let stored = cache.and_then(|c| match c.store(&key, &image) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!("could not cache the compiled kernels in {}: {e}", c.dir.display());
+                None
+            }
+        });
+        Ok(Kernels {
+            funcs,
+            origin: Origin::Compiled { seconds, stored },
+        })
+    }
+
+    /// Loads a cubin and looks up every kernel the Rust side launches.
+    fn from_image(
+        ctx: &Arc<CudaContext>,
+        image: Vec<u8>,
+    ) -> std::result::Result<HashMap<String, CudaFunction>, String> {
+        let module = guarded("loading the compiled kernels", || {
+            ctx.load_module(Ptx::from_binary(image))
+                .map_err(|e| cuda_error(e.to_string()))
+        })
+        .map_err(|e| e.to_string())?;
         let mut funcs = HashMap::new();
         for name in kernel_names() {
             let f = module
                 .load_function(&name)
-                .map_err(|e| cuda_error(format!("kernel `{name}`: {e}")))?;
+                .map_err(|e| format!("kernel `{name}`: {e}"))?;
             funcs.insert(name, f);
         }
-        Ok(Kernels { funcs })
+        Ok(funcs)
     }
 
     pub fn get(&self, name: &str) -> Result<&CudaFunction> {
@@ -272,14 +291,5 @@ mod tests {
                 assert!(!code.contains(banned), "{file} uses `{banned}`");
             }
         }
-    }
-
-    #[test]
-    fn architectures_round_down() {
-        assert_eq!(virtual_arch((9, 0)), Some("compute_90"));
-        assert_eq!(virtual_arch((10, 0)), Some("compute_90"));
-        assert_eq!(virtual_arch((8, 6)), Some("compute_86"));
-        assert_eq!(virtual_arch((7, 2)), Some("compute_70"));
-        assert_eq!(virtual_arch((5, 2)), None);
     }
 }

@@ -3,7 +3,8 @@
 //! - [`probe`]: whether this machine can run it (libcuda, NVRTC, a device), as an error message
 //!   instead of the panic cudarc raises when a library is missing.
 //! - [`CudaBackend`]: weights, KV cache and every activation on the device; the kernels of
-//!   `kernels/*.cu` compiled at load through NVRTC; each step shape captured once as a CUDA graph
+//!   `kernels/*.cu` compiled by NVRTC to a cubin for the device at first load and cached on disk
+//!   (compile.rs, module_cache.rs); each step shape captured once as a CUDA graph
 //!   and replayed, with the per-step scalars in a device buffer the host rewrites before a replay.
 //!
 //! Everything links at run time (`dynamic-loading`): the crate builds and its tests run on machines
@@ -11,14 +12,18 @@
 
 mod availability;
 mod backend;
+pub mod compile;
 mod device;
 pub mod kernels;
+pub mod module_cache;
 pub mod params;
 pub mod plan;
 mod record;
+mod shapes;
 mod weights;
 
 pub use availability::{probe, DeviceInfo};
+pub use compile::Toolchain;
 pub use backend::{CudaBackend, CudaOptions};
 pub use record::supports;
 pub use weights::{RandomFormat, WeightFormat};

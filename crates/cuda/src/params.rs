@@ -2,8 +2,7 @@
 //! one device buffer, so a replay with another start position, block length or sampling setting
 //! needs only a 48-byte upload before it.
 
-use unmask_core::step_params::{StepParams, FIELDS};
-use unmask_core::Step;
+use unmask_core::step_params::FIELDS;
 
 /// `P_*` of common.cuh: the word of each field of core's `StepParams` the kernels read.
 pub const P_START: usize = 0;
@@ -36,15 +35,12 @@ pub const NAMED: [(&str, usize, &str); 12] = [
     ("P_VALID_VOCAB", P_VALID_VOCAB, "valid_vocab"),
 ];
 
-/// The words for one step, run as one pass (validated by the caller).
-pub fn words(s: &Step) -> [u32; P_WORDS] {
-    StepParams::pass(s, 0, s.tokens.len(), s.out_rows).words()
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernels::SOURCES;
+    use unmask_core::step_params::StepParams;
 
     /// The Rust constants, core's layout and the kernels' `#define`s agree word for word.
     #[test]

@@ -454,6 +454,7 @@ fn fill_at(
                 block: (256, 1, 1),
                 shared_bytes: 0,
                 args,
+                op: 0,
             }
         }
         _ => {
@@ -466,6 +467,7 @@ fn fill_at(
                 block: (256, 1, 1),
                 shared_bytes: 0,
                 args,
+                op: 0,
             }
         }
     };

@@ -3,7 +3,7 @@
 //! (token, confidence) pair per predicted row (plus logits and hidden states when a test asks).
 
 use crate::arena::ArenaPlan;
-use crate::chunks;
+use unmask_core::chunks;
 use crate::device::Gpu;
 use crate::kernels::{Kernels, STEP_PARAMS_BYTES};
 use crate::kv::KvCache;

@@ -8,7 +8,6 @@
 
 pub mod arena;
 pub mod backend;
-pub mod chunks;
 pub mod device;
 pub mod format;
 pub mod kernels;

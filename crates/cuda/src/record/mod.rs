@@ -81,6 +81,7 @@ fn launch(kernel: impl Into<String>, grid: (u32, u32, u32), block: u32, args: Ve
         block: (block, 1, 1),
         shared_bytes: 0,
         args,
+        op: 0,
     }
 }
 
@@ -127,9 +128,22 @@ pub fn record(b: &Bindings, n: usize, out: usize) -> Result<Vec<Launch>> {
             OpFamily::Moe => moe::record,
             OpFamily::Sample => sample::record,
         };
+        if out == 0 && predicts(b.graph, op) {
+            continue;
+        }
+        let before = ls.len();
         record(&rec, oi, op, &mut ls)?;
+        for l in &mut ls[before..] {
+            l.op = oi;
+        }
     }
     Ok(ls)
+}
+
+/// Whether `op` writes predicted rows (the tail: last rows, final norm, lm_head, sampling),
+/// which a chunk predicting nothing skips: a launch over zero rows is not a valid launch.
+pub fn predicts(g: &Graph, op: &Op) -> bool {
+    op.writes().iter().any(|b| g.buffer(*b).rows == Rows::Out)
 }
 
 /// Dynamic shared memory of moe_route: (3E + G) floats and (E + G) u32 flags.
@@ -177,6 +191,15 @@ pub fn supports(g: &Graph, op: &Op) -> std::result::Result<(), String> {
         {
             return Err(format!("unsupported routing {routing:?}"));
         }
+        Op::MatMul { weight, .. }
+            if matrix_rows(g, *weight) > matmul::MAX_GRID_Y * MM_BLOCK_ROWS =>
+        {
+            return Err(format!(
+                "a matrix of {} rows is beyond the CUDA matmul's {} (its row blocks fill grid.y)",
+                matrix_rows(g, *weight),
+                matmul::MAX_GRID_Y * MM_BLOCK_ROWS
+            ));
+        }
         Op::Sample { out, .. } if g.buffer(*out).cols != SAMPLE_WORDS => {
             return Err(format!(
                 "the samples buffer has {} words a row; the sample kernel writes \
@@ -187,6 +210,11 @@ pub fn supports(g: &Graph, op: &Op) -> std::result::Result<(), String> {
         _ => {}
     }
     Ok(())
+}
+
+/// Output rows of a `[rows, cols]` weight.
+fn matrix_rows(g: &Graph, w: WeightId) -> usize {
+    g.weight(w).shape.first().copied().unwrap_or(0)
 }
 
 /// Every op of `g` the kernels can run, or the first one they cannot, as a CUDA error.
@@ -290,5 +318,26 @@ mod tests {
         big.num_experts = MAX_EXPERTS + 1;
         assert!(check_limits(&route_graph(big, SAMPLE_WORDS)).is_err());
         assert_eq!(route_block_shared_bytes(256), 2048);
+    }
+
+    /// A chunk that predicts nothing runs the layers and skips exactly the tail.
+    #[test]
+    fn a_chunk_without_predicted_rows_skips_only_the_tail() {
+        let c = unmask_core::synthetic::shape_config("tiny").unwrap();
+        let g = unmask_core::model::llada2::build(&c);
+        let skipped: Vec<String> = g
+            .ops
+            .iter()
+            .filter(|op| predicts(&g, op))
+            .map(|op| format!("{:?}", op.family()))
+            .collect();
+        assert_eq!(skipped, ["Elementwise", "Norm", "MatMul", "Sample"], "{skipped:?}");
+        let last_layer_op = g
+            .ops
+            .iter()
+            .rposition(|op| matches!(op, Op::Attention { .. } | Op::MoeExperts { .. }))
+            .unwrap();
+        let first_skipped = g.ops.iter().position(|op| predicts(&g, op)).unwrap();
+        assert!(first_skipped > last_layer_op);
     }
 }

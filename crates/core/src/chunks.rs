@@ -1,8 +1,9 @@
-//! Splitting a step longer than the arena into chunks. Chunks end on multiples of the block
-//! length, so no query of one chunk may see a key of a later chunk (block-causal mask): running
-//! the chunks in order over the shared KV cache computes exactly the whole step.
+//! Splitting a step longer than a GPU backend runs at once (wgpu and cuda) into chunks. Chunks
+//! end on multiples of the block length, so no query of one chunk may see a key of a later chunk
+//! (block-causal mask): running the chunks in order over the shared KV cache computes exactly
+//! the whole step.
 
-use unmask_core::{Error, Result};
+use crate::error::{Error, Result};
 
 /// One chunk: tokens `offset .. offset + len` of the step, predicting its last `out` rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

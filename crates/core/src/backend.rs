@@ -176,6 +176,8 @@ pub struct StepStats {
     pub allocations: usize,
 }
 
+pub use crate::profile::KernelTime;
+
 pub trait Backend {
     /// Human-readable device description ("cpu (2 threads)", an adapter name...).
     fn name(&self) -> String;
@@ -206,6 +208,13 @@ pub trait Backend {
     /// Bytes per second of a large device-to-device copy (bytes read plus bytes written), measured
     /// now; `None` where the device is the host (the caller measures a host copy instead).
     fn measure_bandwidth(&mut self) -> Option<Result<f64>> {
+        None
+    }
+    /// Runs `step` as `step` does, with every kernel timed (CUDA events, wgpu timestamp queries,
+    /// the host clock on cpu), in the order they ran. `None` where the backend cannot time its
+    /// kernels. Slower than `step` (each kernel waits on its timer): for `unmask bench
+    /// --profile`, never for serving.
+    fn profile_step(&mut self, _step: &Step) -> Option<Result<(StepOutput, Vec<KernelTime>)>> {
         None
     }
 }

@@ -14,11 +14,13 @@ use crate::device::{Device, DeviceMem, Launch};
 use crate::params;
 use crate::plan;
 use crate::record::{self, Bindings, MoeScratch};
-use crate::weights::{DeviceWeights, RandomFormat, Source};
 use crate::shapes::{Run, Shapes};
+use crate::weights::{DeviceWeights, RandomFormat, Source};
 use cudarc::driver::CudaGraph;
 use std::time::Instant;
-use unmask_core::backend::{Backend, Capture, Sampled, Step, StepOutput, StepStats, SAMPLE_WORDS};
+use unmask_core::backend::{
+    Backend, Capture, KernelTime, Sampled, Step, StepOutput, StepStats, SAMPLE_WORDS,
+};
 use unmask_core::chunks::{self, Chunk};
 use unmask_core::graph::{BufId, Graph, Op, Rows};
 use unmask_core::step_params::StepParams;
@@ -348,7 +350,8 @@ impl Gathered {
         if c.out > 0 {
             let at = self.words.len();
             self.words.resize(at + SAMPLE_WORDS * c.out, 0);
-            b.dev.download(b.buffers[g.samples.0], &mut self.words[at..])?;
+            b.dev
+                .download(b.buffers[g.samples.0], &mut self.words[at..])?;
             self.read_back += SAMPLE_WORDS * c.out * 4;
             if self.capture != Capture::Samples {
                 self.read_back += b.read_f32(g.logits, c.len, c.out, &mut self.logits)?;
@@ -369,7 +372,6 @@ impl Gathered {
             samples: Sampled::from_words(&self.words),
             logits: (self.capture != Capture::Samples).then_some(self.logits),
             hidden: self.hidden,
-            ..Default::default()
         };
         (out, self.read_back)
     }
@@ -408,6 +410,48 @@ impl Backend for CudaBackend {
     }
 
     fn step(&mut self, s: &Step) -> Result<StepOutput> {
+        self.execute(s, None)
+    }
+
+    fn profile_step(&mut self, s: &Step) -> Option<Result<(StepOutput, Vec<KernelTime>)>> {
+        let mut times = Vec::new();
+        Some(self.execute(s, Some(&mut times)).map(|out| (out, times)))
+    }
+
+    fn last_routing(&self) -> Option<Vec<Vec<u32>>> {
+        // The routing ids stay in the arena to the end of a step (plan.rs); reading them is a
+        // transfer made only on request, outside any timed step. A chunked step kept only its
+        // last chunk's.
+        if self.last_chunks != 1 {
+            return None;
+        }
+        let n = self.last_tokens;
+        let mut lists = Vec::new();
+        for op in &self.graph.ops {
+            if let Op::MoeRoute { ids, .. } = op {
+                let mut v = vec![0u32; n * self.graph.buffer(*ids).cols];
+                self.dev.download(self.buffers[ids.0], &mut v).ok()?;
+                lists.push(v);
+            }
+        }
+        Some(lists)
+    }
+
+    fn device_memory(&self) -> Option<u64> {
+        let kv: usize = self.kv_mem.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let moe: usize = self.moe_mem.iter().map(|m| m.len()).sum();
+        Some((self.weights.bytes + self.arena.len() + kv + moe) as u64)
+    }
+
+    fn measure_bandwidth(&mut self) -> Option<Result<f64>> {
+        Some(self.copy_bandwidth())
+    }
+}
+
+impl CudaBackend {
+    /// One step in chunks; each kernel timed with CUDA events into `times` when given (the
+    /// chunks then launch kernel by kernel, no graph).
+    fn execute(&mut self, s: &Step, mut times: Option<&mut Vec<KernelTime>>) -> Result<StepOutput> {
         s.check(self.cached, self.token_rows)?;
         // Block routing reads routing block b as rows b * size.. of the step.
         self.graph.check_routing_start(s.start)?;
@@ -443,7 +487,10 @@ impl Backend for CudaBackend {
             self.dev.upload(self.buffers[self.graph.input_ids.0], ids)?;
             self.dev.upload(self.params.ptr(), &words)?;
             uploaded += ids.len() * 4 + words.len() * 4;
-            let (k, sub) = self.run(c.len, c.out)?;
+            let (k, sub) = match times.as_deref_mut() {
+                Some(times) => self.run_timed(c.len, c.out, times)?,
+                None => self.run(c.len, c.out)?,
+            };
             dispatches += k;
             submissions += sub;
             out_rows.read(self, c)?;
@@ -462,33 +509,26 @@ impl Backend for CudaBackend {
         Ok(result)
     }
 
-    fn last_routing(&self) -> Option<Vec<Vec<u32>>> {
-        // The routing ids stay in the arena to the end of a step (plan.rs); reading them is a
-        // transfer made only on request, outside any timed step. A chunked step kept only its
-        // last chunk's.
-        if self.last_chunks != 1 {
-            return None;
+    /// Runs a recorded shape kernel by kernel, each between two CUDA events.
+    fn run_timed(
+        &mut self,
+        n: usize,
+        out: usize,
+        times: &mut Vec<KernelTime>,
+    ) -> Result<(usize, usize)> {
+        let (_, rec) = self
+            .steps
+            .run((n, out), false)
+            .ok_or_else(|| cuda_error("a step shape ran before it was recorded"))?;
+        let seconds = self.dev.launch_timed(&rec.launches)?;
+        for (l, t) in rec.launches.iter().zip(seconds) {
+            times.push(KernelTime {
+                op: l.op,
+                kernel: l.kernel.clone(),
+                seconds: t,
+            });
         }
-        let n = self.last_tokens;
-        let mut lists = Vec::new();
-        for op in &self.graph.ops {
-            if let Op::MoeRoute { ids, .. } = op {
-                let mut v = vec![0u32; n * self.graph.buffer(*ids).cols];
-                self.dev.download(self.buffers[ids.0], &mut v).ok()?;
-                lists.push(v);
-            }
-        }
-        Some(lists)
-    }
-
-    fn device_memory(&self) -> Option<u64> {
-        let kv: usize = self.kv_mem.iter().map(|(k, v)| k.len() + v.len()).sum();
-        let moe: usize = self.moe_mem.iter().map(|m| m.len()).sum();
-        Some((self.weights.bytes + self.arena.len() + kv + moe) as u64)
-    }
-
-    fn measure_bandwidth(&mut self) -> Option<Result<f64>> {
-        Some(self.copy_bandwidth())
+        Ok((rec.launches.len(), rec.launches.len()))
     }
 }
 

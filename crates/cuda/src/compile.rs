@@ -201,7 +201,14 @@ mod tests {
     fn an_nvrtc_that_does_not_know_the_gpu_is_named_with_its_versions() {
         let t = tc((12, 8), (12, 4), &[50, 60, 70, 80, 90]);
         let msg = t.target((10, 0), "B200").unwrap_err().to_string();
-        for part in ["NVRTC 12.4", "B200", "compute capability 10.0", "sm_100", "driver CUDA 12.8", "sm_50 to sm_90"] {
+        for part in [
+            "NVRTC 12.4",
+            "B200",
+            "compute capability 10.0",
+            "sm_100",
+            "driver CUDA 12.8",
+            "sm_50 to sm_90",
+        ] {
             assert!(msg.contains(part), "{part:?} missing from {msg}");
         }
         // No silent rounding down to an older architecture (that would need the PTX JIT).
@@ -212,7 +219,10 @@ mod tests {
     fn a_driver_older_than_nvrtc_is_said_to_be_the_cause() {
         let t = tc((12, 2), (13, 0), &[75, 80, 90]);
         let msg = t.load_failure(90, "H200", "CUDA_ERROR_UNSUPPORTED_PTX_VERSION");
-        assert!(msg.contains("NVRTC 13.0 is newer than the driver (CUDA 12.2)"), "{msg}");
+        assert!(
+            msg.contains("NVRTC 13.0 is newer than the driver (CUDA 12.2)"),
+            "{msg}"
+        );
         assert!(msg.contains("update the NVIDIA driver"), "{msg}");
         let same = tc((12, 8), (12, 6), &[90]).load_failure(90, "H200", "boom");
         assert!(!same.contains("newer than the driver"), "{same}");

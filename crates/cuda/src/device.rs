@@ -178,6 +178,26 @@ impl Device {
         })
     }
 
+    /// Launches `launches` in order with a CUDA event before the first and after each, waits,
+    /// and returns each launch's seconds (the time between its two events).
+    pub fn launch_timed(&self, launches: &[Launch]) -> Result<Vec<f64>> {
+        self.bind()?;
+        let timed = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let events = (0..=launches.len())
+            .map(|_| driver("creating a CUDA event", self.ctx.new_event(timed)))
+            .collect::<Result<Vec<_>>>()?;
+        driver("recording a CUDA event", events[0].record(&self.stream))?;
+        for (l, e) in launches.iter().zip(&events[1..]) {
+            self.launch(l)?;
+            driver("recording a CUDA event", e.record(&self.stream))?;
+        }
+        self.sync()?;
+        events
+            .windows(2)
+            .map(|w| driver("timing a kernel", w[0].elapsed_ms(&w[1])).map(|ms| ms as f64 / 1e3))
+            .collect()
+    }
+
     /// Device memory free and total, bytes.
     pub fn memory(&self) -> Result<(usize, usize)> {
         self.bind()?;

@@ -127,7 +127,10 @@ impl Kernels {
         let stored = cache.and_then(|c| match c.store(&key, &image) {
             Ok(p) => Some(p),
             Err(e) => {
-                tracing::warn!("could not cache the compiled kernels in {}: {e}", c.dir.display());
+                tracing::warn!(
+                    "could not cache the compiled kernels in {}: {e}",
+                    c.dir.display()
+                );
                 None
             }
         });

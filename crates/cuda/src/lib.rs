@@ -23,7 +23,7 @@ mod shapes;
 mod weights;
 
 pub use availability::{probe, DeviceInfo};
-pub use compile::Toolchain;
 pub use backend::{CudaBackend, CudaOptions};
+pub use compile::Toolchain;
 pub use record::supports;
 pub use weights::{RandomFormat, WeightFormat};

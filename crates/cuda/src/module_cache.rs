@@ -80,9 +80,7 @@ impl ModuleCache {
     pub fn store(&self, key: &str, image: &[u8]) -> std::io::Result<PathBuf> {
         std::fs::create_dir_all(&self.dir)?;
         let path = self.path(key);
-        let tmp = self
-            .dir
-            .join(format!(".{key}.{}.tmp", std::process::id()));
+        let tmp = self.dir.join(format!(".{key}.{}.tmp", std::process::id()));
         let written = write_entry(&tmp, image).and_then(|()| std::fs::rename(&tmp, &path));
         if written.is_err() {
             std::fs::remove_file(&tmp).ok();
@@ -142,9 +140,17 @@ mod tests {
                     .map(|(_, v)| v.to_string())
             }
         };
-        let at = |p: &'static [(&'static str, &'static str)]| ModuleCache::from_vars(vars(p)).map(|c| c.dir);
-        assert_eq!(at(&[("UNMASK_CUDA_CACHE", "/c"), ("HOME", "/h")]), Some("/c".into()));
-        assert_eq!(at(&[("XDG_CACHE_HOME", "/x"), ("HOME", "/h")]), Some("/x/unmask/cuda".into()));
+        let at = |p: &'static [(&'static str, &'static str)]| {
+            ModuleCache::from_vars(vars(p)).map(|c| c.dir)
+        };
+        assert_eq!(
+            at(&[("UNMASK_CUDA_CACHE", "/c"), ("HOME", "/h")]),
+            Some("/c".into())
+        );
+        assert_eq!(
+            at(&[("XDG_CACHE_HOME", "/x"), ("HOME", "/h")]),
+            Some("/x/unmask/cuda".into())
+        );
         assert_eq!(at(&[("HOME", "/h")]), Some("/h/.cache/unmask/cuda".into()));
         assert_eq!(at(&[("UNMASK_CUDA_CACHE", "off"), ("HOME", "/h")]), None);
         assert_eq!(at(&[("UNMASK_CUDA_CACHE", "0")]), None);
@@ -156,7 +162,10 @@ mod tests {
         let o = vec!["--gpu-architecture=sm_90".to_string()];
         let k = ModuleCache::key("a", &o, (12, 6), 90);
         assert_eq!(k, ModuleCache::key("a", &o, (12, 6), 90));
-        assert!(k.starts_with("sm_90-nvrtc12.6-") && k.ends_with(".cubin"), "{k}");
+        assert!(
+            k.starts_with("sm_90-nvrtc12.6-") && k.ends_with(".cubin"),
+            "{k}"
+        );
         let o86 = vec!["--gpu-architecture=sm_86".to_string()];
         for other in [
             ModuleCache::key("b", &o, (12, 6), 90),
@@ -164,7 +173,11 @@ mod tests {
             ModuleCache::key("a", &o, (12, 8), 90),
             ModuleCache::key("a", &[], (12, 6), 90),
         ] {
-            assert_ne!(k[k.len() - 30..], other[other.len() - 30..], "{k} vs {other}");
+            assert_ne!(
+                k[k.len() - 30..],
+                other[other.len() - 30..],
+                "{k} vs {other}"
+            );
         }
         // Option boundaries count: ["ab"] is not ["a", "b"].
         assert_ne!(
@@ -193,7 +206,10 @@ mod tests {
         // A store over a damaged entry repairs it; no temporary file stays behind.
         c.store("k.cubin", &image).unwrap();
         assert_eq!(c.load("k.cubin").as_deref(), Some(image.as_slice()));
-        let names: Vec<_> = std::fs::read_dir(&c.dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(&c.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("k.cubin")]);
         c.forget("k.cubin");
         assert_eq!(c.load("k.cubin"), None);

@@ -35,7 +35,6 @@ pub const NAMED: [(&str, usize, &str); 12] = [
     ("P_VALID_VOCAB", P_VALID_VOCAB, "valid_vocab"),
 ];
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -120,7 +120,10 @@ mod tests {
         s.run((7, 32), true);
         assert_eq!(s.run((7, 32), true).unwrap().0, Run::Capture);
         assert_eq!(s.run((7, 32), true).unwrap().0, Run::Capture);
-        assert!(s.run((8, 8), true).is_none(), "an unrecorded shape has no run");
+        assert!(
+            s.run((8, 8), true).is_none(),
+            "an unrecorded shape has no run"
+        );
     }
 
     #[test]

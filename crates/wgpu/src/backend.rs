@@ -3,16 +3,35 @@
 //! (token, confidence) pair per predicted row (plus logits and hidden states when a test asks).
 
 use crate::arena::ArenaPlan;
-use unmask_core::chunks;
 use crate::device::Gpu;
-use crate::kernels::{Kernels, STEP_PARAMS_BYTES};
+use crate::kernels::{Kernel, Kernels, STEP_PARAMS_BYTES};
 use crate::kv::KvCache;
 use crate::load::storage;
-use crate::program::{self, Context, Grid, MoeScratch, Program, NARROW_ROWS};
+use crate::program::{self, Context, Dispatch, Grid, MoeScratch, Program, NARROW_ROWS};
 use crate::readback;
+use crate::timer::Timer;
 use crate::weights::{DeviceMatrix, ExpertStacks};
-use unmask_core::backend::{Backend, Capture, Sampled, Step, StepOutput, StepStats, SAMPLE_WORDS};
+use unmask_core::backend::{
+    Backend, Capture, KernelTime, Sampled, Step, StepOutput, StepStats, SAMPLE_WORDS,
+};
+use unmask_core::chunks::{self, Chunk};
 use unmask_core::step_params::StepParams;
+
+/// One dispatch as a chunk runs it.
+struct Run<'a> {
+    kernel: Kernel,
+    op: usize,
+    pipeline: &'a wgpu::ComputePipeline,
+    group: &'a wgpu::BindGroup,
+    size: Size,
+}
+
+#[derive(Clone, Copy)]
+enum Size {
+    Direct(u32, u32),
+    /// Offset of the workgroup counts in the MoE plan buffer.
+    Indirect(u64),
+}
 
 /// Bytes read back per predicted row (token, confidence, the three best ids).
 pub(crate) const ROW_BYTES: usize = SAMPLE_WORDS * 4;
@@ -146,6 +165,15 @@ impl WgpuBackend {
     /// Runs one step: records every chunk into one command encoder, submits it once, and reads
     /// back the samples (and captures).
     pub async fn step_async(&mut self, s: &Step<'_>) -> Result<StepOutput> {
+        self.run_async(s, None).await
+    }
+
+    /// [`Self::step_async`] with every dispatch timed into `times` when given (timer.rs).
+    pub async fn run_async(
+        &mut self,
+        s: &Step<'_>,
+        times: Option<&mut Vec<KernelTime>>,
+    ) -> Result<StepOutput> {
         s.check(self.cached, self.vocab)?;
         self.graph.check_routing_start(s.start)?;
         let n = s.tokens.len();
@@ -193,49 +221,45 @@ impl WgpuBackend {
             })
         });
 
+        let mut timer = match times {
+            Some(_) => Some(Timer::new(
+                &self.gpu,
+                chunks.len() * self.program.dispatches.len(),
+            )?),
+            None => None,
+        };
         let seeded = p.temperature > 0.0;
         let mut dispatches = 0;
         let mut out_done = 0usize;
         let mut rows_done = 0usize;
         for (ci, c) in chunks.iter().enumerate() {
-            {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("chunk"),
-                    timestamp_writes: None,
-                });
-                for d in &self.program.dispatches {
-                    if d.needs_out && c.out == 0 {
-                        continue;
+            let offset = (ci * align) as u32;
+            let runs = self
+                .program
+                .dispatches
+                .iter()
+                .filter_map(|d| self.resolve(d, c, seeded));
+            match timer.as_mut() {
+                // One pass per dispatch, its beginning and end timestamped.
+                Some(t) => {
+                    for r in runs {
+                        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: Some(r.kernel.entry()),
+                            timestamp_writes: Some(t.next(r.op, r.kernel.entry())?),
+                        });
+                        self.encode(&mut pass, &r, offset);
+                        dispatches += 1;
                     }
-                    let (mut pipeline, mut group, mut grid) = match (&d.seeded, seeded) {
-                        (Some((pl, bg)), true) => (pl, bg, d.grid),
-                        _ => (&d.pipeline, &d.bind_group, d.grid),
-                    };
-                    if let Some((pl, bg, g, rows)) = &d.narrow {
-                        if rows.resolve(c.len, c.out) as usize <= NARROW_ROWS {
-                            (pipeline, group, grid) = (pl, bg, *g);
-                        }
+                }
+                None => {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("chunk"),
+                        timestamp_writes: None,
+                    });
+                    for r in runs {
+                        self.encode(&mut pass, &r, offset);
+                        dispatches += 1;
                     }
-                    match grid {
-                        Grid::Direct(x, y) => {
-                            let (x, y) = (x.resolve(c.len, c.out), y.resolve(c.len, c.out));
-                            if x == 0 || y == 0 {
-                                continue;
-                            }
-                            pass.set_pipeline(pipeline);
-                            pass.set_bind_group(0, group, &[]);
-                            pass.set_bind_group(1, &self.step_group, &[(ci * align) as u32]);
-                            pass.dispatch_workgroups(x, y, 1);
-                        }
-                        Grid::Indirect(offset) => {
-                            let plan = &self.moe.as_ref().expect("MoE scratch").plan;
-                            pass.set_pipeline(pipeline);
-                            pass.set_bind_group(0, group, &[]);
-                            pass.set_bind_group(1, &self.step_group, &[(ci * align) as u32]);
-                            pass.dispatch_workgroups_indirect(plan, offset);
-                        }
-                    }
-                    dispatches += 1;
                 }
             }
             if c.out > 0 && self.has(self.graph.samples) {
@@ -269,6 +293,9 @@ impl WgpuBackend {
             out_done += c.out;
             rows_done += c.len;
         }
+        if let Some(t) = &timer {
+            t.resolve(&mut encoder);
+        }
         self.gpu.queue.submit([encoder.finish()]);
 
         let sample_bytes = if self.has(self.graph.samples) {
@@ -301,6 +328,9 @@ impl WgpuBackend {
             }
             out.hidden = sections.collect();
         }
+        if let (Some(t), Some(times)) = (timer, times) {
+            times.extend(t.read(&self.gpu).await?);
+        }
         if let Some(e) = self.gpu.take_error() {
             return Err(Error::backend("wgpu", e));
         }
@@ -313,6 +343,54 @@ impl WgpuBackend {
             allocations,
         };
         Ok(out)
+    }
+
+    /// What `d` runs in chunk `c` (the seeded sampler, the narrow matmul), or `None` when it
+    /// has nothing to do there (the head in a chunk that predicts nothing, an empty grid).
+    fn resolve<'a>(&'a self, d: &'a Dispatch, c: &Chunk, seeded: bool) -> Option<Run<'a>> {
+        if d.needs_out && c.out == 0 {
+            return None;
+        }
+        let (mut kernel, mut pipeline, mut group, mut grid) = match (&d.seeded, seeded) {
+            (Some((pl, bg)), true) => (Kernel::SampleSeeded, pl, bg, d.grid),
+            _ => (d.kernel, &d.pipeline, &d.bind_group, d.grid),
+        };
+        if let Some((pl, bg, g, rows)) = &d.narrow {
+            if rows.resolve(c.len, c.out) as usize <= NARROW_ROWS {
+                (kernel, pipeline, group, grid) = (Kernel::MatmulNarrow, pl, bg, *g);
+            }
+        }
+        let size = match grid {
+            Grid::Direct(x, y) => {
+                let (x, y) = (x.resolve(c.len, c.out), y.resolve(c.len, c.out));
+                if x == 0 || y == 0 {
+                    return None;
+                }
+                Size::Direct(x, y)
+            }
+            Grid::Indirect(offset) => Size::Indirect(offset),
+        };
+        Some(Run {
+            kernel,
+            op: d.op,
+            pipeline,
+            group,
+            size,
+        })
+    }
+
+    /// Records one resolved dispatch into `pass`, with the chunk's step parameters at `offset`.
+    fn encode(&self, pass: &mut wgpu::ComputePass, r: &Run, offset: u32) {
+        pass.set_pipeline(r.pipeline);
+        pass.set_bind_group(0, r.group, &[]);
+        pass.set_bind_group(1, &self.step_group, &[offset]);
+        match r.size {
+            Size::Direct(x, y) => pass.dispatch_workgroups(x, y, 1),
+            Size::Indirect(at) => {
+                let plan = &self.moe.as_ref().expect("MoE scratch").plan;
+                pass.dispatch_workgroups_indirect(plan, at);
+            }
+        }
     }
 
     /// Whether a graph buffer is computed (a graph for tests may have no sampler, say).
@@ -439,5 +517,14 @@ impl Backend for WgpuBackend {
     #[cfg(not(target_arch = "wasm32"))]
     fn measure_bandwidth(&mut self) -> Option<Result<f64>> {
         Some(self.copy_bandwidth())
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn profile_step(&mut self, s: &Step) -> Option<Result<(StepOutput, Vec<KernelTime>)>> {
+        if !self.gpu.timestamps {
+            return None;
+        }
+        let mut times = Vec::new();
+        Some(pollster::block_on(self.run_async(s, Some(&mut times))).map(|out| (out, times)))
     }
 }

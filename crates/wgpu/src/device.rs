@@ -205,6 +205,8 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
+    /// Whether the device writes timestamp queries (profiled steps).
+    pub timestamps: bool,
     /// The first error wgpu reported outside an error scope, turned into a step error.
     errors: Arc<Mutex<Option<String>>>,
 }
@@ -217,10 +219,12 @@ impl Gpu {
         let chosen = select(&all, name)?;
         let info = chosen.get_info();
         let limits = chosen.limits();
+        // Timestamps cost nothing unless a profiled step writes them (`bench --profile`).
+        let features = chosen.features() & wgpu::Features::TIMESTAMP_QUERY;
         let (device, queue) = chosen
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("unmask"),
-                required_features: wgpu::Features::empty(),
+                required_features: features,
                 required_limits: limits.clone(),
                 memory_hints: wgpu::MemoryHints::Performance,
                 ..Default::default()
@@ -240,6 +244,7 @@ impl Gpu {
             queue,
             info,
             limits,
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             errors,
         })
     }

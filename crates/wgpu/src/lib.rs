@@ -16,6 +16,7 @@ mod load;
 pub mod program;
 mod readback;
 pub mod shaders;
+mod timer;
 pub mod weights;
 
 pub use backend::{WgpuBackend, WgpuOptions};

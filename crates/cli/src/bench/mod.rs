@@ -5,6 +5,7 @@
 
 pub mod bandwidth;
 pub mod host;
+pub mod profile;
 pub mod realrun;
 pub mod report;
 pub mod source;

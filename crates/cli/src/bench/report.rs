@@ -2,6 +2,7 @@
 
 use super::bandwidth::Bandwidth;
 use super::host::Host;
+use super::profile::Profile;
 use super::realrun::RealRun;
 use super::stats::Spread;
 use super::traffic::Traffic;
@@ -28,6 +29,8 @@ pub struct Report {
     pub throughput: Throughput,
     pub bandwidth: Bandwidth,
     pub memory: Memory,
+    /// Per-kernel times of the window step (`--profile`; `null` without it).
+    pub profile: Option<Profile>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -307,6 +310,10 @@ pub fn print_table(r: &Report) {
             real.time_to_first_token_ms.map_or("-".into(), |v| format!("{v:.0}")),
             real.prompt_source
         );
+    }
+    if let Some(p) = &r.profile {
+        super::profile::print(p, r.forward.ms.median);
+        println!();
     }
     println!(
         "memory    peak host {}, device {}",

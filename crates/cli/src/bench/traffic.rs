@@ -62,6 +62,9 @@ pub struct Traffic {
     /// beside the weights, and mostly in caches).
     pub activations: u64,
     pub flops: u64,
+    /// Weight and KV-cache bytes of each op, in graph order (what `--profile` divides by time).
+    #[serde(skip)]
+    pub per_op: Vec<u64>,
 }
 
 impl Traffic {
@@ -99,6 +102,7 @@ pub fn forward_traffic(
                 routed,
             },
         );
+        t.per_op.push(c.weight_bytes + c.kv_read + c.kv_written);
         t.kv_cache_read += c.kv_read;
         t.kv_cache_written += c.kv_written;
         t.activations += c.activation_bytes;
@@ -188,6 +192,8 @@ mod tests {
             t.total - t.kv_cache_read - t.kv_cache_written,
             sizes.graph_total(&g) - (unread_experts + unread_rows) as u64
         );
+        assert_eq!(t.per_op.len(), g.ops.len());
+        assert_eq!(t.per_op.iter().sum::<u64>(), t.total);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::bench::report::{self, *};
 use crate::bench::source::{self, BenchModel, WeightFormat};
 use crate::bench::stats::Spread;
 use crate::bench::traffic::{forward_traffic, Routing, WeightBytes};
-use crate::bench::{host, realrun, workload};
+use crate::bench::{host, profile, realrun, workload};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -66,6 +66,10 @@ pub struct Args {
     /// Also write the JSON report to this file (the table still goes to stdout).
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Also time every kernel of the window step on the device (CUDA events, wgpu timestamp
+    /// queries, the host clock on cpu) and report the time, bytes and GB/s of each op family.
+    #[arg(long)]
+    pub profile: bool,
     /// Leave out parts of the report (comma-separated; they are `null` in the JSON): for slow
     /// devices and smoke runs.
     #[arg(long, value_enum, value_delimiter = ',')]
@@ -157,6 +161,19 @@ pub fn run(args: Args) -> Result<()> {
     let step = workload::repeatable_step(&toks.window, p, b, b, sp);
     let window = workload::time_step(be, &step, args.warmup, args.iters)?;
 
+    let kernel_times = if args.profile {
+        note("the same window with every kernel timed (--profile)");
+        match profile::measure(be, &step, args.warmup.min(1), args.iters) {
+            Some(r) => Some(r.context("profiling the window step")?),
+            None => bail!(
+                "--profile: {} cannot time its kernels (no timestamp queries on this adapter?)",
+                be.name()
+            ),
+        }
+    } else {
+        None
+    };
+
     let wanted = |part: Part| !args.skip.contains(&part);
     let no_cache = if wanted(Part::NoCache) {
         note("the same window without the KV cache");
@@ -240,6 +257,8 @@ pub fn run(args: Args) -> Result<()> {
     });
     let ar_tps = ar_baseline.as_ref().map(|a| a.tokens_per_second);
     let (params, active) = llada2::parameter_counts(&m.config);
+    let profile = kernel_times
+        .map(|runs| profile::summarize(&m.graph, &runs, &bytes.per_op, bandwidth.bytes_per_second));
     let r = Report {
         unmask_version: env!("CARGO_PKG_VERSION"),
         date: host::utc_date(),
@@ -300,6 +319,7 @@ pub fn run(args: Args) -> Result<()> {
             measured: real,
             measured_by_decoder: real_runs,
         },
+        profile,
         bandwidth,
         memory,
     };

@@ -115,6 +115,24 @@ impl Op {
         }
     }
 
+    /// The op's name in snake case (what the cpu backend's profile calls its "kernel").
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Embed { .. } => "embed",
+            Op::RmsNorm { .. } => "rms_norm",
+            Op::AddRmsNorm { .. } => "add_rms_norm",
+            Op::MatMul { .. } => "matmul",
+            Op::QkNormRope { .. } => "qk_norm_rope",
+            Op::Attention { .. } => "attention",
+            Op::Add { .. } => "add",
+            Op::SwiGlu { .. } => "swiglu",
+            Op::TakeLastRows { .. } => "take_last_rows",
+            Op::MoeRoute { .. } => "moe_route",
+            Op::MoeExperts { .. } => "moe_experts",
+            Op::Sample { .. } => "sample",
+        }
+    }
+
     pub fn family(&self) -> OpFamily {
         match self {
             Op::Embed { .. } => OpFamily::Embed,

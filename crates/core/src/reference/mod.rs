@@ -10,7 +10,7 @@ pub mod parallel;
 pub use fast::Kernels;
 pub use matrix::Matrix;
 
-use crate::backend::{Backend, Capture, Step, StepOutput, StepStats};
+use crate::backend::{Backend, Capture, KernelTime, Step, StepOutput, StepStats};
 use crate::decode::sampler;
 use crate::error::{Error, Result};
 use crate::graph::{BufId, Elem, Graph, Op, Rows, WeightId};
@@ -135,12 +135,32 @@ impl Backend for ReferenceBackend {
     }
 
     fn step(&mut self, s: &Step) -> Result<StepOutput> {
+        self.run(s, None)
+    }
+
+    fn profile_step(&mut self, s: &Step) -> Option<Result<(StepOutput, Vec<KernelTime>)>> {
+        let mut times = Vec::new();
+        Some(self.run(s, Some(&mut times)).map(|out| (out, times)))
+    }
+}
+
+impl ReferenceBackend {
+    /// One step, each op timed on the host clock into `times` when given.
+    fn run(&mut self, s: &Step, mut times: Option<&mut Vec<KernelTime>>) -> Result<StepOutput> {
         s.check(self.cached, self.token_rows)?;
         let mut dispatches = 0;
         let ops = std::mem::take(&mut self.graph.ops);
         let result = (|| {
             for (oi, op) in ops.iter().enumerate() {
+                let t = std::time::Instant::now();
                 self.run_op(oi, op, s)?;
+                if let Some(times) = times.as_deref_mut() {
+                    times.push(KernelTime {
+                        op: oi,
+                        kernel: op.name().to_string(),
+                        seconds: t.elapsed().as_secs_f64(),
+                    });
+                }
                 dispatches += 1;
             }
             Ok::<_, Error>(())
@@ -178,9 +198,7 @@ impl Backend for ReferenceBackend {
         };
         Ok(out)
     }
-}
 
-impl ReferenceBackend {
     /// Sizes (without reallocating when capacity suffices) and returns the output buffer.
     fn out_f(&mut self, b: BufId, s: &Step) -> Vec<f32> {
         let d = self.graph.buffer(b);

@@ -49,7 +49,9 @@ mod tests {
 
     /// Blocks in the order CUDA issues them (x fastest), as (token tile, row block).
     fn issue_order(g: (u32, u32, u32)) -> Vec<(u32, u32)> {
-        (0..g.1).flat_map(|y| (0..g.0).map(move |x| (x, y))).collect()
+        (0..g.1)
+            .flat_map(|y| (0..g.0).map(move |x| (x, y)))
+            .collect()
     }
 
     /// The blocks that read one weight tile are issued one after another, so they run together

@@ -331,7 +331,11 @@ mod tests {
             .filter(|op| predicts(&g, op))
             .map(|op| format!("{:?}", op.family()))
             .collect();
-        assert_eq!(skipped, ["Elementwise", "Norm", "MatMul", "Sample"], "{skipped:?}");
+        assert_eq!(
+            skipped,
+            ["Elementwise", "Norm", "MatMul", "Sample"],
+            "{skipped:?}"
+        );
         let last_layer_op = g
             .ops
             .iter()

@@ -73,6 +73,8 @@ pub struct Dispatch {
     pub grid: Grid,
     /// Runs only when the chunk predicts rows (the head of the model).
     pub needs_out: bool,
+    /// The graph op it computes (a part of): profiles add times up per op family.
+    pub op: usize,
 }
 
 /// Backend-private buffers of the MoE kernels, shared by every MoE layer.
@@ -244,8 +246,10 @@ pub fn kernels_needed(
 /// Compiles the graph: parameters into one buffer, one bind group per dispatch.
 pub fn compile(cx: &Context) -> Program {
     let mut pending = Vec::new();
+    let mut op_of = Vec::new();
     for (i, op) in cx.graph.ops.iter().enumerate() {
         cx.compile_op(i, op, &mut pending);
+        op_of.resize(pending.len(), i);
     }
     let align = cx.params_align.max(32) as usize;
     let mut blob = vec![0u8; pending.len().max(1) * align];
@@ -309,6 +313,7 @@ pub fn compile(cx: &Context) -> Program {
                 narrow,
                 grid: p.grid,
                 needs_out: p.needs_out,
+                op: op_of[i],
             }
         })
         .collect();

@@ -9,7 +9,8 @@ use unmask_core::{Backend, Config, Model, ReferenceBackend};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendName {
-    /// The best available: CUDA, then a hardware GPU, then a CPU GPU adapter, then cpu.
+    /// The best available: CUDA, then a hardware GPU adapter, then cpu (a software adapter such
+    /// as llvmpipe only when named with --adapter).
     Auto,
     /// An NVIDIA GPU through CUDA (needs the NVIDIA driver and NVRTC from the CUDA toolkit).
     Cuda,

@@ -83,6 +83,40 @@ pub fn probe(ordinal: usize) -> Result<DeviceInfo> {
     })
 }
 
+/// What `unmask devices` shows about CUDA: the versions, every device and whether NVRTC can
+/// compile for it, and where compiled kernels are cached.
+#[derive(Debug, Clone)]
+pub struct Survey {
+    pub toolchain: crate::compile::Toolchain,
+    /// Each device, with the `sm_XY` the kernels compile for or why they cannot.
+    pub devices: Vec<(DeviceInfo, std::result::Result<i32, String>)>,
+    /// The compiled-kernel cache (`None`: off, or no home directory).
+    pub cache: Option<std::path::PathBuf>,
+}
+
+/// The survey, or why CUDA cannot run here at all.
+pub fn survey() -> Result<Survey> {
+    let first = probe(0)?;
+    let toolchain = crate::compile::Toolchain::query()?;
+    let mut devices = Vec::with_capacity(first.device_count);
+    for ordinal in 0..first.device_count {
+        let info = if ordinal == 0 {
+            first.clone()
+        } else {
+            probe(ordinal)?
+        };
+        let target = toolchain
+            .target(info.compute_capability, &info.name)
+            .map_err(|e| e.to_string().replace("backend cuda: ", ""));
+        devices.push((info, target));
+    }
+    Ok(Survey {
+        toolchain,
+        devices,
+        cache: crate::module_cache::ModuleCache::from_env().map(|c| c.dir),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

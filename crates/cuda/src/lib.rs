@@ -22,7 +22,7 @@ mod record;
 mod shapes;
 mod weights;
 
-pub use availability::{probe, DeviceInfo};
+pub use availability::{probe, survey, DeviceInfo, Survey};
 pub use backend::{CudaBackend, CudaOptions};
 pub use compile::Toolchain;
 pub use record::supports;

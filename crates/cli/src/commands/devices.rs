@@ -1,6 +1,7 @@
-//! `unmask devices`: the GPU adapters wgpu sees, best first, with what matters to this runtime
-//! (backend, type, the limits weights are split for, features), and which one `--backend wgpu`
-//! opens.
+//! `unmask devices`: CUDA's driver and NVRTC versions and devices (whether the kernels compile
+//! for each, where they are cached), then the GPU adapters wgpu sees, best first, with what
+//! matters to this runtime (backend, type, the limits weights are split for, features), and
+//! which one `--backend wgpu` opens.
 
 use anyhow::Result;
 
@@ -22,6 +23,61 @@ fn human(bytes: u64) -> Option<String> {
     }
 }
 
+/// The CUDA part of the listing (versions, devices, the kernel cache), as lines.
+fn cuda_lines() -> Vec<String> {
+    match unmask_cuda::survey() {
+        Err(e) => vec![format!(
+            "cuda: {}",
+            e.to_string().trim_start_matches("backend cuda: ")
+        )],
+        Ok(s) => {
+            let mut v = vec![format!("cuda: {}", s.toolchain.describe())];
+            for (d, target) in &s.devices {
+                let compiles = match target {
+                    Ok(sm) => format!("kernels compile for sm_{sm}"),
+                    Err(why) => why.clone(),
+                };
+                v.push(format!(
+                    "  {}: {} (compute capability {}.{}, {:.1} GiB): {compiles}",
+                    d.ordinal,
+                    d.name,
+                    d.compute_capability.0,
+                    d.compute_capability.1,
+                    d.memory_bytes as f64 / (1u64 << 30) as f64
+                ));
+            }
+            v.push(match &s.cache {
+                Some(dir) => format!("  compiled kernels cached in {}", dir.display()),
+                None => {
+                    "  compiled kernels are not cached (UNMASK_CUDA_CACHE=off or no HOME)".into()
+                }
+            });
+            v
+        }
+    }
+}
+
+fn cuda_json() -> serde_json::Value {
+    match unmask_cuda::survey() {
+        Err(e) => serde_json::json!({ "available": false, "why": e.to_string() }),
+        Ok(s) => serde_json::json!({
+            "available": true,
+            "driver_cuda_version": format!("{}.{}", s.toolchain.driver.0, s.toolchain.driver.1),
+            "nvrtc_version": format!("{}.{}", s.toolchain.nvrtc.0, s.toolchain.nvrtc.1),
+            "nvrtc_architectures": s.toolchain.archs,
+            "kernel_cache": s.cache,
+            "devices": s.devices.iter().map(|(d, t)| serde_json::json!({
+                "ordinal": d.ordinal,
+                "name": d.name,
+                "compute_capability": format!("{}.{}", d.compute_capability.0, d.compute_capability.1),
+                "memory_bytes": d.memory_bytes,
+                "target": t.as_ref().map(|sm| format!("sm_{sm}")).ok(),
+                "why_not": t.as_ref().err(),
+            })).collect::<Vec<_>>(),
+        }),
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
     let adapters = unmask_wgpu::list_adapters();
     let probe = unmask_wgpu::probe(args.adapter.as_deref());
@@ -37,8 +93,12 @@ pub fn run(args: Args) -> Result<()> {
                 v
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        let all = serde_json::json!({ "wgpu": list, "cuda": cuda_json() });
+        println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(());
+    }
+    for line in cuda_lines() {
+        println!("{line}");
     }
     if adapters.is_empty() {
         println!(

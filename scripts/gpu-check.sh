@@ -7,7 +7,9 @@
 #   3. `unmask bench` on a LLaDA2.0-mini-shaped model (20 layers, 256 experts, random weights)
 #      on cuda in bf16 and q4, and on wgpu (Vulkan) in bf16 where this build has that backend;
 #   4. prints a table last: per-forward time (32-token window), the bandwidth floor, their ratio,
-#      tokens/s at 2.55 tokens per forward.
+#      tokens/s at 2.55 tokens per forward; then, from `--profile`, each run's op families (ms,
+#      GB/s, floor) and its kernels per MoE layer.
+# Between 2 and 3 it checks the kernel cache: a first load compiles, a second compiles nothing.
 # Everything runs under one 8-minute budget. Output and JSON reports go to $OUT (default
 # target/gpu-check). Usage: scripts/gpu-check.sh
 set -euo pipefail
@@ -68,6 +70,23 @@ unset UNMASK_REQUIRE_CUDA
 
 UNMASK=target/release/unmask
 HELP=$($UNMASK bench --help 2>&1 || true)
+
+step "kernel cache"
+export UNMASK_CUDA_CACHE="$OUT/kernel-cache"
+rm -rf "$UNMASK_CUDA_CACHE"
+for i in 1 2; do
+    run_limited "$UNMASK" generate --model tests/fixtures/tiny-llada2-add --chat "What is 23+45?" \
+        --backend cuda >"$OUT/kernel-cache-$i.out" 2>"$OUT/kernel-cache-$i.log" || true
+    grep -h 'cuda kernels' "$OUT/kernel-cache-$i.log" || tail -3 "$OUT/kernel-cache-$i.log"
+done
+if grep -q 'compiled by NVRTC' "$OUT/kernel-cache-1.log" &&
+    grep -q 'loaded from the cache' "$OUT/kernel-cache-2.log"; then
+    echo "kernel cache: ok (answer: $(cat "$OUT/kernel-cache-2.out"))"
+else
+    echo "gpu-check: the second load did not use the kernel cache (logs in $OUT)" >&2
+fi
+PROFILE=""
+if grep -q -- '--profile' <<<"$HELP"; then PROFILE="--profile"; fi
 bench() { # name backend format
     local name=$1 backend=$2 format=$3
     if ! grep -q -- "$format" <<<"$HELP"; then
@@ -76,7 +95,8 @@ bench() { # name backend format
     fi
     step "bench $name"
     if run_limited "$UNMASK" bench --shape mini --format "$format" --backend "$backend" \
-        --window 32 --iters 10 --warmup 2 --json >"$OUT/$name.json" 2>"$OUT/$name.log"; then
+        --window 32 --iters 10 --warmup 2 --skip ar,no-cache $PROFILE --json \
+        >"$OUT/$name.json" 2>"$OUT/$name.log"; then
         tail -2 "$OUT/$name.log"
     else
         echo "($name failed: see $OUT/$name.log)" | tee "$OUT/$name.skipped"
@@ -123,5 +143,17 @@ for name, r in rows:
     f = lambda v, fmt: format(v, fmt) if isinstance(v, (int, float)) else "?"
     print(f"{name:<10} {be:<34} {f(ms, '10.3f')} {f(floor, '9.3f')} {f(ratio, '6.2f')} "
           f"{f(bw / 1e9 if bw else None, '7.0f')} {f(tps, '11.0f')}")
+for name, r in rows:
+    p = get(r, "profile") if r else None
+    if not p:
+        continue
+    print(f"\n{name}: {p['kernel_ms']:.3f} ms of kernels, {p['dispatches_per_step']} kernels a step, "
+          f"at most {p.get('max_dispatches_per_moe_layer')} in a MoE layer")
+    print(f"  {'family':<12} {'n':>5} {'ms':>9} {'share':>6} {'GB/s':>8} {'floor ms':>9}")
+    for fam in p["families"]:
+        print(f"  {fam['family']:<12} {fam['dispatches']:>5} {fam['ms']:>9.3f} "
+              f"{100 * fam['share']:>5.1f}% {fam['gb_per_s']:>8.1f} {fam['floor_ms']:>9.3f}")
+    for k in p["kernels"][:8]:
+        print(f"    {k['kernel']:<28} {k['dispatches']:>5} {k['ms']:>9.3f}")
 EOF
 echo "gpu-check: done in $((SECONDS - start)) s"

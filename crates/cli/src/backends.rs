@@ -118,7 +118,9 @@ fn cuda(config: &Config, graph: &Graph, weights: &WeightStore) -> Result<unmask_
     let b =
         unmask_cuda::CudaBackend::new(graph.clone(), weights, opts, &mut |d, t| bar.update(d, t));
     bar.finish();
-    Ok(b?)
+    let b = b?;
+    eprintln!("cuda kernels: {}", b.kernel_origin());
+    Ok(b)
 }
 
 /// `auto`'s second choice: a hardware wgpu adapter. A software one (llvmpipe, SwiftShader) is

@@ -179,6 +179,11 @@ impl CudaBackend {
         &self.graph
     }
 
+    /// Where this backend's kernels came from (compiled now, or the disk cache).
+    pub fn kernel_origin(&self) -> &crate::kernels::Origin {
+        &self.dev.kernels.origin
+    }
+
     /// Plans and allocates the arena and MoE scratch for `tokens` window rows.
     fn grow_tokens(&mut self, tokens: usize) -> Result<usize> {
         let g = &self.graph;

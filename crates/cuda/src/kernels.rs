@@ -87,6 +87,22 @@ pub enum Origin {
     Cached(std::path::PathBuf),
 }
 
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Compiled {
+                seconds,
+                stored: Some(p),
+            } => write!(f, "compiled by NVRTC in {seconds:.1} s, cached in {}", p.display()),
+            Origin::Compiled {
+                seconds,
+                stored: None,
+            } => write!(f, "compiled by NVRTC in {seconds:.1} s (not cached)"),
+            Origin::Cached(p) => write!(f, "loaded from the cache {}", p.display()),
+        }
+    }
+}
+
 /// The compiled kernels of one context.
 pub struct Kernels {
     funcs: HashMap<String, CudaFunction>,

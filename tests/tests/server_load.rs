@@ -244,7 +244,15 @@ async fn a_client_that_disconnects_cancels_its_generation() {
 fn forwards_alone(m: &unmask_core::Model, prompt: &[u32], p: &unmask_core::DecodeParams) -> usize {
     let mut backend =
         unmask_core::ReferenceBackend::new(m.graph.clone(), &m.weights, &mut |_, _| {}).unwrap();
-    unmask_server::completion::complete(m, &mut backend, prompt, p, Vec::new(), &mut |_| true)
-        .unwrap()
-        .forwards
+    unmask_server::completion::complete(
+        m,
+        &mut backend,
+        prompt,
+        p,
+        Vec::new(),
+        Vec::new(),
+        &mut |_| true,
+    )
+    .unwrap()
+    .forwards
 }

@@ -201,6 +201,26 @@ impl ChatTokenizer {
             .map_err(|e| Error::Tokenizer(format!("decoding failed: {e}")))
     }
 
+    /// Ids to text without special tokens but for those in `keep`, written as their token
+    /// strings (a tool-using answer keeps its `<tool_call>` markers).
+    pub fn decode_keeping(&self, ids: &[u32], keep: &[u32]) -> Result<String> {
+        if keep.is_empty() {
+            return self.decode(ids);
+        }
+        let mut out = String::new();
+        for run in ids.split_inclusive(|t| keep.contains(t)) {
+            let (body, marker) = match run.split_last() {
+                Some((last, body)) if keep.contains(last) => (body, Some(*last)),
+                _ => (run, None),
+            };
+            out.push_str(&self.decode(body)?);
+            if let Some(m) = marker {
+                out.push_str(&self.tokenizer.id_to_token(m).unwrap_or_default());
+            }
+        }
+        Ok(out)
+    }
+
     /// Ids to text, special tokens kept (for traces and debugging).
     pub fn decode_raw(&self, ids: &[u32]) -> Result<String> {
         self.tokenizer
@@ -233,6 +253,40 @@ impl ChatTokenizer {
         add_generation_prompt: bool,
         cancel: &Cancel,
     ) -> Result<String> {
+        let messages: Vec<Value> = messages
+            .iter()
+            .map(|m| serde_json::json!({ "role": m.role, "content": m.content }))
+            .collect();
+        self.render_conversation(&messages, None, add_generation_prompt, cancel)
+    }
+
+    /// Whether the chat template renders tool definitions (it refers to `tools`): a request
+    /// with tools for a template without them is refused rather than silently dropped.
+    pub fn template_handles_tools(&self) -> bool {
+        self.template
+            .as_deref()
+            .is_some_and(|t| t.contains("tools"))
+    }
+
+    /// The ids of `<tool_call>` and `</tool_call>`, where the vocabulary has them.
+    pub fn tool_markers(&self) -> Vec<u32> {
+        ["<tool_call>", "</tool_call>"]
+            .iter()
+            .filter_map(|t| self.tokenizer.token_to_id(t))
+            .collect()
+    }
+
+    /// A conversation as Hugging Face's `apply_chat_template` gets it: messages as JSON objects
+    /// (`role`, `content`, and for tool use `tool_calls`, `tool_call_id`, `name`) and the tool
+    /// definitions as `tools` (absent when `None`). Bounded and cancellable as
+    /// [`Self::render_chat_cancellable`].
+    pub fn render_conversation(
+        &self,
+        messages: &[Value],
+        tools: Option<&[Value]>,
+        add_generation_prompt: bool,
+        cancel: &Cancel,
+    ) -> Result<String> {
         let template = self.template.as_deref().ok_or_else(|| {
             Error::Template("tokenizer_config.json has no `chat_template`".into())
         })?;
@@ -241,6 +295,7 @@ impl ChatTokenizer {
             self.render_here(
                 template,
                 messages,
+                tools,
                 add_generation_prompt,
                 &Cancel::default(),
             )
@@ -265,7 +320,7 @@ impl ChatTokenizer {
             ))),
             Outcome::Cancelled => Err(Error::Cancelled),
             Outcome::Unavailable => {
-                self.render_here(template, messages, add_generation_prompt, cancel)
+                self.render_here(template, messages, tools, add_generation_prompt, cancel)
             }
         }
     }
@@ -274,7 +329,8 @@ impl ChatTokenizer {
     fn render_here(
         &self,
         template: &str,
-        messages: &[Message],
+        messages: &[Value],
+        tools: Option<&[Value]>,
         add_generation_prompt: bool,
         cancel: &Cancel,
     ) -> Result<String> {
@@ -317,6 +373,7 @@ impl ChatTokenizer {
         tmpl.render_captured_to(
             minijinja::context! {
                 messages => messages,
+                tools => tools,
                 add_generation_prompt => add_generation_prompt,
                 bos_token => self.bos_token.clone().unwrap_or_default(),
                 eos_token => self.eos_token.clone(),
@@ -357,5 +414,48 @@ impl ChatTokenizer {
 
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.tokenizer.id_to_token(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture_tokenizer() -> ChatTokenizer {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llada2-add");
+        ChatTokenizer::from_dir(&dir).unwrap()
+    }
+
+    #[test]
+    fn kept_special_tokens_are_written_and_the_others_dropped() {
+        let t = fixture_tokenizer();
+        let markers = t.tool_markers();
+        assert_eq!(markers.len(), 2, "the fixture has both tool-call markers");
+        let ids = t.encode("12<tool_call>{\"a\": 1}</tool_call>3<|role_end|>").unwrap();
+        assert_eq!(t.decode(&ids).unwrap(), "12{\"a\": 1}3");
+        assert_eq!(
+            t.decode_keeping(&ids, &markers).unwrap(),
+            "12<tool_call>{\"a\": 1}</tool_call>3"
+        );
+        assert_eq!(t.decode_keeping(&ids, &[]).unwrap(), t.decode(&ids).unwrap());
+    }
+
+    #[test]
+    fn tools_reach_a_template_that_uses_them_and_only_then() {
+        let t = fixture_tokenizer();
+        assert!(!t.template_handles_tools(), "the fixture's template has no tools");
+        let mut with = fixture_tokenizer();
+        with.template = Some(
+            "{% for t in tools or [] %}[{{ t.function.name }}]{% endfor %}{% for m in messages %}{{ m.role }}:{{ m.content }};{% endfor %}".into(),
+        );
+        assert!(with.template_handles_tools());
+        let msgs = [serde_json::json!({"role": "user", "content": "hi"})];
+        let tools = [serde_json::json!({"type": "function", "function": {"name": "add"}})];
+        let out = with
+            .render_conversation(&msgs, Some(&tools), false, &Cancel::default())
+            .unwrap();
+        assert_eq!(out, "[add]user:hi;");
+        let out = with.render_conversation(&msgs, None, false, &Cancel::default()).unwrap();
+        assert_eq!(out, "user:hi;");
     }
 }

@@ -93,7 +93,11 @@ impl std::fmt::Display for Origin {
             Origin::Compiled {
                 seconds,
                 stored: Some(p),
-            } => write!(f, "compiled by NVRTC in {seconds:.1} s, cached in {}", p.display()),
+            } => write!(
+                f,
+                "compiled by NVRTC in {seconds:.1} s, cached in {}",
+                p.display()
+            ),
             Origin::Compiled {
                 seconds,
                 stored: None,

@@ -16,6 +16,8 @@ pub enum FinishReason {
     Stop,
     /// `gen_length` tokens without either.
     Length,
+    /// The answer called tools (`tools` in the request and a `<tool_call>` span in the text).
+    ToolCalls,
 }
 
 #[derive(Debug, Clone)]
@@ -26,6 +28,8 @@ pub struct Completion {
     pub completion_tokens: usize,
     pub finish_reason: FinishReason,
     pub forwards: usize,
+    /// The calls taken out of `text` (requests with tools; the worker fills it).
+    pub tool_calls: Vec<crate::tools::ToolCall>,
 }
 
 /// What the consumer sees as decoding goes.
@@ -39,7 +43,8 @@ pub enum Update<'a> {
     Tail(&'a str),
 }
 
-/// Runs one completion. `on_update` returning false cancels it: the result is then
+/// Runs one completion. `keep`: special tokens written into the text (the tool-call markers of a
+/// request with tools). `on_update` returning false cancels it: the result is then
 /// `Err(Error::Cancelled)`.
 pub fn complete(
     model: &Model,
@@ -47,10 +52,12 @@ pub fn complete(
     prompt: &[u32],
     params: &DecodeParams,
     stops: Vec<String>,
+    keep: Vec<u32>,
     on_update: &mut dyn FnMut(Update) -> bool,
 ) -> Result<Completion> {
     let end_of_turn = model.tokenizer.end_of_turn.clone();
-    let mut streamer = PrefixStreamer::new(&model.tokenizer, prompt.len(), end_of_turn.clone());
+    let mut streamer =
+        PrefixStreamer::new(&model.tokenizer, prompt.len(), end_of_turn.clone()).keep(keep);
     let mut prefix = CommittedPrefix::new(prompt.len(), params.gen_length, end_of_turn);
     let mut stop = StopMatcher::new(stops);
     // Everything shown to the consumer: by construction the answer's text.
@@ -128,6 +135,7 @@ pub fn complete(
             FinishReason::Length
         },
         forwards,
+        tool_calls: Vec::new(),
     })
 }
 

@@ -17,6 +17,7 @@ pub mod routes;
 pub mod schema;
 pub mod sse;
 pub mod stop;
+pub mod tools;
 pub mod worker;
 
 pub use error::ApiError;

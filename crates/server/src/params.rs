@@ -9,7 +9,7 @@ use serde_json::Value;
 use unmask_core::chat::Cancel;
 use unmask_core::decode::overrides::Mode;
 use unmask_core::decode::Decoder;
-use unmask_core::{DecodeParams, Message, Model};
+use unmask_core::{DecodeParams, Model};
 
 /// OpenAI's limit on stop sequences.
 const MAX_STOPS: usize = 4;
@@ -23,6 +23,8 @@ pub struct GenRequest {
     pub stream: bool,
     pub include_usage: bool,
     pub step_events: bool,
+    /// The request defined tools: `<tool_call>` spans of the answer become `tool_calls`.
+    pub tools: bool,
 }
 
 /// What checking a request needs from the server.
@@ -41,23 +43,30 @@ pub fn chat_request(cx: &Context, body: &[u8]) -> Result<GenRequest, ApiError> {
     let v = parse_object(body)?;
     let s: Sampling = fields(&v)?;
     let c: ChatFields = fields(&v)?;
-    if c.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+    let tools_ok = cx.model.tokenizer.template_handles_tools();
+    let wants_tools = c
+        .tools
+        .as_ref()
+        .is_some_and(|t| t.as_array().is_none_or(|l| !l.is_empty()))
+        && c.tool_choice.as_ref().and_then(Value::as_str) != Some("none");
+    if wants_tools && !tools_ok {
         return Err(ApiError::param(
             "tools",
-            "tools are not supported by this server",
+            "this model's chat template does not render tools",
         ));
     }
+    let tools = crate::tools::check(c.tools.as_ref(), c.tool_choice.as_ref())?;
     if s.logprobs
         .as_ref()
         .is_some_and(|l| l != &Value::Bool(false) && !l.is_null())
     {
         return Err(ApiError::param("logprobs", "logprobs are not supported"));
     }
-    let messages = messages(&c)?;
+    let messages = messages(&c, tools_ok)?;
     let text = cx
         .model
         .tokenizer
-        .render_chat_cancellable(&messages, true, cx.cancel)
+        .render_conversation(&messages, tools.as_deref(), true, cx.cancel)
         .map_err(|e| match e {
             unmask_core::Error::Cancelled => ApiError::cancelled(),
             e => ApiError::param("messages", format!("chat template: {e}")),
@@ -67,7 +76,9 @@ pub fn chat_request(cx: &Context, body: &[u8]) -> Result<GenRequest, ApiError> {
         .tokenizer
         .encode(&text)
         .map_err(|e| ApiError::param("messages", e.to_string()))?;
-    finish(cx, s, prompt, "messages")
+    let mut req = finish(cx, s, prompt, "messages")?;
+    req.tools = tools.is_some();
+    Ok(req)
 }
 
 pub fn completion_request(cx: &Context, body: &[u8]) -> Result<GenRequest, ApiError> {
@@ -172,10 +183,14 @@ fn fields<T: DeserializeOwned>(v: &Value) -> Result<T, ApiError> {
     })
 }
 
-fn messages(c: &ChatFields) -> Result<Vec<Message>, ApiError> {
+/// The messages as the chat template gets them (JSON objects, as Hugging Face passes them).
+/// `tool` messages and assistant `tool_calls` need a template that renders tools (`tools_ok`);
+/// a call's `arguments` string is given to the template as the object it encodes.
+fn messages(c: &ChatFields, tools_ok: bool) -> Result<Vec<Value>, ApiError> {
     if c.messages.is_empty() {
         return Err(ApiError::param("messages", "messages must not be empty"));
     }
+    let no_tools = "this model's chat template does not render tools or tool results";
     let mut out = Vec::with_capacity(c.messages.len());
     for (i, m) in c.messages.iter().enumerate() {
         let at = |f: &str| format!("messages[{i}].{f}");
@@ -189,12 +204,28 @@ fn messages(c: &ChatFields) -> Result<Vec<Message>, ApiError> {
             }
             "user" => "user",
             "assistant" => "assistant",
+            "tool" if tools_ok => "tool",
+            "tool" => return Err(ApiError::param(&at("role"), no_tools)),
             other => {
                 return Err(ApiError::param(
                     &at("role"),
-                    format!("unsupported role `{other}` (use system, user or assistant)"),
+                    format!("unsupported role `{other}` (use system, user, assistant or tool)"),
                 ))
             }
+        };
+        let calls = match &m.tool_calls {
+            None | Some(Value::Null) => None,
+            Some(_) if role != "assistant" => {
+                return Err(ApiError::param(
+                    &at("tool_calls"),
+                    "only assistant messages make tool calls",
+                ))
+            }
+            Some(_) if !tools_ok => return Err(ApiError::param(&at("tool_calls"), no_tools)),
+            Some(v) => Some(
+                tool_calls_for_template(v)
+                    .map_err(|why| ApiError::param(&at("tool_calls"), why))?,
+            ),
         };
         let content = match &m.content {
             Some(Content::Text(t)) => t.clone(),
@@ -213,19 +244,53 @@ fn messages(c: &ChatFields) -> Result<Vec<Message>, ApiError> {
                 }
                 text
             }
-            None => {
-                return Err(ApiError::param(
-                    &at("content"),
-                    "content is required (tool calls are not supported)",
-                ))
-            }
+            // An assistant message that only calls tools has no content.
+            None if calls.is_some() => String::new(),
+            None => return Err(ApiError::param(&at("content"), "content is required")),
         };
-        out.push(Message {
-            role: role.into(),
-            content,
-        });
+        let mut msg = serde_json::json!({ "role": role, "content": content });
+        if let Some(calls) = calls {
+            msg["tool_calls"] = calls;
+        }
+        if role == "tool" {
+            if let Some(id) = &m.tool_call_id {
+                msg["tool_call_id"] = Value::String(id.clone());
+            }
+            if let Some(name) = &m.name {
+                msg["name"] = Value::String(name.clone());
+            }
+        }
+        out.push(msg);
     }
     Ok(out)
+}
+
+/// An assistant message's OpenAI `tool_calls` as templates read them: `function.arguments` as
+/// an object (OpenAI sends a JSON string; templates write `arguments | tojson`).
+fn tool_calls_for_template(v: &Value) -> Result<Value, String> {
+    let list = v.as_array().ok_or("tool_calls must be an array")?;
+    let mut out = Vec::with_capacity(list.len());
+    for (k, call) in list.iter().enumerate() {
+        let name = call
+            .pointer("/function/name")
+            .and_then(Value::as_str)
+            .ok_or(format!("tool_calls[{k}].function.name is required"))?;
+        let args = match call.pointer("/function/arguments") {
+            None | Some(Value::Null) => Value::Object(Default::default()),
+            Some(Value::String(s)) => serde_json::from_str(s)
+                .map_err(|e| format!("tool_calls[{k}].function.arguments is not JSON: {e}"))?,
+            Some(a) => a.clone(),
+        };
+        let mut c = serde_json::json!({
+            "type": "function",
+            "function": { "name": name, "arguments": args },
+        });
+        if let Some(id) = call.get("id") {
+            c["id"] = id.clone();
+        }
+        out.push(c);
+    }
+    Ok(Value::Array(out))
 }
 
 /// The shared parameters: ranges, the model's defaults, and the context length.
@@ -464,5 +529,6 @@ fn finish(
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
         step_events: s.unmask_events.unwrap_or(false),
+        tools: false,
     })
 }

@@ -181,7 +181,9 @@ async fn chat(State(s): Shared, headers: HeaderMap, body: Bytes) -> Result<Respo
             index: 0,
             message: AssistantMessage {
                 role: "assistant",
-                content: c.text,
+                // `null` beside calls when the model said nothing else, as OpenAI does.
+                content: (c.tool_calls.is_empty() || !c.text.trim().is_empty()).then_some(c.text),
+                tool_calls: c.tool_calls,
             },
             finish_reason: c.finish_reason,
             logprobs: None,
@@ -227,7 +229,7 @@ async fn wait(
 ) -> Result<crate::completion::Completion, ApiError> {
     while let Some(ev) = rx.recv().await {
         match ev {
-            JobEvent::Delta { .. } => {}
+            JobEvent::Delta { .. } | JobEvent::ToolCall { .. } => {}
             JobEvent::Done(c) => return Ok(c),
             JobEvent::Failed(e) => return Err(e),
         }

@@ -56,13 +56,20 @@ pub struct StreamOptions {
 #[derive(Debug, Deserialize)]
 pub struct ChatFields {
     pub messages: Vec<ChatMessage>,
-    pub tools: Option<Vec<Value>>,
+    /// Checked by `tools::check` (kept as JSON: they go to the template as they came).
+    pub tools: Option<Value>,
+    pub tool_choice: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: Option<Content>,
+    /// An assistant message's calls (OpenAI's form).
+    pub tool_calls: Option<Value>,
+    /// A `tool` message: the call it answers, and the tool's name.
+    pub tool_call_id: Option<String>,
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,7 +142,10 @@ pub struct ChatChoice {
 #[derive(Debug, Serialize)]
 pub struct AssistantMessage {
     pub role: &'static str,
-    pub content: String,
+    /// `null` when the answer is only tool calls, as OpenAI returns it.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<crate::tools::ToolCall>,
 }
 
 #[derive(Debug, Serialize)]
@@ -185,6 +195,16 @@ pub struct Delta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// A call, whole, in OpenAI's streamed form (`index`, `id`, `type`, `function`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallDelta>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ToolCallDelta {
+    pub index: usize,
+    #[serde(flatten)]
+    pub call: crate::tools::ToolCall,
 }
 
 /// One streamed `text_completion` object.

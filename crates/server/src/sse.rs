@@ -4,7 +4,8 @@
 
 use crate::completion::FinishReason;
 use crate::error::ApiError;
-use crate::schema::{ChatChunk, ChunkChoice, Delta, TextChoice, TextChunk, Usage};
+use crate::schema::{ChatChunk, ChunkChoice, Delta, TextChoice, TextChunk, ToolCallDelta, Usage};
+use crate::tools::ToolCall;
 use crate::worker::JobEvent;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream::{self, Stream, StreamExt};
@@ -46,12 +47,16 @@ pub fn respond(
                 let role = Delta {
                     role: Some("assistant"),
                     content: Some(String::new()),
+                    ..Default::default()
                 };
                 (vec![h.chat(role, None, None, None)], Phase::Running)
             }
             Phase::Start | Phase::Running => match rx.recv().await {
                 Some(JobEvent::Delta { text, step }) => {
                     (vec![h.delta(text, step.as_ref())], Phase::Running)
+                }
+                Some(JobEvent::ToolCall { index, call }) => {
+                    (vec![h.tool_call(index, call)], Phase::Running)
                 }
                 Some(JobEvent::Done(c)) => {
                     let mut v = vec![h.finish(c.finish_reason)];
@@ -151,8 +156,8 @@ impl Header {
                 let content = (!text.is_empty()).then_some(text);
                 self.chat(
                     Delta {
-                        role: None,
                         content,
+                        ..Default::default()
                     },
                     None,
                     None,
@@ -161,6 +166,15 @@ impl Header {
             }
             Kind::Text => self.text(text, None, None, step),
         }
+    }
+
+    /// One whole call (chat streams only: text completions never have tools).
+    fn tool_call(&self, index: usize, call: ToolCall) -> Event {
+        let delta = Delta {
+            tool_calls: vec![ToolCallDelta { index, call }],
+            ..Default::default()
+        };
+        self.chat(delta, None, None, None)
     }
 
     fn finish(&self, reason: FinishReason) -> Event {

@@ -3,11 +3,12 @@
 //! per-request channel. A closed channel means the client went away: the job is skipped if it
 //! is still queued and cancelled at the next decoder step if it is running.
 
-use crate::completion::{complete, Completion, Update};
+use crate::completion::{complete, Completion, FinishReason, Update};
 use crate::error::ApiError;
 use crate::events::StepView;
 use crate::metrics::Metrics;
 use crate::params::GenRequest;
+use crate::tools::{Piece, ToolCall, ToolStream};
 use serde_json::Value;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
@@ -27,6 +28,11 @@ pub enum JobEvent {
     Delta {
         text: String,
         step: Option<Value>,
+    },
+    /// A tool call the answer made (requests with tools), the `index`-th of the answer.
+    ToolCall {
+        index: usize,
+        call: ToolCall,
     },
     Done(Completion),
     Failed(ApiError),
@@ -152,12 +158,68 @@ fn serve_jobs(model: &Model, mut backend: Box<dyn Backend>, jobs: Receiver<Job>,
 fn run(model: &Model, backend: &mut dyn Backend, job: &Job, m: &Metrics) -> Result<Completion> {
     let r = &job.req;
     let mut last = Instant::now();
-    complete(
+    // With tools, text passes through the tool-call splitter: spans become calls, the rest
+    // stays text; what the answer says in the end is what the stream said.
+    let mut tools = r.tools.then(ToolStream::default);
+    let mut content = String::new();
+    let mut calls: Vec<ToolCall> = Vec::new();
+    let keep = if r.tools {
+        model.tokenizer.tool_markers()
+    } else {
+        Vec::new()
+    };
+    let mut send = |text: &str, step: Option<Value>, final_: bool| -> bool {
+        let pieces = match tools.as_mut() {
+            None => vec![Piece::Text(text.to_string())],
+            Some(t) => {
+                let mut p = t.push(text);
+                if final_ {
+                    p.extend(t.finish());
+                }
+                p
+            }
+        };
+        let mut step = step;
+        let mut ok = true;
+        for p in pieces {
+            match p {
+                Piece::Text(t) => {
+                    content.push_str(&t);
+                    if !t.is_empty() || step.is_some() {
+                        ok &= job
+                            .tx
+                            .send(JobEvent::Delta {
+                                text: t,
+                                step: step.take(),
+                            })
+                            .is_ok();
+                    }
+                }
+                Piece::Call(call) => {
+                    calls.push(call.clone());
+                    let index = calls.len() - 1;
+                    ok &= job.tx.send(JobEvent::ToolCall { index, call }).is_ok();
+                }
+            }
+        }
+        if let Some(step) = step {
+            ok &= job
+                .tx
+                .send(JobEvent::Delta {
+                    text: String::new(),
+                    step: Some(step),
+                })
+                .is_ok();
+        }
+        ok && !job.tx.is_closed()
+    };
+    let mut c = complete(
         model,
         backend,
         &r.prompt,
         &r.params,
         r.stop.clone(),
+        keep,
         &mut |u| match u {
             Update::Step { event, delta } => {
                 m.observe_step(last.elapsed());
@@ -169,20 +231,20 @@ fn run(model: &Model, backend: &mut dyn Backend, job: &Job, m: &Metrics) -> Resu
                 if delta.is_empty() && step.is_none() {
                     return !job.tx.is_closed();
                 }
-                job.tx
-                    .send(JobEvent::Delta {
-                        text: delta.to_string(),
-                        step,
-                    })
-                    .is_ok()
+                send(delta, step, false)
             }
-            Update::Tail(text) => job
-                .tx
-                .send(JobEvent::Delta {
-                    text: text.to_string(),
-                    step: None,
-                })
-                .is_ok(),
+            Update::Tail(text) => send(text, None, false),
         },
-    )
+    )?;
+    if r.tools {
+        if !send("", None, true) {
+            return Err(Error::Cancelled);
+        }
+        c.text = content;
+        if !calls.is_empty() {
+            c.finish_reason = FinishReason::ToolCalls;
+        }
+        c.tool_calls = calls;
+    }
+    Ok(c)
 }

@@ -118,22 +118,30 @@ fn turn(
     let prompt = fit_context(model, history, params)?;
     let t0 = Instant::now();
     let mut write_err = None;
-    let c = complete(model, backend, &prompt, params, Vec::new(), &mut |u| {
-        let d = match u {
-            Update::Step { delta, .. } => delta,
-            Update::Tail(d) => d,
-        };
-        if d.is_empty() {
-            return true;
-        }
-        match out.write_all(d.as_bytes()).and_then(|_| out.flush()) {
-            Ok(()) => true,
-            Err(e) => {
-                write_err = Some(e);
-                false
+    let c = complete(
+        model,
+        backend,
+        &prompt,
+        params,
+        Vec::new(),
+        Vec::new(),
+        &mut |u| {
+            let d = match u {
+                Update::Step { delta, .. } => delta,
+                Update::Tail(d) => d,
+            };
+            if d.is_empty() {
+                return true;
             }
-        }
-    });
+            match out.write_all(d.as_bytes()).and_then(|_| out.flush()) {
+                Ok(()) => true,
+                Err(e) => {
+                    write_err = Some(e);
+                    false
+                }
+            }
+        },
+    );
     if let Some(e) = write_err {
         return Err(e.into());
     }

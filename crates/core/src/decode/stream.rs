@@ -21,6 +21,8 @@ pub struct PrefixStreamer<'t> {
     stopped: bool,
     /// Generated positions beyond this are never part of the result (`gen_length`).
     limit: usize,
+    /// Special tokens written into the text (`ChatTokenizer::decode_keeping`).
+    keep: Vec<u32>,
 }
 
 impl<'t> PrefixStreamer<'t> {
@@ -35,7 +37,14 @@ impl<'t> PrefixStreamer<'t> {
             stop,
             stopped: false,
             limit: usize::MAX,
+            keep: Vec::new(),
         }
+    }
+
+    /// Writes these special tokens into the text instead of dropping them (tool-call markers).
+    pub fn keep(mut self, ids: Vec<u32>) -> Self {
+        self.keep = ids;
+        self
     }
 
     /// Ignores commits past `gen_length` generated tokens: the decoder's last block may extend
@@ -93,7 +102,7 @@ impl<'t> PrefixStreamer<'t> {
             .iter()
             .map(|t| t.unwrap_or(0))
             .collect();
-        let text = self.tokenizer.decode(&ids)?;
+        let text = self.tokenizer.decode_keeping(&ids, &self.keep)?;
         // A multi-byte character split across tokens decodes to U+FFFD until its last byte
         // arrives: hold it back rather than emit something that later changes.
         let stable = if last {

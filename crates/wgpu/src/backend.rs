@@ -50,6 +50,9 @@ pub struct WgpuOptions {
     /// Caps the bytes of one weight binding below the adapter's limit, so that tests reach the
     /// split-weight paths with small models (and a big GPU can rehearse a small one's limits).
     pub weight_binding_limit: Option<u64>,
+    /// Shaders with naga's index clamps and loop counters (`UNMASK_WGPU_CHECKS=1`); off by
+    /// default, where the kernels run trusted (kernels.rs).
+    pub runtime_checks: bool,
 }
 
 impl Default for WgpuOptions {
@@ -58,6 +61,7 @@ impl Default for WgpuOptions {
             adapter: None,
             max_tokens: 128,
             weight_binding_limit: None,
+            runtime_checks: std::env::var("UNMASK_WGPU_CHECKS").is_ok_and(|v| v == "1"),
         }
     }
 }

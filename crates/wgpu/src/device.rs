@@ -69,8 +69,17 @@ fn report(adapter: &wgpu::Adapter) -> AdapterReport {
     }
 }
 
+/// The wgpu instance. In release builds indirect dispatches are not validated (wgpu would run
+/// one extra dispatch per indirect one to check its counts; the MoE plan's counts are bounded
+/// by the shaders that write them); `WGPU_VALIDATION_INDIRECT_CALL=1` turns it back on, and the
+/// other `WGPU_*` variables work as usual.
 fn instance() -> wgpu::Instance {
-    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+    let mut d = wgpu::InstanceDescriptor::new_without_display_handle();
+    if !cfg!(debug_assertions) {
+        d.flags
+            .remove(wgpu::InstanceFlags::VALIDATION_INDIRECT_CALL);
+    }
+    wgpu::Instance::new(d.with_env())
 }
 
 /// Every adapter wgpu can see, best first (see [`rank`]).

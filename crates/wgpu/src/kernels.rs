@@ -94,8 +94,14 @@ pub const STEP_PARAMS_BYTES: u64 = unmask_core::step_params::BYTES as u64;
 
 impl Kernels {
     /// Builds `wanted` (kernel, format) pairs; shader modules are shared by the entry points of
-    /// one (family, format).
-    pub fn new(device: &wgpu::Device, wanted: &[(Kernel, Option<WeightFormat>)]) -> Kernels {
+    /// one (family, format). Without `runtime_checks` the modules are created trusted: naga adds
+    /// no index clamps and no loop counters (the op suite runs them so, and every index the
+    /// shaders compute is bounded by the sizes they are given).
+    pub fn new(
+        device: &wgpu::Device,
+        wanted: &[(Kernel, Option<WeightFormat>)],
+        runtime_checks: bool,
+    ) -> Kernels {
         let step_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("step"),
             entries: &[wgpu::BindGroupLayoutEntry {
@@ -122,10 +128,23 @@ impl Kernels {
                     Some(f) => format!("{}.{}", family.file_stem(), f.name()),
                     None => family.file_stem().to_string(),
                 };
-                device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                let desc = wgpu::ShaderModuleDescriptor {
                     label: Some(&label),
                     source: wgpu::ShaderSource::Wgsl(module_source(family, format).into()),
-                })
+                };
+                if runtime_checks {
+                    device.create_shader_module(desc)
+                } else {
+                    // SAFETY: the kernels index storage only below the lengths their parameters
+                    // give (checked against the buffers at load) and every loop has a bound;
+                    // the op suite, with odd shapes and split bindings, runs these modules.
+                    unsafe {
+                        device.create_shader_module_trusted(
+                            desc,
+                            wgpu::ShaderRuntimeChecks::unchecked(),
+                        )
+                    }
+                }
             });
             let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
                 .bindings()

@@ -348,6 +348,7 @@ impl WgpuBackend {
         let kernels = Kernels::new(
             &device,
             &program::kernels_needed(&graph, &matrices, &op_experts),
+            options.runtime_checks,
         );
         let params_align = gpu
             .limits

@@ -11,7 +11,8 @@ use std::rc::Rc;
 use unmask_core::decode::{DecodeParams, Decoder};
 use unmask_core::model::llada2;
 use unmask_core::{
-    Backend, ChatTokenizer, Config, Message, ReferenceBackend, SpecialIds, Step, StepOutput,
+    reference::Kernels, Backend, ChatTokenizer, Config, Message, ReferenceBackend, SpecialIds,
+    Step, StepOutput,
 };
 use unmask_wgpu::{WgpuBackend, WgpuOptions};
 use wasm_bindgen::prelude::*;
@@ -175,8 +176,11 @@ impl Device {
                 )));
             }
             let store = weights.to_store().map_err(js_err)?;
+            // Kernels::Fast: the SIMD128 matmuls (the build enables simd128, .cargo/config.toml),
+            // bit for bit the reference's.
             Ok(Device::Cpu(
-                ReferenceBackend::new(graph, &store, &mut |_, _| {}).map_err(js_err)?,
+                ReferenceBackend::with_kernels(graph, &store, Kernels::Fast, &mut |_, _| {})
+                    .map_err(js_err)?,
             ))
         };
         match which {

@@ -2,7 +2,10 @@
 //! matmuls, dense and per expert) in SIMD where the machine has it. `Kernels::Reference` keeps
 //! the plain loops: the oracle the conformance suite compares every backend with.
 
+pub mod isa;
+mod lanes;
 pub mod matmul;
+mod tiles;
 
 use super::matrix::Matrix;
 use super::ops;

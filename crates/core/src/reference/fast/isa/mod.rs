@@ -1,0 +1,90 @@
+//! The instruction sets the fast kernels have lanes for, and which one this machine runs.
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+pub mod simd128;
+
+use super::super::matrix::Matrix;
+use std::ops::Range;
+
+/// A SIMD instruction set this build has kernels for; only the ones that can exist on this
+/// target are variants, so holding one means it can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "aarch64")]
+    Neon,
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    Simd128,
+}
+
+impl Isa {
+    /// The instruction set this machine runs, if any (AVX2 is detected at run time; NEON is
+    /// part of aarch64; SIMD128 is chosen when the wasm module is built).
+    pub fn detect() -> Option<Isa> {
+        #[cfg(target_arch = "x86_64")]
+        if avx2::detected() {
+            return Some(Isa::Avx2);
+        }
+        #[cfg(target_arch = "aarch64")]
+        return Some(Isa::Neon);
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        return Some(Isa::Simd128);
+        #[allow(unreachable_code)]
+        None
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => "avx2",
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => "neon",
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Isa::Simd128 => "simd128",
+        }
+    }
+
+    /// Whether f16 weights are widened in registers (else they go through the f32 scratch).
+    pub fn widens_f16(self) -> bool {
+        use super::lanes::Lanes;
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => avx2::Avx2::WIDENS_F16,
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => neon::Neon::WIDENS_F16,
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Isa::Simd128 => simd128::Simd128::WIDENS_F16,
+        }
+    }
+
+    /// tiles::block in this instruction set.
+    ///
+    /// # Safety
+    /// `self` came from [`Isa::detect`] on this machine.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn block(
+        self,
+        x: &[f32],
+        k: usize,
+        w: &Matrix,
+        rows: Range<usize>,
+        first: usize,
+        width: usize,
+        part: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => avx2::block(x, k, w, rows, first, width, part, scratch),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => neon::block(x, k, w, rows, first, width, part, scratch),
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Isa::Simd128 => simd128::block(x, k, w, rows, first, width, part, scratch),
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! NEON lanes on aarch64 (part of the base ISA there): two 128-bit registers.
+
+use super::super::super::matrix::Matrix;
+use super::super::lanes::Lanes;
+use std::arch::aarch64::*;
+use std::ops::Range;
+
+#[derive(Clone, Copy)]
+pub struct Neon(float32x4_t, float32x4_t);
+
+impl Lanes for Neon {
+    // 16 accumulators + 4 weight halves + 2 token halves of the 32 q registers.
+    const TOKENS: usize = 4;
+    // vcvt_f32_f16 is not stable Rust: f16 rows are widened into the scratch.
+    const WIDENS_F16: bool = false;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        Neon(vdupq_n_f32(0.0), vdupq_n_f32(0.0))
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        Neon(vld1q_f32(p), vld1q_f32(p.add(4)))
+    }
+    #[inline(always)]
+    unsafe fn bf16(p: *const u16) -> Self {
+        let h = vld1q_u16(p);
+        let lo = vshlq_n_u32::<16>(vmovl_u16(vget_low_u16(h)));
+        let hi = vshlq_n_u32::<16>(vmovl_u16(vget_high_u16(h)));
+        Neon(vreinterpretq_f32_u32(lo), vreinterpretq_f32_u32(hi))
+    }
+    unsafe fn f16(_: *const u16) -> Self {
+        unreachable!("WIDENS_F16 is false")
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        Neon(vaddq_f32(a.0, b.0), vaddq_f32(a.1, b.1))
+    }
+    #[inline(always)]
+    unsafe fn mul(a: Self, b: Self) -> Self {
+        Neon(vmulq_f32(a.0, b.0), vmulq_f32(a.1, b.1))
+    }
+    #[inline(always)]
+    unsafe fn hsum(self) -> f32 {
+        // b_i = a_i + a_{i+4}; then (b0+b1) + (b2+b3).
+        let b = vaddq_f32(self.0, self.1);
+        let p = vpaddq_f32(b, b);
+        vgetq_lane_f32::<0>(p) + vgetq_lane_f32::<1>(p)
+    }
+}
+
+/// tiles::block with NEON lanes.
+///
+/// # Safety
+/// None beyond tiles::block's bounds (NEON is always there on aarch64).
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn block(
+    x: &[f32],
+    k: usize,
+    w: &Matrix,
+    rows: Range<usize>,
+    first: usize,
+    width: usize,
+    part: &mut [f32],
+    scratch: &mut [f32],
+) {
+    super::super::tiles::block::<Neon>(x, k, w, rows, first, width, part, scratch)
+}

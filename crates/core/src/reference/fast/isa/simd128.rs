@@ -1,0 +1,72 @@
+//! wasm SIMD128 lanes: two v128 registers. Compiled in when the build enables `simd128`
+//! (scripts/build-web.sh does; every current browser runs it), since wasm has no run-time
+//! feature detection inside one module.
+
+use super::super::super::matrix::Matrix;
+use super::super::lanes::Lanes;
+use std::arch::wasm32::*;
+use std::ops::Range;
+
+#[derive(Clone, Copy)]
+pub struct Simd128(v128, v128);
+
+impl Lanes for Simd128 {
+    // Engines map v128 onto the host's 16 xmm registers: 8 accumulators + 4 weight halves.
+    const TOKENS: usize = 2;
+    // SIMD128 has no half-float conversion: f16 rows are widened into the scratch.
+    const WIDENS_F16: bool = false;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        Simd128(f32x4_splat(0.0), f32x4_splat(0.0))
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        Simd128(
+            v128_load(p as *const v128),
+            v128_load(p.add(4) as *const v128),
+        )
+    }
+    #[inline(always)]
+    unsafe fn bf16(p: *const u16) -> Self {
+        let h = v128_load(p as *const v128);
+        let lo = i32x4_shl(u32x4_extend_low_u16x8(h), 16);
+        let hi = i32x4_shl(u32x4_extend_high_u16x8(h), 16);
+        Simd128(lo, hi)
+    }
+    unsafe fn f16(_: *const u16) -> Self {
+        unreachable!("WIDENS_F16 is false")
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        Simd128(f32x4_add(a.0, b.0), f32x4_add(a.1, b.1))
+    }
+    #[inline(always)]
+    unsafe fn mul(a: Self, b: Self) -> Self {
+        Simd128(f32x4_mul(a.0, b.0), f32x4_mul(a.1, b.1))
+    }
+    #[inline(always)]
+    unsafe fn hsum(self) -> f32 {
+        // b_i = a_i + a_{i+4}; then (b0+b1) + (b2+b3).
+        let b = f32x4_add(self.0, self.1);
+        (f32x4_extract_lane::<0>(b) + f32x4_extract_lane::<1>(b))
+            + (f32x4_extract_lane::<2>(b) + f32x4_extract_lane::<3>(b))
+    }
+}
+
+/// tiles::block with SIMD128 lanes.
+///
+/// # Safety
+/// None beyond tiles::block's bounds (the module was built with simd128).
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn block(
+    x: &[f32],
+    k: usize,
+    w: &Matrix,
+    rows: Range<usize>,
+    first: usize,
+    width: usize,
+    part: &mut [f32],
+    scratch: &mut [f32],
+) {
+    super::super::tiles::block::<Simd128>(x, k, w, rows, first, width, part, scratch)
+}

@@ -1,0 +1,83 @@
+//! Eight f32 lanes, the unit of the SIMD dot products: one AVX2 register, or two 128-bit ones
+//! (NEON, wasm SIMD128). Every implementation does the same IEEE operations in the same order,
+//! so the kernels built on it (tiles.rs) are bit for bit the reference's `ops::dot` everywhere.
+
+/// An 8-lane f32 vector. The methods are `unsafe` because they use the ISA's intrinsics: the
+/// caller has checked the ISA is there (isa.rs) and that pointers have 8 readable elements.
+pub trait Lanes: Copy {
+    /// Tokens per register tile: 2 × `TOKENS` accumulators plus two weight vectors must fit the
+    /// register file.
+    const TOKENS: usize;
+    /// Whether `f16` widens f16 weights in registers; where not, they go through the f32 scratch.
+    const WIDENS_F16: bool;
+    unsafe fn zero() -> Self;
+    unsafe fn load(p: *const f32) -> Self;
+    /// Eight bf16 (the high halves of f32s) widened.
+    unsafe fn bf16(p: *const u16) -> Self;
+    /// Eight IEEE halves widened (only called where `WIDENS_F16`).
+    unsafe fn f16(p: *const u16) -> Self;
+    unsafe fn add(a: Self, b: Self) -> Self;
+    unsafe fn mul(a: Self, b: Self) -> Self;
+    /// The lanes summed in the reference's order: `((a0+a4)+(a1+a5)) + ((a2+a6)+(a3+a7))`.
+    unsafe fn hsum(self) -> f32;
+}
+
+/// A weight element as stored: what one row of the matrix is a slice of.
+pub trait Elem: Copy {
+    const IS_F16: bool = false;
+    /// Eight consecutive weights from `row[i]` on as lanes.
+    unsafe fn load8<L: Lanes>(row: &[Self], i: usize) -> L;
+    /// One weight as f32 (the tail past the last whole 8).
+    fn to_f32(self) -> f32;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    unsafe fn load8<L: Lanes>(row: &[f32], i: usize) -> L {
+        L::load(row.as_ptr().add(i))
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+/// bf16 bits (as stored): the high half of an f32.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub struct Bf16(pub u16);
+
+/// IEEE half bits.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub struct F16(pub u16);
+
+impl Elem for Bf16 {
+    #[inline(always)]
+    unsafe fn load8<L: Lanes>(row: &[Bf16], i: usize) -> L {
+        L::bf16(row.as_ptr().add(i) as *const u16)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f32::from_bits((self.0 as u32) << 16)
+    }
+}
+
+impl Elem for F16 {
+    const IS_F16: bool = true;
+    #[inline(always)]
+    unsafe fn load8<L: Lanes>(row: &[F16], i: usize) -> L {
+        L::f16(row.as_ptr().add(i) as *const u16)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::f16::from_bits(self.0).to_f32()
+    }
+}
+
+/// The stored u16 bits as the wrapper type.
+pub fn cast<T: Elem>(v: &[u16]) -> &[T] {
+    assert_eq!(std::mem::size_of::<T>(), 2);
+    // SAFETY: T is a #[repr(transparent)] newtype of u16: same size and alignment.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const T, v.len()) }
+}

@@ -422,7 +422,8 @@ mod tests {
     use super::*;
 
     fn fixture_tokenizer() -> ChatTokenizer {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llada2-add");
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llada2-add");
         ChatTokenizer::from_dir(&dir).unwrap()
     }
 
@@ -431,19 +432,27 @@ mod tests {
         let t = fixture_tokenizer();
         let markers = t.tool_markers();
         assert_eq!(markers.len(), 2, "the fixture has both tool-call markers");
-        let ids = t.encode("12<tool_call>{\"a\": 1}</tool_call>3<|role_end|>").unwrap();
+        let ids = t
+            .encode("12<tool_call>{\"a\": 1}</tool_call>3<|role_end|>")
+            .unwrap();
         assert_eq!(t.decode(&ids).unwrap(), "12{\"a\": 1}3");
         assert_eq!(
             t.decode_keeping(&ids, &markers).unwrap(),
             "12<tool_call>{\"a\": 1}</tool_call>3"
         );
-        assert_eq!(t.decode_keeping(&ids, &[]).unwrap(), t.decode(&ids).unwrap());
+        assert_eq!(
+            t.decode_keeping(&ids, &[]).unwrap(),
+            t.decode(&ids).unwrap()
+        );
     }
 
     #[test]
     fn tools_reach_a_template_that_uses_them_and_only_then() {
         let t = fixture_tokenizer();
-        assert!(!t.template_handles_tools(), "the fixture's template has no tools");
+        assert!(
+            !t.template_handles_tools(),
+            "the fixture's template has no tools"
+        );
         let mut with = fixture_tokenizer();
         with.template = Some(
             "{% for t in tools or [] %}[{{ t.function.name }}]{% endfor %}{% for m in messages %}{{ m.role }}:{{ m.content }};{% endfor %}".into(),
@@ -455,7 +464,9 @@ mod tests {
             .render_conversation(&msgs, Some(&tools), false, &Cancel::default())
             .unwrap();
         assert_eq!(out, "[add]user:hi;");
-        let out = with.render_conversation(&msgs, None, false, &Cancel::default()).unwrap();
+        let out = with
+            .render_conversation(&msgs, None, false, &Cancel::default())
+            .unwrap();
         assert_eq!(out, "user:hi;");
     }
 }

@@ -394,11 +394,25 @@ impl ReferenceBackend {
                 let mut o = self.out_u(*out, s);
                 let vocab = self.graph.buffer(*logits).cols;
                 let first = (s.start + s.tokens.len() - s.out_rows) as u32;
-                for (r, row) in self.f[logits.0].chunks_exact(vocab).enumerate() {
-                    let smp = sampler::sample_row(row, &s.sampling, first + r as u32);
-                    let w = crate::backend::SAMPLE_WORDS;
-                    o[w * r..w * (r + 1)].copy_from_slice(&smp.to_words());
+                let rows = self.f[logits.0].len() / vocab.max(1);
+                let logits = &self.f[logits.0];
+                // Rows are independent: shared out over the pool (a row's softmax over the
+                // whole vocabulary, in f64, is most of the sampler's time).
+                let parts = parallel::map_chunks(rows, rows * vocab * 16, |range| {
+                    range
+                        .flat_map(|r| {
+                            let row = &logits[r * vocab..(r + 1) * vocab];
+                            sampler::sample_row(row, &s.sampling, first + r as u32).to_words()
+                        })
+                        .collect::<Vec<u32>>()
+                });
+                let w = crate::backend::SAMPLE_WORDS;
+                let mut at = 0;
+                for part in parts {
+                    o[at..at + part.len()].copy_from_slice(&part);
+                    at += part.len();
                 }
+                debug_assert_eq!(at, rows * w);
                 self.u[out.0] = o;
             }
         }

@@ -346,14 +346,6 @@ fn moe_cases() -> Vec<Case> {
             capacity: 6,
         }),
     ] {
-        let routing = Routing {
-            num_experts: 16,
-            top_k: 4,
-            n_group: 4,
-            topk_group: 2,
-            scaling: 2.5,
-            block,
-        };
         for (ci, (n, limit, dtype)) in [
             (37usize, None, DType::BF16),
             (70, Some(4000u64), DType::Q8_0),
@@ -361,68 +353,90 @@ fn moe_cases() -> Vec<Case> {
         .into_iter()
         .enumerate()
         {
-            let (h, inter, e) = (40, 24, routing.num_experts);
-            let mut cg = CaseGraph::new(31 + ci as u64);
-            let rows = 90;
-            let x = cg.embed("x", rows, h, DType::F32, 1.0);
-            let logits = cg.embed("router_logits", rows, e, DType::F32, 2.0);
-            let mut bias = cg.values(e, 0.05);
-            bias[3] = 3.0;
-            let bias = cg.vector("bias", bias);
-            let ids = cg.g.buffer("ids", Rows::Tokens, routing.top_k, Elem::U32);
-            let weights = cg.g.f32("weights", Rows::Tokens, routing.top_k);
-            cg.g.op(Op::MoeRoute {
-                logits,
-                bias: Some(bias),
-                routing,
-                ids,
-                weights,
-            });
-            let mut experts = ExpertSet {
-                gate: vec![],
-                up: vec![],
-                down: vec![],
-            };
-            for j in 0..e {
-                let m = WeightRole::Matrix;
-                experts
-                    .gate
-                    .push(cg.weight(&format!("e{j}.gate"), vec![inter, h], dtype, 0.3, m));
-                experts
-                    .up
-                    .push(cg.weight(&format!("e{j}.up"), vec![inter, h], dtype, 0.3, m));
-                experts
-                    .down
-                    .push(cg.weight(&format!("e{j}.down"), vec![h, inter], dtype, 0.3, m));
-            }
-            let out = cg.g.f32("moe", Rows::Tokens, h);
-            cg.g.op(Op::MoeExperts {
-                x,
-                ids,
-                weights,
-                experts,
-                out,
-            });
-            let runs = once(cg.tokens(n, rows));
-            let (graph, store) = cg.finish(vec![ids, weights, out], None);
-            cases.push(Case {
-                name: format!(
-                    "moe_route+moe_experts {} n={n} {dtype:?} split={limit:?}",
-                    if block.is_some() { "block" } else { "grouped" }
-                ),
-                graph,
-                store,
-                runs,
-                forced: Forced {
-                    weight_binding_limit: limit,
-                    max_tokens: None,
-                },
-                tol: 1e-5,
-                exercises: Some(one_expert_gets_several_tiles),
-            });
+            cases.push(moe_case(block, n, limit, dtype, 31 + ci as u64, false));
         }
     }
     cases
+}
+
+/// One routing + experts case; `poisoned`: every router logit is NaN (what NaN or Inf in a
+/// model's weights or an overflowing activation gives).
+fn moe_case(
+    block: Option<BlockRouting>,
+    n: usize,
+    limit: Option<u64>,
+    dtype: DType,
+    seed: u64,
+    poisoned: bool,
+) -> Case {
+    let routing = Routing {
+        num_experts: 16,
+        top_k: 4,
+        n_group: 4,
+        topk_group: 2,
+        scaling: 2.5,
+        block,
+    };
+    let (h, inter, e) = (40, 24, routing.num_experts);
+    let mut cg = CaseGraph::new(seed);
+    let rows = 90;
+    let x = cg.embed("x", rows, h, DType::F32, 1.0);
+    let scale = if poisoned { f32::NAN } else { 2.0 };
+    let logits = cg.embed("router_logits", rows, e, DType::F32, scale);
+    let mut bias = cg.values(e, 0.05);
+    bias[3] = 3.0;
+    let bias = cg.vector("bias", bias);
+    let ids = cg.g.buffer("ids", Rows::Tokens, routing.top_k, Elem::U32);
+    let weights = cg.g.f32("weights", Rows::Tokens, routing.top_k);
+    cg.g.op(Op::MoeRoute {
+        logits,
+        bias: Some(bias),
+        routing,
+        ids,
+        weights,
+    });
+    let mut experts = ExpertSet {
+        gate: vec![],
+        up: vec![],
+        down: vec![],
+    };
+    for j in 0..e {
+        let m = WeightRole::Matrix;
+        experts
+            .gate
+            .push(cg.weight(&format!("e{j}.gate"), vec![inter, h], dtype, 0.3, m));
+        experts
+            .up
+            .push(cg.weight(&format!("e{j}.up"), vec![inter, h], dtype, 0.3, m));
+        experts
+            .down
+            .push(cg.weight(&format!("e{j}.down"), vec![h, inter], dtype, 0.3, m));
+    }
+    let out = cg.g.f32("moe", Rows::Tokens, h);
+    cg.g.op(Op::MoeExperts {
+        x,
+        ids,
+        weights,
+        experts,
+        out,
+    });
+    let runs = once(cg.tokens(n, rows));
+    let (graph, store) = cg.finish(vec![ids, weights, out], None);
+    Case {
+        name: format!(
+            "moe_route+moe_experts {} n={n} {dtype:?} split={limit:?}",
+            if block.is_some() { "block" } else { "grouped" }
+        ),
+        graph,
+        store,
+        runs,
+        forced: Forced {
+            weight_binding_limit: limit,
+            max_tokens: None,
+        },
+        tol: 1e-5,
+        exercises: (!poisoned).then_some(one_expert_gets_several_tiles as _),
+    }
 }
 
 /// Expert 3, favoured by its bias, gets more rows than one 32-row tile holds.
@@ -636,6 +650,40 @@ fn every_op_matches_the_reference_on_every_backend() {
     use std::io::Write;
     let _ = std::io::stderr().write_all(report.as_bytes());
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// NaN router scores (NaN or Inf upstream) still route every row to experts inside the table,
+/// on every backend: the wgpu kernels run without naga's bounds checks, so an id past the
+/// table would be an out-of-bounds access, not a wrong answer.
+#[test]
+fn nan_router_scores_route_inside_the_expert_table() {
+    for block in [
+        None,
+        Some(BlockRouting {
+            size: 32,
+            capacity: 6,
+        }),
+    ] {
+        let case = moe_case(block, 37, Some(4000), DType::BF16, 5, true);
+        let mut oracle =
+            ReferenceBackend::new(case.graph.clone(), &case.store, &mut |_, _| {}).unwrap();
+        let mut outs = vec![("reference", run_all(&mut oracle, &case))];
+        for t in graph_backends() {
+            let mut b = (t.make)(case.graph.clone(), &case.store, case.forced).unwrap();
+            outs.push((t.name, run_on_device(b.as_mut(), t.name, &case)));
+        }
+        for (name, out) in outs {
+            let ids = &out[0].hidden[0];
+            // The ids buffer comes back as f32 bits.
+            let bad: Vec<u32> = ids
+                .iter()
+                .map(|v| v.to_bits())
+                .filter(|&i| i >= 16)
+                .collect();
+            assert!(bad.is_empty(), "{name} {}: expert ids {bad:?}", case.name);
+            assert_eq!(ids.len(), 37 * 4, "{name}");
+        }
+    }
 }
 
 /// A sampling step of a device backend reads back only the samples (5 words a row): the logits

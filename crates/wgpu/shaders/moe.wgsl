@@ -163,6 +163,12 @@ fn moe_route(@builtin(global_invocation_id) gid: vec3<u32>) {
                 bi = j;
             }
         }
+        // A NaN score (NaN or Inf in weights or activations) is never `after` anything, so no
+        // pick may be left: take expert 0, as the CUDA kernel does, so that every id indexes
+        // inside the tables (the modules run without naga's bounds checks).
+        if (bi == NONE) {
+            bi = 0u;
+        }
         route_ids[t * rp.top_k + r] = bi;
         sum += scores[sc + bi];
         pv = bv;
@@ -243,6 +249,10 @@ fn moe_route_block(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
                     bv = v;
                     bi = j;
                 }
+            }
+            // No pick (NaN scores): expert 0, as in moe_route.
+            if (bi == NONE) {
+                bi = 0u;
             }
             route_ids[t * rp.top_k + k] = bi;
             sum += scores[sc + bi];

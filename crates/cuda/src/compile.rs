@@ -43,12 +43,19 @@ impl Toolchain {
                 .result()
                 .map_err(|e| cuda_error(format!("reading NVRTC's version: {e:?}")))?;
             let mut count: c_int = 0;
-            // SAFETY: writes one int, then `count` ints into a buffer of that size.
+            // SAFETY: writes one int.
             unsafe { sys::nvrtcGetNumSupportedArchs(&mut count) }
                 .result()
                 .map_err(|e| cuda_error(format!("asking NVRTC for its architectures: {e:?}")))?;
-            let mut archs = vec![0 as c_int; count.clamp(0, 1024) as usize];
+            // NVRTC writes `count` ints, so a count beyond the buffer is refused, not clamped.
+            if !(0..=1024).contains(&count) {
+                return Err(cuda_error(format!(
+                    "NVRTC reports {count} supported architectures (expected 0 to 1024)"
+                )));
+            }
+            let mut archs = vec![0 as c_int; count as usize];
             if !archs.is_empty() {
+                // SAFETY: `archs` holds the `count` ints NVRTC writes.
                 unsafe { sys::nvrtcGetSupportedArchs(archs.as_mut_ptr()) }
                     .result()
                     .map_err(|e| {
@@ -79,18 +86,29 @@ impl Toolchain {
     /// The `sm_XY` to compile for on a device of compute capability `cc`, or why it cannot be.
     pub fn target(&self, cc: (i32, i32), gpu: &str) -> Result<i32> {
         let sm = cc.0 * 10 + cc.1;
-        if !self.archs.contains(&sm) {
-            return Err(cuda_error(format!(
-                "NVRTC {} cannot compile for {gpu} (compute capability {}.{}, sm_{sm}); this \
+        if self.archs.contains(&sm) {
+            return Ok(sm);
+        }
+        // A cubin for X.y runs natively on X.z for z >= y (same major: binary compatible), so
+        // the newest such architecture NVRTC knows serves (no PTX JIT either way).
+        let same_major = self
+            .archs
+            .iter()
+            .copied()
+            .filter(|&a| a / 10 == cc.0 && a % 10 <= cc.1)
+            .max();
+        if let Some(a) = same_major {
+            return Ok(a);
+        }
+        Err(cuda_error(format!(
+            "NVRTC {} cannot compile for {gpu} (compute capability {}.{}, sm_{sm}); this \
                  machine has {}. Install the NVRTC (libnvrtc.so) of a CUDA toolkit that \
                  supports sm_{sm}",
-                version(self.nvrtc),
-                cc.0,
-                cc.1,
-                self.describe()
-            )));
-        }
-        Ok(sm)
+            version(self.nvrtc),
+            cc.0,
+            cc.1,
+            self.describe()
+        )))
     }
 
     /// Why a module compiled here did not load, in terms a user can act on.
@@ -211,8 +229,10 @@ mod tests {
         ] {
             assert!(msg.contains(part), "{part:?} missing from {msg}");
         }
-        // No silent rounding down to an older architecture (that would need the PTX JIT).
-        assert!(t.target((8, 6), "A10").is_err());
+        // An older minor of the same major is binary compatible: sm_80 serves an sm_86 GPU.
+        assert_eq!(t.target((8, 6), "A10").unwrap(), 80);
+        // Another major never is.
+        assert!(t.target((10, 0), "B200").is_err());
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //!   instead of the panic cudarc raises when a library is missing.
 //! - [`CudaBackend`]: weights, KV cache and every activation on the device; the kernels of
 //!   `kernels/*.cu` compiled by NVRTC to a cubin for the device at first load and cached on disk
-//!   (compile.rs, module_cache.rs); each step shape captured once as a CUDA graph
-//!   and replayed, with the per-step scalars in a device buffer the host rewrites before a replay.
+//!   (compile.rs, module_cache.rs); a step shape seen a second time is captured as a CUDA
+//!   graph and replayed after that (shapes.rs), with the per-step scalars in a device buffer the
+//!   host rewrites before a replay; long prompts run in chunks of whole blocks.
 //!
 //! Everything links at run time (`dynamic-loading`): the crate builds and its tests run on machines
 //! without CUDA, where they report the device as absent.

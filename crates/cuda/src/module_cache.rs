@@ -80,7 +80,12 @@ impl ModuleCache {
     pub fn store(&self, key: &str, image: &[u8]) -> std::io::Result<PathBuf> {
         std::fs::create_dir_all(&self.dir)?;
         let path = self.path(key);
-        let tmp = self.dir.join(format!(".{key}.{}.tmp", std::process::id()));
+        // Unique per process and per store, so two threads storing one key never share it.
+        static STORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join(format!(".{key}.{}.{n}.tmp", std::process::id()));
         let written = write_entry(&tmp, image).and_then(|()| std::fs::rename(&tmp, &path));
         if written.is_err() {
             std::fs::remove_file(&tmp).ok();
@@ -95,7 +100,7 @@ impl ModuleCache {
 }
 
 fn write_entry(path: &Path, image: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::File::create(path)?;
+    let mut f = std::fs::File::create_new(path)?;
     f.write_all(&encode(image))?;
     f.sync_all()
 }

@@ -278,8 +278,8 @@ impl ChatTokenizer {
 
     /// A conversation as Hugging Face's `apply_chat_template` gets it: messages as JSON objects
     /// (`role`, `content`, and for tool use `tool_calls`, `tool_call_id`, `name`) and the tool
-    /// definitions as `tools` (absent when `None`). Bounded and cancellable as
-    /// [`Self::render_chat_cancellable`].
+    /// definitions as `tools` (`none` when `None`, as Hugging Face passes it). Bounded and
+    /// cancellable as [`Self::render_chat_cancellable`].
     pub fn render_conversation(
         &self,
         messages: &[Value],

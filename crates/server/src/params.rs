@@ -23,8 +23,9 @@ pub struct GenRequest {
     pub stream: bool,
     pub include_usage: bool,
     pub step_events: bool,
-    /// The request defined tools: `<tool_call>` spans of the answer become `tool_calls`.
-    pub tools: bool,
+    /// The request defined tools: `<tool_call>` spans of the answer become `tool_calls`, their
+    /// key/value arguments typed by the tools' schemas.
+    pub tools: Option<crate::tools::StringArgs>,
 }
 
 /// What checking a request needs from the server.
@@ -77,7 +78,7 @@ pub fn chat_request(cx: &Context, body: &[u8]) -> Result<GenRequest, ApiError> {
         .encode(&text)
         .map_err(|e| ApiError::param("messages", e.to_string()))?;
     let mut req = finish(cx, s, prompt, "messages")?;
-    req.tools = tools.is_some();
+    req.tools = tools.as_deref().map(crate::tools::StringArgs::of);
     Ok(req)
 }
 
@@ -529,6 +530,6 @@ fn finish(
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
         step_events: s.unmask_events.unwrap_or(false),
-        tools: false,
+        tools: None,
     })
 }

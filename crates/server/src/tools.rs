@@ -10,6 +10,7 @@
 use crate::error::ApiError;
 use serde::Serialize;
 use serde_json::{Map, Value};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 pub const OPEN: &str = "<tool_call>";
@@ -41,6 +42,21 @@ pub fn check(
     tools: Option<&Value>,
     choice: Option<&Value>,
 ) -> Result<Option<Vec<Value>>, ApiError> {
+    // tool_choice first: `required` or a named function is refused with or without tools.
+    let keep = match choice {
+        None | Some(Value::Null) => true,
+        Some(Value::String(s)) if s == "auto" => true,
+        Some(Value::String(s)) if s == "none" => false,
+        Some(other) => {
+            return Err(ApiError::param(
+                "tool_choice",
+                format!(
+                    "tool_choice {other} is not supported: the diffusion decoder cannot force a \
+                     call; use `auto` or `none`"
+                ),
+            ))
+        }
+    };
     let list = match tools {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Array(list)) => list,
@@ -74,21 +90,39 @@ pub fn check(
             ));
         }
     }
-    match choice {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) if s == "auto" => {}
-        Some(Value::String(s)) if s == "none" => return Ok(None),
-        Some(other) => {
-            return Err(ApiError::param(
-                "tool_choice",
-                format!(
-                    "tool_choice {other} is not supported: the diffusion decoder cannot force a \
-                     call; use `auto` or `none`"
-                ),
-            ))
+    Ok((keep && !list.is_empty()).then(|| list.clone()))
+}
+
+/// Per tool, the parameters its JSON schema declares as strings. A Ling 3 `<arg_value>` of
+/// one of them stays the text it is (`123` stays `"123"`); any other value is read as JSON
+/// where it is JSON, else kept as text (what vLLM's GLM/Ling parser does).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StringArgs(HashMap<String, HashSet<String>>);
+
+impl StringArgs {
+    /// From checked `tools` (see [`check`]).
+    pub fn of(tools: &[Value]) -> StringArgs {
+        let mut map = HashMap::new();
+        for t in tools {
+            let Some(name) = t.pointer("/function/name").and_then(Value::as_str) else {
+                continue;
+            };
+            let props = t.pointer("/function/parameters/properties");
+            let strings = props
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .filter(|(_, schema)| schema.get("type").and_then(Value::as_str) == Some("string"))
+                .map(|(k, _)| k.clone())
+                .collect();
+            map.insert(name.to_string(), strings);
         }
+        StringArgs(map)
     }
-    Ok((!list.is_empty()).then(|| list.clone()))
+
+    fn is_string(&self, tool: &str, arg: &str) -> bool {
+        self.0.get(tool).is_some_and(|args| args.contains(arg))
+    }
 }
 
 /// An id no other call of this process shares.
@@ -102,7 +136,7 @@ fn next_id() -> String {
 }
 
 /// The call inside one span (the text between the markers), if it is a well-formed one.
-pub fn parse_call(inner: &str) -> Option<ToolCall> {
+pub fn parse_call(inner: &str, strings: &StringArgs) -> Option<ToolCall> {
     let inner = inner.trim();
     let (name, arguments) = if inner.starts_with('{') {
         let v: Value = serde_json::from_str(inner).ok()?;
@@ -118,7 +152,7 @@ pub fn parse_call(inner: &str) -> Option<ToolCall> {
         }
         (name, args)
     } else {
-        key_value_call(inner)?
+        key_value_call(inner, strings)?
     };
     if name.is_empty() {
         return None;
@@ -134,8 +168,8 @@ pub fn parse_call(inner: &str) -> Option<ToolCall> {
 }
 
 /// `name` then `<arg_key>k</arg_key><arg_value>v</arg_value>` pairs (whitespace between them
-/// ignored); a value that is JSON is kept as JSON, anything else as a string.
-fn key_value_call(inner: &str) -> Option<(String, Value)> {
+/// ignored); a value is typed as [`StringArgs`] says.
+fn key_value_call(inner: &str, strings: &StringArgs) -> Option<(String, Value)> {
     let (name, mut rest) = match inner.find("<arg_key>") {
         Some(i) => (inner[..i].trim(), &inner[i..]),
         None => (inner, ""),
@@ -153,8 +187,14 @@ fn key_value_call(inner: &str) -> Option<(String, Value)> {
         let (key, r) = r.split_once("</arg_key>")?;
         let r = r.trim_start().strip_prefix("<arg_value>")?;
         let (value, r) = r.split_once("</arg_value>")?;
-        let v = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
-        args.insert(key.trim().to_string(), v);
+        let key = key.trim();
+        let text = || Value::String(value.to_string());
+        let v = if strings.is_string(name, key) {
+            text()
+        } else {
+            serde_json::from_str(value).unwrap_or_else(|_| text())
+        };
+        args.insert(key.to_string(), v);
         rest = r;
     }
     Some((name.to_string(), Value::Object(args)))
@@ -171,6 +211,7 @@ pub enum Piece {
 /// (but for a tail that may be the start of a marker); a span is held until it closes.
 #[derive(Debug, Default)]
 pub struct ToolStream {
+    strings: StringArgs,
     pending: String,
     /// Inside a span: `pending` holds its text after the opening marker.
     inside: bool,
@@ -178,6 +219,13 @@ pub struct ToolStream {
 }
 
 impl ToolStream {
+    pub fn new(strings: StringArgs) -> ToolStream {
+        ToolStream {
+            strings,
+            ..ToolStream::default()
+        }
+    }
+
     pub fn push(&mut self, delta: &str) -> Vec<Piece> {
         self.pending.push_str(delta);
         let mut out = Vec::new();
@@ -186,10 +234,16 @@ impl ToolStream {
                 let Some(end) = self.pending.find(CLOSE) else {
                     break;
                 };
-                let inner = self.pending[..end].to_string();
+                let mut inner = self.pending[..end].to_string();
                 self.pending.drain(..end + CLOSE.len());
                 self.inside = false;
-                match parse_call(&inner) {
+                // A span opened again before it closed: what came before the last opening
+                // marker is text (an unclosed span), the call is what follows it.
+                if let Some(again) = inner.rfind(OPEN) {
+                    out.push(Piece::Text(format!("{OPEN}{}", &inner[..again])));
+                    inner.drain(..again + OPEN.len());
+                }
+                match parse_call(&inner, &self.strings) {
                     Some(c) => {
                         self.calls += 1;
                         out.push(Piece::Call(c));
@@ -242,8 +296,8 @@ impl ToolStream {
 }
 
 /// A whole answer's text and calls.
-pub fn split(text: &str) -> (String, Vec<ToolCall>) {
-    let mut s = ToolStream::default();
+pub fn split(text: &str, strings: &StringArgs) -> (String, Vec<ToolCall>) {
+    let mut s = ToolStream::new(strings.clone());
     let mut pieces = s.push(text);
     pieces.extend(s.finish());
     let mut content = String::new();
@@ -262,6 +316,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn split_plain(text: &str) -> (String, Vec<ToolCall>) {
+        split(text, &StringArgs::default())
+    }
+
     fn args(c: &ToolCall) -> Value {
         serde_json::from_str(&c.function.arguments).unwrap()
     }
@@ -269,7 +327,7 @@ mod tests {
     #[test]
     fn one_call_and_the_text_around_it() {
         let (text, calls) =
-            split("Let me add.<tool_call>{\"name\": \"add\", \"arguments\": {\"a\": 23, \"b\": 45}}</tool_call>");
+            split_plain("Let me add.<tool_call>{\"name\": \"add\", \"arguments\": {\"a\": 23, \"b\": 45}}</tool_call>");
         assert_eq!(text, "Let me add.");
         assert_eq!(calls.len(), 1);
         assert_eq!(calls[0].function.name, "add");
@@ -280,7 +338,7 @@ mod tests {
 
     #[test]
     fn two_calls_get_two_ids_and_keep_their_order() {
-        let (text, calls) = split(
+        let (text, calls) = split_plain(
             "<tool_call>\n{\"name\": \"a\", \"arguments\": {}}\n</tool_call>\n<tool_call>{\"name\": \"b\", \"arguments\": \"{\\\"x\\\": [1]}\"}</tool_call>",
         );
         assert_eq!(text, "\n");
@@ -296,11 +354,41 @@ mod tests {
 
     #[test]
     fn the_key_value_form_is_read() {
-        let (_, calls) = split(
+        let (_, calls) = split_plain(
             "<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n<arg_key>days</arg_key>\n<arg_value>3</arg_value>\n</tool_call>",
         );
         assert_eq!(calls[0].function.name, "get_weather");
         assert_eq!(args(&calls[0]), json!({"city": "Paris", "days": 3}));
+    }
+
+    #[test]
+    fn key_value_arguments_the_schema_calls_strings_stay_strings() {
+        let tools = [
+            json!({"type": "function", "function": {"name": "lookup", "parameters": {
+                "type": "object",
+                "properties": {"code": {"type": "string"}, "n": {"type": "integer"}}
+            }}}),
+        ];
+        let text = "<tool_call>lookup<arg_key>code</arg_key><arg_value>123</arg_value>\
+                    <arg_key>n</arg_key><arg_value>7</arg_value>\
+                    <arg_key>other</arg_key><arg_value>true</arg_value></tool_call>";
+        let (_, calls) = split(text, &StringArgs::of(&tools));
+        assert_eq!(
+            args(&calls[0]),
+            json!({"code": "123", "n": 7, "other": true})
+        );
+        // Without the schema every JSON-looking value is JSON.
+        let (_, calls) = split_plain(text);
+        assert_eq!(args(&calls[0]), json!({"code": 123, "n": 7, "other": true}));
+    }
+
+    #[test]
+    fn a_span_that_never_closes_does_not_swallow_the_next_call() {
+        let text = "<tool_call>bad start <tool_call>{\"name\": \"ok\"}</tool_call> end";
+        let (content, calls) = split_plain(text);
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].function.name, "ok");
+        assert_eq!(content, "<tool_call>bad start  end");
     }
 
     #[test]
@@ -313,13 +401,13 @@ mod tests {
             "<tool_call></tool_call>",
             "<tool_call>{\"name\": \"never_closed\"}",
         ] {
-            let (text, calls) = split(bad);
+            let (text, calls) = split_plain(bad);
             assert!(calls.is_empty(), "{bad}");
             assert_eq!(text, bad, "the model's text is kept as written");
         }
         // A good call next to a bad one: the good one is a call.
         let (text, calls) =
-            split("<tool_call>oops x</tool_call><tool_call>{\"name\": \"ok\"}</tool_call>");
+            split_plain("<tool_call>oops x</tool_call><tool_call>{\"name\": \"ok\"}</tool_call>");
         assert_eq!(text, "<tool_call>oops x</tool_call>");
         assert_eq!(calls.len(), 1);
         assert_eq!(args(&calls[0]), json!({}));
@@ -391,6 +479,15 @@ mod tests {
             let e = check(Some(&tools), Some(&choice)).unwrap_err();
             assert_eq!(e.param.as_deref(), Some(param), "{tools} {choice}");
         }
+        // A choice that would force a call is refused without tools too.
+        for choice in [
+            json!("required"),
+            json!({"type": "function", "function": {"name": "f"}}),
+        ] {
+            let e = check(None, Some(&choice)).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("tool_choice"));
+        }
+        assert_eq!(check(None, Some(&json!("none"))).unwrap(), None);
         let many: Vec<Value> = (0..=MAX_TOOLS).map(|_| tool.clone()).collect();
         assert!(check(Some(&Value::Array(many)), None).is_err());
     }

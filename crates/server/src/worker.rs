@@ -160,10 +160,10 @@ fn run(model: &Model, backend: &mut dyn Backend, job: &Job, m: &Metrics) -> Resu
     let mut last = Instant::now();
     // With tools, text passes through the tool-call splitter: spans become calls, the rest
     // stays text; what the answer says in the end is what the stream said.
-    let mut tools = r.tools.then(ToolStream::default);
+    let mut tools = r.tools.clone().map(ToolStream::new);
     let mut content = String::new();
     let mut calls: Vec<ToolCall> = Vec::new();
-    let keep = if r.tools {
+    let keep = if r.tools.is_some() {
         model.tokenizer.tool_markers()
     } else {
         Vec::new()
@@ -236,7 +236,7 @@ fn run(model: &Model, backend: &mut dyn Backend, job: &Job, m: &Metrics) -> Resu
             Update::Tail(text) => send(text, None, false),
         },
     )?;
-    if r.tools {
+    if r.tools.is_some() {
         if !send("", None, true) {
             return Err(Error::Cancelled);
         }

@@ -7,6 +7,7 @@
 
 use super::super::matrix::{Matrix, Weights};
 use super::isa::Isa;
+use super::tiles::Block;
 
 /// Weight rows per cache block (32 rows of 2048 bf16: 128 KiB).
 const BLOCK: usize = 32;
@@ -36,20 +37,16 @@ pub fn matmul(x: &[f32], w: &Matrix, out: &mut [f32]) -> Option<()> {
         let mut part = vec![0f32; n * rows.len()];
         let mut scratch = vec![0f32; scratch_rows * k];
         for b in rows.clone().step_by(BLOCK) {
-            let block = b..(b + BLOCK).min(rows.end);
-            // SAFETY: `isa` came from Isa::detect on this machine.
-            unsafe {
-                isa.block(
-                    x,
-                    k,
-                    w,
-                    block,
-                    rows.start,
-                    rows.len(),
-                    &mut part,
-                    &mut scratch,
-                )
+            let block = Block {
+                x,
+                k,
+                w,
+                rows: b..(b + BLOCK).min(rows.end),
+                first: rows.start,
+                width: rows.len(),
             };
+            // SAFETY: `isa` came from Isa::detect on this machine.
+            unsafe { isa.block(&block, &mut part, &mut scratch) };
         }
         part
     });

@@ -14,22 +14,24 @@ use super::super::matrix::{Matrix, Weights};
 use super::lanes::{cast, Bf16, Elem, Lanes, F16};
 use std::ops::Range;
 
-/// Rows `block` of `w` against every token of `x`, into `part` (`[n, width]`, its columns
-/// starting at weight row `first`). Packed rows (and f16 where `L` cannot widen it) go through
+/// One block of a matmul: weight rows `rows` of `w` against every token of `x` (`k` wide),
+/// into a part of the output `width` columns wide whose first column is weight row `first`.
+pub struct Block<'a> {
+    pub x: &'a [f32],
+    pub k: usize,
+    pub w: &'a Matrix,
+    pub rows: Range<usize>,
+    pub first: usize,
+    pub width: usize,
+}
+
+/// `b` into `part` (`[n, b.width]`). Packed rows (and f16 where `L` cannot widen it) go through
 /// `scratch` as f32, a block at a time (the reference's values).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn block<L: Lanes>(
-    x: &[f32],
-    k: usize,
-    w: &Matrix,
-    block: Range<usize>,
-    first: usize,
-    width: usize,
-    part: &mut [f32],
-    scratch: &mut [f32],
-) {
-    let col = block.start - first;
+pub unsafe fn block<L: Lanes>(b: &Block, part: &mut [f32], scratch: &mut [f32]) {
+    let (x, k, w, width) = (b.x, b.k, b.w, b.width);
+    let block = b.rows.clone();
+    let col = block.start - b.first;
     match w.weights() {
         Weights::F32(v) => rows::<L, f32>(x, k, v, block, col, width, part),
         Weights::Bf16(v) => rows::<L, Bf16>(x, k, cast(v), block, col, width, part),

@@ -1,9 +1,8 @@
 //! AVX2 (+F16C) lanes on x86_64, detected at run time.
 
-use super::super::super::matrix::Matrix;
 use super::super::lanes::Lanes;
+use super::super::tiles::{self, Block};
 use std::arch::x86_64::*;
-use std::ops::Range;
 
 #[derive(Clone, Copy)]
 pub struct Avx2(__m256);
@@ -64,16 +63,6 @@ impl Lanes for Avx2 {
 /// # Safety
 /// `detected()` must be true.
 #[target_feature(enable = "avx2,f16c")]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn block(
-    x: &[f32],
-    k: usize,
-    w: &Matrix,
-    rows: Range<usize>,
-    first: usize,
-    width: usize,
-    part: &mut [f32],
-    scratch: &mut [f32],
-) {
-    super::super::tiles::block::<Avx2>(x, k, w, rows, first, width, part, scratch)
+pub unsafe fn block(b: &Block, part: &mut [f32], scratch: &mut [f32]) {
+    tiles::block::<Avx2>(b, part, scratch)
 }

@@ -7,8 +7,7 @@ pub mod neon;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 pub mod simd128;
 
-use super::super::matrix::Matrix;
-use std::ops::Range;
+use super::tiles::Block;
 
 /// A SIMD instruction set this build has kernels for; only the ones that can exist on this
 /// target are variants, so holding one means it can run.
@@ -66,25 +65,16 @@ impl Isa {
     ///
     /// # Safety
     /// `self` came from [`Isa::detect`] on this machine.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn block(
-        self,
-        x: &[f32],
-        k: usize,
-        w: &Matrix,
-        rows: Range<usize>,
-        first: usize,
-        width: usize,
-        part: &mut [f32],
-        scratch: &mut [f32],
-    ) {
+    pub unsafe fn block(self, b: &Block, part: &mut [f32], scratch: &mut [f32]) {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => avx2::block(x, k, w, rows, first, width, part, scratch),
+            Isa::Avx2 => avx2::block(b, part, scratch),
+            // NEON is part of aarch64 and simd128 was enabled for the whole module: no target
+            // features to add, the generic kernel is compiled as it is.
             #[cfg(target_arch = "aarch64")]
-            Isa::Neon => neon::block(x, k, w, rows, first, width, part, scratch),
+            Isa::Neon => super::tiles::block::<neon::Neon>(b, part, scratch),
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-            Isa::Simd128 => simd128::block(x, k, w, rows, first, width, part, scratch),
+            Isa::Simd128 => super::tiles::block::<simd128::Simd128>(b, part, scratch),
         }
     }
 }

@@ -1,9 +1,7 @@
 //! NEON lanes on aarch64 (part of the base ISA there): two 128-bit registers.
 
-use super::super::super::matrix::Matrix;
 use super::super::lanes::Lanes;
 use std::arch::aarch64::*;
-use std::ops::Range;
 
 #[derive(Clone, Copy)]
 pub struct Neon(float32x4_t, float32x4_t);
@@ -46,22 +44,4 @@ impl Lanes for Neon {
         let p = vpaddq_f32(b, b);
         vgetq_lane_f32::<0>(p) + vgetq_lane_f32::<1>(p)
     }
-}
-
-/// tiles::block with NEON lanes.
-///
-/// # Safety
-/// None beyond tiles::block's bounds (NEON is always there on aarch64).
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn block(
-    x: &[f32],
-    k: usize,
-    w: &Matrix,
-    rows: Range<usize>,
-    first: usize,
-    width: usize,
-    part: &mut [f32],
-    scratch: &mut [f32],
-) {
-    super::super::tiles::block::<Neon>(x, k, w, rows, first, width, part, scratch)
 }

@@ -2,10 +2,8 @@
 //! (scripts/build-web.sh does; every current browser runs it), since wasm has no run-time
 //! feature detection inside one module.
 
-use super::super::super::matrix::Matrix;
 use super::super::lanes::Lanes;
 use std::arch::wasm32::*;
-use std::ops::Range;
 
 #[derive(Clone, Copy)]
 pub struct Simd128(v128, v128);
@@ -51,22 +49,4 @@ impl Lanes for Simd128 {
         (f32x4_extract_lane::<0>(b) + f32x4_extract_lane::<1>(b))
             + (f32x4_extract_lane::<2>(b) + f32x4_extract_lane::<3>(b))
     }
-}
-
-/// tiles::block with SIMD128 lanes.
-///
-/// # Safety
-/// None beyond tiles::block's bounds (the module was built with simd128).
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn block(
-    x: &[f32],
-    k: usize,
-    w: &Matrix,
-    rows: Range<usize>,
-    first: usize,
-    width: usize,
-    part: &mut [f32],
-    scratch: &mut [f32],
-) {
-    super::super::tiles::block::<Simd128>(x, k, w, rows, first, width, part, scratch)
 }

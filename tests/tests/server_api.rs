@@ -6,7 +6,7 @@ mod server_support;
 
 use serde_json::{json, Value};
 use server_support::*;
-use unmask_core::Model;
+use unmask_core::{Message, Model};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn models_and_health() {
@@ -122,7 +122,11 @@ async fn streamed_text_equals_non_streamed_text() {
         assert_eq!(fin["choices"][0]["finish_reason"], finish);
         let usage = &c[c.len() - 1];
         assert_eq!(usage["choices"].as_array().unwrap().len(), 0);
-        assert_eq!(usage["usage"], v["usage"]);
+        // The same counts; the repeated prompt's whole blocks now come from the cache.
+        for k in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+            assert_eq!(usage["usage"][k], v["usage"][k], "{k}");
+        }
+        assert!(usage["usage"]["prompt_tokens_details"]["cached_tokens"].is_u64());
 
         // The same through /v1/completions with the rendered prompt as token ids.
         let mut body = extra.clone();
@@ -431,6 +435,89 @@ async fn metrics_count_requests_tokens_and_steps() {
     assert_eq!(m("unmask_queue_capacity"), 4.0);
     assert_eq!(m("unmask_requests_running"), 0.0);
     assert!(text.contains("# TYPE unmask_step_seconds histogram"));
+}
+
+/// A chat's next turn re-sends the history: its whole blocks come from the K/V the last request
+/// left in the backend (`usage.prompt_tokens_details.cached_tokens`, the metrics), and the
+/// answer is the decoder's on a fresh backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_turn_reuses_the_cache_and_answers_the_same() {
+    let s = start(load(ADD_MODEL), 4, cpu()).await;
+    let m = s.model.clone();
+    // A system prompt longer than a block, so that whole blocks are shared.
+    let system = "You add two numbers and answer with the sum only. ".repeat(6);
+    let turn1 = json!([
+        { "role": "system", "content": system },
+        { "role": "user", "content": "What is 23+45?" },
+    ]);
+    let (st, v1) = s
+        .post(
+            "/v1/chat/completions",
+            &json!({ "model": "test-model", "messages": turn1 }),
+        )
+        .await;
+    assert_eq!(st, 200, "{v1}");
+    assert_eq!(v1["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    let answer = v1["choices"][0]["message"]["content"].as_str().unwrap();
+    let history = [
+        Message {
+            role: "system".into(),
+            content: system.clone(),
+        },
+        Message {
+            role: "user".into(),
+            content: "What is 23+45?".into(),
+        },
+        Message {
+            role: "assistant".into(),
+            content: answer.into(),
+        },
+        Message {
+            role: "user".into(),
+            content: "What is 12+30?".into(),
+        },
+    ];
+    let mut turn2 = turn1.clone();
+    for msg in &history[2..] {
+        turn2
+            .as_array_mut()
+            .unwrap()
+            .push(json!({ "role": msg.role, "content": msg.content }));
+    }
+    let (st, v2) = s
+        .post(
+            "/v1/chat/completions",
+            &json!({ "model": "test-model", "messages": turn2 }),
+        )
+        .await;
+    assert_eq!(st, 200, "{v2}");
+    let prompt = m.tokenizer.encode_chat(&history).unwrap();
+    let p = params_for(&m, &json!({}));
+    let cached = v2["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        cached as usize >= p.block_length && (cached as usize).is_multiple_of(p.block_length),
+        "cached {cached} in blocks of {}",
+        p.block_length
+    );
+    assert_eq!(v2["usage"]["prompt_tokens"], prompt.len());
+    let (text, n, _) = expected(&m, &prompt, &p);
+    assert_eq!(v2["choices"][0]["message"]["content"], text.as_str());
+    assert_eq!(v2["usage"]["completion_tokens"], n);
+    let metrics = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric_value(&metrics, "unmask_prompt_tokens_cached_total"),
+        Some(cached as f64)
+    );
 }
 
 /// A config that claims a huge context: one request asking for a billion tokens is refused with

@@ -247,6 +247,7 @@ fn forwards_alone(m: &unmask_core::Model, prompt: &[u32], p: &unmask_core::Decod
     unmask_server::completion::complete(
         m,
         &mut backend,
+        &mut Default::default(),
         prompt,
         p,
         Vec::new(),

@@ -7,7 +7,8 @@
 
 use crate::stop::StopMatcher;
 use unmask_core::decode::stream::PrefixStreamer;
-use unmask_core::{generate, Backend, DecodeParams, Error, Model, Result, StepEvent};
+use unmask_core::decode::{generate_reusing, KvPrefix};
+use unmask_core::{Backend, DecodeParams, Error, Model, Result, StepEvent};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -24,6 +25,8 @@ pub enum FinishReason {
 pub struct Completion {
     pub text: String,
     pub prompt_tokens: usize,
+    /// Prompt positions whose K/V came from the backend's cache (the last request's prefix).
+    pub cached_tokens: usize,
     /// Generated tokens the text stands for, the end-of-turn token included.
     pub completion_tokens: usize,
     pub finish_reason: FinishReason,
@@ -43,12 +46,15 @@ pub enum Update<'a> {
     Tail(&'a str),
 }
 
-/// Runs one completion. `keep`: special tokens written into the text (the tool-call markers of a
-/// request with tools). `on_update` returning false cancels it: the result is then
-/// `Err(Error::Cancelled)`.
+/// Runs one completion. `cache`: what `backend`'s K/V cache holds from the last completion
+/// (decode/prefix.rs), reused where the prompt starts with it and updated. `keep`: special
+/// tokens written into the text (the tool-call markers of a request with tools). `on_update`
+/// returning false cancels it: the result is then `Err(Error::Cancelled)`.
+#[allow(clippy::too_many_arguments)]
 pub fn complete(
     model: &Model,
     backend: &mut dyn Backend,
+    cache: &mut KvPrefix,
     prompt: &[u32],
     params: &DecodeParams,
     stops: Vec<String>,
@@ -66,8 +72,9 @@ pub fn complete(
     let mut failure = None;
     let mut forwards = 0usize;
 
-    let result = generate(
+    let result = generate_reusing(
         backend,
+        cache,
         &model.special_ids(),
         model.context_limit(),
         prompt,
@@ -128,6 +135,7 @@ pub fn complete(
     Ok(Completion {
         text: released,
         prompt_tokens: prompt.len(),
+        cached_tokens: cache.reused(),
         completion_tokens,
         finish_reason: if ended {
             FinishReason::Stop

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub cancelled_requests: AtomicU64,
     pub failed_requests: AtomicU64,
     pub prompt_tokens: AtomicU64,
+    /// Prompt tokens whose K/V came from the backend's cache (not recomputed).
+    pub cached_prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
     pub forwards: AtomicU64,
     /// Connections answered 503 at once because `--max-connections` were open.
@@ -99,6 +101,12 @@ impl Metrics {
             "counter",
             "Prompt tokens of completed requests.",
             &[("", g(&self.prompt_tokens))],
+        );
+        metric(
+            "unmask_prompt_tokens_cached_total",
+            "counter",
+            "Prompt tokens of completed requests taken from the K/V cache of the request before.",
+            &[("", g(&self.cached_prompt_tokens))],
         );
         metric(
             "unmask_completion_tokens_total",

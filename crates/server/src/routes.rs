@@ -188,7 +188,7 @@ async fn chat(State(s): Shared, headers: HeaderMap, body: Bytes) -> Result<Respo
             finish_reason: c.finish_reason,
             logprobs: None,
         }],
-        usage: Usage::new(c.prompt_tokens, c.completion_tokens),
+        usage: Usage::new(c.prompt_tokens, c.cached_tokens, c.completion_tokens),
     })
     .into_response())
 }
@@ -217,7 +217,7 @@ async fn completions(
             finish_reason: Some(c.finish_reason),
             logprobs: None,
         }],
-        usage: Usage::new(c.prompt_tokens, c.completion_tokens),
+        usage: Usage::new(c.prompt_tokens, c.cached_tokens, c.completion_tokens),
     })
     .into_response())
 }

@@ -61,7 +61,11 @@ pub fn respond(
                 Some(JobEvent::Done(c)) => {
                     let mut v = vec![h.finish(c.finish_reason)];
                     if h.include_usage {
-                        v.push(h.usage(Usage::new(c.prompt_tokens, c.completion_tokens)));
+                        v.push(h.usage(Usage::new(
+                            c.prompt_tokens,
+                            c.cached_tokens,
+                            c.completion_tokens,
+                        )));
                     }
                     v.push(done());
                     (v, Phase::End)

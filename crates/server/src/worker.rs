@@ -16,6 +16,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use unmask_core::decode::KvPrefix;
 use unmask_core::{Backend, Error, Model, Result};
 
 /// Builds the backend on the worker thread.
@@ -119,6 +120,9 @@ impl Worker {
 }
 
 fn serve_jobs(model: &Model, mut backend: Box<dyn Backend>, jobs: Receiver<Job>, m: &Metrics) {
+    // What the backend's K/V cache holds from the last request: the next one that starts
+    // with the same tokens (a chat's next turn, a shared system prompt) skips them.
+    let mut cache = KvPrefix::default();
     while let Ok(job) = jobs.recv() {
         m.queue_depth.fetch_sub(1, Relaxed);
         if job.tx.is_closed() {
@@ -127,12 +131,19 @@ fn serve_jobs(model: &Model, mut backend: Box<dyn Backend>, jobs: Receiver<Job>,
         }
         m.running.store(1, Relaxed);
         // A panic is a bug, but it must cost one request, not the server.
-        let outcome = catch_unwind(AssertUnwindSafe(|| run(model, backend.as_mut(), &job, m)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            run(model, backend.as_mut(), &mut cache, &job, m)
+        }));
+        if outcome.is_err() {
+            cache.forget();
+        }
         m.running.store(0, Relaxed);
         let ev = match outcome {
             Ok(Ok(c)) => {
                 m.completed_requests.fetch_add(1, Relaxed);
                 m.prompt_tokens.fetch_add(c.prompt_tokens as u64, Relaxed);
+                m.cached_prompt_tokens
+                    .fetch_add(c.cached_tokens as u64, Relaxed);
                 m.completion_tokens
                     .fetch_add(c.completion_tokens as u64, Relaxed);
                 JobEvent::Done(c)
@@ -155,7 +166,13 @@ fn serve_jobs(model: &Model, mut backend: Box<dyn Backend>, jobs: Receiver<Job>,
     }
 }
 
-fn run(model: &Model, backend: &mut dyn Backend, job: &Job, m: &Metrics) -> Result<Completion> {
+fn run(
+    model: &Model,
+    backend: &mut dyn Backend,
+    cache: &mut KvPrefix,
+    job: &Job,
+    m: &Metrics,
+) -> Result<Completion> {
     let r = &job.req;
     let mut last = Instant::now();
     // With tools, text passes through the tool-call splitter: spans become calls, the rest
@@ -216,6 +233,7 @@ fn run(model: &Model, backend: &mut dyn Backend, job: &Job, m: &Metrics) -> Resu
     let mut c = complete(
         model,
         backend,
+        cache,
         &r.prompt,
         &r.params,
         r.stop.clone(),

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Instant;
+use unmask_core::decode::KvPrefix;
 use unmask_core::{Backend, DecodeParams, Error, Message, Model};
 use unmask_server::completion::{complete, Update};
 
@@ -50,6 +51,8 @@ pub fn run(args: Args) -> Result<()> {
         })
         .collect();
     let mut history = base.clone();
+    // The next turn re-sends the history: its K/V stay in the backend's cache.
+    let mut cache = KvPrefix::default();
     let mut out = std::io::stdout().lock();
     let mut lines = std::io::stdin().lock().lines();
     loop {
@@ -89,7 +92,14 @@ pub fn run(args: Args) -> Result<()> {
             role: "user".into(),
             content: text.to_string(),
         });
-        match turn(&model, backend.as_mut(), &mut history, &params, &mut out) {
+        match turn(
+            &model,
+            backend.as_mut(),
+            &mut cache,
+            &mut history,
+            &params,
+            &mut out,
+        ) {
             Ok(answer) => history.push(Message {
                 role: "assistant".into(),
                 content: answer,
@@ -111,6 +121,7 @@ pub fn run(args: Args) -> Result<()> {
 fn turn(
     model: &Model,
     backend: &mut dyn Backend,
+    cache: &mut KvPrefix,
     history: &mut Vec<Message>,
     params: &DecodeParams,
     out: &mut dyn Write,
@@ -121,6 +132,7 @@ fn turn(
     let c = complete(
         model,
         backend,
+        cache,
         &prompt,
         params,
         Vec::new(),
@@ -149,8 +161,9 @@ fn turn(
     writeln!(out)?;
     out.flush()?;
     eprintln!(
-        "[{} prompt tokens, {} tokens, {} forwards, {:.2}s]",
+        "[{} prompt tokens ({} from the cache), {} tokens, {} forwards, {:.2}s]",
         c.prompt_tokens,
+        c.cached_tokens,
         c.completion_tokens,
         c.forwards,
         t0.elapsed().as_secs_f64()

@@ -8,6 +8,7 @@ pub mod defaults;
 pub mod family;
 pub mod overrides;
 pub mod policy;
+pub mod prefix;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
@@ -18,6 +19,7 @@ use crate::backend::Backend;
 use crate::chat::SpecialIds;
 use crate::error::{Error, Result};
 pub use family::Decoder;
+pub use prefix::{generate_reusing, KvPrefix};
 use serde::{Deserialize, Serialize};
 pub use session::Decoding;
 

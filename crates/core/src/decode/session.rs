@@ -106,6 +106,35 @@ impl Decoding {
         self.p.decoder
     }
 
+    /// Takes the K/V of the first `positions` prompt positions as already in the backend's
+    /// cache (prefix.rs says when they are): the first forward starts after them. Whole blocks
+    /// of the prompt only, before any forward, and only with the cache in use.
+    pub fn start_cached(&mut self, positions: usize) -> Result<()> {
+        let b = self.p.block_length;
+        if !self.p.use_cache
+            || self.forwards > 0
+            || self.pending
+            || !positions.is_multiple_of(b)
+            || positions > self.plen / b * b
+        {
+            return Err(Error::Invalid(format!(
+                "decoder: {positions} cached positions cannot start a prompt of {} in blocks of {b}",
+                self.plen
+            )));
+        }
+        self.clean = positions;
+        Ok(())
+    }
+
+    /// The tokens whose K/V in the backend's cache are final (none without the cache).
+    pub fn final_prefix(&self) -> &[u32] {
+        if self.p.use_cache {
+            &self.x[..self.clean]
+        } else {
+            &[]
+        }
+    }
+
     /// The next forward to run, or `None` once decoding has ended (then [`Self::result`]).
     /// An error (LLaDA2.2's block that does not converge) ends decoding too.
     pub fn next_step(&mut self) -> Option<Step<'_>> {

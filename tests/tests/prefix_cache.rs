@@ -2,8 +2,8 @@
 //! next turn: the history plus a new message) is token for token the fresh one, on every
 //! backend and every decoder of the golden models; a different block length reuses nothing.
 
-use unmask_core::decode::{generate_reusing, KvPrefix};
-use unmask_core::{generate, Model, SpecialIds};
+use unmask_core::decode::{generate_reusing, DecodeParams, Generation, KvPrefix};
+use unmask_core::{generate, Backend, Model, Result, SpecialIds};
 use unmask_tests::{backends, generate_goldens, golden_models};
 
 /// The next turn's prompt: the last prompt, its answer (special ids left out, as a chat
@@ -20,6 +20,26 @@ fn next_turn(ids: &SpecialIds, prompt: &[u32], answer: &[u32]) -> Vec<u32> {
     next.extend(answer.iter().filter(|t| !special.contains(&Some(**t))));
     next.extend_from_slice(&prompt[..prompt.len().min(7)]);
     next
+}
+
+/// One generation of `model` from `cache`, to the end.
+fn turn(
+    model: &Model,
+    backend: &mut dyn Backend,
+    cache: &mut KvPrefix,
+    prompt: &[u32],
+    p: &DecodeParams,
+) -> Result<Generation> {
+    let limit = model.config.max_position_embeddings;
+    generate_reusing(
+        backend,
+        cache,
+        &model.special_ids(),
+        limit,
+        prompt,
+        p,
+        &mut |_| true,
+    )
 }
 
 #[test]
@@ -43,45 +63,20 @@ fn the_next_turn_from_the_cache_is_the_fresh_one() {
                     let what = format!("{}: {file}: {} ({decoder})", be.name, case.name);
                     let mut backend = (be.make)(&model).unwrap();
                     let mut cache = KvPrefix::default();
-                    let first = generate_reusing(
-                        backend.as_mut(),
-                        &mut cache,
-                        &ids,
-                        limit,
-                        &case.prompt_ids,
-                        &p,
-                        &mut |_| true,
-                    )
-                    .unwrap_or_else(|e| panic!("{what}: first turn: {e}"));
+                    let first = turn(&model, backend.as_mut(), &mut cache, &case.prompt_ids, &p)
+                        .unwrap_or_else(|e| panic!("{what}: first turn: {e}"));
                     assert_eq!(cache.reused(), 0, "{what}: nothing to reuse at first");
                     let next = next_turn(&ids, &case.prompt_ids, &first.tokens);
                     let want = generate(backend.as_mut(), &ids, limit, &next, &p, &mut |_| true);
                     // The fresh run reset the backend: replay the first turn to refill it.
                     cache.forget();
-                    generate_reusing(
-                        backend.as_mut(),
-                        &mut cache,
-                        &ids,
-                        limit,
-                        &case.prompt_ids,
-                        &p,
-                        &mut |_| true,
-                    )
-                    .unwrap();
+                    turn(&model, backend.as_mut(), &mut cache, &case.prompt_ids, &p).unwrap();
                     let expect_reuse = cache.reusable(&next, &p);
                     assert!(
                         expect_reuse >= case.prompt_ids.len() / p.block_length * p.block_length,
                         "{what}: the first prompt's whole blocks are reusable ({expect_reuse})"
                     );
-                    let got = generate_reusing(
-                        backend.as_mut(),
-                        &mut cache,
-                        &ids,
-                        limit,
-                        &next,
-                        &p,
-                        &mut |_| true,
-                    );
+                    let got = turn(&model, backend.as_mut(), &mut cache, &next, &p);
                     assert_eq!(cache.reused(), expect_reuse, "{what}");
                     match (want, got) {
                         (Ok(w), Ok(g)) => {

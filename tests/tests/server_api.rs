@@ -505,18 +505,9 @@ async fn the_next_turn_reuses_the_cache_and_answers_the_same() {
     let (text, n, _) = expected(&m, &prompt, &p);
     assert_eq!(v2["choices"][0]["message"]["content"], text.as_str());
     assert_eq!(v2["usage"]["completion_tokens"], n);
-    let metrics = s
-        .client
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     assert_eq!(
-        metric_value(&metrics, "unmask_prompt_tokens_cached_total"),
-        Some(cached as f64)
+        s.metric("unmask_prompt_tokens_cached_total").await,
+        cached as f64
     );
 }
 

@@ -223,15 +223,7 @@ pub fn generate(
     p: &DecodeParams,
     on_step: &mut dyn FnMut(&StepEvent) -> Keep,
 ) -> Result<Generation> {
-    let mut decoding = Decoding::new(ids, max_positions, prompt, p)?;
-    backend.reset();
-    let name = backend.name();
-    while let Some(step) = decoding.next_step() {
-        let out = backend.step(&step)?;
-        let event = decoding.apply(&out, &name)?;
-        if !on_step(&event) {
-            return Err(Error::Cancelled);
-        }
-    }
-    decoding.into_result()
+    // Nothing cached to start from: the backend is reset, every position computed.
+    let mut none = KvPrefix::default();
+    generate_reusing(backend, &mut none, ids, max_positions, prompt, p, on_step)
 }

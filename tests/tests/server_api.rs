@@ -435,6 +435,13 @@ async fn metrics_count_requests_tokens_and_steps() {
     assert_eq!(m("unmask_queue_capacity"), 4.0);
     assert_eq!(m("unmask_requests_running"), 0.0);
     assert!(text.contains("# TYPE unmask_step_seconds histogram"));
+    // Per request: its wait in the queue, its first forward, the forwards after it.
+    for h in ["queue", "prefill", "decode"] {
+        let name = format!("unmask_request_{h}_seconds");
+        assert_eq!(m(&format!("{name}_count")), 2.0, "{name}");
+        assert_eq!(m(&format!("{name}_bucket{{le=\"+Inf\"}}")), 2.0, "{name}");
+    }
+    assert!(m("unmask_request_prefill_seconds_sum") > 0.0);
 }
 
 /// A chat's next turn re-sends the history: its whole blocks come from the K/V the last request

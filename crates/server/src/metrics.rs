@@ -10,7 +10,52 @@ const STEP_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-#[derive(Default)]
+/// Upper bounds (seconds) of the per-request histograms (queue wait, prefill, decode).
+const REQUEST_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// A Prometheus histogram of durations over fixed bucket bounds.
+pub struct Histogram {
+    bounds: &'static [f64; 12],
+    buckets: [AtomicU64; 12],
+    count: AtomicU64,
+    nanos: AtomicU64,
+}
+
+impl Histogram {
+    const fn new(bounds: &'static [f64; 12]) -> Self {
+        Histogram {
+            bounds,
+            buckets: [const { AtomicU64::new(0) }; 12],
+            count: AtomicU64::new(0),
+            nanos: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (b, &le) in self.buckets.iter().zip(self.bounds) {
+            if s <= le {
+                b.fetch_add(1, Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.nanos.fetch_add(d.as_nanos() as u64, Relaxed);
+    }
+
+    fn render(&self, o: &mut String, name: &str, help: &str) {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (b, le) in self.buckets.iter().zip(self.bounds) {
+            let _ = writeln!(o, "{name}_bucket{{le=\"{le}\"}} {}", b.load(Relaxed));
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.nanos.load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(o, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
 pub struct Metrics {
     /// Requests received, by endpoint (chat, completions).
     pub chat_requests: AtomicU64,
@@ -36,21 +81,44 @@ pub struct Metrics {
     pub queue_depth: AtomicU64,
     /// 1 while the worker is generating.
     pub running: AtomicU64,
-    step_buckets: [AtomicU64; STEP_BUCKETS.len()],
-    step_count: AtomicU64,
-    step_nanos: AtomicU64,
+    steps: Histogram,
+    /// Per request that reached the model: waiting in the queue, then its first forward (the
+    /// prompt's prefill with the first block's first step), then the rest of its forwards.
+    pub request_queue: Histogram,
+    pub request_prefill: Histogram,
+    pub request_decode: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let z = || AtomicU64::new(0);
+        Metrics {
+            chat_requests: z(),
+            completion_requests: z(),
+            invalid_requests: z(),
+            rejected_requests: z(),
+            completed_requests: z(),
+            cancelled_requests: z(),
+            failed_requests: z(),
+            prompt_tokens: z(),
+            cached_prompt_tokens: z(),
+            completion_tokens: z(),
+            forwards: z(),
+            refused_connections: z(),
+            http_errors: z(),
+            queue_depth: z(),
+            running: z(),
+            steps: Histogram::new(&STEP_BUCKETS),
+            request_queue: Histogram::new(&REQUEST_BUCKETS),
+            request_prefill: Histogram::new(&REQUEST_BUCKETS),
+            request_decode: Histogram::new(&REQUEST_BUCKETS),
+        }
+    }
 }
 
 impl Metrics {
     pub fn observe_step(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        for (b, &le) in self.step_buckets.iter().zip(&STEP_BUCKETS) {
-            if s <= le {
-                b.fetch_add(1, Relaxed);
-            }
-        }
-        self.step_count.fetch_add(1, Relaxed);
-        self.step_nanos.fetch_add(d.as_nanos() as u64, Relaxed);
+        self.steps.observe(d);
         self.forwards.fetch_add(1, Relaxed);
     }
 
@@ -138,22 +206,26 @@ impl Metrics {
             "Requests the model is generating for.",
             &[("", g(&self.running))],
         );
-        let _ = writeln!(
-            o,
-            "# HELP unmask_step_seconds Latency of one decoder step (a forward and its commits).\n\
-             # TYPE unmask_step_seconds histogram"
+        self.steps.render(
+            &mut o,
+            "unmask_step_seconds",
+            "Latency of one decoder step (a forward and its commits).",
         );
-        for (b, le) in self.step_buckets.iter().zip(STEP_BUCKETS) {
-            let _ = writeln!(o, "unmask_step_seconds_bucket{{le=\"{le}\"}} {}", g(b));
-        }
-        let count = g(&self.step_count);
-        let _ = writeln!(o, "unmask_step_seconds_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            o,
-            "unmask_step_seconds_sum {}",
-            g(&self.step_nanos) as f64 / 1e9
+        self.request_queue.render(
+            &mut o,
+            "unmask_request_queue_seconds",
+            "Time a request waited for the model.",
         );
-        let _ = writeln!(o, "unmask_step_seconds_count {count}");
+        self.request_prefill.render(
+            &mut o,
+            "unmask_request_prefill_seconds",
+            "A request's first forward: its prompt's prefill with the first block's first step.",
+        );
+        self.request_decode.render(
+            &mut o,
+            "unmask_request_decode_seconds",
+            "A completed request's forwards after the first.",
+        );
         o
     }
 }
@@ -175,5 +247,12 @@ mod tests {
         assert!(text.contains("unmask_step_seconds_count 2\n"));
         assert!(text.contains("unmask_forwards_total 2\n"));
         assert!(text.contains("unmask_queue_capacity 4\n"));
+        m.request_queue.observe(Duration::from_millis(20));
+        let text = m.render(4);
+        assert!(text.contains("# TYPE unmask_request_queue_seconds histogram\n"));
+        assert!(text.contains("unmask_request_queue_seconds_bucket{le=\"0.01\"} 0\n"));
+        assert!(text.contains("unmask_request_queue_seconds_bucket{le=\"0.025\"} 1\n"));
+        assert!(text.contains("unmask_request_queue_seconds_count 1\n"));
+        assert!(text.contains("unmask_request_prefill_seconds_count 0\n"));
     }
 }

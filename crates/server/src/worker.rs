@@ -42,6 +42,7 @@ pub enum JobEvent {
 struct Job {
     req: GenRequest,
     tx: UnboundedSender<JobEvent>,
+    queued: Instant,
 }
 
 pub struct Worker {
@@ -100,7 +101,12 @@ impl Worker {
     pub fn submit(&self, req: GenRequest) -> Result<UnboundedReceiver<JobEvent>, ApiError> {
         let (tx, rx) = unbounded_channel();
         self.metrics.queue_depth.fetch_add(1, Relaxed);
-        match self.queue.try_send(Job { req, tx }) {
+        let job = Job {
+            req,
+            tx,
+            queued: Instant::now(),
+        };
+        match self.queue.try_send(job) {
             Ok(()) => Ok(rx),
             Err(e) => {
                 self.metrics.queue_depth.fetch_sub(1, Relaxed);
@@ -130,6 +136,7 @@ fn serve_jobs(model: &Model, mut backend: Box<dyn Backend>, jobs: Receiver<Job>,
             continue;
         }
         m.running.store(1, Relaxed);
+        m.request_queue.observe(job.queued.elapsed());
         // A panic is a bug, but it must cost one request, not the server.
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             run(model, backend.as_mut(), &mut cache, &job, m)
@@ -174,7 +181,10 @@ fn run(
     m: &Metrics,
 ) -> Result<Completion> {
     let r = &job.req;
-    let mut last = Instant::now();
+    let started = Instant::now();
+    let mut last = started;
+    // When the first forward ended: prefill before it, decode after.
+    let mut first_forward: Option<Instant> = None;
     // With tools, text passes through the tool-call splitter: spans become calls, the rest
     // stays text; what the answer says in the end is what the stream said.
     let mut tools = r.tools.clone().map(ToolStream::new);
@@ -242,6 +252,10 @@ fn run(
             Update::Step { event, delta } => {
                 m.observe_step(last.elapsed());
                 last = Instant::now();
+                if first_forward.is_none() {
+                    first_forward = Some(last);
+                    m.request_prefill.observe(last - started);
+                }
                 let step = r.step_events.then(|| {
                     serde_json::to_value(StepView::new(event, &model.tokenizer, r.prompt.len()))
                         .unwrap_or(Value::Null)
@@ -263,6 +277,9 @@ fn run(
             c.finish_reason = FinishReason::ToolCalls;
         }
         c.tool_calls = calls;
+    }
+    if let Some(t) = first_forward {
+        m.request_decode.observe(t.elapsed());
     }
     Ok(c)
 }

@@ -3,19 +3,26 @@
 //! so the kernels built on it (tiles.rs) are bit for bit the reference's `ops::dot` everywhere.
 
 /// An 8-lane f32 vector. The methods are `unsafe` because they use the ISA's intrinsics: the
-/// caller has checked the ISA is there (isa.rs) and that pointers have 8 readable elements.
+/// caller has checked the ISA is there (isa/mod.rs) and that pointers have 8 readable elements.
 pub trait Lanes: Copy {
     /// Tokens per register tile: 2 × `TOKENS` accumulators plus two weight vectors must fit the
     /// register file.
     const TOKENS: usize;
-    /// Whether `f16` widens f16 weights in registers; where not, they go through the f32 scratch.
-    const WIDENS_F16: bool;
     unsafe fn zero() -> Self;
     unsafe fn load(p: *const f32) -> Self;
     /// Eight bf16 (the high halves of f32s) widened.
     unsafe fn bf16(p: *const u16) -> Self;
-    /// Eight IEEE halves widened (only called where `WIDENS_F16`).
-    unsafe fn f16(p: *const u16) -> Self;
+    /// Eight IEEE halves widened. By default one at a time (`half`, the reference's exact
+    /// conversion), for instruction sets whose half-float conversion is not in stable Rust
+    /// (NEON's `vcvt_f32_f16`) or does not exist (SIMD128).
+    #[inline(always)]
+    unsafe fn f16(p: *const u16) -> Self {
+        let mut v = [0f32; 8];
+        for (i, o) in v.iter_mut().enumerate() {
+            *o = half::f16::from_bits(*p.add(i)).to_f32();
+        }
+        Self::load(v.as_ptr())
+    }
     unsafe fn add(a: Self, b: Self) -> Self;
     unsafe fn mul(a: Self, b: Self) -> Self;
     /// The lanes summed in the reference's order: `((a0+a4)+(a1+a5)) + ((a2+a6)+(a3+a7))`.
@@ -24,7 +31,6 @@ pub trait Lanes: Copy {
 
 /// A weight element as stored: what one row of the matrix is a slice of.
 pub trait Elem: Copy {
-    const IS_F16: bool = false;
     /// Eight consecutive weights from `row[i]` on as lanes.
     unsafe fn load8<L: Lanes>(row: &[Self], i: usize) -> L;
     /// One weight as f32 (the tail past the last whole 8).
@@ -64,7 +70,6 @@ impl Elem for Bf16 {
 }
 
 impl Elem for F16 {
-    const IS_F16: bool = true;
     #[inline(always)]
     unsafe fn load8<L: Lanes>(row: &[F16], i: usize) -> L {
         L::f16(row.as_ptr().add(i) as *const u16)

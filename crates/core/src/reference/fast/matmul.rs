@@ -28,9 +28,9 @@ pub fn matmul(x: &[f32], w: &Matrix, out: &mut [f32]) -> Option<()> {
     let isa = Isa::detect()?;
     let (k, m) = (w.cols, w.rows);
     let n = x.len() / k.max(1);
+    // q8_0 / q4 rows are dequantized into this, a block at a time.
     let scratch_rows = match w.weights() {
         Weights::Packed => BLOCK,
-        Weights::F16(_) if !isa.widens_f16() => BLOCK,
         _ => 0,
     };
     super::super::ops::by_output_columns(n, m, n * m * k, BLOCK, out, |rows| {

@@ -25,8 +25,8 @@ pub struct Block<'a> {
     pub width: usize,
 }
 
-/// `b` into `part` (`[n, b.width]`). Packed rows (and f16 where `L` cannot widen it) go through
-/// `scratch` as f32, a block at a time (the reference's values).
+/// `b` into `part` (`[n, b.width]`). Packed (q8_0/q4) rows go through `scratch` as f32, a block
+/// at a time (the reference's values).
 #[inline(always)]
 pub unsafe fn block<L: Lanes>(b: &Block, part: &mut [f32], scratch: &mut [f32]) {
     let (x, k, w, width) = (b.x, b.k, b.w, b.width);
@@ -35,8 +35,8 @@ pub unsafe fn block<L: Lanes>(b: &Block, part: &mut [f32], scratch: &mut [f32]) 
     match w.weights() {
         Weights::F32(v) => rows::<L, f32>(x, k, v, block, col, width, part),
         Weights::Bf16(v) => rows::<L, Bf16>(x, k, cast(v), block, col, width, part),
-        Weights::F16(v) if L::WIDENS_F16 => rows::<L, F16>(x, k, cast(v), block, col, width, part),
-        Weights::F16(_) | Weights::Packed => {
+        Weights::F16(v) => rows::<L, F16>(x, k, cast(v), block, col, width, part),
+        Weights::Packed => {
             for (i, r) in block.clone().enumerate() {
                 w.row_into(r, &mut scratch[i * k..(i + 1) * k]);
             }
@@ -57,7 +57,6 @@ unsafe fn rows<L: Lanes, W: Elem>(
     width: usize,
     part: &mut [f32],
 ) {
-    debug_assert!(!W::IS_F16 || L::WIDENS_F16);
     let first = block.start;
     let n = x.len() / k;
     let mut t = 0;

@@ -19,7 +19,6 @@ pub fn detected() -> bool {
 impl Lanes for Avx2 {
     // 8 accumulators + 2 weights + 1 token of the 16 ymm registers.
     const TOKENS: usize = 4;
-    const WIDENS_F16: bool = true;
     #[inline(always)]
     unsafe fn zero() -> Self {
         Avx2(_mm256_setzero_ps())

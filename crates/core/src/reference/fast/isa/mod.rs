@@ -48,19 +48,6 @@ impl Isa {
         }
     }
 
-    /// Whether f16 weights are widened in registers (else they go through the f32 scratch).
-    pub fn widens_f16(self) -> bool {
-        use super::lanes::Lanes;
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => avx2::Avx2::WIDENS_F16,
-            #[cfg(target_arch = "aarch64")]
-            Isa::Neon => neon::Neon::WIDENS_F16,
-            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-            Isa::Simd128 => simd128::Simd128::WIDENS_F16,
-        }
-    }
-
     /// tiles::block in this instruction set.
     ///
     /// # Safety

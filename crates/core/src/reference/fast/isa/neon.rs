@@ -1,4 +1,5 @@
-//! NEON lanes on aarch64 (part of the base ISA there): two 128-bit registers.
+//! NEON lanes on aarch64 (part of the base ISA there): two 128-bit registers. f16 weights
+//! widen through `Lanes::f16`'s default (`vcvt_f32_f16` is not stable Rust).
 
 use super::super::lanes::Lanes;
 use std::arch::aarch64::*;
@@ -9,8 +10,6 @@ pub struct Neon(float32x4_t, float32x4_t);
 impl Lanes for Neon {
     // 16 accumulators + 4 weight halves + 2 token halves of the 32 q registers.
     const TOKENS: usize = 4;
-    // vcvt_f32_f16 is not stable Rust: f16 rows are widened into the scratch.
-    const WIDENS_F16: bool = false;
     #[inline(always)]
     unsafe fn zero() -> Self {
         Neon(vdupq_n_f32(0.0), vdupq_n_f32(0.0))
@@ -25,9 +24,6 @@ impl Lanes for Neon {
         let lo = vshlq_n_u32::<16>(vmovl_u16(vget_low_u16(h)));
         let hi = vshlq_n_u32::<16>(vmovl_u16(vget_high_u16(h)));
         Neon(vreinterpretq_f32_u32(lo), vreinterpretq_f32_u32(hi))
-    }
-    unsafe fn f16(_: *const u16) -> Self {
-        unreachable!("WIDENS_F16 is false")
     }
     #[inline(always)]
     unsafe fn add(a: Self, b: Self) -> Self {

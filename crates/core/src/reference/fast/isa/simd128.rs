@@ -1,6 +1,7 @@
 //! wasm SIMD128 lanes: two v128 registers. Compiled in when the build enables `simd128`
 //! (scripts/build-web.sh does; every current browser runs it), since wasm has no run-time
-//! feature detection inside one module.
+//! feature detection inside one module. SIMD128 has no half-float conversion: f16 weights widen
+//! through `Lanes::f16`'s default.
 
 use super::super::lanes::Lanes;
 use std::arch::wasm32::*;
@@ -11,8 +12,6 @@ pub struct Simd128(v128, v128);
 impl Lanes for Simd128 {
     // Engines map v128 onto the host's 16 xmm registers: 8 accumulators + 4 weight halves.
     const TOKENS: usize = 2;
-    // SIMD128 has no half-float conversion: f16 rows are widened into the scratch.
-    const WIDENS_F16: bool = false;
     #[inline(always)]
     unsafe fn zero() -> Self {
         Simd128(f32x4_splat(0.0), f32x4_splat(0.0))
@@ -30,9 +29,6 @@ impl Lanes for Simd128 {
         let lo = i32x4_shl(u32x4_extend_low_u16x8(h), 16);
         let hi = i32x4_shl(u32x4_extend_high_u16x8(h), 16);
         Simd128(lo, hi)
-    }
-    unsafe fn f16(_: *const u16) -> Self {
-        unreachable!("WIDENS_F16 is false")
     }
     #[inline(always)]
     unsafe fn add(a: Self, b: Self) -> Self {

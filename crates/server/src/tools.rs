@@ -295,26 +295,26 @@ impl ToolStream {
     }
 }
 
-/// A whole answer's text and calls.
-pub fn split(text: &str, strings: &StringArgs) -> (String, Vec<ToolCall>) {
-    let mut s = ToolStream::new(strings.clone());
-    let mut pieces = s.push(text);
-    pieces.extend(s.finish());
-    let mut content = String::new();
-    let mut calls = Vec::new();
-    for p in pieces {
-        match p {
-            Piece::Text(t) => content.push_str(&t),
-            Piece::Call(c) => calls.push(c),
-        }
-    }
-    (content, calls)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A whole answer's text and calls, as the worker's stream gives them.
+    fn split(text: &str, strings: &StringArgs) -> (String, Vec<ToolCall>) {
+        let mut s = ToolStream::new(strings.clone());
+        let mut pieces = s.push(text);
+        pieces.extend(s.finish());
+        let mut content = String::new();
+        let mut calls = Vec::new();
+        for p in pieces {
+            match p {
+                Piece::Text(t) => content.push_str(&t),
+                Piece::Call(c) => calls.push(c),
+            }
+        }
+        (content, calls)
+    }
 
     fn split_plain(text: &str) -> (String, Vec<ToolCall>) {
         split(text, &StringArgs::default())

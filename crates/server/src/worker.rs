@@ -141,9 +141,6 @@ fn serve_jobs(model: &Model, mut backend: Box<dyn Backend>, jobs: Receiver<Job>,
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             run(model, backend.as_mut(), &mut cache, &job, m)
         }));
-        if outcome.is_err() {
-            cache.forget();
-        }
         m.running.store(0, Relaxed);
         let ev = match outcome {
             Ok(Ok(c)) => {

@@ -48,15 +48,6 @@ impl KvPrefix {
         self.reused
     }
 
-    /// Positions held now (what the next prompt could reuse at most).
-    pub fn len(&self) -> usize {
-        self.tokens.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tokens.is_empty()
-    }
-
     /// Nothing is reusable (the backend's cache is about to change or was reset elsewhere).
     pub fn forget(&mut self) {
         self.tokens.clear();

@@ -5,37 +5,42 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-/// Upper bounds (seconds) of the step latency histogram.
-const STEP_BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
+/// A histogram's upper bucket bounds (seconds).
+pub trait Buckets {
+    const BOUNDS: [f64; 12];
+}
 
-/// Upper bounds (seconds) of the per-request histograms (queue wait, prefill, decode).
-const REQUEST_BUCKETS: [f64; 12] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
+/// One decoder step.
+#[derive(Default)]
+pub struct StepBuckets;
+impl Buckets for StepBuckets {
+    const BOUNDS: [f64; 12] = [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    ];
+}
 
-/// A Prometheus histogram of durations over fixed bucket bounds.
-pub struct Histogram {
-    bounds: &'static [f64; 12],
+/// One request's queue wait, prefill or decode.
+#[derive(Default)]
+pub struct RequestBuckets;
+impl Buckets for RequestBuckets {
+    const BOUNDS: [f64; 12] = [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
+}
+
+/// A Prometheus histogram of durations over `B`'s bounds.
+#[derive(Default)]
+pub struct Histogram<B: Buckets> {
     buckets: [AtomicU64; 12],
     count: AtomicU64,
     nanos: AtomicU64,
+    bounds: std::marker::PhantomData<B>,
 }
 
-impl Histogram {
-    const fn new(bounds: &'static [f64; 12]) -> Self {
-        Histogram {
-            bounds,
-            buckets: [const { AtomicU64::new(0) }; 12],
-            count: AtomicU64::new(0),
-            nanos: AtomicU64::new(0),
-        }
-    }
-
+impl<B: Buckets> Histogram<B> {
     pub fn observe(&self, d: Duration) {
         let s = d.as_secs_f64();
-        for (b, &le) in self.buckets.iter().zip(self.bounds) {
+        for (b, &le) in self.buckets.iter().zip(&B::BOUNDS) {
             if s <= le {
                 b.fetch_add(1, Relaxed);
             }
@@ -46,7 +51,7 @@ impl Histogram {
 
     fn render(&self, o: &mut String, name: &str, help: &str) {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (b, le) in self.buckets.iter().zip(self.bounds) {
+        for (b, le) in self.buckets.iter().zip(B::BOUNDS) {
             let _ = writeln!(o, "{name}_bucket{{le=\"{le}\"}} {}", b.load(Relaxed));
         }
         let count = self.count.load(Relaxed);
@@ -56,6 +61,7 @@ impl Histogram {
     }
 }
 
+#[derive(Default)]
 pub struct Metrics {
     /// Requests received, by endpoint (chat, completions).
     pub chat_requests: AtomicU64,
@@ -81,39 +87,12 @@ pub struct Metrics {
     pub queue_depth: AtomicU64,
     /// 1 while the worker is generating.
     pub running: AtomicU64,
-    steps: Histogram,
+    steps: Histogram<StepBuckets>,
     /// Per request that reached the model: waiting in the queue, then its first forward (the
     /// prompt's prefill with the first block's first step), then the rest of its forwards.
-    pub request_queue: Histogram,
-    pub request_prefill: Histogram,
-    pub request_decode: Histogram,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        let z = || AtomicU64::new(0);
-        Metrics {
-            chat_requests: z(),
-            completion_requests: z(),
-            invalid_requests: z(),
-            rejected_requests: z(),
-            completed_requests: z(),
-            cancelled_requests: z(),
-            failed_requests: z(),
-            prompt_tokens: z(),
-            cached_prompt_tokens: z(),
-            completion_tokens: z(),
-            forwards: z(),
-            refused_connections: z(),
-            http_errors: z(),
-            queue_depth: z(),
-            running: z(),
-            steps: Histogram::new(&STEP_BUCKETS),
-            request_queue: Histogram::new(&REQUEST_BUCKETS),
-            request_prefill: Histogram::new(&REQUEST_BUCKETS),
-            request_decode: Histogram::new(&REQUEST_BUCKETS),
-        }
-    }
+    pub request_queue: Histogram<RequestBuckets>,
+    pub request_prefill: Histogram<RequestBuckets>,
+    pub request_decode: Histogram<RequestBuckets>,
 }
 
 impl Metrics {

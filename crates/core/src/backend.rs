@@ -178,6 +178,43 @@ pub struct StepStats {
 
 pub use crate::profile::KernelTime;
 
+/// One sequence's step in a batch: `slot` names the KV cache it reads and writes (a backend
+/// holds [`Backend::slots`] of them; slot 0 is the one `step`, `cached` and `reset` use).
+#[derive(Debug, Clone)]
+pub struct SlotStep<'a> {
+    pub slot: usize,
+    pub step: Step<'a>,
+}
+
+/// The checks of a batch before it runs: at least one step, each in its own slot below
+/// `slots`, each valid for what its slot caches (`Step::check`).
+pub fn check_batch(
+    steps: &[SlotStep],
+    slots: usize,
+    cached: impl Fn(usize) -> usize,
+    vocab: usize,
+) -> Result<()> {
+    if steps.is_empty() {
+        return Err(Error::Invalid("an empty batch of steps".into()));
+    }
+    for (i, s) in steps.iter().enumerate() {
+        if s.slot >= slots {
+            return Err(Error::Invalid(format!(
+                "a step for KV-cache slot {} of a backend with {slots}",
+                s.slot
+            )));
+        }
+        if steps[..i].iter().any(|o| o.slot == s.slot) {
+            return Err(Error::Invalid(format!(
+                "two steps of one batch share KV-cache slot {}",
+                s.slot
+            )));
+        }
+        s.step.check(cached(s.slot), vocab)?;
+    }
+    Ok(())
+}
+
 pub trait Backend {
     /// Human-readable device description ("cpu (2 threads)", an adapter name...).
     fn name(&self) -> String;
@@ -192,6 +229,42 @@ pub trait Backend {
     fn cached(&self) -> usize;
     /// Forgets the KV cache (a new sequence).
     fn reset(&mut self);
+    /// KV caches the backend holds: sequences that can be stepped together in one
+    /// [`Self::step_batch`] or kept for a later request to reuse. At least 1.
+    fn slots(&self) -> usize {
+        1
+    }
+    /// Positions held in the KV cache of `slot` (0 where the slot does not exist).
+    fn cached_in(&self, slot: usize) -> usize {
+        if slot == 0 {
+            self.cached()
+        } else {
+            0
+        }
+    }
+    /// Forgets the KV cache of `slot` and frees what it held where the backend can.
+    fn reset_slot(&mut self, slot: usize) {
+        if slot == 0 {
+            self.reset()
+        }
+    }
+    /// The steps of several sequences, each in its own slot, as one forward: the weights are
+    /// read once for all their rows, each sequence attends to its own cache only and is
+    /// sampled with its own parameters. A sequence's outputs are the ones `step` would give
+    /// it alone (bit for bit: every kernel computes a row the same way whatever else the
+    /// forward holds). One output per step, in order. A backend with one slot runs a batch
+    /// of one.
+    fn step_batch(&mut self, steps: &[SlotStep]) -> Result<Vec<StepOutput>> {
+        check_batch(steps, self.slots(), |s| self.cached_in(s), usize::MAX)?;
+        if steps.len() > 1 {
+            return Err(Error::Invalid(format!(
+                "{} runs one sequence at a time, not a batch of {}",
+                self.name(),
+                steps.len()
+            )));
+        }
+        Ok(vec![self.step(&steps[0].step)?])
+    }
     fn last_stats(&self) -> StepStats {
         StepStats::default()
     }

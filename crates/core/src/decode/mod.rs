@@ -4,6 +4,7 @@
 //! over the finished block plus the new window (2B positions) and keeps the finished block in the
 //! cache, so a block costs exactly as many forwards as the reference (which has no cache).
 
+pub mod batch;
 pub mod defaults;
 pub mod family;
 pub mod overrides;
@@ -13,15 +14,18 @@ pub mod rng;
 pub mod sampler;
 pub mod schedule;
 pub mod session;
+pub mod slots;
 pub mod stream;
 
 use crate::backend::Backend;
 use crate::chat::SpecialIds;
 use crate::error::{Error, Result};
+pub use batch::{generate_batch, BatchRequest, BatchRun};
 pub use family::Decoder;
 pub use prefix::{generate_reusing, KvPrefix};
 use serde::{Deserialize, Serialize};
 pub use session::Decoding;
+pub use slots::SlotPool;
 
 /// Largest `steps`, `max_post_steps` and `max_steps_per_block` accepted: each is a count of
 /// forwards, and the schedule is allocated from `steps`.

@@ -8,9 +8,11 @@
 //! match are the ones a fresh prefill would write, and the generation is token for token the
 //! same (tests/tests/prefix_cache.rs).
 //!
-//! One entry: the backend's own cache, no copy. It is forgotten before a generation's first step
-//! and set again only when the generation ends without a backend error, so a failure (or a
-//! panic) midway leaves nothing that could be reused wrongly.
+//! An entry describes one KV-cache slot of a backend, no copy. It is forgotten before a
+//! generation's first step and set again only when the generation ends without a backend
+//! error, so a failure (or a panic) midway leaves nothing that could be reused wrongly. A
+//! backend with several slots keeps several entries (`slots.rs`: the pool, with LRU eviction
+//! under a memory bound).
 
 use super::{DecodeParams, Decoding, Generation, Keep, StepEvent};
 use crate::backend::Backend;
@@ -53,6 +55,49 @@ impl KvPrefix {
         self.tokens.clear();
         self.block_length = 0;
     }
+
+    /// Positions whose K/V the entry describes.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Before `decoding`'s first step in `slot` of `backend` (the cache this entry describes):
+    /// starts it after the prompt positions the slot holds, or resets the slot when none are
+    /// reusable. The entry is forgotten until [`Self::end`] says what the generation left.
+    pub fn begin(
+        &mut self,
+        backend: &mut dyn Backend,
+        slot: usize,
+        decoding: &mut Decoding,
+        prompt: &[u32],
+        p: &DecodeParams,
+    ) -> Result<usize> {
+        let reused = self.reusable(prompt, p);
+        self.forget();
+        self.reused = reused;
+        if reused == 0 {
+            backend.reset_slot(slot);
+        } else {
+            decoding.start_cached(reused)?;
+        }
+        Ok(reused)
+    }
+
+    /// After a generation: `kept` holds the tokens it left final in the cache and their block
+    /// length, `None` after a backend error (the cache may be half written).
+    pub fn end(&mut self, kept: Option<(&[u32], usize)>) {
+        match kept {
+            Some((tokens, block_length)) => {
+                self.tokens = tokens.to_vec();
+                self.block_length = block_length;
+            }
+            None => self.forget(),
+        }
+    }
 }
 
 /// [`super::generate`] that starts after the prompt positions `cache` holds and leaves in
@@ -68,14 +113,7 @@ pub fn generate_reusing(
     on_step: &mut dyn FnMut(&StepEvent) -> Keep,
 ) -> Result<Generation> {
     let mut decoding = Decoding::new(ids, max_positions, prompt, p)?;
-    let reused = cache.reusable(prompt, p);
-    cache.forget();
-    cache.reused = reused;
-    if reused == 0 {
-        backend.reset();
-    } else {
-        decoding.start_cached(reused)?;
-    }
+    cache.begin(backend, 0, &mut decoding, prompt, p)?;
     let name = backend.name();
     let mut failed = None;
     while let Some(step) = decoding.next_step() {
@@ -101,10 +139,9 @@ pub fn generate_reusing(
     }
     // Steps that completed left final K/V whether decoding finished or its consumer stopped
     // it; after any other error the cache may be half written.
-    if matches!(failed, None | Some(Error::Cancelled)) {
-        cache.tokens = decoding.final_prefix().to_vec();
-        cache.block_length = p.block_length;
-    }
+    let kept = matches!(failed, None | Some(Error::Cancelled))
+        .then(|| (decoding.final_prefix(), p.block_length));
+    cache.end(kept);
     match failed {
         Some(e) => Err(e),
         None => decoding.into_result(),

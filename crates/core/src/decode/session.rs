@@ -106,6 +106,10 @@ impl Decoding {
         self.p.decoder
     }
 
+    pub fn block_length(&self) -> usize {
+        self.p.block_length
+    }
+
     /// Takes the K/V of the first `positions` prompt positions as already in the backend's
     /// cache (prefix.rs says when they are): the first forward starts after them. Whole blocks
     /// of the prompt only, before any forward, and only with the cache in use.

@@ -10,19 +10,24 @@ pub mod parallel;
 pub use fast::Kernels;
 pub use matrix::Matrix;
 
-use crate::backend::{Backend, Capture, KernelTime, Step, StepOutput, StepStats};
+use crate::backend::{Backend, Capture, KernelTime, SlotStep, Step, StepOutput, StepStats};
 use crate::decode::sampler;
 use crate::error::{Error, Result};
 use crate::graph::{BufId, Elem, Graph, Op, Rows, WeightId};
 use crate::weights::WeightStore;
+use std::ops::Range;
 
 pub struct ReferenceBackend {
     graph: Graph,
     weights: Vec<Matrix>,
-    /// Per layer: K and V as `[capacity, kv_heads * head_dim]`.
-    k_cache: Vec<Vec<f32>>,
-    v_cache: Vec<Vec<f32>>,
-    cached: usize,
+    /// Per slot, per layer: K and V as `[capacity, kv_heads * head_dim]` (grown on demand).
+    k_cache: Vec<Vec<Vec<f32>>>,
+    v_cache: Vec<Vec<Vec<f32>>>,
+    /// Positions held per slot.
+    cached: Vec<usize>,
+    /// The concatenated window tokens and row counts of the step being run.
+    tokens: Vec<u32>,
+    rows: (usize, usize),
     /// Token ids must be below this (the graph's, computed once).
     token_rows: usize,
     f: Vec<Vec<f32>>,
@@ -73,10 +78,12 @@ impl ReferenceBackend {
             .collect();
         let nb = graph.buffers.len();
         Ok(ReferenceBackend {
-            k_cache: vec![Vec::new(); graph.num_layers],
-            v_cache: vec![Vec::new(); graph.num_layers],
+            k_cache: vec![vec![Vec::new(); graph.num_layers]],
+            v_cache: vec![vec![Vec::new(); graph.num_layers]],
             weights,
-            cached: 0,
+            cached: vec![0],
+            tokens: Vec::new(),
+            rows: (0, 0),
             token_rows: graph.token_rows(),
             f: vec![Vec::new(); nb],
             u: vec![Vec::new(); nb],
@@ -89,6 +96,17 @@ impl ReferenceBackend {
 
     pub fn graph(&self) -> &Graph {
         &self.graph
+    }
+
+    /// The same backend with `slots` KV caches (at least 1), for batches of that many
+    /// sequences. A slot's cache takes memory only for the positions it holds.
+    pub fn with_slots(mut self, slots: usize) -> Self {
+        let n = slots.max(1);
+        let layers = self.graph.num_layers;
+        self.k_cache.resize(n, vec![Vec::new(); layers]);
+        self.v_cache.resize(n, vec![Vec::new(); layers]);
+        self.cached.resize(n, 0);
+        self
     }
 
     fn vector(&self, w: WeightId) -> Vec<f32> {
@@ -109,11 +127,32 @@ impl Backend for ReferenceBackend {
     }
 
     fn cached(&self) -> usize {
-        self.cached
+        self.cached[0]
     }
 
     fn reset(&mut self) {
-        self.cached = 0;
+        self.cached[0] = 0;
+    }
+
+    fn slots(&self) -> usize {
+        self.cached.len()
+    }
+
+    fn cached_in(&self, slot: usize) -> usize {
+        self.cached.get(slot).copied().unwrap_or(0)
+    }
+
+    fn reset_slot(&mut self, slot: usize) {
+        if slot < self.cached.len() {
+            self.cached[slot] = 0;
+            let layers = self.graph.num_layers;
+            self.k_cache[slot] = vec![Vec::new(); layers];
+            self.v_cache[slot] = vec![Vec::new(); layers];
+        }
+    }
+
+    fn step_batch(&mut self, steps: &[SlotStep]) -> Result<Vec<StepOutput>> {
+        self.run(steps, None)
     }
 
     fn last_stats(&self) -> StepStats {
@@ -135,7 +174,7 @@ impl Backend for ReferenceBackend {
     }
 
     fn step(&mut self, s: &Step) -> Result<StepOutput> {
-        self.run(s, None)
+        Ok(self.run(&[slot0(s)], None)?.remove(0))
     }
 
     fn profile_step(&mut self, s: &Step) -> Option<Result<(StepOutput, Vec<KernelTime>)>> {
@@ -144,21 +183,73 @@ impl Backend for ReferenceBackend {
             return None;
         }
         let mut times = Vec::new();
-        Some(self.run(s, Some(&mut times)).map(|out| (out, times)))
+        Some(
+            self.run(&[slot0(s)], Some(&mut times))
+                .map(|mut out| (out.remove(0), times)),
+        )
     }
 }
 
+/// `s` as the one step of a batch, in slot 0.
+fn slot0<'a>(s: &Step<'a>) -> SlotStep<'a> {
+    SlotStep {
+        slot: 0,
+        step: s.clone(),
+    }
+}
+
+/// One sequence of a batched forward: its rows of the concatenated window (`rows`) and of the
+/// output rows (`outs`).
+struct Segment<'s> {
+    slot: usize,
+    step: &'s Step<'s>,
+    rows: Range<usize>,
+    outs: Range<usize>,
+}
+
+fn segments<'s>(steps: &'s [SlotStep<'s>]) -> Vec<Segment<'s>> {
+    let (mut row, mut out) = (0, 0);
+    steps
+        .iter()
+        .map(|s| {
+            let (n, o) = (s.step.tokens.len(), s.step.out_rows);
+            let seg = Segment {
+                slot: s.slot,
+                step: &s.step,
+                rows: row..row + n,
+                outs: out..out + o,
+            };
+            (row, out) = (row + n, out + o);
+            seg
+        })
+        .collect()
+}
+
 impl ReferenceBackend {
-    /// One step, each op timed on the host clock into `times` when given.
-    fn run(&mut self, s: &Step, mut times: Option<&mut Vec<KernelTime>>) -> Result<StepOutput> {
-        s.check(self.cached, self.token_rows)?;
+    /// One forward over the windows of `steps` (one sequence each), each op timed on the host
+    /// clock into `times` when given. Ops over rows run on all rows together; the ones that
+    /// depend on a sequence (positions, attention, block routing, the tail rows, sampling)
+    /// run per segment.
+    fn run(
+        &mut self,
+        steps: &[SlotStep],
+        mut times: Option<&mut Vec<KernelTime>>,
+    ) -> Result<Vec<StepOutput>> {
+        let cached = &self.cached;
+        crate::backend::check_batch(steps, cached.len(), |s| cached[s], self.token_rows)?;
+        let segs = segments(steps);
+        self.tokens.clear();
+        for s in steps {
+            self.tokens.extend_from_slice(s.step.tokens);
+        }
+        self.rows = (self.tokens.len(), segs.last().map_or(0, |s| s.outs.end));
         let mut dispatches = 0;
         let ops = std::mem::take(&mut self.graph.ops);
         let result = (|| {
             for (oi, op) in ops.iter().enumerate() {
                 // The clock is read only when profiling: it does not exist on wasm32.
                 let t = times.is_some().then(std::time::Instant::now);
-                self.run_op(oi, op, s)?;
+                self.run_op(oi, op, &segs)?;
                 if let (Some(times), Some(t)) = (times.as_deref_mut(), t) {
                     times.push(KernelTime {
                         op: oi,
@@ -171,71 +262,92 @@ impl ReferenceBackend {
             Ok::<_, Error>(())
         })();
         self.graph.ops = ops;
-        result?;
-        self.cached = s.start + s.keep;
-
-        let samples = crate::backend::Sampled::from_words(&self.u[self.graph.samples.0]);
-        let mut out = StepOutput {
-            samples,
+        if let Err(e) = result {
+            // A half-run forward may have written part of a window's K/V: nothing past the
+            // step's start is trusted.
+            for s in steps {
+                self.cached[s.slot] = self.cached[s.slot].min(s.step.start);
+            }
+            return Err(e);
+        }
+        for s in steps {
+            self.cached[s.slot] = s.step.start + s.step.keep;
+        }
+        self.stats = StepStats {
+            dispatches,
             ..Default::default()
         };
-        if s.capture != Capture::Samples {
-            out.logits = Some(self.f[self.graph.logits.0].clone());
+        Ok(segs.iter().map(|seg| self.output(seg)).collect())
+    }
+
+    /// A segment's samples, and its logits and hidden states when its step captures them.
+    fn output(&self, seg: &Segment) -> StepOutput {
+        let w = crate::backend::SAMPLE_WORDS;
+        let words = &self.u[self.graph.samples.0][seg.outs.start * w..seg.outs.end * w];
+        let mut out = StepOutput {
+            samples: crate::backend::Sampled::from_words(words),
+            ..Default::default()
+        };
+        let rows_of = |b: BufId| {
+            let d = self.graph.buffer(b);
+            let r = match d.rows {
+                Rows::Tokens => &seg.rows,
+                Rows::Out => &seg.outs,
+            };
+            r.start * d.cols..r.end * d.cols
+        };
+        if seg.step.capture != Capture::Samples {
+            out.logits = Some(self.f[self.graph.logits.0][rows_of(self.graph.logits)].to_vec());
         }
-        if s.capture == Capture::Hidden {
+        if seg.step.capture == Capture::Hidden {
             out.hidden = self
                 .graph
                 .hidden
                 .iter()
                 // u32 buffers (routed expert ids) as their bits, as the device backends do.
-                .map(|b| match self.graph.buffer(*b).elem {
-                    Elem::U32 => self.u[b.0].iter().map(|&x| f32::from_bits(x)).collect(),
-                    Elem::F32 => self.f[b.0].clone(),
+                .map(|&b| match self.graph.buffer(b).elem {
+                    Elem::U32 => self.u[b.0][rows_of(b)]
+                        .iter()
+                        .map(|&x| f32::from_bits(x))
+                        .collect(),
+                    Elem::F32 => self.f[b.0][rows_of(b)].to_vec(),
                 })
                 .collect();
         }
-        self.stats = StepStats {
-            dispatches,
-            submissions: 0,
-            bytes_uploaded: 0,
-            bytes_read_back: 0,
-            allocations: 0,
-        };
-        Ok(out)
+        out
+    }
+
+    fn rows_of(&self, b: BufId) -> usize {
+        match self.graph.buffer(b).rows {
+            Rows::Tokens => self.rows.0,
+            Rows::Out => self.rows.1,
+        }
     }
 
     /// Sizes (without reallocating when capacity suffices) and returns the output buffer.
-    fn out_f(&mut self, b: BufId, s: &Step) -> Vec<f32> {
-        let d = self.graph.buffer(b);
-        let rows = match d.rows {
-            Rows::Tokens => s.tokens.len(),
-            Rows::Out => s.out_rows,
-        };
+    fn out_f(&mut self, b: BufId) -> Vec<f32> {
+        let len = self.rows_of(b) * self.graph.buffer(b).cols;
         let mut v = std::mem::take(&mut self.f[b.0]);
         v.clear();
-        v.resize(rows * d.cols, 0.0);
+        v.resize(len, 0.0);
         v
     }
 
-    fn out_u(&mut self, b: BufId, s: &Step) -> Vec<u32> {
-        let d = self.graph.buffer(b);
-        debug_assert_eq!(d.elem, Elem::U32);
-        let rows = match d.rows {
-            Rows::Tokens => s.tokens.len(),
-            Rows::Out => s.out_rows,
-        };
+    fn out_u(&mut self, b: BufId) -> Vec<u32> {
+        debug_assert_eq!(self.graph.buffer(b).elem, Elem::U32);
+        let len = self.rows_of(b) * self.graph.buffer(b).cols;
         let mut v = std::mem::take(&mut self.u[b.0]);
         v.clear();
-        v.resize(rows * d.cols, 0);
+        v.resize(len, 0);
         v
     }
 
-    fn run_op(&mut self, index: usize, op: &Op, s: &Step) -> Result<()> {
+    fn run_op(&mut self, index: usize, op: &Op, segs: &[Segment]) -> Result<()> {
         match op {
             Op::Embed { ids: _, table, out } => {
-                let mut o = self.out_f(*out, s);
+                let mut o = self.out_f(*out);
                 let t = &self.weights[table.0];
-                for (i, &id) in s.tokens.iter().enumerate() {
+                for (i, &id) in self.tokens.iter().enumerate() {
                     t.row_into(id as usize, &mut o[i * t.cols..(i + 1) * t.cols]);
                 }
                 self.f[out.0] = o;
@@ -246,7 +358,7 @@ impl ReferenceBackend {
                 out,
                 eps,
             } => {
-                let mut o = self.out_f(*out, s);
+                let mut o = self.out_f(*out);
                 let w = self.vector(*weight);
                 ops::rms_norm(&self.f[x.0], &w, *eps, &mut o);
                 self.f[out.0] = o;
@@ -259,15 +371,15 @@ impl ReferenceBackend {
                 out,
                 eps,
             } => {
-                let mut total = self.out_f(*sum, s);
+                let mut total = self.out_f(*sum);
                 ops::add(&self.f[a.0], &self.f[b.0], &mut total);
-                let mut o = self.out_f(*out, s);
+                let mut o = self.out_f(*out);
                 ops::rms_norm(&total, &self.vector(*weight), *eps, &mut o);
                 self.f[sum.0] = total;
                 self.f[out.0] = o;
             }
             Op::MatMul { x, weight, out } => {
-                let mut o = self.out_f(*out, s);
+                let mut o = self.out_f(*out);
                 self.kernels
                     .matmul(&self.f[x.0], &self.weights[weight.0], &mut o);
                 self.f[out.0] = o;
@@ -283,15 +395,18 @@ impl ReferenceBackend {
                 let qn = q_norm.map(|w| self.vector(w));
                 let kn = k_norm.map(|w| self.vector(w));
                 let mut buf = std::mem::take(&mut self.f[qkv.0]);
-                ops::qk_norm_rope(
-                    &mut buf,
-                    *heads,
-                    qn.as_deref(),
-                    kn.as_deref(),
-                    *eps,
-                    &self.inv_freq[index],
-                    s.start,
-                );
+                let width = (heads.q + 2 * heads.kv) * heads.dim;
+                for seg in segs {
+                    ops::qk_norm_rope(
+                        &mut buf[seg.rows.start * width..seg.rows.end * width],
+                        *heads,
+                        qn.as_deref(),
+                        kn.as_deref(),
+                        *eps,
+                        &self.inv_freq[index],
+                        seg.step.start,
+                    );
+                }
                 self.f[qkv.0] = buf;
             }
             Op::Attention {
@@ -300,34 +415,46 @@ impl ReferenceBackend {
                 heads,
                 out,
             } => {
-                let n = s.tokens.len();
                 let d = heads.dim;
                 let width = (heads.q + 2 * heads.kv) * d;
-                let kvw = heads.kv * d;
-                let end = s.start + n;
-                let mut o = self.out_f(*out, s);
-                let (kc, vc) = (&mut self.k_cache[*layer], &mut self.v_cache[*layer]);
-                if kc.len() < end * kvw {
-                    kc.resize(end * kvw, 0.0);
-                    vc.resize(end * kvw, 0.0);
-                }
+                let (kvw, ow) = (heads.kv * d, heads.q * d);
+                let mut o = self.out_f(*out);
                 let src = &self.f[qkv.0];
-                for i in 0..n {
-                    let row = &src[i * width..(i + 1) * width];
-                    let p = (s.start + i) * kvw;
-                    kc[p..p + kvw].copy_from_slice(&row[heads.q * d..heads.q * d + kvw]);
-                    vc[p..p + kvw].copy_from_slice(&row[heads.q * d + kvw..]);
+                // Each sequence attends to its own slot's cache only.
+                for seg in segs {
+                    let (n, start) = (seg.rows.len(), seg.step.start);
+                    let end = start + n;
+                    let kc = &mut self.k_cache[seg.slot][*layer];
+                    let vc = &mut self.v_cache[seg.slot][*layer];
+                    if kc.len() < end * kvw {
+                        kc.resize(end * kvw, 0.0);
+                        vc.resize(end * kvw, 0.0);
+                    }
+                    let rows = &src[seg.rows.start * width..seg.rows.end * width];
+                    for (i, row) in rows.chunks_exact(width).enumerate() {
+                        let p = (start + i) * kvw;
+                        kc[p..p + kvw].copy_from_slice(&row[heads.q * d..heads.q * d + kvw]);
+                        vc[p..p + kvw].copy_from_slice(&row[heads.q * d + kvw..]);
+                    }
+                    ops::attention(
+                        rows,
+                        *heads,
+                        kc,
+                        vc,
+                        start,
+                        seg.step.block_length,
+                        &mut o[seg.rows.start * ow..seg.rows.end * ow],
+                    );
                 }
-                ops::attention(src, *heads, kc, vc, s.start, s.block_length, &mut o);
                 self.f[out.0] = o;
             }
             Op::Add { a, b, out } => {
-                let mut o = self.out_f(*out, s);
+                let mut o = self.out_f(*out);
                 ops::add(&self.f[a.0], &self.f[b.0], &mut o);
                 self.f[out.0] = o;
             }
             Op::SwiGlu { gate, up, out } => {
-                let mut o = self.out_f(*out, s);
+                let mut o = self.out_f(*out);
                 ops::swiglu(&self.f[gate.0], &self.f[up.0], &mut o);
                 self.f[out.0] = o;
             }
@@ -339,8 +466,8 @@ impl ReferenceBackend {
                 weights,
             } => {
                 let bias = bias.map(|b| self.vector(b));
-                let mut oi = self.out_u(*ids, s);
-                let mut ow = self.out_f(*weights, s);
+                let mut oi = self.out_u(*ids);
+                let mut ow = self.out_f(*weights);
                 let e = routing.num_experts;
                 let rows = &self.f[logits.0];
                 let routed: Vec<(Vec<u32>, Vec<f32>)> = match routing.block {
@@ -348,7 +475,21 @@ impl ReferenceBackend {
                         .chunks_exact(e)
                         .map(|row| ops::route(row, bias.as_deref(), routing))
                         .collect(),
-                    Some(b) => ops::route_blocks(rows, bias.as_deref(), routing, b, s.start)?,
+                    // Routing blocks are a sequence's own positions.
+                    Some(b) => {
+                        let mut all = Vec::with_capacity(rows.len() / e.max(1));
+                        for seg in segs {
+                            let part = &rows[seg.rows.start * e..seg.rows.end * e];
+                            all.extend(ops::route_blocks(
+                                part,
+                                bias.as_deref(),
+                                routing,
+                                b,
+                                seg.step.start,
+                            )?);
+                        }
+                        all
+                    }
                 };
                 let k = routing.top_k;
                 for (t, (i, w)) in routed.into_iter().enumerate() {
@@ -365,7 +506,7 @@ impl ReferenceBackend {
                 experts,
                 out,
             } => {
-                let mut o = self.out_f(*out, s);
+                let mut o = self.out_f(*out);
                 let ex = ops::Experts {
                     gate: experts.gate.iter().map(|w| &self.weights[w.0]).collect(),
                     up: experts.up.iter().map(|w| &self.weights[w.0]).collect(),
@@ -384,35 +525,44 @@ impl ReferenceBackend {
                 self.f[out.0] = o;
             }
             Op::TakeLastRows { x, out } => {
-                let mut o = self.out_f(*out, s);
-                let src = &self.f[x.0];
-                let skip = src.len() - o.len();
-                o.copy_from_slice(&src[skip..]);
+                let mut o = self.out_f(*out);
+                let (src, c) = (&self.f[x.0], self.graph.buffer(*out).cols);
+                for seg in segs {
+                    let from = seg.rows.end - seg.outs.len();
+                    o[seg.outs.start * c..seg.outs.end * c]
+                        .copy_from_slice(&src[from * c..seg.rows.end * c]);
+                }
                 self.f[out.0] = o;
             }
             Op::Sample { logits, out } => {
-                let mut o = self.out_u(*out, s);
+                let mut o = self.out_u(*out);
                 let vocab = self.graph.buffer(*logits).cols;
-                let first = (s.start + s.tokens.len() - s.out_rows) as u32;
-                let rows = self.f[logits.0].len() / vocab.max(1);
                 let logits = &self.f[logits.0];
-                // Rows are independent: shared out over the pool (a row's softmax over the
-                // whole vocabulary, in f64, is most of the sampler's time).
-                let parts = parallel::map_chunks(rows, rows * vocab * 16, |range| {
-                    range
-                        .flat_map(|r| {
-                            let row = &logits[r * vocab..(r + 1) * vocab];
-                            sampler::sample_row(row, &s.sampling, first + r as u32).to_words()
-                        })
-                        .collect::<Vec<u32>>()
-                });
                 let w = crate::backend::SAMPLE_WORDS;
-                let mut at = 0;
-                for part in parts {
-                    o[at..at + part.len()].copy_from_slice(&part);
-                    at += part.len();
+                for seg in segs {
+                    let s = seg.step;
+                    // Each sequence's own parameters, seed and positions.
+                    let first = (s.start + s.tokens.len() - s.out_rows) as u32;
+                    let rows = seg.outs.len();
+                    let base = seg.outs.start;
+                    // Rows are independent: shared out over the pool (a row's softmax over the
+                    // whole vocabulary, in f64, is most of the sampler's time).
+                    let parts = parallel::map_chunks(rows, rows * vocab * 16, |range| {
+                        range
+                            .flat_map(|r| {
+                                let at = (base + r) * vocab;
+                                let row = &logits[at..at + vocab];
+                                sampler::sample_row(row, &s.sampling, first + r as u32).to_words()
+                            })
+                            .collect::<Vec<u32>>()
+                    });
+                    let mut at = base * w;
+                    for part in parts {
+                        o[at..at + part.len()].copy_from_slice(&part);
+                        at += part.len();
+                    }
+                    debug_assert_eq!(at, seg.outs.end * w);
                 }
-                debug_assert_eq!(at, rows * w);
                 self.u[out.0] = o;
             }
         }

@@ -61,8 +61,100 @@ async fn concurrent_clients_each_get_their_own_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_clients_decode_together_and_answer_as_alone() {
+    let gate = Arc::new(Gate::default());
+    let s = Arc::new(start(load(ADD_MODEL), 64, gated_batched(gate.clone(), 8)).await);
+    let m = s.model.clone();
+    let qs = questions(&m.dir, 8);
+    let want: Vec<String> = qs
+        .iter()
+        .map(|q| {
+            let p = m.tokenizer.encode_chat(&user(q)).unwrap();
+            expected(&m, &p, &params_for(&m, &json!({}))).0
+        })
+        .collect();
+    assert_eq!(s.metric("unmask_max_batch").await, 8.0);
+    // The first request holds the worker at the gate while the other seven queue; once it
+    // opens they join the first at its next step.
+    gate.close();
+    let mut tasks = Vec::new();
+    for (i, q) in qs.iter().enumerate() {
+        let (s2, q) = (s.clone(), q.clone());
+        tasks.push(tokio::spawn(async move {
+            answer(&s2, chat_body(&q, json!({})), i % 2 == 1).await
+        }));
+        if i == 0 {
+            s.wait_metric("unmask_requests_running", |v| v == 1.0).await;
+        }
+    }
+    s.wait_metric("unmask_queue_depth", |v| v == 7.0).await;
+    gate.open();
+    let got: Vec<String> = join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(s.metric(&outcome("completed")).await, 8.0);
+    let text = s.metrics_text().await;
+    let m = |n: &str| metric_value(&text, n).unwrap_or_else(|| panic!("{n} missing"));
+    let batches = m("unmask_batch_size_count");
+    assert_eq!(batches, m("unmask_forwards_total"));
+    assert!(
+        m("unmask_batch_size_bucket{le=\"1\"}") < batches,
+        "no forward held more than one request:\n{text}"
+    );
+    assert!(m("unmask_batch_size_bucket{le=\"6\"}") < batches, "{text}");
+    assert_eq!(m("unmask_batch_size_bucket{le=\"8\"}"), batches);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_leaves_a_batch_leaves_the_others_untouched() {
+    let s = Arc::new(start(load(ADD_MODEL), 8, cpu_batched(4)).await);
+    let m = s.model.clone();
+    let qs = questions(&m.dir, 4);
+    let want: Vec<String> = qs[1..]
+        .iter()
+        .map(|q| {
+            let p = m.tokenizer.encode_chat(&user(q)).unwrap();
+            expected(&m, &p, &params_for(&m, &long_request(q, false))).0
+        })
+        .collect();
+    // The first client streams and goes away once all four decode together.
+    let r = s
+        .client
+        .post(s.url("/v1/chat/completions"))
+        .json(&long_request(&qs[0], true))
+        .send();
+    let leaver = tokio::spawn(async move {
+        let r = r.await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        drop(r);
+    });
+    let others: Vec<_> = qs[1..]
+        .iter()
+        .map(|q| {
+            let (s, q) = (s.clone(), q.clone());
+            tokio::spawn(async move { answer(&s, long_request(&q, false), false).await })
+        })
+        .collect();
+    s.wait_metric("unmask_requests_running", |v| v == 4.0).await;
+    leaver.abort();
+    let _ = leaver.await;
+    let got: Vec<String> = join_all(others)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got, want);
+    s.wait_metric(&outcome("cancelled"), |v| v == 1.0).await;
+    assert_eq!(s.metric(&outcome("completed")).await, 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_seed_gives_the_same_text_under_load() {
-    let s = Arc::new(start(load(ADD_MODEL), 64, cpu()).await);
+    // Batched: each request samples with its own seed whatever it decodes with.
+    let s = Arc::new(start(load(ADD_MODEL), 64, cpu_batched(4)).await);
     let qs = questions(&s.model.dir, 2);
     let body = |q: &str, seed: u64| {
         chat_body(

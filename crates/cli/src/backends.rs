@@ -33,7 +33,14 @@ pub struct BackendArgs {
     /// Quantize the matrices and embedding table of a full-precision checkpoint while loading.
     #[arg(long, value_enum)]
     pub quantize: Option<crate::commands::quantize::FormatName>,
+    /// KV-cache slots of the cpu backends (sequences decoded together or kept for reuse):
+    /// set by `serve --max-batch` and `bench --batch`, 1 otherwise.
+    #[arg(skip = 1usize)]
+    pub slots: usize,
 }
+
+/// Most KV-cache slots a command may ask of a backend.
+pub const MAX_SLOTS: usize = 256;
 
 /// Builds the chosen backend with the model's weights, saying on stderr what was chosen.
 pub fn create(model: &Model, args: &BackendArgs, quiet: bool) -> Result<Box<dyn Backend>> {
@@ -70,12 +77,12 @@ pub fn create_for(
                 }
                 Err(wgpu_why) => {
                     why = format!(" (auto: {cuda_why}; {wgpu_why})");
-                    Box::new(cpu(graph, weights, Kernels::Fast)?)
+                    Box::new(cpu(graph, weights, Kernels::Fast, args.slots)?)
                 }
             },
         },
-        BackendName::Cpu => Box::new(cpu(graph, weights, Kernels::Fast)?),
-        BackendName::Reference => Box::new(cpu(graph, weights, Kernels::Reference)?),
+        BackendName::Cpu => Box::new(cpu(graph, weights, Kernels::Fast, args.slots)?),
+        BackendName::Reference => Box::new(cpu(graph, weights, Kernels::Reference, args.slots)?),
     };
     if !quiet {
         eprintln!("backend: {}{why}", backend.name());
@@ -83,14 +90,19 @@ pub fn create_for(
     Ok(backend)
 }
 
-fn cpu(graph: &Graph, weights: &WeightStore, kernels: Kernels) -> Result<ReferenceBackend> {
+fn cpu(
+    graph: &Graph,
+    weights: &WeightStore,
+    kernels: Kernels,
+    slots: usize,
+) -> Result<ReferenceBackend> {
     let mut bar = LazyBar::new("loading weights");
     let b = ReferenceBackend::with_kernels(graph.clone(), weights, kernels, &mut |d, t| {
         bar.update(d, t)
     });
     bar.finish();
     match b {
-        Ok(b) => Ok(b),
+        Ok(b) => Ok(b.with_slots(slots.clamp(1, MAX_SLOTS))),
         Err(e) => bail!(e),
     }
 }

@@ -7,8 +7,8 @@
 
 use crate::stop::StopMatcher;
 use unmask_core::decode::stream::PrefixStreamer;
-use unmask_core::decode::{generate_reusing, KvPrefix};
-use unmask_core::{Backend, DecodeParams, Error, Model, Result, StepEvent};
+use unmask_core::decode::{Decoding, KvPrefix};
+use unmask_core::{Backend, DecodeParams, Error, Model, Result, Step, StepEvent, StepOutput};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -46,10 +46,155 @@ pub enum Update<'a> {
     Tail(&'a str),
 }
 
-/// Runs one completion. `cache`: what `backend`'s K/V cache holds from the last completion
-/// (decode/prefix.rs), reused where the prompt starts with it and updated. `keep`: special
-/// tokens written into the text (the tool-call markers of a request with tools). `on_update`
-/// returning false cancels it: the result is then `Err(Error::Cancelled)`.
+/// One completion as a state machine: [`Run::next_step`] hands out its next forward,
+/// [`Run::apply`] takes that forward's samples, [`Run::finish`] gives the answer. The worker
+/// drives several at once through one batched forward; [`complete`] drives one.
+pub struct Run<'m> {
+    model: &'m Model,
+    decoding: Decoding,
+    streamer: PrefixStreamer<'m>,
+    prefix: CommittedPrefix,
+    stop: StopMatcher,
+    /// Everything shown to the consumer: by construction the answer's text.
+    released: String,
+    forwards: usize,
+    /// The committed text reached an end-of-turn token or a stop string: the text is final
+    /// (see the module comment), decoding goes no further.
+    stopped: bool,
+    prompt_len: usize,
+    cached_tokens: usize,
+}
+
+impl<'m> Run<'m> {
+    /// Checks the request. `keep`: special tokens written into the text (the tool-call markers
+    /// of a request with tools). The caller starts the decoding in its KV-cache slot
+    /// ([`Run::decoding`], `KvPrefix::begin`) and reports reuse with [`Run::set_cached`].
+    pub fn new(
+        model: &'m Model,
+        prompt: &[u32],
+        params: &DecodeParams,
+        stops: Vec<String>,
+        keep: Vec<u32>,
+    ) -> Result<Self> {
+        let decoding = Decoding::new(&model.special_ids(), model.context_limit(), prompt, params)?;
+        let end_of_turn = model.tokenizer.end_of_turn.clone();
+        Ok(Run {
+            model,
+            decoding,
+            streamer: PrefixStreamer::new(&model.tokenizer, prompt.len(), end_of_turn.clone())
+                .keep(keep),
+            prefix: CommittedPrefix::new(prompt.len(), params.gen_length, end_of_turn),
+            stop: StopMatcher::new(stops),
+            released: String::new(),
+            forwards: 0,
+            stopped: false,
+            prompt_len: prompt.len(),
+            cached_tokens: 0,
+        })
+    }
+
+    pub fn decoding(&mut self) -> &mut Decoding {
+        &mut self.decoding
+    }
+
+    /// Prompt positions whose K/V came from a cache (reported in the usage).
+    pub fn set_cached(&mut self, positions: usize) {
+        self.cached_tokens = positions;
+    }
+
+    /// The next forward, `None` once the answer is complete (then [`Run::finish`]).
+    pub fn next_step(&mut self) -> Option<Step<'_>> {
+        if self.stopped {
+            return None;
+        }
+        self.decoding.next_step()
+    }
+
+    /// Applies the samples of the forward [`Run::next_step`] handed out; `backend` names the
+    /// device in errors. `on_update` returning false cancels: `Err(Error::Cancelled)`.
+    pub fn apply(
+        &mut self,
+        out: &StepOutput,
+        backend: &str,
+        on_update: &mut dyn FnMut(Update) -> bool,
+    ) -> Result<()> {
+        let event = self.decoding.apply(out, backend)?;
+        self.forwards += 1;
+        // Commits past gen_length (the padding of the last block) are not part of the answer:
+        // neither the streamer nor the consumer sees them.
+        let e = self.prefix.clip(&event);
+        self.prefix.push(&e);
+        let delta = self.stop.push(&self.streamer.push(&e)?.unwrap_or_default());
+        self.released.push_str(&delta);
+        if !on_update(Update::Step {
+            event: &e,
+            delta: &delta,
+        }) {
+            return Err(Error::Cancelled);
+        }
+        self.stopped = self.stop.matched() || self.prefix.ended();
+        Ok(())
+    }
+
+    /// The tokens whose K/V the backend's cache now holds as final, and their block length
+    /// (what `KvPrefix::end` keeps).
+    pub fn kept(&self) -> (&[u32], usize) {
+        (self.decoding.final_prefix(), self.decoding.block_length())
+    }
+
+    /// The answer, once [`Run::next_step`] has returned `None`: the text's tail goes to
+    /// `on_update`.
+    pub fn finish(mut self, on_update: &mut dyn FnMut(Update) -> bool) -> Result<Completion> {
+        let tokens = if self.stopped {
+            self.prefix.tokens()
+        } else {
+            if let Some(e) = self.decoding.take_error() {
+                return Err(self.model.explain(e));
+            }
+            match self.decoding.result() {
+                Some(g) => g.tokens.clone(),
+                None => return Err(Error::Invalid("decoder ended without a result".into())),
+            }
+        };
+        let (completion_tokens, ended) = if self.stop.matched() {
+            (self.prefix.len(), true)
+        } else {
+            let (delta, _) = self.streamer.finish(&tokens)?;
+            let mut tail = self.stop.push(&delta);
+            if !self.stop.matched() {
+                tail.push_str(&self.stop.finish());
+            }
+            self.released.push_str(&tail);
+            if !tail.is_empty() && !on_update(Update::Tail(&tail)) {
+                return Err(Error::Cancelled);
+            }
+            match tokens
+                .iter()
+                .position(|t| self.prefix.end_of_turn.contains(t))
+            {
+                Some(i) => (i + 1, true),
+                None => (tokens.len(), self.stop.matched()),
+            }
+        };
+        Ok(Completion {
+            text: self.released,
+            prompt_tokens: self.prompt_len,
+            cached_tokens: self.cached_tokens,
+            completion_tokens,
+            finish_reason: if ended {
+                FinishReason::Stop
+            } else {
+                FinishReason::Length
+            },
+            forwards: self.forwards,
+            tool_calls: Vec::new(),
+        })
+    }
+}
+
+/// Runs one completion on `backend` alone. `cache`: what `backend`'s K/V cache holds from the
+/// last completion (decode/prefix.rs), reused where the prompt starts with it and updated.
+/// `keep` and `on_update` as in [`Run`].
 #[allow(clippy::too_many_arguments)]
 pub fn complete(
     model: &Model,
@@ -61,90 +206,28 @@ pub fn complete(
     keep: Vec<u32>,
     on_update: &mut dyn FnMut(Update) -> bool,
 ) -> Result<Completion> {
-    let end_of_turn = model.tokenizer.end_of_turn.clone();
-    let mut streamer =
-        PrefixStreamer::new(&model.tokenizer, prompt.len(), end_of_turn.clone()).keep(keep);
-    let mut prefix = CommittedPrefix::new(prompt.len(), params.gen_length, end_of_turn);
-    let mut stop = StopMatcher::new(stops);
-    // Everything shown to the consumer: by construction the answer's text.
-    let mut released = String::new();
-    let mut consumer_quit = false;
-    let mut failure = None;
-    let mut forwards = 0usize;
-
-    let result = generate_reusing(
-        backend,
-        cache,
-        &model.special_ids(),
-        model.context_limit(),
-        prompt,
-        params,
-        &mut |event| {
-            forwards += 1;
-            // Commits past gen_length (the padding of the last block) are not part of the
-            // answer: neither the streamer nor the consumer sees them.
-            let e = prefix.clip(event);
-            prefix.push(&e);
-            let delta = match streamer.push(&e) {
-                Ok(d) => stop.push(&d.unwrap_or_default()),
-                Err(err) => {
-                    failure = Some(err);
-                    return false;
-                }
-            };
-            released.push_str(&delta);
-            if !on_update(Update::Step {
-                event: &e,
-                delta: &delta,
-            }) {
-                consumer_quit = true;
-                return false;
-            }
-            !(stop.matched() || prefix.ended())
-        },
-    );
-    if let Some(err) = failure {
-        return Err(err);
-    }
-    if consumer_quit {
-        return Err(Error::Cancelled);
-    }
-    let tokens = match result {
-        Ok(gen) => gen.tokens,
-        // We stopped it ourselves: the text is final (see the module comment).
-        Err(Error::Cancelled) => prefix.tokens(),
-        Err(e) => return Err(model.explain(e)),
-    };
-    let (completion_tokens, ended) = if stop.matched() {
-        (prefix.len(), true)
-    } else {
-        let (delta, _) = streamer.finish(&tokens)?;
-        let mut tail = stop.push(&delta);
-        if !stop.matched() {
-            tail.push_str(&stop.finish());
-        }
-        released.push_str(&tail);
-        if !tail.is_empty() && !on_update(Update::Tail(&tail)) {
-            return Err(Error::Cancelled);
-        }
-        match tokens.iter().position(|t| prefix.end_of_turn.contains(t)) {
-            Some(i) => (i + 1, true),
-            None => (tokens.len(), stop.matched()),
+    let mut run = Run::new(model, prompt, params, stops, keep)?;
+    let reused = cache.begin(backend, 0, run.decoding(), prompt, params)?;
+    run.set_cached(reused);
+    let name = backend.name();
+    let result = loop {
+        let Some(step) = run.next_step() else {
+            break Ok(());
+        };
+        let out = match backend.step(&step) {
+            Ok(out) => out,
+            Err(e) => break Err(model.explain(e)),
+        };
+        if let Err(e) = run.apply(&out, &name, on_update) {
+            break Err(e);
         }
     };
-    Ok(Completion {
-        text: released,
-        prompt_tokens: prompt.len(),
-        cached_tokens: cache.reused(),
-        completion_tokens,
-        finish_reason: if ended {
-            FinishReason::Stop
-        } else {
-            FinishReason::Length
-        },
-        forwards,
-        tool_calls: Vec::new(),
-    })
+    // Steps that completed left final K/V, also when the consumer stopped; after any other
+    // error the cache may be half written.
+    let kept = matches!(result, Ok(()) | Err(Error::Cancelled)).then(|| run.kept());
+    cache.end(kept);
+    result?;
+    run.finish(on_update)
 }
 
 /// The generated slots as tokens settle (`StepEvent::settled`: commits under llada2.0, finished

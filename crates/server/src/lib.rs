@@ -35,8 +35,10 @@ use worker::Worker;
 pub struct ServerConfig {
     /// The name clients use (`model` in requests, `/v1/models`).
     pub model_id: String,
-    /// Requests that may wait while one runs; one more gets 429.
+    /// Requests that may wait while `batching.max_batch` run; one more gets 429.
     pub max_queue: usize,
+    /// Requests decoded together, and the K/V idle slots keep for reuse.
+    pub batching: worker::Batching,
     /// Decoding parameters of a request that sets none (the model's own defaults).
     pub defaults: DecodeParams,
     /// The same for a request that names a decoder (one entry per decoder; a missing one falls
@@ -76,6 +78,7 @@ pub fn start(
         model.clone(),
         make_backend,
         config.max_queue,
+        config.batching,
         metrics.clone(),
     )?;
     Ok(Arc::new(AppState {
@@ -90,6 +93,15 @@ pub fn start(
         created: routes::unix_now(),
         worker,
     }))
+}
+
+impl AppState {
+    /// Requests that decode together (`--max-batch`, capped by the backend's KV-cache slots).
+    pub fn max_batch(&self) -> u64 {
+        self.metrics
+            .max_batch
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Serves until `shutdown` resolves, then waits for the requests in flight (see [`http`]).

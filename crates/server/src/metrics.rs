@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-/// A histogram's upper bucket bounds (seconds).
+/// A histogram's upper bucket bounds (seconds, or a count).
 pub trait Buckets {
     const BOUNDS: [f64; 12];
 }
@@ -28,25 +28,38 @@ impl Buckets for RequestBuckets {
     ];
 }
 
-/// A Prometheus histogram of durations over `B`'s bounds.
+/// Sequences in one batched forward.
+#[derive(Default)]
+pub struct BatchBuckets;
+impl Buckets for BatchBuckets {
+    const BOUNDS: [f64; 12] = [
+        1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0,
+    ];
+}
+
+/// A Prometheus histogram of durations (or counts) over `B`'s bounds.
 #[derive(Default)]
 pub struct Histogram<B: Buckets> {
     buckets: [AtomicU64; 12],
     count: AtomicU64,
+    /// The sum of the observed values, in billionths.
     nanos: AtomicU64,
     bounds: std::marker::PhantomData<B>,
 }
 
 impl<B: Buckets> Histogram<B> {
     pub fn observe(&self, d: Duration) {
-        let s = d.as_secs_f64();
+        self.record(d.as_secs_f64());
+    }
+
+    pub fn record(&self, v: f64) {
         for (b, &le) in self.buckets.iter().zip(&B::BOUNDS) {
-            if s <= le {
+            if v <= le {
                 b.fetch_add(1, Relaxed);
             }
         }
         self.count.fetch_add(1, Relaxed);
-        self.nanos.fetch_add(d.as_nanos() as u64, Relaxed);
+        self.nanos.fetch_add((v * 1e9) as u64, Relaxed);
     }
 
     fn render(&self, o: &mut String, name: &str, help: &str) {
@@ -85,9 +98,12 @@ pub struct Metrics {
     pub http_errors: AtomicU64,
     /// Requests waiting for the worker.
     pub queue_depth: AtomicU64,
-    /// 1 while the worker is generating.
+    /// Requests the worker is generating for.
     pub running: AtomicU64,
+    /// Requests that may decode together (`--max-batch`, capped by the backend's slots).
+    pub max_batch: AtomicU64,
     steps: Histogram<StepBuckets>,
+    batch_size: Histogram<BatchBuckets>,
     /// Per request that reached the model: waiting in the queue, then its first forward (the
     /// prompt's prefill with the first block's first step), then the rest of its forwards.
     pub request_queue: Histogram<RequestBuckets>,
@@ -96,8 +112,10 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn observe_step(&self, d: Duration) {
+    /// One batched forward of `sequences` requests that took `d`.
+    pub fn observe_batch(&self, d: Duration, sequences: usize) {
         self.steps.observe(d);
+        self.batch_size.record(sequences as f64);
         self.forwards.fetch_add(1, Relaxed);
     }
 
@@ -164,7 +182,7 @@ impl Metrics {
         metric(
             "unmask_forwards_total",
             "counter",
-            "Model forward passes (decoder steps).",
+            "Model forward passes (one per batched decoder step).",
             &[("", g(&self.forwards))],
         );
         metric(
@@ -185,10 +203,21 @@ impl Metrics {
             "Requests the model is generating for.",
             &[("", g(&self.running))],
         );
+        metric(
+            "unmask_max_batch",
+            "gauge",
+            "Requests that may decode together in one forward.",
+            &[("", g(&self.max_batch))],
+        );
         self.steps.render(
             &mut o,
             "unmask_step_seconds",
-            "Latency of one decoder step (a forward and its commits).",
+            "Latency of one batched decoder step (a forward over every running request).",
+        );
+        self.batch_size.render(
+            &mut o,
+            "unmask_batch_size",
+            "Requests in one batched forward.",
         );
         self.request_queue.render(
             &mut o,
@@ -216,8 +245,8 @@ mod tests {
     #[test]
     fn histogram_buckets_are_cumulative() {
         let m = Metrics::default();
-        m.observe_step(Duration::from_millis(3));
-        m.observe_step(Duration::from_millis(300));
+        m.observe_batch(Duration::from_millis(3), 1);
+        m.observe_batch(Duration::from_millis(300), 3);
         let text = m.render(4);
         assert!(text.contains("unmask_step_seconds_bucket{le=\"0.001\"} 0\n"));
         assert!(text.contains("unmask_step_seconds_bucket{le=\"0.005\"} 1\n"));
@@ -226,6 +255,10 @@ mod tests {
         assert!(text.contains("unmask_step_seconds_count 2\n"));
         assert!(text.contains("unmask_forwards_total 2\n"));
         assert!(text.contains("unmask_queue_capacity 4\n"));
+        assert!(text.contains("unmask_batch_size_bucket{le=\"1\"} 1\n"));
+        assert!(text.contains("unmask_batch_size_bucket{le=\"2\"} 1\n"));
+        assert!(text.contains("unmask_batch_size_bucket{le=\"3\"} 2\n"));
+        assert!(text.contains("unmask_batch_size_sum 4\n"));
         m.request_queue.observe(Duration::from_millis(20));
         let text = m.render(4);
         assert!(text.contains("# TYPE unmask_request_queue_seconds histogram\n"));

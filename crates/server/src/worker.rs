@@ -3,7 +3,7 @@
 //! per-request channel. A closed channel means the client went away: the job is skipped if it
 //! is still queued and cancelled at the next decoder step if it is running.
 
-use crate::completion::{complete, Completion, FinishReason, Update};
+use crate::completion::{Completion, FinishReason, Run, Update};
 use crate::error::ApiError;
 use crate::events::StepView;
 use crate::metrics::Metrics;
@@ -12,11 +12,12 @@ use crate::tools::{Piece, ToolCall, ToolStream};
 use serde_json::Value;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-use unmask_core::decode::KvPrefix;
+use unmask_core::backend::SlotStep;
+use unmask_core::decode::SlotPool;
 use unmask_core::{Backend, Error, Model, Result};
 
 /// Builds the backend on the worker thread.
@@ -53,11 +54,13 @@ pub struct Worker {
 
 impl Worker {
     /// Starts the thread and waits until its backend is built (its error is returned).
-    /// `capacity` requests may wait while one runs; 0 admits a request only when idle.
+    /// `capacity` requests may wait while `batching.max_batch` run; 0 admits a request only
+    /// when there is room in the batch.
     pub fn spawn(
         model: Arc<Model>,
         make_backend: BackendFactory,
         capacity: usize,
+        batching: Batching,
         metrics: Arc<Metrics>,
     ) -> Result<Worker> {
         let (queue, jobs) = sync_channel::<Job>(capacity);
@@ -76,7 +79,7 @@ impl Worker {
                         return;
                     }
                 };
-                serve_jobs(&model, backend, jobs, &m);
+                serve_jobs(&model, backend, jobs, &m, batching);
             })
             .map_err(|e| Error::backend("worker", format!("cannot start the model thread: {e}")))?;
         ready.recv().map_err(|_| {
@@ -125,75 +128,53 @@ impl Worker {
     }
 }
 
-fn serve_jobs(model: &Model, mut backend: Box<dyn Backend>, jobs: Receiver<Job>, m: &Metrics) {
-    // What the backend's K/V cache holds from the last request: the next one that starts
-    // with the same tokens (a chat's next turn, a shared system prompt) skips them.
-    let mut cache = KvPrefix::default();
-    while let Ok(job) = jobs.recv() {
-        m.queue_depth.fetch_sub(1, Relaxed);
-        if job.tx.is_closed() {
-            m.cancelled_requests.fetch_add(1, Relaxed);
-            continue;
+/// How the worker batches and what idle KV-cache slots may keep.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// Requests decoded together (capped by the backend's slots).
+    pub max_batch: usize,
+    /// Bytes of K/V that idle slots may keep for later requests to reuse.
+    pub prefix_cache_bytes: u64,
+}
+
+impl Default for Batching {
+    /// One request at a time; idle slots keep up to 1 GiB of K/V.
+    fn default() -> Self {
+        Batching {
+            max_batch: 1,
+            prefix_cache_bytes: 1 << 30,
         }
-        m.running.store(1, Relaxed);
-        m.request_queue.observe(job.queued.elapsed());
-        // A panic is a bug, but it must cost one request, not the server.
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            run(model, backend.as_mut(), &mut cache, &job, m)
-        }));
-        m.running.store(0, Relaxed);
-        let ev = match outcome {
-            Ok(Ok(c)) => {
-                m.completed_requests.fetch_add(1, Relaxed);
-                m.prompt_tokens.fetch_add(c.prompt_tokens as u64, Relaxed);
-                m.cached_prompt_tokens
-                    .fetch_add(c.cached_tokens as u64, Relaxed);
-                m.completion_tokens
-                    .fetch_add(c.completion_tokens as u64, Relaxed);
-                JobEvent::Done(c)
-            }
-            Ok(Err(Error::Cancelled)) => {
-                m.cancelled_requests.fetch_add(1, Relaxed);
-                continue;
-            }
-            Ok(Err(e)) => {
-                tracing::warn!("generation failed: {e}");
-                m.failed_requests.fetch_add(1, Relaxed);
-                JobEvent::Failed(ApiError::from_core(&e))
-            }
-            Err(_) => {
-                m.failed_requests.fetch_add(1, Relaxed);
-                JobEvent::Failed(ApiError::internal("the model thread hit an internal error"))
-            }
-        };
-        let _ = job.tx.send(ev);
     }
 }
 
-fn run(
-    model: &Model,
-    backend: &mut dyn Backend,
-    cache: &mut KvPrefix,
-    job: &Job,
-    m: &Metrics,
-) -> Result<Completion> {
-    let r = &job.req;
-    let started = Instant::now();
-    let mut last = started;
-    // When the first forward ended: prefill before it, decode after.
-    let mut first_forward: Option<Instant> = None;
-    // With tools, text passes through the tool-call splitter: spans become calls, the rest
-    // stays text; what the answer says in the end is what the stream said.
-    let mut tools = r.tools.clone().map(ToolStream::new);
-    let mut content = String::new();
-    let mut calls: Vec<ToolCall> = Vec::new();
-    let keep = if r.tools.is_some() {
-        model.tokenizer.tool_markers()
-    } else {
-        Vec::new()
-    };
-    let mut send = |text: &str, step: Option<Value>, final_: bool| -> bool {
-        let pieces = match tools.as_mut() {
+/// A request the worker is generating for: its completion state machine, its KV-cache slot,
+/// and what its client has been sent.
+struct Running<'m> {
+    run: Run<'m>,
+    slot: usize,
+    reply: Reply,
+}
+
+/// What a request's client has been sent so far, and its timings.
+struct Reply {
+    tx: UnboundedSender<JobEvent>,
+    /// With tools, text passes through the tool-call splitter: spans become calls, the rest
+    /// stays text; what the answer says in the end is what the stream said.
+    tools: Option<ToolStream>,
+    step_events: bool,
+    prompt_len: usize,
+    content: String,
+    calls: Vec<ToolCall>,
+    started: Instant,
+    /// When the first forward ended: prefill before it, decode after.
+    first_forward: Option<Instant>,
+}
+
+impl Reply {
+    /// Sends text (through the tool-call splitter where the request has tools) and a step's
+    /// event; `final_` flushes the splitter. False once the client has gone.
+    fn send(&mut self, text: &str, step: Option<Value>, final_: bool) -> bool {
+        let pieces = match self.tools.as_mut() {
             None => vec![Piece::Text(text.to_string())],
             Some(t) => {
                 let mut p = t.push(text);
@@ -208,9 +189,9 @@ fn run(
         for p in pieces {
             match p {
                 Piece::Text(t) => {
-                    content.push_str(&t);
+                    self.content.push_str(&t);
                     if !t.is_empty() || step.is_some() {
-                        ok &= job
+                        ok &= self
                             .tx
                             .send(JobEvent::Delta {
                                 text: t,
@@ -220,14 +201,14 @@ fn run(
                     }
                 }
                 Piece::Call(call) => {
-                    calls.push(call.clone());
-                    let index = calls.len() - 1;
-                    ok &= job.tx.send(JobEvent::ToolCall { index, call }).is_ok();
+                    self.calls.push(call.clone());
+                    let index = self.calls.len() - 1;
+                    ok &= self.tx.send(JobEvent::ToolCall { index, call }).is_ok();
                 }
             }
         }
         if let Some(step) = step {
-            ok &= job
+            ok &= self
                 .tx
                 .send(JobEvent::Delta {
                     text: String::new(),
@@ -235,48 +216,248 @@ fn run(
                 })
                 .is_ok();
         }
-        ok && !job.tx.is_closed()
-    };
-    let mut c = complete(
-        model,
-        backend,
-        cache,
-        &r.prompt,
-        &r.params,
-        r.stop.clone(),
-        keep,
-        &mut |u| match u {
+        ok && !self.tx.is_closed()
+    }
+
+    fn update(&mut self, u: Update, model: &Model, m: &Metrics) -> bool {
+        match u {
             Update::Step { event, delta } => {
-                m.observe_step(last.elapsed());
-                last = Instant::now();
-                if first_forward.is_none() {
-                    first_forward = Some(last);
-                    m.request_prefill.observe(last - started);
+                if self.first_forward.is_none() {
+                    let now = Instant::now();
+                    self.first_forward = Some(now);
+                    m.request_prefill.observe(now - self.started);
                 }
-                let step = r.step_events.then(|| {
-                    serde_json::to_value(StepView::new(event, &model.tokenizer, r.prompt.len()))
+                let step = self.step_events.then(|| {
+                    serde_json::to_value(StepView::new(event, &model.tokenizer, self.prompt_len))
                         .unwrap_or(Value::Null)
                 });
                 if delta.is_empty() && step.is_none() {
-                    return !job.tx.is_closed();
+                    return !self.tx.is_closed();
                 }
-                send(delta, step, false)
+                self.send(delta, step, false)
             }
-            Update::Tail(text) => send(text, None, false),
-        },
-    )?;
-    if r.tools.is_some() {
-        if !send("", None, true) {
-            return Err(Error::Cancelled);
+            Update::Tail(text) => self.send(text, None, false),
         }
-        c.text = content;
-        if !calls.is_empty() {
+    }
+}
+
+/// The worker's loop: admit waiting requests while fewer than `max_batch` run, run one
+/// batched forward over every running request's next step, let finished ones leave.
+fn serve_jobs(
+    model: &Model,
+    mut backend: Box<dyn Backend>,
+    jobs: Receiver<Job>,
+    m: &Metrics,
+    batching: Batching,
+) {
+    let backend = backend.as_mut();
+    let width = batching.max_batch.clamp(1, backend.slots());
+    m.max_batch.store(width as u64, Relaxed);
+    let per_position = model.summary().kv_bytes_per_position.max(1);
+    let keep = usize::try_from(batching.prefix_cache_bytes / per_position).unwrap_or(usize::MAX);
+    // What each KV-cache slot holds from the request it last served: a request that starts
+    // with the same tokens (a chat's next turn, a shared system prompt) skips them.
+    let mut pool = SlotPool::new(backend.slots(), keep);
+    let mut running: Vec<Running> = Vec::new();
+    let mut open = true;
+    loop {
+        while open && running.len() < width {
+            // Wait for work only when there is nothing to step.
+            let job = if running.is_empty() {
+                jobs.recv().map_err(|_| TryRecvError::Disconnected)
+            } else {
+                jobs.try_recv()
+            };
+            let job = match job {
+                Ok(job) => job,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            };
+            m.queue_depth.fetch_sub(1, Relaxed);
+            if job.tx.is_closed() {
+                m.cancelled_requests.fetch_add(1, Relaxed);
+                continue;
+            }
+            m.request_queue.observe(job.queued.elapsed());
+            // A panic is a bug, but it must cost one request, not the server.
+            let started = catch_unwind(AssertUnwindSafe(|| admit(model, backend, &mut pool, &job)));
+            match started {
+                Ok(Ok(r)) => running.push(r),
+                Ok(Err(e)) => fail(m, &job.tx, &e),
+                Err(_) => panicked(m, &job.tx),
+            }
+        }
+        if running.is_empty() {
+            if open {
+                continue;
+            }
+            return;
+        }
+        m.running.store(running.len() as u64, Relaxed);
+        let stepped = catch_unwind(AssertUnwindSafe(|| {
+            step_all(model, backend, &mut pool, &mut running, m)
+        }));
+        if stepped.is_err() {
+            // The forward's K/V may be half written: every slot in it is forgotten.
+            for r in running.drain(..) {
+                pool.end(backend, r.slot, None);
+                panicked(m, &r.reply.tx);
+            }
+        }
+        m.running.store(running.len() as u64, Relaxed);
+    }
+}
+
+/// Starts `job`'s completion in the KV-cache slot that holds the most of its prompt.
+fn admit<'m>(
+    model: &'m Model,
+    backend: &mut dyn Backend,
+    pool: &mut SlotPool,
+    job: &Job,
+) -> Result<Running<'m>> {
+    let r = &job.req;
+    let keep = if r.tools.is_some() {
+        model.tokenizer.tool_markers()
+    } else {
+        Vec::new()
+    };
+    let mut run = Run::new(model, &r.prompt, &r.params, r.stop.clone(), keep)?;
+    let slot = pool
+        .choose(&r.prompt, &r.params)
+        .ok_or_else(|| Error::backend("worker", "no free KV-cache slot"))?;
+    let reused = pool.begin(backend, slot, run.decoding(), &r.prompt, &r.params)?;
+    run.set_cached(reused);
+    Ok(Running {
+        run,
+        slot,
+        reply: Reply {
+            tx: job.tx.clone(),
+            tools: r.tools.clone().map(ToolStream::new),
+            step_events: r.step_events,
+            prompt_len: r.prompt.len(),
+            content: String::new(),
+            calls: Vec::new(),
+            started: Instant::now(),
+            first_forward: None,
+        },
+    })
+}
+
+/// One batched forward over the next step of every running request; requests whose answer is
+/// complete, whose client left or that failed leave the batch.
+fn step_all(
+    model: &Model,
+    backend: &mut dyn Backend,
+    pool: &mut SlotPool,
+    running: &mut Vec<Running>,
+    m: &Metrics,
+) {
+    let name = backend.name();
+    // (index, how it ended): None = its answer is complete.
+    let mut leaving: Vec<(usize, Option<Error>)> = Vec::new();
+    // A request's K/V are kept for reuse unless a backend error may have half written them.
+    let mut broken = vec![false; running.len()];
+    let mut steps = Vec::with_capacity(running.len());
+    let mut stepping = Vec::with_capacity(running.len());
+    for (i, r) in running.iter_mut().enumerate() {
+        if r.reply.tx.is_closed() {
+            leaving.push((i, Some(Error::Cancelled)));
+            continue;
+        }
+        match r.run.next_step() {
+            Some(step) => {
+                steps.push(SlotStep { slot: r.slot, step });
+                stepping.push(i);
+            }
+            None => leaving.push((i, None)),
+        }
+    }
+    if !steps.is_empty() {
+        let t = Instant::now();
+        let result = backend.step_batch(&steps);
+        m.observe_batch(t.elapsed(), steps.len());
+        drop(steps);
+        match result {
+            Ok(outs) => {
+                for (&i, out) in stepping.iter().zip(&outs) {
+                    let Running { run, reply, .. } = &mut running[i];
+                    if let Err(e) = run.apply(out, &name, &mut |u| reply.update(u, model, m)) {
+                        leaving.push((i, Some(e)));
+                    }
+                }
+            }
+            Err(e) => {
+                let e = model.explain(e);
+                for &i in &stepping {
+                    broken[i] = true;
+                    leaving.push((i, Some(Error::backend(&name, e.to_string()))));
+                }
+            }
+        }
+    }
+    leaving.sort_unstable_by_key(|(i, _)| std::cmp::Reverse(*i));
+    for (i, ended) in leaving {
+        let r = running.remove(i);
+        let kept =
+            (!broken[i] && matches!(ended, None | Some(Error::Cancelled))).then(|| r.run.kept());
+        pool.end(backend, r.slot, kept);
+        match ended {
+            None => finish(model, r, m),
+            Some(Error::Cancelled) => {
+                m.cancelled_requests.fetch_add(1, Relaxed);
+            }
+            Some(e) => fail(m, &r.reply.tx, &e),
+        }
+    }
+}
+
+/// The answer of a request whose decoding is over, sent with its usage.
+fn finish(model: &Model, r: Running, m: &Metrics) {
+    let Running { run, mut reply, .. } = r;
+    let result = run.finish(&mut |u| reply.update(u, model, m));
+    let mut c = match result {
+        Ok(c) => c,
+        Err(Error::Cancelled) => {
+            m.cancelled_requests.fetch_add(1, Relaxed);
+            return;
+        }
+        Err(e) => return fail(m, &reply.tx, &e),
+    };
+    if reply.tools.is_some() {
+        if !reply.send("", None, true) {
+            m.cancelled_requests.fetch_add(1, Relaxed);
+            return;
+        }
+        c.text = std::mem::take(&mut reply.content);
+        if !reply.calls.is_empty() {
             c.finish_reason = FinishReason::ToolCalls;
         }
-        c.tool_calls = calls;
+        c.tool_calls = std::mem::take(&mut reply.calls);
     }
-    if let Some(t) = first_forward {
+    if let Some(t) = reply.first_forward {
         m.request_decode.observe(t.elapsed());
     }
-    Ok(c)
+    m.completed_requests.fetch_add(1, Relaxed);
+    m.prompt_tokens.fetch_add(c.prompt_tokens as u64, Relaxed);
+    m.cached_prompt_tokens
+        .fetch_add(c.cached_tokens as u64, Relaxed);
+    m.completion_tokens
+        .fetch_add(c.completion_tokens as u64, Relaxed);
+    let _ = reply.tx.send(JobEvent::Done(c));
+}
+
+fn fail(m: &Metrics, tx: &UnboundedSender<JobEvent>, e: &Error) {
+    tracing::warn!("generation failed: {e}");
+    m.failed_requests.fetch_add(1, Relaxed);
+    let _ = tx.send(JobEvent::Failed(ApiError::from_core(e)));
+}
+
+fn panicked(m: &Metrics, tx: &UnboundedSender<JobEvent>) {
+    m.failed_requests.fetch_add(1, Relaxed);
+    let _ = tx.send(JobEvent::Failed(ApiError::internal(
+        "the model thread hit an internal error",
+    )));
 }

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+use unmask_core::backend::SlotStep;
 use unmask_core::decode::defaults::ModelDefaults;
 use unmask_core::decode::Decoder;
 use unmask_core::{
@@ -47,6 +48,21 @@ pub fn cpu() -> BackendFactory {
     })
 }
 
+/// The cpu backend with `slots` KV caches: up to that many requests decode together.
+pub fn cpu_batched(slots: usize) -> BackendFactory {
+    Box::new(move |m: &Model| {
+        Ok(Box::new(
+            ReferenceBackend::with_kernels(
+                m.graph.clone(),
+                &m.weights,
+                unmask_core::reference::Kernels::Fast,
+                &mut |_, _| {},
+            )?
+            .with_slots(slots),
+        ) as Box<dyn Backend>)
+    })
+}
+
 /// Starts the server on a free port of 127.0.0.1 with the model's own defaults.
 pub async fn start(model: Arc<Model>, max_queue: usize, backend: BackendFactory) -> TestServer {
     start_with(model, max_queue, backend, HttpLimits::default()).await
@@ -74,6 +90,11 @@ pub async fn start_with(
             cors: Some("http://allowed.example".into()),
             http,
             max_tokens: None,
+            // Capped by the backend: the one-slot backends run one request at a time.
+            batching: unmask_server::worker::Batching {
+                max_batch: 8,
+                ..Default::default()
+            },
         },
     )
     .expect("server starts");
@@ -132,16 +153,20 @@ impl TestServer {
         sse_data(&r.text().await.unwrap())
     }
 
-    pub async fn metric(&self, name: &str) -> f64 {
-        let text = self
-            .client
+    /// `GET /metrics` as text.
+    pub async fn metrics_text(&self) -> String {
+        self.client
             .get(self.url("/metrics"))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics_text().await;
         metric_value(&text, name).unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
     }
 
@@ -324,8 +349,14 @@ impl Gate {
 
 /// The reference backend behind a gate.
 pub fn gated(gate: Arc<Gate>) -> BackendFactory {
+    gated_batched(gate, 1)
+}
+
+/// The same with `slots` KV caches: up to that many requests decode together.
+pub fn gated_batched(gate: Arc<Gate>, slots: usize) -> BackendFactory {
     Box::new(move |m: &Model| {
-        let inner = ReferenceBackend::new(m.graph.clone(), &m.weights, &mut |_, _| {})?;
+        let inner =
+            ReferenceBackend::new(m.graph.clone(), &m.weights, &mut |_, _| {})?.with_slots(slots);
         Ok(Box::new(Gated { inner, gate }) as Box<dyn Backend>)
     })
 }
@@ -348,5 +379,18 @@ impl Backend for Gated {
     }
     fn reset(&mut self) {
         self.inner.reset()
+    }
+    fn slots(&self) -> usize {
+        self.inner.slots()
+    }
+    fn cached_in(&self, slot: usize) -> usize {
+        self.inner.cached_in(slot)
+    }
+    fn reset_slot(&mut self, slot: usize) {
+        self.inner.reset_slot(slot)
+    }
+    fn step_batch(&mut self, steps: &[SlotStep]) -> Result<Vec<StepOutput>> {
+        self.gate.pass();
+        self.inner.step_batch(steps)
     }
 }

@@ -20,9 +20,18 @@ pub struct Args {
     /// Port to listen on (0 picks a free one; the address is printed).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Requests that may wait while one is generated; one more is answered 429.
+    /// Requests that may wait while the batch is full; one more is answered 429.
     #[arg(long, default_value_t = 32)]
     pub max_queue: usize,
+    /// Requests decoded together, one batched forward for all of them (default 8 on the cpu
+    /// backends; the wgpu and CUDA backends run one at a time). Printed at start.
+    #[arg(long)]
+    pub max_batch: Option<usize>,
+    /// MiB of K/V that finished requests may leave in idle KV-cache slots for the next request
+    /// with the same prefix (a chat's next turn, a shared system prompt); least recently used
+    /// first out.
+    #[arg(long, default_value_t = 1024)]
+    pub prefix_cache_mb: u64,
     /// Let pages of this origin call the API from a browser (CORS), e.g.
     /// `http://localhost:3000`, or `*` for any. Off by default.
     #[arg(long)]
@@ -88,7 +97,13 @@ pub fn run(args: Args) -> Result<()> {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "model".into())
         });
-    let backend_args = args.backend.clone();
+    if args.max_batch == Some(0) {
+        anyhow::bail!("--max-batch must be at least 1");
+    }
+    let max_batch = args.max_batch.unwrap_or(8).min(backends::MAX_SLOTS);
+    let mut backend_args = args.backend.clone();
+    // As many idle slots again as running ones: the finished requests' caches for reuse.
+    backend_args.slots = 2 * max_batch;
     let state = unmask_server::start(
         model,
         Box::new(move |m| {
@@ -102,6 +117,10 @@ pub fn run(args: Args) -> Result<()> {
             per_decoder,
             cors: args.cors.clone(),
             max_tokens: args.max_tokens,
+            batching: unmask_server::worker::Batching {
+                max_batch,
+                prefix_cache_bytes: args.prefix_cache_mb.saturating_mul(1 << 20),
+            },
             http: HttpLimits {
                 max_connections: args.max_connections,
                 header_timeout: seconds("--header-timeout", args.header_timeout)?,
@@ -121,7 +140,11 @@ pub fn run(args: Args) -> Result<()> {
             .await
             .with_context(|| format!("listening on {}:{}", args.host, args.port))?;
         let addr = listener.local_addr()?;
-        eprintln!("serving `{model_id}` on http://{addr} (OpenAI API under /v1; Ctrl-C stops)");
+        eprintln!(
+            "serving `{model_id}` on http://{addr} (OpenAI API under /v1; Ctrl-C stops); \
+             up to {} requests per batched forward",
+            state.max_batch()
+        );
         unmask_server::serve(listener, state, async {
             let _ = tokio::signal::ctrl_c().await;
             eprintln!("stopping: finishing the requests in flight (Ctrl-C again quits at once)");

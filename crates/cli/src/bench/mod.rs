@@ -4,6 +4,7 @@
 //! effect. Timings live here and in the criterion benches, never in test assertions.
 
 pub mod bandwidth;
+pub mod batch;
 pub mod host;
 pub mod profile;
 pub mod realrun;

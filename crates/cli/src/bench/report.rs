@@ -31,6 +31,9 @@ pub struct Report {
     pub memory: Memory,
     /// Per-kernel times of the window step (`--profile`; `null` without it).
     pub profile: Option<Profile>,
+    /// The window step of several sequences in one batched forward (`--batch`; `null`
+    /// without it).
+    pub batch: Option<Vec<super::batch::BatchRow>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -313,6 +316,11 @@ pub fn print_table(r: &Report) {
     }
     if let Some(p) = &r.profile {
         super::profile::print(p, r.forward.ms.median);
+        println!();
+    }
+    if let Some(rows) = &r.batch {
+        println!();
+        super::batch::print(rows, r.setup.window);
         println!();
     }
     println!(

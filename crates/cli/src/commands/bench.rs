@@ -70,6 +70,11 @@ pub struct Args {
     /// queries, the host clock on cpu) and report the time, bytes and GB/s of each op family.
     #[arg(long)]
     pub profile: bool,
+    /// Also time the window step of N sequences at once (each after its own prompt) as one
+    /// batched forward, for each N given (comma-separated, e.g. `1,4,16`): ms per forward,
+    /// tokens/s per request and in total, bytes per generated token.
+    #[arg(long, value_delimiter = ',')]
+    pub batch: Vec<usize>,
     /// Leave out parts of the report (comma-separated; they are `null` in the JSON): for slow
     /// devices and smoke runs.
     #[arg(long, value_enum, value_delimiter = ',')]
@@ -102,6 +107,13 @@ impl Args {
             if !(b.is_finite() && b > 0.0) {
                 bail!("--bandwidth must be a positive number of GB/s");
             }
+        }
+        if let Some(&n) = self
+            .batch
+            .iter()
+            .find(|&&n| n == 0 || n > backends::MAX_SLOTS)
+        {
+            bail!("--batch {n}: each width must be in 1..={}", backends::MAX_SLOTS);
         }
         if self.model.is_some() && self.format.is_some() {
             bail!("--format chooses the precision of --shape's random weights; quantize a model directory while loading with --quantize q8_0|q4");
@@ -149,6 +161,7 @@ pub fn run(args: Args) -> Result<()> {
         m.description = format!("{}, quantized to {} at load", m.description, format.name());
     }
     let sizes = WeightBytes::of(&m.weights);
+    backend_args.slots = args.batch.iter().copied().max().unwrap_or(1);
     let t = Instant::now();
     let mut backend = backends::create_for(&m.config, &m.graph, &m.weights, &backend_args, false)?;
     let load_seconds = t.elapsed().as_secs_f64();
@@ -213,6 +226,22 @@ pub fn run(args: Args) -> Result<()> {
     }
     let detected = realrun::detected_decoder(&m);
     let real = real_runs.iter().find(|r| r.decoder == detected).cloned();
+
+    let batch = if args.batch.is_empty() {
+        None
+    } else {
+        note(&format!("batched window steps of {:?} sequences", args.batch));
+        Some(crate::bench::batch::measure(
+            be,
+            &m,
+            &sizes,
+            &args.batch,
+            (p, b),
+            (args.warmup, args.iters),
+            args.tokens_per_forward,
+            args.seed,
+        )?)
+    };
 
     let memory = Memory {
         peak_host_bytes: host::peak_resident_bytes(),
@@ -320,6 +349,7 @@ pub fn run(args: Args) -> Result<()> {
             measured_by_decoder: real_runs,
         },
         profile,
+        batch,
         bandwidth,
         memory,
     };

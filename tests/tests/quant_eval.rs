@@ -1,13 +1,16 @@
 //! The trained addition model quantized to q8_0 and q4 (written to a directory by
 //! `quant::quantize_dir` and loaded back like any model) still answers the 300 held-out
-//! problems of `golden/eval.json` on every backend: q8_0 at least 295 and q4 at least 294
-//! right (f32 gets 297).
+//! problems of `golden/eval.json` on every backend, and on cpu with the activations quantized
+//! too (`--int8-dots`): q8_0 at least 295 and q4 at least 294 right (f32 gets 297).
 
 use serde::Deserialize;
 use std::time::Instant;
 use unmask_core::quant::{quantize_dir, QuantFormat, QuantPlan, DEFAULT_SHARD_BYTES};
-use unmask_core::{generate, DecodeParams, Model};
+use unmask_core::reference::Kernels;
+use unmask_core::{generate, Backend, DecodeParams, Model, ReferenceBackend};
 use unmask_tests::{backends, fixture, read_json};
+
+type MakeBackend = Box<dyn Fn(&Model) -> Box<dyn Backend>>;
 
 #[derive(Deserialize)]
 struct Eval {
@@ -50,9 +53,34 @@ fn quantized_addition_model_keeps_its_accuracy() {
         );
         let model = Model::open(&out).unwrap();
         let ids = model.special_ids();
-        for be in backends() {
+        let mut cases: Vec<(&str, MakeBackend)> = backends()
+            .into_iter()
+            .map(|be| {
+                let make = be.make;
+                (
+                    be.name,
+                    Box::new(move |m: &Model| make(m).unwrap()) as MakeBackend,
+                )
+            })
+            .collect();
+        // `--int8-dots`: the activations quantized to 8 bits per block too.
+        cases.push((
+            "cpu --int8-dots",
+            Box::new(|m: &Model| {
+                Box::new(
+                    ReferenceBackend::with_kernels(
+                        m.graph.clone(),
+                        &m.weights,
+                        Kernels::Int8,
+                        &mut |_, _| {},
+                    )
+                    .unwrap(),
+                ) as Box<dyn Backend>
+            }),
+        ));
+        for (name, make) in &cases {
             let t0 = Instant::now();
-            let mut backend = (be.make)(&model).unwrap();
+            let mut backend = make(&model);
             let (mut correct, mut forwards, mut tokens) = (0, 0, 0);
             for c in &eval.cases {
                 let g = generate(
@@ -70,16 +98,14 @@ fn quantized_addition_model_keeps_its_accuracy() {
                 tokens += g.tokens.len();
             }
             println!(
-                "{}: {format}: {correct}/{} correct, {:.2} tokens per forward ({:.1} s)",
-                be.name,
+                "{name}: {format}: {correct}/{} correct, {:.2} tokens per forward ({:.1} s)",
                 eval.cases.len(),
                 tokens as f64 / forwards as f64,
                 t0.elapsed().as_secs_f64()
             );
             assert!(
                 correct >= required,
-                "{}: {format}: {correct} correct, at least {required} required",
-                be.name
+                "{name}: {format}: {correct} correct, at least {required} required"
             );
         }
     }

@@ -33,6 +33,10 @@ pub struct BackendArgs {
     /// Quantize the matrices and embedding table of a full-precision checkpoint while loading.
     #[arg(long, value_enum)]
     pub quantize: Option<crate::commands::quantize::FormatName>,
+    /// cpu: multiply q8_0 / q4 matrices by activations quantized to 8 bits per block of 32
+    /// (integer dot products, llama.cpp's way): faster, not bit for bit the f32 result.
+    #[arg(long)]
+    pub int8_dots: bool,
     /// KV-cache slots of the cpu backends (sequences decoded together or kept for reuse):
     /// set by `serve --max-batch` and `bench --batch`, 1 otherwise.
     #[arg(skip = 1usize)]
@@ -64,6 +68,14 @@ pub fn create_for(
         }
         None => weights,
     };
+    if args.int8_dots && !matches!(args.backend, BackendName::Cpu | BackendName::Auto) {
+        bail!("--int8-dots is a choice of the cpu backend's kernels");
+    }
+    let fast = if args.int8_dots {
+        Kernels::Int8
+    } else {
+        Kernels::Fast
+    };
     let mut why = String::new();
     let backend: Box<dyn Backend> = match args.backend {
         BackendName::Cuda => Box::new(cuda(config, graph, weights)?),
@@ -77,11 +89,11 @@ pub fn create_for(
                 }
                 Err(wgpu_why) => {
                     why = format!(" (auto: {cuda_why}; {wgpu_why})");
-                    Box::new(cpu(graph, weights, Kernels::Fast, args.slots)?)
+                    Box::new(cpu(graph, weights, fast, args.slots)?)
                 }
             },
         },
-        BackendName::Cpu => Box::new(cpu(graph, weights, Kernels::Fast, args.slots)?),
+        BackendName::Cpu => Box::new(cpu(graph, weights, fast, args.slots)?),
         BackendName::Reference => Box::new(cpu(graph, weights, Kernels::Reference, args.slots)?),
     };
     if !quiet {

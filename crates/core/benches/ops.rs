@@ -81,6 +81,14 @@ fn matmul(c: &mut Criterion) {
                 &n,
                 |b, _| b.iter(|| Kernels::Fast.matmul(black_box(&x), &w, &mut out)),
             );
+            if matches!(dtype, DType::Q8_0 | DType::Q4) {
+                // `--int8-dots`: the activations quantized per block, integer dot products.
+                g.bench_with_input(
+                    BenchmarkId::new(format!("qkv_{}_int8", dtype.name()), n),
+                    &n,
+                    |b, _| b.iter(|| Kernels::Int8.matmul(black_box(&x), &w, &mut out)),
+                );
+            }
         }
     }
     g.finish();

@@ -135,7 +135,13 @@ pub fn batch_traffic(
 pub fn print(rows: &[BatchRow], window: usize) {
     println!(
         "  {:<12}{:>12}{:>16}{:>14}{:>16}{:>16}{:>10}",
-        "batch", "ms/forward", "tok/s/request", "tok/s total", "bytes/forward", "bytes/token", "experts"
+        "batch",
+        "ms/forward",
+        "tok/s/request",
+        "tok/s total",
+        "bytes/forward",
+        "bytes/token",
+        "experts"
     );
     for r in rows {
         println!(
@@ -173,8 +179,11 @@ mod tests {
         assert!(four.bytes_per_forward < 4 * one.bytes_per_forward);
         assert!(four.bytes_per_generated_token < one.bytes_per_generated_token);
         assert!(four.experts_touched >= one.experts_touched);
-        assert!((four.tokens_per_second_total / four.tokens_per_second_per_request - 4.0).abs() < 1e-9);
-        let mut single = ReferenceBackend::new(m.graph.clone(), &m.weights, &mut |_, _| {}).unwrap();
+        assert!(
+            (four.tokens_per_second_total / four.tokens_per_second_per_request - 4.0).abs() < 1e-9
+        );
+        let mut single =
+            ReferenceBackend::new(m.graph.clone(), &m.weights, &mut |_, _| {}).unwrap();
         let e = measure(&mut single, &m, &sizes, &[2], (16, 8), (0, 1), 2.0, 0)
             .unwrap_err()
             .to_string();

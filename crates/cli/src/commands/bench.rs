@@ -113,7 +113,10 @@ impl Args {
             .iter()
             .find(|&&n| n == 0 || n > backends::MAX_SLOTS)
         {
-            bail!("--batch {n}: each width must be in 1..={}", backends::MAX_SLOTS);
+            bail!(
+                "--batch {n}: each width must be in 1..={}",
+                backends::MAX_SLOTS
+            );
         }
         if self.model.is_some() && self.format.is_some() {
             bail!("--format chooses the precision of --shape's random weights; quantize a model directory while loading with --quantize q8_0|q4");
@@ -230,7 +233,10 @@ pub fn run(args: Args) -> Result<()> {
     let batch = if args.batch.is_empty() {
         None
     } else {
-        note(&format!("batched window steps of {:?} sequences", args.batch));
+        note(&format!(
+            "batched window steps of {:?} sequences",
+            args.batch
+        ));
         Some(crate::bench::batch::measure(
             be,
             &m,

@@ -83,6 +83,14 @@ impl Matrix {
         }
     }
 
+    /// The packed tensor of a q8_0 / q4 matrix.
+    pub fn packed_tensor(&self) -> Option<&Tensor> {
+        match &self.data {
+            Data::Packed(t) => Some(t),
+            _ => None,
+        }
+    }
+
     /// The stored dtype (quantized matrices report their format).
     pub fn dtype(&self) -> DType {
         match &self.data {

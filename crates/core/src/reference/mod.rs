@@ -123,6 +123,11 @@ impl Backend for ReferenceBackend {
                 fast::matmul::isa(),
                 parallel::threads()
             ),
+            Kernels::Int8 => format!(
+                "cpu ({}, int8 dots for q8_0/q4, {} threads)",
+                fast::matmul::isa(),
+                parallel::threads()
+            ),
         }
     }
 

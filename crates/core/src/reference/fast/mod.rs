@@ -2,6 +2,7 @@
 //! matmuls, dense and per expert) in SIMD where the machine has it. `Kernels::Reference` keeps
 //! the plain loops: the oracle the conformance suite compares every backend with.
 
+pub mod int8;
 pub mod isa;
 mod lanes;
 pub mod matmul;
@@ -16,12 +17,18 @@ pub enum Kernels {
     Reference,
     /// SIMD where the machine and the weight format have it, else the plain loop (`--backend cpu`).
     Fast,
+    /// `Fast`, with q8_0 / q4 matrices multiplied by activations quantized to 8 bits per block
+    /// (int8.rs): faster, not bit for bit (`--backend cpu --int8-dots`).
+    Int8,
 }
 
 impl Kernels {
     /// `out[n, w.rows] = x[n, w.cols] @ w^T`.
     pub fn matmul(self, x: &[f32], w: &Matrix, out: &mut [f32]) {
-        if self == Kernels::Fast && matmul::matmul(x, w, out).is_some() {
+        if self == Kernels::Int8 && int8::matmul(x, w, out).is_some() {
+            return;
+        }
+        if self != Kernels::Reference && matmul::matmul(x, w, out).is_some() {
             return;
         }
         ops::matmul(x, w, out)

@@ -399,11 +399,20 @@ fn step_all(
         }
     }
     leaving.sort_unstable_by_key(|(i, _)| std::cmp::Reverse(*i));
-    for (i, ended) in leaving {
-        let r = running.remove(i);
-        let kept =
-            (!broken[i] && matches!(ended, None | Some(Error::Cancelled))).then(|| r.run.kept());
-        pool.end(backend, r.slot, kept);
+    let left: Vec<(Running, Option<Error>)> = leaving
+        .into_iter()
+        .map(|(i, ended)| {
+            let r = running.remove(i);
+            let kept = (!broken[i] && matches!(ended, None | Some(Error::Cancelled)))
+                .then(|| r.run.kept());
+            pool.end(backend, r.slot, kept);
+            (r, ended)
+        })
+        .collect();
+    // Counted out before their answers go, so that a client that has its answer never sees
+    // itself still running.
+    m.running.store(running.len() as u64, Relaxed);
+    for (r, ended) in left.into_iter().rev() {
         match ended {
             None => finish(model, r, m),
             Some(Error::Cancelled) => {

@@ -166,7 +166,7 @@ pub fn attention(
                 }
                 let mut sum = 0f32;
                 for sc in &mut scores[..visible] {
-                    *sc = (*sc - max).exp();
+                    *sc = exp(*sc - max);
                     sum += *sc;
                 }
                 let o = &mut part[(ri * heads.q + h) * d..(ri * heads.q + h + 1) * d];
@@ -186,6 +186,44 @@ pub fn attention(
         out[rows.start * w..rows.end * w].copy_from_slice(&part);
     }
 }
+
+/// `e^x` for the attention softmax: Cephes' `expf` (range reduction by ln 2 in two parts, a
+/// degree-5 polynomial, the power of two built in the exponent bits), within 2 ulp of the
+/// exact value; 0 below -87 (the arguments are `score - max <= 0`). Written as plain f32
+/// operations, each one IEEE-rounded, so that the SIMD softmax (`fast/attention.rs`, lane by
+/// lane the same operations) is bit for bit this function.
+#[inline]
+pub fn exp(x: f32) -> f32 {
+    let x = if x > EXP_HI { EXP_HI } else { x };
+    if x < EXP_LO {
+        return 0.0;
+    }
+    // n = round(x / ln 2), to nearest even, by the 1.5 * 2^23 trick.
+    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = EXP_P[0];
+    for &c in &EXP_P[1..] {
+        p = p * r + c;
+    }
+    let e = p * (r * r) + r + 1.0;
+    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// The range of [`exp`]: above `EXP_HI` it is clamped (2^127 at most, finite), below `EXP_LO` 0.
+pub const EXP_HI: f32 = 88.0;
+pub const EXP_LO: f32 = -87.0;
+pub const ROUND: f32 = 12582912.0;
+pub const LN2_HI: f32 = 0.693_359_4;
+pub const LN2_LO: f32 = -2.121_944_4e-4;
+/// Cephes' `expf` polynomial, highest power first.
+pub const EXP_P: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_2e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    0.166_666_65,
+    0.5,
+];
 
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
@@ -383,6 +421,23 @@ mod tests {
             scaling: 2.5,
             block: None,
         }
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_of_the_exact_value() {
+        let mut worst = 0u32;
+        for i in 0..=870_000 {
+            let x = -(i as f32) * 1e-4;
+            let want = (x as f64).exp() as f32;
+            let got = exp(x);
+            worst = worst.max(got.to_bits().abs_diff(want.to_bits()));
+        }
+        assert!(worst <= 2, "{worst} ulp");
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(-100.0), 0.0);
+        assert!(exp(f32::NAN).is_nan());
+        assert!(exp(100.0).is_finite());
     }
 
     #[test]

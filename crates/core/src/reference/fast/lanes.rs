@@ -27,6 +27,60 @@ pub trait Lanes: Copy {
     unsafe fn mul(a: Self, b: Self) -> Self;
     /// The lanes summed in the reference's order: `((a0+a4)+(a1+a5)) + ((a2+a6)+(a3+a7))`.
     unsafe fn hsum(self) -> f32;
+    unsafe fn store(self, p: *mut f32);
+    /// `[a[0].hsum(), .., a[7].hsum()]` as one vector (eight dot products finished at once).
+    #[inline(always)]
+    unsafe fn hsum8(a: [Self; 8]) -> Self {
+        let mut v = [0f32; 8];
+        for (o, x) in v.iter_mut().zip(a) {
+            *o = x.hsum();
+        }
+        Self::load(v.as_ptr())
+    }
+    #[inline(always)]
+    unsafe fn max(a: Self, b: Self) -> Self {
+        let (mut x, mut y) = ([0f32; 8], [0f32; 8]);
+        a.store(x.as_mut_ptr());
+        b.store(y.as_mut_ptr());
+        for (x, y) in x.iter_mut().zip(y) {
+            *x = x.max(y);
+        }
+        Self::load(x.as_ptr())
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        Self::load([x; 8].as_ptr())
+    }
+    #[inline(always)]
+    unsafe fn sub(a: Self, b: Self) -> Self {
+        let (mut x, mut y) = ([0f32; 8], [0f32; 8]);
+        a.store(x.as_mut_ptr());
+        b.store(y.as_mut_ptr());
+        for (x, y) in x.iter_mut().zip(y) {
+            *x -= y;
+        }
+        Self::load(x.as_ptr())
+    }
+    #[inline(always)]
+    unsafe fn div(a: Self, b: Self) -> Self {
+        let (mut x, mut y) = ([0f32; 8], [0f32; 8]);
+        a.store(x.as_mut_ptr());
+        b.store(y.as_mut_ptr());
+        for (x, y) in x.iter_mut().zip(y) {
+            *x /= y;
+        }
+        Self::load(x.as_ptr())
+    }
+    /// `ops::exp` of each lane, bit for bit. By default lane by lane.
+    #[inline(always)]
+    unsafe fn exp(self) -> Self {
+        let mut v = [0f32; 8];
+        self.store(v.as_mut_ptr());
+        for x in &mut v {
+            *x = crate::reference::ops::exp(*x);
+        }
+        Self::load(v.as_ptr())
+    }
 }
 
 /// A weight element as stored: what one row of the matrix is a slice of.

@@ -2,6 +2,7 @@
 //! matmuls, dense and per expert) in SIMD where the machine has it. `Kernels::Reference` keeps
 //! the plain loops: the oracle the conformance suite compares every backend with.
 
+pub mod attention;
 pub mod int8;
 pub mod isa;
 mod lanes;
@@ -23,6 +24,26 @@ pub enum Kernels {
 }
 
 impl Kernels {
+    /// `ops::attention`, in SIMD unless these are the reference kernels (bit for bit the same).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        self,
+        qkv: &[f32],
+        heads: crate::graph::Heads,
+        k_cache: &[f32],
+        v_cache: &[f32],
+        start: usize,
+        block: usize,
+        out: &mut [f32],
+    ) {
+        if self != Kernels::Reference
+            && attention::attention(qkv, heads, k_cache, v_cache, start, block, out)
+        {
+            return;
+        }
+        ops::attention(qkv, heads, k_cache, v_cache, start, block, out)
+    }
+
     /// `out[n, w.rows] = x[n, w.cols] @ w^T`.
     pub fn matmul(self, x: &[f32], w: &Matrix, out: &mut [f32]) {
         if self == Kernels::Int8 && int8::matmul(x, w, out).is_some() {

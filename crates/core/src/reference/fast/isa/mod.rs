@@ -7,6 +7,7 @@ pub mod neon;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 pub mod simd128;
 
+use super::attention::Args;
 use super::tiles::Block;
 
 /// A SIMD instruction set this build has kernels for; only the ones that can exist on this
@@ -62,6 +63,21 @@ impl Isa {
             Isa::Neon => super::tiles::block::<neon::Neon>(b, part, scratch),
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
             Isa::Simd128 => super::tiles::block::<simd128::Simd128>(b, part, scratch),
+        }
+    }
+
+    /// attention::run in this instruction set.
+    ///
+    /// # Safety
+    /// `self` came from [`Isa::detect`] on this machine; the head dim is a multiple of 8.
+    pub unsafe fn attention(self, a: &Args, rows: std::ops::Range<usize>, part: &mut [f32]) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => avx2::attention(a, rows, part),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => super::attention::run::<neon::Neon>(a, rows, part),
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Isa::Simd128 => super::attention::run::<simd128::Simd128>(a, rows, part),
         }
     }
 }

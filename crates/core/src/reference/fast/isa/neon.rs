@@ -34,6 +34,11 @@ impl Lanes for Neon {
         Neon(vmulq_f32(a.0, b.0), vmulq_f32(a.1, b.1))
     }
     #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        vst1q_f32(p, self.0);
+        vst1q_f32(p.add(4), self.1);
+    }
+    #[inline(always)]
     unsafe fn hsum(self) -> f32 {
         // b_i = a_i + a_{i+4}; then (b0+b1) + (b2+b3).
         let b = vaddq_f32(self.0, self.1);

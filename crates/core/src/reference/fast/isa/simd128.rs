@@ -39,6 +39,11 @@ impl Lanes for Simd128 {
         Simd128(f32x4_mul(a.0, b.0), f32x4_mul(a.1, b.1))
     }
     #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        v128_store(p as *mut v128, self.0);
+        v128_store(p.add(4) as *mut v128, self.1);
+    }
+    #[inline(always)]
     unsafe fn hsum(self) -> f32 {
         // b_i = a_i + a_{i+4}; then (b0+b1) + (b2+b3).
         let b = f32x4_add(self.0, self.1);

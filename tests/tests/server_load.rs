@@ -33,18 +33,22 @@ async fn answer(s: &TestServer, body: Value, stream: bool) -> String {
     }
 }
 
+/// Each question's answer from a generation alone, with the request body `body(q)` gives.
+fn alone(m: &unmask_core::Model, qs: &[String], body: impl Fn(&str) -> Value) -> Vec<String> {
+    qs.iter()
+        .map(|q| {
+            let p = m.tokenizer.encode_chat(&user(q)).unwrap();
+            expected(m, &p, &params_for(m, &body(q))).0
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_clients_each_get_their_own_answer() {
     let s = Arc::new(start(load(ADD_MODEL), 64, cpu()).await);
     let m = s.model.clone();
     let qs = questions(&m.dir, 6);
-    let want: Vec<String> = qs
-        .iter()
-        .map(|q| {
-            let p = m.tokenizer.encode_chat(&user(q)).unwrap();
-            expected(&m, &p, &params_for(&m, &json!({}))).0
-        })
-        .collect();
+    let want = alone(&m, &qs, |_| json!({}));
     let tasks = (0..qs.len() * 2).map(|i| {
         let (s, q) = (s.clone(), qs[i % qs.len()].clone());
         tokio::spawn(async move { answer(&s, chat_body(&q, json!({})), i % 2 == 1).await })
@@ -66,13 +70,7 @@ async fn eight_clients_decode_together_and_answer_as_alone() {
     let s = Arc::new(start(load(ADD_MODEL), 64, gated_batched(gate.clone(), 8)).await);
     let m = s.model.clone();
     let qs = questions(&m.dir, 8);
-    let want: Vec<String> = qs
-        .iter()
-        .map(|q| {
-            let p = m.tokenizer.encode_chat(&user(q)).unwrap();
-            expected(&m, &p, &params_for(&m, &json!({}))).0
-        })
-        .collect();
+    let want = alone(&m, &qs, |_| json!({}));
     assert_eq!(s.metric("unmask_max_batch").await, 8.0);
     // The first request holds the worker at the gate while the other seven queue; once it
     // opens they join the first at its next step.
@@ -113,13 +111,7 @@ async fn a_client_that_leaves_a_batch_leaves_the_others_untouched() {
     let s = Arc::new(start(load(ADD_MODEL), 8, cpu_batched(4)).await);
     let m = s.model.clone();
     let qs = questions(&m.dir, 4);
-    let want: Vec<String> = qs[1..]
-        .iter()
-        .map(|q| {
-            let p = m.tokenizer.encode_chat(&user(q)).unwrap();
-            expected(&m, &p, &params_for(&m, &long_request(q, false))).0
-        })
-        .collect();
+    let want = alone(&m, &qs[1..], |q| long_request(q, false));
     // The first client streams and goes away once all four decode together.
     let r = s
         .client

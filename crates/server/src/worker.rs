@@ -2,6 +2,11 @@
 //! thread and never leaves it; requests reach it through a bounded queue and answer through a
 //! per-request channel. A closed channel means the client went away: the job is skipped if it
 //! is still queued and cancelled at the next decoder step if it is running.
+//!
+//! Continuous batching: before each forward the thread admits queued requests while fewer than
+//! `max_batch` run, each into the KV-cache slot that holds the most of its prompt
+//! (`SlotPool`), then runs the next step of every running request as one batched forward
+//! (`Backend::step_batch`); a request leaves as soon as its answer is complete.
 
 use crate::completion::{Completion, FinishReason, Run, Update};
 use crate::error::ApiError;
@@ -55,7 +60,7 @@ pub struct Worker {
 impl Worker {
     /// Starts the thread and waits until its backend is built (its error is returned).
     /// `capacity` requests may wait while `batching.max_batch` run; 0 admits a request only
-    /// when there is room in the batch.
+    /// while the worker is idle, waiting for work.
     pub fn spawn(
         model: Arc<Model>,
         make_backend: BackendFactory,

@@ -306,23 +306,16 @@ unsafe fn avx2_tile<const T: usize>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{matrix, ramp};
     use super::*;
     use crate::weights::DType;
-
-    fn matrix(rows: usize, cols: usize, dtype: DType, seed: u64) -> Matrix {
-        let mut rng = crate::synthetic::SplitMix(seed);
-        let vals: Vec<f32> = (0..rows * cols).map(|_| rng.symmetric()).collect();
-        Matrix::from_tensor(&crate::synthetic::tensor(dtype, &[rows, cols], &vals).unwrap())
-    }
 
     #[test]
     fn int8_dots_are_close_to_f32_and_every_isa_agrees() {
         for dtype in [DType::Q8_0, DType::Q4] {
             for (n, m, k) in [(1, 3, 32), (5, 33, 64), (32, 70, 2048)] {
                 let w = matrix(m, k, dtype, 11);
-                let x: Vec<f32> = (0..n * k)
-                    .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
-                    .collect();
+                let x = ramp(n * k);
                 let mut want = vec![0f32; n * m];
                 super::super::super::ops::matmul(&x, &w, &mut want);
                 let mut got = vec![f32::NAN; n * m];

@@ -37,15 +37,11 @@ pub trait Lanes: Copy {
         }
         Self::load(v.as_ptr())
     }
+    // The defaults below go lane by lane through memory: instruction sets override the ones
+    // their kernels use in hot loops (isa/avx2.rs).
     #[inline(always)]
     unsafe fn max(a: Self, b: Self) -> Self {
-        let (mut x, mut y) = ([0f32; 8], [0f32; 8]);
-        a.store(x.as_mut_ptr());
-        b.store(y.as_mut_ptr());
-        for (x, y) in x.iter_mut().zip(y) {
-            *x = x.max(y);
-        }
-        Self::load(x.as_ptr())
+        lanewise(a, b, f32::max)
     }
     #[inline(always)]
     unsafe fn splat(x: f32) -> Self {
@@ -53,23 +49,11 @@ pub trait Lanes: Copy {
     }
     #[inline(always)]
     unsafe fn sub(a: Self, b: Self) -> Self {
-        let (mut x, mut y) = ([0f32; 8], [0f32; 8]);
-        a.store(x.as_mut_ptr());
-        b.store(y.as_mut_ptr());
-        for (x, y) in x.iter_mut().zip(y) {
-            *x -= y;
-        }
-        Self::load(x.as_ptr())
+        lanewise(a, b, |x, y| x - y)
     }
     #[inline(always)]
     unsafe fn div(a: Self, b: Self) -> Self {
-        let (mut x, mut y) = ([0f32; 8], [0f32; 8]);
-        a.store(x.as_mut_ptr());
-        b.store(y.as_mut_ptr());
-        for (x, y) in x.iter_mut().zip(y) {
-            *x /= y;
-        }
-        Self::load(x.as_ptr())
+        lanewise(a, b, |x, y| x / y)
     }
     /// `ops::exp` of each lane, bit for bit. By default lane by lane.
     #[inline(always)]
@@ -81,6 +65,18 @@ pub trait Lanes: Copy {
         }
         Self::load(v.as_ptr())
     }
+}
+
+/// `f` of each pair of lanes, through memory.
+#[inline(always)]
+unsafe fn lanewise<L: Lanes>(a: L, b: L, f: impl Fn(f32, f32) -> f32) -> L {
+    let (mut x, mut y) = ([0f32; 8], [0f32; 8]);
+    a.store(x.as_mut_ptr());
+    b.store(y.as_mut_ptr());
+    for (x, y) in x.iter_mut().zip(y) {
+        *x = f(*x, y);
+    }
+    L::load(x.as_ptr())
 }
 
 /// A weight element as stored: what one row of the matrix is a slice of.

@@ -55,14 +55,9 @@ pub fn matmul(x: &[f32], w: &Matrix, out: &mut [f32]) -> Option<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{matrix, ramp};
     use super::*;
     use crate::weights::DType;
-
-    fn matrix(rows: usize, cols: usize, dtype: DType, seed: u64) -> Matrix {
-        let mut rng = crate::synthetic::SplitMix(seed);
-        let vals: Vec<f32> = (0..rows * cols).map(|_| rng.symmetric()).collect();
-        Matrix::from_tensor(&crate::synthetic::tensor(dtype, &[rows, cols], &vals).unwrap())
-    }
 
     #[test]
     fn equals_the_reference_bit_for_bit_on_odd_shapes() {
@@ -74,9 +69,7 @@ mod tests {
             // and more rows than one block.
             for (n, m, k) in [(1, 3, 8), (5, 33, 19), (7, 70, 300), (32, 65, 2048)] {
                 let w = matrix(m, k, dtype, 7);
-                let x: Vec<f32> = (0..n * k)
-                    .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
-                    .collect();
+                let x = ramp(n * k);
                 let mut want = vec![0f32; n * m];
                 super::super::super::ops::matmul(&x, &w, &mut want);
                 let mut got = vec![f32::NAN; n * m];

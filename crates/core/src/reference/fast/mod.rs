@@ -55,3 +55,24 @@ impl Kernels {
         ops::matmul(x, w, out)
     }
 }
+
+/// What the kernels' tests build their cases from.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Matrix;
+    use crate::weights::DType;
+
+    /// A `[rows, cols]` matrix of seeded values in (-1, 1), stored as `dtype`.
+    pub fn matrix(rows: usize, cols: usize, dtype: DType, seed: u64) -> Matrix {
+        let mut rng = crate::synthetic::SplitMix(seed);
+        let vals: Vec<f32> = (0..rows * cols).map(|_| rng.symmetric()).collect();
+        Matrix::from_tensor(&crate::synthetic::tensor(dtype, &[rows, cols], &vals).unwrap())
+    }
+
+    /// `len` activations in [-1, 1], no two neighbours alike.
+    pub fn ramp(len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect()
+    }
+}

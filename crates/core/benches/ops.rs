@@ -165,6 +165,24 @@ fn attention(c: &mut Criterion) {
                 b.iter(|| ops::attention(black_box(&qkv), HEADS, &k, &v, cached, WINDOW, &mut out))
             },
         );
+        // The cpu backend's SIMD attention (bit for bit the same).
+        g.bench_with_input(
+            BenchmarkId::new("window32_mini_heads_fast", cached),
+            &cached,
+            |b, _| {
+                b.iter(|| {
+                    Kernels::Fast.attention(
+                        black_box(&qkv),
+                        HEADS,
+                        &k,
+                        &v,
+                        cached,
+                        WINDOW,
+                        &mut out,
+                    )
+                })
+            },
+        );
     }
     g.finish();
 }

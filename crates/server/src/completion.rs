@@ -136,10 +136,9 @@ impl<'m> Run<'m> {
         Ok(())
     }
 
-    /// The tokens whose K/V the backend's cache now holds as final, and their block length
-    /// (what `KvPrefix::end` keeps).
-    pub fn kept(&self) -> (&[u32], usize) {
-        (self.decoding.final_prefix(), self.decoding.block_length())
+    /// The decoding, for what `KvPrefix::end` keeps of it.
+    pub fn decoded(&self) -> &Decoding {
+        &self.decoding
     }
 
     /// The answer, once [`Run::next_step`] has returned `None`: the text's tail goes to
@@ -224,8 +223,7 @@ pub fn complete(
     };
     // Steps that completed left final K/V, also when the consumer stopped; after any other
     // error the cache may be half written.
-    let kept = matches!(result, Ok(()) | Err(Error::Cancelled)).then(|| run.kept());
-    cache.end(kept);
+    cache.end(matches!(result, Ok(()) | Err(Error::Cancelled)).then(|| run.decoded()));
     result?;
     run.finish(on_update)
 }

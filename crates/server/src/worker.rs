@@ -409,7 +409,7 @@ fn step_all(
         .map(|(i, ended)| {
             let r = running.remove(i);
             let kept = (!broken[i] && matches!(ended, None | Some(Error::Cancelled)))
-                .then(|| r.run.kept());
+                .then(|| r.run.decoded());
             pool.end(backend, r.slot, kept);
             (r, ended)
         })

@@ -25,8 +25,6 @@ pub struct BatchRun {
     pub generations: Vec<Result<Generation>>,
     /// Sequences in each batched forward, in order.
     pub batch_sizes: Vec<usize>,
-    /// Per request: the prompt positions taken from a slot's cache.
-    pub reused: Vec<usize>,
 }
 
 struct Active {
@@ -47,7 +45,6 @@ pub fn generate_batch(
     let width = max_batch.clamp(1, backend.slots());
     let mut pool = SlotPool::new(backend.slots(), usize::MAX);
     let mut generations: Vec<Option<Result<Generation>>> = requests.iter().map(|_| None).collect();
-    let mut reused = vec![0; requests.len()];
     let mut batch_sizes = Vec::new();
     let mut waiting: std::collections::VecDeque<usize> = (0..requests.len()).collect();
     let mut active: Vec<Active> = Vec::new();
@@ -71,7 +68,7 @@ pub fn generate_batch(
             let slot = pool
                 .choose(r.prompt, &r.params)
                 .ok_or_else(|| Error::Invalid("no free KV-cache slot".into()))?;
-            reused[next] = pool.begin(backend, slot, &mut d, r.prompt, &r.params)?;
+            pool.begin(backend, slot, &mut d, r.prompt, &r.params)?;
             active.push(Active {
                 request: next,
                 slot,
@@ -111,8 +108,7 @@ pub fn generate_batch(
         ended.sort_unstable();
         for i in ended.into_iter().rev() {
             let a = active.remove(i);
-            let kept = (a.decoding.final_prefix(), a.decoding.block_length());
-            pool.end(backend, a.slot, Some(kept));
+            pool.end(backend, a.slot, Some(&a.decoding));
             if generations[a.request].is_none() {
                 generations[a.request] = Some(a.decoding.into_result());
             }
@@ -124,6 +120,5 @@ pub fn generate_batch(
             .map(|g| g.unwrap_or_else(|| Err(Error::Invalid("never decoded".into()))))
             .collect(),
         batch_sizes,
-        reused,
     })
 }

@@ -56,11 +56,6 @@ impl KvPrefix {
         self.block_length = 0;
     }
 
-    /// Positions whose K/V the entry describes.
-    pub fn len(&self) -> usize {
-        self.tokens.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
     }
@@ -87,13 +82,13 @@ impl KvPrefix {
         Ok(reused)
     }
 
-    /// After a generation: `kept` holds the tokens it left final in the cache and their block
-    /// length, `None` after a backend error (the cache may be half written).
-    pub fn end(&mut self, kept: Option<(&[u32], usize)>) {
+    /// After a generation: what `kept` left final in the cache, `None` after a backend error
+    /// (the cache may be half written).
+    pub fn end(&mut self, kept: Option<&Decoding>) {
         match kept {
-            Some((tokens, block_length)) => {
-                self.tokens = tokens.to_vec();
-                self.block_length = block_length;
+            Some(d) => {
+                self.tokens = d.final_prefix().to_vec();
+                self.block_length = d.block_length();
             }
             None => self.forget(),
         }
@@ -139,9 +134,7 @@ pub fn generate_reusing(
     }
     // Steps that completed left final K/V whether decoding finished or its consumer stopped
     // it; after any other error the cache may be half written.
-    let kept = matches!(failed, None | Some(Error::Cancelled))
-        .then(|| (decoding.final_prefix(), p.block_length));
-    cache.end(kept);
+    cache.end(matches!(failed, None | Some(Error::Cancelled)).then_some(&decoding));
     match failed {
         Some(e) => Err(e),
         None => decoding.into_result(),

@@ -41,10 +41,6 @@ impl SlotPool {
         self.entries.len()
     }
 
-    pub fn busy(&self) -> usize {
-        self.entries.iter().filter(|e| e.busy).count()
-    }
-
     /// The idle slot `prompt` should run in, `None` when every slot is busy.
     pub fn choose(&self, prompt: &[u32], p: &DecodeParams) -> Option<usize> {
         let idle = || self.entries.iter().enumerate().filter(|(_, e)| !e.busy);
@@ -80,14 +76,9 @@ impl SlotPool {
         r
     }
 
-    /// How many positions the last generation in `slot` reused.
-    pub fn reused(&self, slot: usize) -> usize {
-        self.entries[slot].prefix.reused()
-    }
-
     /// `slot` is idle again, its entry set as `KvPrefix::end` says; then least recently used
     /// idle entries are reset while the idle slots hold more than the bound.
-    pub fn end(&mut self, backend: &mut dyn Backend, slot: usize, kept: Option<(&[u32], usize)>) {
+    pub fn end(&mut self, backend: &mut dyn Backend, slot: usize, kept: Option<&Decoding>) {
         self.clock += 1;
         let e = &mut self.entries[slot];
         e.busy = false;

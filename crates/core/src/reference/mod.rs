@@ -20,11 +20,8 @@ use std::ops::Range;
 pub struct ReferenceBackend {
     graph: Graph,
     weights: Vec<Matrix>,
-    /// Per slot, per layer: K and V as `[capacity, kv_heads * head_dim]` (grown on demand).
-    k_cache: Vec<Vec<Vec<f32>>>,
-    v_cache: Vec<Vec<Vec<f32>>>,
-    /// Positions held per slot.
-    cached: Vec<usize>,
+    /// The KV-cache slots (slot 0 is the one `step` uses).
+    slots: Vec<KvSlot>,
     /// The concatenated window tokens and row counts of the step being run.
     tokens: Vec<u32>,
     rows: (usize, usize),
@@ -78,10 +75,8 @@ impl ReferenceBackend {
             .collect();
         let nb = graph.buffers.len();
         Ok(ReferenceBackend {
-            k_cache: vec![vec![Vec::new(); graph.num_layers]],
-            v_cache: vec![vec![Vec::new(); graph.num_layers]],
+            slots: vec![KvSlot::new(graph.num_layers)],
             weights,
-            cached: vec![0],
             tokens: Vec::new(),
             rows: (0, 0),
             token_rows: graph.token_rows(),
@@ -101,11 +96,8 @@ impl ReferenceBackend {
     /// The same backend with `slots` KV caches (at least 1), for batches of that many
     /// sequences. A slot's cache takes memory only for the positions it holds.
     pub fn with_slots(mut self, slots: usize) -> Self {
-        let n = slots.max(1);
         let layers = self.graph.num_layers;
-        self.k_cache.resize(n, vec![Vec::new(); layers]);
-        self.v_cache.resize(n, vec![Vec::new(); layers]);
-        self.cached.resize(n, 0);
+        self.slots.resize_with(slots.max(1), || KvSlot::new(layers));
         self
     }
 
@@ -132,27 +124,25 @@ impl Backend for ReferenceBackend {
     }
 
     fn cached(&self) -> usize {
-        self.cached[0]
+        self.slots[0].cached
     }
 
     fn reset(&mut self) {
-        self.cached[0] = 0;
+        self.slots[0].cached = 0;
     }
 
     fn slots(&self) -> usize {
-        self.cached.len()
+        self.slots.len()
     }
 
     fn cached_in(&self, slot: usize) -> usize {
-        self.cached.get(slot).copied().unwrap_or(0)
+        self.slots.get(slot).map_or(0, |s| s.cached)
     }
 
     fn reset_slot(&mut self, slot: usize) {
-        if slot < self.cached.len() {
-            self.cached[slot] = 0;
-            let layers = self.graph.num_layers;
-            self.k_cache[slot] = vec![Vec::new(); layers];
-            self.v_cache[slot] = vec![Vec::new(); layers];
+        if slot < self.slots.len() {
+            // A new slot: the memory it held is freed.
+            self.slots[slot] = KvSlot::new(self.graph.num_layers);
         }
     }
 
@@ -192,6 +182,24 @@ impl Backend for ReferenceBackend {
             self.run(&[slot0(s)], Some(&mut times))
                 .map(|mut out| (out.remove(0), times)),
         )
+    }
+}
+
+/// One sequence's KV cache: per layer K and V as `[capacity, kv_heads * head_dim]` (grown on
+/// demand), and the positions it holds.
+struct KvSlot {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    cached: usize,
+}
+
+impl KvSlot {
+    fn new(layers: usize) -> Self {
+        KvSlot {
+            k: vec![Vec::new(); layers],
+            v: vec![Vec::new(); layers],
+            cached: 0,
+        }
     }
 }
 
@@ -240,8 +248,8 @@ impl ReferenceBackend {
         steps: &[SlotStep],
         mut times: Option<&mut Vec<KernelTime>>,
     ) -> Result<Vec<StepOutput>> {
-        let cached = &self.cached;
-        crate::backend::check_batch(steps, cached.len(), |s| cached[s], self.token_rows)?;
+        let slots = &self.slots;
+        crate::backend::check_batch(steps, slots.len(), |s| slots[s].cached, self.token_rows)?;
         let segs = segments(steps);
         self.tokens.clear();
         for s in steps {
@@ -271,12 +279,13 @@ impl ReferenceBackend {
             // A half-run forward may have written part of a window's K/V: nothing past the
             // step's start is trusted.
             for s in steps {
-                self.cached[s.slot] = self.cached[s.slot].min(s.step.start);
+                let c = &mut self.slots[s.slot].cached;
+                *c = (*c).min(s.step.start);
             }
             return Err(e);
         }
         for s in steps {
-            self.cached[s.slot] = s.step.start + s.step.keep;
+            self.slots[s.slot].cached = s.step.start + s.step.keep;
         }
         self.stats = StepStats {
             dispatches,
@@ -440,8 +449,8 @@ impl ReferenceBackend {
                 for seg in segs {
                     let (n, start) = (seg.rows.len(), seg.step.start);
                     let end = start + n;
-                    let kc = &mut self.k_cache[seg.slot][*layer];
-                    let vc = &mut self.v_cache[seg.slot][*layer];
+                    let kv = &mut self.slots[seg.slot];
+                    let (kc, vc) = (&mut kv.k[*layer], &mut kv.v[*layer]);
                     if kc.len() < end * kvw {
                         kc.resize(end * kvw, 0.0);
                         vc.resize(end * kvw, 0.0);

@@ -3,11 +3,37 @@
 
 use super::rng;
 use crate::backend::{SampleParams, Sampled, NO_TOKEN};
+use crate::reference::{fast, ops};
 
 /// Whether the decoder may ever produce `id`.
 #[inline]
 fn allowed(id: usize, p: &SampleParams) -> bool {
     id as u32 != p.mask && (id as u32) < p.valid_vocab
+}
+
+/// Whether any of `c` is greater than `x` (never for a NaN), without a branch per value. The
+/// scans for the largest values go by chunks of 8 and skip every chunk where this is false:
+/// most of a row, once its first chunks are seen.
+#[inline(always)]
+fn any_above(c: &[f32], x: f32) -> bool {
+    c.iter().fold(false, |a, &v| a | (v > x))
+}
+
+/// The largest value of the row, NaNs ignored as `f32::max` ignores them, in eight running
+/// maxima (a maximum does not depend on the order it is taken in).
+fn row_max(row: &[f32]) -> f32 {
+    let chunks = row.chunks_exact(8);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut m = [f32::NEG_INFINITY; 8];
+    for c in chunks {
+        for (m, &v) in m.iter_mut().zip(c) {
+            *m = m.max(v);
+        }
+    }
+    m.iter().fold(tail, |a, &v| a.max(v))
 }
 
 pub fn sample_row(logits: &[f32], p: &SampleParams, position: u32) -> Sampled {
@@ -24,18 +50,24 @@ pub fn sample_row(logits: &[f32], p: &SampleParams, position: u32) -> Sampled {
 /// ([`NO_TOKEN`] past the end of a smaller vocabulary).
 pub fn ranked(logits: &[f32], p: &SampleParams) -> [u32; 3] {
     let mut top = [(NO_TOKEN, f32::NEG_INFINITY); 3];
-    for (i, &v) in logits.iter().enumerate() {
-        if !allowed(i, p) {
+    for (ci, c) in logits.chunks(8).enumerate() {
+        if top[2].0 != NO_TOKEN && !any_above(c, top[2].1) {
             continue;
         }
-        // Strictly greater moves an id up: an equal value stays behind the lower id.
-        let mut at = 3;
-        while at > 0 && (top[at - 1].0 == NO_TOKEN || v > top[at - 1].1) {
-            at -= 1;
-        }
-        if at < 3 {
-            top.copy_within(at..2, at + 1);
-            top[at] = (i as u32, v);
+        for (j, &v) in c.iter().enumerate() {
+            let i = ci * 8 + j;
+            if !allowed(i, p) {
+                continue;
+            }
+            // Strictly greater moves an id up: an equal value stays behind the lower id.
+            let mut at = 3;
+            while at > 0 && (top[at - 1].0 == NO_TOKEN || v > top[at - 1].1) {
+                at -= 1;
+            }
+            if at < 3 {
+                top.copy_within(at..2, at + 1);
+                top[at] = (i as u32, v);
+            }
         }
     }
     top.map(|(i, _)| i)
@@ -44,23 +76,30 @@ pub fn ranked(logits: &[f32], p: &SampleParams) -> [u32; 3] {
 /// Argmax over the allowed ids (ties to the lower id); confidence is the probability under
 /// the softmax of the whole row.
 pub fn greedy(logits: &[f32], p: &SampleParams) -> Sampled {
+    let max_all = row_max(logits);
     let mut best = usize::MAX;
     let mut best_v = f32::NEG_INFINITY;
-    let mut max_all = f32::NEG_INFINITY;
-    for (i, &v) in logits.iter().enumerate() {
-        max_all = max_all.max(v);
-        if allowed(i, p) && (best == usize::MAX || v > best_v) {
-            best = i;
-            best_v = v;
+    for (ci, c) in logits.chunks(8).enumerate() {
+        if best != usize::MAX && !any_above(c, best_v) {
+            continue;
+        }
+        for (j, &v) in c.iter().enumerate() {
+            let i = ci * 8 + j;
+            if allowed(i, p) && (best == usize::MAX || v > best_v) {
+                best = i;
+                best_v = v;
+            }
         }
     }
     if best == usize::MAX {
         return Sampled::new(0, 0.0);
     }
-    let sum: f64 = logits.iter().map(|&v| ((v - max_all) as f64).exp()).sum();
+    // The exponentials are `ops::exp` (f32, within 2 ulp) summed in f64: the same bits in
+    // SIMD and in plain loops, so every backend's host sampler agrees.
+    let sum = fast::softmax::exp_sum(logits, max_all);
     Sampled::new(
         best as u32,
-        (((best_v - max_all) as f64).exp() / sum) as f32,
+        (ops::exp(best_v - max_all) as f64 / sum) as f32,
     )
 }
 
@@ -139,6 +178,7 @@ mod tests {
         assert_eq!(s.token, 2);
         let max = 11.0f64;
         let sum: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
+        // Within the f32 exponentials' error of the exact softmax.
         assert!((s.confidence as f64 - (2.0 - max).exp() / sum).abs() < 1e-7);
     }
 
@@ -151,6 +191,42 @@ mod tests {
         let s = sample_row(&logits, &params(), 0);
         assert_eq!((s.token, s.ranked[0]), (5, 5));
         assert_eq!(s.best_except(&[5, 1]), Some(4));
+    }
+
+    #[test]
+    fn chunk_skipping_scans_pick_what_a_value_by_value_scan_picks() {
+        // The value-by-value definitions the chunked scans replace.
+        fn naive(logits: &[f32], p: &SampleParams) -> (usize, [u32; 3]) {
+            let mut best = usize::MAX;
+            let mut best_v = f32::NEG_INFINITY;
+            let mut ids: Vec<usize> = (0..logits.len()).filter(|&i| allowed(i, p)).collect();
+            for &i in &ids {
+                if best == usize::MAX || logits[i] > best_v {
+                    (best, best_v) = (i, logits[i]);
+                }
+            }
+            // Stable sort: equal values keep the lower id first.
+            ids.sort_by(|&a, &b| logits[b].partial_cmp(&logits[a]).unwrap());
+            let mut top = [NO_TOKEN; 3];
+            for (t, &i) in top.iter_mut().zip(&ids) {
+                *t = i as u32;
+            }
+            (best, top)
+        }
+        let mut rng = crate::synthetic::SplitMix(5);
+        for len in [3, 8, 13, 64, 1001] {
+            for round in 0..20 {
+                // Few distinct values (many ties), the maximum in the mask or padding, or in
+                // the last, partial chunk.
+                let mut row: Vec<f32> = (0..len).map(|_| (rng.symmetric() * 4.0).round()).collect();
+                let p = SampleParams::greedy((round % len) as u32, (len - round % 3) as u32);
+                row[(round * 7) % len] = 9.0;
+                let (best, top) = naive(&row, &p);
+                let s = greedy(&row, &p);
+                assert_eq!(s.token as usize, best, "len {len} round {round}");
+                assert_eq!(ranked(&row, &p), top, "len {len} round {round}");
+            }
+        }
     }
 
     #[test]

@@ -25,6 +25,25 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// `Σ x` in [`dot`]'s order: eight partial sums by index mod 8, combined as `Lanes::hsum`
+/// combines its lanes, then the tail in order (so SIMD lanes can hold the partial sums).
+#[inline]
+pub fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] += c[l];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for &v in tail {
+        s += v;
+    }
+    s
+}
+
 /// `out[n, w.rows] = x[n, w.cols] @ w^T`.
 pub fn matmul(x: &[f32], w: &Matrix, out: &mut [f32]) {
     let (k, m) = (w.cols, w.rows);
@@ -164,11 +183,10 @@ pub fn attention(
                     scores[t] = dot(q, k) * scale;
                     max = max.max(scores[t]);
                 }
-                let mut sum = 0f32;
                 for sc in &mut scores[..visible] {
                     *sc = exp(*sc - max);
-                    sum += *sc;
                 }
+                let sum = sum(&scores[..visible]);
                 let o = &mut part[(ri * heads.q + h) * d..(ri * heads.q + h + 1) * d];
                 for t in 0..visible {
                     let p = scores[t] / sum;
@@ -207,6 +225,31 @@ pub fn exp(x: f32) -> f32 {
     }
     let e = p * (r * r) + r + 1.0;
     e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// `Σ e^(v - max)` over a logits row in f64, the sampler's softmax denominator: each term
+/// [`exp`] (f32) widened, summed in eight partial sums by index mod 8 (so that SIMD lanes can
+/// hold them, `fast/softmax.rs`), the eight combined as `Lanes::hsum` combines its lanes, then
+/// the tail of fewer than eight in order.
+pub fn exp_sum(row: &[f32], max: f32) -> f64 {
+    let chunks = row.chunks_exact(8);
+    let tail = chunks.remainder();
+    let mut acc = [0f64; 8];
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += exp(v - max) as f64;
+        }
+    }
+    exp_sum_finish(acc, tail, max)
+}
+
+/// The end of [`exp_sum`]: its eight partial sums combined, then the tail's terms added.
+pub fn exp_sum_finish(acc: [f64; 8], tail: &[f32], max: f32) -> f64 {
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for &v in tail {
+        s += exp(v - max) as f64;
+    }
+    s
 }
 
 /// The range of [`exp`]: above `EXP_HI` it is clamped (2^127 at most, finite), below `EXP_LO` 0.

@@ -7,6 +7,7 @@ pub mod int8;
 pub mod isa;
 mod lanes;
 pub mod matmul;
+pub mod softmax;
 mod tiles;
 
 use super::matrix::Matrix;

@@ -144,3 +144,12 @@ pub unsafe fn attention(
 ) {
     super::super::attention::run::<Avx2>(a, rows, part)
 }
+
+/// softmax::run compiled with AVX2.
+///
+/// # Safety
+/// `detected()` must be true.
+#[target_feature(enable = "avx2,f16c")]
+pub unsafe fn exp_sum(row: &[f32], max: f32) -> f64 {
+    super::super::softmax::run::<Avx2>(row, max)
+}

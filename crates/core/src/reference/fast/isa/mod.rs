@@ -80,4 +80,19 @@ impl Isa {
             Isa::Simd128 => super::attention::run::<simd128::Simd128>(a, rows, part),
         }
     }
+
+    /// softmax::run in this instruction set.
+    ///
+    /// # Safety
+    /// `self` came from [`Isa::detect`] on this machine.
+    pub unsafe fn exp_sum(self, row: &[f32], max: f32) -> f64 {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => avx2::exp_sum(row, max),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => super::softmax::run::<neon::Neon>(row, max),
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Isa::Simd128 => super::softmax::run::<simd128::Simd128>(row, max),
+        }
+    }
 }

@@ -6,6 +6,8 @@ pub mod fast;
 mod matrix;
 pub mod ops;
 pub mod parallel;
+#[cfg(not(target_arch = "wasm32"))]
+mod pool;
 
 pub use fast::Kernels;
 pub use matrix::Matrix;

@@ -120,14 +120,7 @@ unsafe fn weights<L: Lanes>(a: &Args, i: usize, h: usize, p: &mut [f32]) {
     let visible = p.len();
     let q = a.qkv.as_ptr().add(i * width + h * d);
     let k_head = a.k_cache.as_ptr().add(h / (heads.q / heads.kv) * d);
-    let dot = |t: usize| {
-        let k = k_head.add(t * kvw);
-        let mut acc = L::zero();
-        for c in (0..d).step_by(8) {
-            acc = L::add(acc, L::mul(L::load(q.add(c)), L::load(k.add(c))));
-        }
-        acc
-    };
+    let dot = |t: usize| dot_lanes::<L>(q, k_head.add(t * kvw), d);
     // Eight keys at a time, their sums finished together; the maximum over lanes (a maximum
     // does not depend on the order).
     let scale = 1.0 / (d as f32).sqrt();
@@ -135,7 +128,18 @@ unsafe fn weights<L: Lanes>(a: &Args, i: usize, h: usize, p: &mut [f32]) {
     let sv = L::splat(scale);
     let mut mv = L::splat(f32::NEG_INFINITY);
     for t in (0..whole).step_by(8) {
-        let accs = [0, 1, 2, 3, 4, 5, 6, 7].map(|j| dot(t + j));
+        // Written out, not array::map: a closure the library calls need not be inlined, and
+        // then its intrinsics are calls compiled without the target features.
+        let accs = [
+            dot(t),
+            dot(t + 1),
+            dot(t + 2),
+            dot(t + 3),
+            dot(t + 4),
+            dot(t + 5),
+            dot(t + 6),
+            dot(t + 7),
+        ];
         let sc = L::mul(L::hsum8(accs), sv);
         sc.store(p.as_mut_ptr().add(t));
         mv = L::max(mv, sc);
@@ -170,6 +174,16 @@ unsafe fn weights<L: Lanes>(a: &Args, i: usize, h: usize, p: &mut [f32]) {
     for sc in &mut p[whole..] {
         *sc /= sum;
     }
+}
+
+/// The eight lane sums of `q · k` over `d` dimensions (`hsum` finishes them).
+#[inline(always)]
+unsafe fn dot_lanes<L: Lanes>(q: *const f32, k: *const f32, d: usize) -> L {
+    let mut acc = L::zero();
+    for c in (0..d).step_by(8) {
+        acc = L::add(acc, L::mul(L::load(q.add(c)), L::load(k.add(c))));
+    }
+    acc
 }
 
 /// `out[j] = Σ_t p[j][t] * v_t` for `H` query heads of one KV head (`v` its first value), the

@@ -1,7 +1,8 @@
 //! A sequence's tokens do not depend on what it is batched with: every golden case of every
 //! golden model (every decoder, block length and parameter set the files hold, plus seeded
 //! variants), decoded alone and then in continuous batches where sequences join and leave
-//! between steps, gives the same tokens and forward count. Run on the backends that hold
+//! between steps, with and without its prefill cut into chunks, gives the same tokens and
+//! forward count. Run on the backends that hold
 //! several KV-cache slots (reference and cpu); the others run a batch of one.
 
 use unmask_core::decode::{generate_batch, BatchRequest, DecodeParams};
@@ -43,6 +44,16 @@ fn cases(model: &Model, dir: &std::path::Path) -> Vec<(String, Vec<u32>, DecodeP
             }
         }
     }
+    // A prompt of several blocks, so that chunked prefills have chunks to cut.
+    if let Some((name, prompt, p)) = v.first().cloned() {
+        let long: Vec<u32> = prompt
+            .iter()
+            .cycle()
+            .take(6 * p.block_length + 3)
+            .copied()
+            .collect();
+        v.push((format!("{name} (long prompt)"), long, p));
+    }
     v
 }
 
@@ -67,9 +78,9 @@ fn a_sequence_decodes_the_same_alone_and_in_any_batch() {
                         .map_err(|e| e.to_string())
                 })
                 .collect();
-            // Widths 2 and 4; sequences join at staggered steps, so batches form and change
-            // as others finish.
-            for width in [2, 4] {
+            // Widths 2 and 4, and 4 with every prompt's prefill cut into one-block chunks;
+            // sequences join at staggered steps, so batches form and change as others finish.
+            for (width, prefill_chunk) in [(2, 0), (4, 0), (4, 1)] {
                 let requests: Vec<BatchRequest> = cases
                     .iter()
                     .enumerate()
@@ -77,10 +88,17 @@ fn a_sequence_decodes_the_same_alone_and_in_any_batch() {
                         prompt,
                         params: p.clone(),
                         join_after: (i * 3) % 7,
+                        prefill_chunk,
                     })
                     .collect();
                 let mut batched = backend(&model, kernels, width);
                 let run = generate_batch(&mut batched, &ids, limit, &requests, width).unwrap();
+                assert_eq!(
+                    run.prefill_chunks > 0,
+                    prefill_chunk > 0,
+                    "{name}: width {width}: {} prefill chunks",
+                    run.prefill_chunks
+                );
                 assert!(
                     run.batch_sizes.iter().any(|&n| n > 1),
                     "{name}: width {width}: no batch of more than one ({:?})",
@@ -88,7 +106,11 @@ fn a_sequence_decodes_the_same_alone_and_in_any_batch() {
                 );
                 assert!(run.batch_sizes.iter().all(|&n| n <= width));
                 for ((case, w), g) in cases.iter().zip(&want).zip(run.generations) {
-                    let what = format!("{}: {name}: width {width}: {}", dir.display(), case.0);
+                    let what = format!(
+                        "{}: {name}: width {width}, prefill chunk {prefill_chunk}: {}",
+                        dir.display(),
+                        case.0
+                    );
                     match (w, g.map_err(|e| e.to_string())) {
                         (Ok(w), Ok(g)) => {
                             assert_eq!(g.tokens, w.tokens, "{what}: tokens");
@@ -132,4 +154,47 @@ fn a_batch_checks_its_slots() {
     assert_eq!((b.cached_in(0), b.cached_in(1)), (3, 3));
     b.reset_slot(1);
     assert_eq!((b.cached_in(0), b.cached_in(1)), (3, 0));
+}
+
+#[test]
+fn a_chunked_prefill_hands_out_whole_chunks_then_the_first_window() {
+    let dir = golden_models().remove(0);
+    let model = Model::open(&dir).unwrap();
+    let ids = model.special_ids();
+    let limit = model.config.max_position_embeddings;
+    let p = DecodeParams {
+        block_length: 8,
+        gen_length: 8,
+        ..Default::default()
+    };
+    let prompt: Vec<u32> = (0..45).map(|i| 10 + i % 50).collect();
+    let mut d = unmask_core::decode::Decoding::new(&ids, limit, &prompt, &p).unwrap();
+    // 10 positions round up to 16; the window is the block at 40 (the prompt ends at 45).
+    d.chunk_prefill(10).unwrap();
+    let mut b = backend(&model, Kernels::Fast, 1);
+    let mut chunks = Vec::new();
+    loop {
+        let step = d.next_step().unwrap();
+        let (start, len, out_rows) = (step.start, step.tokens.len(), step.out_rows);
+        let out = b.step(&step).unwrap();
+        if !d.pending_prefill() {
+            assert_eq!(
+                (start, len, out_rows),
+                (32, 16, 8),
+                "the first window's step"
+            );
+            let e = d.apply_prefill(&out, "test").unwrap_err().to_string();
+            assert!(e.contains("without a prefill chunk"), "{e}");
+            d.apply(&out, "test").unwrap();
+            break;
+        }
+        assert!(
+            d.apply(&out, "test").is_err(),
+            "a chunk's output is not a window's"
+        );
+        d.apply_prefill(&out, "test").unwrap();
+        chunks.push((start, len, out_rows));
+    }
+    assert_eq!(chunks, [(0, 16, 1), (16, 16, 1)]);
+    assert!(d.chunk_prefill(16).is_err(), "after a forward");
 }

@@ -107,6 +107,41 @@ async fn eight_clients_decode_together_and_answer_as_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_prompt_that_joins_a_batch_is_prefilled_in_chunks_and_answers_as_alone() {
+    let gate = Arc::new(Gate::default());
+    let s = Arc::new(start(load(ADD_MODEL), 64, gated_batched(gate.clone(), 4)).await);
+    let m = s.model.clone();
+    let qs = questions(&m.dir, 2);
+    // The second question behind a long preamble: more than two default chunks (256) of
+    // prompt before its first window.
+    let long = format!("{} {}", "Add the numbers. ".repeat(150), qs[1]);
+    let long_len = m.tokenizer.encode_chat(&user(&long)).unwrap().len();
+    assert!(
+        long_len > 2 * 256 + 32,
+        "the long prompt has {long_len} tokens"
+    );
+    let both = vec![qs[0].clone(), long];
+    let want = alone(&m, &both, |_| json!({}));
+    // The first request holds the worker at the gate; the long one queues and joins it.
+    gate.close();
+    let first = {
+        let (s2, q) = (s.clone(), both[0].clone());
+        tokio::spawn(async move { answer(&s2, chat_body(&q, json!({})), true).await })
+    };
+    s.wait_metric("unmask_requests_running", |v| v == 1.0).await;
+    let second = {
+        let (s2, q) = (s.clone(), both[1].clone());
+        tokio::spawn(async move { answer(&s2, chat_body(&q, json!({})), false).await })
+    };
+    s.wait_metric("unmask_queue_depth", |v| v == 1.0).await;
+    gate.open();
+    let got = vec![first.await.unwrap(), second.await.unwrap()];
+    assert_eq!(got, want);
+    let chunks = s.metric("unmask_prefill_chunks_total").await;
+    assert!(chunks >= 2.0, "{chunks} prefill chunks");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_that_leaves_a_batch_leaves_the_others_untouched() {
     let s = Arc::new(start(load(ADD_MODEL), 8, cpu_batched(4)).await);
     let m = s.model.clone();

@@ -118,6 +118,10 @@ impl<'m> Run<'m> {
         backend: &str,
         on_update: &mut dyn FnMut(Update) -> bool,
     ) -> Result<()> {
+        // A prefill chunk writes K/V only: nothing for the consumer.
+        if self.decoding.pending_prefill() {
+            return self.decoding.apply_prefill(out, backend);
+        }
         let event = self.decoding.apply(out, backend)?;
         self.forwards += 1;
         // Commits past gen_length (the padding of the last block) are not part of the answer:

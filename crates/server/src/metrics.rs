@@ -92,6 +92,8 @@ pub struct Metrics {
     pub cached_prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
     pub forwards: AtomicU64,
+    /// Prompt chunks prefilled in forwards shared with running requests.
+    pub prefill_chunks: AtomicU64,
     /// Connections answered 503 at once because `--max-connections` were open.
     pub refused_connections: AtomicU64,
     /// Requests refused by the HTTP layer: a head too slow, too large or malformed.
@@ -104,8 +106,9 @@ pub struct Metrics {
     pub max_batch: AtomicU64,
     steps: Histogram<StepBuckets>,
     batch_size: Histogram<BatchBuckets>,
-    /// Per request that reached the model: waiting in the queue, then its first forward (the
-    /// prompt's prefill with the first block's first step), then the rest of its forwards.
+    /// Per request that reached the model: waiting in the queue, then its prefill (to the end
+    /// of its first block's first step, chunks of a long prompt included), then the rest of
+    /// its forwards.
     pub request_queue: Histogram<RequestBuckets>,
     pub request_prefill: Histogram<RequestBuckets>,
     pub request_decode: Histogram<RequestBuckets>,
@@ -184,6 +187,12 @@ impl Metrics {
             "counter",
             "Model forward passes (one per batched decoder step).",
             &[("", g(&self.forwards))],
+        );
+        metric(
+            "unmask_prefill_chunks_total",
+            "counter",
+            "Prompt chunks of requests that joined running ones, each prefilled in a forward shared with them.",
+            &[("", g(&self.prefill_chunks))],
         );
         metric(
             "unmask_queue_depth",

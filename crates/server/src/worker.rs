@@ -6,7 +6,10 @@
 //! Continuous batching: before each forward the thread admits queued requests while fewer than
 //! `max_batch` run, each into the KV-cache slot that holds the most of its prompt
 //! (`SlotPool`), then runs the next step of every running request as one batched forward
-//! (`Backend::step_batch`); a request leaves as soon as its answer is complete.
+//! (`Backend::step_batch`); a request leaves as soon as its answer is complete. A request that
+//! joins running ones has its prompt prefilled `prefill_chunk` positions a forward
+//! (`Decoding::chunk_prefill`), beside their windows, so that a long prompt does not stall
+//! them for one long forward.
 
 use crate::completion::{Completion, FinishReason, Run, Update};
 use crate::error::ApiError;
@@ -140,14 +143,20 @@ pub struct Batching {
     pub max_batch: usize,
     /// Bytes of K/V that idle slots may keep for later requests to reuse.
     pub prefix_cache_bytes: u64,
+    /// Prompt positions per forward for a request that joins running ones
+    /// (`Decoding::chunk_prefill`): its prefill shares several batched forwards with their
+    /// windows instead of stalling them for one long one. 0: never chunked.
+    pub prefill_chunk: usize,
 }
 
 impl Default for Batching {
-    /// One request at a time; idle slots keep up to 1 GiB of K/V.
+    /// One request at a time; idle slots keep up to 1 GiB of K/V; prefills of 256 positions
+    /// a forward beside running requests.
     fn default() -> Self {
         Batching {
             max_batch: 1,
             prefix_cache_bytes: 1 << 30,
+            prefill_chunk: 256,
         }
     }
 }
@@ -288,7 +297,15 @@ fn serve_jobs(
             }
             m.request_queue.observe(job.queued.elapsed());
             // A panic is a bug, but it must cost one request, not the server.
-            let started = catch_unwind(AssertUnwindSafe(|| admit(model, backend, &mut pool, &job)));
+            // A prompt that joins running requests is prefilled in chunks; alone, at once.
+            let chunk = if running.is_empty() {
+                0
+            } else {
+                batching.prefill_chunk
+            };
+            let started = catch_unwind(AssertUnwindSafe(|| {
+                admit(model, backend, &mut pool, &job, chunk)
+            }));
             match started {
                 Ok(Ok(r)) => running.push(r),
                 Ok(Err(e)) => fail(m, &job.tx, &e),
@@ -322,6 +339,7 @@ fn admit<'m>(
     backend: &mut dyn Backend,
     pool: &mut SlotPool,
     job: &Job,
+    prefill_chunk: usize,
 ) -> Result<Running<'m>> {
     let r = &job.req;
     let keep = if r.tools.is_some() {
@@ -335,6 +353,9 @@ fn admit<'m>(
         .ok_or_else(|| Error::backend("worker", "no free KV-cache slot"))?;
     let reused = pool.begin(backend, slot, run.decoding(), &r.prompt, &r.params)?;
     run.set_cached(reused);
+    if prefill_chunk > 0 && r.params.use_cache {
+        run.decoding().chunk_prefill(prefill_chunk)?;
+    }
     Ok(Running {
         run,
         slot,
@@ -389,8 +410,13 @@ fn step_all(
             Ok(outs) => {
                 for (&i, out) in stepping.iter().zip(&outs) {
                     let Running { run, reply, .. } = &mut running[i];
-                    if let Err(e) = run.apply(out, &name, &mut |u| reply.update(u, model, m)) {
-                        leaving.push((i, Some(e)));
+                    let chunk = run.decoded().pending_prefill();
+                    match run.apply(out, &name, &mut |u| reply.update(u, model, m)) {
+                        Ok(()) if chunk => {
+                            m.prefill_chunks.fetch_add(1, Relaxed);
+                        }
+                        Ok(()) => {}
+                        Err(e) => leaving.push((i, Some(e))),
                     }
                 }
             }

@@ -32,6 +32,10 @@ pub struct Args {
     /// first out.
     #[arg(long, default_value_t = 1024)]
     pub prefix_cache_mb: u64,
+    /// Prompt positions per forward for a request that joins running ones: its prefill shares
+    /// several batched forwards with their windows instead of stalling them (0: never cut).
+    #[arg(long, default_value_t = 256)]
+    pub prefill_chunk: usize,
     /// Let pages of this origin call the API from a browser (CORS), e.g.
     /// `http://localhost:3000`, or `*` for any. Off by default.
     #[arg(long)]
@@ -120,6 +124,7 @@ pub fn run(args: Args) -> Result<()> {
             batching: unmask_server::worker::Batching {
                 max_batch,
                 prefix_cache_bytes: args.prefix_cache_mb.saturating_mul(1 << 20),
+                prefill_chunk: args.prefill_chunk,
             },
             http: HttpLimits {
                 max_connections: args.max_connections,

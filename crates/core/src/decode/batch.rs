@@ -1,6 +1,7 @@
 //! Several generations decoded together: each step of the loop runs the next forward of every
 //! active sequence as one batched forward (`Backend::step_batch`), sequences join when a slot
-//! is free and leave as they finish (continuous batching). The server's worker schedules the
+//! is free and leave as they finish (continuous batching); a long prompt may be prefilled in
+//! chunks, each in a forward shared with the others. The server's worker schedules the
 //! same way with requests; this driver serves `unmask bench --batch` and the tests that show a
 //! sequence's tokens do not depend on what it was batched with.
 
@@ -17,6 +18,9 @@ pub struct BatchRequest<'a> {
     pub prompt: &'a [u32],
     pub params: DecodeParams,
     pub join_after: usize,
+    /// Prompt positions per prefill forward (`Decoding::chunk_prefill`); 0: the whole prompt
+    /// goes in with the first window.
+    pub prefill_chunk: usize,
 }
 
 #[derive(Debug)]
@@ -25,6 +29,8 @@ pub struct BatchRun {
     pub generations: Vec<Result<Generation>>,
     /// Sequences in each batched forward, in order.
     pub batch_sizes: Vec<usize>,
+    /// Of those sequence steps, the prefill chunks.
+    pub prefill_chunks: usize,
 }
 
 struct Active {
@@ -46,6 +52,7 @@ pub fn generate_batch(
     let mut pool = SlotPool::new(backend.slots(), usize::MAX);
     let mut generations: Vec<Option<Result<Generation>>> = requests.iter().map(|_| None).collect();
     let mut batch_sizes = Vec::new();
+    let mut prefill_chunks = 0;
     let mut waiting: std::collections::VecDeque<usize> = (0..requests.len()).collect();
     let mut active: Vec<Active> = Vec::new();
     let name = backend.name();
@@ -58,13 +65,20 @@ pub fn generate_batch(
                 break;
             }
             waiting.pop_front();
-            let mut d = match Decoding::new(ids, max_positions, r.prompt, &r.params) {
-                Ok(d) => d,
-                Err(e) => {
-                    generations[next] = Some(Err(e));
-                    continue;
+            let chunked = |mut d: Decoding| {
+                if r.prefill_chunk > 0 {
+                    d.chunk_prefill(r.prefill_chunk)?;
                 }
+                Ok(d)
             };
+            let mut d =
+                match Decoding::new(ids, max_positions, r.prompt, &r.params).and_then(chunked) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        generations[next] = Some(Err(e));
+                        continue;
+                    }
+                };
             let slot = pool
                 .choose(r.prompt, &r.params)
                 .ok_or_else(|| Error::Invalid("no free KV-cache slot".into()))?;
@@ -100,7 +114,13 @@ pub fn generate_batch(
         drop(steps);
         for (&i, out) in stepping.iter().zip(&outs) {
             let a = &mut active[i];
-            if let Err(e) = a.decoding.apply(out, &name) {
+            let applied = if a.decoding.pending_prefill() {
+                prefill_chunks += 1;
+                a.decoding.apply_prefill(out, &name)
+            } else {
+                a.decoding.apply(out, &name).map(|_| ())
+            };
+            if let Err(e) = applied {
                 generations[a.request] = Some(Err(e));
                 ended.push(i);
             }
@@ -120,5 +140,6 @@ pub fn generate_batch(
             .map(|g| g.unwrap_or_else(|| Err(Error::Invalid("never decoded".into()))))
             .collect(),
         batch_sizes,
+        prefill_chunks,
     })
 }

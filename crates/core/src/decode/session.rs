@@ -46,6 +46,10 @@ pub struct Decoding {
     ready: bool,
     /// The error that ended decoding (LLaDA2.2's non-converging block).
     failed: Option<Error>,
+    /// Prompt positions per prefill forward before the first decoding forward (0: the prompt
+    /// goes in with the first window), and where the chunk handed out ends.
+    prefill_chunk: usize,
+    prefill_to: Option<usize>,
 }
 
 impl Decoding {
@@ -99,6 +103,8 @@ impl Decoding {
             settled: Vec::new(),
             ready: false,
             failed: None,
+            prefill_chunk: 0,
+            prefill_to: None,
         })
     }
 
@@ -130,6 +136,53 @@ impl Decoding {
         Ok(())
     }
 
+    /// Writes the prompt's K/V `positions` at a time (rounded up to whole blocks) before the
+    /// first decoding forward: [`Self::next_step`] hands out those chunks first, each ending
+    /// on a multiple of the chunk, each applied with [`Self::apply_prefill`]. A batch then runs
+    /// a long prompt's prefill over several forwards beside the others' windows instead of
+    /// stalling them for one long forward. The tokens are the same (block-causal attention
+    /// over whole blocks does not see where forwards were cut; whole blocks are whole routing
+    /// blocks, `Decoding::new` checks). Only with the cache in use, before any forward; the
+    /// last chunk that would reach the first window goes in with it.
+    pub fn chunk_prefill(&mut self, positions: usize) -> Result<()> {
+        if !self.p.use_cache || self.forwards > 0 || self.pending {
+            return Err(Error::Invalid(
+                "decoder: the prefill can be chunked only with the cache, before any forward"
+                    .into(),
+            ));
+        }
+        self.prefill_chunk = positions.div_ceil(self.p.block_length) * self.p.block_length;
+        Ok(())
+    }
+
+    /// Whether the step handed out last is a prefill chunk (apply it with
+    /// [`Self::apply_prefill`]).
+    pub fn pending_prefill(&self) -> bool {
+        self.pending && self.prefill_to.is_some()
+    }
+
+    /// Takes the output of a prefill chunk: its positions' K/V are now final in the cache.
+    pub fn apply_prefill(&mut self, out: &StepOutput, backend: &str) -> Result<()> {
+        let Some(to) = self.prefill_to.filter(|_| self.pending) else {
+            return Err(Error::Invalid(
+                "decoder: a prefill output applied without a prefill chunk handed out".into(),
+            ));
+        };
+        if out.samples.len() != 1 {
+            return Err(Error::backend(
+                backend,
+                format!(
+                    "returned {} samples for a prefill chunk's 1",
+                    out.samples.len()
+                ),
+            ));
+        }
+        self.pending = false;
+        self.prefill_to = None;
+        self.clean = to;
+        Ok(())
+    }
+
     /// The tokens whose K/V in the backend's cache are final (none without the cache).
     pub fn final_prefix(&self) -> &[u32] {
         if self.p.use_cache {
@@ -154,6 +207,24 @@ impl Decoding {
         }
         let b = self.p.block_length;
         let (ws, we) = (self.block * b, self.block * b + b);
+        let sampling = self.sampling();
+        if self.prefill_chunk > 0 && self.forwards == 0 {
+            let to = (self.clean / self.prefill_chunk + 1) * self.prefill_chunk;
+            if to < ws {
+                self.pending = true;
+                self.prefill_to = Some(to);
+                return Some(Step {
+                    tokens: &self.x[self.clean..to],
+                    start: self.clean,
+                    keep: to - self.clean,
+                    block_length: b,
+                    // The backends predict at least one row; the decoder ignores it.
+                    out_rows: 1,
+                    sampling,
+                    capture: Capture::Samples,
+                });
+            }
+        }
         let start = if self.p.use_cache { self.clean } else { 0 };
         self.pending = true;
         // Reuses the buffer: no allocation per step.
@@ -165,17 +236,22 @@ impl Decoding {
             keep: if self.p.use_cache { we - start } else { 0 },
             block_length: b,
             out_rows: b,
-            sampling: SampleParams {
-                temperature: self.p.temperature,
-                top_k: self.p.top_k,
-                top_p: self.p.top_p,
-                seed: self.p.seed,
-                step: self.forwards as u32,
-                mask: self.ids.mask,
-                valid_vocab: self.ids.valid_vocab,
-            },
+            sampling,
             capture: Capture::Samples,
         })
+    }
+
+    /// The sampling parameters of the next decoding forward.
+    fn sampling(&self) -> SampleParams {
+        SampleParams {
+            temperature: self.p.temperature,
+            top_k: self.p.top_k,
+            top_p: self.p.top_p,
+            seed: self.p.seed,
+            step: self.forwards as u32,
+            mask: self.ids.mask,
+            valid_vocab: self.ids.valid_vocab,
+        }
     }
 
     /// Moves through finished blocks until one needs a forward (`true`) or decoding ends.
@@ -234,6 +310,11 @@ impl Decoding {
     /// Applies the samples of the step last handed out by [`Self::next_step`]: writes tokens and
     /// says what changed. `backend` names the device in errors.
     pub fn apply(&mut self, out: &StepOutput, backend: &str) -> Result<StepEvent> {
+        if self.pending_prefill() {
+            return Err(Error::Invalid(
+                "decoder: a prefill chunk's output goes to apply_prefill".into(),
+            ));
+        }
         if !std::mem::take(&mut self.pending) {
             return Err(Error::Invalid(
                 "decoder: samples applied without a step handed out".into(),

@@ -197,4 +197,13 @@ fn a_chunked_prefill_hands_out_whole_chunks_then_the_first_window() {
     }
     assert_eq!(chunks, [(0, 16, 1), (16, 16, 1)]);
     assert!(d.chunk_prefill(16).is_err(), "after a forward");
+    // A chunk as long as a flag can say is one context, not an overflow.
+    let mut d = unmask_core::decode::Decoding::new(&ids, limit, &prompt, &p).unwrap();
+    d.chunk_prefill(usize::MAX).unwrap();
+    let step = d.next_step().unwrap();
+    assert_eq!(
+        (step.start, step.tokens.len()),
+        (0, 48),
+        "one forward, prompt and window"
+    );
 }

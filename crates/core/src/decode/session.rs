@@ -151,7 +151,9 @@ impl Decoding {
                     .into(),
             ));
         }
-        self.prefill_chunk = positions.div_ceil(self.p.block_length) * self.p.block_length;
+        // No chunk is longer than a context can be (a flag's usize::MAX must not overflow).
+        let b = self.p.block_length;
+        self.prefill_chunk = positions.min(super::MAX_CONTEXT).div_ceil(b) * b;
         Ok(())
     }
 
@@ -172,7 +174,7 @@ impl Decoding {
             return Err(Error::backend(
                 backend,
                 format!(
-                    "returned {} samples for a prefill chunk's 1",
+                    "returned {} samples for a prefill chunk (1 expected)",
                     out.samples.len()
                 ),
             ));

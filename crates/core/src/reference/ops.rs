@@ -7,6 +7,14 @@ use super::parallel::map_chunks;
 use crate::error::{Error, Result};
 use crate::graph::{BlockRouting, Heads, Routing};
 
+/// Eight partial sums combined as `Lanes::hsum` combines its lanes:
+/// `((a0+a4)+(a1+a5)) + ((a2+a6)+(a3+a7))`. The reference's sums all end this way, so that
+/// SIMD lanes can hold their partial sums.
+#[inline]
+pub fn lanes_total<T: Copy + std::ops::Add<Output = T>>(a: [T; 8]) -> T {
+    ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
+}
+
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight lanes so the compiler vectorises; the order differs from a serial sum only by rounding.
@@ -18,15 +26,15 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
             acc[l] += x[l] * y[l];
         }
     }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    let mut s = lanes_total(acc);
     for (x, y) in ra.iter().zip(rb) {
         s += x * y;
     }
     s
 }
 
-/// `Σ x` in [`dot`]'s order: eight partial sums by index mod 8, combined as `Lanes::hsum`
-/// combines its lanes, then the tail in order (so SIMD lanes can hold the partial sums).
+/// `Σ x` in [`dot`]'s order: eight partial sums by index mod 8, [`lanes_total`], then the
+/// tail in order.
 #[inline]
 pub fn sum(x: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
@@ -37,7 +45,7 @@ pub fn sum(x: &[f32]) -> f32 {
             acc[l] += c[l];
         }
     }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    let mut s = lanes_total(acc);
     for &v in tail {
         s += v;
     }
@@ -82,6 +90,21 @@ pub fn by_output_columns(
         for t in 0..n {
             out[t * m + cols.start..t * m + cols.end].copy_from_slice(&values[t * w..(t + 1) * w]);
         }
+    }
+}
+
+/// Fills `out[n, width]` by ranges of its rows computed over the pool: `part(rows)` returns
+/// those rows' `[rows.len(), width]` values (the row-wise twin of [`by_output_columns`]).
+pub fn by_rows(
+    n: usize,
+    width: usize,
+    work: usize,
+    out: &mut [f32],
+    part: impl Fn(std::ops::Range<usize>) -> Vec<f32> + Sync,
+) {
+    let parts = map_chunks(n, work, |rows| (rows.clone(), part(rows)));
+    for (rows, values) in parts {
+        out[rows.start * width..rows.end * width].copy_from_slice(&values);
     }
 }
 
@@ -168,7 +191,7 @@ pub fn attention(
     let scale = 1.0 / (d as f32).sqrt();
     let end = start + n;
     let work = n * heads.q * end * d;
-    let parts = map_chunks(n, work, |rows| {
+    by_rows(n, heads.q * d, work, out, |rows| {
         let mut part = vec![0f32; rows.len() * heads.q * d];
         let mut scores = vec![0f32; end];
         for (ri, i) in rows.clone().enumerate() {
@@ -197,12 +220,8 @@ pub fn attention(
                 }
             }
         }
-        (rows, part)
+        part
     });
-    let w = heads.q * d;
-    for (rows, part) in parts {
-        out[rows.start * w..rows.end * w].copy_from_slice(&part);
-    }
 }
 
 /// `e^x` for the attention softmax: Cephes' `expf` (range reduction by ln 2 in two parts, a
@@ -228,9 +247,8 @@ pub fn exp(x: f32) -> f32 {
 }
 
 /// `Σ e^(v - max)` over a logits row in f64, the sampler's softmax denominator: each term
-/// [`exp`] (f32) widened, summed in eight partial sums by index mod 8 (so that SIMD lanes can
-/// hold them, `fast/softmax.rs`), the eight combined as `Lanes::hsum` combines its lanes, then
-/// the tail of fewer than eight in order.
+/// [`exp`] (f32) widened, summed in eight partial sums by index mod 8 (`fast/softmax.rs` holds
+/// them in SIMD lanes), [`lanes_total`], then the tail of fewer than eight in order.
 pub fn exp_sum(row: &[f32], max: f32) -> f64 {
     let chunks = row.chunks_exact(8);
     let tail = chunks.remainder();
@@ -245,7 +263,7 @@ pub fn exp_sum(row: &[f32], max: f32) -> f64 {
 
 /// The end of [`exp_sum`]: its eight partial sums combined, then the tail's terms added.
 pub fn exp_sum_finish(acc: [f64; 8], tail: &[f32], max: f32) -> f64 {
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    let mut s = lanes_total(acc);
     for &v in tail {
         s += exp(v - max) as f64;
     }

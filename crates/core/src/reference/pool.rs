@@ -15,7 +15,7 @@
 
 use std::cell::Cell;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -41,9 +41,8 @@ struct Shared {
     job: AtomicPtr<()>,
     /// Chunks of the current epoch finished.
     done: AtomicUsize,
-    /// A chunk of the current epoch panicked (the caller re-raises it).
+    /// What a chunk of the current epoch panicked with (the caller re-raises it).
     panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
-    panicked: AtomicBool,
     /// Workers asleep, and what wakes them.
     sleepers: Mutex<usize>,
     wake: Condvar,
@@ -68,7 +67,6 @@ fn shared() -> &'static Shared {
             job: AtomicPtr::new(std::ptr::null_mut()),
             done: AtomicUsize::new(0),
             panic: Mutex::new(None),
-            panicked: AtomicBool::new(false),
             sleepers: Mutex::new(0),
             wake: Condvar::new(),
             caller: Mutex::new(()),
@@ -137,9 +135,9 @@ pub fn run(count: usize, f: &(dyn Fn(usize) + Sync)) {
         }
         std::hint::spin_loop();
     }
-    if s.panicked.swap(false, Ordering::Relaxed) {
-        let payload = s.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
-        resume_unwind(payload.unwrap_or_else(|| Box::new("a parallel chunk panicked")));
+    let payload = s.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(payload) = payload {
+        resume_unwind(payload);
     }
 }
 
@@ -163,8 +161,10 @@ fn help(s: &Shared, e: u64) {
         // for this index, and `job` (read after that epoch was published) is its live job.
         let f = unsafe { (*job).f };
         if let Err(payload) = catch_unwind(AssertUnwindSafe(|| f(index as usize))) {
-            *s.panic.lock().unwrap_or_else(|e| e.into_inner()) = Some(payload);
-            s.panicked.store(true, Ordering::Relaxed);
+            s.panic
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(payload);
         }
         s.done.fetch_add(1, Ordering::Release);
     }

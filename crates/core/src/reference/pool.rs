@@ -1,5 +1,5 @@
 //! The cpu backend's worker threads: made once, they spin for a while after each loop before
-//! they sleep. A forward runs dozens of parallel loops a few tens of microseconds apart, and
+//! they sleep. A window step of the tiny model runs 46 ops in about 2.4 ms (`bench --profile`), and
 //! waking a sleeping thread (a futex, an inter-processor interrupt, on a VM an exit to the
 //! host) cost more than many of those loops gained: with rayon's pool, which puts idle workers
 //! to sleep and has the caller sleep while the pool runs its loop, two threads were slower

@@ -154,6 +154,8 @@ pub fn backends() -> Vec<BackendCase> {
 pub struct Forced {
     pub weight_binding_limit: Option<u64>,
     pub max_tokens: Option<usize>,
+    /// Expert-stack bindings one wgpu expert dispatch reads (default: what the adapter allows).
+    pub expert_parts: Option<usize>,
 }
 
 /// A device backend built from a bare graph and its weights (the op suite's cases).
@@ -201,6 +203,7 @@ pub fn graph_backends() -> Vec<GraphBackend> {
             make: |g, store, forced| {
                 let mut opts = unmask_wgpu::WgpuOptions {
                     weight_binding_limit: forced.weight_binding_limit,
+                    max_expert_parts: forced.expert_parts,
                     ..Default::default()
                 };
                 if let Some(n) = forced.max_tokens {

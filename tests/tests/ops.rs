@@ -198,6 +198,7 @@ fn matmul_cases() -> Vec<Case> {
                 forced: Forced {
                     weight_binding_limit: limit,
                     max_tokens: None,
+                    expert_parts: None,
                 },
                 tol: 1e-5,
                 exercises: None,
@@ -329,6 +330,7 @@ fn attention_case(dim: usize) -> Case {
         forced: Forced {
             weight_binding_limit: None,
             max_tokens: Some(64),
+            expert_parts: None,
         },
         tol: 1e-5,
         exercises: None,
@@ -346,17 +348,37 @@ fn moe_cases() -> Vec<Case> {
             capacity: 6,
         }),
     ] {
-        for (ci, (n, limit, dtype)) in [
-            (37usize, None, DType::BF16),
-            (70, Some(4000u64), DType::Q8_0),
+        // One expert per binding (16 parts): read by as many parts a dispatch as the adapter
+        // allows, by 3 (the last dispatch binds fillers), and by 1. Two of them have the
+        // builder's shared expert after the routed ones (wgpu computes it inside the expert
+        // dispatches, as the stack's last expert).
+        for (ci, (n, limit, dtype, parts, shared)) in [
+            (37usize, None, DType::BF16, None, false),
+            (70, Some(4000u64), DType::Q8_0, None, true),
+            (70, Some(4000u64), DType::Q8_0, Some(3), false),
+            (45, Some(4000u64), DType::BF16, Some(1), true),
         ]
         .into_iter()
         .enumerate()
         {
-            cases.push(moe_case(block, n, limit, dtype, 31 + ci as u64, false));
+            let experts = MoeExpertsCase {
+                dtype,
+                parts,
+                shared,
+            };
+            cases.push(moe_case(block, n, limit, experts, 31 + ci as u64, false));
         }
     }
     cases
+}
+
+/// How a MoE case stores and runs its experts.
+struct MoeExpertsCase {
+    dtype: DType,
+    /// Expert-stack bindings one wgpu expert dispatch reads (`None`: what the adapter allows).
+    parts: Option<usize>,
+    /// The builder's shared expert after the routed ones.
+    shared: bool,
 }
 
 /// One routing + experts case; `poisoned`: every router logit is NaN (what NaN or Inf in a
@@ -365,10 +387,15 @@ fn moe_case(
     block: Option<BlockRouting>,
     n: usize,
     limit: Option<u64>,
-    dtype: DType,
+    experts_case: MoeExpertsCase,
     seed: u64,
     poisoned: bool,
 ) -> Case {
+    let MoeExpertsCase {
+        dtype,
+        parts: expert_parts,
+        shared,
+    } = experts_case;
     let routing = Routing {
         num_experts: 16,
         top_k: 4,
@@ -420,12 +447,49 @@ fn moe_case(
         experts,
         out,
     });
+    // The builder's shared expert: `moe + down(silu(gate(x)) * up(x))`, one expert wide.
+    let out = if shared {
+        let m = WeightRole::Matrix;
+        let wg = cg.weight("shared.gate", vec![inter, h], dtype, 0.3, m);
+        let wu = cg.weight("shared.up", vec![inter, h], dtype, 0.3, m);
+        let wd = cg.weight("shared.down", vec![h, inter], dtype, 0.3, m);
+        let gate = cg.g.f32("shared.g", Rows::Tokens, inter);
+        let up = cg.g.f32("shared.u", Rows::Tokens, inter);
+        let act = cg.g.f32("shared.act", Rows::Tokens, inter);
+        let sh = cg.g.f32("shared.out", Rows::Tokens, h);
+        let y = cg.g.f32("moe_out", Rows::Tokens, h);
+        cg.g.op(Op::MatMul {
+            x,
+            weight: wg,
+            out: gate,
+        });
+        cg.g.op(Op::MatMul {
+            x,
+            weight: wu,
+            out: up,
+        });
+        cg.g.op(Op::SwiGlu { gate, up, out: act });
+        cg.g.op(Op::MatMul {
+            x: act,
+            weight: wd,
+            out: sh,
+        });
+        cg.g.op(Op::Add {
+            a: out,
+            b: sh,
+            out: y,
+        });
+        y
+    } else {
+        out
+    };
     let runs = once(cg.tokens(n, rows));
     let (graph, store) = cg.finish(vec![ids, weights, out], None);
     Case {
         name: format!(
-            "moe_route+moe_experts {} n={n} {dtype:?} split={limit:?}",
-            if block.is_some() { "block" } else { "grouped" }
+            "moe_route+moe_experts {} n={n} {dtype:?} split={limit:?} parts={expert_parts:?}{}",
+            if block.is_some() { "block" } else { "grouped" },
+            if shared { " +shared" } else { "" }
         ),
         graph,
         store,
@@ -433,6 +497,7 @@ fn moe_case(
         forced: Forced {
             weight_binding_limit: limit,
             max_tokens: None,
+            expert_parts,
         },
         tol: 1e-5,
         exercises: (!poisoned).then_some(one_expert_gets_several_tiles as _),
@@ -664,7 +729,18 @@ fn nan_router_scores_route_inside_the_expert_table() {
             capacity: 6,
         }),
     ] {
-        let case = moe_case(block, 37, Some(4000), DType::BF16, 5, true);
+        let case = moe_case(
+            block,
+            37,
+            Some(4000),
+            MoeExpertsCase {
+                dtype: DType::BF16,
+                parts: None,
+                shared: false,
+            },
+            5,
+            true,
+        );
         let mut oracle =
             ReferenceBackend::new(case.graph.clone(), &case.store, &mut |_, _| {}).unwrap();
         let mut outs = vec![("reference", run_all(&mut oracle, &case))];

@@ -42,12 +42,13 @@ struct MoeMatmulParams {
     m: u32,
     // Packed rows per expert in the stack (2m for [gate; up], m for down).
     rows_per_expert: u32,
-    // First expert held by this binding.
+    // First expert of this dispatch's stack parts, and experts per part (binding): expert
+    // e0 + i is in part i / per_part (`w`, `w_1`, ... through `we_load4`).
     e0: u32,
-    // Where in `plan` this binding's first work item index is stored, and where items start.
+    // Where in `plan` this dispatch's first work item index is stored, and where items start.
     first_item_at: u32,
     items_at: u32,
-    _pad: u32,
+    per_part: u32,
 }
 
 @group(0) @binding(0) var<storage, read> p: MatmulParams;
@@ -71,6 +72,26 @@ fn load_w_tile(li: u32, t: u32, row_first: u32, valid: u32, k0: u32, k: u32, str
         var v = vec4<f32>(0.0);
         if (c < valid && 4u * c4 < k) {
             v = w_load4((row_first + c) * stride, c4);
+        }
+        let o = t * BN * LD + c * LD + 4u * q;
+        ws[o] = v.x;
+        ws[o + 1u] = v.y;
+        ws[o + 2u] = v.z;
+        ws[o + 3u] = v.w;
+    }
+}
+
+// The same from an expert-stack part (`we_load4`): the dense kernels must not name the extra
+// parts' bindings, so they keep `load_w_tile`.
+fn load_we_tile(li: u32, t: u32, part: u32, row_first: u32, valid: u32, k0: u32) {
+    for (var e = 0u; e < 2u; e++) {
+        let idx = li + e * 128u;
+        let c = idx / 8u;
+        let q = idx % 8u;
+        let c4 = k0 / 4u + q;
+        var v = vec4<f32>(0.0);
+        if (c < valid && 4u * c4 < mp.k) {
+            v = we_load4(part, (row_first + c) * mp.stride, c4);
         }
         let o = t * BN * LD + c * LD + 4u * q;
         ws[o] = v.x;
@@ -182,6 +203,12 @@ fn work_item(y: u32) -> vec3<u32> {
     return vec3<u32>(plan[o], plan[o + 1u], plan[o + 2u]);
 }
 
+// The stack part holding expert `ex`, and its first packed row there.
+fn expert_at(ex: u32) -> vec2<u32> {
+    let rel = ex - mp.e0;
+    return vec2<u32>(rel / mp.per_part, (rel % mp.per_part) * mp.rows_per_expert);
+}
+
 // Loads the rows of a work item (at most BM) into the x tile: row r is `x` row s0 + r, or the
 // token of slot s0 + r when gathering.
 fn load_item_rows(li: u32, s0: u32, valid_rows: u32, k0: u32, gather: bool) {
@@ -207,7 +234,8 @@ fn load_item_rows(li: u32, s0: u32, valid_rows: u32, k0: u32, gather: bool) {
 @compute @workgroup_size(128)
 fn moe_gate_up(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let it = work_item(wg.y);
-    let first_row = (it.x - mp.e0) * mp.rows_per_expert;
+    let at = expert_at(it.x);
+    let first_row = at.y;
     let s0 = it.y;
     let valid_rows = it.z;
     let live = 2u * ((valid_rows + NR - 1u) / NR);
@@ -219,8 +247,8 @@ fn moe_gate_up(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     var u: array<f32, 8>;
     for (var k0 = 0u; k0 < mp.k; k0 += BK) {
         load_item_rows(li, s0, valid_rows, k0, true);
-        load_w_tile(li, 0u, first_row + f0, valid_w, k0, mp.k, mp.stride);
-        load_w_tile(li, 1u, first_row + mp.m + f0, valid_w, k0, mp.k, mp.stride);
+        load_we_tile(li, 0u, at.x, first_row + f0, valid_w, k0);
+        load_we_tile(li, 1u, at.x, first_row + mp.m + f0, valid_w, k0);
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
             let bg = ws[tx * LD + kk];
@@ -248,7 +276,8 @@ fn moe_gate_up(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
 @compute @workgroup_size(128)
 fn moe_down(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let it = work_item(wg.y);
-    let first_row = (it.x - mp.e0) * mp.rows_per_expert;
+    let at = expert_at(it.x);
+    let first_row = at.y;
     let s0 = it.y;
     let valid_rows = it.z;
     let live = 4u * ((valid_rows + NR - 1u) / NR);
@@ -259,8 +288,8 @@ fn moe_down(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
     var acc: array<f32, 16>;
     for (var k0 = 0u; k0 < mp.k; k0 += BK) {
         load_item_rows(li, s0, valid_rows, k0, false);
-        load_w_tile(li, 0u, first_row + f0, min(BN, valid_w), k0, mp.k, mp.stride);
-        load_w_tile(li, 1u, first_row + f0 + BN, valid_w - min(BN, valid_w), k0, mp.k, mp.stride);
+        load_we_tile(li, 0u, at.x, first_row + f0, min(BN, valid_w), k0);
+        load_we_tile(li, 1u, at.x, first_row + f0 + BN, valid_w - min(BN, valid_w), k0);
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
             let b = ws[tx * LD + kk];

@@ -7,7 +7,7 @@
 // - `moe_group`: counts the tokens of each expert, lays their slots out expert by expert, and
 //   writes the work items and indirect dispatch arguments of the expert kernels (matmul.wgsl).
 // - `moe_combine`: per token, the weighted sum of its experts' outputs in ascending expert order
-//   (the reference's order).
+//   (the reference's order), then the shared expert's output when the stack holds it.
 
 struct RouteParams {
     e: u32,
@@ -24,10 +24,11 @@ struct RouteParams {
 struct GroupParams {
     e: u32,
     top_k: u32,
-    // Bindings the expert stacks are split into; `bounds` holds their first experts (+ the end).
+    // Dispatches of each expert kernel (each reads one or more stack bindings); `bounds` holds
+    // their first experts (+ the end).
     chunks: u32,
-    // Rows per work item (the expert kernels' tile height).
-    bm: u32,
+    // 1: the stack's last expert is the shared one, taken by every token after its routed ones.
+    has_shared: u32,
     // Feature tiles of the gate/up and the down kernels (x of their indirect dispatches).
     gate_up_tiles: u32,
     down_tiles: u32,
@@ -40,7 +41,8 @@ struct CombineParams {
     h: u32,
     top_k: u32,
     slot_cap: u32,
-    _pad: u32,
+    // 1: add the shared expert's row (entry n * top_k + t) after the routed sum.
+    has_shared: u32,
 }
 
 // moe_route
@@ -70,6 +72,8 @@ struct CombineParams {
 @group(0) @binding(24) var<storage, read_write> out: array<f32>;
 
 const NONE: u32 = 0xffffffffu;
+// Rows per expert work item: the expert kernels' tile height (BM in matmul.wgsl).
+const BM: u32 = 32u;
 const MAX_GROUPS: u32 = 64u;
 
 fn neg_inf() -> f32 {
@@ -266,17 +270,27 @@ fn moe_route_block(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
     }
 }
 
+// Entry i of the chunk: (token, expert). The routed entries are `ids`, token-major; with a
+// shared expert, entry n * top_k + t is token t's turn with it (the stack's last expert).
+fn entry(i: u32) -> vec2<u32> {
+    let routed = st.n * gp.top_k;
+    if (i < routed) {
+        return vec2<u32>(i / gp.top_k, ids[i]);
+    }
+    return vec2<u32>(i - routed, gp.e - 1u);
+}
+
 // One workgroup for the whole chunk.
 @compute @workgroup_size(256)
 fn moe_group(@builtin(local_invocation_index) li: u32) {
     let e = gp.e;
-    let entries = st.n * gp.top_k;
+    let entries = st.n * (gp.top_k + gp.has_shared);
     for (var j = li; j < 2u * e; j += 256u) {
         atomicStore(&counters[j], 0u);
     }
     storageBarrier();
     for (var i = li; i < entries; i += 256u) {
-        atomicAdd(&counters[ids[i]], 1u);
+        atomicAdd(&counters[entry(i).y], 1u);
     }
     storageBarrier();
     if (li == 0u) {
@@ -289,11 +303,11 @@ fn moe_group(@builtin(local_invocation_index) li: u32) {
             for (var ex = bounds[ch]; ex < bounds[ch + 1u]; ex++) {
                 let count = atomicLoad(&counters[ex]);
                 atomicStore(&counters[2u * e + ex], slot);
-                for (var r = 0u; r < count; r += gp.bm) {
+                for (var r = 0u; r < count; r += BM) {
                     let o = gp.items_at + 3u * item;
                     plan[o] = ex;
                     plan[o + 1u] = slot + r;
-                    plan[o + 2u] = min(gp.bm, count - r);
+                    plan[o + 2u] = min(BM, count - r);
                     item += 1u;
                 }
                 slot += count;
@@ -308,9 +322,10 @@ fn moe_group(@builtin(local_invocation_index) li: u32) {
     }
     storageBarrier();
     for (var i = li; i < entries; i += 256u) {
-        let ex = ids[i];
+        let en = entry(i);
+        let ex = en.y;
         let slot = atomicLoad(&counters[2u * e + ex]) + atomicAdd(&counters[e + ex], 1u);
-        slots[slot] = i / gp.top_k;
+        slots[slot] = en.x;
         slots[gp.slot_cap + i] = slot;
     }
 }
@@ -339,6 +354,10 @@ fn moe_combine(@builtin(global_invocation_id) gid: vec3<u32>) {
         prev = best;
         let slot = slot_of[cp.slot_cap + t * k + bj];
         acc += weights[t * k + bj] * y[slot * cp.h + col];
+    }
+    if (cp.has_shared == 1u) {
+        let slot = slot_of[cp.slot_cap + st.n * k + t];
+        acc += y[slot * cp.h + col];
     }
     out[t * cp.h + col] = acc;
 }

@@ -53,6 +53,9 @@ pub struct WgpuOptions {
     /// Shaders with naga's index clamps and loop counters (`UNMASK_WGPU_CHECKS=1`); off by
     /// default, where the kernels run trusted (kernels.rs).
     pub runtime_checks: bool,
+    /// Caps the expert-stack bindings one expert dispatch reads below what the adapter's
+    /// storage-buffer limit allows (tests reach the one-part and filler paths with it).
+    pub max_expert_parts: Option<usize>,
 }
 
 impl Default for WgpuOptions {
@@ -62,6 +65,7 @@ impl Default for WgpuOptions {
             max_tokens: 128,
             weight_binding_limit: None,
             runtime_checks: std::env::var("UNMASK_WGPU_CHECKS").is_ok_and(|v| v == "1"),
+            max_expert_parts: None,
         }
     }
 }
@@ -79,6 +83,10 @@ pub struct WgpuBackend {
     pub(crate) dummy: wgpu::Buffer,
     pub(crate) kv: KvCache,
     pub(crate) moe: Option<MoeScratch>,
+    /// Expert-stack bindings one expert dispatch reads (load.rs).
+    pub(crate) expert_parts: usize,
+    /// Ops computed inside other ops' dispatches (program/fuse.rs).
+    pub(crate) fusions: crate::program::fuse::Fusions,
     pub(crate) program: Program,
     /// Token ids of a whole step (chunks read at their offset) and its capacity in tokens.
     pub(crate) ids: wgpu::Buffer,
@@ -116,6 +124,8 @@ impl WgpuBackend {
             kv: &self.kv,
             moe: self.moe.as_ref(),
             params_align: self.params_align,
+            expert_parts: self.expert_parts,
+            fusions: &self.fusions,
         });
     }
 

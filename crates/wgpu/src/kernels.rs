@@ -3,7 +3,7 @@
 //! parameters; group 1: the step parameters at a dynamic offset per chunk).
 
 use crate::format::WeightFormat;
-use crate::shaders::{module_source, Family};
+use crate::shaders::{module_source, Family, EXPERT_PART_BINDING};
 use std::collections::BTreeMap;
 
 /// How an entry point uses one binding of group 0.
@@ -51,6 +51,13 @@ macro_rules! kernel_table {
                     $(Kernel::$k => &[$(($b, $u)),*],)*
                 }
             }
+
+            /// Whether the kernel reads expert stacks through `we_load4`, and so also binds
+            /// the extra parts (`EXPERT_PART_BINDING + p`, read-only) when a dispatch reads
+            /// more than one.
+            pub fn reads_expert_parts(self) -> bool {
+                matches!(self, Kernel::MoeGateUp | Kernel::MoeDown)
+            }
         }
     };
 }
@@ -64,7 +71,7 @@ kernel_table! {
     MoeGateUp: MatMul, "moe_gate_up", [(1, R), (2, R), (3, W), (4, U), (5, R), (6, R)];
     // `load_item_rows` (shared with moe_gate_up) names the slot table even when unused.
     MoeDown: MatMul, "moe_down", [(1, R), (2, R), (3, W), (4, U), (5, R), (6, R)];
-    QkNormRope: Rope, "qk_norm_rope", [(0, U), (1, W), (2, R), (3, R)];
+    QkNormRope: Rope, "qk_norm_rope", [(0, U), (1, W), (2, R), (3, R), (4, W), (5, W)];
     KvStore: Attention, "kv_store", [(0, U), (1, R), (2, W), (3, W)];
     Attention: Attention, "attention", [(0, U), (1, R), (4, R), (5, R), (6, W)];
     Add: Elementwise, "add", [(0, U), (1, R), (2, R), (3, W)];
@@ -96,11 +103,13 @@ impl Kernels {
     /// Builds `wanted` (kernel, format) pairs; shader modules are shared by the entry points of
     /// one (family, format). Without `runtime_checks` the modules are created trusted: naga adds
     /// no index clamps and no loop counters (the op suite runs them so, and every index the
-    /// shaders compute is bounded by the sizes they are given).
+    /// shaders compute is bounded by the sizes they are given). The expert kernels read
+    /// `expert_parts` stack bindings a dispatch.
     pub fn new(
         device: &wgpu::Device,
         wanted: &[(Kernel, Option<WeightFormat>)],
         runtime_checks: bool,
+        expert_parts: usize,
     ) -> Kernels {
         let step_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("step"),
@@ -130,7 +139,9 @@ impl Kernels {
                 };
                 let desc = wgpu::ShaderModuleDescriptor {
                     label: Some(&label),
-                    source: wgpu::ShaderSource::Wgsl(module_source(family, format).into()),
+                    source: wgpu::ShaderSource::Wgsl(
+                        module_source(family, format, expert_parts).into(),
+                    ),
                 };
                 if runtime_checks {
                     device.create_shader_module(desc)
@@ -146,9 +157,17 @@ impl Kernels {
                     }
                 }
             });
+            let extra_parts = if kernel.reads_expert_parts() {
+                (1..expert_parts as u32)
+                    .map(|p| (EXPERT_PART_BINDING + p, Bind::Read))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
                 .bindings()
                 .iter()
+                .chain(&extra_parts)
                 .map(|&(binding, b)| wgpu::BindGroupLayoutEntry {
                     binding,
                     visibility: wgpu::ShaderStages::COMPUTE,

@@ -7,7 +7,9 @@ use crate::backend::{WgpuBackend, WgpuOptions};
 use crate::device::{Gpu, ADAPTER_ENV};
 use crate::kernels::{Kernels, STEP_PARAMS_BYTES};
 use crate::kv::KvCache;
+use crate::program::fuse::Fusions;
 use crate::program::{self, Context, MoeScratch, TILE_ROWS};
+use crate::shaders::MAX_EXPERT_PARTS;
 use crate::weights::{self, DeviceMatrix, ExpertStacks};
 use unmask_core::backend::StepStats;
 use unmask_core::graph::{Graph, Op, WeightRole};
@@ -135,6 +137,12 @@ impl WgpuBackend {
         let max_rows_binding = (gpu.limits.max_compute_workgroups_per_dimension as usize
             * program::TILE_FEATURES)
             .max(1);
+        // Expert-stack bindings one expert dispatch reads: as many as the per-stage storage
+        // limit leaves beside the kernels' own six (x, out, params, plan, slots, step).
+        let expert_parts = (gpu.limits.max_storage_buffers_per_shader_stage as usize)
+            .saturating_sub(6)
+            .clamp(1, MAX_EXPERT_PARTS)
+            .min(options.max_expert_parts.unwrap_or(MAX_EXPERT_PARTS).max(1));
         let nw = graph.weights.len();
         let nops = graph.ops.len();
         let mut matrices: Vec<Option<DeviceMatrix>> = (0..nw).map(|_| None).collect();
@@ -157,7 +165,20 @@ impl WgpuBackend {
             *done += 1;
             progress((*done).min(nw), nw);
         };
+        // Ops computed inside others' dispatches (program/fuse.rs). A shared expert joins the
+        // routed stack only in their format (read here: three matrices of one expert's size).
+        let fusions = Fusions::find(&graph, &mut |shared, routed| match (
+            tensor(shared),
+            tensor(routed),
+        ) {
+            (Ok(a), Ok(b)) => a.dtype == b.dtype,
+            _ => false,
+        });
         for (i, op) in graph.ops.iter().enumerate() {
+            if fusions.absorbed(i) {
+                // Its weights went up with its host's (the shared expert's, with the stack).
+                continue;
+            }
             match op {
                 Op::QkNormRope {
                     q_norm,
@@ -187,18 +208,26 @@ impl WgpuBackend {
                         .next()
                         .unwrap_or("experts")
                         .to_string();
+                    // The shared expert, when the dispatches compute it, is the last one.
+                    let shared = fusions.shared[i];
+                    let routed = experts.gate.len();
                     let ex = weights::upload_experts(
                         up,
                         &layer,
-                        experts.gate.len(),
+                        routed + shared.is_some() as usize,
                         &mut |e| {
+                            let (gate, up, down) = match shared {
+                                Some(s) if e == routed => (s.gate, s.up, s.down),
+                                _ => (experts.gate[e], experts.up[e], experts.down[e]),
+                            };
                             Ok(weights::Expert {
-                                gate: tensor(experts.gate[e])?,
-                                up: tensor(experts.up[e])?,
-                                down: tensor(experts.down[e])?,
+                                gate: tensor(gate)?,
+                                up: tensor(up)?,
+                                down: tensor(down)?,
                             })
                         },
                         weight_binding,
+                        expert_parts,
                     )?;
                     weight_bytes += ex
                         .gate_up
@@ -206,7 +235,7 @@ impl WgpuBackend {
                         .chain(&ex.down)
                         .map(|b| b.size())
                         .sum::<u64>();
-                    for _ in 0..3 * experts.gate.len() {
+                    for _ in 0..3 * ex.experts {
                         tick(&mut done);
                     }
                     op_experts[i] = Some(ex);
@@ -246,25 +275,30 @@ impl WgpuBackend {
         for b in &graph.buffers {
             max_tokens = max_tokens.min((max_binding / per_token_bytes(b.cols).max(1)) as usize);
         }
+        // No layer needs more part bindings than it has parts.
+        let most_parts = op_experts.iter().flatten().map(|e| e.gate_up.len()).max();
+        let expert_parts = expert_parts.min(most_parts.unwrap_or(1));
         let moe_dims = graph.ops.iter().enumerate().filter_map(|(i, op)| match op {
             Op::MoeExperts { ids, .. } => {
                 let ex = op_experts[i].as_ref()?;
+                // Entries a token has: its routed experts and the shared one.
+                let shared = fusions.shared[i].is_some() as usize;
                 Some((
                     ex.experts,
-                    graph.buffer(*ids).cols,
+                    graph.buffer(*ids).cols + shared,
                     ex.inter,
                     ex.hidden,
-                    ex.gate_up.len(),
+                    ex.dispatches(),
                 ))
             }
             _ => None,
         });
-        let (mut e_max, mut k_max, mut width_max, mut parts_max) = (0, 0, 0, 0);
-        for (e, k, inter, hidden, parts) in moe_dims {
+        let (mut e_max, mut k_max, mut width_max, mut dispatches_max) = (0, 0, 0, 0);
+        for (e, k, inter, hidden, dispatches) in moe_dims {
             e_max = e_max.max(e);
             k_max = k_max.max(k);
             width_max = width_max.max(inter.max(hidden));
-            parts_max = parts_max.max(parts);
+            dispatches_max = dispatches_max.max(dispatches);
         }
         if k_max > 0 {
             max_tokens =
@@ -278,7 +312,7 @@ impl WgpuBackend {
             ));
         }
 
-        let arena = arena::plan(&graph, max_tokens);
+        let arena = arena::plan(&graph, max_tokens, fusions.positions());
         let bins: Vec<wgpu::Buffer> = arena
             .bin_bytes
             .iter()
@@ -309,7 +343,7 @@ impl WgpuBackend {
                 plan: storage(
                     &device,
                     "moe_plan",
-                    ((7 * parts_max + 3 * max_items) * 4) as u64,
+                    ((7 * dispatches_max + 3 * max_items) * 4) as u64,
                     wgpu::BufferUsages::INDIRECT,
                 ),
                 act: storage(
@@ -325,7 +359,7 @@ impl WgpuBackend {
                     wgpu::BufferUsages::empty(),
                 ),
                 slot_cap,
-                max_parts: parts_max,
+                max_dispatches: dispatches_max,
             }
         });
         let dummy = storage(&device, "dummy", 16, wgpu::BufferUsages::empty());
@@ -347,8 +381,9 @@ impl WgpuBackend {
         let vocab = graph.token_rows();
         let kernels = Kernels::new(
             &device,
-            &program::kernels_needed(&graph, &matrices, &op_experts),
+            &program::kernels_needed(&graph, &fusions, &matrices, &op_experts),
             options.runtime_checks,
+            expert_parts,
         );
         let params_align = gpu
             .limits
@@ -382,6 +417,8 @@ impl WgpuBackend {
             kv: &kv,
             moe: moe.as_ref(),
             params_align,
+            expert_parts,
+            fusions: &fusions,
         });
         Ok(WgpuBackend {
             gpu,
@@ -396,6 +433,8 @@ impl WgpuBackend {
             dummy,
             kv,
             moe,
+            expert_parts,
+            fusions,
             program,
             ids,
             ids_cap,

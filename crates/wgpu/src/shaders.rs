@@ -32,32 +32,98 @@ pub fn reads_matrices(family: Family) -> bool {
     matches!(family, Family::Embed | Family::MatMul)
 }
 
+/// Most expert-stack bindings one expert dispatch reads (`expert_parts`).
+pub const MAX_EXPERT_PARTS: usize = 8;
+
+/// First binding of the expert kernels' extra weight parts: part `p > 0` is `w_p` at
+/// `EXPERT_PART_BINDING + p` (part 0 is `w`, binding 1).
+pub const EXPERT_PART_BINDING: u32 = 40;
+
 /// The complete WGSL of one module. `format` must be given exactly for families that read
-/// matrices.
-pub fn module_source(family: Family, format: Option<WeightFormat>) -> String {
+/// matrices. `expert_parts` (1 ..= MAX_EXPERT_PARTS) is how many expert-stack bindings one
+/// expert dispatch reads: the MatMul family gets `w_load4` once per part (`w_load4_p` over
+/// `w_p`) and `we_load4(part, ..)`, which picks one; other families ignore it.
+pub fn module_source(family: Family, format: Option<WeightFormat>, expert_parts: usize) -> String {
     let mut s = String::from(STEP);
     if let Some(f) = format {
         s.push('\n');
         s.push_str(f.shader());
+        if family == Family::MatMul {
+            s.push_str(&expert_loaders(f.shader(), expert_parts));
+        }
     }
     s.push('\n');
     s.push_str(source(family));
     s
 }
 
-/// Every module the backend can build: (label, WGSL). The validation test walks this list.
+/// `w_load4` again over each extra part's binding, and `we_load4`, the switch the expert
+/// kernels read through. WGSL cannot index bindings or pass storage pointers, so the loader is
+/// instantiated per binding: the format's text from `fn w_load4(` on, with `w[` renamed.
+fn expert_loaders(format: &str, parts: usize) -> String {
+    let parts = parts.clamp(1, MAX_EXPERT_PARTS);
+    let body = &format[format
+        .find("fn w_load4(")
+        .expect("every weight format defines w_load4")..];
+    let mut s = String::new();
+    for p in 1..parts {
+        s.push_str(&format!(
+            "\n@group(0) @binding({}) var<storage, read> w_{p}: array<u32>;\n",
+            EXPERT_PART_BINDING + p as u32
+        ));
+        s.push_str(&rename_words(body, p));
+    }
+    s.push_str(
+        "\n// The expert kernels' weights: `part` is the binding of the expert's stack part.\n",
+    );
+    s.push_str("fn we_load4(part: u32, base: u32, c4: u32) -> vec4<f32> {\n    switch part {\n");
+    for p in 1..parts {
+        s.push_str(&format!(
+            "        case {p}u: {{ return w_load4_{p}(base, c4); }}\n"
+        ));
+    }
+    s.push_str("        default: { return w_load4(base, c4); }\n    }\n}\n");
+    s
+}
+
+/// `body` with `fn w_load4(` renamed `fn w_load4_p(` and every index into `w` (a `w[` not
+/// preceded by a name character) into `w_p`.
+fn rename_words(body: &str, p: usize) -> String {
+    let body = body.replace("fn w_load4(", &format!("fn w_load4_{p}("));
+    let mut out = String::with_capacity(body.len() + 64);
+    let mut prev: Option<char> = None;
+    let mut chars = body.chars().peekable();
+    while let Some(c) = chars.next() {
+        let name_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        if c == 'w' && chars.peek() == Some(&'[') && !prev.is_some_and(name_char) {
+            out.push_str(&format!("w_{p}"));
+        } else {
+            out.push(c);
+        }
+        prev = Some(c);
+    }
+    out
+}
+
+/// Every module the backend can build: (label, WGSL). The validation test walks this list
+/// (matrix families with one expert part and with the most).
 pub fn all_modules() -> Vec<(String, String)> {
     let mut out = Vec::new();
     for family in Family::ALL {
         if reads_matrices(family) {
             for f in WeightFormat::ALL {
-                out.push((
-                    format!("{}.{}", family.file_stem(), f.name()),
-                    module_source(family, Some(f)),
-                ));
+                for parts in [1, MAX_EXPERT_PARTS] {
+                    out.push((
+                        format!("{}.{}.parts{parts}", family.file_stem(), f.name()),
+                        module_source(family, Some(f), parts),
+                    ));
+                }
             }
         } else {
-            out.push((family.file_stem().to_string(), module_source(family, None)));
+            out.push((
+                family.file_stem().to_string(),
+                module_source(family, None, 1),
+            ));
         }
     }
     out
@@ -66,6 +132,25 @@ pub fn all_modules() -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The extra parts' loaders read their own binding and nothing of `w`.
+    #[test]
+    fn expert_loaders_rename_only_the_weight_words() {
+        for f in WeightFormat::ALL {
+            let s = expert_loaders(f.shader(), 3);
+            assert!(s.contains("fn w_load4_2("), "{}", f.name());
+            assert!(s.contains("w_2["), "{}", f.name());
+            let loaders: Vec<&str> = s.split("fn w_load4_").skip(1).collect();
+            for l in loaders {
+                let l = l.split("\n}").next().unwrap();
+                assert!(
+                    !l.contains(" w[") && !l.contains("(w["),
+                    "{}: {l}",
+                    f.name()
+                );
+            }
+        }
+    }
 
     /// step.wgsl's `StepParams` has core's fields, in core's order, one 4-byte word each.
     #[test]

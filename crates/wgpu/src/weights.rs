@@ -29,7 +29,7 @@ pub struct DeviceMatrix {
 }
 
 /// The experts of one MoE layer, split by whole experts: part `i` holds experts
-/// `bounds[i] .. bounds[i + 1]`.
+/// `i * per_part ..` (at most `per_part` of them), one binding each.
 pub struct ExpertStacks {
     pub format: WeightFormat,
     pub experts: usize,
@@ -38,11 +38,29 @@ pub struct ExpertStacks {
     pub inter: usize,
     pub gate_up_stride: usize,
     pub down_stride: usize,
-    pub bounds: Vec<u32>,
+    /// Experts per part (the last part may hold fewer).
+    pub per_part: usize,
+    /// Parts one expert dispatch reads (`expert_parts` bindings); dispatch `d` covers parts
+    /// `d * parts_per_dispatch ..` and experts `dispatch_bounds[d] .. dispatch_bounds[d + 1]`.
+    pub parts_per_dispatch: usize,
+    pub dispatch_bounds: Vec<u32>,
+    /// `dispatch_bounds` on the device (read by `moe_group`).
     pub bounds_buffer: wgpu::Buffer,
     /// Per part: every expert's gate rows then its up rows, expert after expert.
     pub gate_up: Vec<wgpu::Buffer>,
     pub down: Vec<wgpu::Buffer>,
+}
+
+impl ExpertStacks {
+    pub fn dispatches(&self) -> usize {
+        self.dispatch_bounds.len() - 1
+    }
+
+    /// The parts dispatch `d` reads.
+    pub fn parts_of(&self, d: usize) -> std::ops::Range<usize> {
+        let first = d * self.parts_per_dispatch;
+        first..(first + self.parts_per_dispatch).min(self.gate_up.len())
+    }
 }
 
 /// The device and queue weights are uploaded through.
@@ -203,6 +221,7 @@ pub fn upload_experts(
     experts: usize,
     expert: &mut dyn FnMut(usize) -> Result<Expert>,
     max_binding: u64,
+    parts_per_dispatch: usize,
 ) -> Result<ExpertStacks> {
     if experts == 0 {
         return Err(Error::Weights(format!(
@@ -243,7 +262,8 @@ pub fn upload_experts(
         }
         Ok(x)
     };
-    let mut bounds = vec![0u32];
+    let parts_per_dispatch = parts_per_dispatch.max(1);
+    let mut dispatch_bounds = vec![0u32];
     let (mut gate_up, mut down_parts) = (Vec::new(), Vec::new());
     let mut e0 = 0;
     while e0 < experts {
@@ -261,12 +281,16 @@ pub fn upload_experts(
         }
         gate_up.push(gu);
         down_parts.push(dn);
-        bounds.push(e1 as u32);
+        if gate_up.len() % parts_per_dispatch == 0 || e1 == experts {
+            dispatch_bounds.push(e1 as u32);
+        }
         e0 = e1;
     }
-    let bounds_buffer = up.buffer(&format!("{layer}.experts.bounds"), bounds.len(), |w| {
-        w.put(0, &bounds)
-    });
+    let bounds_buffer = up.buffer(
+        &format!("{layer}.experts.bounds"),
+        dispatch_bounds.len(),
+        |w| w.put(0, &dispatch_bounds),
+    );
     Ok(ExpertStacks {
         format,
         experts,
@@ -274,7 +298,9 @@ pub fn upload_experts(
         inter,
         gate_up_stride,
         down_stride,
-        bounds,
+        per_part,
+        parts_per_dispatch,
+        dispatch_bounds,
         bounds_buffer,
         gate_up,
         down: down_parts,

@@ -302,6 +302,14 @@ impl Graph {
     /// `host_reads` kept alive past the last op (index `ops.len()`) and the input ids, which
     /// the host writes before the first op, alive from op 0.
     pub fn lifetimes(&self, host_reads: &[BufId]) -> Vec<Option<(usize, usize)>> {
+        let order: Vec<usize> = (0..self.ops.len()).collect();
+        self.lifetimes_at(host_reads, &order)
+    }
+
+    /// `lifetimes` when op `i` runs at position `at[i]` (non-decreasing): a backend that
+    /// computes an op inside an earlier op's pass gives it that op's index, so what it writes
+    /// there is live from there on.
+    pub fn lifetimes_at(&self, host_reads: &[BufId], at: &[usize]) -> Vec<Option<(usize, usize)>> {
         let mut life: Vec<Option<(usize, usize)>> = vec![None; self.buffers.len()];
         let mut touch = |b: BufId, i: usize| {
             let l = &mut life[b.0];
@@ -312,7 +320,7 @@ impl Graph {
         };
         for (i, op) in self.ops.iter().enumerate() {
             for b in op.buffers() {
-                touch(b, i);
+                touch(b, at[i]);
             }
         }
         for &b in host_reads {

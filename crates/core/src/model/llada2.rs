@@ -53,6 +53,9 @@ pub fn build(c: &Config) -> Graph {
         out: x,
     });
     let mut hidden = vec![x];
+    // The last layer's (residual, block output), not yet added: the next layer adds it in its
+    // first norm, so the residual stream costs no pass of its own.
+    let mut residual = None;
 
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");
@@ -65,12 +68,23 @@ pub fn build(c: &Config) -> Graph {
             WeightRole::Vector,
         );
         let a = g.f32(l("attn_norm"), Rows::Tokens, h);
-        g.op(Op::RmsNorm {
-            x,
-            weight: ln1,
-            out: a,
-            eps: c.rms_norm_eps,
-        });
+        match residual.take() {
+            // The previous layer's residual add, in one op with this layer's first norm.
+            Some((x_mid, y)) => g.op(Op::AddRmsNorm {
+                a: x_mid,
+                b: y,
+                weight: ln1,
+                sum: x,
+                out: a,
+                eps: c.rms_norm_eps,
+            }),
+            None => g.op(Op::RmsNorm {
+                x,
+                weight: ln1,
+                out: a,
+                eps: c.rms_norm_eps,
+            }),
+        }
         let wqkv = g.weight(
             format!("{p}.attention.query_key_value.weight"),
             vec![c.qkv_rows(), h],
@@ -154,11 +168,16 @@ pub fn build(c: &Config) -> Graph {
             )
         };
         let x_out = g.f32(format!("hidden.{}", i + 1), Rows::Tokens, h);
-        g.op(Op::Add {
-            a: x_mid,
-            b: y,
-            out: x_out,
-        });
+        if i + 1 < c.num_hidden_layers {
+            // Written by the next layer's first op (AddRmsNorm).
+            residual = Some((x_mid, y));
+        } else {
+            g.op(Op::Add {
+                a: x_mid,
+                b: y,
+                out: x_out,
+            });
+        }
         x = x_out;
         if i + 1 < c.num_hidden_layers {
             hidden.push(x);

@@ -1,10 +1,37 @@
-//! Lowering of `Attention`: the window's K/V stored into the layer's cache, then block-masked attention over the cache.
+//! Lowering of `Attention`: the window's K/V stored into the layer's cache (by the rope dispatch when it comes right before, else by `kv_store`), then block-masked attention over the cache.
 
 use super::{f, Context, Extent, Grid, Needs, Pending};
 use crate::kernels::Kernel;
-use unmask_core::graph::{BufId, Heads, Op};
+use unmask_core::graph::{BufId, Graph, Heads, Op};
 
-fn attend(cx: &Context, qkv: BufId, layer: usize, heads: Heads, o: BufId, out: &mut Vec<Pending>) {
+/// The layer whose cache the `QkNormRope` at `rope` fills: the attention right after it over
+/// the same rows and heads (the graph builder's order), else none.
+pub(super) fn kv_stored_by_rope(graph: &Graph, rope: usize) -> Option<usize> {
+    match (graph.ops.get(rope), graph.ops.get(rope + 1)) {
+        (
+            Some(Op::QkNormRope {
+                qkv: a, heads: h1, ..
+            }),
+            Some(Op::Attention {
+                qkv: b,
+                heads: h2,
+                layer,
+                ..
+            }),
+        ) if a == b && (h1.q, h1.kv, h1.dim) == (h2.q, h2.kv, h2.dim) => Some(*layer),
+        _ => None,
+    }
+}
+
+fn attend(
+    cx: &Context,
+    index: usize,
+    qkv: BufId,
+    layer: usize,
+    heads: Heads,
+    o: BufId,
+    out: &mut Vec<Pending>,
+) {
     let kv_width = heads.kv * heads.dim;
     let params = [
         heads.dim as u32,
@@ -16,22 +43,25 @@ fn attend(cx: &Context, qkv: BufId, layer: usize, heads: Heads, o: BufId, out: &
         0,
         0,
     ];
-    out.push(Pending {
-        kernel: Kernel::KvStore,
-        format: None,
-        buffers: vec![
-            (1, cx.buffer_of(qkv)),
-            (2, cx.kv.k[layer].clone()),
-            (3, cx.kv.v[layer].clone()),
-        ],
-        params: (0, params),
-        grid: Grid::Direct(
-            Extent::Fixed((kv_width as u32).div_ceil(64)),
-            Extent::Tokens(1),
-        ),
-        needs_out: false,
-        narrow: None,
-    });
+    let stored = index > 0 && kv_stored_by_rope(cx.graph, index - 1).is_some();
+    if !stored {
+        out.push(Pending {
+            kernel: Kernel::KvStore,
+            format: None,
+            buffers: vec![
+                (1, cx.buffer_of(qkv)),
+                (2, cx.kv.k[layer].clone()),
+                (3, cx.kv.v[layer].clone()),
+            ],
+            params: (0, params),
+            grid: Grid::Direct(
+                Extent::Fixed((kv_width as u32).div_ceil(64)),
+                Extent::Tokens(1),
+            ),
+            needs_out: false,
+            narrow: None,
+        });
+    }
     out.push(Pending {
         kernel: Kernel::Attention,
         format: None,
@@ -48,14 +78,14 @@ fn attend(cx: &Context, qkv: BufId, layer: usize, heads: Heads, o: BufId, out: &
     });
 }
 
-pub(super) fn lower(cx: &Context, _index: usize, op: &Op, out: &mut Vec<Pending>) {
+pub(super) fn lower(cx: &Context, index: usize, op: &Op, out: &mut Vec<Pending>) {
     match op {
         Op::Attention {
             qkv,
             layer,
             heads,
             out: o,
-        } => attend(cx, *qkv, *layer, *heads, *o, out),
+        } => attend(cx, index, *qkv, *layer, *heads, *o, out),
         _ => unreachable!("not an attention op: {op:?}"),
     }
 }

@@ -6,6 +6,7 @@
 mod attention;
 mod elementwise;
 mod embed;
+pub(crate) mod fuse;
 mod matmul;
 mod moe;
 mod norm;
@@ -87,8 +88,8 @@ pub struct MoeScratch {
     pub y: wgpu::Buffer,
     /// Entries (tokens * top_k) a chunk can have: where `slot_of` starts in `slots`.
     pub slot_cap: usize,
-    /// Expert-stack parts of the most split layer (the plan is laid out for that many).
-    pub max_parts: usize,
+    /// Expert dispatches of the most split layer (the plan is laid out for that many).
+    pub max_dispatches: usize,
 }
 
 /// What the ops of the graph refer to on the device.
@@ -119,6 +120,9 @@ pub struct Context<'a> {
     pub kv: &'a KvCache,
     pub moe: Option<&'a MoeScratch>,
     pub params_align: u64,
+    /// Expert-stack bindings an expert dispatch reads (the kernels' layout binds this many).
+    pub expert_parts: usize,
+    pub fusions: &'a fuse::Fusions,
 }
 
 /// A dispatch before its parameter buffer exists.
@@ -227,6 +231,7 @@ impl Needs<'_> {
 /// The (kernel, format) pairs the graph needs, for building pipelines at load.
 pub fn kernels_needed(
     graph: &Graph,
+    fusions: &fuse::Fusions,
     matrices: &[Option<DeviceMatrix>],
     op_experts: &[Option<ExpertStacks>],
 ) -> Vec<(Kernel, Option<WeightFormat>)> {
@@ -237,6 +242,9 @@ pub fn kernels_needed(
         list: Vec::new(),
     };
     for (i, op) in graph.ops.iter().enumerate() {
+        if fusions.absorbed(i) {
+            continue;
+        }
         needs.index = i;
         (Family::of(op.family()).kernels)(op, &mut needs);
     }
@@ -248,8 +256,10 @@ pub fn compile(cx: &Context) -> Program {
     let mut pending = Vec::new();
     let mut op_of = Vec::new();
     for (i, op) in cx.graph.ops.iter().enumerate() {
-        cx.compile_op(i, op, &mut pending);
-        op_of.resize(pending.len(), i);
+        if !cx.fusions.absorbed(i) {
+            cx.compile_op(i, op, &mut pending);
+            op_of.resize(pending.len(), i);
+        }
     }
     let align = cx.params_align.max(32) as usize;
     let mut blob = vec![0u8; pending.len().max(1) * align];

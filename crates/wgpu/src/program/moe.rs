@@ -1,7 +1,8 @@
-//! Lowering of the MoE ops: routing (per token, or per routing block for LLaDA2.2), then the grouped experts: a group dispatch that buckets rows by expert and writes the indirect arguments, gate/up and down per expert-stack part, and the weighted combine.
+//! Lowering of the MoE ops: routing (per token, or per routing block for LLaDA2.2), then the grouped experts: a group dispatch that buckets rows by expert and writes the indirect arguments, gate/up and down per dispatch (each reads up to `expert_parts` expert-stack bindings), and the weighted combine. A shared expert absorbed by the op (fuse.rs) is the stack's last expert, taken by every token, and added by the combine.
 
-use super::{f, Context, Extent, Grid, Needs, Pending, TILE_FEATURES, TILE_ROWS};
+use super::{f, Context, Extent, Grid, Needs, Pending, TILE_FEATURES};
 use crate::kernels::Kernel;
+use crate::shaders::EXPERT_PART_BINDING;
 use unmask_core::graph::{BufId, Op, Routing, WeightId};
 
 fn route(
@@ -70,8 +71,13 @@ fn experts(
         .expect("MoE scratch exists when the graph has experts");
     let ex = cx.op_experts[index].as_ref().expect("uploaded experts");
     let top_k = cx.cols(ids);
-    let parts = ex.gate_up.len();
-    let c = moe.max_parts as u32;
+    let dispatches = ex.dispatches();
+    // The shared expert, when computed here, is the stack's last expert and its add's output
+    // is what the combine writes (fuse.rs).
+    let shared = cx.fusions.shared[index];
+    let o = shared.map_or(o, |s| s.out);
+    let shared = shared.is_some();
+    let c = moe.max_dispatches as u32;
     let items_at = 7 * c;
     out.push(Pending {
         kernel: Kernel::MoeGroup,
@@ -88,8 +94,8 @@ fn experts(
             [
                 ex.experts as u32,
                 top_k as u32,
-                parts as u32,
-                TILE_ROWS as u32,
+                dispatches as u32,
+                shared as u32,
                 ex.inter.div_ceil(TILE_FEATURES) as u32,
                 ex.hidden.div_ceil(2 * TILE_FEATURES) as u32,
                 items_at,
@@ -100,65 +106,68 @@ fn experts(
         needs_out: false,
         narrow: None,
     });
-    // The group kernel writes args for `parts` parts: gate/up at 3p, down at 3(P + p),
-    // where P is this layer's part count (the plan is read with this layer's layout).
-    for p in 0..parts {
-        out.push(Pending {
-            kernel: Kernel::MoeGateUp,
-            format: Some(ex.format),
-            buffers: vec![
-                (1, ex.gate_up[p].clone()),
-                (2, cx.buffer_of(x)),
-                (3, moe.act.clone()),
+    // The group kernel writes args for `dispatches` dispatches: gate/up at 3d, down at
+    // 3(D + d), where D is this layer's dispatch count (the plan is read with this layer's
+    // layout). Each dispatch binds its parts: the first as `w`, the others as `w_p`.
+    for (kernel, stacks, x_in, y_out, params, args_at) in [
+        (
+            Kernel::MoeGateUp,
+            &ex.gate_up,
+            cx.buffer_of(x),
+            moe.act.clone(),
+            [ex.hidden, ex.gate_up_stride, ex.inter, 2 * ex.inter],
+            0,
+        ),
+        (
+            Kernel::MoeDown,
+            &ex.down,
+            moe.act.clone(),
+            moe.y.clone(),
+            [ex.inter, ex.down_stride, ex.hidden, ex.hidden],
+            dispatches,
+        ),
+    ] {
+        for d in 0..dispatches {
+            let parts = ex.parts_of(d);
+            let mut buffers = vec![
+                (1, stacks[parts.start].clone()),
+                (2, x_in.clone()),
+                (3, y_out.clone()),
                 (5, moe.plan.clone()),
                 (6, moe.slots.clone()),
-            ],
-            params: (
-                4,
-                [
-                    ex.hidden as u32,
-                    ex.gate_up_stride as u32,
-                    ex.inter as u32,
-                    (2 * ex.inter) as u32,
-                    ex.bounds[p],
-                    6 * parts as u32 + p as u32,
-                    items_at,
-                    0,
-                ],
-            ),
-            grid: Grid::Indirect((12 * p) as u64),
-            needs_out: false,
-            narrow: None,
-        });
-    }
-    for p in 0..parts {
-        out.push(Pending {
-            kernel: Kernel::MoeDown,
-            format: Some(ex.format),
-            buffers: vec![
-                (1, ex.down[p].clone()),
-                (2, moe.act.clone()),
-                (3, moe.y.clone()),
-                (5, moe.plan.clone()),
-                (6, moe.slots.clone()),
-            ],
-            params: (
-                4,
-                [
-                    ex.inter as u32,
-                    ex.down_stride as u32,
-                    ex.hidden as u32,
-                    ex.hidden as u32,
-                    ex.bounds[p],
-                    6 * parts as u32 + p as u32,
-                    items_at,
-                    0,
-                ],
-            ),
-            grid: Grid::Indirect((12 * (parts + p)) as u64),
-            needs_out: false,
-            narrow: None,
-        });
+            ];
+            // Every extra part binding of the layout is bound; past this dispatch's parts,
+            // to its first part (never read: its experts are not in this dispatch).
+            for p in 1..cx.expert_parts {
+                let part = if parts.start + p < parts.end {
+                    parts.start + p
+                } else {
+                    parts.start
+                };
+                buffers.push((EXPERT_PART_BINDING + p as u32, stacks[part].clone()));
+            }
+            out.push(Pending {
+                kernel,
+                format: Some(ex.format),
+                buffers,
+                params: (
+                    4,
+                    [
+                        params[0] as u32,
+                        params[1] as u32,
+                        params[2] as u32,
+                        params[3] as u32,
+                        ex.dispatch_bounds[d],
+                        6 * dispatches as u32 + d as u32,
+                        items_at,
+                        ex.per_part as u32,
+                    ],
+                ),
+                grid: Grid::Indirect((12 * (args_at + d)) as u64),
+                needs_out: false,
+                narrow: None,
+            });
+        }
     }
     out.push(Pending {
         kernel: Kernel::MoeCombine,
@@ -176,7 +185,7 @@ fn experts(
                 ex.hidden as u32,
                 top_k as u32,
                 moe.slot_cap as u32,
-                0,
+                shared as u32,
                 0,
                 0,
                 0,

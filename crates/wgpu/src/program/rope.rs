@@ -1,5 +1,6 @@
-//! Lowering of `QkNormRope`: per-head norms and NeoX RoPE in place, one workgroup per (q or k head, row).
+//! Lowering of `QkNormRope`: per-head norms and NeoX RoPE in place, one workgroup per (q or k head, row); when the attention over the same rows comes next, the same dispatch stores the window's K and V into that layer's cache (and the attention skips its store pass).
 
+use super::attention::kv_stored_by_rope;
 use super::{f, Context, Extent, Grid, Needs, Pending};
 use crate::kernels::Kernel;
 use unmask_core::graph::Op;
@@ -20,6 +21,13 @@ pub(super) fn lower(cx: &Context, index: usize, op: &Op, out: &mut Vec<Pending>)
     let (has_q_norm, has_k_norm) = (q_norm.is_some(), k_norm.is_some());
     let table = &cx.kv.tables[cx.kv.table_index(rot_dim, theta)];
     let norms = cx.op_norms[index].clone().unwrap_or(cx.dummy.clone());
+    let store = kv_stored_by_rope(cx.graph, index);
+    let (k_cache, v_cache) = match store {
+        Some(layer) => (cx.kv.k[layer].clone(), cx.kv.v[layer].clone()),
+        None => (cx.dummy.clone(), cx.dummy.clone()),
+    };
+    let flags = has_q_norm as u32 | (has_k_norm as u32) << 1 | (store.is_some() as u32) << 2;
+    let v_heads = if store.is_some() { heads.kv } else { 0 };
     out.push(Pending {
         kernel: Kernel::QkNormRope,
         format: None,
@@ -30,6 +38,8 @@ pub(super) fn lower(cx: &Context, index: usize, op: &Op, out: &mut Vec<Pending>)
                 3,
                 table.buffer.clone().expect("table sized before compiling"),
             ),
+            (4, k_cache),
+            (5, v_cache),
         ],
         params: (
             0,
@@ -40,12 +50,12 @@ pub(super) fn lower(cx: &Context, index: usize, op: &Op, out: &mut Vec<Pending>)
                 (rot_dim / 2) as u32,
                 ((heads.q + 2 * heads.kv) * heads.dim) as u32,
                 f(eps),
-                has_q_norm as u32,
-                has_k_norm as u32,
+                flags,
+                0,
             ],
         ),
         grid: Grid::Direct(
-            Extent::Fixed((heads.q + heads.kv) as u32),
+            Extent::Fixed((heads.q + heads.kv + v_heads) as u32),
             Extent::of(cx.rows(qkv), 1),
         ),
         needs_out: false,

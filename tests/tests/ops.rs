@@ -349,14 +349,30 @@ fn moe_cases() -> Vec<Case> {
         }),
     ] {
         // One expert per binding (16 parts): read by as many parts a dispatch as the adapter
-        // allows, by 3 (the last dispatch binds fillers), and by 1. Two of them have the
-        // builder's shared expert after the routed ones (wgpu computes it inside the expert
-        // dispatches, as the stack's last expert).
-        for (ci, (n, limit, dtype, parts, shared)) in [
-            (37usize, None, DType::BF16, None, false),
-            (70, Some(4000u64), DType::Q8_0, None, true),
-            (70, Some(4000u64), DType::Q8_0, Some(3), false),
-            (45, Some(4000u64), DType::BF16, Some(1), true),
+        // allows, by 3 (the last dispatch binds fillers), and by 1. Some have the ops wgpu
+        // computes inside the MoE dispatches: the builder's shared expert after the routed
+        // ones, the router product before the routing, the residual add (and norm) after.
+        for (ci, (n, limit, dtype, parts, shared, router, residual)) in [
+            (37usize, None, DType::BF16, None, false, true, None),
+            (70, Some(4000u64), DType::Q8_0, None, true, true, Some(true)),
+            (
+                70,
+                Some(4000u64),
+                DType::Q8_0,
+                Some(3),
+                false,
+                false,
+                Some(false),
+            ),
+            (
+                45,
+                Some(4000u64),
+                DType::BF16,
+                Some(1),
+                true,
+                false,
+                Some(false),
+            ),
         ]
         .into_iter()
         .enumerate()
@@ -365,6 +381,8 @@ fn moe_cases() -> Vec<Case> {
                 dtype,
                 parts,
                 shared,
+                router,
+                residual,
             };
             cases.push(moe_case(block, n, limit, experts, 31 + ci as u64, false));
         }
@@ -379,6 +397,12 @@ struct MoeExpertsCase {
     parts: Option<usize>,
     /// The builder's shared expert after the routed ones.
     shared: bool,
+    /// The logits from a router product of the rows (wgpu computes it in the routing
+    /// dispatch) instead of their own table.
+    router: bool,
+    /// A residual op after the block: `Add`, or `AddRmsNorm` (`true`) as a next layer starts
+    /// (wgpu computes both in the combine).
+    residual: Option<bool>,
 }
 
 /// One routing + experts case; `poisoned`: every router logit is NaN (what NaN or Inf in a
@@ -395,6 +419,8 @@ fn moe_case(
         dtype,
         parts: expert_parts,
         shared,
+        router,
+        residual,
     } = experts_case;
     let routing = Routing {
         num_experts: 16,
@@ -409,7 +435,18 @@ fn moe_case(
     let rows = 90;
     let x = cg.embed("x", rows, h, DType::F32, 1.0);
     let scale = if poisoned { f32::NAN } else { 2.0 };
-    let logits = cg.embed("router_logits", rows, e, DType::F32, scale);
+    let logits = if router && !poisoned {
+        let w = cg.weight("router", vec![e, h], DType::BF16, 0.4, WeightRole::Router);
+        let logits = cg.g.f32("router_logits", Rows::Tokens, e);
+        cg.g.op(Op::MatMul {
+            x,
+            weight: w,
+            out: logits,
+        });
+        logits
+    } else {
+        cg.embed("router_logits", rows, e, DType::F32, scale)
+    };
     let mut bias = cg.values(e, 0.05);
     bias[3] = 3.0;
     let bias = cg.vector("bias", bias);
@@ -483,13 +520,48 @@ fn moe_case(
     } else {
         out
     };
+    let mut capture = vec![ids, weights, out];
+    if let Some(norm) = residual {
+        let skip = cg.embed("skip", rows, h, DType::F32, 1.0);
+        let sum = cg.g.f32("sum", Rows::Tokens, h);
+        if norm {
+            let w = cg.values(h, 1.0);
+            let weight = cg.vector("norm", w);
+            let normed = cg.g.f32("normed", Rows::Tokens, h);
+            cg.g.op(Op::AddRmsNorm {
+                a: skip,
+                b: out,
+                weight,
+                sum,
+                out: normed,
+                eps: 1e-6,
+            });
+            capture = vec![ids, weights, sum, normed];
+        } else {
+            cg.g.op(Op::Add {
+                a: out,
+                b: skip,
+                out: sum,
+            });
+            capture = vec![ids, weights, sum];
+        }
+    }
     let runs = once(cg.tokens(n, rows));
-    let (graph, store) = cg.finish(vec![ids, weights, out], None);
+    let (graph, store) = cg.finish(capture, None);
     Case {
         name: format!(
             "moe_route+moe_experts {} n={n} {dtype:?} split={limit:?} parts={expert_parts:?}{}",
             if block.is_some() { "block" } else { "grouped" },
-            if shared { " +shared" } else { "" }
+            [
+                (shared, " +shared"),
+                (router, " +router"),
+                (residual == Some(false), " +add"),
+                (residual == Some(true), " +add_rms_norm")
+            ]
+            .iter()
+            .filter(|f| f.0)
+            .map(|f| f.1)
+            .collect::<String>()
         ),
         graph,
         store,
@@ -737,6 +809,8 @@ fn nan_router_scores_route_inside_the_expert_table() {
                 dtype: DType::BF16,
                 parts: None,
                 shared: false,
+                router: false,
+                residual: None,
             },
             5,
             true,

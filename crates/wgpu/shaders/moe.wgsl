@@ -1,13 +1,14 @@
 // Mixture of experts on the device, without a host round trip (SPEC §2):
 // - `moe_route`: per token, sigmoid scores, bias for the choice only, group-limited top-k,
-//   normalised and scaled weights.
+//   normalised and scaled weights; `moe_route_logits` computes the router product first.
 // - `moe_route_block`: LLaDA2.2's block routing (SPEC §3c), a workgroup per routing block: the
 //   `capacity` experts with the largest block maximum of the biased score are allowed, each
 //   token takes its top-k among them.
 // - `moe_group`: counts the tokens of each expert, lays their slots out expert by expert, and
 //   writes the work items and indirect dispatch arguments of the expert kernels (matmul.wgsl).
 // - `moe_combine`: per token, the weighted sum of its experts' outputs in ascending expert order
-//   (the reference's order), then the shared expert's output when the stack holds it.
+//   (the reference's order), then the shared expert's output when the stack holds it, then the
+//   residual add and the next norm when the block's residual op is absorbed (fuse.rs).
 
 struct RouteParams {
     e: u32,
@@ -16,7 +17,8 @@ struct RouteParams {
     topk_group: u32,
     scaling: f32,
     has_bias: u32,
-    // moe_route_block: experts allowed per routing block, and its length in tokens.
+    // moe_route_block: experts allowed per routing block, and its length in tokens;
+    // moe_route_logits: 0 and the router's input width.
     capacity: u32,
     block_size: u32,
 }
@@ -43,6 +45,12 @@ struct CombineParams {
     slot_cap: u32,
     // 1: add the shared expert's row (entry n * top_k + t) after the routed sum.
     has_shared: u32,
+    // 0: write the block output; 1: write skip + output (the residual add); 2: that sum, and
+    // its RMS norm (weight `norm_w`, eps) into `normed`, as add_rms_norm computes them.
+    residual: u32,
+    eps: f32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 // moe_route
@@ -52,6 +60,10 @@ struct CombineParams {
 @group(0) @binding(3) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(4) var<storage, read_write> route_ids: array<u32>;
 @group(0) @binding(5) var<storage, read_write> route_weights: array<f32>;
+// moe_route_logits: the router's input rows, its weight widened to f32, and the logits.
+@group(0) @binding(6) var<storage, read> router_x: array<f32>;
+@group(0) @binding(7) var<storage, read> router_w: array<f32>;
+@group(0) @binding(8) var<storage, read_write> logits_out: array<f32>;
 
 // moe_group
 @group(0) @binding(10) var<storage, read> gp: GroupParams;
@@ -70,6 +82,9 @@ struct CombineParams {
 @group(0) @binding(22) var<storage, read> slot_of: array<u32>;
 @group(0) @binding(23) var<storage, read> y: array<f32>;
 @group(0) @binding(24) var<storage, read_write> out: array<f32>;
+@group(0) @binding(25) var<storage, read> skip: array<f32>;
+@group(0) @binding(26) var<storage, read> norm_w: array<f32>;
+@group(0) @binding(27) var<storage, read_write> normed: array<f32>;
 
 const NONE: u32 = 0xffffffffu;
 // Rows per expert work item: the expert kernels' tile height (BM in matmul.wgsl).
@@ -87,24 +102,61 @@ fn after(v: f32, i: u32, pv: f32, pi: u32) -> bool {
     return pi == NONE || v < pv || (v == pv && i > pi);
 }
 
-// One invocation per token; `scores` is per-token scratch [s (e values), s + bias (e values)].
+// Token t's score for expert j into `scores`, per-token scratch [s (e values), s + bias (e
+// values)].
+fn score(t: u32, j: u32, logit: f32) {
+    let e = rp.e;
+    let s = 1.0 / (1.0 + exp(-logit));
+    var b = 0.0;
+    if (rp.has_bias == 1u) {
+        b = bias[j];
+    }
+    scores[t * 2u * e + j] = s;
+    scores[t * 2u * e + e + j] = s + b;
+}
+
+// One invocation per token.
 @compute @workgroup_size(64)
 fn moe_route(@builtin(global_invocation_id) gid: vec3<u32>) {
     let t = gid.x;
     if (t >= st.n) {
         return;
     }
+    for (var j = 0u; j < rp.e; j++) {
+        score(t, j, logits[t * rp.e + j]);
+    }
+    select_experts(t);
+}
+
+// The router product fused in: a workgroup per token; invocation li computes the logits of
+// experts li, li + 64, ... (a dot product in column order, as the matmul kernels accumulate),
+// writes them (`logits_out`, for whoever reads them later) and their scores, then one
+// invocation picks the token's experts.
+@compute @workgroup_size(64)
+fn moe_route_logits(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let t = wg.x;
+    let e = rp.e;
+    let h = rp.block_size;
+    for (var j = li; j < e; j += 64u) {
+        var acc = 0.0;
+        for (var c = 0u; c < h; c++) {
+            acc += router_x[t * h + c] * router_w[j * h + c];
+        }
+        logits_out[t * e + j] = acc;
+        score(t, j, acc);
+    }
+    storageBarrier();
+    workgroupBarrier();
+    if (li == 0u) {
+        select_experts(t);
+    }
+}
+
+// Token t's experts from its scores: group-limited top-k by biased score, weights from the
+// unbiased ones.
+fn select_experts(t: u32) {
     let e = rp.e;
     let sc = t * 2u * e;
-    for (var j = 0u; j < e; j++) {
-        let s = 1.0 / (1.0 + exp(-logits[t * e + j]));
-        scores[sc + j] = s;
-        var b = 0.0;
-        if (rp.has_bias == 1u) {
-            b = bias[j];
-        }
-        scores[sc + e + j] = s + b;
-    }
     // Group score: the sum of the (up to) two largest biased scores of the group.
     let gs = e / rp.n_group;
     var group_score: array<f32, MAX_GROUPS>;
@@ -330,34 +382,69 @@ fn moe_group(@builtin(local_invocation_index) li: u32) {
     }
 }
 
-// x: columns, y: tokens. out[t] = sum over its experts, in ascending expert id, of w * y[slot].
-@compute @workgroup_size(64)
-fn moe_combine(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let col = gid.x;
-    let t = gid.y;
-    if (col >= cp.h) {
-        return;
-    }
+// The combine's workgroup: the token's entries in ascending expert order (the reference's sum
+// order), and the norm's partial sums.
+const CWG: u32 = 256u;
+const MAX_TOP_K: u32 = 64u;
+var<workgroup> order: array<u32, MAX_TOP_K>;
+var<workgroup> partial: array<f32, CWG>;
+
+// y: tokens; invocation li owns columns li, li + 256, ... (add_rms_norm's split, so the fused
+// norm reduces the same partial sums in the same tree). out[t] = sum over its experts, in
+// ascending expert id, of w * y[slot], then the shared expert's row, then the residual.
+@compute @workgroup_size(256)
+fn moe_combine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let t = wg.y;
     let k = cp.top_k;
-    var acc = 0.0;
-    var prev = NONE;
-    for (var r = 0u; r < k; r++) {
-        var best = NONE;
-        var bj = 0u;
-        for (var j = 0u; j < k; j++) {
-            let ex = ids[t * k + j];
-            if ((prev == NONE || ex > prev) && ex < best) {
-                best = ex;
-                bj = j;
+    if (li == 0u) {
+        var prev = NONE;
+        for (var r = 0u; r < k; r++) {
+            var best = NONE;
+            var bj = 0u;
+            for (var j = 0u; j < k; j++) {
+                let ex = ids[t * k + j];
+                if ((prev == NONE || ex > prev) && ex < best) {
+                    best = ex;
+                    bj = j;
+                }
+            }
+            prev = best;
+            order[r] = bj;
+        }
+    }
+    workgroupBarrier();
+    let row = t * cp.h;
+    var squares = 0.0;
+    for (var col = li; col < cp.h; col += CWG) {
+        var acc = 0.0;
+        for (var r = 0u; r < k; r++) {
+            let j = order[r];
+            let slot = slot_of[cp.slot_cap + t * k + j];
+            acc += weights[t * k + j] * y[slot * cp.h + col];
+        }
+        if (cp.has_shared == 1u) {
+            let slot = slot_of[cp.slot_cap + st.n * k + t];
+            acc += y[slot * cp.h + col];
+        }
+        if (cp.residual != 0u) {
+            acc = skip[row + col] + acc;
+        }
+        out[row + col] = acc;
+        squares += acc * acc;
+    }
+    if (cp.residual == 2u) {
+        // The norm kernel's tree (rms_norm.wgsl inv_rms) over the same partial sums.
+        partial[li] = squares;
+        for (var h = CWG / 2u; h > 0u; h >>= 1u) {
+            workgroupBarrier();
+            if (li < h) {
+                partial[li] += partial[li + h];
             }
         }
-        prev = best;
-        let slot = slot_of[cp.slot_cap + t * k + bj];
-        acc += weights[t * k + bj] * y[slot * cp.h + col];
+        workgroupBarrier();
+        let r = 1.0 / sqrt(partial[0] / f32(cp.h) + cp.eps);
+        for (var col = li; col < cp.h; col += CWG) {
+            normed[row + col] = norm_w[col] * (out[row + col] * r);
+        }
     }
-    if (cp.has_shared == 1u) {
-        let slot = slot_of[cp.slot_cap + st.n * k + t];
-        acc += y[slot * cp.h + col];
-    }
-    out[t * cp.h + col] = acc;
 }

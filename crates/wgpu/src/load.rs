@@ -44,6 +44,8 @@ pub fn supports(_graph: &Graph, op: &Op) -> std::result::Result<(), String> {
         Op::MoeRoute { routing: r, .. }
             if r.top_k == 0
                 || r.top_k > r.num_experts
+                // moe_combine orders a token's experts in workgroup memory.
+                || r.top_k > 64
                 || match r.block {
                     // moe_route_block keeps one value per expert in workgroup memory.
                     Some(b) => r.num_experts > 1024 || b.capacity > r.num_experts || b.size == 0,
@@ -167,18 +169,18 @@ impl WgpuBackend {
         };
         // Ops computed inside others' dispatches (program/fuse.rs). A shared expert joins the
         // routed stack only in their format (read here: three matrices of one expert's size).
-        let fusions = Fusions::find(&graph, &mut |shared, routed| match (
-            tensor(shared),
-            tensor(routed),
-        ) {
-            (Ok(a), Ok(b)) => a.dtype == b.dtype,
-            _ => false,
-        });
+        let fusions = Fusions::find(
+            &graph,
+            &mut |shared, routed| match (tensor(shared), tensor(routed)) {
+                (Ok(a), Ok(b)) => a.dtype == b.dtype,
+                _ => false,
+            },
+            weight_binding,
+        );
         for (i, op) in graph.ops.iter().enumerate() {
-            if fusions.absorbed(i) {
-                // Its weights went up with its host's (the shared expert's, with the stack).
-                continue;
-            }
+            // An absorbed op's matrices go up with its host (the shared expert's in the
+            // stack, the router's as f32); its vectors (a fused norm's weight) as any op's.
+            let absorbed = fusions.absorbed(i);
             match op {
                 Op::QkNormRope {
                     q_norm,
@@ -240,11 +242,24 @@ impl WgpuBackend {
                     }
                     op_experts[i] = Some(ex);
                 }
+                // A routing op that computes its router product: the router widened to f32.
+                Op::MoeRoute { .. } if fusions.router[i].is_some() => {
+                    let r = fusions.router[i].expect("just matched");
+                    for w in op.weights().into_iter().chain([r.weight]) {
+                        let b = weights::upload_vector(up, &graph.weight(w).name, &tensor(w)?);
+                        weight_bytes += b.size();
+                        vectors[w.0] = Some(b);
+                        tick(&mut done);
+                    }
+                }
                 // Every other op's weights by their role: vectors as f32, the rest as
                 // matrices (split across bindings where they must be), each uploaded once.
                 _ => {
                     for w in op.weights() {
                         let desc = graph.weight(w);
+                        if absorbed && desc.role != WeightRole::Vector {
+                            continue;
+                        }
                         if desc.role == WeightRole::Vector {
                             if vectors[w.0].is_none() {
                                 let b = weights::upload_vector(up, &desc.name, &tensor(w)?);

@@ -205,6 +205,7 @@ impl Family {
 
 /// The (kernel, weight format) pairs a graph's ops need, gathered by the family modules.
 pub struct Needs<'a> {
+    fusions: &'a fuse::Fusions,
     matrices: &'a [Option<DeviceMatrix>],
     op_experts: &'a [Option<ExpertStacks>],
     /// The op being asked about.
@@ -236,6 +237,7 @@ pub fn kernels_needed(
     op_experts: &[Option<ExpertStacks>],
 ) -> Vec<(Kernel, Option<WeightFormat>)> {
     let mut needs = Needs {
+        fusions,
         matrices,
         op_experts,
         index: 0,

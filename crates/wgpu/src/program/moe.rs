@@ -7,6 +7,7 @@ use unmask_core::graph::{BufId, Op, Routing, WeightId};
 
 fn route(
     cx: &Context,
+    index: usize,
     logits: BufId,
     bias: Option<WeightId>,
     routing: &Routing,
@@ -28,16 +29,40 @@ fn route(
         ),
         None => (Kernel::MoeRoute, 0, 0, Extent::Tokens(64)),
     };
+    let mut buffers = vec![
+        (2, bias_buf),
+        (3, moe.scores.clone()),
+        (4, cx.buffer_of(ids)),
+        (5, cx.buffer_of(weights)),
+    ];
+    // With the router product absorbed: a workgroup per token computes the logits first.
+    let (kernel, block_size, grid) = match cx.fusions.router[index] {
+        Some(r) => {
+            buffers.extend([
+                (6, cx.buffer_of(r.x)),
+                (
+                    7,
+                    cx.vectors[r.weight.0]
+                        .clone()
+                        .expect("router uploaded as f32"),
+                ),
+                (8, cx.buffer_of(logits)),
+            ]);
+            (
+                Kernel::MoeRouteLogits,
+                cx.cols(r.x) as u32,
+                Extent::Tokens(1),
+            )
+        }
+        None => {
+            buffers.push((1, cx.buffer_of(logits)));
+            (kernel, block_size, grid)
+        }
+    };
     out.push(Pending {
         kernel,
         format: None,
-        buffers: vec![
-            (1, cx.buffer_of(logits)),
-            (2, bias_buf),
-            (3, moe.scores.clone()),
-            (4, cx.buffer_of(ids)),
-            (5, cx.buffer_of(weights)),
-        ],
+        buffers,
         params: (
             0,
             [
@@ -169,6 +194,28 @@ fn experts(
             });
         }
     }
+    // The combine: a workgroup per token; with an absorbed residual op it writes that op's sum
+    // (and norm) instead of the block output.
+    let residual = cx.fusions.residual[index];
+    let (o, mode) = match residual {
+        Some(r) => (r.sum, if r.norm.is_some() { 2 } else { 1 }),
+        None => (o, 0),
+    };
+    let o = cx.buffer_of(o);
+    let (skip, norm_w, normed, eps) = match residual {
+        Some(r) => match r.norm {
+            Some((w, eps, normed)) => (
+                cx.buffer_of(r.skip),
+                cx.vectors[w.0].clone().expect("uploaded vector"),
+                cx.buffer_of(normed),
+                eps,
+            ),
+            // Unused bindings: the read-only ones to the dummy, the writable one to the output
+            // (one buffer may not be bound both read-only and writable).
+            None => (cx.buffer_of(r.skip), cx.dummy.clone(), o.clone(), 0.0),
+        },
+        None => (cx.dummy.clone(), cx.dummy.clone(), o.clone(), 0.0),
+    };
     out.push(Pending {
         kernel: Kernel::MoeCombine,
         format: None,
@@ -177,7 +224,10 @@ fn experts(
             (21, cx.buffer_of(weights)),
             (22, moe.slots.clone()),
             (23, moe.y.clone()),
-            (24, cx.buffer_of(o)),
+            (24, o),
+            (25, skip),
+            (26, norm_w),
+            (27, normed),
         ],
         params: (
             20,
@@ -186,16 +236,13 @@ fn experts(
                 top_k as u32,
                 moe.slot_cap as u32,
                 shared as u32,
-                0,
-                0,
+                mode,
+                f(eps),
                 0,
                 0,
             ],
         ),
-        grid: Grid::Direct(
-            Extent::Fixed((ex.hidden as u32).div_ceil(64)),
-            Extent::Tokens(1),
-        ),
+        grid: Grid::Direct(Extent::Fixed(1), Extent::Tokens(1)),
         needs_out: false,
         narrow: None,
     });
@@ -209,7 +256,7 @@ pub(super) fn lower(cx: &Context, index: usize, op: &Op, out: &mut Vec<Pending>)
             routing,
             ids,
             weights,
-        } => route(cx, *logits, *bias, routing, *ids, *weights, out),
+        } => route(cx, index, *logits, *bias, routing, *ids, *weights, out),
         Op::MoeExperts {
             x,
             ids,
@@ -225,6 +272,9 @@ pub(super) fn kernels(op: &Op, needs: &mut Needs) {
     match op {
         Op::MoeRoute { routing, .. } if routing.block.is_some() => {
             needs.push(Kernel::MoeRouteBlock, None)
+        }
+        Op::MoeRoute { .. } if needs.fusions.router[needs.index].is_some() => {
+            needs.push(Kernel::MoeRouteLogits, None)
         }
         Op::MoeRoute { .. } => needs.push(Kernel::MoeRoute, None),
         Op::MoeExperts { .. } => {

@@ -45,8 +45,8 @@ struct CombineParams {
     slot_cap: u32,
     // 1: add the shared expert's row (entry n * top_k + t) after the routed sum.
     has_shared: u32,
-    // 0: write the block output; 1: write skip + output (the residual add); 2: that sum, and
-    // its RMS norm (weight `norm_w`, eps) into `normed`, as add_rms_norm computes them.
+    // moe_combine_residual: 1 writes skip + output (the residual add); 2 that sum and its
+    // RMS norm (weight `norm_w`, eps) into `normed`, as add_rms_norm computes them.
     residual: u32,
     eps: f32,
     _pad0: u32,
@@ -389,12 +389,8 @@ const MAX_TOP_K: u32 = 64u;
 var<workgroup> order: array<u32, MAX_TOP_K>;
 var<workgroup> partial: array<f32, CWG>;
 
-// y: tokens; invocation li owns columns li, li + 256, ... (add_rms_norm's split, so the fused
-// norm reduces the same partial sums in the same tree). out[t] = sum over its experts, in
-// ascending expert id, of w * y[slot], then the shared expert's row, then the residual.
-@compute @workgroup_size(256)
-fn moe_combine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let t = wg.y;
+// Fills `order` with token t's entries in ascending expert id (one invocation; all wait).
+fn order_experts(t: u32, li: u32) {
     let k = cp.top_k;
     if (li == 0u) {
         var prev = NONE;
@@ -413,27 +409,51 @@ fn moe_combine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
         }
     }
     workgroupBarrier();
+}
+
+// Column `col` of token t's block output: w * y[slot] over its experts in ascending id, then
+// the shared expert's row.
+fn block_output(t: u32, col: u32) -> f32 {
+    let k = cp.top_k;
+    var acc = 0.0;
+    for (var r = 0u; r < k; r++) {
+        let j = order[r];
+        let slot = slot_of[cp.slot_cap + t * k + j];
+        acc += weights[t * k + j] * y[slot * cp.h + col];
+    }
+    if (cp.has_shared == 1u) {
+        let slot = slot_of[cp.slot_cap + st.n * k + t];
+        acc += y[slot * cp.h + col];
+    }
+    return acc;
+}
+
+// y: tokens; invocation li owns columns li, li + 256, ...
+@compute @workgroup_size(256)
+fn moe_combine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let t = wg.y;
+    order_experts(t, li);
+    for (var col = li; col < cp.h; col += CWG) {
+        out[t * cp.h + col] = block_output(t, col);
+    }
+}
+
+// The same, plus the residual: out = skip + block output, and with `residual` 2 its RMS norm
+// into `normed`. The columns are add_rms_norm's split, so the norm reduces the same partial
+// sums in the same tree (rms_norm.wgsl inv_rms). Its own entry point: three more bindings
+// than an adapter with 8 storage buffers a stage allows (load.rs fuses only above that).
+@compute @workgroup_size(256)
+fn moe_combine_residual(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let t = wg.y;
+    order_experts(t, li);
     let row = t * cp.h;
     var squares = 0.0;
     for (var col = li; col < cp.h; col += CWG) {
-        var acc = 0.0;
-        for (var r = 0u; r < k; r++) {
-            let j = order[r];
-            let slot = slot_of[cp.slot_cap + t * k + j];
-            acc += weights[t * k + j] * y[slot * cp.h + col];
-        }
-        if (cp.has_shared == 1u) {
-            let slot = slot_of[cp.slot_cap + st.n * k + t];
-            acc += y[slot * cp.h + col];
-        }
-        if (cp.residual != 0u) {
-            acc = skip[row + col] + acc;
-        }
-        out[row + col] = acc;
-        squares += acc * acc;
+        let v = skip[row + col] + block_output(t, col);
+        out[row + col] = v;
+        squares += v * v;
     }
     if (cp.residual == 2u) {
-        // The norm kernel's tree (rms_norm.wgsl inv_rms) over the same partial sums.
         partial[li] = squares;
         for (var h = CWG / 2u; h > 0u; h >>= 1u) {
             workgroupBarrier();

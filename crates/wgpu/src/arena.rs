@@ -72,7 +72,7 @@ mod tests {
         let mut c = shape_config("tiny").unwrap();
         c.num_hidden_layers = 3;
         let g = unmask_core::model::llada2::build(&c);
-        let fused = crate::program::fuse::Fusions::find(&g, &mut |_, _| true, u64::MAX);
+        let fused = crate::program::fuse::Fusions::find(&g, &mut |_, _| true, u64::MAX, usize::MAX);
         assert!(
             fused.shared.iter().any(Option::is_some),
             "the tiny shape has a shared expert"

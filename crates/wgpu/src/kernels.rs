@@ -81,7 +81,8 @@ kernel_table! {
     MoeRouteLogits: Moe, "moe_route_logits", [(0, U), (2, R), (3, W), (4, W), (5, W), (6, R), (7, R), (8, W)];
     MoeRouteBlock: Moe, "moe_route_block", [(0, U), (1, R), (2, R), (3, W), (4, W), (5, W)];
     MoeGroup: Moe, "moe_group", [(10, U), (11, R), (12, R), (13, W), (14, W), (15, W)];
-    MoeCombine: Moe, "moe_combine", [(20, U), (11, R), (21, R), (22, R), (23, R), (24, W), (25, R), (26, R), (27, W)];
+    MoeCombine: Moe, "moe_combine", [(20, U), (11, R), (21, R), (22, R), (23, R), (24, W)];
+    MoeCombineResidual: Moe, "moe_combine_residual", [(20, U), (11, R), (21, R), (22, R), (23, R), (24, W), (25, R), (26, R), (27, W)];
     Sample: Sample, "sample", [(0, U), (1, R), (2, W)];
     SampleSeeded: Sample, "sample_seeded", [(0, U), (1, R), (2, W)];
 }

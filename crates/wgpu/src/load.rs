@@ -176,6 +176,7 @@ impl WgpuBackend {
                 _ => false,
             },
             weight_binding,
+            gpu.limits.max_storage_buffers_per_shader_stage as usize,
         );
         for (i, op) in graph.ops.iter().enumerate() {
             // An absorbed op's matrices go up with its host (the shared expert's in the

@@ -63,11 +63,14 @@ pub struct Fusions {
 
 impl Fusions {
     /// `stackable(shared, routed)`: whether weight `shared` is stored in the same format as
-    /// `routed` (one stack holds one format); `max_binding`: bytes one binding may hold.
+    /// `routed` (one stack holds one format); `max_binding`: bytes one binding may hold;
+    /// `storage_per_stage`: storage buffers one kernel may bind (the fused routing binds 9, the
+    /// fused combine 10, counting the step parameters; WebGPU's default allows 8).
     pub fn find(
         graph: &Graph,
         stackable: &mut dyn FnMut(WeightId, WeightId) -> bool,
         max_binding: u64,
+        storage_per_stage: usize,
     ) -> Fusions {
         let n = graph.ops.len();
         let mut f = Fusions {
@@ -76,7 +79,7 @@ impl Fusions {
             shared: vec![None; n],
             residual: vec![None; n],
         };
-        for i in 1..n {
+        for i in (1..n).filter(|_| storage_per_stage >= 9) {
             if let Some(r) = router_before(graph, i, max_binding) {
                 f.host[i - 1] = i;
                 f.router[i] = Some(r);
@@ -95,7 +98,7 @@ impl Fusions {
                 f.shared[i] = Some(s);
                 (y, last) = (s.out, i + 5);
             }
-            if let Some(r) = residual_after(graph, last, y) {
+            if let Some(r) = residual_after(graph, last, y).filter(|_| storage_per_stage >= 10) {
                 f.host[last + 1] = i;
                 f.residual[i] = Some(r);
             }
@@ -255,7 +258,7 @@ mod tests {
                 c.expert_capacity = 4;
             }
             let g = unmask_core::model::llada2::build(&c);
-            let f = Fusions::find(&g, &mut |_, _| true, u64::MAX);
+            let f = Fusions::find(&g, &mut |_, _| true, u64::MAX, usize::MAX);
             let moe = |i: usize| matches!(g.ops[i], Op::MoeExperts { .. });
             let routes = |i: usize| matches!(g.ops[i], Op::MoeRoute { .. });
             let layers = (0..g.ops.len()).filter(|&i| moe(i)).count();
@@ -275,12 +278,24 @@ mod tests {
         }
     }
 
+    /// With WebGPU's default 8 storage buffers a stage, the routing and the combine keep their
+    /// inputs and outputs to that: the shared expert still joins the stack.
+    #[test]
+    fn eight_storage_buffers_keep_the_router_and_the_residual_apart() {
+        let c = shape_config("tiny").unwrap();
+        let g = unmask_core::model::llada2::build(&c);
+        let f = Fusions::find(&g, &mut |_, _| true, u64::MAX, 8);
+        assert!(f.router.iter().all(Option::is_none));
+        assert!(f.residual.iter().all(Option::is_none));
+        assert!(f.shared.iter().any(Option::is_some));
+    }
+
     /// A shared expert in another format than the routed ones stays a separate product.
     #[test]
     fn a_shared_expert_in_another_format_is_not_stacked() {
         let c = shape_config("tiny").unwrap();
         let g = unmask_core::model::llada2::build(&c);
-        let f = Fusions::find(&g, &mut |_, _| false, u64::MAX);
+        let f = Fusions::find(&g, &mut |_, _| false, u64::MAX, usize::MAX);
         assert!(f.shared.iter().all(Option::is_none));
     }
 }

@@ -202,33 +202,37 @@ fn experts(
         None => (o, 0),
     };
     let o = cx.buffer_of(o);
-    let (skip, norm_w, normed, eps) = match residual {
-        Some(r) => match r.norm {
-            Some((w, eps, normed)) => (
-                cx.buffer_of(r.skip),
-                cx.vectors[w.0].clone().expect("uploaded vector"),
-                cx.buffer_of(normed),
-                eps,
-            ),
-            // Unused bindings: the read-only ones to the dummy, the writable one to the output
-            // (one buffer may not be bound both read-only and writable).
-            None => (cx.buffer_of(r.skip), cx.dummy.clone(), o.clone(), 0.0),
-        },
-        None => (cx.dummy.clone(), cx.dummy.clone(), o.clone(), 0.0),
-    };
+    let mut buffers = vec![
+        (11, cx.buffer_of(ids)),
+        (21, cx.buffer_of(weights)),
+        (22, moe.slots.clone()),
+        (23, moe.y.clone()),
+        (24, o.clone()),
+    ];
+    let mut eps = 0.0;
+    if let Some(r) = residual {
+        let (norm_w, normed) = match r.norm {
+            Some((w, e, normed)) => {
+                eps = e;
+                (
+                    cx.vectors[w.0].clone().expect("uploaded vector"),
+                    cx.buffer_of(normed),
+                )
+            }
+            // Unused: the read-only one to the dummy, the writable one to the output (one
+            // buffer may not be bound both read-only and writable).
+            None => (cx.dummy.clone(), o),
+        };
+        buffers.extend([(25, cx.buffer_of(r.skip)), (26, norm_w), (27, normed)]);
+    }
     out.push(Pending {
-        kernel: Kernel::MoeCombine,
+        kernel: if residual.is_some() {
+            Kernel::MoeCombineResidual
+        } else {
+            Kernel::MoeCombine
+        },
         format: None,
-        buffers: vec![
-            (11, cx.buffer_of(ids)),
-            (21, cx.buffer_of(weights)),
-            (22, moe.slots.clone()),
-            (23, moe.y.clone()),
-            (24, o),
-            (25, skip),
-            (26, norm_w),
-            (27, normed),
-        ],
+        buffers,
         params: (
             20,
             [
@@ -282,7 +286,14 @@ pub(super) fn kernels(op: &Op, needs: &mut Needs) {
             needs.push(Kernel::MoeGroup, None);
             needs.push(Kernel::MoeGateUp, format);
             needs.push(Kernel::MoeDown, format);
-            needs.push(Kernel::MoeCombine, None);
+            needs.push(
+                if needs.fusions.residual[needs.index].is_some() {
+                    Kernel::MoeCombineResidual
+                } else {
+                    Kernel::MoeCombine
+                },
+                None,
+            );
         }
         _ => {}
     }

@@ -4,8 +4,9 @@
 // - `moe_route_block`: LLaDA2.2's block routing (SPEC §3c), a workgroup per routing block: the
 //   `capacity` experts with the largest block maximum of the biased score are allowed, each
 //   token takes its top-k among them.
-// - `moe_group`: counts the tokens of each expert, lays their slots out expert by expert, and
-//   writes the work items and indirect dispatch arguments of the expert kernels (matmul.wgsl).
+// - `moe_group`: counts the tokens of each expert, lays their slots out expert by expert (a
+//   workgroup scan), and writes the work items and indirect dispatch arguments of the expert
+//   kernels (matmul.wgsl).
 // - `moe_combine`: per token, the weighted sum of its experts' outputs in ascending expert order
 //   (the reference's order), then the shared expert's output when the stack holds it, then the
 //   residual add and the next norm when the block's residual op is absorbed (fuse.rs).
@@ -69,7 +70,8 @@ struct CombineParams {
 @group(0) @binding(10) var<storage, read> gp: GroupParams;
 @group(0) @binding(11) var<storage, read> ids: array<u32>;
 @group(0) @binding(12) var<storage, read> bounds: array<u32>;
-// [0, e): tokens per expert; [e, 2e): scatter cursors; [2e, 3e): first slot of each expert.
+// [0, e): tokens per expert; [e, 2e): scatter cursors; [2e, 3e): first slot of each expert;
+// [3e, 4e]: first work item of each expert, then the total.
 @group(0) @binding(13) var<storage, read_write> counters: array<atomic<u32>>;
 // [0, slot_cap): token of each slot; [slot_cap, 2 slot_cap): slot of each (token, k) entry.
 @group(0) @binding(14) var<storage, read_write> slots: array<u32>;
@@ -332,48 +334,84 @@ fn entry(i: u32) -> vec2<u32> {
     return vec2<u32>(i - routed, gp.e - 1u);
 }
 
-// One workgroup for the whole chunk.
+const GWG: u32 = 256u;
+// moe_group's scan: per invocation, the slots and the work items of its experts.
+var<workgroup> scan_slots: array<u32, GWG>;
+var<workgroup> scan_items: array<u32, GWG>;
+
+// One workgroup for the whole chunk. Invocation li owns a contiguous range of experts: their
+// counts, then their first slots and work items from a workgroup scan (no invocation walks
+// every expert), then the chunks' dispatch arguments.
 @compute @workgroup_size(256)
 fn moe_group(@builtin(local_invocation_index) li: u32) {
     let e = gp.e;
     let entries = st.n * (gp.top_k + gp.has_shared);
-    for (var j = li; j < 2u * e; j += 256u) {
+    for (var j = li; j < 2u * e; j += GWG) {
         atomicStore(&counters[j], 0u);
     }
     storageBarrier();
-    for (var i = li; i < entries; i += 256u) {
+    for (var i = li; i < entries; i += GWG) {
         atomicAdd(&counters[entry(i).y], 1u);
     }
     storageBarrier();
-    if (li == 0u) {
-        let c = gp.chunks;
-        var slot = 0u;
-        var item = 0u;
-        for (var ch = 0u; ch < c; ch++) {
-            let first = item;
-            plan[6u * c + ch] = first;
-            for (var ex = bounds[ch]; ex < bounds[ch + 1u]; ex++) {
-                let count = atomicLoad(&counters[ex]);
-                atomicStore(&counters[2u * e + ex], slot);
-                for (var r = 0u; r < count; r += BM) {
-                    let o = gp.items_at + 3u * item;
-                    plan[o] = ex;
-                    plan[o + 1u] = slot + r;
-                    plan[o + 2u] = min(BM, count - r);
-                    item += 1u;
-                }
-                slot += count;
-            }
-            plan[3u * ch] = gp.gate_up_tiles;
-            plan[3u * ch + 1u] = item - first;
-            plan[3u * ch + 2u] = 1u;
-            plan[3u * c + 3u * ch] = gp.down_tiles;
-            plan[3u * c + 3u * ch + 1u] = item - first;
-            plan[3u * c + 3u * ch + 2u] = 1u;
+    let per = (e + GWG - 1u) / GWG;
+    let e0 = min(li * per, e);
+    let e1 = min(e0 + per, e);
+    var own_slots = 0u;
+    var own_items = 0u;
+    for (var ex = e0; ex < e1; ex++) {
+        let count = atomicLoad(&counters[ex]);
+        own_slots += count;
+        own_items += (count + BM - 1u) / BM;
+    }
+    // Inclusive scan (Hillis-Steele), then each invocation's exclusive start.
+    scan_slots[li] = own_slots;
+    scan_items[li] = own_items;
+    for (var off = 1u; off < GWG; off <<= 1u) {
+        workgroupBarrier();
+        var a = 0u;
+        var b = 0u;
+        if (li >= off) {
+            a = scan_slots[li - off];
+            b = scan_items[li - off];
         }
+        workgroupBarrier();
+        scan_slots[li] += a;
+        scan_items[li] += b;
+    }
+    var slot = scan_slots[li] - own_slots;
+    var item = scan_items[li] - own_items;
+    // [3e, 4e]: the first work item of each expert, and the total.
+    for (var ex = e0; ex < e1; ex++) {
+        let count = atomicLoad(&counters[ex]);
+        atomicStore(&counters[2u * e + ex], slot);
+        atomicStore(&counters[3u * e + ex], item);
+        for (var r = 0u; r < count; r += BM) {
+            let o = gp.items_at + 3u * item;
+            plan[o] = ex;
+            plan[o + 1u] = slot + r;
+            plan[o + 2u] = min(BM, count - r);
+            item += 1u;
+        }
+        slot += count;
+    }
+    if (e1 == e) {
+        atomicStore(&counters[4u * e], item);
     }
     storageBarrier();
-    for (var i = li; i < entries; i += 256u) {
+    let c = gp.chunks;
+    for (var ch = li; ch < c; ch += GWG) {
+        let first = atomicLoad(&counters[3u * e + bounds[ch]]);
+        let items = atomicLoad(&counters[3u * e + bounds[ch + 1u]]) - first;
+        plan[6u * c + ch] = first;
+        plan[3u * ch] = gp.gate_up_tiles;
+        plan[3u * ch + 1u] = items;
+        plan[3u * ch + 2u] = 1u;
+        plan[3u * c + 3u * ch] = gp.down_tiles;
+        plan[3u * c + 3u * ch + 1u] = items;
+        plan[3u * c + 3u * ch + 2u] = 1u;
+    }
+    for (var i = li; i < entries; i += GWG) {
         let en = entry(i);
         let ex = en.y;
         let slot = atomicLoad(&counters[2u * e + ex]) + atomicAdd(&counters[e + ex], 1u);

@@ -347,7 +347,7 @@ impl WgpuBackend {
                 counters: storage(
                     &device,
                     "moe_counters",
-                    (3 * e_max * 4) as u64,
+                    ((4 * e_max + 1) * 4) as u64,
                     wgpu::BufferUsages::empty(),
                 ),
                 slots: storage(

@@ -156,6 +156,9 @@ pub struct Forced {
     pub max_tokens: Option<usize>,
     /// Expert-stack bindings one wgpu expert dispatch reads (default: what the adapter allows).
     pub expert_parts: Option<usize>,
+    /// wgpu's matrix-vector kernels reduce in workgroup memory even where the adapter has
+    /// subgroups.
+    pub no_subgroups: bool,
 }
 
 /// A device backend built from a bare graph and its weights (the op suite's cases).
@@ -206,6 +209,7 @@ pub fn graph_backends() -> Vec<GraphBackend> {
                     max_expert_parts: forced.expert_parts,
                     ..Default::default()
                 };
+                opts.subgroups &= !forced.no_subgroups;
                 if let Some(n) = forced.max_tokens {
                     opts.max_tokens = n;
                 }

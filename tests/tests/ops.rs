@@ -171,17 +171,22 @@ fn once(tokens: Vec<u32>) -> Vec<Run> {
 }
 
 /// Embedding and matmul in every weight format, with odd sizes, more rows than a tile, and
-/// bindings small enough to split both the table and the matrix.
+/// bindings small enough to split both the table and the matrix. Windows of at most 8 and 32
+/// rows take wgpu's matrix-vector kernels: with a subgroup reduction where the adapter has
+/// subgroups, and (`subgroups` false) with the workgroup-memory one.
 fn matmul_cases() -> Vec<Case> {
     let shapes = [
-        (1, 37, 45, None),
-        (5, 64, 100, Some(4096)),
-        (33, 129, 70, None),
-        (70, 96, 257, Some(10_000)),
+        (1, 37, 45, None, true),
+        (5, 64, 100, Some(4096), true),
+        (5, 64, 100, Some(4096), false),
+        (20, 130, 75, None, true),
+        (32, 64, 33, Some(4096), false),
+        (33, 129, 70, None, true),
+        (70, 96, 257, Some(10_000), true),
     ];
     let mut cases = Vec::new();
     for dtype in [DType::F32, DType::BF16, DType::F16, DType::Q8_0, DType::Q4] {
-        for (ci, &(n, k, m, limit)) in shapes.iter().enumerate() {
+        for (ci, &(n, k, m, limit, subgroups)) in shapes.iter().enumerate() {
             let mut cg = CaseGraph::new(ci as u64 + 1);
             let table_rows = 2 * n + 3;
             let x = cg.embed("table", table_rows, k, dtype, 1.0);
@@ -191,7 +196,10 @@ fn matmul_cases() -> Vec<Case> {
             let runs = once(cg.tokens(n, table_rows));
             let (graph, store) = cg.finish(vec![x, out], None);
             cases.push(Case {
-                name: format!("embed+matmul {dtype:?} n={n} [{m},{k}] split={limit:?}"),
+                name: format!(
+                    "embed+matmul {dtype:?} n={n} [{m},{k}] split={limit:?}{}",
+                    if subgroups { "" } else { " no-subgroups" }
+                ),
                 graph,
                 store,
                 runs,
@@ -199,6 +207,7 @@ fn matmul_cases() -> Vec<Case> {
                     weight_binding_limit: limit,
                     max_tokens: None,
                     expert_parts: None,
+                    no_subgroups: !subgroups,
                 },
                 tol: 1e-5,
                 exercises: None,
@@ -331,6 +340,7 @@ fn attention_case(dim: usize) -> Case {
             weight_binding_limit: None,
             max_tokens: Some(64),
             expert_parts: None,
+            no_subgroups: false,
         },
         tol: 1e-5,
         exercises: None,
@@ -570,6 +580,7 @@ fn moe_case(
             weight_binding_limit: limit,
             max_tokens: None,
             expert_parts,
+            no_subgroups: false,
         },
         tol: 1e-5,
         exercises: (!poisoned).then_some(one_expert_gets_several_tiles as _),

@@ -4,8 +4,8 @@
 // workgroup memory; each of the 128 invocations owns 2 rows x 4 features.
 //
 // - `matmul`: dense rows (a linear layer over the chunk's tokens or its predicted rows).
-// - `matmul_narrow`: the same for at most NR rows, tiles of NR rows x 2 BN features, so a
-//   product over a few rows does not compute a whole BM-row tile.
+// - `matvec8` / `matvec32` (matvec/matvec.wgsl): products over at most 8 or 32 rows, the
+//   weights streamed once with the window's rows in registers.
 // - `moe_gate_up`: per routed expert, the rows routed to it (gathered by token) times the
 //   expert's stacked [gate; up] rows, writing silu(gate) * up.
 // - `moe_down`: per routed expert, its activation rows times its down rows.
@@ -152,49 +152,8 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     }
 }
 
+// Expert tiles compute their routed rows NR at a time.
 const NR: u32 = 8u;
-
-// x: tiles of 2 BN features; one row tile (at most NR rows). Invocation li owns feature
-// li % 64 of the tile and rows li / 64 + 2i.
-@compute @workgroup_size(128)
-fn matmul_narrow(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let rows = select(st.n, st.out_rows, p.rows_from_out == 1u);
-    let valid_rows = min(NR, rows);
-    let f0 = wg.x * 2u * BN;
-    let valid_w = min(2u * BN, p.m - f0);
-    let tx = li % 64u;
-    let ty = li / 64u;
-    var acc: array<f32, 4>;
-    for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        for (var e = 0u; e < 2u; e++) {
-            let idx = li + e * 128u;
-            let r = idx / BK;
-            let kk = idx % BK;
-            var v = 0.0;
-            if (r < valid_rows && k0 + kk < p.k) {
-                v = x[r * p.k + k0 + kk];
-            }
-            xs[r * LD + kk] = v;
-        }
-        // 2 BN rows = two BN-row tiles.
-        load_w_tile(li, 0u, f0, min(BN, valid_w), k0, p.k, p.stride);
-        load_w_tile(li, 1u, f0 + BN, valid_w - min(BN, valid_w), k0, p.k, p.stride);
-        workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk++) {
-            let b = ws[tx * LD + kk];
-            for (var i = 0u; i < 4u; i++) {
-                acc[i] += xs[(ty + 2u * i) * LD + kk] * b;
-            }
-        }
-        workgroupBarrier();
-    }
-    for (var i = 0u; i < 4u; i++) {
-        let r = ty + 2u * i;
-        if (r < valid_rows && tx < valid_w) {
-            out[r * p.out_cols + p.col0 + f0 + tx] = acc[i];
-        }
-    }
-}
 
 // The work item of this workgroup: (expert, first slot, rows).
 fn work_item(y: u32) -> vec3<u32> {
@@ -305,4 +264,26 @@ fn moe_down(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
             out[(s0 + r) * mp.m + f0 + tx] = acc[i];
         }
     }
+}
+
+// The matrix-vector kernels (matvec/matvec.wgsl, instanced per row bound): invocations per
+// workgroup, accumulators per invocation (rows x features), and the reduced totals.
+const MV_WG: u32 = 64u;
+const MV_ACC: u32 = 64u;
+var<workgroup> mv_sum: array<f32, MV_ACC>;
+
+// Columns 4 c4 .. 4 c4 + 3 of window row r, zero past the row's end (activation rows are not
+// padded; weight rows are, so the product there is zero).
+fn x_run(r: u32, c4: u32) -> vec4<f32> {
+    let b = r * p.k + 4u * c4;
+    if (4u * c4 + 3u < p.k) {
+        return vec4<f32>(x[b], x[b + 1u], x[b + 2u], x[b + 3u]);
+    }
+    var v = vec4<f32>(0.0);
+    for (var i = 0u; i < 4u; i++) {
+        if (4u * c4 + i < p.k) {
+            v[i] = x[b + i];
+        }
+    }
+    return v;
 }

@@ -7,7 +7,7 @@ use crate::device::Gpu;
 use crate::kernels::{Kernel, Kernels, STEP_PARAMS_BYTES};
 use crate::kv::KvCache;
 use crate::load::storage;
-use crate::program::{self, Context, Dispatch, Grid, MoeScratch, Program, NARROW_ROWS};
+use crate::program::{self, Context, Dispatch, Grid, MoeScratch, Program};
 use crate::readback;
 use crate::timer::Timer;
 use crate::weights::{DeviceMatrix, ExpertStacks};
@@ -56,6 +56,9 @@ pub struct WgpuOptions {
     /// Caps the expert-stack bindings one expert dispatch reads below what the adapter's
     /// storage-buffer limit allows (tests reach the one-part and filler paths with it).
     pub max_expert_parts: Option<usize>,
+    /// Subgroup operations where the adapter has them (the matrix-vector kernels' reduction);
+    /// off: workgroup memory everywhere (`UNMASK_WGPU_SUBGROUPS=0`; tests reach that path).
+    pub subgroups: bool,
 }
 
 impl Default for WgpuOptions {
@@ -66,6 +69,7 @@ impl Default for WgpuOptions {
             weight_binding_limit: None,
             runtime_checks: std::env::var("UNMASK_WGPU_CHECKS").is_ok_and(|v| v == "1"),
             max_expert_parts: None,
+            subgroups: std::env::var("UNMASK_WGPU_SUBGROUPS").map_or(true, |v| v != "0"),
         }
     }
 }
@@ -359,7 +363,7 @@ impl WgpuBackend {
         Ok(out)
     }
 
-    /// What `d` runs in chunk `c` (the seeded sampler, the narrow matmul), or `None` when it
+    /// What `d` runs in chunk `c` (the seeded sampler, a matrix-vector kernel), or `None` when it
     /// has nothing to do there (the head in a chunk that predicts nothing, an empty grid).
     fn resolve<'a>(&'a self, d: &'a Dispatch, c: &Chunk, seeded: bool) -> Option<Run<'a>> {
         if d.needs_out && c.out == 0 {
@@ -369,9 +373,10 @@ impl WgpuBackend {
             (Some((pl, bg)), true) => (Kernel::SampleSeeded, pl, bg, d.grid),
             _ => (d.kernel, &d.pipeline, &d.bind_group, d.grid),
         };
-        if let Some((pl, bg, g, rows)) = &d.narrow {
-            if rows.resolve(c.len, c.out) as usize <= NARROW_ROWS {
-                (kernel, pipeline, group, grid) = (Kernel::MatmulNarrow, pl, bg, *g);
+        if let Some((rows, variants)) = &d.small {
+            let n = rows.resolve(c.len, c.out) as usize;
+            if let Some(v) = variants.iter().find(|v| n <= v.max_rows) {
+                (kernel, pipeline, group, grid) = (v.kernel, &v.pipeline, &v.bind_group, v.grid);
             }
         }
         let size = match grid {

@@ -216,6 +216,8 @@ pub struct Gpu {
     pub limits: wgpu::Limits,
     /// Whether the device writes timestamp queries (profiled steps).
     pub timestamps: bool,
+    /// Whether the device runs subgroup operations.
+    pub subgroups: bool,
     /// The first error wgpu reported outside an error scope, turned into a step error.
     errors: Arc<Mutex<Option<String>>>,
 }
@@ -229,7 +231,14 @@ impl Gpu {
         let info = chosen.get_info();
         let limits = chosen.limits();
         // Timestamps cost nothing unless a profiled step writes them (`bench --profile`).
-        let features = chosen.features() & wgpu::Features::TIMESTAMP_QUERY;
+        // Subgroups only natively: the browser's WGSL would need `enable subgroups;`, which
+        // naga (and so the native path) rejects.
+        let wanted = if cfg!(target_arch = "wasm32") {
+            wgpu::Features::TIMESTAMP_QUERY
+        } else {
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP
+        };
+        let features = chosen.features() & wanted;
         let (device, queue) = chosen
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("unmask"),
@@ -254,6 +263,7 @@ impl Gpu {
             info,
             limits,
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
             errors,
         })
     }

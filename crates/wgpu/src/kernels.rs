@@ -3,7 +3,7 @@
 //! parameters; group 1: the step parameters at a dynamic offset per chunk).
 
 use crate::format::WeightFormat;
-use crate::shaders::{module_source, Family, EXPERT_PART_BINDING};
+use crate::shaders::{module_source, Family, ModuleOptions, EXPERT_PART_BINDING};
 use std::collections::BTreeMap;
 
 /// How an entry point uses one binding of group 0.
@@ -67,7 +67,8 @@ kernel_table! {
     RmsNorm: Norm, "rms_norm", [(0, U), (1, R), (2, R), (3, W)];
     AddRmsNorm: Norm, "add_rms_norm", [(0, U), (1, R), (2, R), (3, W), (4, R), (5, W)];
     Matmul: MatMul, "matmul", [(0, U), (1, R), (2, R), (3, W)];
-    MatmulNarrow: MatMul, "matmul_narrow", [(0, U), (1, R), (2, R), (3, W)];
+    Matvec8: MatMul, "matvec8", [(0, U), (1, R), (2, R), (3, W)];
+    Matvec32: MatMul, "matvec32", [(0, U), (1, R), (2, R), (3, W)];
     MoeGateUp: MatMul, "moe_gate_up", [(1, R), (2, R), (3, W), (4, U), (5, R), (6, R)];
     // `load_item_rows` (shared with moe_gate_up) names the slot table even when unused.
     MoeDown: MatMul, "moe_down", [(1, R), (2, R), (3, W), (4, U), (5, R), (6, R)];
@@ -105,13 +106,13 @@ impl Kernels {
     /// Builds `wanted` (kernel, format) pairs; shader modules are shared by the entry points of
     /// one (family, format). Without `runtime_checks` the modules are created trusted: naga adds
     /// no index clamps and no loop counters (the op suite runs them so, and every index the
-    /// shaders compute is bounded by the sizes they are given). The expert kernels read
-    /// `expert_parts` stack bindings a dispatch.
+    /// shaders compute is bounded by the sizes they are given). `opts`: the expert kernels'
+    /// stack bindings a dispatch, the matrix-vector kernels' reduction.
     pub fn new(
         device: &wgpu::Device,
         wanted: &[(Kernel, Option<WeightFormat>)],
         runtime_checks: bool,
-        expert_parts: usize,
+        opts: ModuleOptions,
     ) -> Kernels {
         let step_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("step"),
@@ -141,9 +142,7 @@ impl Kernels {
                 };
                 let desc = wgpu::ShaderModuleDescriptor {
                     label: Some(&label),
-                    source: wgpu::ShaderSource::Wgsl(
-                        module_source(family, format, expert_parts).into(),
-                    ),
+                    source: wgpu::ShaderSource::Wgsl(module_source(family, format, &opts).into()),
                 };
                 if runtime_checks {
                     device.create_shader_module(desc)
@@ -160,7 +159,7 @@ impl Kernels {
                 }
             });
             let extra_parts = if kernel.reads_expert_parts() {
-                (1..expert_parts as u32)
+                (1..opts.expert_parts as u32)
                     .map(|p| (EXPERT_PART_BINDING + p, Bind::Read))
                     .collect()
             } else {
@@ -219,14 +218,17 @@ impl Kernels {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shaders::source;
 
-    /// Every row of the kernel table names an entry point of its family's shader and only
-    /// bindings that shader declares.
+    /// Every row of the kernel table names an entry point of its family's module and only
+    /// bindings that module declares.
     #[test]
     fn the_kernel_table_matches_the_shaders() {
         for &k in Kernel::ALL {
-            let src = source(k.family());
+            let src = module_source(
+                k.family(),
+                Some(WeightFormat::F32),
+                &ModuleOptions::default(),
+            );
             assert!(
                 src.contains(&format!("fn {}(", k.entry())),
                 "{:?}: no `fn {}` in {}.wgsl",

@@ -9,7 +9,7 @@ use crate::kernels::{Kernels, STEP_PARAMS_BYTES};
 use crate::kv::KvCache;
 use crate::program::fuse::Fusions;
 use crate::program::{self, Context, MoeScratch, TILE_ROWS};
-use crate::shaders::MAX_EXPERT_PARTS;
+use crate::shaders::{ModuleOptions, MAX_EXPERT_PARTS};
 use crate::weights::{self, DeviceMatrix, ExpertStacks};
 use unmask_core::backend::StepStats;
 use unmask_core::graph::{Graph, Op, WeightRole};
@@ -399,7 +399,10 @@ impl WgpuBackend {
             &device,
             &program::kernels_needed(&graph, &fusions, &matrices, &op_experts),
             options.runtime_checks,
-            expert_parts,
+            ModuleOptions {
+                expert_parts,
+                subgroups: gpu.subgroups && options.subgroups,
+            },
         );
         let params_align = gpu
             .limits

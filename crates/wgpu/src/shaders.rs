@@ -39,21 +39,64 @@ pub const MAX_EXPERT_PARTS: usize = 8;
 /// `EXPERT_PART_BINDING + p` (part 0 is `w`, binding 1).
 pub const EXPERT_PART_BINDING: u32 = 40;
 
+/// What a device's modules are built with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModuleOptions {
+    /// How many expert-stack bindings (1 ..= MAX_EXPERT_PARTS) one expert dispatch reads.
+    pub expert_parts: usize,
+    /// Whether the matrix-vector kernels reduce with subgroup operations (the device has them).
+    pub subgroups: bool,
+}
+
+impl Default for ModuleOptions {
+    fn default() -> Self {
+        ModuleOptions {
+            expert_parts: 1,
+            subgroups: false,
+        }
+    }
+}
+
+const MATVEC: &str = include_str!("../shaders/matvec/matvec.wgsl");
+const REDUCE_SHARED: &str = include_str!("../shaders/matvec/shared.wgsl");
+const REDUCE_SUBGROUP: &str = include_str!("../shaders/matvec/subgroup.wgsl");
+
+/// The matrix-vector kernels: (entry point, most rows, output features per workgroup). Each
+/// instance keeps rows x features = MV_ACC accumulators.
+pub const MATVECS: [(&str, usize, usize); 2] = [("matvec8", 8, 8), ("matvec32", 32, 2)];
+
 /// The complete WGSL of one module. `format` must be given exactly for families that read
-/// matrices. `expert_parts` (1 ..= MAX_EXPERT_PARTS) is how many expert-stack bindings one
-/// expert dispatch reads: the MatMul family gets `w_load4` once per part (`w_load4_p` over
-/// `w_p`) and `we_load4(part, ..)`, which picks one; other families ignore it.
-pub fn module_source(family: Family, format: Option<WeightFormat>, expert_parts: usize) -> String {
+/// matrices. The MatMul family also gets `w_load4` once per expert part (`w_load4_p` over
+/// `w_p`) and `we_load4(part, ..)`, which picks one, and the matrix-vector kernels with the
+/// chosen reduction; other families ignore the options.
+pub fn module_source(family: Family, format: Option<WeightFormat>, opts: &ModuleOptions) -> String {
     let mut s = String::from(STEP);
     if let Some(f) = format {
         s.push('\n');
         s.push_str(f.shader());
         if family == Family::MatMul {
-            s.push_str(&expert_loaders(f.shader(), expert_parts));
+            s.push_str(&expert_loaders(f.shader(), opts.expert_parts));
         }
     }
     s.push('\n');
     s.push_str(source(family));
+    if family == Family::MatMul {
+        for (name, rows, feats) in MATVECS {
+            s.push('\n');
+            s.push_str(
+                &MATVEC
+                    .replace("{name}", name)
+                    .replace("{rows}", &rows.to_string())
+                    .replace("{feats}", &feats.to_string()),
+            );
+        }
+        s.push('\n');
+        s.push_str(if opts.subgroups {
+            REDUCE_SUBGROUP
+        } else {
+            REDUCE_SHARED
+        });
+    }
     s
 }
 
@@ -105,24 +148,36 @@ fn rename_words(body: &str, p: usize) -> String {
     out
 }
 
-/// Every module the backend can build: (label, WGSL). The validation test walks this list
-/// (matrix families with one expert part and with the most).
-pub fn all_modules() -> Vec<(String, String)> {
+/// Every module the backend can build: (label, WGSL, whether it needs subgroups). The
+/// validation test walks this list (matrix families with one expert part and with the most,
+/// with either reduction).
+pub fn all_modules() -> Vec<(String, String, bool)> {
     let mut out = Vec::new();
     for family in Family::ALL {
         if reads_matrices(family) {
             for f in WeightFormat::ALL {
-                for parts in [1, MAX_EXPERT_PARTS] {
+                for (parts, subgroups) in [(1, false), (MAX_EXPERT_PARTS, true)] {
+                    let opts = ModuleOptions {
+                        expert_parts: parts,
+                        subgroups,
+                    };
                     out.push((
-                        format!("{}.{}.parts{parts}", family.file_stem(), f.name()),
-                        module_source(family, Some(f), parts),
+                        format!(
+                            "{}.{}.parts{parts}.sg{subgroups}",
+                            family.file_stem(),
+                            f.name()
+                        ),
+                        module_source(family, Some(f), &opts),
+                        subgroups && family == Family::MatMul,
                     ));
                 }
             }
         } else {
+            let opts = ModuleOptions::default();
             out.push((
                 family.file_stem().to_string(),
-                module_source(family, None, 1),
+                module_source(family, None, &opts),
+                false,
             ));
         }
     }

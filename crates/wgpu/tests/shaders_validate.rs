@@ -5,11 +5,22 @@ use naga::back::{hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use unmask_wgpu::shaders::all_modules;
 
-fn validate(label: &str, source: &str) -> (naga::Module, naga::valid::ModuleInfo) {
+fn validate(label: &str, source: &str, subgroups: bool) -> (naga::Module, naga::valid::ModuleInfo) {
     let module = naga::front::wgsl::parse_str(source)
         .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(source)));
-    // No optional capabilities: the kernels must run on adapters without shader-f16 or subgroups.
-    let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
+    // No optional capabilities but subgroups, and those only for the modules built for devices
+    // that have them: the kernels must run on adapters without shader-f16 or subgroups.
+    let caps = if subgroups {
+        Capabilities::SUBGROUP
+    } else {
+        Capabilities::empty()
+    };
+    let mut validator = Validator::new(ValidationFlags::all(), caps);
+    if subgroups {
+        validator.subgroup_stages(naga::valid::ShaderStages::COMPUTE);
+        validator.subgroup_operations(naga::valid::SubgroupOperationSet::all());
+    }
+    let info = validator
         .validate(&module)
         .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(source)));
     (module, info)
@@ -19,8 +30,8 @@ fn validate(label: &str, source: &str) -> (naga::Module, naga::valid::ModuleInfo
 fn every_module_validates_and_translates() {
     let modules = all_modules();
     assert!(modules.len() >= 8);
-    for (label, source) in &modules {
-        let (module, info) = validate(label, source);
+    for (label, source, subgroups) in &modules {
+        let (module, info) = validate(label, source, *subgroups);
         let entry_points: Vec<&str> = module
             .entry_points
             .iter()

@@ -59,7 +59,7 @@ fn attend(
                 Extent::Tokens(1),
             ),
             needs_out: false,
-            narrow: None,
+            small: None,
         });
     }
     out.push(Pending {
@@ -74,7 +74,7 @@ fn attend(
         params: (0, params),
         grid: Grid::Direct(Extent::Fixed(heads.q as u32), Extent::Tokens(1)),
         needs_out: false,
-        narrow: None,
+        small: None,
     });
 }
 

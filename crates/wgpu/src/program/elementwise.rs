@@ -21,7 +21,7 @@ fn binary(cx: &Context, kernel: Kernel, a: BufId, b: BufId, o: BufId, out: &mut 
             Extent::of(cx.rows(o), 1),
         ),
         needs_out: cx.rows(o) == Rows::Out,
-        narrow: None,
+        small: None,
     });
 }
 
@@ -34,7 +34,7 @@ fn take_last_rows(cx: &Context, x: BufId, o: BufId, out: &mut Vec<Pending>) {
         params: (0, [cols as u32, 0, 0, 0, 0, 0, 0, 0]),
         grid: Grid::Direct(Extent::Fixed((cols as u32).div_ceil(256)), Extent::Out(1)),
         needs_out: true,
-        narrow: None,
+        small: None,
     });
 }
 

@@ -33,7 +33,7 @@ fn gather(cx: &Context, ids: BufId, table: WeightId, o: BufId, out: &mut Vec<Pen
                 Extent::Tokens(1),
             ),
             needs_out: false,
-            narrow: None,
+            small: None,
         });
     }
 }

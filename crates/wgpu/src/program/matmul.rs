@@ -1,8 +1,22 @@
-//! Lowering of `MatMul`: a tiled dispatch per part of the (possibly split) matrix, with the narrow variant for windows of at most `NARROW_ROWS` rows.
+//! Lowering of `MatMul`: a tiled dispatch per part of the (possibly split) matrix, with the matrix-vector kernels for windows of at most 8 and 32 rows.
 
 use super::{Context, Extent, Grid, Needs, Pending, TILE_FEATURES, TILE_ROWS};
 use crate::kernels::Kernel;
+use crate::shaders::MATVECS;
 use unmask_core::graph::{BufId, Op, Rows, WeightId};
+
+/// `groups` workgroups as a grid whose x stays within every adapter's per-dimension limit
+/// (the kernels number their groups y * x_count + x).
+fn matvec_grid(groups: usize) -> Grid {
+    let x = groups.clamp(1, MAX_GRID_X);
+    Grid::Direct(
+        Extent::Fixed(x as u32),
+        Extent::Fixed(groups.div_ceil(x) as u32),
+    )
+}
+
+/// At most this many workgroups in x (WebGPU guarantees 65535).
+const MAX_GRID_X: usize = 32768;
 
 fn product(cx: &Context, x: BufId, weight: WeightId, o: BufId, out: &mut Vec<Pending>) {
     let m = cx.matrices[weight.0].as_ref().expect("uploaded matrix");
@@ -34,12 +48,15 @@ fn product(cx: &Context, x: BufId, weight: WeightId, o: BufId, out: &mut Vec<Pen
                 Extent::of(cx.rows(x), TILE_ROWS),
             ),
             needs_out: from_out,
-            narrow: Some((
-                Grid::Direct(
-                    Extent::Fixed(part.rows.len().div_ceil(2 * TILE_FEATURES) as u32),
-                    Extent::Fixed(1),
-                ),
+            small: Some((
                 Extent::of(cx.rows(x), 1),
+                MATVECS
+                    .iter()
+                    .zip([Kernel::Matvec8, Kernel::Matvec32])
+                    .map(|(&(_, rows, feats), kernel)| {
+                        (rows, kernel, matvec_grid(part.rows.len().div_ceil(feats)))
+                    })
+                    .collect(),
             )),
         });
     }
@@ -56,6 +73,7 @@ pub(super) fn kernels(op: &Op, needs: &mut Needs) {
     if let Op::MatMul { weight, .. } = op {
         let format = needs.matrix_format(*weight);
         needs.push(Kernel::Matmul, format);
-        needs.push(Kernel::MatmulNarrow, format);
+        needs.push(Kernel::Matvec8, format);
+        needs.push(Kernel::Matvec32, format);
     }
 }

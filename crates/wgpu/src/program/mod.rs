@@ -23,10 +23,9 @@ use unmask_core::graph::{BufId, Graph, Op, OpFamily, Rows, WeightId};
 /// Rows and features of the dense tiles (BM, BN in matmul.wgsl).
 pub const TILE_ROWS: usize = 32;
 pub const TILE_FEATURES: usize = 32;
-/// Rows of the narrow tiles (NR): products over at most this many rows use `matmul_narrow`
-/// (tiles 2 * TILE_FEATURES wide). Expert work items hold at most TILE_ROWS rows (gate/up tiles
-/// TILE_FEATURES wide, down tiles 2 * TILE_FEATURES wide) and compute them NR at a time.
-pub const NARROW_ROWS: usize = 8;
+/// Expert work items hold at most TILE_ROWS rows (gate/up tiles TILE_FEATURES wide, down tiles
+/// 2 * TILE_FEATURES wide) and compute them 8 at a time. Products over at most 32 rows use the
+/// matrix-vector kernels (`shaders::MATVECS`) instead of the tiles.
 
 /// One dimension of a dispatch grid.
 #[derive(Debug, Clone, Copy)]
@@ -62,15 +61,24 @@ pub enum Grid {
     Indirect(u64),
 }
 
+/// A kernel a matrix product uses for at most `max_rows` rows.
+pub struct SmallVariant {
+    pub max_rows: usize,
+    pub kernel: Kernel,
+    pub pipeline: wgpu::ComputePipeline,
+    pub bind_group: wgpu::BindGroup,
+    pub grid: Grid,
+}
+
 pub struct Dispatch {
     pub kernel: Kernel,
     pub pipeline: wgpu::ComputePipeline,
     pub bind_group: wgpu::BindGroup,
     /// The seeded sampler, used instead when the step samples with a temperature.
     pub seeded: Option<(wgpu::ComputePipeline, wgpu::BindGroup)>,
-    /// The narrow matmul and its grid, used instead when the product has at most NARROW_ROWS
-    /// rows (counted by the extent).
-    pub narrow: Option<(wgpu::ComputePipeline, wgpu::BindGroup, Grid, Extent)>,
+    /// For a matrix product: the extent that counts its rows, and the matrix-vector kernels
+    /// used instead when there are at most that many (the first that fits).
+    pub small: Option<(Extent, Vec<SmallVariant>)>,
     pub grid: Grid,
     /// Runs only when the chunk predicts rows (the head of the model).
     pub needs_out: bool,
@@ -135,8 +143,9 @@ struct Pending {
     params: (u32, [u32; 8]),
     grid: Grid,
     needs_out: bool,
-    /// For `matmul`: the narrow variant's grid and the extent that counts the rows.
-    narrow: Option<(Grid, Extent)>,
+    /// For `matmul`: the extent that counts the rows, and (most rows, kernel, grid) of the
+    /// kernels used instead for few rows.
+    small: Option<(Extent, Vec<(usize, Kernel, Grid)>)>,
 }
 
 pub struct Program {
@@ -313,16 +322,28 @@ pub fn compile(cx: &Context) -> Program {
         .map(|(i, p)| {
             let (pipeline, bind_group) = bind(p.kernel, p, i);
             let seeded = (p.kernel == Kernel::Sample).then(|| bind(Kernel::SampleSeeded, p, i));
-            let narrow = p.narrow.map(|(grid, rows)| {
-                let (pl, bg) = bind(Kernel::MatmulNarrow, p, i);
-                (pl, bg, grid, rows)
+            let small = p.small.as_ref().map(|(rows, variants)| {
+                let variants = variants
+                    .iter()
+                    .map(|&(max_rows, kernel, grid)| {
+                        let (pipeline, bind_group) = bind(kernel, p, i);
+                        SmallVariant {
+                            max_rows,
+                            kernel,
+                            pipeline,
+                            bind_group,
+                            grid,
+                        }
+                    })
+                    .collect();
+                (*rows, variants)
             });
             Dispatch {
                 kernel: p.kernel,
                 pipeline,
                 bind_group,
                 seeded,
-                narrow,
+                small,
                 grid: p.grid,
                 needs_out: p.needs_out,
                 op: op_of[i],

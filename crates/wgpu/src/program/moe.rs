@@ -78,7 +78,7 @@ fn route(
         ),
         grid: Grid::Direct(grid, Extent::Fixed(1)),
         needs_out: false,
-        narrow: None,
+        small: None,
     });
 }
 
@@ -129,7 +129,7 @@ fn experts(
         ),
         grid: Grid::Direct(Extent::Fixed(1), Extent::Fixed(1)),
         needs_out: false,
-        narrow: None,
+        small: None,
     });
     // The group kernel writes args for `dispatches` dispatches: gate/up at 3d, down at
     // 3(D + d), where D is this layer's dispatch count (the plan is read with this layer's
@@ -190,7 +190,7 @@ fn experts(
                 ),
                 grid: Grid::Indirect((12 * (args_at + d)) as u64),
                 needs_out: false,
-                narrow: None,
+                small: None,
             });
         }
     }
@@ -248,7 +248,7 @@ fn experts(
         ),
         grid: Grid::Direct(Extent::Fixed(1), Extent::Tokens(1)),
         needs_out: false,
-        narrow: None,
+        small: None,
     });
 }
 

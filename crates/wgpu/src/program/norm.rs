@@ -36,7 +36,7 @@ fn rms_norm(
         params: (0, [d as u32, groups as u32, f(eps), 0, 0, 0, 0, 0]),
         grid: Grid::Direct(Extent::Fixed(groups as u32), Extent::of(cx.rows(x), 1)),
         needs_out: cx.rows(x) == Rows::Out,
-        narrow: None,
+        small: None,
     });
 }
 

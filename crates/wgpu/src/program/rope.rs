@@ -61,7 +61,7 @@ pub(super) fn lower(cx: &Context, index: usize, op: &Op, out: &mut Vec<Pending>)
             Extent::of(cx.rows(qkv), 1),
         ),
         needs_out: false,
-        narrow: None,
+        small: None,
     });
 }
 

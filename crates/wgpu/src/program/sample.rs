@@ -13,7 +13,7 @@ fn sample(cx: &Context, logits: BufId, o: BufId, out: &mut Vec<Pending>) {
         params: (0, [vocab as u32, 0, 0, 0, 0, 0, 0, 0]),
         grid: Grid::Direct(Extent::Out(1), Extent::Fixed(1)),
         needs_out: true,
-        narrow: None,
+        small: None,
     });
 }
 

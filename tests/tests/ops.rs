@@ -287,9 +287,10 @@ fn add_rms_norm_case() -> Case {
 
 /// QK norm, RoPE and attention over the cache: a long first step (several passes where the
 /// backend chunks, and a cache that grows), a short one after it, then one that rewinds into the
-/// cache as the decoder does for a window.
-fn attention_case(dim: usize) -> Case {
-    let heads = Heads { q: 4, kv: 2, dim };
+/// cache as the decoder does for a window. wgpu reads the heads that share a KV head together
+/// where heads x dim fit its workgroup memory (1024 floats), else head by head (6 x 200).
+fn attention_case(q: usize, kv: usize, dim: usize) -> Case {
+    let heads = Heads { q, kv, dim };
     let (rot_dim, theta, block) = (20, 10_000.0f32, 5);
     let width = (heads.q + 2 * heads.kv) * heads.dim;
     let mut cg = CaseGraph::new(21);
@@ -332,7 +333,9 @@ fn attention_case(dim: usize) -> Case {
         .collect();
     let (graph, store) = cg.finish(vec![qkv, out], None);
     Case {
-        name: format!("qk_norm_rope+attention head_dim={dim} over the cache (3 steps)"),
+        name: format!(
+            "qk_norm_rope+attention heads={q}/{kv} head_dim={dim} over the cache (3 steps)"
+        ),
         graph,
         store,
         runs,
@@ -664,9 +667,11 @@ fn cases() -> Vec<Case> {
     let mut v = matmul_cases();
     v.push(elementwise_case());
     v.push(add_rms_norm_case());
-    v.push(attention_case(40));
+    v.push(attention_case(4, 2, 40));
+    v.push(attention_case(3, 3, 64));
+    v.push(attention_case(6, 1, 200));
     // Past the GPU kernels' head_dim limit (256): "not supported" there, run by the reference.
-    v.push(attention_case(272));
+    v.push(attention_case(4, 2, 272));
     v.extend(moe_cases());
     v.push(sampling_case());
     v

@@ -33,7 +33,7 @@ pub fn reads_matrices(family: Family) -> bool {
 }
 
 /// Most expert-stack bindings one expert dispatch reads (`expert_parts`).
-pub const MAX_EXPERT_PARTS: usize = 8;
+pub const MAX_EXPERT_PARTS: usize = 16;
 
 /// First binding of the expert kernels' extra weight parts: part `p > 0` is `w_p` at
 /// `EXPERT_PART_BINDING + p` (part 0 is `w`, binding 1).

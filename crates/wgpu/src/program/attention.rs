@@ -1,4 +1,4 @@
-//! Lowering of `Attention`: the window's K/V stored into the layer's cache (by the rope dispatch when it comes right before, else by `kv_store`), then block-masked attention over the cache.
+//! Lowering of `Attention`: the window's K/V stored into the layer's cache (by the rope dispatch when it comes right before, else by `kv_store`), then block-masked attention over the cache: a workgroup per (KV head, row) for the query heads that share it where they fit its workgroup memory, else per (query head, row).
 
 use super::{f, Context, Extent, Grid, Needs, Pending};
 use crate::kernels::Kernel;
@@ -62,8 +62,13 @@ fn attend(
             small: None,
         });
     }
+    let (kernel, groups) = if grouped(heads) {
+        (Kernel::AttentionGrouped, heads.kv)
+    } else {
+        (Kernel::Attention, heads.q)
+    };
     out.push(Pending {
-        kernel: Kernel::Attention,
+        kernel,
         format: None,
         buffers: vec![
             (1, cx.buffer_of(qkv)),
@@ -72,7 +77,7 @@ fn attend(
             (6, cx.buffer_of(o)),
         ],
         params: (0, params),
-        grid: Grid::Direct(Extent::Fixed(heads.q as u32), Extent::Tokens(1)),
+        grid: Grid::Direct(Extent::Fixed(groups as u32), Extent::Tokens(1)),
         needs_out: false,
         small: None,
     });
@@ -90,7 +95,19 @@ pub(super) fn lower(cx: &Context, index: usize, op: &Op, out: &mut Vec<Pending>)
     }
 }
 
-pub(super) fn kernels(_op: &Op, needs: &mut Needs) {
+/// Whether `attention_grouped` can take these heads: the query heads of a KV head fit its
+/// workgroup memory (GQ_MAX, GH_MAX in attention.wgsl).
+fn grouped(heads: Heads) -> bool {
+    let g = heads.q / heads.kv;
+    g <= 16 && g * heads.dim <= 1024
+}
+
+pub(super) fn kernels(op: &Op, needs: &mut Needs) {
     needs.push(Kernel::KvStore, None);
-    needs.push(Kernel::Attention, None);
+    match op {
+        Op::Attention { heads, .. } if grouped(*heads) => {
+            needs.push(Kernel::AttentionGrouped, None)
+        }
+        _ => needs.push(Kernel::Attention, None),
+    }
 }

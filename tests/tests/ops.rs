@@ -447,6 +447,8 @@ fn moe_case(
     let mut cg = CaseGraph::new(seed);
     let rows = 90;
     let x = cg.embed("x", rows, h, DType::F32, 1.0);
+    // The residual stream, entered before the block so that the residual op follows it.
+    let skip = residual.map(|_| cg.embed("skip", rows, h, DType::F32, 1.0));
     let scale = if poisoned { f32::NAN } else { 2.0 };
     let logits = if router && !poisoned {
         let w = cg.weight("router", vec![e, h], DType::BF16, 0.4, WeightRole::Router);
@@ -534,8 +536,7 @@ fn moe_case(
         out
     };
     let mut capture = vec![ids, weights, out];
-    if let Some(norm) = residual {
-        let skip = cg.embed("skip", rows, h, DType::F32, 1.0);
+    if let (Some(norm), Some(skip)) = (residual, skip) {
         let sum = cg.g.f32("sum", Rows::Tokens, h);
         if norm {
             let w = cg.values(h, 1.0);

@@ -85,6 +85,7 @@ pub struct WgpuBackend {
     pub(crate) op_experts: Vec<Option<ExpertStacks>>,
     pub(crate) op_norms: Vec<Option<wgpu::Buffer>>,
     pub(crate) dummy: wgpu::Buffer,
+    pub(crate) spare: [wgpu::Buffer; 2],
     pub(crate) kv: KvCache,
     pub(crate) moe: Option<MoeScratch>,
     /// Expert-stack bindings one expert dispatch reads (load.rs).
@@ -125,6 +126,7 @@ impl WgpuBackend {
             op_experts: &self.op_experts,
             op_norms: &self.op_norms,
             dummy: &self.dummy,
+            spare: &self.spare,
             kv: &self.kv,
             moe: self.moe.as_ref(),
             params_align: self.params_align,

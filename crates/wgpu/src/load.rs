@@ -379,6 +379,7 @@ impl WgpuBackend {
             }
         });
         let dummy = storage(&device, "dummy", 16, wgpu::BufferUsages::empty());
+        let spare = [0, 1].map(|_| storage(&device, "spare", 16, wgpu::BufferUsages::empty()));
 
         let mut kv_width = 0;
         let mut ropes = Vec::new();
@@ -433,6 +434,7 @@ impl WgpuBackend {
             op_experts: &op_experts,
             op_norms: &op_norms,
             dummy: &dummy,
+            spare: &spare,
             kv: &kv,
             moe: moe.as_ref(),
             params_align,
@@ -450,6 +452,7 @@ impl WgpuBackend {
             op_experts,
             op_norms,
             dummy,
+            spare,
             kv,
             moe,
             expert_parts,

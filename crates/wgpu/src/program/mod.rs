@@ -124,7 +124,11 @@ pub struct Context<'a> {
     /// Per op: the expert stacks of `MoeExperts`, the [q norm; k norm] buffer of `QkNormRope`.
     pub op_experts: &'a [Option<ExpertStacks>],
     pub op_norms: &'a [Option<wgpu::Buffer>],
+    /// Bound where a kernel reads nothing (read-only bindings only).
     pub dummy: &'a wgpu::Buffer,
+    /// Bound where a kernel writes nothing: two buffers of their own, as WebGPU forbids two
+    /// writable bindings of one buffer, or one buffer bound both read-only and writable.
+    pub spare: &'a [wgpu::Buffer; 2],
     pub kv: &'a KvCache,
     pub moe: Option<&'a MoeScratch>,
     pub params_align: u64,
@@ -262,6 +266,27 @@ pub fn kernels_needed(
     needs.list
 }
 
+/// Panics when `p` binds one buffer twice and either binding is writable: WebGPU refuses such
+/// a dispatch, and wgpu's native validation lets it through, so every lowering is checked here
+/// (the op and golden suites compile every kind of dispatch).
+fn check_aliasing(p: &Pending) {
+    let writable = |binding: u32| {
+        p.kernel
+            .bindings()
+            .iter()
+            .any(|&(b, u)| b == binding && u == crate::kernels::Bind::ReadWrite)
+    };
+    for (i, (b1, x)) in p.buffers.iter().enumerate() {
+        for (b2, y) in &p.buffers[i + 1..] {
+            assert!(
+                x != y || !(writable(*b1) || writable(*b2)),
+                "{:?} binds one buffer at {b1} and {b2}, one of them writable",
+                p.kernel
+            );
+        }
+    }
+}
+
 /// Compiles the graph: parameters into one buffer, one bind group per dispatch.
 pub fn compile(cx: &Context) -> Program {
     let mut pending = Vec::new();
@@ -272,6 +297,7 @@ pub fn compile(cx: &Context) -> Program {
             op_of.resize(pending.len(), i);
         }
     }
+    pending.iter().for_each(check_aliasing);
     let align = cx.params_align.max(32) as usize;
     let mut blob = vec![0u8; pending.len().max(1) * align];
     for (i, p) in pending.iter().enumerate() {

@@ -207,7 +207,7 @@ fn experts(
         (21, cx.buffer_of(weights)),
         (22, moe.slots.clone()),
         (23, moe.y.clone()),
-        (24, o.clone()),
+        (24, o),
     ];
     let mut eps = 0.0;
     if let Some(r) = residual {
@@ -219,9 +219,8 @@ fn experts(
                     cx.buffer_of(normed),
                 )
             }
-            // Unused: the read-only one to the dummy, the writable one to the output (one
-            // buffer may not be bound both read-only and writable).
-            None => (cx.dummy.clone(), o),
+            // Unused: the read-only one to the dummy, the writable one to a spare.
+            None => (cx.dummy.clone(), cx.spare[0].clone()),
         };
         buffers.extend([(25, cx.buffer_of(r.skip)), (26, norm_w), (27, normed)]);
     }

@@ -24,9 +24,7 @@ pub(super) fn lower(cx: &Context, index: usize, op: &Op, out: &mut Vec<Pending>)
     let store = kv_stored_by_rope(cx.graph, index);
     let (k_cache, v_cache) = match store {
         Some(layer) => (cx.kv.k[layer].clone(), cx.kv.v[layer].clone()),
-        // Never written; the rows' own buffer, as `norms` may be the read-only dummy (one
-        // buffer may not be bound both read-only and writable).
-        None => (cx.buffer_of(qkv), cx.buffer_of(qkv)),
+        None => (cx.spare[0].clone(), cx.spare[1].clone()),
     };
     let flags = has_q_norm as u32 | (has_k_norm as u32) << 1 | (store.is_some() as u32) << 2;
     let v_heads = if store.is_some() { heads.kv } else { 0 };

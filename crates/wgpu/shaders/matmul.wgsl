@@ -13,7 +13,8 @@
 // (expert, tile of at most BM of its rows), so each touched expert's weights are read once per BM
 // of its rows (once per step for a 32-token window) and untouched experts are never read. A
 // window routes only a few rows to most experts, so a tile computes only its groups of NR rows
-// that hold routed rows.
+// that hold routed rows. Their accumulators are indexed under compile-time loop bounds (the
+// live groups are a uniform condition inside), so they stay in registers.
 
 const BM: u32 = 32u;
 const BN: u32 = 32u;
@@ -212,17 +213,19 @@ fn moe_gate_up(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
         for (var kk = 0u; kk < BK; kk++) {
             let bg = ws[tx * LD + kk];
             let bu = ws[BN * LD + tx * LD + kk];
-            for (var i = 0u; i < live; i++) {
-                let a = xs[(ty + 4u * i) * LD + kk];
-                g[i] += a * bg;
-                u[i] += a * bu;
+            for (var i = 0u; i < 8u; i++) {
+                if (i < live) {
+                    let a = xs[(ty + 4u * i) * LD + kk];
+                    g[i] += a * bg;
+                    u[i] += a * bu;
+                }
             }
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < live; i++) {
+    for (var i = 0u; i < 8u; i++) {
         let r = ty + 4u * i;
-        if (r < valid_rows && tx < valid_w) {
+        if (i < live && r < valid_rows && tx < valid_w) {
             let gv = g[i];
             out[(s0 + r) * mp.m + f0 + tx] = gv / (1.0 + exp(-gv)) * u[i];
         }
@@ -252,15 +255,17 @@ fn moe_down(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
             let b = ws[tx * LD + kk];
-            for (var i = 0u; i < live; i++) {
-                acc[i] += xs[(ty + 2u * i) * LD + kk] * b;
+            for (var i = 0u; i < 16u; i++) {
+                if (i < live) {
+                    acc[i] += xs[(ty + 2u * i) * LD + kk] * b;
+                }
             }
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < live; i++) {
+    for (var i = 0u; i < 16u; i++) {
         let r = ty + 2u * i;
-        if (r < valid_rows && tx < valid_w) {
+        if (i < live && r < valid_rows && tx < valid_w) {
             out[(s0 + r) * mp.m + f0 + tx] = acc[i];
         }
     }

@@ -8,6 +8,9 @@ use crate::graph::{Graph, Op};
 pub struct KernelTime {
     /// Index of the graph op the kernel computes (a part of).
     pub op: usize,
+    /// Other ops the kernel also computes, where the backend runs them inside `op`'s kernels
+    /// (wgpu's fusions); their time is in `op`'s.
+    pub fused: Vec<usize>,
     /// The kernel's name as the backend knows it (`matmul_bf16`, `attention`, ...).
     pub kernel: String,
     pub seconds: f64,

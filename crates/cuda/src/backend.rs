@@ -529,6 +529,7 @@ impl CudaBackend {
         for (l, t) in rec.launches.iter().zip(seconds) {
             times.push(KernelTime {
                 op: l.op,
+                fused: Vec::new(),
                 kernel: l.kernel.clone(),
                 seconds: t,
             });

@@ -546,6 +546,10 @@ impl Backend for WgpuBackend {
             return None;
         }
         let mut times = Vec::new();
-        Some(pollster::block_on(self.run_async(s, Some(&mut times))).map(|out| (out, times)))
+        let out = pollster::block_on(self.run_async(s, Some(&mut times)));
+        for t in &mut times {
+            t.fused = self.fusions.absorbed_into(t.op);
+        }
+        Some(out.map(|out| (out, times)))
     }
 }

@@ -114,6 +114,7 @@ fn seconds(entries: &[(usize, &'static str)], ticks: &[u64], period_ns: f64) -> 
         .zip(ticks.chunks_exact(2))
         .map(|(&(op, kernel), t)| KernelTime {
             op,
+            fused: Vec::new(),
             kernel: kernel.to_string(),
             seconds: t[1].saturating_sub(t[0]) as f64 * period_ns * 1e-9,
         })

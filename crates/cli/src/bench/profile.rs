@@ -235,6 +235,7 @@ mod tests {
                 (0..g.ops.len())
                     .map(|op| KernelTime {
                         op,
+                        fused: Vec::new(),
                         kernel: g.ops[op].name().into(),
                         seconds: s,
                     })

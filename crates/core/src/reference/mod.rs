@@ -268,6 +268,7 @@ impl ReferenceBackend {
                 if let (Some(times), Some(t)) = (times.as_deref_mut(), t) {
                     times.push(KernelTime {
                         op: oi,
+                        fused: Vec::new(),
                         kernel: op.name().to_string(),
                         seconds: t.elapsed().as_secs_f64(),
                     });

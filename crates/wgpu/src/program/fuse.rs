@@ -89,16 +89,25 @@ impl Fusions {
             let Op::MoeExperts { out: routed, .. } = graph.ops[i] else {
                 continue;
             };
-            // The block's output and its last op.
+            // The block's output and its last op. Only ops no other fusion took are absorbed.
+            let free = |f: &Fusions, ops: std::ops::RangeInclusive<usize>| {
+                let hosts = |j: usize| (0..n).any(|k| k != j && f.host[k] == j);
+                ops.into_iter()
+                    .all(|j| j < n && f.host[j] == j && !hosts(j))
+            };
             let (mut y, mut last) = (routed, i);
-            if let Some(s) = shared_expert_after(graph, i, stackable) {
+            if let Some(s) =
+                shared_expert_after(graph, i, stackable).filter(|_| free(&f, i + 1..=i + 5))
+            {
                 for j in i + 1..=i + 5 {
                     f.host[j] = i;
                 }
                 f.shared[i] = Some(s);
                 (y, last) = (s.out, i + 5);
             }
-            if let Some(r) = residual_after(graph, last, y).filter(|_| storage_per_stage >= 10) {
+            if let Some(r) = residual_after(graph, last, y)
+                .filter(|_| storage_per_stage >= 10 && free(&f, last + 1..=last + 1))
+            {
                 f.host[last + 1] = i;
                 f.residual[i] = Some(r);
             }
@@ -108,6 +117,13 @@ impl Fusions {
 
     pub fn absorbed(&self, op: usize) -> bool {
         self.host[op] != op
+    }
+
+    /// The ops `host`'s dispatches compute besides it.
+    pub fn absorbed_into(&self, host: usize) -> Vec<usize> {
+        (0..self.host.len())
+            .filter(|&j| j != host && self.host[j] == host)
+            .collect()
     }
 
     /// Where each op runs, for the arena's lifetimes.

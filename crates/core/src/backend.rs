@@ -174,6 +174,8 @@ pub struct StepStats {
     pub bytes_uploaded: usize,
     pub bytes_read_back: usize,
     pub allocations: usize,
+    /// The step submitted commands recorded while the device ran the step before (wgpu).
+    pub recorded_ahead: bool,
 }
 
 pub use crate::profile::KernelTime;

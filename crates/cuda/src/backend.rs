@@ -510,6 +510,7 @@ impl CudaBackend {
             bytes_uploaded: uploaded,
             bytes_read_back: read_back,
             allocations,
+            recorded_ahead: false,
         };
         Ok(result)
     }

@@ -92,6 +92,12 @@ pub struct WgpuBackend {
     pub(crate) expert_parts: usize,
     /// Ops computed inside other ops' dispatches (program/fuse.rs).
     pub(crate) fusions: crate::program::fuse::Fusions,
+    /// The next step's commands, recorded while the GPU ran the last one, for a step of the
+    /// same shape (`Ahead::key`); replaced after every plain step.
+    pub(crate) ahead: Option<Ahead>,
+    /// Bumped whenever a buffer a recorded command refers to is replaced (a recompile, a new
+    /// staging buffer), so that an older recording is never submitted.
+    pub(crate) generation: u64,
     pub(crate) program: Program,
     /// Token ids of a whole step (chunks read at their offset) and its capacity in tokens.
     pub(crate) ids: wgpu::Buffer,
@@ -114,6 +120,7 @@ pub struct WgpuBackend {
 
 impl WgpuBackend {
     fn recompile(&mut self) {
+        self.generation += 1;
         self.program = program::compile(&Context {
             device: &self.gpu.device,
             kernels: &self.kernels,
@@ -177,6 +184,7 @@ impl WgpuBackend {
         if out_rows > self.staging_rows {
             self.staging_rows = out_rows.next_power_of_two();
             self.staging = Self::staging_buffer(&self.gpu.device, self.staging_rows);
+            self.generation += 1;
             created += 1;
         }
         created
@@ -249,6 +257,108 @@ impl WgpuBackend {
             None => None,
         };
         let seeded = p.temperature > 0.0;
+        // A plain step of the shape the last one recorded ahead runs those commands; the
+        // encoder then holds only a growing cache's copies (none, or the shape changed).
+        let key = Ahead::key(self.generation, &chunks, seeded);
+        let plain = timer.is_none() && capture.is_none();
+        let recorded = match self.ahead.take() {
+            Some(a) if plain && grown == 0 && a.key == key => Some(a),
+            _ => None,
+        };
+        let dispatches = match &recorded {
+            Some(a) => a.dispatches,
+            None => self.record_chunks(
+                &mut encoder,
+                &chunks,
+                seeded,
+                timer.as_mut(),
+                capture.as_ref().zip(capture_buffer.as_ref()),
+            )?,
+        };
+        if let Some(t) = &timer {
+            t.resolve(&mut encoder);
+        }
+        let recorded_dispatches = recorded.as_ref().map(|a| a.dispatches);
+        match recorded {
+            Some(a) => self.gpu.queue.submit([a.commands]),
+            None => self.gpu.queue.submit([encoder.finish()]),
+        };
+        // While the GPU runs: the same shape's commands for the next step (the decoder's next
+        // window usually has it; they do not depend on the ids or the positions, which are
+        // uploaded per step).
+        if plain {
+            let mut next = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("step (recorded ahead)"),
+            });
+            let dispatches = self.record_chunks(&mut next, &chunks, seeded, None, None)?;
+            self.ahead = Some(Ahead {
+                key,
+                commands: next.finish(),
+                dispatches,
+            });
+        }
+
+        let sample_bytes = if self.has(self.graph.samples) {
+            s.out_rows * SAMPLE_WORDS * 4
+        } else {
+            0
+        };
+        let words = readback::read(&self.gpu, &self.staging, sample_bytes as u64).await?;
+        let samples = Sampled::from_words(&words);
+        let mut out = StepOutput {
+            samples,
+            ..Default::default()
+        };
+        let mut read_back = sample_bytes;
+        let recorded_ahead = recorded_dispatches.is_some();
+        if let (Some(cap), Some(buf)) = (capture, capture_buffer) {
+            let words = readback::read(&self.gpu, &buf, cap.total_bytes).await?;
+            read_back += words.len() * 4;
+            let all: &[f32] = bytemuck::cast_slice(&words);
+            let mut sections = cap.sections.iter().map(|(b, base)| {
+                let d = self.graph.buffer(*b);
+                let rows = match d.rows {
+                    Rows::Tokens => n,
+                    Rows::Out => s.out_rows,
+                };
+                let start = *base as usize / 4;
+                all[start..start + rows * d.cols].to_vec()
+            });
+            if self.has(self.graph.logits) {
+                out.logits = sections.next();
+            }
+            out.hidden = sections.collect();
+        }
+        if let (Some(t), Some(times)) = (timer, times) {
+            times.extend(t.read(&self.gpu).await?);
+        }
+        if let Some(e) = self.gpu.take_error() {
+            return Err(Error::backend("wgpu", e));
+        }
+        self.cached = s.start + s.keep;
+        self.stats = StepStats {
+            dispatches,
+            submissions: 1,
+            bytes_uploaded: uploaded,
+            bytes_read_back: read_back,
+            allocations,
+            recorded_ahead,
+        };
+        Ok(out)
+    }
+
+    /// Records every chunk's dispatches into `encoder` (a pass each, or a pass per dispatch
+    /// with its timestamps when timed), the samples' copies to the staging buffer and the
+    /// captures' copies; returns the dispatches recorded.
+    fn record_chunks(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        chunks: &[Chunk],
+        seeded: bool,
+        mut timer: Option<&mut Timer>,
+        capture: Option<(&CaptureLayout, &wgpu::Buffer)>,
+    ) -> Result<usize> {
+        let align = self.params_align as usize;
         let mut dispatches = 0;
         let mut out_done = 0usize;
         let mut rows_done = 0usize;
@@ -259,7 +369,7 @@ impl WgpuBackend {
                 .dispatches
                 .iter()
                 .filter_map(|d| self.resolve(d, c, seeded));
-            match timer.as_mut() {
+            match timer.as_deref_mut() {
                 // One pass per dispatch, its beginning and end timestamped.
                 Some(t) => {
                     for r in runs {
@@ -292,7 +402,7 @@ impl WgpuBackend {
                     (c.out * ROW_BYTES) as u64,
                 );
             }
-            if let (Some(cap), Some(buf)) = (&capture, &capture_buffer) {
+            if let Some((cap, buf)) = capture {
                 for (b, base) in &cap.sections {
                     let d = self.graph.buffer(*b);
                     let (rows, before) = match d.rows {
@@ -313,56 +423,7 @@ impl WgpuBackend {
             out_done += c.out;
             rows_done += c.len;
         }
-        if let Some(t) = &timer {
-            t.resolve(&mut encoder);
-        }
-        self.gpu.queue.submit([encoder.finish()]);
-
-        let sample_bytes = if self.has(self.graph.samples) {
-            s.out_rows * SAMPLE_WORDS * 4
-        } else {
-            0
-        };
-        let words = readback::read(&self.gpu, &self.staging, sample_bytes as u64).await?;
-        let samples = Sampled::from_words(&words);
-        let mut out = StepOutput {
-            samples,
-            ..Default::default()
-        };
-        let mut read_back = sample_bytes;
-        if let (Some(cap), Some(buf)) = (capture, capture_buffer) {
-            let words = readback::read(&self.gpu, &buf, cap.total_bytes).await?;
-            read_back += words.len() * 4;
-            let all: &[f32] = bytemuck::cast_slice(&words);
-            let mut sections = cap.sections.iter().map(|(b, base)| {
-                let d = self.graph.buffer(*b);
-                let rows = match d.rows {
-                    Rows::Tokens => n,
-                    Rows::Out => s.out_rows,
-                };
-                let start = *base as usize / 4;
-                all[start..start + rows * d.cols].to_vec()
-            });
-            if self.has(self.graph.logits) {
-                out.logits = sections.next();
-            }
-            out.hidden = sections.collect();
-        }
-        if let (Some(t), Some(times)) = (timer, times) {
-            times.extend(t.read(&self.gpu).await?);
-        }
-        if let Some(e) = self.gpu.take_error() {
-            return Err(Error::backend("wgpu", e));
-        }
-        self.cached = s.start + s.keep;
-        self.stats = StepStats {
-            dispatches,
-            submissions: 1,
-            bytes_uploaded: uploaded,
-            bytes_read_back: read_back,
-            allocations,
-        };
-        Ok(out)
+        Ok(dispatches)
     }
 
     /// What `d` runs in chunk `c` (the seeded sampler, a matrix-vector kernel), or `None` when it
@@ -487,6 +548,32 @@ impl WgpuBackend {
         let times = 4;
         let secs = run(times)?;
         Ok((2 * size * times as u64) as f64 / secs.max(1e-9))
+    }
+}
+
+/// Commands recorded ahead for the next step, and the shape they are for.
+pub(crate) struct Ahead {
+    key: AheadKey,
+    commands: wgpu::CommandBuffer,
+    dispatches: usize,
+}
+
+/// What recorded commands depend on: the buffers' generation, each chunk's (tokens, predicted
+/// rows), and whether the seeded sampler runs.
+#[derive(PartialEq, Eq)]
+struct AheadKey {
+    generation: u64,
+    chunks: Vec<(usize, usize)>,
+    seeded: bool,
+}
+
+impl Ahead {
+    fn key(generation: u64, chunks: &[Chunk], seeded: bool) -> AheadKey {
+        AheadKey {
+            generation,
+            chunks: chunks.iter().map(|c| (c.len, c.out)).collect(),
+            seeded,
+        }
     }
 }
 

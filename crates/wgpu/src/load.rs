@@ -457,6 +457,8 @@ impl WgpuBackend {
             moe,
             expert_parts,
             fusions,
+            ahead: None,
+            generation: 0,
             program,
             ids,
             ids_cap,

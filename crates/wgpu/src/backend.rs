@@ -278,7 +278,7 @@ impl WgpuBackend {
         if let Some(t) = &timer {
             t.resolve(&mut encoder);
         }
-        let recorded_dispatches = recorded.as_ref().map(|a| a.dispatches);
+        let recorded_ahead = recorded.is_some();
         match recorded {
             Some(a) => self.gpu.queue.submit([a.commands]),
             None => self.gpu.queue.submit([encoder.finish()]),
@@ -310,7 +310,6 @@ impl WgpuBackend {
             ..Default::default()
         };
         let mut read_back = sample_bytes;
-        let recorded_ahead = recorded_dispatches.is_some();
         if let (Some(cap), Some(buf)) = (capture, capture_buffer) {
             let words = readback::read(&self.gpu, &buf, cap.total_bytes).await?;
             read_back += words.len() * 4;

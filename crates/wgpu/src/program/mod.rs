@@ -20,12 +20,12 @@ use crate::kv::KvCache;
 use crate::weights::{DeviceMatrix, ExpertStacks};
 use unmask_core::graph::{BufId, Graph, Op, OpFamily, Rows, WeightId};
 
-/// Rows and features of the dense tiles (BM, BN in matmul.wgsl).
+/// Rows and features of the dense tiles (BM, BN in matmul.wgsl). Expert work items hold at
+/// most TILE_ROWS rows (gate/up tiles TILE_FEATURES wide, down tiles 2 * TILE_FEATURES wide)
+/// and compute them 8 at a time. Products over at most 32 rows use the matrix-vector kernels
+/// (`shaders::MATVECS`) instead of the tiles.
 pub const TILE_ROWS: usize = 32;
 pub const TILE_FEATURES: usize = 32;
-/// Expert work items hold at most TILE_ROWS rows (gate/up tiles TILE_FEATURES wide, down tiles
-/// 2 * TILE_FEATURES wide) and compute them 8 at a time. Products over at most 32 rows use the
-/// matrix-vector kernels (`shaders::MATVECS`) instead of the tiles.
 
 /// One dimension of a dispatch grid.
 #[derive(Debug, Clone, Copy)]
@@ -137,6 +137,10 @@ pub struct Context<'a> {
     pub fusions: &'a fuse::Fusions,
 }
 
+/// The extent that counts a product's rows, and (most rows, kernel, grid) of each kernel used
+/// instead of the tiles for at most that many.
+type SmallGrids = (Extent, Vec<(usize, Kernel, Grid)>);
+
 /// A dispatch before its parameter buffer exists.
 struct Pending {
     kernel: Kernel,
@@ -149,7 +153,7 @@ struct Pending {
     needs_out: bool,
     /// For `matmul`: the extent that counts the rows, and (most rows, kernel, grid) of the
     /// kernels used instead for few rows.
-    small: Option<(Extent, Vec<(usize, Kernel, Grid)>)>,
+    small: Option<SmallGrids>,
 }
 
 pub struct Program {

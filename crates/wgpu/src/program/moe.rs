@@ -3,18 +3,20 @@
 use super::{f, Context, Extent, Grid, Needs, Pending, TILE_FEATURES};
 use crate::kernels::Kernel;
 use crate::shaders::EXPERT_PART_BINDING;
-use unmask_core::graph::{BufId, Op, Routing, WeightId};
+use unmask_core::graph::{BufId, Op};
 
-fn route(
-    cx: &Context,
-    index: usize,
-    logits: BufId,
-    bias: Option<WeightId>,
-    routing: &Routing,
-    ids: BufId,
-    weights: BufId,
-    out: &mut Vec<Pending>,
-) {
+fn route(cx: &Context, index: usize, op: &Op, out: &mut Vec<Pending>) {
+    let Op::MoeRoute {
+        logits,
+        bias,
+        routing,
+        ids,
+        weights,
+    } = op
+    else {
+        unreachable!("not a routing op: {op:?}")
+    };
+    let (logits, bias, ids, weights) = (*logits, *bias, *ids, *weights);
     let moe = cx.moe.expect("MoE scratch exists when the graph routes");
     let bias_buf = bias
         .map(|b| cx.vectors[b.0].clone().expect("uploaded bias"))
@@ -253,13 +255,7 @@ fn experts(
 
 pub(super) fn lower(cx: &Context, index: usize, op: &Op, out: &mut Vec<Pending>) {
     match op {
-        Op::MoeRoute {
-            logits,
-            bias,
-            routing,
-            ids,
-            weights,
-        } => route(cx, index, *logits, *bias, routing, *ids, *weights, out),
+        Op::MoeRoute { .. } => route(cx, index, op, out),
         Op::MoeExperts {
             x,
             ids,

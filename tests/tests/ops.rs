@@ -287,9 +287,10 @@ fn add_rms_norm_case() -> Case {
 
 /// QK norm, RoPE and attention over the cache: a long first step (several passes where the
 /// backend chunks, and a cache that grows), a short one after it, then one that rewinds into the
-/// cache as the decoder does for a window. wgpu reads the heads that share a KV head together
-/// where heads x dim fit its workgroup memory (1024 floats), else head by head (6 x 200).
-fn attention_case(q: usize, kv: usize, dim: usize) -> Case {
+/// cache as the decoder does for a window. wgpu reads the heads that share a KV head together,
+/// in groups where heads x dim pass its workgroup memory (1024 floats: 6 x 200 is 5 + 1). Without
+/// `rope` the attention stores the window's K/V itself (wgpu's rope stores them otherwise).
+fn attention_case(q: usize, kv: usize, dim: usize, rope: bool) -> Case {
     let heads = Heads { q, kv, dim };
     let (rot_dim, theta, block) = (20, 10_000.0f32, 5);
     let width = (heads.q + 2 * heads.kv) * heads.dim;
@@ -305,15 +306,17 @@ fn attention_case(q: usize, kv: usize, dim: usize) -> Case {
         "k_norm",
         (0..heads.dim).map(|i| 1.1 - 0.004 * i as f32).collect(),
     );
-    cg.g.op(Op::QkNormRope {
-        qkv,
-        q_norm: Some(q_norm),
-        k_norm: Some(k_norm),
-        heads,
-        rot_dim,
-        theta,
-        eps: 1e-6,
-    });
+    if rope {
+        cg.g.op(Op::QkNormRope {
+            qkv,
+            q_norm: Some(q_norm),
+            k_norm: Some(k_norm),
+            heads,
+            rot_dim,
+            theta,
+            eps: 1e-6,
+        });
+    }
     let out = cg.g.f32("attn", Rows::Tokens, heads.q * heads.dim);
     cg.g.op(Op::Attention {
         qkv,
@@ -334,7 +337,8 @@ fn attention_case(q: usize, kv: usize, dim: usize) -> Case {
     let (graph, store) = cg.finish(vec![qkv, out], None);
     Case {
         name: format!(
-            "qk_norm_rope+attention heads={q}/{kv} head_dim={dim} over the cache (3 steps)"
+            "{}attention heads={q}/{kv} head_dim={dim} over the cache (3 steps)",
+            if rope { "qk_norm_rope+" } else { "" }
         ),
         graph,
         store,
@@ -668,11 +672,12 @@ fn cases() -> Vec<Case> {
     let mut v = matmul_cases();
     v.push(elementwise_case());
     v.push(add_rms_norm_case());
-    v.push(attention_case(4, 2, 40));
-    v.push(attention_case(3, 3, 64));
-    v.push(attention_case(6, 1, 200));
+    v.push(attention_case(4, 2, 40, true));
+    v.push(attention_case(3, 3, 64, true));
+    v.push(attention_case(6, 1, 200, true));
+    v.push(attention_case(4, 2, 40, false));
     // Past the GPU kernels' head_dim limit (256): "not supported" there, run by the reference.
-    v.push(attention_case(4, 2, 272));
+    v.push(attention_case(4, 2, 272, true));
     v.extend(moe_cases());
     v.push(sampling_case());
     v

@@ -1,7 +1,7 @@
 // Block-causal attention over the KV cache (SPEC §2): key t is visible to query s iff
-// floor(t / B) <= floor(s / B). `kv_store` first writes the chunk's K and V into the cache at
-// positions start .. start + n; `attention` then reads keys 0 .. visible from the cache, with an
-// online softmax over tiles of 64 keys.
+// floor(t / B) <= floor(s / B). The chunk's K and V are in the cache at positions
+// start .. start + n (written by qk_norm_rope, or by `kv_store` when no rope precedes);
+// `attention` then reads keys 0 .. visible from the cache, with an online softmax over tiles.
 
 struct AttnParams {
     d: u32,
@@ -11,8 +11,9 @@ struct AttnParams {
     width: u32,
     kv_width: u32,
     scale: f32,
-    _pad0: u32,
-    _pad1: u32,
+    // Query heads of one workgroup (a group of the heads that share a KV head).
+    group_heads: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<storage, read> p: AttnParams;
@@ -38,9 +39,6 @@ fn kv_store(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 const WG: u32 = 64u;
-const MAX_D: u32 = 256u;
-var<workgroup> qs: array<f32, MAX_D>;
-var<workgroup> sc: array<f32, WG>;
 
 fn neg_inf() -> f32 {
     // Through a variable: Chrome's WGSL compiler (Tint) rejects -inf as a constant expression.
@@ -48,82 +46,11 @@ fn neg_inf() -> f32 {
     return bitcast<f32>(bits);
 }
 
-// One workgroup per (q head, row); invocation li owns output dims li, li + 64, ...
-@compute @workgroup_size(64)
-fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let h = wg.x;
-    let i = wg.y;
-    let d = p.d;
-    let s = st.start + i;
-    let visible = min(st.start + st.n, (s / st.block + 1u) * st.block);
-    for (var j = li; j < d; j += WG) {
-        qs[j] = qkv[i * p.width + h * d + j];
-    }
-    workgroupBarrier();
-    let koff = (h / (p.heads_q / p.heads_kv)) * d;
-    var m = neg_inf();
-    var l = 0.0;
-    var acc = vec4<f32>(0.0);
-    for (var t0 = 0u; t0 < visible; t0 += WG) {
-        // Invocation li scores key t0 + li ...
-        let t = t0 + li;
-        var score = neg_inf();
-        if (t < visible) {
-            var dot = 0.0;
-            let kb = t * p.kv_width + koff;
-            for (var j = 0u; j < d; j++) {
-                dot += qs[j] * k_in[kb + j];
-            }
-            score = dot * p.scale;
-        }
-        sc[li] = score;
-        workgroupBarrier();
-        let count = min(WG, visible - t0);
-        var cmax = neg_inf();
-        for (var u = 0u; u < count; u++) {
-            cmax = max(cmax, sc[u]);
-        }
-        let m_new = max(m, cmax);
-        var f = 0.0;
-        if (l > 0.0) {
-            f = exp(m - m_new);
-        }
-        // ... and turns its score into a weight once, for every invocation to use.
-        workgroupBarrier();
-        if (li < count) {
-            sc[li] = exp(score - m_new);
-        }
-        workgroupBarrier();
-        l *= f;
-        acc *= f;
-        for (var u = 0u; u < count; u++) {
-            let pr = sc[u];
-            l += pr;
-            let vb = (t0 + u) * p.kv_width + koff;
-            for (var r = 0u; r < 4u; r++) {
-                let j = li + WG * r;
-                if (j < d) {
-                    acc[r] += pr * v_in[vb + j];
-                }
-            }
-        }
-        m = m_new;
-        workgroupBarrier();
-    }
-    let ob = i * p.heads_q * d + h * d;
-    for (var r = 0u; r < 4u; r++) {
-        let j = li + WG * r;
-        if (j < d) {
-            out[ob + j] = acc[r] / l;
-        }
-    }
-}
-
-// The query heads that share a KV head, together: one workgroup per (KV head, row) reads each
-// tile of keys, then of values, once and coalesced (consecutive invocations, consecutive
-// floats) into workgroup memory and uses it for all of its heads, instead of every head
-// reading the cache again. The same online softmax as `attention`, per head. Needs
-// heads * d <= GQ_MAX, heads <= GH_MAX and d <= 4 * WG (load.rs picks `attention` otherwise).
+// The query heads that share a KV head, together: one workgroup per (group of at most
+// `group_heads` of them, row) reads each tile of keys, then of values, once and coalesced
+// (consecutive invocations, consecutive floats) into workgroup memory and uses it for all its
+// heads, instead of every head reading the cache again. The lowering keeps group_heads * d <=
+// GQ_MAX and group_heads <= GH_MAX (d <= 4 * WG).
 const GH_MAX: u32 = 16u;
 const GQ_MAX: u32 = 1024u;
 const GKV_MAX: u32 = 2048u;
@@ -137,19 +64,24 @@ var<workgroup> gm: array<f32, GH_MAX>;
 var<workgroup> gl: array<f32, GH_MAX>;
 var<workgroup> gf: array<f32, GH_MAX>;
 
+// x: (KV head, group of its query heads), y: row.
 @compute @workgroup_size(64)
-fn attention_grouped(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let hk = wg.x;
-    let i = wg.y;
+fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let d = p.d;
-    let g = p.heads_q / p.heads_kv;
+    let per_kv = p.heads_q / p.heads_kv;
+    let groups = (per_kv + p.group_heads - 1u) / p.group_heads;
+    let hk = wg.x / groups;
+    // This workgroup's first query head and how many it takes.
+    let h0 = hk * per_kv + (wg.x % groups) * p.group_heads;
+    let g = min(p.group_heads, (hk + 1u) * per_kv - h0);
+    let i = wg.y;
     let s = st.start + i;
     let visible = min(st.start + st.n, (s / st.block + 1u) * st.block);
     // Keys per tile: as many as the tile memory holds, at most 512 / g scores.
     let tile = min(GKV_MAX / d, 512u / g);
     let koff = hk * d;
     for (var q = li; q < g * d; q += WG) {
-        gq[q] = qkv[i * p.width + hk * g * d + q];
+        gq[q] = qkv[i * p.width + h0 * d + q];
     }
     if (li < g) {
         gm[li] = neg_inf();
@@ -217,7 +149,7 @@ fn attention_grouped(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
         }
     }
     workgroupBarrier();
-    let ob = i * p.heads_q * d + hk * g * d;
+    let ob = i * p.heads_q * d + h0 * d;
     for (var h = 0u; h < GH_MAX; h++) {
         if (h < g) {
             let l = gl[h];

@@ -75,7 +75,6 @@ kernel_table! {
     QkNormRope: Rope, "qk_norm_rope", [(0, U), (1, W), (2, R), (3, R), (4, W), (5, W)];
     KvStore: Attention, "kv_store", [(0, U), (1, R), (2, W), (3, W)];
     Attention: Attention, "attention", [(0, U), (1, R), (4, R), (5, R), (6, W)];
-    AttentionGrouped: Attention, "attention_grouped", [(0, U), (1, R), (4, R), (5, R), (6, W)];
     Add: Elementwise, "add", [(0, U), (1, R), (2, R), (3, W)];
     SwiGlu: Elementwise, "swiglu", [(0, U), (1, R), (2, R), (3, W)];
     TakeLastRows: Elementwise, "take_last_rows", [(0, U), (1, R), (3, W)];

@@ -1,4 +1,4 @@
-//! Lowering of `Attention`: the window's K/V stored into the layer's cache (by the rope dispatch when it comes right before, else by `kv_store`), then block-masked attention over the cache: a workgroup per (KV head, row) for the query heads that share it where they fit its workgroup memory, else per (query head, row).
+//! Lowering of `Attention`: the window's K/V stored into the layer's cache (by the rope dispatch when it comes right before, else by `kv_store`), then block-masked attention over the cache: a workgroup per (row, group of the query heads that share a KV head), all of them where they fit its workgroup memory.
 
 use super::{f, Context, Extent, Grid, Needs, Pending};
 use crate::kernels::Kernel;
@@ -33,6 +33,10 @@ fn attend(
     out: &mut Vec<Pending>,
 ) {
     let kv_width = heads.kv * heads.dim;
+    // Query heads per workgroup: all that share a KV head where they fit the kernel's
+    // workgroup memory (GH_MAX heads, GQ_MAX floats in attention.wgsl), else groups of them.
+    let per_kv = heads.q / heads.kv;
+    let group_heads = per_kv.min(16).min(1024 / heads.dim).max(1);
     let params = [
         heads.dim as u32,
         heads.q as u32,
@@ -40,7 +44,7 @@ fn attend(
         ((heads.q + 2 * heads.kv) * heads.dim) as u32,
         kv_width as u32,
         f(1.0 / (heads.dim as f32).sqrt()),
-        0,
+        group_heads as u32,
         0,
     ];
     let stored = index > 0 && kv_stored_by_rope(cx.graph, index - 1).is_some();
@@ -62,13 +66,9 @@ fn attend(
             small: None,
         });
     }
-    let (kernel, groups) = if grouped(heads) {
-        (Kernel::AttentionGrouped, heads.kv)
-    } else {
-        (Kernel::Attention, heads.q)
-    };
+    let groups = heads.kv * per_kv.div_ceil(group_heads);
     out.push(Pending {
-        kernel,
+        kernel: Kernel::Attention,
         format: None,
         buffers: vec![
             (1, cx.buffer_of(qkv)),
@@ -95,19 +95,7 @@ pub(super) fn lower(cx: &Context, index: usize, op: &Op, out: &mut Vec<Pending>)
     }
 }
 
-/// Whether `attention_grouped` can take these heads: the query heads of a KV head fit its
-/// workgroup memory (GQ_MAX, GH_MAX in attention.wgsl).
-fn grouped(heads: Heads) -> bool {
-    let g = heads.q / heads.kv;
-    g <= 16 && g * heads.dim <= 1024
-}
-
-pub(super) fn kernels(op: &Op, needs: &mut Needs) {
+pub(super) fn kernels(_op: &Op, needs: &mut Needs) {
     needs.push(Kernel::KvStore, None);
-    match op {
-        Op::Attention { heads, .. } if grouped(*heads) => {
-            needs.push(Kernel::AttentionGrouped, None)
-        }
-        _ => needs.push(Kernel::Attention, None),
-    }
+    needs.push(Kernel::Attention, None);
 }

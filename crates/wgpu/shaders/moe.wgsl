@@ -420,12 +420,11 @@ fn moe_group(@builtin(local_invocation_index) li: u32) {
     }
 }
 
-// The combine's workgroup: the token's entries in ascending expert order (the reference's sum
-// order), and the norm's partial sums.
+// The combine's workgroup (256: sum256's width) and the token's entries in ascending expert
+// order (the reference's sum order).
 const CWG: u32 = 256u;
 const MAX_TOP_K: u32 = 64u;
 var<workgroup> order: array<u32, MAX_TOP_K>;
-var<workgroup> partial: array<f32, CWG>;
 
 // Fills `order` with token t's entries in ascending expert id (one invocation; all wait).
 fn order_experts(t: u32, li: u32) {
@@ -477,8 +476,8 @@ fn moe_combine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
 }
 
 // The same, plus the residual: out = skip + block output, and with `residual` 2 its RMS norm
-// into `normed`. The columns are add_rms_norm's split, so the norm reduces the same partial
-// sums in the same tree (rms_norm.wgsl inv_rms). Its own entry point: three more bindings
+// into `normed`. The columns are add_rms_norm's split and the sum is its `sum256`, so the norm
+// rounds as add_rms_norm's. Its own entry point: three more bindings
 // than an adapter with 8 storage buffers a stage allows (load.rs fuses only above that).
 @compute @workgroup_size(256)
 fn moe_combine_residual(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -492,15 +491,7 @@ fn moe_combine_residual(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_inv
         squares += v * v;
     }
     if (cp.residual == 2u) {
-        partial[li] = squares;
-        for (var h = CWG / 2u; h > 0u; h >>= 1u) {
-            workgroupBarrier();
-            if (li < h) {
-                partial[li] += partial[li + h];
-            }
-        }
-        workgroupBarrier();
-        let r = 1.0 / sqrt(partial[0] / f32(cp.h) + cp.eps);
+        let r = 1.0 / sqrt(sum256(li, squares) / f32(cp.h) + cp.eps);
         for (var col = li; col < cp.h; col += CWG) {
             normed[row + col] = norm_w[col] * (out[row + col] * r);
         }

@@ -17,20 +17,11 @@ struct NormParams {
 @group(0) @binding(5) var<storage, read_write> sum: array<f32>;
 
 const WG: u32 = 256u;
-var<workgroup> partial: array<f32, 256>;
 
-// 1 / sqrt(mean + eps) from each invocation's sum of squares (the same tree for both entries,
-// so the fused norm rounds exactly as the plain one).
+// 1 / sqrt(mean + eps) from each invocation's sum of squares (sum256.wgsl's tree, shared with
+// the MoE combine's fused norm, so every norm rounds alike).
 fn inv_rms(li: u32, squares: f32) -> f32 {
-    partial[li] = squares;
-    for (var h = WG / 2u; h > 0u; h >>= 1u) {
-        workgroupBarrier();
-        if (li < h) {
-            partial[li] += partial[li + h];
-        }
-    }
-    workgroupBarrier();
-    return 1.0 / sqrt(partial[0] / f32(p.d) + p.eps);
+    return 1.0 / sqrt(sum256(li, squares) / f32(p.d) + p.eps);
 }
 
 // One workgroup per group: x = group within the row, y = row.

@@ -58,6 +58,7 @@ impl Default for ModuleOptions {
 }
 
 const MATVEC: &str = include_str!("../shaders/matvec/matvec.wgsl");
+const SUM256: &str = include_str!("../shaders/sum256.wgsl");
 const REDUCE_SHARED: &str = include_str!("../shaders/matvec/shared.wgsl");
 const REDUCE_SUBGROUP: &str = include_str!("../shaders/matvec/subgroup.wgsl");
 
@@ -65,10 +66,20 @@ const REDUCE_SUBGROUP: &str = include_str!("../shaders/matvec/subgroup.wgsl");
 /// instance keeps rows x features = MV_ACC accumulators.
 pub const MATVECS: [(&str, usize, usize); 2] = [("matvec8", 8, 8), ("matvec32", 32, 2)];
 
+/// (most rows, output features per workgroup) of the matrix-vector entry point `name`.
+pub fn matvec_shape(name: &str) -> (usize, usize) {
+    let (_, rows, feats) = MATVECS
+        .into_iter()
+        .find(|m| m.0 == name)
+        .expect("a matrix-vector entry point");
+    (rows, feats)
+}
+
 /// The complete WGSL of one module. `format` must be given exactly for families that read
 /// matrices. The MatMul family also gets `w_load4` once per expert part (`w_load4_p` over
 /// `w_p`) and `we_load4(part, ..)`, which picks one, and the matrix-vector kernels with the
-/// chosen reduction; other families ignore the options.
+/// chosen reduction; other families ignore the options. The norm and MoE families get
+/// `sum256` (their fused and plain norms share its tree).
 pub fn module_source(family: Family, format: Option<WeightFormat>, opts: &ModuleOptions) -> String {
     let mut s = String::from(STEP);
     if let Some(f) = format {
@@ -80,6 +91,10 @@ pub fn module_source(family: Family, format: Option<WeightFormat>, opts: &Module
     }
     s.push('\n');
     s.push_str(source(family));
+    if matches!(family, Family::Norm | Family::Moe) {
+        s.push('\n');
+        s.push_str(SUM256);
+    }
     if family == Family::MatMul {
         for (name, rows, feats) in MATVECS {
             s.push('\n');

@@ -2,7 +2,10 @@
 
 use super::{Context, Extent, Grid, Needs, Pending, TILE_FEATURES, TILE_ROWS};
 use crate::kernels::Kernel;
-use crate::shaders::MATVECS;
+use crate::shaders::matvec_shape;
+
+/// The matrix-vector kernels, fewest rows first: a product takes the first that fits.
+const MATVEC_KERNELS: [Kernel; 2] = [Kernel::Matvec8, Kernel::Matvec32];
 use unmask_core::graph::{BufId, Op, Rows, WeightId};
 
 /// `groups` workgroups as a grid whose x stays within every adapter's per-dimension limit
@@ -50,10 +53,10 @@ fn product(cx: &Context, x: BufId, weight: WeightId, o: BufId, out: &mut Vec<Pen
             needs_out: from_out,
             small: Some((
                 Extent::of(cx.rows(x), 1),
-                MATVECS
-                    .iter()
-                    .zip([Kernel::Matvec8, Kernel::Matvec32])
-                    .map(|(&(_, rows, feats), kernel)| {
+                MATVEC_KERNELS
+                    .into_iter()
+                    .map(|kernel| {
+                        let (rows, feats) = matvec_shape(kernel.entry());
                         (rows, kernel, matvec_grid(part.rows.len().div_ceil(feats)))
                     })
                     .collect(),
@@ -73,7 +76,8 @@ pub(super) fn kernels(op: &Op, needs: &mut Needs) {
     if let Op::MatMul { weight, .. } = op {
         let format = needs.matrix_format(*weight);
         needs.push(Kernel::Matmul, format);
-        needs.push(Kernel::Matvec8, format);
-        needs.push(Kernel::Matvec32, format);
+        for kernel in MATVEC_KERNELS {
+            needs.push(kernel, format);
+        }
     }
 }

@@ -1,7 +1,7 @@
 // In place on the fused QKV rows: per-head RMS norm of the q and k heads (QK-norm, before RoPE),
 // then NeoX RoPE on the first 2*half dims of each q and k head at position start + row. cos/sin
 // come from a table computed on the host exactly as the reference computes them (f32 angle
-// p * inv_freq), because GPU sin/cos lose precision on large angles. With `store_kv` (the next
+// p * inv_freq), because GPU sin/cos lose precision on large angles. With flag bit 2 (the next
 // op is the attention over these rows) the finished K heads and the V heads also go into the
 // layer's KV cache at positions start + row, so no separate store pass runs.
 
@@ -25,7 +25,7 @@ struct RopeParams {
 @group(0) @binding(2) var<storage, read> norms: array<f32>;
 // [position][pair] -> (cos, sin).
 @group(0) @binding(3) var<storage, read> table: array<vec2<f32>>;
-// The layer's cache, [position][kv heads * d] (the dummy buffer without `store_kv`).
+// The layer's cache, [position][kv heads * d] (spare buffers, never written, without flag bit 2).
 @group(0) @binding(4) var<storage, read_write> k_cache: array<f32>;
 @group(0) @binding(5) var<storage, read_write> v_cache: array<f32>;
 
@@ -34,7 +34,7 @@ const MAX_D: u32 = 512u;
 var<workgroup> hv: array<f32, MAX_D>;
 var<workgroup> partial: array<f32, WG>;
 
-// x: head (q heads, then k heads, then, with `store_kv`, v heads), y: row.
+// x: head (q heads, then k heads, then, with flag bit 2, v heads), y: row.
 @compute @workgroup_size(64)
 fn qk_norm_rope(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let h = wg.x;

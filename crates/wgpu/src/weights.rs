@@ -41,10 +41,9 @@ pub struct ExpertStacks {
     /// Experts per part (the last part may hold fewer).
     pub per_part: usize,
     /// Parts one expert dispatch reads (`expert_parts` bindings); dispatch `d` covers parts
-    /// `d * parts_per_dispatch ..` and experts `dispatch_bounds[d] .. dispatch_bounds[d + 1]`.
+    /// `d * parts_per_dispatch ..` and experts `first_expert(d) .. first_expert(d + 1)`.
     pub parts_per_dispatch: usize,
-    pub dispatch_bounds: Vec<u32>,
-    /// `dispatch_bounds` on the device (read by `moe_group`).
+    /// Every dispatch's `first_expert`, and the end, on the device (read by `moe_group`).
     pub bounds_buffer: wgpu::Buffer,
     /// Per part: every expert's gate rows then its up rows, expert after expert.
     pub gate_up: Vec<wgpu::Buffer>,
@@ -53,7 +52,12 @@ pub struct ExpertStacks {
 
 impl ExpertStacks {
     pub fn dispatches(&self) -> usize {
-        self.dispatch_bounds.len() - 1
+        self.gate_up.len().div_ceil(self.parts_per_dispatch)
+    }
+
+    /// The first expert dispatch `d` reads (`experts` for `d` = `dispatches()`).
+    pub fn first_expert(&self, d: usize) -> u32 {
+        first_expert(d, self.parts_per_dispatch * self.per_part, self.experts)
     }
 
     /// The parts dispatch `d` reads.
@@ -61,6 +65,11 @@ impl ExpertStacks {
         let first = d * self.parts_per_dispatch;
         first..(first + self.parts_per_dispatch).min(self.gate_up.len())
     }
+}
+
+/// The first expert of dispatch `d` when each reads `per_dispatch` experts of `experts`.
+fn first_expert(d: usize, per_dispatch: usize, experts: usize) -> u32 {
+    (d * per_dispatch).min(experts) as u32
 }
 
 /// The device and queue weights are uploaded through.
@@ -263,7 +272,6 @@ pub fn upload_experts(
         Ok(x)
     };
     let parts_per_dispatch = parts_per_dispatch.max(1);
-    let mut dispatch_bounds = vec![0u32];
     let (mut gate_up, mut down_parts) = (Vec::new(), Vec::new());
     let mut e0 = 0;
     while e0 < experts {
@@ -281,16 +289,14 @@ pub fn upload_experts(
         }
         gate_up.push(gu);
         down_parts.push(dn);
-        if gate_up.len() % parts_per_dispatch == 0 || e1 == experts {
-            dispatch_bounds.push(e1 as u32);
-        }
         e0 = e1;
     }
-    let bounds_buffer = up.buffer(
-        &format!("{layer}.experts.bounds"),
-        dispatch_bounds.len(),
-        |w| w.put(0, &dispatch_bounds),
-    );
+    let bounds: Vec<u32> = (0..=gate_up.len().div_ceil(parts_per_dispatch))
+        .map(|d| first_expert(d, parts_per_dispatch * per_part, experts))
+        .collect();
+    let bounds_buffer = up.buffer(&format!("{layer}.experts.bounds"), bounds.len(), |w| {
+        w.put(0, &bounds)
+    });
     Ok(ExpertStacks {
         format,
         experts,
@@ -300,7 +306,6 @@ pub fn upload_experts(
         down_stride,
         per_part,
         parts_per_dispatch,
-        dispatch_bounds,
         bounds_buffer,
         gate_up,
         down: down_parts,

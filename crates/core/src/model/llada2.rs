@@ -171,6 +171,7 @@ pub fn build(c: &Config) -> Graph {
         if i + 1 < c.num_hidden_layers {
             // Written by the next layer's first op (AddRmsNorm).
             residual = Some((x_mid, y));
+            hidden.push(x_out);
         } else {
             g.op(Op::Add {
                 a: x_mid,
@@ -179,9 +180,6 @@ pub fn build(c: &Config) -> Graph {
             });
         }
         x = x_out;
-        if i + 1 < c.num_hidden_layers {
-            hidden.push(x);
-        }
     }
 
     // Only the rows whose predictions are wanted go through the head.

@@ -184,7 +184,7 @@ fn experts(
                         params[1] as u32,
                         params[2] as u32,
                         params[3] as u32,
-                        ex.dispatch_bounds[d],
+                        ex.first_expert(d),
                         6 * dispatches as u32 + d as u32,
                         items_at,
                         ex.per_part as u32,

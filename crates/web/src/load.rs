@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use unmask_core::graph::Graph;
 use unmask_core::weights::listing::{self, TensorEntry};
-use unmask_core::weights::{Tensor, TensorSource, WeightStore};
+use unmask_core::weights::{DType, Tensor, TensorSource, WeightStore};
 use unmask_core::{ChatTokenizer, Config, Error, Model, Result};
 
 /// Byte ranges of one file.
@@ -37,12 +37,22 @@ pub struct StreamedWeights {
     tensors: BTreeMap<String, (usize, TensorEntry)>,
 }
 
-impl TensorSource for StreamedWeights {
-    fn tensor(&self, name: &str) -> Result<Tensor> {
-        let (i, e) = self
-            .tensors
+impl StreamedWeights {
+    fn entry(&self, name: &str) -> Result<&(usize, TensorEntry)> {
+        self.tensors
             .get(name)
-            .ok_or_else(|| Error::Weights(format!("missing tensor `{name}`")))?;
+            .ok_or_else(|| Error::Weights(format!("missing tensor `{name}`")))
+    }
+}
+
+impl TensorSource for StreamedWeights {
+    /// From the shard header: no read of the tensor's bytes.
+    fn dtype(&self, name: &str) -> Result<DType> {
+        Ok(self.entry(name)?.1.dtype)
+    }
+
+    fn tensor(&self, name: &str) -> Result<Tensor> {
+        let (i, e) = self.entry(name)?;
         let shard = &self.shards[*i];
         let bytes = shard.reader.read(e.start, e.len).map_err(|err| {
             Error::Weights(format!("{}: reading tensor `{name}`: {err}", shard.name))

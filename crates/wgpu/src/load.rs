@@ -168,11 +168,12 @@ impl WgpuBackend {
             progress((*done).min(nw), nw);
         };
         // Ops computed inside others' dispatches (program/fuse.rs). A shared expert joins the
-        // routed stack only in their format (read here: three matrices of one expert's size).
+        // routed stack only in their dtype (asked of the source, which reads no data for it).
+        let dtype = |w: unmask_core::graph::WeightId| store.dtype(&graph.weight(w).name);
         let fusions = Fusions::find(
             &graph,
-            &mut |shared, routed| match (tensor(shared), tensor(routed)) {
-                (Ok(a), Ok(b)) => a.dtype == b.dtype,
+            &mut |shared, routed| match (dtype(shared), dtype(routed)) {
+                (Ok(a), Ok(b)) => a == b,
                 _ => false,
             },
             weight_binding,

@@ -125,11 +125,20 @@ impl Tensor {
 /// weights to a device never needs them all in host memory at once.
 pub trait TensorSource {
     fn tensor(&self, name: &str) -> Result<Tensor>;
+
+    /// A tensor's stored dtype, without reading its data where the source can tell.
+    fn dtype(&self, name: &str) -> Result<DType> {
+        self.tensor(name).map(|t| t.dtype)
+    }
 }
 
 impl TensorSource for WeightStore {
     fn tensor(&self, name: &str) -> Result<Tensor> {
         self.get(name).cloned()
+    }
+
+    fn dtype(&self, name: &str) -> Result<DType> {
+        self.get(name).map(|t| t.dtype)
     }
 }
 

@@ -205,9 +205,8 @@ fn matmul_cases() -> Vec<Case> {
                 runs,
                 forced: Forced {
                     weight_binding_limit: limit,
-                    max_tokens: None,
-                    expert_parts: None,
                     no_subgroups: !subgroups,
+                    ..Forced::default()
                 },
                 tol: 1e-5,
                 exercises: None,
@@ -344,10 +343,8 @@ fn attention_case(q: usize, kv: usize, dim: usize, rope: bool) -> Case {
         store,
         runs,
         forced: Forced {
-            weight_binding_limit: None,
             max_tokens: Some(64),
-            expert_parts: None,
-            no_subgroups: false,
+            ..Forced::default()
         },
         tol: 1e-5,
         exercises: None,
@@ -586,9 +583,8 @@ fn moe_case(
         runs,
         forced: Forced {
             weight_binding_limit: limit,
-            max_tokens: None,
             expert_parts,
-            no_subgroups: false,
+            ..Forced::default()
         },
         tol: 1e-5,
         exercises: (!poisoned).then_some(one_expert_gets_several_tiles as _),

@@ -2,8 +2,9 @@
 //! golden model (every decoder, block length and parameter set the files hold, plus seeded
 //! variants), decoded alone and then in continuous batches where sequences join and leave
 //! between steps, with and without its prefill cut into chunks, gives the same tokens and
-//! forward count. Run on the backends that hold
-//! several KV-cache slots (reference and cpu); the others run a batch of one.
+//! forward count. Run on every backend that holds several KV-cache slots: reference, cpu and
+//! (where an adapter exists) wgpu, there also with passes short enough that batches split into
+//! several passes and long prompts into chunks.
 
 use unmask_core::decode::{generate_batch, BatchRequest, DecodeParams};
 use unmask_core::reference::Kernels;
@@ -14,6 +15,64 @@ fn backend(model: &Model, kernels: Kernels, slots: usize) -> ReferenceBackend {
     ReferenceBackend::with_kernels(model.graph.clone(), &model.weights, kernels, &mut |_, _| {})
         .unwrap()
         .with_slots(slots)
+}
+
+/// A backend of `model` with `slots` KV-cache slots.
+type Make = Box<dyn Fn(&Model, usize) -> Box<dyn Backend>>;
+
+/// A backend to batch on, the (width, prefill chunk) runs to compare with decoding alone, and
+/// which cases: all, or (on lavapipe, about 20x slower than cpu) every `stride`-th and the long
+/// prompt.
+struct Batching {
+    name: String,
+    make: Make,
+    runs: &'static [(usize, usize)],
+    stride: usize,
+}
+
+fn batching_backends() -> Vec<Batching> {
+    // Widths 2 and 4, and 4 with every prompt's prefill cut into one-block chunks.
+    const ALL: &[(usize, usize)] = &[(2, 0), (4, 0), (4, 1)];
+    let mut v = vec![
+        Batching {
+            name: "reference".into(),
+            make: Box::new(|m, slots| Box::new(backend(m, Kernels::Reference, slots))),
+            runs: ALL,
+            stride: 1,
+        },
+        Batching {
+            name: "cpu".into(),
+            make: Box::new(|m, slots| Box::new(backend(m, Kernels::Fast, slots))),
+            runs: ALL,
+            stride: 1,
+        },
+    ];
+    if unmask_wgpu::probe_or_skip().is_some() {
+        // Passes of 72 tokens: two 32-token windows share one, three do not, and long prompts
+        // are chunked; a row's kernels are the ones it takes alone (passes::plan).
+        v.push(Batching {
+            name: "wgpu".into(),
+            make: Box::new(|m, slots| {
+                let opts = unmask_wgpu::WgpuOptions {
+                    slots,
+                    max_tokens: 72,
+                    ..Default::default()
+                };
+                Box::new(
+                    unmask_wgpu::WgpuBackend::new(
+                        m.graph.clone(),
+                        &m.weights,
+                        &opts,
+                        &mut |_, _| {},
+                    )
+                    .unwrap(),
+                )
+            }),
+            runs: &[(3, 0), (4, 1)],
+            stride: 5,
+        });
+    }
+    v
 }
 
 /// Every case of every golden file of `dir`, greedy as written, and a seeded variant of each
@@ -69,18 +128,30 @@ fn a_sequence_decodes_the_same_alone_and_in_any_batch() {
             "{}: too few cases to batch",
             dir.display()
         );
-        for (name, kernels) in [("reference", Kernels::Reference), ("cpu", Kernels::Fast)] {
-            let mut alone = backend(&model, kernels, 1);
+        for Batching {
+            name,
+            make,
+            runs,
+            stride,
+        } in batching_backends()
+        {
+            let last = cases.len() - 1;
+            let cases: Vec<_> = cases
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % stride == 0 || *i == last)
+                .map(|(_, c)| c.clone())
+                .collect();
+            let mut alone = make(&model, 1);
             let want: Vec<_> = cases
                 .iter()
                 .map(|(_, prompt, p)| {
-                    generate(&mut alone, &ids, limit, prompt, p, &mut |_| true)
+                    generate(alone.as_mut(), &ids, limit, prompt, p, &mut |_| true)
                         .map_err(|e| e.to_string())
                 })
                 .collect();
-            // Widths 2 and 4, and 4 with every prompt's prefill cut into one-block chunks;
-            // sequences join at staggered steps, so batches form and change as others finish.
-            for (width, prefill_chunk) in [(2, 0), (4, 0), (4, 1)] {
+            // Sequences join at staggered steps, so batches form and change as others finish.
+            for &(width, prefill_chunk) in runs {
                 let requests: Vec<BatchRequest> = cases
                     .iter()
                     .enumerate()
@@ -91,8 +162,8 @@ fn a_sequence_decodes_the_same_alone_and_in_any_batch() {
                         prefill_chunk,
                     })
                     .collect();
-                let mut batched = backend(&model, kernels, width);
-                let run = generate_batch(&mut batched, &ids, limit, &requests, width).unwrap();
+                let mut batched = make(&model, width);
+                let run = generate_batch(batched.as_mut(), &ids, limit, &requests, width).unwrap();
                 assert_eq!(
                     run.prefill_chunks > 0,
                     prefill_chunk > 0,

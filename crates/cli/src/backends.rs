@@ -37,8 +37,8 @@ pub struct BackendArgs {
     /// (integer dot products, llama.cpp's way): faster, not bit for bit the f32 result.
     #[arg(long)]
     pub int8_dots: bool,
-    /// KV-cache slots of the cpu backends (sequences decoded together or kept for reuse):
-    /// set by `serve --max-batch` and `bench --batch`, 1 otherwise.
+    /// KV-cache slots of the cpu and wgpu backends (sequences decoded together or kept for
+    /// reuse): set by `serve --max-batch` and `bench --batch`, 1 otherwise.
     #[arg(skip = 1usize)]
     pub slots: usize,
 }
@@ -79,10 +79,10 @@ pub fn create_for(
     let mut why = String::new();
     let backend: Box<dyn Backend> = match args.backend {
         BackendName::Cuda => Box::new(cuda(config, graph, weights)?),
-        BackendName::Wgpu => Box::new(wgpu(graph, weights, args.adapter.as_deref())?),
+        BackendName::Wgpu => Box::new(wgpu(graph, weights, args.adapter.as_deref(), args.slots)?),
         BackendName::Auto => match try_cuda(config, graph, weights) {
             Ok(b) => b,
-            Err(cuda_why) => match try_wgpu(graph, weights, args.adapter.as_deref()) {
+            Err(cuda_why) => match try_wgpu(graph, weights, args.adapter.as_deref(), args.slots) {
                 Ok((b, chose)) => {
                     why = format!(" (auto: {cuda_why}; {chose})");
                     b
@@ -154,6 +154,7 @@ fn try_wgpu(
     graph: &Graph,
     weights: &WeightStore,
     adapter: Option<&str>,
+    slots: usize,
 ) -> Result<(Box<dyn Backend>, String), String> {
     let report = unmask_wgpu::probe(adapter)
         .map_err(|e| e.to_string().replace("backend wgpu: ", "no wgpu: "))?;
@@ -171,7 +172,8 @@ fn try_wgpu(
     } else {
         "a hardware GPU adapter"
     };
-    let b = wgpu(graph, weights, adapter).map_err(|e| format!("wgpu failed to load: {e:#}"))?;
+    let b =
+        wgpu(graph, weights, adapter, slots).map_err(|e| format!("wgpu failed to load: {e:#}"))?;
     Ok((Box::new(b), format!("{kind} {}", report.name)))
 }
 
@@ -179,11 +181,18 @@ fn wgpu(
     graph: &Graph,
     weights: &WeightStore,
     adapter: Option<&str>,
+    slots: usize,
 ) -> Result<unmask_wgpu::WgpuBackend> {
     let mut bar = LazyBar::new("loading weights to the GPU");
+    let defaults = unmask_wgpu::WgpuOptions::default();
+    let slots = slots.clamp(1, MAX_SLOTS);
     let opts = unmask_wgpu::WgpuOptions {
         adapter: adapter.map(str::to_string),
-        ..Default::default()
+        slots,
+        // Room for several 32-token windows per pass when sequences are batched (lowered at
+        // load where a buffer would not fit one binding).
+        max_tokens: defaults.max_tokens.max(32 * slots.min(16)),
+        ..defaults
     };
     let b =
         unmask_wgpu::WgpuBackend::new(graph.clone(), weights, &opts, &mut |d, t| bar.update(d, t));

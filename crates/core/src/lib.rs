@@ -15,6 +15,7 @@ pub mod files;
 pub mod graph;
 pub mod loader;
 pub mod model;
+pub mod passes;
 pub mod profile;
 pub mod quant;
 pub mod reference;

@@ -36,7 +36,8 @@ pub struct StepParams {
     /// Never sampled: the mask id and every id >= valid_vocab.
     pub mask_id: u32,
     pub valid_vocab: u32,
-    pub _pad: u32,
+    /// Sequences in this pass: the entries of its [`SeqParams`] table (wgpu).
+    pub seqs: u32,
 }
 
 /// The field names in memory order, one u32 word each.
@@ -56,7 +57,7 @@ pub const FIELDS: [&str; 16] = [
     "top_p",
     "mask_id",
     "valid_vocab",
-    "_pad",
+    "seqs",
 ];
 
 pub const BYTES: usize = 64;
@@ -87,7 +88,7 @@ impl StepParams {
             top_p: p.top_p,
             mask_id: p.mask,
             valid_vocab: p.valid_vocab,
-            _pad: 0,
+            seqs: 1,
         }
     }
 
@@ -98,6 +99,93 @@ impl StepParams {
     /// The word index of a field (for the backends' layout checks).
     pub fn index_of(field: &str) -> Option<usize> {
         FIELDS.iter().position(|&f| f == field)
+    }
+}
+
+/// Most sequences one pass holds (the length of the WGSL `seqs` table).
+pub const MAX_PASS_SEQS: usize = 16;
+
+/// One sequence's part of a pass: where its rows lie among the pass's rows and everything that
+/// differs per sequence (positions, mask, KV-cache slot, sampling). The per-row kernels of a
+/// batched pass look a row's sequence up here; WGSL's `Seq` (step.wgsl) mirrors it field for
+/// field ([`SEQ_FIELDS`], checked by a test).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct SeqParams {
+    /// Absolute position of the sequence's first row in this pass.
+    pub start: u32,
+    /// Block length of its attention mask.
+    pub block: u32,
+    /// Its rows of the pass: `row0 .. row0 + rows`, predicting its last `out_rows`, which are
+    /// the pass's predicted rows `out0 .. out0 + out_rows`.
+    pub row0: u32,
+    pub rows: u32,
+    pub out0: u32,
+    pub out_rows: u32,
+    /// Where its KV-cache slot starts in the layer's cache, in positions.
+    pub kv_base: u32,
+    pub rng_step: u32,
+    pub seed_lo: u32,
+    pub seed_hi: u32,
+    pub temperature: f32,
+    pub inv_temp: f32,
+    pub top_k: u32,
+    pub top_p: f32,
+    pub mask_id: u32,
+    pub valid_vocab: u32,
+}
+
+pub const SEQ_FIELDS: [&str; 16] = [
+    "start",
+    "block",
+    "row0",
+    "rows",
+    "out0",
+    "out_rows",
+    "kv_base",
+    "rng_step",
+    "seed_lo",
+    "seed_hi",
+    "temperature",
+    "inv_temp",
+    "top_k",
+    "top_p",
+    "mask_id",
+    "valid_vocab",
+];
+
+pub const SEQ_BYTES: usize = 64;
+const _: () = assert!(std::mem::size_of::<SeqParams>() == SEQ_BYTES);
+
+impl SeqParams {
+    /// Chunk `c` of step `s` placed at pass rows `row0..` and predicted rows `out0..`, its
+    /// KV cache `kv_base` positions into the layer's cache.
+    pub fn of(
+        s: &Step,
+        c: &crate::chunks::Chunk,
+        row0: usize,
+        out0: usize,
+        kv_base: usize,
+    ) -> Self {
+        let u = StepParams::pass(s, c.offset, c.len, c.out);
+        SeqParams {
+            start: u.start,
+            block: u.block,
+            row0: row0 as u32,
+            rows: c.len as u32,
+            out0: out0 as u32,
+            out_rows: c.out as u32,
+            kv_base: kv_base as u32,
+            rng_step: u.rng_step,
+            seed_lo: u.seed_lo,
+            seed_hi: u.seed_hi,
+            temperature: u.temperature,
+            inv_temp: u.inv_temp,
+            top_k: u.top_k,
+            top_p: u.top_p,
+            mask_id: u.mask_id,
+            valid_vocab: u.valid_vocab,
+        }
     }
 }
 

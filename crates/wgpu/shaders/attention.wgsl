@@ -1,7 +1,9 @@
 // Block-causal attention over the KV cache (SPEC §2): key t is visible to query s iff
-// floor(t / B) <= floor(s / B). The chunk's K and V are in the cache at positions
-// start .. start + n (written by qk_norm_rope, or by `kv_store` when no rope precedes);
-// `attention` then reads keys 0 .. visible from the cache, with an online softmax over tiles.
+// floor(t / B) <= floor(s / B). Each row belongs to a sequence of the pass (`Seq`: its
+// positions, block length and KV-cache slot). The sequence's K and V for its rows are in its
+// slot at positions start .. start + rows (written by qk_norm_rope, or by `kv_store` when no
+// rope precedes); `attention` then reads keys 0 .. visible of that slot only, with an online
+// softmax over tiles.
 
 struct AttnParams {
     d: u32,
@@ -33,7 +35,8 @@ fn kv_store(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let src = i * p.width + p.heads_q * p.d + j;
-    let dst = (st.start + i) * p.kv_width + j;
+    let sq = st.seq[seq_of_row(i)];
+    let dst = (sq.kv_base + sq.start + i - sq.row0) * p.kv_width + j;
     k_cache[dst] = qkv[src];
     v_cache[dst] = qkv[src + p.kv_width];
 }
@@ -75,8 +78,11 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     let h0 = hk * per_kv + (wg.x % groups) * p.group_heads;
     let g = min(p.group_heads, (hk + 1u) * per_kv - h0);
     let i = wg.y;
-    let s = st.start + i;
-    let visible = min(st.start + st.n, (s / st.block + 1u) * st.block);
+    let sq = st.seq[seq_of_row(i)];
+    let s = sq.start + i - sq.row0;
+    let visible = min(sq.start + sq.rows, (s / sq.block + 1u) * sq.block);
+    // The sequence's slot in the cache.
+    let kv0 = sq.kv_base;
     // Keys per tile: as many as the tile memory holds, at most 512 / g scores.
     let tile = min(GKV_MAX / d, 512u / g);
     let koff = hk * d;
@@ -93,7 +99,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
         let count = min(tile, visible - t0);
         workgroupBarrier();
         for (var q = li; q < count * d; q += WG) {
-            gkv[q] = k_in[(t0 + q / d) * p.kv_width + koff + q % d];
+            gkv[q] = k_in[(kv0 + t0 + q / d) * p.kv_width + koff + q % d];
         }
         workgroupBarrier();
         for (var q = li; q < g * count; q += WG) {
@@ -129,7 +135,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
         }
         workgroupBarrier();
         for (var q = li; q < count * d; q += WG) {
-            gkv[q] = v_in[(t0 + q / d) * p.kv_width + koff + q % d];
+            gkv[q] = v_in[(kv0 + t0 + q / d) * p.kv_width + koff + q % d];
         }
         workgroupBarrier();
         for (var h = 0u; h < GH_MAX; h++) {

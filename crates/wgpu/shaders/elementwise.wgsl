@@ -34,12 +34,13 @@ fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>) {
     out[i] = g / (1.0 + exp(-g)) * b[i];
 }
 
-// out[r] = a[n - out_rows + r]: the rows whose predictions are wanted.
+// out[o] = the rows whose predictions are wanted: each sequence's last out_rows rows.
 @compute @workgroup_size(256)
 fn take_last_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (gid.x >= p.cols) {
         return;
     }
-    let src = (st.n - st.out_rows + gid.y) * p.cols + gid.x;
+    let sq = st.seq[seq_of_out(gid.y)];
+    let src = (sq.row0 + sq.rows - sq.out_rows + gid.y - sq.out0) * p.cols + gid.x;
     out[gid.y * p.cols + gid.x] = a[src];
 }

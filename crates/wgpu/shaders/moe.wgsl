@@ -244,14 +244,27 @@ const MAX_ROUTED_EXPERTS: u32 = 1024u;
 var<workgroup> block_max: array<f32, MAX_ROUTED_EXPERTS>;
 var<workgroup> block_allowed: array<u32, MAX_ROUTED_EXPERTS>;
 
-// One workgroup per routing block of the chunk (the chunk starts on a routing block boundary).
+// One workgroup per routing block of the pass, counted sequence by sequence (each sequence's
+// rows start on a routing block boundary of its own positions); the grid may hold a few more.
 @compute @workgroup_size(64)
 fn moe_route_block(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let e = rp.e;
-    let first = wg.x * rp.block_size;
+    var first = 0u;
     var rows = 0u;
-    if (first < st.n) {
-        rows = min(rp.block_size, st.n - first);
+    var left = wg.x;
+    var found = false;
+    for (var i = 0u; i < MAX_SEQS; i++) {
+        if (i < st.seqs && !found) {
+            let sq = st.seq[i];
+            let blocks = (sq.rows + rp.block_size - 1u) / rp.block_size;
+            if (left < blocks) {
+                first = sq.row0 + left * rp.block_size;
+                rows = min(rp.block_size, sq.row0 + sq.rows - first);
+                found = true;
+            } else {
+                left -= blocks;
+            }
+        }
     }
     // Scores of every (token, expert) of the block: [s, s + bias] per token, as moe_route.
     for (var q = li; q < rows * e; q += 64u) {

@@ -3,7 +3,8 @@
 // come from a table computed on the host exactly as the reference computes them (f32 angle
 // p * inv_freq), because GPU sin/cos lose precision on large angles. With flag bit 2 (the next
 // op is the attention over these rows) the finished K heads and the V heads also go into the
-// layer's KV cache at positions start + row, so no separate store pass runs.
+// layer's KV cache at the row's position in its sequence's slot, so no separate store pass runs.
+// A row's position and slot are its sequence's (`Seq`).
 
 struct RopeParams {
     d: u32,
@@ -41,8 +42,10 @@ fn qk_norm_rope(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     let row = wg.y;
     let d = p.d;
     let base = row * p.width + h * d;
+    let sq = st.seq[seq_of_row(row)];
+    let pos = sq.start + row - sq.row0;
     // Where this head's K or V goes in the cache.
-    let cached = (st.start + row) * p.heads_kv * d + (h - p.heads_q) * d;
+    let cached = (sq.kv_base + pos) * p.heads_kv * d + (h - p.heads_q) * d;
     if (h >= p.heads_q + p.heads_kv) {
         // A V head: stored as it is (h - heads_q runs past the K heads by exactly heads_kv).
         for (var j = li; j < d; j += WG) {
@@ -75,7 +78,6 @@ fn qk_norm_rope(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
         }
     }
     workgroupBarrier();
-    let pos = st.start + row;
     for (var j = li; j < d; j += WG) {
         var v = hv[j];
         if (j < p.half) {

@@ -33,8 +33,9 @@ fn neg_inf() -> f32 {
     return bitcast<f32>(bits);
 }
 
-fn allowed(i: u32) -> bool {
-    return i != st.mask_id && i < st.valid_vocab;
+// `q`: the row's sequence (its mask id and vocabulary).
+fn allowed(q: Seq, i: u32) -> bool {
+    return i != q.mask_id && i < q.valid_vocab;
 }
 
 fn is_finite(v: f32) -> bool {
@@ -119,12 +120,12 @@ fn max_u(li: u32, v: u32) -> u32 {
 
 // Argmax over allowed ids other than `ex0` and `ex1`: the best (value, id) pair, ties to the
 // lower id; NONE if there is none.
-fn argmax_except(li: u32, base: u32, ex0: u32, ex1: u32) -> u32 {
+fn argmax_except(li: u32, q: Seq, base: u32, ex0: u32, ex1: u32) -> u32 {
     var bv = neg_inf();
     var bi = NONE;
     for (var i = li; i < p.vocab; i += WG) {
         let v = logits[base + i];
-        if (allowed(i) && i != ex0 && i != ex1 && (bi == NONE || v > bv)) {
+        if (allowed(q, i) && i != ex0 && i != ex1 && (bi == NONE || v > bv)) {
             bv = v;
             bi = i;
         }
@@ -148,20 +149,20 @@ fn argmax_except(li: u32, base: u32, ex0: u32, ex1: u32) -> u32 {
     return r;
 }
 
-fn argmax_allowed(li: u32, base: u32) -> u32 {
-    return argmax_except(li, base, NONE, NONE);
+fn argmax_allowed(li: u32, q: Seq, base: u32) -> u32 {
+    return argmax_except(li, q, base, NONE, NONE);
 }
 
 // The token, its confidence, and the row's three best allowed ids (`best` is the first).
-fn write(li: u32, row: u32, token: u32, confidence: f32, best: u32) {
+fn write(li: u32, q: Seq, row: u32, token: u32, confidence: f32, best: u32) {
     let base = row * p.vocab;
     var second = NONE;
     var third = NONE;
     if (best != NONE) {
-        second = argmax_except(li, base, best, NONE);
+        second = argmax_except(li, q, base, best, NONE);
     }
     if (second != NONE) {
-        third = argmax_except(li, base, best, second);
+        third = argmax_except(li, q, base, best, second);
     }
     if (li == 0u) {
         let o = SAMPLE_WORDS * row;
@@ -174,22 +175,23 @@ fn write(li: u32, row: u32, token: u32, confidence: f32, best: u32) {
 }
 
 fn greedy_row(li: u32, row: u32) {
+    let q = st.seq[seq_of_out(row)];
     let base = row * p.vocab;
     var mx = neg_inf();
     for (var i = li; i < p.vocab; i += WG) {
         mx = max(mx, logits[base + i]);
     }
     let max_all = max_f(li, mx);
-    let best = argmax_allowed(li, base);
+    let best = argmax_allowed(li, q, base);
     var s = 0.0;
     for (var i = li; i < p.vocab; i += WG) {
         s += exp(logits[base + i] - max_all);
     }
     let total = sum_f(li, s);
     if (best == NONE) {
-        write(li, row, 0u, 0.0, best);
+        write(li, q, row, 0u, 0.0, best);
     } else {
-        write(li, row, best, exp(logits[base + best] - max_all) / total, best);
+        write(li, q, row, best, exp(logits[base + best] - max_all) / total, best);
     }
 }
 
@@ -209,16 +211,18 @@ fn mix32(x0: u32) -> u32 {
     return x;
 }
 
-fn uniform01(position: u32) -> f32 {
-    var h = mix32(st.rng_step ^ 0x9e3779b9u);
+fn uniform01(q: Seq, position: u32) -> f32 {
+    var h = mix32(q.rng_step ^ 0x9e3779b9u);
     h = mix32(position ^ h);
-    h = mix32(st.seed_hi ^ h);
-    h = mix32(st.seed_lo ^ h);
+    h = mix32(q.seed_hi ^ h);
+    h = mix32(q.seed_lo ^ h);
     return f32(h >> 8u) * (1.0 / 16777216.0);
 }
 
 // Per-row state of the seeded sampler, uniform across the workgroup.
 struct Filter {
+    // The row's sequence (its sampling parameters).
+    q: Seq,
     base: u32,
     // Keep scaled values >= kth (top-k) ...
     kth: f32,
@@ -231,11 +235,11 @@ struct Filter {
 }
 
 fn scaled(f: Filter, i: u32) -> f32 {
-    return logits[f.base + i] * st.inv_temp;
+    return logits[f.base + i] * f.q.inv_temp;
 }
 
 fn is_candidate(f: Filter, i: u32) -> bool {
-    return allowed(i) && is_finite(logits[f.base + i]);
+    return allowed(f.q, i) && is_finite(logits[f.base + i]);
 }
 
 fn kept_k(f: Filter, i: u32) -> bool {
@@ -253,6 +257,7 @@ fn kept(f: Filter, i: u32) -> bool {
 
 fn seeded_row(li: u32, row: u32) {
     var f: Filter;
+    f.q = st.seq[seq_of_out(row)];
     f.base = row * p.vocab;
     f.kth = neg_inf();
     f.last = 0.0;
@@ -267,7 +272,7 @@ fn seeded_row(li: u32, row: u32) {
         return;
     }
     // top-k: the k-th largest key is the largest threshold with at least k keys at or above it.
-    if (st.top_k > 0u && st.top_k < count) {
+    if (f.q.top_k > 0u && f.q.top_k < count) {
         var lo = 0u;
         var hi = NONE;
         for (var it = 0u; it < 32u; it++) {
@@ -277,7 +282,7 @@ fn seeded_row(li: u32, row: u32) {
                 for (var i = li; i < p.vocab; i += WG) {
                     n += select(0u, 1u, is_candidate(f, i) && key_of(scaled(f, i)) >= mid);
                 }
-                if (sum_u(li, n) >= st.top_k) {
+                if (sum_u(li, n) >= f.q.top_k) {
                     lo = mid;
                 } else {
                     hi = mid - 1u;
@@ -302,7 +307,7 @@ fn seeded_row(li: u32, row: u32) {
     f.total = sum_f(li, s);
     // top-p: the cut is the largest key whose mass at or above it reaches p; ties at the cut
     // (equal probabilities) are kept. If the whole mass stays below p, everything is kept.
-    if (st.top_p < 1.0) {
+    if (f.q.top_p < 1.0) {
         var lo = 0u;
         var hi = NONE;
         var m0 = 0.0;
@@ -311,7 +316,7 @@ fn seeded_row(li: u32, row: u32) {
                 m0 += prob(f, i);
             }
         }
-        if (sum_f(li, m0) >= st.top_p) {
+        if (sum_f(li, m0) >= f.q.top_p) {
             for (var it = 0u; it < 32u; it++) {
                 if (lo < hi) {
                     let mid = lo + (hi - lo) / 2u + 1u;
@@ -321,7 +326,7 @@ fn seeded_row(li: u32, row: u32) {
                             m += prob(f, i);
                         }
                     }
-                    if (sum_f(li, m) >= st.top_p) {
+                    if (sum_f(li, m) >= f.q.top_p) {
                         lo = mid;
                     } else {
                         hi = mid - 1u;
@@ -355,7 +360,8 @@ fn seeded_row(li: u32, row: u32) {
         before += rf[j];
     }
     workgroupBarrier();
-    let u = uniform01(st.start + st.n - st.out_rows + row);
+    // The row's position: its sequence's predicted rows are the last of its rows.
+    let u = uniform01(f.q, f.q.start + f.q.rows - f.q.out_rows + row - f.q.out0);
     var found = NONE;
     var last_id = 0u;
     var cum = before;
@@ -372,10 +378,16 @@ fn seeded_row(li: u32, row: u32) {
     if (pick == NONE) {
         pick = max_u(li, last_id);
     }
-    write(li, row, pick, prob(f, pick) / f.total2, argmax_allowed(li, f.base));
+    write(li, f.q, row, pick, prob(f, pick) / f.total2, argmax_allowed(li, f.q, f.base));
 }
 
 @compute @workgroup_size(256)
 fn sample_seeded(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    seeded_row(li, wg.x);
+    // A pass samples with this kernel when any of its sequences has a temperature; the
+    // greedy ones among them are sampled as `sample` does.
+    if (st.seq[seq_of_out(wg.x)].temperature > 0.0) {
+        seeded_row(li, wg.x);
+    } else {
+        greedy_row(li, wg.x);
+    }
 }

@@ -1,19 +1,51 @@
-// The values of one chunk (pass) of a step, shared by every kernel: group 1, bound with a
-// dynamic offset per chunk so that all chunks of a step fit in one command buffer. The layout
-// is core's `StepParams` (crates/core/src/step_params.rs), field for field; a test checks it.
-// Read-only storage, not uniform (see `Bind::Params`).
+// The values of one pass of a step, shared by every kernel: group 1, bound with a dynamic
+// offset per pass so that all passes of a step fit in one command buffer. The header is core's
+// `StepParams` (crates/core/src/step_params.rs), field for field; `seq` is core's `SeqParams`
+// table, one entry per sequence of the pass (a batched pass holds the windows of several
+// sequences; a row finds its own with `seq_of_row` / `seq_of_out`). Tests check both layouts.
+// Read-only storage, not uniform (see `Bind::Params`). Kernels read the pass-wide `n`,
+// `out_rows`, `ids_offset` and `seqs` of the header; everything that differs per sequence
+// (positions, mask, cache slot, sampling) comes from its `Seq`.
 struct StepParams {
-    // Tokens in this chunk, at absolute positions start .. start + n.
+    // The first sequence's values (core fills them; the kernels read its `Seq` instead).
     start: u32,
-    // Block length of the block-causal attention mask.
     block: u32,
+    // Rows (tokens) of the pass, and its predicted rows: each sequence's last rows.
     n: u32,
-    // Rows whose predictions are wanted: the chunk's last `out_rows` tokens.
     out_rows: u32,
-    // Where this chunk's token ids start in the ids buffer.
+    // Where this pass's token ids start in the ids buffer.
     ids_offset: u32,
-    // The step's first predicted position (unused here: rows know their own positions).
+    // The first sequence's values again (see `start`).
     first_out_pos: u32,
+    rng_step: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    temperature: f32,
+    inv_temp: f32,
+    top_k: u32,
+    top_p: f32,
+    mask_id: u32,
+    valid_vocab: u32,
+    // Sequences of this pass: the first `seqs` entries of `seq`.
+    seqs: u32,
+    seq: array<Seq, MAX_SEQS>,
+}
+
+const MAX_SEQS: u32 = 16u;
+
+struct Seq {
+    // Absolute position of the sequence's first row of this pass.
+    start: u32,
+    // Block length of its block-causal attention mask.
+    block: u32,
+    // Its rows: pass rows row0 .. row0 + rows, predicting its last out_rows, which are the
+    // pass's predicted rows out0 .. out0 + out_rows.
+    row0: u32,
+    rows: u32,
+    out0: u32,
+    out_rows: u32,
+    // Its KV-cache slot: positions kv_base .. of every layer's cache.
+    kv_base: u32,
     // The counter-based RNG key: the decoder's step counter and the seed (two halves).
     rng_step: u32,
     seed_lo: u32,
@@ -27,7 +59,29 @@ struct StepParams {
     // Never sampled: the mask id and every id >= valid_vocab.
     mask_id: u32,
     valid_vocab: u32,
-    _pad: u32,
 }
 
 @group(1) @binding(0) var<storage, read> st: StepParams;
+
+// The sequence that pass row `r` belongs to (sequences hold consecutive rows, in order).
+fn seq_of_row(r: u32) -> u32 {
+    var s = 0u;
+    for (var i = 1u; i < MAX_SEQS; i++) {
+        if (i < st.seqs && st.seq[i].row0 <= r) {
+            s = i;
+        }
+    }
+    return s;
+}
+
+// The sequence that predicted row `o` of the pass belongs to.
+fn seq_of_out(o: u32) -> u32 {
+    var s = 0u;
+    for (var i = 1u; i < MAX_SEQS; i++) {
+        let q = st.seq[i];
+        if (i < st.seqs && q.out0 <= o && o < q.out0 + q.out_rows) {
+            s = i;
+        }
+    }
+    return s;
+}

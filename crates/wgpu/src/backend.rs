@@ -1,21 +1,29 @@
 //! `WgpuBackend`: the graph compiled at load, replayed per step in one command encoder and one
-//! submission; per step the host writes token ids and step parameters and reads back one
+//! submission; per step the host writes token ids and pass parameters and reads back one
 //! (token, confidence) pair per predicted row (plus logits and hidden states when a test asks).
+//! A batch of several sequences' steps is laid out in passes (`unmask_core::passes`): their
+//! windows share each pass's weight reads, each row reading its own sequence's positions, KV
+//! slot and sampling parameters from the pass's sequence table (step.wgsl).
 
 use crate::arena::ArenaPlan;
 use crate::device::Gpu;
-use crate::kernels::{Kernel, Kernels, STEP_PARAMS_BYTES};
+use crate::kernels::{Kernel, Kernels};
 use crate::kv::KvCache;
-use crate::load::storage;
-use crate::program::{self, Context, Dispatch, Grid, MoeScratch, Program};
+use crate::load::{pass_stride, storage};
+use crate::program::{self, Context, Dispatch, Grid, MoeScratch, PassShape, Program};
 use crate::readback;
+use crate::shaders::MATVECS;
 use crate::timer::Timer;
 use crate::weights::{DeviceMatrix, ExpertStacks};
 use unmask_core::backend::{
-    Backend, Capture, KernelTime, Sampled, Step, StepOutput, StepStats, SAMPLE_WORDS,
+    check_batch, Backend, Capture, KernelTime, Sampled, SlotStep, Step, StepOutput, StepStats,
+    SAMPLE_WORDS,
 };
-use unmask_core::chunks::{self, Chunk};
-use unmask_core::step_params::StepParams;
+use unmask_core::chunks::Chunk;
+use unmask_core::passes;
+use unmask_core::step_params::{
+    SeqParams, StepParams, BYTES as STEP_PARAMS_BYTES, MAX_PASS_SEQS, SEQ_BYTES,
+};
 
 /// One dispatch as a chunk runs it.
 struct Run<'a> {
@@ -59,6 +67,9 @@ pub struct WgpuOptions {
     /// Subgroup operations where the adapter has them (the matrix-vector kernels' reduction);
     /// off: workgroup memory everywhere (`UNMASK_WGPU_SUBGROUPS=0`; tests reach that path).
     pub subgroups: bool,
+    /// KV-cache slots: sequences stepped together in one batched forward
+    /// (`Backend::step_batch`) or kept for a later request to reuse. At least 1.
+    pub slots: usize,
 }
 
 impl Default for WgpuOptions {
@@ -70,6 +81,7 @@ impl Default for WgpuOptions {
             runtime_checks: std::env::var("UNMASK_WGPU_CHECKS").is_ok_and(|v| v == "1"),
             max_expert_parts: None,
             subgroups: std::env::var("UNMASK_WGPU_SUBGROUPS").map_or(true, |v| v != "0"),
+            slots: 1,
         }
     }
 }
@@ -102,7 +114,7 @@ pub struct WgpuBackend {
     /// Token ids of a whole step (chunks read at their offset) and its capacity in tokens.
     pub(crate) ids: wgpu::Buffer,
     pub(crate) ids_cap: usize,
-    /// One `StepParams` entry per chunk, at `params_align` strides.
+    /// One pass's parameters (`StepParams` and its sequences) per pass, at `pass_stride`.
     pub(crate) step_params: wgpu::Buffer,
     pub(crate) step_group: wgpu::BindGroup,
     pub(crate) chunk_cap: usize,
@@ -114,7 +126,8 @@ pub struct WgpuBackend {
     /// Rows of the embedding table: token ids must be below.
     pub(crate) vocab: usize,
     pub(crate) weight_bytes: u64,
-    pub(crate) cached: usize,
+    /// Positions cached in each KV-cache slot (`WgpuOptions::slots` of them).
+    pub(crate) cached: Vec<usize>,
     pub(crate) stats: StepStats,
 }
 
@@ -157,18 +170,18 @@ impl WgpuBackend {
         self.matrices[i].as_ref().map(|m| m.parts.len())
     }
 
-    /// Grows the per-step buffers (ids, step parameters, readback) for `tokens` and `chunks`.
+    /// Grows the per-step buffers (ids, pass parameters, readback) for `tokens` and `passes`.
     /// Returns the buffers created.
-    fn ensure_step_capacity(&mut self, tokens: usize, chunks: usize, out_rows: usize) -> usize {
+    fn ensure_step_capacity(&mut self, tokens: usize, passes: usize, out_rows: usize) -> usize {
         let mut created = 0;
-        if chunks > self.chunk_cap || tokens > self.ids_cap {
-            self.chunk_cap = self.chunk_cap.max(chunks).next_power_of_two();
+        if passes > self.chunk_cap || tokens > self.ids_cap {
+            self.chunk_cap = self.chunk_cap.max(passes).next_power_of_two();
             self.ids_cap = self.ids_cap.max(tokens).next_power_of_two();
             let (b, g) = Self::step_buffers(
                 &self.gpu.device,
                 &self.kernels,
                 self.chunk_cap,
-                self.params_align,
+                pass_stride(self.params_align),
             );
             self.step_params = b;
             self.step_group = g;
@@ -190,55 +203,123 @@ impl WgpuBackend {
         created
     }
 
-    /// Runs one step: records every chunk into one command encoder, submits it once, and reads
+    /// Runs one step: records every pass into one command encoder, submits it once, and reads
     /// back the samples (and captures).
     pub async fn step_async(&mut self, s: &Step<'_>) -> Result<StepOutput> {
-        self.run_async(s, None).await
+        let mut out = self.run_async(&[slot0(s)], None).await?;
+        Ok(out.remove(0))
     }
 
-    /// [`Self::step_async`] with every dispatch timed into `times` when given (timer.rs).
+    /// The steps of several sequences as one forward (`Backend::step_batch`), for the browser.
+    pub async fn step_batch_async(&mut self, steps: &[SlotStep<'_>]) -> Result<Vec<StepOutput>> {
+        self.run_async(steps, None).await
+    }
+
+    /// Which chunks may share a pass: those whose rows, and whose predicted rows, take the same
+    /// matrix kernel (a matrix-vector kernel by how many rows it holds, or the tiles).
+    fn class(c: &Chunk) -> usize {
+        let tier = |n: usize| {
+            MATVECS
+                .iter()
+                .position(|&(_, rows, _)| n <= rows)
+                .unwrap_or(MATVECS.len())
+        };
+        tier(c.len) * (MATVECS.len() + 1) + tier(c.out)
+    }
+
+    /// [`Self::step_batch_async`] with every dispatch timed into `times` when given (timer.rs).
     pub async fn run_async(
         &mut self,
-        s: &Step<'_>,
+        steps: &[SlotStep<'_>],
         times: Option<&mut Vec<KernelTime>>,
-    ) -> Result<StepOutput> {
-        s.check(self.cached, self.vocab)?;
-        self.graph.check_routing_start(s.start)?;
-        let n = s.tokens.len();
-        let chunks = chunks::split(s.start, n, s.out_rows, s.block_length, self.max_tokens)?;
+    ) -> Result<Vec<StepOutput>> {
+        let cached = &self.cached;
+        check_batch(steps, cached.len(), |s| cached[s], self.vocab)?;
+        for s in steps {
+            self.graph.check_routing_start(s.step.start)?;
+        }
+        if steps.len() > 1 && steps.iter().any(|s| s.step.capture != Capture::Samples) {
+            return Err(Error::Invalid(
+                "logits and hidden states are captured from a step of one sequence, not a batch"
+                    .into(),
+            ));
+        }
+        let refs: Vec<&Step> = steps.iter().map(|s| &s.step).collect();
+        let passes = passes::plan(&refs, self.max_tokens, MAX_PASS_SEQS, Self::class)?;
+        let n: usize = refs.iter().map(|s| s.tokens.len()).sum();
+        let out_total: usize = refs.iter().map(|s| s.out_rows).sum();
         let device = self.gpu.device.clone();
-        let mut allocations = self.ensure_step_capacity(n, chunks.len(), s.out_rows);
+        let mut allocations = self.ensure_step_capacity(n, passes.len(), out_total);
         let mut uploaded = 0usize;
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("step"),
         });
-        let (grown, table_bytes) =
-            self.kv
-                .ensure(&device, &self.gpu.queue, &mut encoder, s.start + n, s.start)?;
+        // Every slot keeps what it caches, a stepping one its positions before the step.
+        let mut keep = self.cached.clone();
+        for s in steps {
+            keep[s.slot] = s.step.start;
+        }
+        let needed = refs
+            .iter()
+            .map(|s| s.start + s.tokens.len())
+            .max()
+            .unwrap_or(0);
+        let (grown, table_bytes) = self.kv.ensure(
+            &device,
+            &self.gpu.queue,
+            &mut encoder,
+            needed,
+            self.cached.len(),
+            &keep,
+        )?;
         if grown > 0 {
             self.recompile();
             allocations += grown + 1;
             uploaded += table_bytes;
         }
 
-        // Per-step uploads: the ids and one parameter entry per chunk.
+        // Per-step uploads: the ids in pass order, and each pass's parameters and sequences.
+        let stride = pass_stride(self.params_align) as usize;
+        let mut ids = Vec::with_capacity(n);
+        let mut params = vec![0u8; passes.len() * stride];
+        let mut shapes = Vec::with_capacity(passes.len());
+        for (i, pass) in passes.iter().enumerate() {
+            let at = i * stride;
+            let first = &pass.seqs[0];
+            let mut head =
+                StepParams::pass(refs[first.step], first.chunk.offset, pass.rows, pass.out);
+            head.ids_offset = ids.len() as u32;
+            head.seqs = pass.seqs.len() as u32;
+            params[at..at + STEP_PARAMS_BYTES].copy_from_slice(bytemuck::bytes_of(&head));
+            for (j, q) in pass.seqs.iter().enumerate() {
+                let s = refs[q.step];
+                let c = q.chunk;
+                ids.extend_from_slice(&s.tokens[c.offset..c.offset + c.len]);
+                let kv_base = self.kv.base(steps[q.step].slot);
+                let seq = SeqParams::of(s, &c, q.row0, q.out0, kv_base);
+                let o = at + STEP_PARAMS_BYTES + j * SEQ_BYTES;
+                params[o..o + SEQ_BYTES].copy_from_slice(bytemuck::bytes_of(&seq));
+            }
+            shapes.push(PassShape {
+                rows: pass.rows,
+                out: pass.out,
+                seqs: pass.seqs.len(),
+                widest: pass.widest(),
+                seeded: pass
+                    .seqs
+                    .iter()
+                    .any(|q| refs[q.step].sampling.temperature > 0.0),
+            });
+        }
         self.gpu
             .queue
-            .write_buffer(&self.ids, 0, bytemuck::cast_slice(s.tokens));
+            .write_buffer(&self.ids, 0, bytemuck::cast_slice(&ids));
         uploaded += n * 4;
-        let p = &s.sampling;
-        let align = self.params_align as usize;
-        let mut params = vec![0u8; chunks.len() * align];
-        for (i, c) in chunks.iter().enumerate() {
-            let u = StepParams::pass(s, c.offset, c.len, c.out);
-            params[i * align..i * align + STEP_PARAMS_BYTES as usize]
-                .copy_from_slice(bytemuck::bytes_of(&u));
-        }
         self.gpu.queue.write_buffer(&self.step_params, 0, &params);
         uploaded += params.len();
 
-        // Captures (tests only): logits, then each hidden state, rows in step order.
-        let capture = self.capture_layout(s);
+        // Captures (tests only, one sequence): logits, then each hidden state, rows in order.
+        let capture = self.capture_layout(refs[0]);
         let capture_buffer = capture.as_ref().map(|c| {
             allocations += 1;
             device.create_buffer(&wgpu::BufferDescriptor {
@@ -252,14 +333,16 @@ impl WgpuBackend {
         let mut timer = match times {
             Some(_) => Some(Timer::new(
                 &self.gpu,
-                chunks.len() * self.program.dispatches.len(),
+                passes.len() * self.program.dispatches.len(),
             )?),
             None => None,
         };
-        let seeded = p.temperature > 0.0;
         // A plain step of the shape the last one recorded ahead runs those commands; the
         // encoder then holds only a growing cache's copies (none, or the shape changed).
-        let key = Ahead::key(self.generation, &chunks, seeded);
+        let key = AheadKey {
+            generation: self.generation,
+            passes: shapes.clone(),
+        };
         let plain = timer.is_none() && capture.is_none();
         let recorded = match self.ahead.take() {
             Some(a) if plain && grown == 0 && a.key == key => Some(a),
@@ -267,10 +350,9 @@ impl WgpuBackend {
         };
         let dispatches = match &recorded {
             Some(a) => a.dispatches,
-            None => self.record_chunks(
+            None => self.record_passes(
                 &mut encoder,
-                &chunks,
-                seeded,
+                &shapes,
                 timer.as_mut(),
                 capture.as_ref().zip(capture_buffer.as_ref()),
             )?,
@@ -284,13 +366,13 @@ impl WgpuBackend {
             None => self.gpu.queue.submit([encoder.finish()]),
         };
         // While the GPU runs: the same shape's commands for the next step (the decoder's next
-        // window usually has it; they do not depend on the ids or the positions, which are
-        // uploaded per step).
+        // window usually has it; they do not depend on the ids, the positions or the slots,
+        // which are uploaded per step).
         if plain {
             let mut next = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("step (recorded ahead)"),
             });
-            let dispatches = self.record_chunks(&mut next, &chunks, seeded, None, None)?;
+            let dispatches = self.record_passes(&mut next, &shapes, None, None)?;
             self.ahead = Some(Ahead {
                 key,
                 commands: next.finish(),
@@ -299,34 +381,43 @@ impl WgpuBackend {
         }
 
         let sample_bytes = if self.has(self.graph.samples) {
-            s.out_rows * SAMPLE_WORDS * 4
+            out_total * SAMPLE_WORDS * 4
         } else {
             0
         };
         let words = readback::read(&self.gpu, &self.staging, sample_bytes as u64).await?;
-        let samples = Sampled::from_words(&words);
-        let mut out = StepOutput {
-            samples,
-            ..Default::default()
-        };
+        let rows = Sampled::from_words(&words);
+        // The staging buffer holds the passes' predicted rows in pass order: each step's are
+        // gathered back, chunk after chunk.
+        let mut outs: Vec<StepOutput> = vec![StepOutput::default(); steps.len()];
+        let mut at = 0;
+        for pass in &passes {
+            for q in &pass.seqs {
+                let r = &rows
+                    [(at + q.out0).min(rows.len())..(at + q.out0 + q.chunk.out).min(rows.len())];
+                outs[q.step].samples.extend_from_slice(r);
+            }
+            at += pass.out;
+        }
         let mut read_back = sample_bytes;
         if let (Some(cap), Some(buf)) = (capture, capture_buffer) {
+            let s = refs[0];
             let words = readback::read(&self.gpu, &buf, cap.total_bytes).await?;
             read_back += words.len() * 4;
             let all: &[f32] = bytemuck::cast_slice(&words);
             let mut sections = cap.sections.iter().map(|(b, base)| {
                 let d = self.graph.buffer(*b);
                 let rows = match d.rows {
-                    Rows::Tokens => n,
+                    Rows::Tokens => s.tokens.len(),
                     Rows::Out => s.out_rows,
                 };
                 let start = *base as usize / 4;
                 all[start..start + rows * d.cols].to_vec()
             });
             if self.has(self.graph.logits) {
-                out.logits = sections.next();
+                outs[0].logits = sections.next();
             }
-            out.hidden = sections.collect();
+            outs[0].hidden = sections.collect();
         }
         if let (Some(t), Some(times)) = (timer, times) {
             times.extend(t.read(&self.gpu).await?);
@@ -334,7 +425,9 @@ impl WgpuBackend {
         if let Some(e) = self.gpu.take_error() {
             return Err(Error::backend("wgpu", e));
         }
-        self.cached = s.start + s.keep;
+        for s in steps {
+            self.cached[s.slot] = s.step.start + s.step.keep;
+        }
         self.stats = StepStats {
             dispatches,
             submissions: 1,
@@ -343,33 +436,32 @@ impl WgpuBackend {
             allocations,
             recorded_ahead,
         };
-        Ok(out)
+        Ok(outs)
     }
 
-    /// Records every chunk's dispatches into `encoder` (a pass each, or a pass per dispatch
-    /// with its timestamps when timed), the samples' copies to the staging buffer and the
-    /// captures' copies; returns the dispatches recorded.
-    fn record_chunks(
+    /// Records every pass's dispatches into `encoder` (a compute pass each, or one per
+    /// dispatch with its timestamps when timed), the samples' copies to the staging buffer and
+    /// the captures' copies; returns the dispatches recorded.
+    fn record_passes(
         &self,
         encoder: &mut wgpu::CommandEncoder,
-        chunks: &[Chunk],
-        seeded: bool,
+        passes: &[PassShape],
         mut timer: Option<&mut Timer>,
         capture: Option<(&CaptureLayout, &wgpu::Buffer)>,
     ) -> Result<usize> {
-        let align = self.params_align as usize;
+        let stride = pass_stride(self.params_align) as usize;
         let mut dispatches = 0;
         let mut out_done = 0usize;
         let mut rows_done = 0usize;
-        for (ci, c) in chunks.iter().enumerate() {
-            let offset = (ci * align) as u32;
+        for (pi, c) in passes.iter().enumerate() {
+            let offset = (pi * stride) as u32;
             let runs = self
                 .program
                 .dispatches
                 .iter()
-                .filter_map(|d| self.resolve(d, c, seeded));
+                .filter_map(|d| self.resolve(d, c));
             match timer.as_deref_mut() {
-                // One pass per dispatch, its beginning and end timestamped.
+                // One compute pass per dispatch, its beginning and end timestamped.
                 Some(t) => {
                     for r in runs {
                         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -382,7 +474,7 @@ impl WgpuBackend {
                 }
                 None => {
                     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: Some("chunk"),
+                        label: Some("pass"),
                         timestamp_writes: None,
                     });
                     for r in runs {
@@ -401,11 +493,12 @@ impl WgpuBackend {
                     (c.out * ROW_BYTES) as u64,
                 );
             }
+            // A captured step is one sequence: its passes' rows are its rows in order.
             if let Some((cap, buf)) = capture {
                 for (b, base) in &cap.sections {
                     let d = self.graph.buffer(*b);
                     let (rows, before) = match d.rows {
-                        Rows::Tokens => (c.len, rows_done),
+                        Rows::Tokens => (c.rows, rows_done),
                         Rows::Out => (c.out, out_done),
                     };
                     if rows > 0 {
@@ -420,30 +513,33 @@ impl WgpuBackend {
                 }
             }
             out_done += c.out;
-            rows_done += c.len;
+            rows_done += c.rows;
         }
         Ok(dispatches)
     }
 
-    /// What `d` runs in chunk `c` (the seeded sampler, a matrix-vector kernel), or `None` when it
-    /// has nothing to do there (the head in a chunk that predicts nothing, an empty grid).
-    fn resolve<'a>(&'a self, d: &'a Dispatch, c: &Chunk, seeded: bool) -> Option<Run<'a>> {
+    /// What `d` runs in a pass of shape `c` (the seeded sampler, a matrix-vector kernel), or
+    /// `None` when it has nothing to do there (the head in a pass that predicts nothing, an
+    /// empty grid).
+    fn resolve<'a>(&'a self, d: &'a Dispatch, c: &PassShape) -> Option<Run<'a>> {
         if d.needs_out && c.out == 0 {
             return None;
         }
-        let (mut kernel, mut pipeline, mut group, mut grid) = match (&d.seeded, seeded) {
+        let (mut kernel, mut pipeline, mut group, mut grid) = match (&d.seeded, c.seeded) {
             (Some((pl, bg)), true) => (Kernel::SampleSeeded, pl, bg, d.grid),
             _ => (d.kernel, &d.pipeline, &d.bind_group, d.grid),
         };
+        // The kernel a product takes is chosen by the rows of its widest sequence, so that a
+        // sequence's rows take the same kernel in any batch (passes::plan groups by it).
         if let Some((rows, variants)) = &d.small {
-            let n = rows.resolve(c.len, c.out) as usize;
+            let n = rows.widest(c);
             if let Some(v) = variants.iter().find(|v| n <= v.max_rows) {
                 (kernel, pipeline, group, grid) = (v.kernel, &v.pipeline, &v.bind_group, v.grid);
             }
         }
         let size = match grid {
             Grid::Direct(x, y) => {
-                let (x, y) = (x.resolve(c.len, c.out), y.resolve(c.len, c.out));
+                let (x, y) = (x.resolve(c), y.resolve(c));
                 if x == 0 || y == 0 {
                     return None;
                 }
@@ -460,7 +556,7 @@ impl WgpuBackend {
         })
     }
 
-    /// Records one resolved dispatch into `pass`, with the chunk's step parameters at `offset`.
+    /// Records one resolved dispatch into `pass`, with the pass parameters at `offset`.
     fn encode(&self, pass: &mut wgpu::ComputePass, r: &Run, offset: u32) {
         pass.set_pipeline(r.pipeline);
         pass.set_bind_group(0, r.group, &[]);
@@ -557,23 +653,11 @@ pub(crate) struct Ahead {
     dispatches: usize,
 }
 
-/// What recorded commands depend on: the buffers' generation, each chunk's (tokens, predicted
-/// rows), and whether the seeded sampler runs.
+/// What recorded commands depend on: the buffers' generation and each pass's shape.
 #[derive(PartialEq, Eq)]
 struct AheadKey {
     generation: u64,
-    chunks: Vec<(usize, usize)>,
-    seeded: bool,
-}
-
-impl Ahead {
-    fn key(generation: u64, chunks: &[Chunk], seeded: bool) -> AheadKey {
-        AheadKey {
-            generation,
-            chunks: chunks.iter().map(|c| (c.len, c.out)).collect(),
-            seeded,
-        }
-    }
+    passes: Vec<PassShape>,
 }
 
 struct CaptureLayout {
@@ -606,11 +690,30 @@ impl Backend for WgpuBackend {
     }
 
     fn cached(&self) -> usize {
-        self.cached
+        self.cached[0]
     }
 
     fn reset(&mut self) {
-        self.cached = 0;
+        self.cached[0] = 0;
+    }
+
+    fn slots(&self) -> usize {
+        self.cached.len()
+    }
+
+    fn cached_in(&self, slot: usize) -> usize {
+        self.cached.get(slot).copied().unwrap_or(0)
+    }
+
+    fn reset_slot(&mut self, slot: usize) {
+        if let Some(c) = self.cached.get_mut(slot) {
+            *c = 0;
+        }
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn step_batch(&mut self, steps: &[SlotStep]) -> Result<Vec<StepOutput>> {
+        pollster::block_on(self.run_async(steps, None))
     }
 
     fn last_stats(&self) -> StepStats {
@@ -632,10 +735,19 @@ impl Backend for WgpuBackend {
             return None;
         }
         let mut times = Vec::new();
-        let out = pollster::block_on(self.run_async(s, Some(&mut times)));
+        let out = pollster::block_on(self.run_async(&[slot0(s)], Some(&mut times)))
+            .map(|mut o| o.remove(0));
         for t in &mut times {
             t.fused = self.fusions.absorbed_into(t.op);
         }
         Some(out.map(|out| (out, times)))
+    }
+}
+
+/// `s` as the one step of a batch, in slot 0.
+fn slot0<'a>(s: &Step<'a>) -> SlotStep<'a> {
+    SlotStep {
+        slot: 0,
+        step: s.clone(),
     }
 }

@@ -99,8 +99,11 @@ pub struct Kernels {
     map: BTreeMap<(Kernel, Option<WeightFormat>), Pipeline>,
 }
 
-/// Bytes of the group-1 step parameters (`StepParams` in step.wgsl).
-pub const STEP_PARAMS_BYTES: u64 = unmask_core::step_params::BYTES as u64;
+/// Bytes of the group-1 parameters of a pass (`StepParams` in step.wgsl): the header, then the
+/// table of its sequences.
+pub const PASS_PARAMS_BYTES: u64 = (unmask_core::step_params::BYTES
+    + unmask_core::step_params::SEQ_BYTES * unmask_core::step_params::MAX_PASS_SEQS)
+    as u64;
 
 impl Kernels {
     /// Builds `wanted` (kernel, format) pairs; shader modules are shared by the entry points of
@@ -122,7 +125,7 @@ impl Kernels {
                 ty: wgpu::BindingType::Buffer {
                     ty: wgpu::BufferBindingType::Storage { read_only: true },
                     has_dynamic_offset: true,
-                    min_binding_size: wgpu::BufferSize::new(STEP_PARAMS_BYTES),
+                    min_binding_size: wgpu::BufferSize::new(PASS_PARAMS_BYTES),
                 },
                 count: None,
             }],

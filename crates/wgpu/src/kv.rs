@@ -1,7 +1,8 @@
-//! The KV cache on the device, one K and one V buffer per layer (`[capacity, kv_heads * dim]`
-//! f32), and the RoPE cos/sin tables that cover the same positions. Both grow only when a longer
-//! sequence needs them: new buffers, the cached positions copied over on the device, inside the
-//! step's own command encoder.
+//! The KV cache on the device, one K and one V buffer per layer holding every slot's positions
+//! (`[slots * capacity, kv_heads * dim]` f32: slot s at positions `s * capacity ..`), and the
+//! RoPE cos/sin tables that cover one slot's positions. Both grow only when a longer sequence or
+//! a higher slot needs them: new buffers, every slot's cached positions copied over on the
+//! device, inside the step's own command encoder.
 
 use unmask_core::reference::ops::rope_inv_freq;
 use unmask_core::{Error, Result};
@@ -13,8 +14,10 @@ pub struct KvCache {
     layers: usize,
     /// f32 values per position per layer (kv heads * head dim).
     width: usize,
+    /// Positions per slot, and slots held.
     pub capacity: usize,
-    /// Largest capacity a single binding allows.
+    pub slots: usize,
+    /// Most positions (all slots together) a single binding allows.
     max_positions: usize,
     pub k: Vec<wgpu::Buffer>,
     pub v: Vec<wgpu::Buffer>,
@@ -72,6 +75,7 @@ impl KvCache {
             layers,
             width,
             capacity: 0,
+            slots: 0,
             max_positions: (max_binding as usize / (widest * 4)).max(1),
             k: Vec::new(),
             v: Vec::new(),
@@ -87,7 +91,7 @@ impl KvCache {
     }
 
     pub fn bytes(&self) -> u64 {
-        let kv = 2 * self.layers * self.capacity * self.width * 4;
+        let kv = 2 * self.layers * self.slots * self.capacity * self.width * 4;
         let tables: usize = self
             .tables
             .iter()
@@ -96,35 +100,49 @@ impl KvCache {
         (kv + tables) as u64
     }
 
-    /// Makes room for `needed` positions, keeping the first `keep` cached ones. Returns the
-    /// number of buffers created and the bytes uploaded (0, 0 when nothing had to grow).
+    /// Where `slot` starts in a layer's cache, in positions.
+    pub fn base(&self, slot: usize) -> usize {
+        slot * self.capacity
+    }
+
+    /// Makes room for `needed` positions in each of `slots` slots, keeping the first `keep[s]`
+    /// cached positions of every slot s held now. Returns the number of buffers created and the
+    /// bytes uploaded (0, 0 when nothing had to grow).
     pub fn ensure(
         &mut self,
         device: &wgpu::Device,
         queue: &wgpu::Queue,
         encoder: &mut wgpu::CommandEncoder,
         needed: usize,
-        keep: usize,
+        slots: usize,
+        keep: &[usize],
     ) -> Result<(usize, usize)> {
-        if needed <= self.capacity {
+        if needed <= self.capacity && slots <= self.slots {
             return Ok((0, 0));
         }
-        if needed > self.max_positions {
+        let slots = slots.max(self.slots).max(1);
+        let per_slot = self.max_positions / slots;
+        if needed > per_slot {
             return Err(Error::backend(
                 "wgpu",
                 format!(
-                    "{needed} positions do not fit one storage binding of this adapter's KV \
-                     cache (at most {} positions)",
+                    "{needed} positions in each of {slots} KV-cache slots do not fit one storage \
+                     binding of this adapter's KV cache (at most {} positions in all)",
                     self.max_positions
                 ),
             ));
         }
         let capacity = needed
-            .max(2 * self.capacity)
+            .max(if needed > self.capacity {
+                2 * self.capacity
+            } else {
+                self.capacity
+            })
             .max(GRANULE)
             .next_multiple_of(GRANULE)
-            .min(self.max_positions);
-        let bytes = (capacity * self.width * 4) as u64;
+            .min(per_slot)
+            .max(needed);
+        let bytes = (slots * capacity * self.width * 4) as u64;
         let make = |label: &str| {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -136,15 +154,22 @@ impl KvCache {
             })
         };
         let mut created = 0;
-        let keep_bytes = (keep.min(self.capacity) * self.width * 4) as u64;
+        let row = (self.width * 4) as u64;
         let mut k = Vec::with_capacity(self.layers);
         let mut v = Vec::with_capacity(self.layers);
         for l in 0..self.layers {
             let (nk, nv) = (make("k_cache"), make("v_cache"));
             created += 2;
-            if keep_bytes > 0 {
-                encoder.copy_buffer_to_buffer(&self.k[l], 0, &nk, 0, keep_bytes);
-                encoder.copy_buffer_to_buffer(&self.v[l], 0, &nv, 0, keep_bytes);
+            for (s, &kept) in keep.iter().enumerate().take(self.slots) {
+                let n = kept.min(self.capacity) as u64 * row;
+                if n > 0 {
+                    let (from, to) = (
+                        (s * self.capacity) as u64 * row,
+                        (s * capacity) as u64 * row,
+                    );
+                    encoder.copy_buffer_to_buffer(&self.k[l], from, &nk, to, n);
+                    encoder.copy_buffer_to_buffer(&self.v[l], from, &nv, to, n);
+                }
             }
             k.push(nk);
             v.push(nv);
@@ -152,20 +177,23 @@ impl KvCache {
         self.k = k;
         self.v = v;
         let mut uploaded = 0;
-        for t in &mut self.tables {
-            let values = t.values(capacity);
-            let buffer = device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("rope_table"),
-                size: (values.len().max(1) * 4) as u64,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            queue.write_buffer(&buffer, 0, bytemuck::cast_slice(&values));
-            uploaded += values.len() * 4;
-            created += 1;
-            t.buffer = Some(buffer);
+        if capacity > self.capacity {
+            for t in &mut self.tables {
+                let values = t.values(capacity);
+                let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("rope_table"),
+                    size: (values.len().max(1) * 4) as u64,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                queue.write_buffer(&buffer, 0, bytemuck::cast_slice(&values));
+                uploaded += values.len() * 4;
+                created += 1;
+                t.buffer = Some(buffer);
+            }
         }
         self.capacity = capacity;
+        self.slots = slots;
         Ok((created, uploaded))
     }
 }

@@ -5,7 +5,7 @@
 use crate::arena;
 use crate::backend::{WgpuBackend, WgpuOptions};
 use crate::device::{Gpu, ADAPTER_ENV};
-use crate::kernels::{Kernels, STEP_PARAMS_BYTES};
+use crate::kernels::{Kernels, PASS_PARAMS_BYTES};
 use crate::kv::KvCache;
 use crate::program::fuse::Fusions;
 use crate::program::{self, Context, MoeScratch, TILE_ROWS};
@@ -393,7 +393,14 @@ impl WgpuBackend {
         }
         let mut kv = KvCache::new(graph.num_layers, kv_width, &ropes, max_binding);
         let mut encoder = device.create_command_encoder(&Default::default());
-        kv.ensure(&device, &gpu.queue, &mut encoder, max_tokens, 0)?;
+        kv.ensure(
+            &device,
+            &gpu.queue,
+            &mut encoder,
+            max_tokens,
+            options.slots.max(1),
+            &[],
+        )?;
         gpu.queue.submit([encoder.finish()]);
 
         let vocab = graph.token_rows();
@@ -420,7 +427,7 @@ impl WgpuBackend {
             wgpu::BufferUsages::COPY_DST,
         );
         let (step_params, step_group) =
-            Self::step_buffers(&device, &kernels, chunk_cap, params_align);
+            Self::step_buffers(&device, &kernels, chunk_cap, pass_stride(params_align));
         let staging_rows = max_tokens;
         let staging = Self::staging_buffer(&device, staging_rows);
         let program = program::compile(&Context {
@@ -472,7 +479,7 @@ impl WgpuBackend {
             max_tokens,
             vocab,
             weight_bytes,
-            cached: 0,
+            cached: vec![0; options.slots.max(1)],
             stats: StepStats::default(),
         })
     }
@@ -480,12 +487,12 @@ impl WgpuBackend {
     pub(crate) fn step_buffers(
         device: &wgpu::Device,
         kernels: &Kernels,
-        chunks: usize,
-        align: u64,
+        passes: usize,
+        stride: u64,
     ) -> (wgpu::Buffer, wgpu::BindGroup) {
         let buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("step_params"),
-            size: chunks as u64 * align,
+            size: passes as u64 * stride,
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -497,7 +504,7 @@ impl WgpuBackend {
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                     buffer: &buffer,
                     offset: 0,
-                    size: wgpu::BufferSize::new(STEP_PARAMS_BYTES),
+                    size: wgpu::BufferSize::new(PASS_PARAMS_BYTES),
                 }),
             }],
         });
@@ -512,4 +519,9 @@ impl WgpuBackend {
             mapped_at_creation: false,
         })
     }
+}
+
+/// Bytes between the parameters of consecutive passes in the step-parameter buffer.
+pub(crate) fn pass_stride(align: u64) -> u64 {
+    PASS_PARAMS_BYTES.next_multiple_of(align)
 }

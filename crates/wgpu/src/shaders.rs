@@ -222,25 +222,34 @@ mod tests {
         }
     }
 
-    /// step.wgsl's `StepParams` has core's fields, in core's order, one 4-byte word each.
-    #[test]
-    fn step_params_match_core_field_for_field() {
+    /// The one-word fields of a struct of step.wgsl, in order, up to its first array member.
+    fn word_fields(name: &str) -> Vec<&'static str> {
         let body = STEP
-            .split("struct StepParams {")
+            .split(&format!("struct {name} {{"))
             .nth(1)
             .and_then(|s| s.split('}').next())
-            .expect("step.wgsl declares StepParams");
-        let fields: Vec<&str> = body
-            .lines()
+            .expect("step.wgsl declares the struct");
+        body.lines()
             .map(str::trim)
             .filter(|l| !l.starts_with("//") && l.contains(':'))
-            .map(|l| {
-                let (name, ty) = l.split_once(':').unwrap();
+            .map(|l| l.split_once(':').unwrap())
+            .take_while(|(_, ty)| !ty.contains("array"))
+            .map(|(name, ty)| {
                 let ty = ty.trim().trim_end_matches(',');
                 assert!(ty == "u32" || ty == "f32", "{name}: {ty} is not one word");
                 name.trim()
             })
-            .collect();
-        assert_eq!(fields, unmask_core::step_params::FIELDS);
+            .collect()
+    }
+
+    /// step.wgsl's `StepParams` has core's fields, in core's order, one 4-byte word each, then
+    /// the table of `Seq` entries, which are core's `SeqParams`; its length is core's.
+    #[test]
+    fn step_params_match_core_field_for_field() {
+        use unmask_core::step_params::{FIELDS, MAX_PASS_SEQS, SEQ_FIELDS};
+        assert_eq!(word_fields("StepParams"), FIELDS);
+        assert_eq!(word_fields("Seq"), SEQ_FIELDS);
+        assert!(STEP.contains("seq: array<Seq, MAX_SEQS>,"));
+        assert!(STEP.contains(&format!("const MAX_SEQS: u32 = {MAX_PASS_SEQS}u;")));
     }
 }

@@ -44,7 +44,8 @@ pub fn measure(
     let widest = widths.iter().copied().max().unwrap_or(1);
     if widest > backend.slots() {
         bail!(
-            "--batch {widest}: {} holds {} KV-cache slot(s); batched forwards run on the cpu and reference backends",
+            "--batch {widest}: {} holds {} KV-cache slot(s); batched forwards run on the cpu, \
+             reference and wgpu backends",
             backend.name(),
             backend.slots()
         );

@@ -23,8 +23,8 @@ pub struct Args {
     /// Requests that may wait while the batch is full; one more is answered 429.
     #[arg(long, default_value_t = 32)]
     pub max_queue: usize,
-    /// Requests decoded together, one batched forward for all of them (default 8 on the cpu
-    /// backends; the wgpu and CUDA backends run one at a time). Printed at start.
+    /// Requests decoded together, one batched forward for all of them (default 8; the CUDA
+    /// backend runs one at a time). Printed at start.
     #[arg(long)]
     pub max_batch: Option<usize>,
     /// MiB of K/V that finished requests may leave in idle KV-cache slots for the next request

@@ -27,14 +27,29 @@ use unmask_core::graph::{BufId, Graph, Op, OpFamily, Rows, WeightId};
 pub const TILE_ROWS: usize = 32;
 pub const TILE_FEATURES: usize = 32;
 
+/// What a pass's dispatches depend on: its rows and predicted rows, its sequences, the most
+/// rows and predicted rows of one of them (the matrix kernels are chosen by these, so that a
+/// sequence's rows take the kernels they take alone), and whether any samples with a
+/// temperature. Commands recorded for one shape serve any pass of that shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassShape {
+    pub rows: usize,
+    pub out: usize,
+    pub seqs: usize,
+    pub widest: (usize, usize),
+    pub seeded: bool,
+}
+
 /// One dimension of a dispatch grid.
 #[derive(Debug, Clone, Copy)]
 pub enum Extent {
     Fixed(u32),
-    /// ceil(chunk tokens / per)
+    /// ceil(pass tokens / per)
     Tokens(u32),
-    /// ceil(chunk predicted rows / per)
+    /// ceil(pass predicted rows / per)
     Out(u32),
+    /// Enough for every sequence's blocks of `per` rows (each sequence starts a block).
+    Blocks(u32),
 }
 
 impl Extent {
@@ -45,11 +60,21 @@ impl Extent {
         }
     }
 
-    pub fn resolve(self, n: usize, out_rows: usize) -> u32 {
+    pub fn resolve(self, pass: &PassShape) -> u32 {
+        let (n, out) = (pass.rows as u32, pass.out as u32);
         match self {
             Extent::Fixed(v) => v,
-            Extent::Tokens(per) => (n as u32).div_ceil(per),
-            Extent::Out(per) => (out_rows as u32).div_ceil(per),
+            Extent::Tokens(per) => n.div_ceil(per),
+            Extent::Out(per) => out.div_ceil(per),
+            Extent::Blocks(per) => n.div_ceil(per) + pass.seqs.saturating_sub(1) as u32,
+        }
+    }
+
+    /// The rows of one sequence that choose a matrix kernel: the pass's widest.
+    pub fn widest(self, pass: &PassShape) -> usize {
+        match self {
+            Extent::Out(_) => pass.widest.1,
+            _ => pass.widest.0,
         }
     }
 }

@@ -27,7 +27,7 @@ fn route(cx: &Context, index: usize, op: &Op, out: &mut Vec<Pending>) {
             Kernel::MoeRouteBlock,
             b.capacity as u32,
             b.size as u32,
-            Extent::Tokens(b.size as u32),
+            Extent::Blocks(b.size as u32),
         ),
         None => (Kernel::MoeRoute, 0, 0, Extent::Tokens(64)),
     };

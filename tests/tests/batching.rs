@@ -278,3 +278,51 @@ fn a_chunked_prefill_hands_out_whole_chunks_then_the_first_window() {
         "one forward, prompt and window"
     );
 }
+
+/// wgpu: when a slot's sequence outgrows the KV cache, the new buffers keep every other slot's
+/// positions (each slot's region is copied to its new place): a sequence resumed after another
+/// slot grew the cache samples as it does alone.
+#[test]
+fn a_growing_kv_cache_keeps_the_other_slots() {
+    if unmask_wgpu::probe_or_skip().is_none() {
+        return;
+    }
+    let model = Model::open(&golden_models().remove(0)).unwrap();
+    let ids = model.special_ids();
+    let make = |slots| {
+        let opts = unmask_wgpu::WgpuOptions {
+            slots,
+            max_tokens: 64,
+            ..Default::default()
+        };
+        unmask_wgpu::WgpuBackend::new(model.graph.clone(), &model.weights, &opts, &mut |_, _| {})
+            .unwrap()
+    };
+    let vocab = ids.valid_vocab.min(model.graph.token_rows() as u32);
+    let tokens: Vec<u32> = (0..600u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let step = |from: usize, to: usize| unmask_core::Step {
+        tokens: &tokens[from..to],
+        start: from,
+        keep: to - from,
+        block_length: 32,
+        out_rows: 32.min(to - from),
+        sampling: unmask_core::SampleParams::greedy(ids.mask, ids.valid_vocab),
+        capture: unmask_core::Capture::Samples,
+    };
+    let slot = |slot, step| unmask_core::backend::SlotStep { slot, step };
+    // Alone: 64 positions, then the next block.
+    let mut alone = make(1);
+    alone.step(&step(0, 64)).unwrap();
+    let want = alone.step(&step(64, 96)).unwrap();
+    // Beside a sequence in slot 0 that grows the cache well past its first capacity.
+    let mut b = make(2);
+    b.step_batch(&[slot(1, step(0, 64))]).unwrap();
+    let before = b.memory_bytes();
+    for from in (0..576).step_by(64) {
+        b.step_batch(&[slot(0, step(from, from + 64))]).unwrap();
+    }
+    assert!(b.memory_bytes() > before, "the cache did not grow");
+    assert_eq!(b.cached_in(1), 64);
+    let got = b.step_batch(&[slot(1, step(64, 96))]).unwrap();
+    assert_eq!(got[0].samples, want.samples);
+}

@@ -67,10 +67,41 @@ async fn concurrent_clients_each_get_their_own_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_clients_decode_together_and_answer_as_alone() {
     let gate = Arc::new(Gate::default());
-    let s = Arc::new(start(load(ADD_MODEL), 64, gated_batched(gate.clone(), 8)).await);
-    let m = s.model.clone();
-    let qs = questions(&m.dir, 8);
-    let want = alone(&m, &qs, |_| json!({}));
+    let model = load(ADD_MODEL);
+    let qs = questions(&model.dir, 8);
+    let want = alone(&model, &qs, |_| json!({}));
+    eight_clients(model, gated_batched(gate.clone(), 8), gate, &qs, want).await;
+}
+
+/// The same on the wgpu backend (lavapipe in CI): its batched passes answer as it does alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_clients_on_wgpu_decode_together_and_answer_as_alone() {
+    let model = load(ADD_MODEL);
+    let Some(mut one) = wgpu_backend(&model, 1) else {
+        return;
+    };
+    let qs = questions(&model.dir, 8);
+    let want: Vec<String> = qs
+        .iter()
+        .map(|q| {
+            let p = model.tokenizer.encode_chat(&user(q)).unwrap();
+            expected_on(one.as_mut(), &model, &p, &params_for(&model, &json!({}))).0
+        })
+        .collect();
+    let gate = Arc::new(Gate::default());
+    eight_clients(model, gated_wgpu(gate.clone(), 8), gate, &qs, want).await;
+}
+
+/// Eight clients at once, the first holding the worker at the gate while the other seven
+/// queue: every answer is `want`'s and /metrics shows forwards of more than one request.
+async fn eight_clients(
+    model: Arc<unmask_core::Model>,
+    backend: unmask_server::BackendFactory,
+    gate: Arc<Gate>,
+    qs: &[String],
+    want: Vec<String>,
+) {
+    let s = Arc::new(start(model, 64, backend).await);
     assert_eq!(s.metric("unmask_max_batch").await, 8.0);
     // The first request holds the worker at the gate while the other seven queue; once it
     // opens they join the first at its next step.

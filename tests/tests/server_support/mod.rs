@@ -234,8 +234,18 @@ pub fn streamed_text(chunks: &[Value]) -> String {
 /// token and decoded. Returns (text, completion tokens with the end-of-turn, finish reason).
 pub fn expected(model: &Model, prompt: &[u32], p: &DecodeParams) -> (String, usize, &'static str) {
     let mut b = ReferenceBackend::new(model.graph.clone(), &model.weights, &mut |_, _| {}).unwrap();
+    expected_on(&mut b, model, prompt, p)
+}
+
+/// [`expected`] decoded alone on `b`.
+pub fn expected_on(
+    b: &mut dyn Backend,
+    model: &Model,
+    prompt: &[u32],
+    p: &DecodeParams,
+) -> (String, usize, &'static str) {
     let g = generate(
-        &mut b,
+        b,
         &model.special_ids(),
         model.config.max_position_embeddings,
         prompt,
@@ -357,12 +367,35 @@ pub fn gated_batched(gate: Arc<Gate>, slots: usize) -> BackendFactory {
     Box::new(move |m: &Model| {
         let inner =
             ReferenceBackend::new(m.graph.clone(), &m.weights, &mut |_, _| {})?.with_slots(slots);
+        Ok(Box::new(Gated {
+            inner: Box::new(inner),
+            gate,
+        }) as Box<dyn Backend>)
+    })
+}
+
+/// The wgpu backend with `slots` KV caches (`None`: no adapter here).
+pub fn wgpu_backend(m: &Model, slots: usize) -> Option<Box<dyn Backend>> {
+    unmask_wgpu::probe_or_skip()?;
+    let opts = unmask_wgpu::WgpuOptions {
+        slots,
+        max_tokens: 256,
+        ..Default::default()
+    };
+    let b = unmask_wgpu::WgpuBackend::new(m.graph.clone(), &m.weights, &opts, &mut |_, _| {});
+    Some(Box::new(b.expect("the wgpu backend loads")))
+}
+
+/// The wgpu backend behind a gate, with `slots` KV caches.
+pub fn gated_wgpu(gate: Arc<Gate>, slots: usize) -> BackendFactory {
+    Box::new(move |m: &Model| {
+        let inner = wgpu_backend(m, slots).expect("an adapter");
         Ok(Box::new(Gated { inner, gate }) as Box<dyn Backend>)
     })
 }
 
 struct Gated {
-    inner: ReferenceBackend,
+    inner: Box<dyn Backend>,
     gate: Arc<Gate>,
 }
 

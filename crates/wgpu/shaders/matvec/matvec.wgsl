@@ -14,34 +14,44 @@ fn {name}(
 ) {
     let rows = select(st.n, st.out_rows, p.rows_from_out == 1u);
     let f0 = (wg.y * groups.x + wg.x) * {feats}u;
+    if (rows <= {rows}u) {
+        {name}_block(li, f0, 0u, rows);
+    } else {
+        // A batched pass may hold more than {rows} rows: they are computed {rows} at a time,
+        // each row exactly as in a pass of its own (the same function; the weights of the
+        // workgroup's features are read again per block, from cache). Apart, so that the
+        // common single block compiles as tightly as before.
+        for (var r0 = 0u; r0 < rows; r0 += {rows}u) {
+            {name}_block(li, f0, r0, rows);
+        }
+    }
+}
+
+// Rows r0 .. min(r0 + {rows}, rows) of features f0 .. f0 + {feats}.
+fn {name}_block(li: u32, f0: u32, r0: u32, rows: u32) {
+    var acc: array<f32, MV_ACC>;
     let runs = (p.k + 3u) / 4u;
-    // A batched pass may hold more than {rows} rows: they are computed {rows} at a time, each
-    // row exactly as it is in a pass of its own (the weights of the workgroup's features are
-    // read again per block, from cache).
-    for (var r0 = 0u; r0 < rows; r0 += {rows}u) {
-        var acc: array<f32, MV_ACC>;
-        for (var c4 = li; c4 < runs; c4 += MV_WG) {
-            var wv: array<vec4<f32>, {feats}>;
-            for (var f = 0u; f < {feats}u; f++) {
-                if (f0 + f < p.m) {
-                    wv[f] = w_load4((f0 + f) * p.stride, c4);
-                }
+    for (var c4 = li; c4 < runs; c4 += MV_WG) {
+        var wv: array<vec4<f32>, {feats}>;
+        for (var f = 0u; f < {feats}u; f++) {
+            if (f0 + f < p.m) {
+                wv[f] = w_load4((f0 + f) * p.stride, c4);
             }
-            for (var r = 0u; r < {rows}u; r++) {
-                if (r0 + r < rows) {
-                    let xv = x_run(r0 + r, c4);
-                    for (var f = 0u; f < {feats}u; f++) {
-                        acc[r * {feats}u + f] += dot(xv, wv[f]);
-                    }
+        }
+        for (var r = 0u; r < {rows}u; r++) {
+            if (r0 + r < rows) {
+                let xv = x_run(r0 + r, c4);
+                for (var f = 0u; f < {feats}u; f++) {
+                    acc[r * {feats}u + f] += dot(xv, wv[f]);
                 }
             }
         }
-        mv_reduce(li, &acc);
-        // Invocation li holds the total of (row r0 + li / {feats}, feature li % {feats}).
-        let r = r0 + li / {feats}u;
-        let f = li % {feats}u;
-        if (r < rows && f0 + f < p.m) {
-            out[r * p.out_cols + p.col0 + f0 + f] = mv_sum[li];
-        }
+    }
+    mv_reduce(li, &acc);
+    // Invocation li holds the total of (row r0 + li / {feats}, feature li % {feats}).
+    let r = r0 + li / {feats}u;
+    let f = li % {feats}u;
+    if (r < rows && f0 + f < p.m) {
+        out[r * p.out_cols + p.col0 + f0 + f] = mv_sum[li];
     }
 }

@@ -117,23 +117,23 @@ fn score(t: u32, j: u32, logit: f32) {
     scores[t * 2u * e + e + j] = s + b;
 }
 
-// One invocation per token.
+// A workgroup per token: invocation li scores experts li, li + 64, ..., then the workgroup
+// picks the token's experts.
 @compute @workgroup_size(64)
-fn moe_route(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let t = gid.x;
-    if (t >= st.n) {
-        return;
-    }
-    for (var j = 0u; j < rp.e; j++) {
+fn moe_route(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let t = wg.x;
+    for (var j = li; j < rp.e; j += 64u) {
         score(t, j, logits[t * rp.e + j]);
     }
-    select_experts(t);
+    storageBarrier();
+    workgroupBarrier();
+    select_experts(li, t);
 }
 
 // The router product fused in: a workgroup per token; invocation li computes the logits of
 // experts li, li + 64, ... (a dot product in column order, as the matmul kernels accumulate),
-// writes them (`logits_out`, for whoever reads them later) and their scores, then one
-// invocation picks the token's experts.
+// writes them (`logits_out`, for whoever reads them later) and their scores, then the
+// workgroup picks the token's experts.
 @compute @workgroup_size(64)
 fn moe_route_logits(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let t = wg.x;
@@ -149,17 +149,97 @@ fn moe_route_logits(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
     }
     storageBarrier();
     workgroupBarrier();
+    select_experts(li, t);
+}
+
+// Token t's experts from its scores, by the workgroup: group-limited top-k by biased score,
+// weights from the unbiased ones. The groups (few) are chosen by invocation 0; each of the
+// top_k picks is a workgroup argmax (every invocation scans experts li, li + 64, ..., then a
+// tree keeps the largest value, ties to the lower id: the pick the reference's scan in id
+// order makes). A NaN score breaks that order (the scan keeps a NaN it meets first), so a token
+// with one is picked by invocation 0 alone, as the reference scans.
+fn select_experts(li: u32, t: u32) {
     if (li == 0u) {
-        select_experts(t);
+        route_kept = kept_groups(t);
+    }
+    let kept = workgroupUniformLoad(&route_kept);
+    let e = rp.e;
+    let sc = t * 2u * e;
+    var nan = 0u;
+    for (var j = li; j < e; j += 64u) {
+        let v = scores[sc + e + j];
+        nan |= select(0u, 1u, v != v);
+    }
+    route_i[li] = nan;
+    for (var h = 32u; h > 0u; h >>= 1u) {
+        workgroupBarrier();
+        if (li < h) {
+            route_i[li] |= route_i[li + h];
+        }
+    }
+    if (workgroupUniformLoad(&route_i[0]) != 0u) {
+        if (li == 0u) {
+            pick_in_order(t, kept);
+        }
+        return;
+    }
+    let gs = e / rp.n_group;
+    var pv = 0.0;
+    var pi = NONE;
+    var sum = 0.0;
+    for (var r = 0u; r < rp.top_k; r++) {
+        var bv = 0.0;
+        var bi = NONE;
+        for (var j = li; j < e; j += 64u) {
+            let g = j / gs;
+            var v = neg_inf();
+            if ((kept[g / 32u] & (1u << (g % 32u))) != 0u) {
+                v = scores[sc + e + j];
+            }
+            if (after(v, j, pv, pi) && (bi == NONE || v > bv)) {
+                bv = v;
+                bi = j;
+            }
+        }
+        workgroupBarrier();
+        route_v[li] = bv;
+        route_i[li] = bi;
+        for (var h = 32u; h > 0u; h >>= 1u) {
+            workgroupBarrier();
+            if (li < h) {
+                let ov = route_v[li + h];
+                let oi = route_i[li + h];
+                let mi = route_i[li];
+                if (oi != NONE && (mi == NONE || ov > route_v[li] || (ov == route_v[li] && oi < mi))) {
+                    route_v[li] = ov;
+                    route_i[li] = oi;
+                }
+            }
+        }
+        bi = workgroupUniformLoad(&route_i[0]);
+        bv = route_v[0];
+        // No pick (every expert already taken): expert 0, as in pick_in_order.
+        if (bi == NONE) {
+            bi = 0u;
+            bv = 0.0;
+        }
+        if (li == 0u) {
+            route_ids[t * rp.top_k + r] = bi;
+        }
+        sum += scores[sc + bi];
+        pv = bv;
+        pi = bi;
+    }
+    if (li == 0u) {
+        route_weigh(t, sum);
     }
 }
 
-// Token t's experts from its scores: group-limited top-k by biased score, weights from the
-// unbiased ones.
-fn select_experts(t: u32) {
+// The token's topk_group best groups (the sum of the up to two largest biased scores of
+// each), as a bit mask.
+fn kept_groups(t: u32) -> vec2<u32> {
     let e = rp.e;
     let sc = t * 2u * e;
-    // Group score: the sum of the (up to) two largest biased scores of the group.
     let gs = e / rp.n_group;
     var group_score: array<f32, MAX_GROUPS>;
     for (var g = 0u; g < rp.n_group; g++) {
@@ -203,9 +283,17 @@ fn select_experts(t: u32) {
         pv = bv;
         pi = bi;
     }
-    // The top_k experts by biased score among kept groups (others count as -inf).
-    pv = 0.0;
-    pi = NONE;
+    return kept;
+}
+
+// The top_k experts by biased score among the kept groups (others count as -inf), scanned in
+// id order by one invocation, and their weights.
+fn pick_in_order(t: u32, kept: vec2<u32>) {
+    let e = rp.e;
+    let sc = t * 2u * e;
+    let gs = e / rp.n_group;
+    var pv = 0.0;
+    var pi = NONE;
     var sum = 0.0;
     for (var r = 0u; r < rp.top_k; r++) {
         var bv = 0.0;
@@ -232,12 +320,22 @@ fn select_experts(t: u32) {
         pv = bv;
         pi = bi;
     }
-    // Weights from the unbiased scores.
+    route_weigh(t, sum);
+}
+
+// Weights from the unbiased scores of the token's picks, which sum to `sum`.
+fn route_weigh(t: u32, sum: f32) {
+    let sc = t * 2u * rp.e;
     for (var r = 0u; r < rp.top_k; r++) {
         let s = scores[sc + route_ids[t * rp.top_k + r]];
         route_weights[t * rp.top_k + r] = s / (sum + 1e-20) * rp.scaling;
     }
 }
+
+// select_experts' scratch: the kept groups, and a tree of (value, id) pairs.
+var<workgroup> route_kept: vec2<u32>;
+var<workgroup> route_v: array<f32, 64>;
+var<workgroup> route_i: array<u32, 64>;
 
 // Block routing scratch: per expert, the block maximum and whether it is allowed.
 const MAX_ROUTED_EXPERTS: u32 = 1024u;

@@ -21,7 +21,7 @@ fn route(cx: &Context, index: usize, op: &Op, out: &mut Vec<Pending>) {
     let bias_buf = bias
         .map(|b| cx.vectors[b.0].clone().expect("uploaded bias"))
         .unwrap_or(cx.dummy.clone());
-    // Block routing: one workgroup per routing block, else one invocation per token.
+    // Block routing: one workgroup per routing block, else one per token.
     let (kernel, capacity, block_size, grid) = match routing.block {
         Some(b) => (
             Kernel::MoeRouteBlock,
@@ -29,7 +29,7 @@ fn route(cx: &Context, index: usize, op: &Op, out: &mut Vec<Pending>) {
             b.size as u32,
             Extent::Blocks(b.size as u32),
         ),
-        None => (Kernel::MoeRoute, 0, 0, Extent::Tokens(64)),
+        None => (Kernel::MoeRoute, 0, 0, Extent::Tokens(1)),
     };
     let mut buffers = vec![
         (2, bias_buf),

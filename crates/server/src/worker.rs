@@ -79,6 +79,10 @@ impl Worker {
             .spawn(move || {
                 let backend = match make_backend(&model) {
                     Ok(b) => {
+                        // The width in use is known before `start` returns (the start line
+                        // prints it).
+                        let width = batching.max_batch.clamp(1, b.slots());
+                        m.max_batch.store(width as u64, Relaxed);
                         let _ = ready_tx.send(Ok(()));
                         b
                     }

@@ -183,7 +183,6 @@ fn select_experts(li: u32, t: u32) {
         }
         return;
     }
-    let gs = e / rp.n_group;
     var pv = 0.0;
     var pi = NONE;
     var sum = 0.0;
@@ -191,11 +190,7 @@ fn select_experts(li: u32, t: u32) {
         var bv = 0.0;
         var bi = NONE;
         for (var j = li; j < e; j += 64u) {
-            let g = j / gs;
-            var v = neg_inf();
-            if ((kept[g / 32u] & (1u << (g % 32u))) != 0u) {
-                v = scores[sc + e + j];
-            }
+            let v = kept_score(sc, kept, j);
             if (after(v, j, pv, pi) && (bi == NONE || v > bv)) {
                 bv = v;
                 bi = j;
@@ -291,7 +286,6 @@ fn kept_groups(t: u32) -> vec2<u32> {
 fn pick_in_order(t: u32, kept: vec2<u32>) {
     let e = rp.e;
     let sc = t * 2u * e;
-    let gs = e / rp.n_group;
     var pv = 0.0;
     var pi = NONE;
     var sum = 0.0;
@@ -299,11 +293,7 @@ fn pick_in_order(t: u32, kept: vec2<u32>) {
         var bv = 0.0;
         var bi = NONE;
         for (var j = 0u; j < e; j++) {
-            let g = j / gs;
-            var v = neg_inf();
-            if ((kept[g / 32u] & (1u << (g % 32u))) != 0u) {
-                v = scores[sc + e + j];
-            }
+            let v = kept_score(sc, kept, j);
             if (after(v, j, pv, pi) && (bi == NONE || v > bv)) {
                 bv = v;
                 bi = j;
@@ -321,6 +311,15 @@ fn pick_in_order(t: u32, kept: vec2<u32>) {
         pi = bi;
     }
     route_weigh(t, sum);
+}
+
+// Expert j's biased score in the token's scores at `sc`, or -inf outside the kept groups.
+fn kept_score(sc: u32, kept: vec2<u32>, j: u32) -> f32 {
+    let g = j / (rp.e / rp.n_group);
+    if ((kept[g / 32u] & (1u << (g % 32u))) != 0u) {
+        return scores[sc + rp.e + j];
+    }
+    return neg_inf();
 }
 
 // Weights from the unbiased scores of the token's picks, which sum to `sum`.

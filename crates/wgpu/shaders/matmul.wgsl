@@ -3,7 +3,7 @@
 // format. Tiles of BM rows x BN output features, BK columns of the reduction at a time, staged in
 // workgroup memory; each of the 128 invocations owns 2 rows x 4 features.
 //
-// - `matmul`: dense rows (a linear layer over the chunk's tokens or its predicted rows).
+// - `matmul`: dense rows (a linear layer over the pass's tokens or its predicted rows).
 // - `matvec8` / `matvec32` (matvec/matvec.wgsl): products over at most 8 or 32 rows, the
 //   weights streamed once with the window's rows in registers.
 // - `moe_gate_up`: per routed expert, the rows routed to it (gathered by token) times the
@@ -30,7 +30,7 @@ struct MatmulParams {
     m: u32,
     out_cols: u32,
     col0: u32,
-    // 1: the rows are the chunk's predicted rows (st.out_rows), else its tokens (st.n).
+    // 1: the rows are the pass's predicted rows (st.out_rows), else its tokens (st.n).
     rows_from_out: u32,
     _pad0: u32,
     _pad1: u32,

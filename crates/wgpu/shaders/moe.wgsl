@@ -434,7 +434,7 @@ fn moe_route_block(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
     }
 }
 
-// Entry i of the chunk: (token, expert). The routed entries are `ids`, token-major; with a
+// Entry i of the pass: (token, expert). The routed entries are `ids`, token-major; with a
 // shared expert, entry n * top_k + t is token t's turn with it (the stack's last expert).
 fn entry(i: u32) -> vec2<u32> {
     let routed = st.n * gp.top_k;
@@ -449,7 +449,7 @@ const GWG: u32 = 256u;
 var<workgroup> scan_slots: array<u32, GWG>;
 var<workgroup> scan_items: array<u32, GWG>;
 
-// One workgroup for the whole chunk. Invocation li owns a contiguous range of experts: their
+// One workgroup for the whole pass. Invocation li owns a contiguous range of experts: their
 // counts, then their first slots and work items from a workgroup scan (no invocation walks
 // every expert), then the chunks' dispatch arguments.
 @compute @workgroup_size(256)

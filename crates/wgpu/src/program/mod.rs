@@ -1,7 +1,9 @@
 //! The graph compiled for the device: every op becomes one or more dispatches with their
-//! pipeline, a bind group made at load, and a grid that depends only on the chunk's row counts.
-//! A step replays this list once per chunk, changing nothing but the dynamic offset of the step
-//! parameters. Built again only when the KV cache grows (its buffers are in the bind groups).
+//! pipeline, a bind group made at load, and a grid that depends only on the pass's shape
+//! (`PassShape`: its row counts and sequences). A step replays this list once per pass (a chunk
+//! of one sequence's step, or the windows of several sequences), changing nothing but the
+//! dynamic offset of the pass parameters. Built again only when the KV cache grows (its buffers
+//! are in the bind groups).
 
 mod attention;
 mod elementwise;

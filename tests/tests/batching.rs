@@ -326,3 +326,19 @@ fn a_growing_kv_cache_keeps_the_other_slots() {
     let got = b.step_batch(&[slot(1, step(64, 96))]).unwrap();
     assert_eq!(got[0].samples, want.samples);
 }
+
+/// A slot count from a caller is bounded before anything is allocated for it.
+#[test]
+fn the_wgpu_backend_refuses_absurd_slot_counts() {
+    let model = Model::open(&golden_models().remove(0)).unwrap();
+    let opts = unmask_wgpu::WgpuOptions {
+        slots: usize::MAX,
+        ..Default::default()
+    };
+    let e =
+        unmask_wgpu::WgpuBackend::new(model.graph.clone(), &model.weights, &opts, &mut |_, _| {})
+            .err()
+            .expect("an error")
+            .to_string();
+    assert!(e.contains("KV-cache slots"), "{e}");
+}

@@ -97,6 +97,12 @@ impl WgpuBackend {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         check_graph(&graph)?;
+        if options.slots > MAX_SLOTS {
+            return Err(Error::Invalid(format!(
+                "{} KV-cache slots asked of the wgpu backend; it holds at most {MAX_SLOTS}",
+                options.slots
+            )));
+        }
         let env = std::env::var(ADAPTER_ENV).ok().filter(|s| !s.is_empty());
         let name = options.adapter.clone().or(env);
         let gpu = Gpu::open(name.as_deref()).await?;
@@ -520,6 +526,10 @@ impl WgpuBackend {
         })
     }
 }
+
+/// Most KV-cache slots a backend may be asked for (each is a region of every layer's cache and
+/// an entry of the per-slot bookkeeping, allocated at load).
+pub const MAX_SLOTS: usize = 4096;
 
 /// Bytes between the parameters of consecutive passes in the step-parameter buffer.
 pub(crate) fn pass_stride(align: u64) -> u64 {

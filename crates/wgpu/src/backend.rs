@@ -254,24 +254,22 @@ impl WgpuBackend {
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("step"),
         });
-        // Every slot keeps what it caches, a stepping one its positions before the step.
-        let mut keep = self.cached.clone();
-        for s in steps {
-            keep[s.slot] = s.step.start;
-        }
         let needed = refs
             .iter()
             .map(|s| s.start + s.tokens.len())
             .max()
             .unwrap_or(0);
-        let (grown, table_bytes) = self.kv.ensure(
-            &device,
-            &self.gpu.queue,
-            &mut encoder,
-            needed,
-            self.cached.len(),
-            &keep,
-        )?;
+        // Every slot keeps what it caches, a stepping one its positions before the step.
+        let cached = &self.cached;
+        let keep = |slot| {
+            steps
+                .iter()
+                .find(|s| s.slot == slot)
+                .map_or(cached[slot], |s| s.step.start)
+        };
+        let (grown, table_bytes) =
+            self.kv
+                .ensure(&device, &self.gpu.queue, &mut encoder, needed, keep)?;
         if grown > 0 {
             self.recompile();
             allocations += grown + 1;
@@ -341,7 +339,7 @@ impl WgpuBackend {
         // encoder then holds only a growing cache's copies (none, or the shape changed).
         let key = AheadKey {
             generation: self.generation,
-            passes: shapes.clone(),
+            passes: shapes,
         };
         let plain = timer.is_none() && capture.is_none();
         let recorded = match self.ahead.take() {
@@ -352,7 +350,7 @@ impl WgpuBackend {
             Some(a) => a.dispatches,
             None => self.record_passes(
                 &mut encoder,
-                &shapes,
+                &key.passes,
                 timer.as_mut(),
                 capture.as_ref().zip(capture_buffer.as_ref()),
             )?,
@@ -372,7 +370,7 @@ impl WgpuBackend {
             let mut next = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("step (recorded ahead)"),
             });
-            let dispatches = self.record_passes(&mut next, &shapes, None, None)?;
+            let dispatches = self.record_passes(&mut next, &key.passes, None, None)?;
             self.ahead = Some(Ahead {
                 key,
                 commands: next.finish(),

@@ -1,8 +1,8 @@
 //! The KV cache on the device, one K and one V buffer per layer holding every slot's positions
 //! (`[slots * capacity, kv_heads * dim]` f32: slot s at positions `s * capacity ..`), and the
-//! RoPE cos/sin tables that cover one slot's positions. Both grow only when a longer sequence or
-//! a higher slot needs them: new buffers, every slot's cached positions copied over on the
-//! device, inside the step's own command encoder.
+//! RoPE cos/sin tables that cover one slot's positions. Both grow only when a longer sequence
+//! needs them: new buffers, every slot's cached positions copied over on the device, inside the
+//! step's own command encoder.
 
 use unmask_core::reference::ops::rope_inv_freq;
 use unmask_core::{Error, Result};
@@ -14,9 +14,9 @@ pub struct KvCache {
     layers: usize,
     /// f32 values per position per layer (kv heads * head dim).
     width: usize,
-    /// Positions per slot, and slots held.
+    /// Positions per slot, and the slots (fixed when the cache is made).
     pub capacity: usize,
-    pub slots: usize,
+    slots: usize,
     /// Most positions (all slots together) a single binding allows.
     max_positions: usize,
     pub k: Vec<wgpu::Buffer>,
@@ -50,7 +50,14 @@ impl RopeTable {
 }
 
 impl KvCache {
-    pub fn new(layers: usize, width: usize, ropes: &[(usize, f32)], max_binding: u64) -> Self {
+    /// The cache of `slots` sequences (at least 1); it holds no position until `ensure`.
+    pub fn new(
+        layers: usize,
+        width: usize,
+        slots: usize,
+        ropes: &[(usize, f32)],
+        max_binding: u64,
+    ) -> Self {
         let mut tables: Vec<RopeTable> = Vec::new();
         for &(rot_dim, theta) in ropes {
             if !tables
@@ -75,7 +82,7 @@ impl KvCache {
             layers,
             width,
             capacity: 0,
-            slots: 0,
+            slots: slots.max(1),
             max_positions: (max_binding as usize / (widest * 4)).max(1),
             k: Vec::new(),
             v: Vec::new(),
@@ -105,44 +112,37 @@ impl KvCache {
         slot * self.capacity
     }
 
-    /// Makes room for `needed` positions in each of `slots` slots, keeping the first `keep[s]`
-    /// cached positions of every slot s held now. Returns the number of buffers created and the
-    /// bytes uploaded (0, 0 when nothing had to grow).
+    /// Makes room for `needed` positions in every slot, keeping the first `keep(s)` cached
+    /// positions of each slot s. Returns the number of buffers created and the bytes uploaded
+    /// (0, 0 when nothing had to grow).
     pub fn ensure(
         &mut self,
         device: &wgpu::Device,
         queue: &wgpu::Queue,
         encoder: &mut wgpu::CommandEncoder,
         needed: usize,
-        slots: usize,
-        keep: &[usize],
+        keep: impl Fn(usize) -> usize,
     ) -> Result<(usize, usize)> {
-        if needed <= self.capacity && slots <= self.slots {
+        if needed <= self.capacity {
             return Ok((0, 0));
         }
-        let slots = slots.max(self.slots).max(1);
-        let per_slot = self.max_positions / slots;
+        let per_slot = self.max_positions / self.slots;
         if needed > per_slot {
             return Err(Error::backend(
                 "wgpu",
                 format!(
-                    "{needed} positions in each of {slots} KV-cache slots do not fit one storage \
+                    "{needed} positions in each of {} KV-cache slots do not fit one storage \
                      binding of this adapter's KV cache (at most {} positions in all)",
-                    self.max_positions
+                    self.slots, self.max_positions
                 ),
             ));
         }
         let capacity = needed
-            .max(if needed > self.capacity {
-                2 * self.capacity
-            } else {
-                self.capacity
-            })
+            .max(2 * self.capacity)
             .max(GRANULE)
             .next_multiple_of(GRANULE)
-            .min(per_slot)
-            .max(needed);
-        let bytes = (slots * capacity * self.width * 4) as u64;
+            .min(per_slot);
+        let bytes = (self.slots * capacity * self.width * 4) as u64;
         let make = |label: &str| {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -160,8 +160,9 @@ impl KvCache {
         for l in 0..self.layers {
             let (nk, nv) = (make("k_cache"), make("v_cache"));
             created += 2;
-            for (s, &kept) in keep.iter().enumerate().take(self.slots) {
-                let n = kept.min(self.capacity) as u64 * row;
+            // Each slot's kept positions move to where the slot starts now.
+            for s in 0..self.slots {
+                let n = keep(s).min(self.capacity) as u64 * row;
                 if n > 0 {
                     let (from, to) = (
                         (s * self.capacity) as u64 * row,
@@ -177,23 +178,20 @@ impl KvCache {
         self.k = k;
         self.v = v;
         let mut uploaded = 0;
-        if capacity > self.capacity {
-            for t in &mut self.tables {
-                let values = t.values(capacity);
-                let buffer = device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("rope_table"),
-                    size: (values.len().max(1) * 4) as u64,
-                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
-                queue.write_buffer(&buffer, 0, bytemuck::cast_slice(&values));
-                uploaded += values.len() * 4;
-                created += 1;
-                t.buffer = Some(buffer);
-            }
+        for t in &mut self.tables {
+            let values = t.values(capacity);
+            let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("rope_table"),
+                size: (values.len().max(1) * 4) as u64,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            queue.write_buffer(&buffer, 0, bytemuck::cast_slice(&values));
+            uploaded += values.len() * 4;
+            created += 1;
+            t.buffer = Some(buffer);
         }
         self.capacity = capacity;
-        self.slots = slots;
         Ok((created, uploaded))
     }
 }

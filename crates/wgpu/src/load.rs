@@ -397,16 +397,15 @@ impl WgpuBackend {
                 _ => {}
             }
         }
-        let mut kv = KvCache::new(graph.num_layers, kv_width, &ropes, max_binding);
+        let mut kv = KvCache::new(
+            graph.num_layers,
+            kv_width,
+            options.slots,
+            &ropes,
+            max_binding,
+        );
         let mut encoder = device.create_command_encoder(&Default::default());
-        kv.ensure(
-            &device,
-            &gpu.queue,
-            &mut encoder,
-            max_tokens,
-            options.slots.max(1),
-            &[],
-        )?;
+        kv.ensure(&device, &gpu.queue, &mut encoder, max_tokens, |_| 0)?;
         gpu.queue.submit([encoder.finish()]);
 
         let vocab = graph.token_rows();

@@ -204,8 +204,7 @@ fn select_experts(li: u32, t: u32) {
             if (li < h) {
                 let ov = route_v[li + h];
                 let oi = route_i[li + h];
-                let mi = route_i[li];
-                if (oi != NONE && (mi == NONE || ov > route_v[li] || (ov == route_v[li] && oi < mi))) {
+                if (pair_wins(ov, oi, route_v[li], route_i[li])) {
                     route_v[li] = ov;
                     route_i[li] = oi;
                 }

@@ -137,8 +137,7 @@ fn argmax_except(li: u32, q: Seq, base: u32, ex0: u32, ex1: u32) -> u32 {
         if (li < h) {
             let ov = rf[li + h];
             let oi = ru[li + h];
-            let mine = ru[li];
-            if (oi != NONE && (mine == NONE || ov > rf[li] || (ov == rf[li] && oi < mine))) {
+            if (pair_wins(ov, oi, rf[li], ru[li])) {
                 rf[li] = ov;
                 ru[li] = oi;
             }

@@ -59,6 +59,7 @@ impl Default for ModuleOptions {
 
 const MATVEC: &str = include_str!("../shaders/matvec/matvec.wgsl");
 const SUM256: &str = include_str!("../shaders/sum256.wgsl");
+const ARGMAX: &str = include_str!("../shaders/argmax.wgsl");
 const REDUCE_SHARED: &str = include_str!("../shaders/matvec/shared.wgsl");
 const REDUCE_SUBGROUP: &str = include_str!("../shaders/matvec/subgroup.wgsl");
 
@@ -79,7 +80,8 @@ pub fn matvec_shape(name: &str) -> (usize, usize) {
 /// matrices. The MatMul family also gets `w_load4` once per expert part (`w_load4_p` over
 /// `w_p`) and `we_load4(part, ..)`, which picks one, and the matrix-vector kernels with the
 /// chosen reduction; other families ignore the options. The norm and MoE families get
-/// `sum256` (their fused and plain norms share its tree).
+/// `sum256` (their fused and plain norms share its tree), the sampler and MoE families
+/// `pair_wins` (their argmax trees share its order).
 pub fn module_source(family: Family, format: Option<WeightFormat>, opts: &ModuleOptions) -> String {
     let mut s = String::from(STEP);
     if let Some(f) = format {
@@ -94,6 +96,10 @@ pub fn module_source(family: Family, format: Option<WeightFormat>, opts: &Module
     if matches!(family, Family::Norm | Family::Moe) {
         s.push('\n');
         s.push_str(SUM256);
+    }
+    if matches!(family, Family::Sample | Family::Moe) {
+        s.push('\n');
+        s.push_str(ARGMAX);
     }
     if family == Family::MatMul {
         for (name, rows, feats) in MATVECS {

@@ -3,7 +3,8 @@
 #   1. builds the CLI and the CUDA test binaries (release);
 #   2. runs the CUDA suite with UNMASK_REQUIRE_CUDA=1, so that a missing device fails instead of
 #      being skipped: every op case against the reference backend, golden logits and hidden states,
-#      every golden generation token-exact, the 300-problem eval;
+#      every golden generation token-exact, the 300-problem eval, every golden case alone and in
+#      batches (batching.rs);
 #   3. `unmask bench` on a LLaDA2.0-mini-shaped model (20 layers, 256 experts, random weights)
 #      on cuda in bf16 and q4, and on wgpu (Vulkan) in bf16 where this build has that backend;
 #   4. prints a table last: per-forward time (32-token window), the bandwidth floor, their ratio,
@@ -65,7 +66,7 @@ suite() { # log, cargo test arguments...
     fi
 }
 suite cuda-tests.log -p unmask-cuda
-suite golden-tests.log -p unmask-tests --test ops --test golden_forward --test golden_generate --test eval_add
+suite golden-tests.log -p unmask-tests --test ops --test golden_forward --test golden_generate --test eval_add --test batching
 unset UNMASK_REQUIRE_CUDA
 
 UNMASK=target/release/unmask
@@ -105,6 +106,24 @@ bench() { # name backend format
 }
 bench cuda-bf16 cuda bf16
 bench cuda-q4 cuda q4
+if grep -q -- '--batch' <<<"$HELP"; then
+    step "bench cuda-batch (1, 4, 16 sequences)"
+    if run_limited "$UNMASK" bench --shape mini --layers 4 --backend cuda --batch 1,4,16 \
+        --window 32 --iters 5 --warmup 1 --skip ar,no-cache,real-run --json \
+        >"$OUT/cuda-batch.json" 2>"$OUT/cuda-batch.log"; then
+        python3 - "$OUT/cuda-batch.json" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"{'seqs':>5} {'ms/forward':>11} {'tok/s/req':>10} {'tok/s total':>12} {'MB/token':>9}")
+for b in r.get("batch") or []:
+    print(f"{b['sequences']:>5} {b['ms']['median']:>11.3f} {b['tokens_per_second_per_request']:>10.1f} "
+          f"{b['tokens_per_second_total']:>12.1f} {b['bytes_per_generated_token'] / 1e6:>9.1f}")
+EOF
+    else
+        echo "(cuda-batch failed: see $OUT/cuda-batch.log)"
+        tail -5 "$OUT/cuda-batch.log" >&2
+    fi
+fi
 if grep -q 'wgpu' <<<"$HELP"; then
     WGPU_BACKEND=vulkan bench wgpu-bf16 wgpu bf16
 else

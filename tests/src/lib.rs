@@ -102,7 +102,16 @@ pub fn report_skipped(backend: &str, why: &str) {
 /// (scripts/gpu-check.sh) turns an absent CUDA device into a failure, `UNMASK_REQUIRE_WGPU=1`
 /// (CI) an absent adapter.
 fn devices_here() -> (bool, bool) {
-    let cuda = match unmask_cuda::probe(0) {
+    let cuda = cuda_or_skip();
+    // wgpu: any adapter (`UNMASK_ADAPTER` picks one); CI runs it on lavapipe.
+    let wgpu = unmask_wgpu::probe_or_skip().is_some();
+    (cuda, wgpu)
+}
+
+/// Whether a CUDA device is here; if not, says so (`cuda: SKIPPED (why)`), or fails under
+/// `UNMASK_REQUIRE_CUDA`.
+pub fn cuda_or_skip() -> bool {
+    match unmask_cuda::probe(0) {
         Ok(_) => true,
         Err(e) => {
             let why = e.to_string();
@@ -114,10 +123,7 @@ fn devices_here() -> (bool, bool) {
             report_skipped("cuda", why);
             false
         }
-    };
-    // wgpu: any adapter (`UNMASK_ADAPTER` picks one); CI runs it on lavapipe.
-    let wgpu = unmask_wgpu::probe_or_skip().is_some();
-    (cuda, wgpu)
+    }
 }
 
 /// Every backend this build can run here, the reference first, then the fast `cpu`.

@@ -2,14 +2,14 @@
 //! golden model (every decoder, block length and parameter set the files hold, plus seeded
 //! variants), decoded alone and then in continuous batches where sequences join and leave
 //! between steps, with and without its prefill cut into chunks, gives the same tokens and
-//! forward count. Run on every backend that holds several KV-cache slots: reference, cpu and
-//! (where an adapter exists) wgpu, there also with passes short enough that batches split into
-//! several passes and long prompts into chunks.
+//! forward count. Run on every backend that holds several KV-cache slots: reference, cpu,
+//! wgpu (where an adapter exists) and cuda (where a GPU does), the device backends also with
+//! passes short enough that batches split into several passes and long prompts into chunks.
 
 use unmask_core::decode::{generate_batch, BatchRequest, DecodeParams};
 use unmask_core::reference::Kernels;
 use unmask_core::{generate, Backend, Model, ReferenceBackend};
-use unmask_tests::{generate_goldens, golden_models};
+use unmask_tests::{cuda_or_skip, generate_goldens, golden_models};
 
 fn backend(model: &Model, kernels: Kernels, slots: usize) -> ReferenceBackend {
     ReferenceBackend::with_kernels(model.graph.clone(), &model.weights, kernels, &mut |_, _| {})
@@ -19,6 +19,8 @@ fn backend(model: &Model, kernels: Kernels, slots: usize) -> ReferenceBackend {
 
 /// A backend of `model` with `slots` KV-cache slots.
 type Make = Box<dyn Fn(&Model, usize) -> Box<dyn Backend>>;
+/// A backend of a model it holds, with `slots` KV-cache slots.
+type MakeSlots<'a> = Box<dyn Fn(usize) -> Box<dyn Backend> + 'a>;
 
 /// A backend to batch on, the (width, prefill chunk) runs to compare with decoding alone, and
 /// which cases: all, or (on lavapipe, about 20x slower than cpu) every `stride`-th and the long
@@ -72,7 +74,26 @@ fn batching_backends() -> Vec<Batching> {
             stride: 5,
         });
     }
+    if cuda_or_skip() {
+        v.push(Batching {
+            name: "cuda".into(),
+            make: Box::new(|m, slots| Box::new(cuda(m, slots, 72))),
+            runs: ALL,
+            stride: 1,
+        });
+    }
     v
+}
+
+fn cuda(model: &Model, slots: usize, max_tokens: usize) -> unmask_cuda::CudaBackend {
+    let opts = unmask_cuda::CudaOptions {
+        slots,
+        max_tokens,
+        max_positions: model.config.max_position_embeddings,
+        ..Default::default()
+    };
+    unmask_cuda::CudaBackend::new(model.graph.clone(), &model.weights, opts, &mut |_, _| {})
+        .unwrap()
 }
 
 /// Every case of every golden file of `dir`, greedy as written, and a seeded variant of each
@@ -279,27 +300,41 @@ fn a_chunked_prefill_hands_out_whole_chunks_then_the_first_window() {
     );
 }
 
-/// wgpu: when a slot's sequence outgrows the KV cache, the new buffers keep every other slot's
-/// positions (each slot's region is copied to its new place): a sequence resumed after another
-/// slot grew the cache samples as it does alone.
+/// wgpu and cuda: when a slot's sequence outgrows the KV cache, the new buffers keep every
+/// slot's positions (wgpu copies each slot's region to its new place; cuda grows the slot
+/// alone, from its first 256 positions): the grown sequence and one resumed after it grew
+/// sample as they do alone.
 #[test]
 fn a_growing_kv_cache_keeps_the_other_slots() {
-    if unmask_wgpu::probe_or_skip().is_none() {
-        return;
-    }
     let model = Model::open(&golden_models().remove(0)).unwrap();
+    let mut makers: Vec<(&str, MakeSlots)> = Vec::new();
+    if unmask_wgpu::probe_or_skip().is_some() {
+        makers.push((
+            "wgpu",
+            Box::new(|slots| {
+                let opts = unmask_wgpu::WgpuOptions {
+                    slots,
+                    max_tokens: 64,
+                    ..Default::default()
+                };
+                Box::new(
+                    unmask_wgpu::WgpuBackend::new(
+                        model.graph.clone(),
+                        &model.weights,
+                        &opts,
+                        &mut |_, _| {},
+                    )
+                    .unwrap(),
+                )
+            }),
+        ));
+    }
+    if cuda_or_skip() {
+        makers.push(("cuda", Box::new(|slots| Box::new(cuda(&model, slots, 64)))));
+    }
     let ids = model.special_ids();
-    let make = |slots| {
-        let opts = unmask_wgpu::WgpuOptions {
-            slots,
-            max_tokens: 64,
-            ..Default::default()
-        };
-        unmask_wgpu::WgpuBackend::new(model.graph.clone(), &model.weights, &opts, &mut |_, _| {})
-            .unwrap()
-    };
     let vocab = ids.valid_vocab.min(model.graph.token_rows() as u32);
-    let tokens: Vec<u32> = (0..600u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let tokens: Vec<u32> = (0..700u32).map(|i| (i * 7919 + 13) % vocab).collect();
     let step = |from: usize, to: usize| unmask_core::Step {
         tokens: &tokens[from..to],
         start: from,
@@ -310,26 +345,41 @@ fn a_growing_kv_cache_keeps_the_other_slots() {
         capture: unmask_core::Capture::Samples,
     };
     let slot = |slot, step| unmask_core::backend::SlotStep { slot, step };
-    // Alone: 64 positions, then the next block.
-    let mut alone = make(1);
-    alone.step(&step(0, 64)).unwrap();
-    let want = alone.step(&step(64, 96)).unwrap();
-    // Beside a sequence in slot 0 that grows the cache well past its first capacity.
-    let mut b = make(2);
-    b.step_batch(&[slot(1, step(0, 64))]).unwrap();
-    let before = b.memory_bytes();
-    for from in (0..576).step_by(64) {
-        b.step_batch(&[slot(0, step(from, from + 64))]).unwrap();
+    // 640 positions in steps of at most 512 (the second one grows the cache), then a window.
+    let grow = |b: &mut dyn Backend, slot_id: usize| {
+        for (from, to) in [(0, 512), (512, 640)] {
+            b.step_batch(&[slot(slot_id, step(from, to))]).unwrap();
+        }
+        b.step_batch(&[slot(slot_id, step(640, 672))]).unwrap()
+    };
+    for (name, make) in &makers {
+        // Alone: 64 positions, then the next block; and the long sequence.
+        let mut alone = make(1);
+        alone.step(&step(0, 64)).unwrap();
+        let want = alone.step(&step(64, 96)).unwrap();
+        let want_long = grow(&mut *make(1), 0);
+        // Slot 0 holds 64 positions while the sequence in slot 1 grows the cache.
+        let mut b = make(2);
+        b.step_batch(&[slot(0, step(0, 64))]).unwrap();
+        let before = b.device_memory().unwrap();
+        let got_long = grow(&mut *b, 1);
+        assert!(
+            b.device_memory().unwrap() > before,
+            "{name}: the cache did not grow"
+        );
+        assert_eq!(
+            got_long[0].samples, want_long[0].samples,
+            "{name}: the grown slot"
+        );
+        assert_eq!(b.cached_in(0), 64);
+        let got = b.step_batch(&[slot(0, step(64, 96))]).unwrap();
+        assert_eq!(got[0].samples, want.samples, "{name}: the slot beside it");
     }
-    assert!(b.memory_bytes() > before, "the cache did not grow");
-    assert_eq!(b.cached_in(1), 64);
-    let got = b.step_batch(&[slot(1, step(64, 96))]).unwrap();
-    assert_eq!(got[0].samples, want.samples);
 }
 
 /// A slot count from a caller is bounded before anything is allocated for it.
 #[test]
-fn the_wgpu_backend_refuses_absurd_slot_counts() {
+fn the_device_backends_refuse_absurd_slot_counts() {
     let model = Model::open(&golden_models().remove(0)).unwrap();
     let opts = unmask_wgpu::WgpuOptions {
         slots: usize::MAX,
@@ -341,4 +391,21 @@ fn the_wgpu_backend_refuses_absurd_slot_counts() {
             .expect("an error")
             .to_string();
     assert!(e.contains("KV-cache slots"), "{e}");
+    // cuda refuses them before it looks for a device, so this runs without one too.
+    for slots in [0, usize::MAX] {
+        let opts = unmask_cuda::CudaOptions {
+            slots,
+            ..Default::default()
+        };
+        let e = unmask_cuda::CudaBackend::new(
+            model.graph.clone(),
+            &model.weights,
+            opts,
+            &mut |_, _| {},
+        )
+        .err()
+        .expect("an error")
+        .to_string();
+        assert!(e.contains("KV-cache slots"), "{slots}: {e}");
+    }
 }

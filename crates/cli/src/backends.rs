@@ -37,8 +37,8 @@ pub struct BackendArgs {
     /// (integer dot products, llama.cpp's way): faster, not bit for bit the f32 result.
     #[arg(long)]
     pub int8_dots: bool,
-    /// KV-cache slots of the cpu and wgpu backends (sequences decoded together or kept for
-    /// reuse): set by `serve --max-batch` and `bench --batch`, 1 otherwise.
+    /// KV-cache slots of the backend (sequences decoded together or kept for reuse): set by
+    /// `serve --max-batch` and `bench --batch`, 1 otherwise.
     #[arg(skip = 1usize)]
     pub slots: usize,
 }
@@ -78,9 +78,9 @@ pub fn create_for(
     };
     let mut why = String::new();
     let backend: Box<dyn Backend> = match args.backend {
-        BackendName::Cuda => Box::new(cuda(config, graph, weights)?),
+        BackendName::Cuda => Box::new(cuda(config, graph, weights, args.slots)?),
         BackendName::Wgpu => Box::new(wgpu(graph, weights, args.adapter.as_deref(), args.slots)?),
-        BackendName::Auto => match try_cuda(config, graph, weights) {
+        BackendName::Auto => match try_cuda(config, graph, weights, args.slots) {
             Ok(b) => b,
             Err(cuda_why) => match try_wgpu(graph, weights, args.adapter.as_deref(), args.slots) {
                 Ok((b, chose)) => {
@@ -124,20 +124,30 @@ fn try_cuda(
     config: &Config,
     graph: &Graph,
     weights: &WeightStore,
+    slots: usize,
 ) -> Result<Box<dyn Backend>, String> {
     if let Err(e) = unmask_cuda::probe(0) {
         return Err(e.to_string().replace("backend cuda: ", "no cuda: "));
     }
-    cuda(config, graph, weights)
+    cuda(config, graph, weights, slots)
         .map(|b| Box::new(b) as Box<dyn Backend>)
         .map_err(|e| format!("cuda failed to load: {e:#}"))
 }
 
-fn cuda(config: &Config, graph: &Graph, weights: &WeightStore) -> Result<unmask_cuda::CudaBackend> {
+fn cuda(
+    config: &Config,
+    graph: &Graph,
+    weights: &WeightStore,
+    slots: usize,
+) -> Result<unmask_cuda::CudaBackend> {
     let mut bar = LazyBar::new("loading weights to the GPU");
+    let defaults = unmask_cuda::CudaOptions::default();
+    let slots = slots.clamp(1, MAX_SLOTS);
     let opts = unmask_cuda::CudaOptions {
         max_positions: config.max_position_embeddings,
-        ..Default::default()
+        slots,
+        max_tokens: pass_tokens(defaults.max_tokens, slots),
+        ..defaults
     };
     let b =
         unmask_cuda::CudaBackend::new(graph.clone(), weights, opts, &mut |d, t| bar.update(d, t));
@@ -177,6 +187,12 @@ fn try_wgpu(
     Ok((Box::new(b), format!("{kind} {}", report.name)))
 }
 
+/// Tokens per pass for a backend with `slots` KV-cache slots: room for the 32-token windows of
+/// as many sequences as one pass holds when they are batched.
+fn pass_tokens(default: usize, slots: usize) -> usize {
+    default.max(32 * slots.min(unmask_core::step_params::MAX_PASS_SEQS))
+}
+
 fn wgpu(
     graph: &Graph,
     weights: &WeightStore,
@@ -189,9 +205,8 @@ fn wgpu(
     let opts = unmask_wgpu::WgpuOptions {
         adapter: adapter.map(str::to_string),
         slots,
-        // Room for several 32-token windows per pass when sequences are batched (lowered at
-        // load where a buffer would not fit one binding).
-        max_tokens: defaults.max_tokens.max(32 * slots.min(16)),
+        // Lowered at load where a buffer would not fit one binding.
+        max_tokens: pass_tokens(defaults.max_tokens, slots),
         ..defaults
     };
     let b =

@@ -1,8 +1,9 @@
 //! The per-pass scalars every device kernel reads, in one layout for both GPU backends: WGSL's
 //! `StepParams` (crates/wgpu/shaders/step.wgsl) has these fields in this order and CUDA's `P_*`
 //! words (crates/cuda/kernels/common.cuh) index them; a test on each side checks its copy
-//! against [`FIELDS`]. A pass is one dispatch of the graph over part of a step (the WGSL backend
-//! splits long steps into chunks; CUDA runs a step as one pass).
+//! against [`FIELDS`]. A pass is one dispatch of the graph over chunks of one or more steps
+//! (passes.rs). WGSL reads one `StepParams` per pass and a [`SeqParams`] per sequence; CUDA
+//! gives each sequence of a pass its own `StepParams` words (its per-sequence launches read them).
 
 use crate::backend::Step;
 

@@ -1,29 +1,33 @@
 //! `CudaBackend`: the `Backend` trait on one NVIDIA GPU.
 //!
 //! At load: the kernels are compiled (or taken from the disk cache), weights uploaded (or made
-//! on the device), the activation arena planned (plan.rs) and allocated with the KV cache and
-//! the MoE scratch. A step is split into chunks of at most `max_tokens` (whole blocks; core's
-//! chunks.rs, as on wgpu); each chunk uploads its token ids and the 48-byte parameter words,
-//! runs its shape (token count, output rows) directly the first time and as a CUDA graph once
-//! the shape comes back (shapes.rs), and the chunks that predict read back `SAMPLE_WORDS` words
-//! per output row (token, confidence, the three best ids). Growing past the planned token count
-//! or cache length reallocates (counted in `StepStats::allocations`) and re-records.
+//! on the device), the activation arena planned (plan.rs) and allocated with slot 0's KV cache
+//! and the MoE scratch; the other KV-cache slots get memory when first stepped. A batch of steps
+//! (one per slot; `step` is a batch of one in slot 0) becomes passes of at most `max_tokens`
+//! rows and `MAX_PASS_SEQS` sequences (core's passes.rs: each step cut into whole-block chunks
+//! as alone). Each pass uploads its token ids and every sequence's 64-byte parameter words,
+//! runs its shape (record/: which slots, tokens and predicted rows) directly the first time and
+//! as a CUDA graph once the shape comes back (shapes.rs), and each sequence that predicts reads
+//! back `SAMPLE_WORDS` words per output row (token, confidence, the three best ids). Growing
+//! past the planned token count or a slot's cache length reallocates (counted in
+//! `StepStats::allocations`) and re-records.
 
 use crate::availability::cuda_error;
 use crate::device::{Device, DeviceMem, Launch};
 use crate::params;
 use crate::plan;
-use crate::record::{self, Bindings, MoeScratch};
-use crate::shapes::{Run, Shapes};
+use crate::record::{self, Bindings, MoeScratch, SeqRows};
+use crate::shapes::{Run, Shape, Shapes};
 use crate::weights::{DeviceWeights, RandomFormat, Source};
 use cudarc::driver::CudaGraph;
 use std::time::Instant;
 use unmask_core::backend::{
-    Backend, Capture, KernelTime, Sampled, Step, StepOutput, StepStats, SAMPLE_WORDS,
+    check_batch, Backend, Capture, KernelTime, Sampled, SlotStep, Step, StepOutput, StepStats,
+    SAMPLE_WORDS,
 };
-use unmask_core::chunks::{self, Chunk};
 use unmask_core::graph::{BufId, Graph, Op, Rows};
-use unmask_core::step_params::StepParams;
+use unmask_core::passes::{self, Pass, Placed};
+use unmask_core::step_params::{StepParams, MAX_PASS_SEQS};
 use unmask_core::weights::WeightStore;
 use unmask_core::{Error, Result};
 
@@ -39,8 +43,13 @@ pub struct CudaOptions {
     /// Window tokens the arena is first planned for; larger steps grow it up to `max_tokens`.
     pub initial_tokens: usize,
     /// Most tokens one pass runs over: longer steps (prompts) run in chunks of whole blocks, as
-    /// on wgpu, so the arena stays small and the chunks' shapes repeat (and replay graphs).
+    /// on wgpu, so the arena stays small and the chunks' shapes repeat (and replay graphs); the
+    /// windows of a batch share passes up to this many rows.
     pub max_tokens: usize,
+    /// KV-cache slots: sequences stepped together in one `step_batch` or kept for a later
+    /// request (at least 1, at most [`MAX_SLOTS`]). A slot's cache is allocated when it is
+    /// first stepped and kept (with its recorded passes) when it is reset.
+    pub slots: usize,
 }
 
 impl Default for CudaOptions {
@@ -51,12 +60,33 @@ impl Default for CudaOptions {
             graphs: std::env::var("UNMASK_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             initial_tokens: 64,
             max_tokens: 128,
+            slots: 1,
         }
     }
 }
 
-/// Step shapes whose recordings are kept; the least recently used goes first.
-const MAX_SHAPES: usize = 16;
+/// Most KV-cache slots a backend holds (each is a list of per-layer caches).
+pub const MAX_SLOTS: usize = 4096;
+/// Positions a slot other than 0 gets at first, at least (then doubling as it grows).
+const FIRST_SLOT_POSITIONS: usize = 256;
+
+/// One KV-cache slot: per layer K and V, `[cap, kv_heads * head_dim]` f32, and the positions
+/// it holds.
+#[derive(Default)]
+struct Slot {
+    kv: Vec<(DeviceMem, DeviceMem)>,
+    cap: usize,
+    cached: usize,
+}
+
+impl Slot {
+    fn pointers(&self) -> Vec<(u64, u64)> {
+        self.kv.iter().map(|(k, v)| (k.ptr(), v.ptr())).collect()
+    }
+}
+
+/// Pass shapes whose recordings are kept; the least recently used goes first.
+const MAX_SHAPES: usize = 64;
 /// Cache positions allocated at first (doubling up to `max_positions` as sequences grow).
 const INITIAL_POSITIONS: usize = 4096;
 
@@ -72,15 +102,14 @@ pub struct CudaBackend {
     cap_tokens: usize,
     moe_mem: Vec<DeviceMem>,
     moe: MoeScratch,
-    /// Per layer K and V, `[kv_cap, kv_heads * head_dim]` f32.
-    kv_mem: Vec<(DeviceMem, DeviceMem)>,
+    slots: Vec<Slot>,
+    /// Per layer: floats per cached position (kv heads * head dim).
     kv_width: Vec<usize>,
-    kv_cap: usize,
+    /// `MAX_PASS_SEQS` sequences' parameter words, `P_WORDS` each.
     params: DeviceMem,
     _inv_freq_mem: Vec<DeviceMem>,
     inv_freq: Vec<u64>,
-    steps: Shapes<CudaGraph>,
-    cached: usize,
+    steps: Shapes<Shape, CudaGraph>,
     /// Token ids must be below this (the graph's, computed once).
     token_rows: usize,
     last_tokens: usize,
@@ -116,6 +145,12 @@ impl CudaBackend {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         record::check_limits(&graph)?;
+        if opts.slots == 0 || opts.slots > MAX_SLOTS {
+            return Err(Error::Invalid(format!(
+                "{} KV-cache slots asked of the cuda backend; it holds 1 to {MAX_SLOTS}",
+                opts.slots
+            )));
+        }
         let dev = Device::open(opts.device)?;
         let weights = DeviceWeights::upload(&dev, &graph, src, progress)?;
         let mut inv_freq = vec![0u64; graph.ops.len()];
@@ -135,7 +170,7 @@ impl CudaBackend {
                 kv_width[*layer] = heads.kv * heads.dim;
             }
         }
-        let params = dev.alloc(params::P_WORDS * 4)?;
+        let params = dev.alloc(MAX_PASS_SEQS * params::P_WORDS * 4)?;
         let life = plan::lifetimes(&graph);
         let placeholder = dev.alloc(1)?;
         let mut b = CudaBackend {
@@ -151,14 +186,12 @@ impl CudaBackend {
                 act: 0,
                 ys: 0,
             },
-            kv_mem: Vec::new(),
+            slots: (0..opts.slots).map(|_| Slot::default()).collect(),
             kv_width,
-            kv_cap: 0,
             params,
             _inv_freq_mem: inv_mem,
             inv_freq,
             steps: Shapes::new(MAX_SHAPES),
-            cached: 0,
             token_rows: graph.token_rows(),
             last_tokens: 0,
             last_chunks: 0,
@@ -170,7 +203,7 @@ impl CudaBackend {
             graph,
         };
         b.grow_tokens(b.opts.initial_tokens.max(1))?;
-        b.grow_positions(INITIAL_POSITIONS.min(b.opts.max_positions).max(1))?;
+        b.grow_slot(0, INITIAL_POSITIONS.min(b.opts.max_positions).max(1), 0)?;
         b.dev.sync()?;
         Ok(b)
     }
@@ -231,14 +264,15 @@ impl CudaBackend {
         Ok(allocations)
     }
 
-    /// Grows every layer's K/V cache to `positions`, keeping the cached ones.
-    fn grow_positions(&mut self, positions: usize) -> Result<usize> {
+    /// Grows every layer's K/V cache of `slot` to `positions`, keeping its first `keep`.
+    fn grow_slot(&mut self, slot: usize, positions: usize, keep: usize) -> Result<usize> {
         let mut fresh = Vec::with_capacity(self.kv_width.len());
+        let old = &self.slots[slot];
         for (l, &w) in self.kv_width.iter().enumerate() {
             let k = self.dev.alloc(positions * w * 4)?;
             let v = self.dev.alloc(positions * w * 4)?;
-            if let Some((ok, ov)) = self.kv_mem.get(l) {
-                let bytes = self.cached.min(self.kv_cap) * w * 4;
+            if let Some((ok, ov)) = old.kv.get(l) {
+                let bytes = keep.min(old.cap) * w * 4;
                 if bytes > 0 {
                     self.dev.copy(k.ptr(), ok.ptr(), bytes)?;
                     self.dev.copy(v.ptr(), ov.ptr(), bytes)?;
@@ -247,8 +281,9 @@ impl CudaBackend {
             fresh.push((k, v));
         }
         self.dev.sync()?;
-        self.kv_mem = fresh;
-        self.kv_cap = positions;
+        let s = &mut self.slots[slot];
+        s.kv = fresh;
+        s.cap = positions;
         self.steps.clear();
         Ok(2 * self.kv_width.len())
     }
@@ -258,39 +293,45 @@ impl CudaBackend {
             graph: &self.graph,
             weights: &self.weights,
             buffers: &self.buffers,
-            params: self.params.ptr(),
-            kv: &[],
             inv_freq: &self.inv_freq,
             moe: self.moe,
         }
     }
 
-    /// Records the launches of a step shape (once: they stay valid until buffers move).
-    fn prepare(&mut self, n: usize, out: usize) -> Result<()> {
-        if self.steps.contains((n, out)) {
+    /// Records the launches of a pass shape (once: they stay valid until buffers move).
+    fn prepare(&mut self, shape: &Shape, pass: &Pass) -> Result<()> {
+        if self.steps.contains(shape) {
             return Ok(());
         }
-        let kv: Vec<(u64, u64)> = self
-            .kv_mem
+        let kv: Vec<Vec<(u64, u64)>> = shape
             .iter()
-            .map(|(k, v)| (k.ptr(), v.ptr()))
+            .map(|&(slot, _, _)| self.slots[slot].pointers())
             .collect();
-        let launches = {
-            let mut b = self.bindings();
-            b.kv = &kv;
-            record::record(&b, n, out)?
-        };
-        self.steps.insert((n, out), launches);
+        let seqs: Vec<SeqRows> = pass
+            .seqs
+            .iter()
+            .enumerate()
+            .map(|(j, q)| SeqRows {
+                row0: q.row0,
+                rows: q.chunk.len,
+                out0: q.out0,
+                out: q.chunk.out,
+                params: self.params.ptr() + (j * params::P_WORDS * 4) as u64,
+                kv: &kv[j],
+            })
+            .collect();
+        let launches = record::record(&self.bindings(), &seqs)?;
+        self.steps.insert(shape.clone(), launches);
         Ok(())
     }
 
     /// Runs one pass of a recorded shape: launched, captured then replayed, or replayed
     /// (shapes.rs decides). Returns (kernels, submissions).
-    fn run(&mut self, n: usize, out: usize) -> Result<(usize, usize)> {
+    fn run(&mut self, shape: &Shape) -> Result<(usize, usize)> {
         let graphs = self.opts.graphs;
         let (how, rec) = self
             .steps
-            .run((n, out), graphs)
+            .run(shape, graphs)
             .ok_or_else(|| cuda_error("a step shape ran before it was recorded"))?;
         let kernels = rec.launches.len();
         if how == Run::Capture {
@@ -311,23 +352,28 @@ impl CudaBackend {
         }
     }
 
-    fn rows(&self, b: BufId, n: usize, out: usize) -> usize {
-        match self.graph.buffer(b).rows {
-            Rows::Tokens => n,
-            Rows::Out => out,
-        }
+    /// The address of buffer `b`'s rows of the sequence placed at `q` in its pass, and how
+    /// many rows it has there (its tokens, or its predicted rows).
+    fn seq_rows(&self, b: BufId, q: &Placed) -> (u64, usize) {
+        let cols = self.graph.buffer(b).cols;
+        let (first, count) = match self.graph.buffer(b).rows {
+            Rows::Tokens => (q.row0, q.chunk.len),
+            Rows::Out => (q.out0, q.chunk.out),
+        };
+        (self.buffers[b.0] + (first * cols * 4) as u64, count)
     }
 
-    /// Appends buffer `b`'s rows of a chunk of `n` tokens predicting `out` to `into`.
-    fn read_f32(&self, b: BufId, n: usize, out: usize, into: &mut Vec<f32>) -> Result<usize> {
+    /// Appends buffer `b`'s rows of the sequence placed at `q` to `into`; returns the bytes.
+    fn read_f32(&self, b: BufId, q: &Placed, into: &mut Vec<f32>) -> Result<usize> {
+        let (at_ptr, rows) = self.seq_rows(b, q);
         let at = into.len();
-        into.resize(at + self.rows(b, n, out) * self.graph.buffer(b).cols, 0.0);
-        self.dev.download(self.buffers[b.0], &mut into[at..])?;
+        into.resize(at + rows * self.graph.buffer(b).cols, 0.0);
+        self.dev.download(at_ptr, &mut into[at..])?;
         Ok((into.len() - at) * 4)
     }
 }
 
-/// A step's outputs assembled chunk by chunk: the sampled rows (and captured logits) of the
+/// A step's outputs assembled pass by pass: the sampled rows (and captured logits) of its
 /// chunks that predict, every chunk's hidden rows when hidden states are captured.
 struct Gathered {
     capture: Capture,
@@ -350,22 +396,23 @@ impl Gathered {
         }
     }
 
-    fn read(&mut self, b: &CudaBackend, c: &Chunk) -> Result<()> {
+    /// Reads the rows of the step's chunk placed at `q` of the pass that just ran.
+    fn read(&mut self, b: &CudaBackend, q: &Placed) -> Result<()> {
         let g = &b.graph;
-        if c.out > 0 {
+        if q.chunk.out > 0 {
+            let (ptr, rows) = b.seq_rows(g.samples, q);
             let at = self.words.len();
-            self.words.resize(at + SAMPLE_WORDS * c.out, 0);
-            b.dev
-                .download(b.buffers[g.samples.0], &mut self.words[at..])?;
-            self.read_back += SAMPLE_WORDS * c.out * 4;
+            self.words.resize(at + SAMPLE_WORDS * rows, 0);
+            b.dev.download(ptr, &mut self.words[at..])?;
+            self.read_back += SAMPLE_WORDS * rows * 4;
             if self.capture != Capture::Samples {
-                self.read_back += b.read_f32(g.logits, c.len, c.out, &mut self.logits)?;
+                self.read_back += b.read_f32(g.logits, q, &mut self.logits)?;
             }
         }
         if self.capture == Capture::Hidden {
             self.hidden.resize(g.hidden.len(), Vec::new());
             for (i, &h) in g.hidden.iter().enumerate() {
-                self.read_back += b.read_f32(h, c.len, c.out, &mut self.hidden[i])?;
+                self.read_back += b.read_f32(h, q, &mut self.hidden[i])?;
             }
         }
         Ok(())
@@ -403,11 +450,27 @@ impl Backend for CudaBackend {
     }
 
     fn cached(&self) -> usize {
-        self.cached
+        self.slots[0].cached
     }
 
     fn reset(&mut self) {
-        self.cached = 0;
+        self.slots[0].cached = 0;
+    }
+
+    fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn cached_in(&self, slot: usize) -> usize {
+        self.slots.get(slot).map_or(0, |s| s.cached)
+    }
+
+    /// Forgets the slot's positions; its memory stays for the next sequence (freeing it would
+    /// drop the recorded passes of every slot, whose pointers the allocator may reuse).
+    fn reset_slot(&mut self, slot: usize) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            s.cached = 0;
+        }
     }
 
     fn last_stats(&self) -> StepStats {
@@ -415,18 +478,25 @@ impl Backend for CudaBackend {
     }
 
     fn step(&mut self, s: &Step) -> Result<StepOutput> {
-        self.execute(s, None)
+        Ok(self.execute(&[slot0(s)], None)?.remove(0))
+    }
+
+    fn step_batch(&mut self, steps: &[SlotStep]) -> Result<Vec<StepOutput>> {
+        self.execute(steps, None)
     }
 
     fn profile_step(&mut self, s: &Step) -> Option<Result<(StepOutput, Vec<KernelTime>)>> {
         let mut times = Vec::new();
-        Some(self.execute(s, Some(&mut times)).map(|out| (out, times)))
+        Some(
+            self.execute(&[slot0(s)], Some(&mut times))
+                .map(|mut out| (out.remove(0), times)),
+        )
     }
 
     fn last_routing(&self) -> Option<Vec<Vec<u32>>> {
         // The routing ids stay in the arena to the end of a step (plan.rs); reading them is a
-        // transfer made only on request, outside any timed step. A chunked step kept only its
-        // last chunk's.
+        // transfer made only on request, outside any timed step. A step of several passes kept
+        // only its last pass's.
         if self.last_chunks != 1 {
             return None;
         }
@@ -443,7 +513,12 @@ impl Backend for CudaBackend {
     }
 
     fn device_memory(&self) -> Option<u64> {
-        let kv: usize = self.kv_mem.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let kv: usize = self
+            .slots
+            .iter()
+            .flat_map(|s| &s.kv)
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
         let moe: usize = self.moe_mem.iter().map(|m| m.len()).sum();
         Some((self.weights.bytes + self.arena.len() + kv + moe) as u64)
     }
@@ -454,24 +529,38 @@ impl Backend for CudaBackend {
 }
 
 impl CudaBackend {
-    /// One step in chunks; each kernel timed with CUDA events into `times` when given (the
-    /// chunks then launch kernel by kernel, no graph).
-    fn execute(&mut self, s: &Step, mut times: Option<&mut Vec<KernelTime>>) -> Result<StepOutput> {
-        s.check(self.cached, self.token_rows)?;
-        // Block routing reads routing block b as rows b * size.. of the step.
-        self.graph.check_routing_start(s.start)?;
-        let n = s.tokens.len();
-        let end = s.start + n;
-        if end > self.opts.max_positions {
-            return Err(Error::Invalid(format!(
-                "a step ending at position {end} is beyond the {} positions this backend was \
-                 opened for",
-                self.opts.max_positions
-            )));
+    /// A batch of steps as passes; each kernel timed with CUDA events into `times` when given
+    /// (the passes then launch kernel by kernel, no graph).
+    fn execute(
+        &mut self,
+        steps: &[SlotStep],
+        mut times: Option<&mut Vec<KernelTime>>,
+    ) -> Result<Vec<StepOutput>> {
+        let slots = &self.slots;
+        check_batch(steps, slots.len(), |s| slots[s].cached, self.token_rows)?;
+        for s in steps {
+            // Block routing reads routing block b as rows b * size.. of the step.
+            self.graph.check_routing_start(s.step.start)?;
+            let end = s.step.start + s.step.tokens.len();
+            if end > self.opts.max_positions {
+                return Err(Error::Invalid(format!(
+                    "a step ending at position {end} is beyond the {} positions this backend \
+                     was opened for",
+                    self.opts.max_positions
+                )));
+            }
+        }
+        if steps.len() > 1 && steps.iter().any(|s| s.step.capture != Capture::Samples) {
+            return Err(Error::Invalid(
+                "logits and hidden states are captured from a step of one sequence, not a batch"
+                    .into(),
+            ));
         }
         self.dev.bind()?;
-        let chunks = chunks::split(s.start, n, s.out_rows, s.block_length, self.opts.max_tokens)?;
-        let widest = chunks.iter().map(|c| c.len).max().unwrap_or(0);
+        let refs: Vec<&Step> = steps.iter().map(|s| &s.step).collect();
+        // Every kernel computes a row the same way in any pass, so any chunks may share one.
+        let passes = passes::plan(&refs, self.opts.max_tokens, MAX_PASS_SEQS, |_| 0)?;
+        let widest = passes.iter().map(|p| p.rows).max().unwrap_or(0);
         let mut allocations = 0;
         if widest > self.cap_tokens {
             let want = widest
@@ -479,31 +568,61 @@ impl CudaBackend {
                 .min(self.opts.max_tokens.max(widest));
             allocations += self.grow_tokens(want)?;
         }
-        if end > self.kv_cap {
-            let want = end.max(2 * self.kv_cap).min(self.opts.max_positions);
-            allocations += self.grow_positions(want)?;
+        for s in steps {
+            let end = s.step.start + s.step.tokens.len();
+            let cap = self.slots[s.slot].cap;
+            if end > cap {
+                let want = end
+                    .max(2 * cap)
+                    .max(FIRST_SLOT_POSITIONS)
+                    .min(self.opts.max_positions);
+                allocations += self.grow_slot(s.slot, want, s.step.start)?;
+            }
         }
-        let mut out_rows = Gathered::new(s);
+        let mut outputs: Vec<Gathered> = refs.iter().map(|s| Gathered::new(s)).collect();
         let (mut dispatches, mut submissions, mut uploaded) = (0, 0, 0);
-        for c in &chunks {
-            self.prepare(c.len, c.out)?;
-            let words = StepParams::pass(s, c.offset, c.len, c.out).words();
-            let ids = &s.tokens[c.offset..c.offset + c.len];
-            self.dev.upload(self.buffers[self.graph.input_ids.0], ids)?;
+        for pass in &passes {
+            let shape: Shape = pass
+                .seqs
+                .iter()
+                .map(|q| (steps[q.step].slot, q.chunk.len, q.chunk.out))
+                .collect();
+            self.prepare(&shape, pass)?;
+            let mut ids = Vec::with_capacity(pass.rows);
+            let mut words = Vec::with_capacity(pass.seqs.len() * params::P_WORDS);
+            for q in &pass.seqs {
+                let (s, c) = (refs[q.step], q.chunk);
+                ids.extend_from_slice(&s.tokens[c.offset..c.offset + c.len]);
+                words.extend_from_slice(&StepParams::pass(s, c.offset, c.len, c.out).words());
+            }
+            self.dev
+                .upload(self.buffers[self.graph.input_ids.0], &ids)?;
             self.dev.upload(self.params.ptr(), &words)?;
             uploaded += ids.len() * 4 + words.len() * 4;
             let (k, sub) = match times.as_deref_mut() {
-                Some(times) => self.run_timed(c.len, c.out, times)?,
-                None => self.run(c.len, c.out)?,
+                Some(times) => self.run_timed(&shape, times)?,
+                None => self.run(&shape)?,
             };
             dispatches += k;
             submissions += sub;
-            out_rows.read(self, c)?;
+            for q in &pass.seqs {
+                outputs[q.step].read(self, q)?;
+            }
         }
-        self.cached = s.start + s.keep;
-        self.last_tokens = chunks.last().map_or(0, |c| c.len);
-        self.last_chunks = chunks.len();
-        let (result, read_back) = out_rows.finish();
+        for s in steps {
+            self.slots[s.slot].cached = s.step.start + s.step.keep;
+        }
+        self.last_tokens = passes.last().map_or(0, |p| p.rows);
+        self.last_chunks = passes.len();
+        let mut read_back = 0;
+        let results = outputs
+            .into_iter()
+            .map(|g| {
+                let (out, bytes) = g.finish();
+                read_back += bytes;
+                out
+            })
+            .collect();
         self.stats = StepStats {
             dispatches,
             submissions,
@@ -512,19 +631,14 @@ impl CudaBackend {
             allocations,
             recorded_ahead: false,
         };
-        Ok(result)
+        Ok(results)
     }
 
     /// Runs a recorded shape kernel by kernel, each between two CUDA events.
-    fn run_timed(
-        &mut self,
-        n: usize,
-        out: usize,
-        times: &mut Vec<KernelTime>,
-    ) -> Result<(usize, usize)> {
+    fn run_timed(&mut self, shape: &Shape, times: &mut Vec<KernelTime>) -> Result<(usize, usize)> {
         let (_, rec) = self
             .steps
-            .run((n, out), false)
+            .run(shape, false)
             .ok_or_else(|| cuda_error("a step shape ran before it was recorded"))?;
         let seconds = self.dev.launch_timed(&rec.launches)?;
         for (l, t) in rec.launches.iter().zip(seconds) {
@@ -563,6 +677,14 @@ impl CudaBackend {
         self.dev.sync()?;
         let secs = t.elapsed().as_secs_f64();
         Ok(2.0 * size as f64 * iters as f64 / secs)
+    }
+}
+
+/// `s` as the one step of a batch, in slot 0.
+fn slot0<'a>(s: &Step<'a>) -> SlotStep<'a> {
+    SlotStep {
+        slot: 0,
+        step: s.clone(),
     }
 }
 

@@ -33,7 +33,7 @@ impl DeviceMem {
 }
 
 /// A kernel argument: pointers travel as 64-bit values.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Arg {
     Ptr(u64),
     U32(u32),
@@ -42,7 +42,7 @@ pub enum Arg {
 }
 
 /// One kernel launch, fully resolved (pointers included): what a step records or captures.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Launch {
     pub kernel: String,
     pub grid: (u32, u32, u32),

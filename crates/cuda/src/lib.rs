@@ -24,7 +24,7 @@ mod shapes;
 mod weights;
 
 pub use availability::{probe, survey, DeviceInfo, Survey};
-pub use backend::{CudaBackend, CudaOptions};
+pub use backend::{CudaBackend, CudaOptions, MAX_SLOTS};
 pub use compile::Toolchain;
 pub use record::supports;
 pub use weights::{RandomFormat, WeightFormat};

@@ -1,6 +1,6 @@
 //! The per-step parameter words (`P_*` in kernels/common.cuh). A captured step reads them from
 //! one device buffer, so a replay with another start position, block length or sampling setting
-//! needs only a 48-byte upload before it.
+//! needs only a 64-byte upload per sequence before it.
 
 use unmask_core::step_params::FIELDS;
 

@@ -330,6 +330,56 @@ impl DeviceWeights {
         })
     }
 
+    /// Made-up, distinct addresses for every weight of `g` (bf16 matrices and stacks) and no
+    /// memory: what the recording tests need to build launch lists without a device.
+    #[cfg(test)]
+    pub(crate) fn addresses_only(g: &Graph) -> Self {
+        let at = |i: usize| 0x7000_0000_0000u64 + ((i as u64) << 32);
+        let mut items = Vec::with_capacity(g.weights.len());
+        for (i, desc) in g.weights.iter().enumerate() {
+            items.push(match desc.role {
+                WeightRole::Vector => DeviceWeight::Vector {
+                    ptr: at(i),
+                    len: desc.shape.iter().product(),
+                },
+                _ => DeviceWeight::Matrix(DeviceMatrix {
+                    ptr: at(i),
+                    rows: desc.shape[0],
+                    cols: desc.shape.iter().skip(1).product(),
+                    format: WeightFormat::Bf16,
+                }),
+            });
+        }
+        let mut stacks = HashMap::new();
+        for (oi, op) in g.ops.iter().enumerate() {
+            if let Op::MoeExperts { experts, .. } = op {
+                let gate = g.weight(experts.gate[0]);
+                let base = at(g.weights.len() + oi);
+                stacks.insert(
+                    oi,
+                    ExpertStack {
+                        gate: base,
+                        up: base + (1 << 28),
+                        down: base + (2 << 28),
+                        gate_up_format: WeightFormat::Bf16,
+                        down_format: WeightFormat::Bf16,
+                        gate_up_stride: 1 << 20,
+                        down_stride: 1 << 20,
+                        count: experts.gate.len(),
+                        inter: gate.shape[0],
+                        hidden: gate.shape[1],
+                    },
+                );
+            }
+        }
+        DeviceWeights {
+            items,
+            stacks,
+            bytes: 0,
+            _mems: Vec::new(),
+        }
+    }
+
     pub fn matrix(&self, id: WeightId) -> Result<DeviceMatrix> {
         match self.items[id.0] {
             DeviceWeight::Matrix(m) => Ok(m),

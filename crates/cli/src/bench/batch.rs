@@ -45,7 +45,7 @@ pub fn measure(
     if widest > backend.slots() {
         bail!(
             "--batch {widest}: {} holds {} KV-cache slot(s); batched forwards run on the cpu, \
-             reference and wgpu backends",
+             reference, wgpu and cuda backends",
             backend.name(),
             backend.slots()
         );

@@ -1,4 +1,5 @@
-//! Recording of `Attention`: the window's K/V stored into the layer's cache, then attention over it.
+//! Recording of `Attention`: per sequence, its window's K/V stored into its slot's cache of the
+//! layer, then attention over that cache only.
 
 use super::*;
 
@@ -10,39 +11,44 @@ fn attend(
     o: &BufId,
     ls: &mut Vec<Launch>,
 ) -> Result<()> {
-    let b = rec.b;
-    let n = rec.n;
-    let (k, v) = b.kv[*layer];
-    ls.push(launch(
-        "kv_store",
-        (n as u32, 1, 1),
-        EW,
-        vec![
-            rec.ptr(*qkv),
-            Arg::Ptr(k),
-            Arg::Ptr(v),
-            Arg::Ptr(b.params),
-            u(heads.q),
-            u(heads.kv),
-            u(heads.dim),
-        ],
-    ));
-    ls.push(launch(
-        "attention",
-        (n as u32, heads.q as u32, 1),
-        ATT_THREADS,
-        vec![
-            rec.ptr(*qkv),
-            Arg::Ptr(k),
-            Arg::Ptr(v),
-            rec.ptr(*o),
-            Arg::Ptr(b.params),
-            u(n),
-            u(heads.q),
-            u(heads.kv),
-            u(heads.dim),
-        ],
-    ));
+    for s in rec.seqs {
+        let (k, v) = *s.kv.get(*layer).ok_or_else(|| {
+            cuda_error(format!(
+                "no KV cache of layer {layer} was bound for the pass"
+            ))
+        })?;
+        let n = s.rows;
+        ls.push(launch(
+            "kv_store",
+            (n as u32, 1, 1),
+            EW,
+            vec![
+                rec.seq_ptr(*qkv, s),
+                Arg::Ptr(k),
+                Arg::Ptr(v),
+                Arg::Ptr(s.params),
+                u(heads.q),
+                u(heads.kv),
+                u(heads.dim),
+            ],
+        ));
+        ls.push(launch(
+            "attention",
+            (n as u32, heads.q as u32, 1),
+            ATT_THREADS,
+            vec![
+                rec.seq_ptr(*qkv, s),
+                Arg::Ptr(k),
+                Arg::Ptr(v),
+                rec.seq_ptr(*o, s),
+                Arg::Ptr(s.params),
+                u(n),
+                u(heads.q),
+                u(heads.kv),
+                u(heads.dim),
+            ],
+        ));
+    }
     Ok(())
 }
 

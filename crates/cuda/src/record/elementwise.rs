@@ -26,18 +26,24 @@ fn swiglu(rec: &Rec, gate: &BufId, up: &BufId, o: &BufId, ls: &mut Vec<Launch>) 
     Ok(())
 }
 
+/// Each sequence's last `out` rows, at its predicted rows.
 fn take_last_rows(rec: &Rec, x: &BufId, o: &BufId, ls: &mut Vec<Launch>) -> Result<()> {
     let g = rec.b.graph;
-    let n = rec.n;
-    let out = rec.out;
     let cols = g.buffer(*o).cols;
-    let count = out * cols;
-    ls.push(launch(
-        "take_last_rows",
-        grid1(count),
-        EW,
-        vec![rec.ptr(*x), rec.ptr(*o), u((n - out) * cols), u(count)],
-    ));
+    for s in rec.seqs.iter().filter(|s| s.out > 0) {
+        let count = s.out * cols;
+        ls.push(launch(
+            "take_last_rows",
+            grid1(count),
+            EW,
+            vec![
+                rec.seq_ptr(*x, s),
+                rec.seq_ptr(*o, s),
+                u((s.rows - s.out) * cols),
+                u(count),
+            ],
+        ));
+    }
     Ok(())
 }
 

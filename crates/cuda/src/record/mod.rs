@@ -1,8 +1,16 @@
-//! The graph compiled for one step shape: each op becomes one or more fully resolved kernel
+//! The graph compiled for one pass shape: each op becomes one or more fully resolved kernel
 //! launches (pointers, sizes, grids). The argument lists follow the kernels' signatures in
 //! kernels/*.cu one for one. Per-step scalars (start position, block length, sampling) are not
-//! here: kernels read them from the params buffer, so a recorded list stays valid for every step
-//! of the same token count.
+//! here: kernels read them from the params buffer, so a recorded list stays valid for every pass
+//! of the same shape.
+//!
+//! A pass holds the rows of one or more sequences, one after another. The ops that treat rows
+//! alike (embedding, norms, matrices, experts, adds) run once over all of them: every weight is
+//! read once for the whole batch, and each row is computed the same way whatever its neighbours
+//! (a row's sums never mix with another's). The ops that depend on a row's sequence (rope
+//! positions, the KV cache and its attention, the predicted rows, per-block routing, sampling)
+//! run once per sequence, on pointers to its rows, with its own parameter words and its slot's
+//! cache: the kernels are the ones a sequence alone runs, so its outputs are too.
 
 mod attention;
 mod elementwise;
@@ -45,9 +53,6 @@ pub struct Bindings<'a> {
     pub weights: &'a DeviceWeights,
     /// Per graph buffer.
     pub buffers: &'a [u64],
-    pub params: u64,
-    /// Per layer: K and V caches.
-    pub kv: &'a [(u64, u64)],
     /// Per op index: the rope frequencies of a QkNormRope op (0 elsewhere).
     pub inv_freq: &'a [u64],
     pub moe: MoeScratch,
@@ -85,12 +90,28 @@ fn launch(kernel: impl Into<String>, grid: (u32, u32, u32), block: u32, args: Ve
     }
 }
 
-/// What every op's recording reads: the step's bindings and row counts.
+/// One sequence's part of a pass: its rows, its parameter words and its KV-cache slot.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqRows<'a> {
+    /// Its tokens are the pass's rows `row0 .. row0 + rows`, its predicted rows the pass's
+    /// predicted rows `out0 .. out0 + out` (the last `out` of its tokens).
+    pub row0: usize,
+    pub rows: usize,
+    pub out0: usize,
+    pub out: usize,
+    /// Device address of its `P_WORDS` parameter words.
+    pub params: u64,
+    /// Per layer: its slot's K and V caches.
+    pub kv: &'a [(u64, u64)],
+}
+
+/// What every op's recording reads: the pass's bindings, row counts and sequences.
 pub struct Rec<'a> {
     pub b: &'a Bindings<'a>,
-    /// Window tokens and predicted rows of the step.
+    /// Tokens and predicted rows of the pass (all sequences).
     pub n: usize,
     pub out: usize,
+    pub seqs: &'a [SeqRows<'a>],
 }
 
 impl Rec<'_> {
@@ -106,16 +127,28 @@ impl Rec<'_> {
     fn ptr(&self, id: BufId) -> Arg {
         Arg::Ptr(self.b.buffers[id.0])
     }
+
+    /// The address of sequence `s`'s first row of buffer `id`: its first token row, or its
+    /// first predicted row in a buffer of predicted rows (every element is 4 bytes).
+    fn seq_ptr(&self, id: BufId, s: &SeqRows) -> Arg {
+        let buf = self.b.graph.buffer(id);
+        let first = match buf.rows {
+            Rows::Tokens => s.row0,
+            Rows::Out => s.out0,
+        };
+        Arg::Ptr(self.b.buffers[id.0] + (first * buf.cols * 4) as u64)
+    }
 }
 
 fn u(v: usize) -> Arg {
     Arg::U32(v as u32)
 }
 
-/// Launches of one step over `n` tokens predicting the last `out` of them: each op handed to
-/// its family's module.
-pub fn record(b: &Bindings, n: usize, out: usize) -> Result<Vec<Launch>> {
-    let rec = Rec { b, n, out };
+/// Launches of one pass over the rows of `seqs`: each op handed to its family's module.
+pub fn record(b: &Bindings, seqs: &[SeqRows]) -> Result<Vec<Launch>> {
+    let n = seqs.iter().map(|s| s.rows).sum();
+    let out = seqs.iter().map(|s| s.out).sum();
+    let rec = Rec { b, n, out, seqs };
     let mut ls = Vec::new();
     for (oi, op) in b.graph.ops.iter().enumerate() {
         let record = match op.family() {
@@ -141,7 +174,8 @@ pub fn record(b: &Bindings, n: usize, out: usize) -> Result<Vec<Launch>> {
 }
 
 /// Whether `op` writes predicted rows (the tail: last rows, final norm, lm_head, sampling),
-/// which a chunk predicting nothing skips: a launch over zero rows is not a valid launch.
+/// which a pass predicting nothing skips: a launch over zero rows is not a valid launch (per
+/// sequence, the sequences predicting nothing are skipped the same way).
 pub fn predicts(g: &Graph, op: &Op) -> bool {
     op.writes().iter().any(|b| g.buffer(*b).rows == Rows::Out)
 }
@@ -318,6 +352,151 @@ mod tests {
         big.num_experts = MAX_EXPERTS + 1;
         assert!(check_limits(&route_graph(big, SAMPLE_WORDS)).is_err());
         assert_eq!(route_block_shared_bytes(256), 2048);
+    }
+
+    /// Kernels that run once per sequence of a pass, on its own rows, parameters and cache.
+    const PER_SEQUENCE: [&str; 6] = [
+        "qk_norm_rope",
+        "kv_store",
+        "attention",
+        "take_last_rows",
+        "moe_route_block",
+        "sample",
+    ];
+
+    /// Records the pass of `seqs` ((rows, predicted rows, slot) each) over made-up addresses:
+    /// distinct per buffer, per sequence's parameter words and per slot's caches.
+    fn record_pass(g: &Graph, seqs: &[(usize, usize, usize)]) -> Vec<Launch> {
+        let weights = DeviceWeights::addresses_only(g);
+        let buffers: Vec<u64> = (0..g.buffers.len())
+            .map(|i| 0x1000_0000_0000 + ((i as u64) << 32))
+            .collect();
+        let kv: Vec<Vec<(u64, u64)>> = (0..3)
+            .map(|slot| {
+                (0..g.num_layers)
+                    .map(|l| {
+                        let k = 0x2000_0000_0000 + ((slot * 64 + l) as u64) * (2 << 32);
+                        (k, k + (1 << 32))
+                    })
+                    .collect()
+            })
+            .collect();
+        let b = Bindings {
+            graph: g,
+            weights: &weights,
+            buffers: &buffers,
+            inv_freq: &vec![0x3000_0000_0000; g.ops.len()],
+            moe: MoeScratch {
+                offsets: 1,
+                active: 2,
+                num_active: 3,
+                pairs: 4,
+                act: 5,
+                ys: 6,
+            },
+        };
+        let (mut row0, mut out0) = (0, 0);
+        let mut rows = Vec::new();
+        for (j, &(n, out, slot)) in seqs.iter().enumerate() {
+            rows.push(SeqRows {
+                row0,
+                rows: n,
+                out0,
+                out,
+                params: 0x4000_0000_0000 + (j * 64) as u64,
+                kv: &kv[slot],
+            });
+            row0 += n;
+            out0 += out;
+        }
+        record(&b, &rows).unwrap()
+    }
+
+    /// `alone`'s launch moved to where a sequence sits in a pass: its rows of every buffer
+    /// `row0` (or `out0` predicted rows) further on, its parameter words the `j`-th.
+    fn moved(g: &Graph, l: &Launch, j: usize, row0: usize, out0: usize) -> Launch {
+        let mut l = l.clone();
+        for a in &mut l.args {
+            let Arg::Ptr(p) = a else { continue };
+            if *p == 0x4000_0000_0000 {
+                *p += (j * 64) as u64;
+            } else if let Some(i) =
+                (0..g.buffers.len()).find(|&i| *p == 0x1000_0000_0000 + ((i as u64) << 32))
+            {
+                let buf = g.buffer(BufId(i));
+                let first = match buf.rows {
+                    Rows::Tokens => row0,
+                    Rows::Out => out0,
+                };
+                *p += (first * buf.cols * 4) as u64;
+            }
+        }
+        l
+    }
+
+    fn by_op(ls: &[Launch], op: usize) -> Vec<Launch> {
+        ls.iter().filter(|l| l.op == op).cloned().collect()
+    }
+
+    /// A batched pass runs each row-wise op once over every row, exactly as one sequence of
+    /// the pass's size would, and each per-sequence op once per sequence, exactly as that
+    /// sequence alone would run it, moved to its rows, its parameter words and its slot: the
+    /// kernels, grids and sizes are a lone sequence's, so its results are too. LLaDA2.0's graph
+    /// and LLaDA2.2's (per-block routing) both.
+    #[test]
+    fn a_batched_pass_runs_each_sequence_as_it_runs_alone() {
+        let fixtures =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+        let mut configs = vec![unmask_core::synthetic::shape_config("tiny").unwrap()];
+        let c22 =
+            unmask_core::config::Config::from_file(&fixtures.join("tiny-llada2.2/config.json"))
+                .unwrap();
+        assert!(c22.block_routing());
+        configs.push(c22);
+        for c in configs {
+            let g = unmask_core::model::llada2::build(&c);
+            // A window in slot 2, a prefill chunk predicting nothing in slot 0, a short tail
+            // in slot 1.
+            let seqs = [(32, 32, 2), (64, 0, 0), (7, 3, 1)];
+            let batch = record_pass(&g, &seqs);
+            let total = record_pass(&g, &[(103, 35, 0)]);
+            let alone: Vec<Vec<Launch>> = seqs.iter().map(|&s| record_pass(&g, &[s])).collect();
+            let mut per_seq_ops = 0;
+            for op in 0..g.ops.len() {
+                let got = by_op(&batch, op);
+                let is_per_seq = by_op(&total, op)
+                    .iter()
+                    .any(|l| PER_SEQUENCE.contains(&l.kernel.as_str()));
+                if !is_per_seq {
+                    assert_eq!(got, by_op(&total, op), "op {op}: {:?}", g.ops[op]);
+                    continue;
+                }
+                per_seq_ops += 1;
+                let (mut row0, mut out0) = (0, 0);
+                let mut want = Vec::new();
+                for (j, &(n, out, _)) in seqs.iter().enumerate() {
+                    for l in by_op(&alone[j], op) {
+                        want.push(moved(&g, &l, j, row0, out0));
+                    }
+                    row0 += n;
+                    out0 += out;
+                }
+                assert_eq!(got, want, "op {op}: {:?}", g.ops[op]);
+            }
+            // Rope, attention and routing per layer, and the tail's rows and sampling.
+            assert!(per_seq_ops >= 2 * c.num_hidden_layers + 2, "{per_seq_ops}");
+            let kernels: Vec<&str> = batch.iter().map(|l| l.kernel.as_str()).collect();
+            assert_eq!(
+                kernels.iter().filter(|k| **k == "sample").count(),
+                2,
+                "the sequence predicting nothing samples nothing"
+            );
+            assert_eq!(
+                kernels.contains(&"moe_route_block"),
+                c.block_routing(),
+                "{kernels:?}"
+            );
+        }
     }
 
     /// A chunk that predicts nothing runs the layers and skips exactly the tail.

@@ -1,4 +1,6 @@
-//! Recording of the MoE ops: routing (per token, or per routing block for LLaDA2.2), then the grouped experts: bucket rows by expert, gate/up and down per active expert, the weighted combine.
+//! Recording of the MoE ops: routing (per token, or per routing block of each sequence for
+//! LLaDA2.2), then the grouped experts over every row of the pass: bucket rows by expert, gate/up
+//! and down per active expert (each read once for all sequences), the weighted combine.
 
 use super::*;
 
@@ -17,30 +19,32 @@ fn route(
         Some(w) => b.weights.vector(*w)?.0,
         None => 0,
     };
-    let l = match r.block {
-        // Rows of routing block b are rows b * size.. of the step: the backend
-        // checks that a step starts on a routing block boundary.
+    match r.block {
+        // Rows of routing block b are rows b * size.. of a sequence's step: the backend
+        // checks that a step starts on a routing block boundary, and each sequence of the
+        // pass is routed on its own rows.
         Some(blk) => {
-            let rows = rec.rows(*logits);
-            let mut l = launch(
-                "moe_route_block",
-                (rows.div_ceil(blk.size).max(1) as u32, 1, 1),
-                ROUTE_BLOCK_THREADS,
-                vec![
-                    rec.ptr(*logits),
-                    Arg::Ptr(bias),
-                    rec.ptr(*ids),
-                    rec.ptr(*weights),
-                    u(rows),
-                    u(r.num_experts),
-                    u(r.top_k),
-                    u(blk.size),
-                    u(blk.capacity),
-                    Arg::F32(r.scaling),
-                ],
-            );
-            l.shared_bytes = route_block_shared_bytes(r.num_experts) as u32;
-            l
+            for s in rec.seqs {
+                let mut l = launch(
+                    "moe_route_block",
+                    (s.rows.div_ceil(blk.size).max(1) as u32, 1, 1),
+                    ROUTE_BLOCK_THREADS,
+                    vec![
+                        rec.seq_ptr(*logits, s),
+                        Arg::Ptr(bias),
+                        rec.seq_ptr(*ids, s),
+                        rec.seq_ptr(*weights, s),
+                        u(s.rows),
+                        u(r.num_experts),
+                        u(r.top_k),
+                        u(blk.size),
+                        u(blk.capacity),
+                        Arg::F32(r.scaling),
+                    ],
+                );
+                l.shared_bytes = route_block_shared_bytes(r.num_experts) as u32;
+                ls.push(l);
+            }
         }
         None => {
             let mut l = launch(
@@ -60,10 +64,9 @@ fn route(
                 ],
             );
             l.shared_bytes = route_shared_bytes(r.num_experts, r.n_group) as u32;
-            l
+            ls.push(l);
         }
-    };
-    ls.push(l);
+    }
     Ok(())
 }
 

@@ -1,22 +1,23 @@
-//! Recording of `Sample`: a block per predicted row.
+//! Recording of `Sample`: a block per predicted row, one launch per sequence that predicts (each
+//! with its own sampling parameters and seed).
 
 use super::*;
 
 fn sample(rec: &Rec, logits: &BufId, o: &BufId, ls: &mut Vec<Launch>) -> Result<()> {
-    let b = rec.b;
     let g = rec.b.graph;
-    let out = rec.out;
-    ls.push(launch(
-        "sample",
-        (out as u32, 1, 1),
-        SAMPLE_THREADS,
-        vec![
-            rec.ptr(*logits),
-            rec.ptr(*o),
-            Arg::Ptr(b.params),
-            u(g.buffer(*logits).cols),
-        ],
-    ));
+    for s in rec.seqs.iter().filter(|s| s.out > 0) {
+        ls.push(launch(
+            "sample",
+            (s.out as u32, 1, 1),
+            SAMPLE_THREADS,
+            vec![
+                rec.seq_ptr(*logits, s),
+                rec.seq_ptr(*o, s),
+                Arg::Ptr(s.params),
+                u(g.buffer(*logits).cols),
+            ],
+        ));
+    }
     Ok(())
 }
 

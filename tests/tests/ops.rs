@@ -352,7 +352,9 @@ fn attention_case(q: usize, kv: usize, dim: usize, rope: bool) -> Case {
 }
 
 /// Routing (group-limited top-k, then LLaDA2.2's block routing ending on a partial routing
-/// block) and the grouped experts, one expert favoured so that it gets several tiles of rows.
+/// block) and the grouped experts, one expert favoured so that it gets several tiles of rows;
+/// windows of at most 32 rows take wgpu's matrix-vector expert kernels (where the favoured
+/// expert gets several of their 8-row blocks), longer ones the tiles.
 fn moe_cases() -> Vec<Case> {
     let mut cases = Vec::new();
     for block in [
@@ -387,6 +389,17 @@ fn moe_cases() -> Vec<Case> {
                 false,
                 Some(false),
             ),
+            (5, None, DType::BF16, None, false, true, None),
+            (
+                32,
+                Some(4000u64),
+                DType::Q8_0,
+                Some(3),
+                true,
+                false,
+                Some(true),
+            ),
+            (20, None, DType::Q4, Some(1), true, true, Some(false)),
         ]
         .into_iter()
         .enumerate()
@@ -397,6 +410,8 @@ fn moe_cases() -> Vec<Case> {
                 shared,
                 router,
                 residual,
+                // The 32-row window's matrix-vector experts reduce in workgroup memory.
+                no_subgroups: n == 32,
             };
             cases.push(moe_case(block, n, limit, experts, 31 + ci as u64, false));
         }
@@ -417,6 +432,8 @@ struct MoeExpertsCase {
     /// A residual op after the block: `Add`, or `AddRmsNorm` (`true`) as a next layer starts
     /// (wgpu computes both in the combine).
     residual: Option<bool>,
+    /// wgpu's matrix-vector kernels reduce in workgroup memory even with subgroups.
+    no_subgroups: bool,
 }
 
 /// One routing + experts case; `poisoned`: every router logit is NaN (what NaN or Inf in a
@@ -435,6 +452,7 @@ fn moe_case(
         shared,
         router,
         residual,
+        no_subgroups,
     } = experts_case;
     let routing = Routing {
         num_experts: 16,
@@ -571,7 +589,8 @@ fn moe_case(
                 (shared, " +shared"),
                 (router, " +router"),
                 (residual == Some(false), " +add"),
-                (residual == Some(true), " +add_rms_norm")
+                (residual == Some(true), " +add_rms_norm"),
+                (no_subgroups, " no-subgroups")
             ]
             .iter()
             .filter(|f| f.0)
@@ -584,10 +603,30 @@ fn moe_case(
         forced: Forced {
             weight_binding_limit: limit,
             expert_parts,
+            no_subgroups,
             ..Forced::default()
         },
         tol: 1e-5,
-        exercises: (!poisoned).then_some(one_expert_gets_several_tiles as _),
+        exercises: match (poisoned, n > 32) {
+            (true, _) => None,
+            (false, true) => Some(one_expert_gets_several_tiles as _),
+            (false, false) => Some(one_expert_gets_several_blocks as _),
+        },
+    }
+}
+
+/// Expert 3, favoured by its bias, gets more rows than one 8-row block of the matrix-vector
+/// expert kernels holds (a window of more than 8 rows).
+fn one_expert_gets_several_blocks(out: &[StepOutput]) -> Result<(), String> {
+    let ids = &out[0].hidden[0];
+    let rows = ids.len() / 4;
+    let n = ids.iter().filter(|v| v.to_bits() == 3).count();
+    if n > 8 || (rows <= 8 && n == rows) {
+        Ok(())
+    } else {
+        Err(format!(
+            "expert 3 got {n} of {rows} rows, not several blocks"
+        ))
     }
 }
 
@@ -829,6 +868,7 @@ fn nan_router_scores_route_inside_the_expert_table() {
                 shared: false,
                 router: false,
                 residual: None,
+                no_subgroups: false,
             },
             5,
             true,

@@ -6,7 +6,10 @@
 //   token takes its top-k among them.
 // - `moe_group`: counts the tokens of each expert, lays their slots out expert by expert (a
 //   workgroup scan), and writes the work items and indirect dispatch arguments of the expert
-//   kernels (matmul.wgsl).
+//   kernels (matmul.wgsl's tiles and matvec/experts.wgsl's matrix-vector form). The plan
+//   buffer, for c expert dispatches: arguments of the tiled gate/up [0, 3c) and down [3c, 6c),
+//   of the matrix-vector gate/up [6c, 9c) and down [9c, 12c), then each dispatch's first work
+//   item [12c, 13c), then the work items (expert, first slot, rows) from `items_at`.
 // - `moe_combine`: per token, the weighted sum of its experts' outputs in ascending expert order
 //   (the reference's order), then the shared expert's output when the stack holds it, then the
 //   residual add and the next norm when the block's residual op is absorbed (fuse.rs).
@@ -32,9 +35,11 @@ struct GroupParams {
     chunks: u32,
     // 1: the stack's last expert is the shared one, taken by every token after its routed ones.
     has_shared: u32,
-    // Feature tiles of the gate/up and the down kernels (x of their indirect dispatches).
-    gate_up_tiles: u32,
-    down_tiles: u32,
+    // x of the gate/up and the down kernels' indirect dispatches: the tiles' feature tiles in
+    // the low half, the matrix-vector kernels' feature groups in the high half (an x extent
+    // never exceeds 65535 workgroups).
+    gate_up_x: u32,
+    down_x: u32,
     // Where the work items start in `plan`, and the slot capacity (offset of `slot_of`).
     items_at: u32,
     slot_cap: u32,
@@ -512,13 +517,15 @@ fn moe_group(@builtin(local_invocation_index) li: u32) {
     for (var ch = li; ch < c; ch += GWG) {
         let first = atomicLoad(&counters[3u * e + bounds[ch]]);
         let items = atomicLoad(&counters[3u * e + bounds[ch + 1u]]) - first;
-        plan[6u * c + ch] = first;
-        plan[3u * ch] = gp.gate_up_tiles;
-        plan[3u * ch + 1u] = items;
-        plan[3u * ch + 2u] = 1u;
-        plan[3u * c + 3u * ch] = gp.down_tiles;
-        plan[3u * c + 3u * ch + 1u] = items;
-        plan[3u * c + 3u * ch + 2u] = 1u;
+        plan[12u * c + ch] = first;
+        // Per kernel (tiled gate/up, tiled down, matrix-vector gate/up, down): x, y, z.
+        for (var kernel = 0u; kernel < 4u; kernel++) {
+            let packed = select(gp.gate_up_x, gp.down_x, kernel % 2u == 1u);
+            let o = 3u * (kernel * c + ch);
+            plan[o] = select(packed & 0xffffu, packed >> 16u, kernel >= 2u);
+            plan[o + 1u] = items;
+            plan[o + 2u] = 1u;
+        }
     }
     for (var i = li; i < entries; i += GWG) {
         let en = entry(i);

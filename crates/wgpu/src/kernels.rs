@@ -56,7 +56,10 @@ macro_rules! kernel_table {
             /// the extra parts (`EXPERT_PART_BINDING + p`, read-only) when a dispatch reads
             /// more than one.
             pub fn reads_expert_parts(self) -> bool {
-                matches!(self, Kernel::MoeGateUp | Kernel::MoeDown)
+                matches!(
+                    self,
+                    Kernel::MoeGateUp | Kernel::MoeDown | Kernel::MoeGateUpMv | Kernel::MoeDownMv
+                )
             }
         }
     };
@@ -72,6 +75,9 @@ kernel_table! {
     MoeGateUp: MatMul, "moe_gate_up", [(1, R), (2, R), (3, W), (4, U), (5, R), (6, R)];
     // `load_item_rows` (shared with moe_gate_up) names the slot table even when unused.
     MoeDown: MatMul, "moe_down", [(1, R), (2, R), (3, W), (4, U), (5, R), (6, R)];
+    MoeGateUpMv: MatMul, "moe_gate_up_mv", [(1, R), (2, R), (3, W), (4, U), (5, R), (6, R)];
+    // Reads no slot table; bound like moe_down so that one lowering binds both.
+    MoeDownMv: MatMul, "moe_down_mv", [(1, R), (2, R), (3, W), (4, U), (5, R), (6, R)];
     QkNormRope: Rope, "qk_norm_rope", [(0, U), (1, W), (2, R), (3, R), (4, W), (5, W)];
     KvStore: Attention, "kv_store", [(0, U), (1, R), (2, W), (3, W)];
     Attention: Attention, "attention", [(0, U), (1, R), (4, R), (5, R), (6, W)];

@@ -8,7 +8,7 @@ use crate::device::{Gpu, ADAPTER_ENV};
 use crate::kernels::{Kernels, PASS_PARAMS_BYTES};
 use crate::kv::KvCache;
 use crate::program::fuse::Fusions;
-use crate::program::{self, Context, MoeScratch, TILE_ROWS};
+use crate::program::{self, Context, MoeScratch, PLAN_HEAD, TILE_ROWS};
 use crate::shaders::{ModuleOptions, MAX_EXPERT_PARTS};
 use crate::weights::{self, DeviceMatrix, ExpertStacks};
 use unmask_core::backend::StepStats;
@@ -366,7 +366,7 @@ impl WgpuBackend {
                 plan: storage(
                     &device,
                     "moe_plan",
-                    ((7 * dispatches_max + 3 * max_items) * 4) as u64,
+                    ((PLAN_HEAD * dispatches_max + 3 * max_items) * 4) as u64,
                     wgpu::BufferUsages::INDIRECT,
                 ),
                 act: storage(

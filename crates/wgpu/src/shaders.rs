@@ -62,6 +62,11 @@ const SUM256: &str = include_str!("../shaders/sum256.wgsl");
 const ARGMAX: &str = include_str!("../shaders/argmax.wgsl");
 const REDUCE_SHARED: &str = include_str!("../shaders/matvec/shared.wgsl");
 const REDUCE_SUBGROUP: &str = include_str!("../shaders/matvec/subgroup.wgsl");
+const EXPERTS_MV: &str = include_str!("../shaders/matvec/experts.wgsl");
+
+/// Features per workgroup of the matrix-vector expert kernels (EGU_FEATS and EDN_FEATS in
+/// matvec/experts.wgsl): the x extent of their grids is the features over these.
+pub const EXPERT_MV_FEATURES: (usize, usize) = (4, 8);
 
 /// The matrix-vector kernels: (entry point, most rows, output features per workgroup). Each
 /// instance keeps rows x features = MV_ACC accumulators.
@@ -79,7 +84,8 @@ pub fn matvec_shape(name: &str) -> (usize, usize) {
 /// The complete WGSL of one module. `format` must be given exactly for families that read
 /// matrices. The MatMul family also gets `w_load4` once per expert part (`w_load4_p` over
 /// `w_p`) and `we_load4(part, ..)`, which picks one, and the matrix-vector kernels with the
-/// chosen reduction; other families ignore the options. The norm and MoE families get
+/// chosen reduction (the dense ones, instanced per row bound, and the experts'); other
+/// families ignore the options. The norm and MoE families get
 /// `sum256` (their fused and plain norms share its tree), the sampler and MoE families
 /// `pair_wins` (their argmax trees share its order).
 pub fn module_source(family: Family, format: Option<WeightFormat>, opts: &ModuleOptions) -> String {
@@ -111,6 +117,8 @@ pub fn module_source(family: Family, format: Option<WeightFormat>, opts: &Module
                     .replace("{feats}", &feats.to_string()),
             );
         }
+        s.push('\n');
+        s.push_str(EXPERTS_MV);
         s.push('\n');
         s.push_str(if opts.subgroups {
             REDUCE_SUBGROUP
@@ -250,6 +258,14 @@ mod tests {
 
     /// step.wgsl's `StepParams` has core's fields, in core's order, one 4-byte word each, then
     /// the table of `Seq` entries, which are core's `SeqParams`; its length is core's.
+    /// The host sizes the matrix-vector expert grids with the features the kernels compute.
+    #[test]
+    fn expert_matvec_features_match_the_kernels() {
+        let (gate_up, down) = EXPERT_MV_FEATURES;
+        assert!(EXPERTS_MV.contains(&format!("const EGU_FEATS: u32 = {gate_up}u;\n")));
+        assert!(EXPERTS_MV.contains(&format!("const EDN_FEATS: u32 = {down}u;\n")));
+    }
+
     #[test]
     fn step_params_match_core_field_for_field() {
         use unmask_core::step_params::{FIELDS, MAX_PASS_SEQS, SEQ_FIELDS};

@@ -29,6 +29,11 @@ use unmask_core::graph::{BufId, Graph, Op, OpFamily, Rows, WeightId};
 pub const TILE_ROWS: usize = 32;
 pub const TILE_FEATURES: usize = 32;
 
+/// Words of the MoE plan buffer per expert dispatch before the work items: four kernels'
+/// indirect arguments (tiled gate/up and down, matrix-vector gate/up and down) and its first
+/// work item (moe.wgsl's `moe_group` lays them out).
+pub const PLAN_HEAD: usize = 13;
+
 /// What a pass's dispatches depend on: its rows and predicted rows, its sequences, the most
 /// rows and predicted rows of one of them (the matrix kernels are chosen by these, so that a
 /// sequence's rows take the kernels they take alone), and whether any samples with a

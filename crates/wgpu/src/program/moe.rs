@@ -1,8 +1,8 @@
-//! Lowering of the MoE ops: routing (per token, or per routing block for LLaDA2.2), then the grouped experts: a group dispatch that buckets rows by expert and writes the indirect arguments, gate/up and down per dispatch (each reads up to `expert_parts` expert-stack bindings), and the weighted combine. A shared expert absorbed by the op (fuse.rs) is the stack's last expert, taken by every token, and added by the combine.
+//! Lowering of the MoE ops: routing (per token, or per routing block for LLaDA2.2), then the grouped experts: a group dispatch that buckets rows by expert and writes the indirect arguments, gate/up and down per dispatch (each reads up to `expert_parts` expert-stack bindings; tiles, or the matrix-vector form for passes of windows), and the weighted combine. A shared expert absorbed by the op (fuse.rs) is the stack's last expert, taken by every token, and added by the combine.
 
-use super::{f, Context, Extent, Grid, Needs, Pending, TILE_FEATURES};
+use super::{f, Context, Extent, Grid, Needs, Pending, PLAN_HEAD, TILE_FEATURES, TILE_ROWS};
 use crate::kernels::Kernel;
-use crate::shaders::EXPERT_PART_BINDING;
+use crate::shaders::{EXPERT_MV_FEATURES, EXPERT_PART_BINDING};
 use unmask_core::graph::{BufId, Op};
 
 fn route(cx: &Context, index: usize, op: &Op, out: &mut Vec<Pending>) {
@@ -105,7 +105,24 @@ fn experts(
     let o = shared.map_or(o, |s| s.out);
     let shared = shared.is_some();
     let c = moe.max_dispatches as u32;
-    let items_at = 7 * c;
+    let items_at = PLAN_HEAD as u32 * c;
+    // x of each expert kernel's grid: the tiles' feature tiles, the matrix-vector kernels'
+    // feature groups (moe_group writes both into their indirect arguments, packed in halves).
+    // An extent past 65535 workgroups cannot be dispatched: a layer that wide keeps the tiles
+    // for every pass (the matrix-vector form is then never chosen, so never packed).
+    let (gu_mv, dn_mv) = EXPERT_MV_FEATURES;
+    let fits = |v: usize| v <= u16::MAX as usize;
+    let (gu_tiles, dn_tiles) = (
+        ex.inter.div_ceil(TILE_FEATURES),
+        ex.hidden.div_ceil(2 * TILE_FEATURES),
+    );
+    let (gu_groups, dn_groups) = (ex.inter.div_ceil(gu_mv), ex.hidden.div_ceil(dn_mv));
+    let matvec = fits(gu_groups) && fits(dn_groups);
+    let x_of = |tiles: usize, groups: usize| {
+        (tiles.min(u16::MAX as usize) as u32) | if matvec { (groups as u32) << 16 } else { 0 }
+    };
+    let gate_up_x = x_of(gu_tiles, gu_groups);
+    let down_x = x_of(dn_tiles, dn_groups);
     out.push(Pending {
         kernel: Kernel::MoeGroup,
         format: None,
@@ -123,8 +140,8 @@ fn experts(
                 top_k as u32,
                 dispatches as u32,
                 shared as u32,
-                ex.inter.div_ceil(TILE_FEATURES) as u32,
-                ex.hidden.div_ceil(2 * TILE_FEATURES) as u32,
+                gate_up_x,
+                down_x,
                 items_at,
                 moe.slot_cap as u32,
             ],
@@ -133,12 +150,16 @@ fn experts(
         needs_out: false,
         small: None,
     });
-    // The group kernel writes args for `dispatches` dispatches: gate/up at 3d, down at
-    // 3(D + d), where D is this layer's dispatch count (the plan is read with this layer's
-    // layout). Each dispatch binds its parts: the first as `w`, the others as `w_p`.
-    for (kernel, stacks, x_in, y_out, params, args_at) in [
+    // The group kernel writes args for `dispatches` dispatches: tiled gate/up at 3d, down at
+    // 3(D + d), matrix-vector gate/up at 3(2D + d), down at 3(3D + d), where D is this layer's
+    // dispatch count (the plan is read with this layer's layout). Each dispatch binds its
+    // parts: the first as `w`, the others as `w_p`. A pass whose sequences have at most
+    // TILE_ROWS rows takes the matrix-vector form (chosen, as for the dense products, by the
+    // widest sequence, so that a sequence's rows take the kernel they take alone).
+    for (kernel, mv, stacks, x_in, y_out, params, args_at) in [
         (
             Kernel::MoeGateUp,
+            Kernel::MoeGateUpMv,
             &ex.gate_up,
             cx.buffer_of(x),
             moe.act.clone(),
@@ -147,6 +168,7 @@ fn experts(
         ),
         (
             Kernel::MoeDown,
+            Kernel::MoeDownMv,
             &ex.down,
             moe.act.clone(),
             moe.y.clone(),
@@ -185,14 +207,23 @@ fn experts(
                         params[2] as u32,
                         params[3] as u32,
                         ex.first_expert(d),
-                        6 * dispatches as u32 + d as u32,
+                        12 * dispatches as u32 + d as u32,
                         items_at,
                         ex.per_part as u32,
                     ],
                 ),
                 grid: Grid::Indirect((12 * (args_at + d)) as u64),
                 needs_out: false,
-                small: None,
+                small: matvec.then(|| {
+                    (
+                        Extent::Tokens(1),
+                        vec![(
+                            TILE_ROWS,
+                            mv,
+                            Grid::Indirect((12 * (2 * dispatches + args_at + d)) as u64),
+                        )],
+                    )
+                }),
             });
         }
     }
@@ -281,6 +312,8 @@ pub(super) fn kernels(op: &Op, needs: &mut Needs) {
             needs.push(Kernel::MoeGroup, None);
             needs.push(Kernel::MoeGateUp, format);
             needs.push(Kernel::MoeDown, format);
+            needs.push(Kernel::MoeGateUpMv, format);
+            needs.push(Kernel::MoeDownMv, format);
             needs.push(
                 if needs.fusions.residual[needs.index].is_some() {
                     Kernel::MoeCombineResidual

@@ -13,9 +13,9 @@ struct AttnParams {
     width: u32,
     kv_width: u32,
     scale: f32,
-    // Query heads of one workgroup (a group of the heads that share a KV head).
+    // Query heads of one workgroup (a group of the heads that share a KV head), and rows.
     group_heads: u32,
-    _pad: u32,
+    tile_rows: u32,
 }
 
 @group(0) @binding(0) var<storage, read> p: AttnParams;
@@ -49,25 +49,38 @@ fn neg_inf() -> f32 {
     return bitcast<f32>(bits);
 }
 
-// The query heads that share a KV head, together: one workgroup per (group of at most
-// `group_heads` of them, row) reads each tile of keys, then of values, once and coalesced
-// (consecutive invocations, consecutive floats) into workgroup memory and uses it for all its
-// heads, instead of every head reading the cache again. The lowering keeps group_heads * d <=
-// GQ_MAX and group_heads <= GH_MAX (d <= 4 * WG).
-const GH_MAX: u32 = 16u;
-const GQ_MAX: u32 = 1024u;
-const GKV_MAX: u32 = 2048u;
+// One workgroup per (KV head, group of its query heads, block of `tile_rows` rows of one
+// sequence): every tile of keys, then of values, is read once and coalesced (consecutive
+// invocations, consecutive floats) into workgroup memory and used by every (row, query head)
+// pair of the workgroup, instead of each row and head reading the cache again. A row's
+// arithmetic does not depend on its neighbours: it takes the keys of each tile that it sees
+// (block-causal: a row past the others' blocks sees more), in the same order and tiles of the
+// same size (a function of the head dim only) as alone, and leaves its state untouched for a
+// tile it does not see. The lowering keeps group_heads * tile_rows <= PAIRS_MAX and their
+// queries within GQ_MAX floats (d <= 4 * WG).
+const PAIRS_MAX: u32 = 16u;
+const GQ_MAX: u32 = 2048u;
+const GKV_MAX: u32 = 1024u;
+const T_MAX: u32 = 32u;
+// The queries of the pairs: pair q = r * g + h is query head h0 + h of row i0 + r.
 var<workgroup> gq: array<f32, GQ_MAX>;
 // A tile of keys, then of values: `tile` positions of d floats.
 var<workgroup> gkv: array<f32, GKV_MAX>;
-// Per (head, key of the tile): the score, then its weight.
+// Per (pair, key of the tile): the score, then its weight.
 var<workgroup> gp: array<f32, 512>;
-// Per head: the running max, the running sum, and this tile's rescale factor.
-var<workgroup> gm: array<f32, GH_MAX>;
-var<workgroup> gl: array<f32, GH_MAX>;
-var<workgroup> gf: array<f32, GH_MAX>;
+// Per pair: the running max, the running sum, this tile's rescale factor and its keys here.
+var<workgroup> gm: array<f32, PAIRS_MAX>;
+var<workgroup> gl: array<f32, PAIRS_MAX>;
+var<workgroup> gf: array<f32, PAIRS_MAX>;
+var<workgroup> gc: array<u32, PAIRS_MAX>;
 
-// x: (KV head, group of its query heads), y: row.
+// Keys 0 .. of the sequence's slot that pass row `i` sees.
+fn visible_keys(sq: Seq, i: u32) -> u32 {
+    let s = sq.start + i - sq.row0;
+    return min(sq.start + sq.rows, (s / sq.block + 1u) * sq.block);
+}
+
+// x: (KV head, group of its query heads), y: blocks of tile_rows rows of one sequence.
 @compute @workgroup_size(64)
 fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let d = p.d;
@@ -77,23 +90,29 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     // This workgroup's first query head and how many it takes.
     let h0 = hk * per_kv + (wg.x % groups) * p.group_heads;
     let g = min(p.group_heads, (hk + 1u) * per_kv - h0);
-    let i = wg.y;
-    let sq = st.seq[seq_of_row(i)];
-    let s = sq.start + i - sq.row0;
-    let visible = min(sq.start + sq.rows, (s / sq.block + 1u) * sq.block);
+    let blk = seq_block(wg.y, p.tile_rows);
+    let i0 = blk.x;
+    let nr = blk.y;
+    if (nr == 0u) {
+        return;
+    }
+    let sq = st.seq[blk.z];
+    let pairs = nr * g;
+    // The block's last row sees the most keys (visibility never falls along the rows).
+    let visible = visible_keys(sq, i0 + nr - 1u);
     // The sequence's slot in the cache.
     let kv0 = sq.kv_base;
-    // Keys per tile: as many as the tile memory holds, at most 512 / g scores.
-    let tile = min(GKV_MAX / d, 512u / g);
+    let tile = min(GKV_MAX / d, T_MAX);
     let koff = hk * d;
-    for (var q = li; q < g * d; q += WG) {
-        gq[q] = qkv[i * p.width + h0 * d + q];
+    for (var q = li; q < pairs * d; q += WG) {
+        let pr = q / d;
+        gq[q] = qkv[(i0 + pr / g) * p.width + (h0 + pr % g) * d + q % d];
     }
-    if (li < g) {
+    if (li < pairs) {
         gm[li] = neg_inf();
         gl[li] = 0.0;
     }
-    // Invocation li owns dims li, li + 64, ... of every head.
+    // Invocation li owns dims li, li + 64, ... of every pair.
     var acc: array<f32, 64>;
     for (var t0 = 0u; t0 < visible; t0 += tile) {
         let count = min(tile, visible - t0);
@@ -102,50 +121,58 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
             gkv[q] = k_in[(kv0 + t0 + q / d) * p.kv_width + koff + q % d];
         }
         workgroupBarrier();
-        for (var q = li; q < g * count; q += WG) {
-            let h = q / count;
+        for (var q = li; q < pairs * count; q += WG) {
+            let pr = q / count;
             let t = q % count;
-            var dot = 0.0;
-            for (var j = 0u; j < d; j++) {
-                dot += gq[h * d + j] * gkv[t * d + j];
+            if (t0 + t < visible_keys(sq, i0 + pr / g)) {
+                var dot = 0.0;
+                for (var j = 0u; j < d; j++) {
+                    dot += gq[pr * d + j] * gkv[t * d + j];
+                }
+                gp[pr * tile + t] = dot * p.scale;
             }
-            gp[h * tile + t] = dot * p.scale;
         }
         workgroupBarrier();
-        if (li < g) {
-            var cmax = neg_inf();
-            for (var t = 0u; t < count; t++) {
-                cmax = max(cmax, gp[li * tile + t]);
+        if (li < pairs) {
+            let seen = visible_keys(sq, i0 + li / g);
+            let c = select(0u, min(tile, seen - t0), seen > t0);
+            gc[li] = c;
+            if (c > 0u) {
+                var cmax = neg_inf();
+                for (var t = 0u; t < c; t++) {
+                    cmax = max(cmax, gp[li * tile + t]);
+                }
+                let m = gm[li];
+                let m_new = max(m, cmax);
+                var f = 0.0;
+                if (gl[li] > 0.0) {
+                    f = exp(m - m_new);
+                }
+                var l = gl[li] * f;
+                for (var t = 0u; t < c; t++) {
+                    let pr = exp(gp[li * tile + t] - m_new);
+                    gp[li * tile + t] = pr;
+                    l += pr;
+                }
+                gm[li] = m_new;
+                gl[li] = l;
+                gf[li] = f;
             }
-            let m = gm[li];
-            let m_new = max(m, cmax);
-            var f = 0.0;
-            if (gl[li] > 0.0) {
-                f = exp(m - m_new);
-            }
-            var l = gl[li] * f;
-            for (var t = 0u; t < count; t++) {
-                let pr = exp(gp[li * tile + t] - m_new);
-                gp[li * tile + t] = pr;
-                l += pr;
-            }
-            gm[li] = m_new;
-            gl[li] = l;
-            gf[li] = f;
         }
         workgroupBarrier();
         for (var q = li; q < count * d; q += WG) {
             gkv[q] = v_in[(kv0 + t0 + q / d) * p.kv_width + koff + q % d];
         }
         workgroupBarrier();
-        for (var h = 0u; h < GH_MAX; h++) {
-            if (h < g) {
+        for (var h = 0u; h < PAIRS_MAX; h++) {
+            if (h < pairs && gc[h] > 0u) {
+                let c = gc[h];
                 let f = gf[h];
                 for (var r = 0u; r < 4u; r++) {
                     let j = li + WG * r;
                     if (j < d) {
                         var a = acc[4u * h + r] * f;
-                        for (var t = 0u; t < count; t++) {
+                        for (var t = 0u; t < c; t++) {
                             a += gp[h * tile + t] * gkv[t * d + j];
                         }
                         acc[4u * h + r] = a;
@@ -155,14 +182,14 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
         }
     }
     workgroupBarrier();
-    let ob = i * p.heads_q * d + h0 * d;
-    for (var h = 0u; h < GH_MAX; h++) {
-        if (h < g) {
+    for (var h = 0u; h < PAIRS_MAX; h++) {
+        if (h < pairs) {
             let l = gl[h];
+            let ob = (i0 + h / g) * p.heads_q * d + (h0 + h % g) * d;
             for (var r = 0u; r < 4u; r++) {
                 let j = li + WG * r;
                 if (j < d) {
-                    out[ob + h * d + j] = acc[4u * h + r] / l;
+                    out[ob + j] = acc[4u * h + r] / l;
                 }
             }
         }

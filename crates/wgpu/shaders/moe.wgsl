@@ -350,23 +350,9 @@ var<workgroup> block_allowed: array<u32, MAX_ROUTED_EXPERTS>;
 @compute @workgroup_size(64)
 fn moe_route_block(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let e = rp.e;
-    var first = 0u;
-    var rows = 0u;
-    var left = wg.x;
-    var found = false;
-    for (var i = 0u; i < MAX_SEQS; i++) {
-        if (i < st.seqs && !found) {
-            let sq = st.seq[i];
-            let blocks = (sq.rows + rp.block_size - 1u) / rp.block_size;
-            if (left < blocks) {
-                first = sq.row0 + left * rp.block_size;
-                rows = min(rp.block_size, sq.row0 + sq.rows - first);
-                found = true;
-            } else {
-                left -= blocks;
-            }
-        }
-    }
+    let blk = seq_block(wg.x, rp.block_size);
+    let first = blk.x;
+    let rows = blk.y;
     // Scores of every (token, expert) of the block: [s, s + bias] per token, as moe_route.
     for (var q = li; q < rows * e; q += 64u) {
         let t = first + q / e;

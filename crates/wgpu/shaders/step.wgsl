@@ -85,3 +85,26 @@ fn seq_of_out(o: u32) -> u32 {
     }
     return s;
 }
+
+// Block `b` of the pass's rows cut in blocks of `size`, from each sequence's first row (a block
+// never spans two sequences): (its first pass row, its rows, its sequence). Rows is 0 past the
+// last block (`Extent::Blocks` dispatches up to one more per sequence).
+fn seq_block(b: u32, size: u32) -> vec3<u32> {
+    var left = b;
+    var found = vec3<u32>(0u, 0u, 0u);
+    var done = false;
+    for (var i = 0u; i < MAX_SEQS; i++) {
+        if (i < st.seqs && !done) {
+            let sq = st.seq[i];
+            let blocks = (sq.rows + size - 1u) / size;
+            if (left < blocks) {
+                let first = sq.row0 + left * size;
+                found = vec3<u32>(first, min(size, sq.row0 + sq.rows - first), i);
+                done = true;
+            } else {
+                left -= blocks;
+            }
+        }
+    }
+    return found;
+}

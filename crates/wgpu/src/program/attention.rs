@@ -1,4 +1,4 @@
-//! Lowering of `Attention`: the window's K/V stored into the layer's cache (by the rope dispatch when it comes right before, else by `kv_store`), then block-masked attention over the cache: a workgroup per (row, group of the query heads that share a KV head), all of them where they fit its workgroup memory.
+//! Lowering of `Attention`: the window's K/V stored into the layer's cache (by the rope dispatch when it comes right before, else by `kv_store`), then block-masked attention over the cache: a workgroup per (group of the query heads that share a KV head, block of up to 4 rows of one sequence), all the heads where they fit its workgroup memory, reading each K/V tile once for all its (row, head) pairs.
 
 use super::{f, Context, Extent, Grid, Needs, Pending};
 use crate::kernels::Kernel;
@@ -34,9 +34,13 @@ fn attend(
 ) {
     let kv_width = heads.kv * heads.dim;
     // Query heads per workgroup: all that share a KV head where they fit the kernel's
-    // workgroup memory (GH_MAX heads, GQ_MAX floats in attention.wgsl), else groups of them.
+    // workgroup memory (PAIRS_MAX pairs, GQ_MAX query floats in attention.wgsl), else groups
+    // of them; then as many rows (at most TILE_ROWS_MAX) as the pairs and queries allow.
     let per_kv = heads.q / heads.kv;
-    let group_heads = per_kv.min(16).min(1024 / heads.dim).max(1);
+    let group_heads = per_kv.min(PAIRS_MAX).min(GQ_MAX / heads.dim).max(1);
+    let tile_rows = (PAIRS_MAX / group_heads)
+        .min(GQ_MAX / (group_heads * heads.dim))
+        .clamp(1, TILE_ROWS_MAX);
     let params = [
         heads.dim as u32,
         heads.q as u32,
@@ -45,7 +49,7 @@ fn attend(
         kv_width as u32,
         f(1.0 / (heads.dim as f32).sqrt()),
         group_heads as u32,
-        0,
+        tile_rows as u32,
     ];
     let stored = index > 0 && kv_stored_by_rope(cx.graph, index - 1).is_some();
     if !stored {
@@ -77,11 +81,20 @@ fn attend(
             (6, cx.buffer_of(o)),
         ],
         params: (0, params),
-        grid: Grid::Direct(Extent::Fixed(groups as u32), Extent::Tokens(1)),
+        grid: Grid::Direct(
+            Extent::Fixed(groups as u32),
+            Extent::Blocks(tile_rows as u32),
+        ),
         needs_out: false,
         small: None,
     });
 }
+
+/// (row, query head) pairs and query floats a workgroup of `attention` holds (PAIRS_MAX and
+/// GQ_MAX in attention.wgsl), and the most rows it takes.
+const PAIRS_MAX: usize = 16;
+const GQ_MAX: usize = 2048;
+const TILE_ROWS_MAX: usize = 4;
 
 pub(super) fn lower(cx: &Context, index: usize, op: &Op, out: &mut Vec<Pending>) {
     match op {
@@ -98,4 +111,24 @@ pub(super) fn lower(cx: &Context, index: usize, op: &Op, out: &mut Vec<Pending>)
 pub(super) fn kernels(_op: &Op, needs: &mut Needs) {
     needs.push(Kernel::KvStore, None);
     needs.push(Kernel::Attention, None);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shaders::{source, Family};
+
+    /// The lowering sizes the workgroups with the kernel's own limits.
+    #[test]
+    fn the_limits_match_the_kernel() {
+        let wgsl = source(Family::Attention);
+        for (name, value) in [("PAIRS_MAX", PAIRS_MAX), ("GQ_MAX", GQ_MAX)] {
+            let line = format!("const {name}: u32 = {value}u;\n");
+            assert!(
+                wgsl.contains(&line),
+                "attention.wgsl lacks `{}`",
+                line.trim()
+            );
+        }
+    }
 }

@@ -3,7 +3,9 @@
 // positions, block length and KV-cache slot). The sequence's K and V for its rows are in its
 // slot at positions start .. start + rows (written by qk_norm_rope, or by `kv_store` when no
 // rope precedes); `attention` then reads keys 0 .. visible of that slot only, with an online
-// softmax over tiles.
+// softmax over tiles. Passes of short windows (at most 8 rows a sequence) take split-KV
+// instead: `attention_split` runs a row's keys as up to S_MAX ranges in parallel workgroups and
+// `attention_combine` merges their partial softmaxes.
 
 struct AttnParams {
     d: u32,
@@ -25,6 +27,8 @@ struct AttnParams {
 @group(0) @binding(4) var<storage, read> k_in: array<f32>;
 @group(0) @binding(5) var<storage, read> v_in: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
+// Split-KV partials: per (row, query head, split), d accumulated values, the max, the sum.
+@group(0) @binding(7) var<storage, read_write> parts: array<f32>;
 
 // x: columns of one position's K (and V), y: row.
 @compute @workgroup_size(64)
@@ -80,42 +84,44 @@ fn visible_keys(sq: Seq, i: u32) -> u32 {
     return min(sq.start + sq.rows, (s / sq.block + 1u) * sq.block);
 }
 
-// x: (KV head, group of its query heads), y: blocks of tile_rows rows of one sequence.
-@compute @workgroup_size(64)
-fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+// Sets up the pairs of rows i0 .. i0 + nr and query heads h0 .. h0 + g: their queries, max
+// and sum.
+fn load_queries(li: u32, i0: u32, nr: u32, h0: u32, g: u32) {
     let d = p.d;
-    let per_kv = p.heads_q / p.heads_kv;
-    let groups = (per_kv + p.group_heads - 1u) / p.group_heads;
-    let hk = wg.x / groups;
-    // This workgroup's first query head and how many it takes.
-    let h0 = hk * per_kv + (wg.x % groups) * p.group_heads;
-    let g = min(p.group_heads, (hk + 1u) * per_kv - h0);
-    let blk = seq_block(wg.y, p.tile_rows);
-    let i0 = blk.x;
-    let nr = blk.y;
-    if (nr == 0u) {
-        return;
-    }
-    let sq = st.seq[blk.z];
-    let pairs = nr * g;
-    // The block's last row sees the most keys (visibility never falls along the rows).
-    let visible = visible_keys(sq, i0 + nr - 1u);
-    // The sequence's slot in the cache.
-    let kv0 = sq.kv_base;
-    let tile = min(GKV_MAX / d, T_MAX);
-    let koff = hk * d;
-    for (var q = li; q < pairs * d; q += WG) {
+    for (var q = li; q < nr * g * d; q += WG) {
         let pr = q / d;
         gq[q] = qkv[(i0 + pr / g) * p.width + (h0 + pr % g) * d + q % d];
     }
-    if (li < pairs) {
+    if (li < nr * g) {
         gm[li] = neg_inf();
         gl[li] = 0.0;
     }
-    // Invocation li owns dims li, li + 64, ... of every pair.
-    var acc: array<f32, 64>;
-    for (var t0 = 0u; t0 < visible; t0 += tile) {
-        let count = min(tile, visible - t0);
+}
+
+// Keys k_lo .. of KV head hk of the sequence's slot, tile by tile, into the pairs' online
+// softmax: pair q = r * g + h takes the keys below min(what row i0 + r sees, k_hi), so a
+// row's arithmetic is the same whatever rows share its workgroup. Invocation li accumulates
+// dims li, li + 64, ... of every pair into `acc`.
+fn attend_keys(
+    li: u32,
+    sq: Seq,
+    i0: u32,
+    nr: u32,
+    g: u32,
+    hk: u32,
+    k_lo: u32,
+    k_hi: u32,
+    acc: ptr<function, array<f32, 64>>,
+) {
+    let d = p.d;
+    let pairs = nr * g;
+    let kv0 = sq.kv_base;
+    let tile = min(GKV_MAX / d, T_MAX);
+    let koff = hk * d;
+    // The last row sees the most keys (visibility never falls along the rows).
+    let end = min(visible_keys(sq, i0 + nr - 1u), k_hi);
+    for (var t0 = k_lo; t0 < end; t0 += tile) {
+        let count = min(tile, end - t0);
         workgroupBarrier();
         for (var q = li; q < count * d; q += WG) {
             gkv[q] = k_in[(kv0 + t0 + q / d) * p.kv_width + koff + q % d];
@@ -124,7 +130,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
         for (var q = li; q < pairs * count; q += WG) {
             let pr = q / count;
             let t = q % count;
-            if (t0 + t < visible_keys(sq, i0 + pr / g)) {
+            if (t0 + t < min(visible_keys(sq, i0 + pr / g), k_hi)) {
                 var dot = 0.0;
                 for (var j = 0u; j < d; j++) {
                     dot += gq[pr * d + j] * gkv[t * d + j];
@@ -134,7 +140,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
         }
         workgroupBarrier();
         if (li < pairs) {
-            let seen = visible_keys(sq, i0 + li / g);
+            let seen = min(visible_keys(sq, i0 + li / g), k_hi);
             let c = select(0u, min(tile, seen - t0), seen > t0);
             gc[li] = c;
             if (c > 0u) {
@@ -171,21 +177,48 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
                 for (var r = 0u; r < 4u; r++) {
                     let j = li + WG * r;
                     if (j < d) {
-                        var a = acc[4u * h + r] * f;
+                        var a = (*acc)[4u * h + r] * f;
                         for (var t = 0u; t < c; t++) {
                             a += gp[h * tile + t] * gkv[t * d + j];
                         }
-                        acc[4u * h + r] = a;
+                        (*acc)[4u * h + r] = a;
                     }
                 }
             }
         }
     }
     workgroupBarrier();
+}
+
+// This workgroup's KV head, first query head and how many it takes, from its group index.
+fn head_group(gi: u32) -> vec3<u32> {
+    let per_kv = p.heads_q / p.heads_kv;
+    let groups = (per_kv + p.group_heads - 1u) / p.group_heads;
+    let hk = gi / groups;
+    let h0 = hk * per_kv + (gi % groups) * p.group_heads;
+    return vec3<u32>(hk, h0, min(p.group_heads, (hk + 1u) * per_kv - h0));
+}
+
+// x: (KV head, group of its query heads), y: blocks of tile_rows rows of one sequence.
+@compute @workgroup_size(64)
+fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let hg = head_group(wg.x);
+    let g = hg.z;
+    let blk = seq_block(wg.y, p.tile_rows);
+    let i0 = blk.x;
+    let nr = blk.y;
+    if (nr == 0u) {
+        return;
+    }
+    let sq = st.seq[blk.z];
+    load_queries(li, i0, nr, hg.y, g);
+    var acc: array<f32, 64>;
+    attend_keys(li, sq, i0, nr, g, hg.x, 0u, 0xffffffffu, &acc);
+    let d = p.d;
     for (var h = 0u; h < PAIRS_MAX; h++) {
-        if (h < pairs) {
+        if (h < nr * g) {
             let l = gl[h];
-            let ob = (i0 + h / g) * p.heads_q * d + (h0 + h % g) * d;
+            let ob = (i0 + h / g) * p.heads_q * d + (hg.y + h % g) * d;
             for (var r = 0u; r < 4u; r++) {
                 let j = li + WG * r;
                 if (j < d) {
@@ -193,5 +226,86 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
                 }
             }
         }
+    }
+}
+
+// Split-KV: a row's visible keys as up to S_MAX ranges of at least SPLIT_KEYS (whole tiles but
+// the last), a function of what the row sees only, so a row splits the same way alone and in
+// any batch.
+const S_MAX: u32 = 8u;
+const SPLIT_KEYS: u32 = 512u;
+
+// (ranges, keys per range) of a row that sees `visible` keys.
+fn key_ranges(visible: u32) -> vec2<u32> {
+    let tile = min(GKV_MAX / p.d, T_MAX);
+    let s = clamp((visible + SPLIT_KEYS - 1u) / SPLIT_KEYS, 1u, S_MAX);
+    let per = ((visible + s - 1u) / s + tile - 1u) / tile * tile;
+    return vec2<u32>((visible + per - 1u) / per, per);
+}
+
+// Where the partial of (row i, query head h, range s) starts in `parts`.
+fn part_at(i: u32, h: u32, s: u32) -> u32 {
+    return ((i * p.heads_q + h) * S_MAX + s) * (p.d + 2u);
+}
+
+// x: (group of query heads, range), y: row. The partial (unnormalised values, max, sum) of
+// the row's heads over one range of its keys; ranges past the row's last return.
+@compute @workgroup_size(64)
+fn attention_split(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let hg = head_group(wg.x / S_MAX);
+    let s = wg.x % S_MAX;
+    let g = hg.z;
+    let i = wg.y;
+    let sq = st.seq[seq_of_row(i)];
+    let kr = key_ranges(visible_keys(sq, i));
+    if (s >= kr.x) {
+        return;
+    }
+    load_queries(li, i, 1u, hg.y, g);
+    var acc: array<f32, 64>;
+    attend_keys(li, sq, i, 1u, g, hg.x, s * kr.y, (s + 1u) * kr.y, &acc);
+    let d = p.d;
+    for (var h = 0u; h < PAIRS_MAX; h++) {
+        if (h < g) {
+            let at = part_at(i, hg.y + h, s);
+            for (var r = 0u; r < 4u; r++) {
+                let j = li + WG * r;
+                if (j < d) {
+                    parts[at + j] = acc[4u * h + r];
+                }
+            }
+            if (li == 0u) {
+                parts[at + d] = gm[h];
+                parts[at + d + 1u] = gl[h];
+            }
+        }
+    }
+}
+
+// x: query head, y: row. The ranges' partials merged in range order: each rescaled to the
+// largest max, values and sums added, then divided.
+@compute @workgroup_size(64)
+fn attention_combine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let h = wg.x;
+    let i = wg.y;
+    let d = p.d;
+    let sq = st.seq[seq_of_row(i)];
+    let n = key_ranges(visible_keys(sq, i)).x;
+    var m = neg_inf();
+    for (var s = 0u; s < n; s++) {
+        m = max(m, parts[part_at(i, h, s) + d]);
+    }
+    var l = 0.0;
+    for (var s = 0u; s < n; s++) {
+        let at = part_at(i, h, s);
+        l += exp(parts[at + d] - m) * parts[at + d + 1u];
+    }
+    for (var j = li; j < d; j += WG) {
+        var a = 0.0;
+        for (var s = 0u; s < n; s++) {
+            let at = part_at(i, h, s);
+            a += exp(parts[at + d] - m) * parts[at + j];
+        }
+        out[(i * p.heads_q + h) * d + j] = a / l;
     }
 }

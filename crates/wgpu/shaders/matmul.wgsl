@@ -277,16 +277,16 @@ const MV_WG: u32 = 64u;
 const MV_ACC: u32 = 64u;
 var<workgroup> mv_sum: array<f32, MV_ACC>;
 
-// Columns 4 c4 .. 4 c4 + 3 of window row r, zero past the row's end (activation rows are not
-// padded; weight rows are, so the product there is zero).
-fn x_run(r: u32, c4: u32) -> vec4<f32> {
-    let b = r * p.k + 4u * c4;
-    if (4u * c4 + 3u < p.k) {
+// Columns 4 c4 .. 4 c4 + 3 of row r of `x` (rows of k values), zero past the row's end
+// (activation rows are not padded; weight rows are, so the product there is zero).
+fn x_run(r: u32, c4: u32, k: u32) -> vec4<f32> {
+    let b = r * k + 4u * c4;
+    if (4u * c4 + 3u < k) {
         return vec4<f32>(x[b], x[b + 1u], x[b + 2u], x[b + 3u]);
     }
     var v = vec4<f32>(0.0);
     for (var i = 0u; i < 4u; i++) {
-        if (4u * c4 + i < p.k) {
+        if (4u * c4 + i < k) {
             v[i] = x[b + i];
         }
     }

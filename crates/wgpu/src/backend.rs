@@ -100,6 +100,8 @@ pub struct WgpuBackend {
     pub(crate) spare: [wgpu::Buffer; 2],
     pub(crate) kv: KvCache,
     pub(crate) moe: Option<MoeScratch>,
+    /// Split-KV partials (program/attention.rs), where they fit a binding.
+    pub(crate) attn_parts: Option<wgpu::Buffer>,
     /// Expert-stack bindings one expert dispatch reads (load.rs).
     pub(crate) expert_parts: usize,
     /// Ops computed inside other ops' dispatches (program/fuse.rs).
@@ -149,6 +151,7 @@ impl WgpuBackend {
             spare: &self.spare,
             kv: &self.kv,
             moe: self.moe.as_ref(),
+            attn_parts: self.attn_parts.as_ref(),
             params_align: self.params_align,
             expert_parts: self.expert_parts,
             fusions: &self.fusions,
@@ -610,7 +613,8 @@ impl WgpuBackend {
                 .map(|b| b.size())
                 .sum()
         });
-        self.weight_bytes + self.arena.total_bytes() + self.kv.bytes() + moe
+        let parts = self.attn_parts.as_ref().map_or(0, |b| b.size());
+        self.weight_bytes + self.arena.total_bytes() + self.kv.bytes() + moe + parts
     }
 
     /// Device-to-device copy bandwidth (bytes read + written per second).

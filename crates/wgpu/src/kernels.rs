@@ -80,7 +80,10 @@ kernel_table! {
     MoeDownMv: MatMul, "moe_down_mv", [(1, R), (2, R), (3, W), (4, U), (5, R), (6, R)];
     QkNormRope: Rope, "qk_norm_rope", [(0, U), (1, W), (2, R), (3, R), (4, W), (5, W)];
     KvStore: Attention, "kv_store", [(0, U), (1, R), (2, W), (3, W)];
-    Attention: Attention, "attention", [(0, U), (1, R), (4, R), (5, R), (6, W)];
+    // Split-KV partials at 7: bound for `attention` too, so that one bind group serves both.
+    Attention: Attention, "attention", [(0, U), (1, R), (4, R), (5, R), (6, W), (7, W)];
+    AttentionSplit: Attention, "attention_split", [(0, U), (1, R), (4, R), (5, R), (6, W), (7, W)];
+    AttentionCombine: Attention, "attention_combine", [(0, U), (6, W), (7, W)];
     Add: Elementwise, "add", [(0, U), (1, R), (2, R), (3, W)];
     SwiGlu: Elementwise, "swiglu", [(0, U), (1, R), (2, R), (3, W)];
     TakeLastRows: Elementwise, "take_last_rows", [(0, U), (1, R), (3, W)];

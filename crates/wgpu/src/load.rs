@@ -13,6 +13,7 @@ use crate::shaders::{ModuleOptions, MAX_EXPERT_PARTS};
 use crate::weights::{self, DeviceMatrix, ExpertStacks};
 use unmask_core::backend::StepStats;
 use unmask_core::graph::{Graph, Op, WeightRole};
+use unmask_core::step_params::MAX_PASS_SEQS;
 use unmask_core::weights::{Tensor, TensorSource};
 use unmask_core::{Error, Result};
 
@@ -385,6 +386,19 @@ impl WgpuBackend {
                 max_dispatches: dispatches_max,
             }
         });
+        // Split-KV partials for the passes that take it: at most SPLIT_ROWS rows a sequence.
+        let parts_bytes = program::attention::split_parts_bytes(
+            &graph,
+            max_tokens.min(program::attention::SPLIT_ROWS * MAX_PASS_SEQS),
+        );
+        let attn_parts = (parts_bytes > 0 && parts_bytes <= max_binding).then(|| {
+            storage(
+                &device,
+                "attn_parts",
+                parts_bytes,
+                wgpu::BufferUsages::empty(),
+            )
+        });
         let dummy = storage(&device, "dummy", 16, wgpu::BufferUsages::empty());
         let spare = [0, 1].map(|_| storage(&device, "spare", 16, wgpu::BufferUsages::empty()));
 
@@ -450,6 +464,7 @@ impl WgpuBackend {
             spare: &spare,
             kv: &kv,
             moe: moe.as_ref(),
+            attn_parts: attn_parts.as_ref(),
             params_align,
             expert_parts,
             fusions: &fusions,
@@ -468,6 +483,7 @@ impl WgpuBackend {
             spare,
             kv,
             moe,
+            attn_parts,
             expert_parts,
             fusions,
             ahead: None,

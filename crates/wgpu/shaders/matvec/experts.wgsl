@@ -11,21 +11,6 @@ const EGU_FEATS: u32 = 4u;
 const EDN_FEATS: u32 = 8u;
 const E_ROWS: u32 = 8u;
 
-// Columns 4 c4 .. 4 c4 + 3 of x row `row` of an expert kernel (k = mp.k), zero past its end.
-fn xe_run(row: u32, c4: u32) -> vec4<f32> {
-    let b = row * mp.k + 4u * c4;
-    if (4u * c4 + 3u < mp.k) {
-        return vec4<f32>(x[b], x[b + 1u], x[b + 2u], x[b + 3u]);
-    }
-    var v = vec4<f32>(0.0);
-    for (var i = 0u; i < 4u; i++) {
-        if (4u * c4 + i < mp.k) {
-            v[i] = x[b + i];
-        }
-    }
-    return v;
-}
-
 @compute @workgroup_size(64)
 fn moe_gate_up_mv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let it = work_item(wg.y);
@@ -56,7 +41,7 @@ fn gate_up_mv_block(li: u32, at: vec2<u32>, f0: u32, s0: u32, rows: u32) {
         }
         for (var r = 0u; r < E_ROWS; r++) {
             if (r < rows) {
-                let xv = xe_run(slot_token[s0 + r], c4);
+                let xv = x_run(slot_token[s0 + r], c4, mp.k);
                 for (var j = 0u; j < 8u; j++) {
                     acc[8u * r + j] += dot(xv, wv[j]);
                 }
@@ -99,7 +84,7 @@ fn down_mv_block(li: u32, at: vec2<u32>, f0: u32, s0: u32, rows: u32) {
         }
         for (var r = 0u; r < E_ROWS; r++) {
             if (r < rows) {
-                let xv = xe_run(s0 + r, c4);
+                let xv = x_run(s0 + r, c4, mp.k);
                 for (var f = 0u; f < EDN_FEATS; f++) {
                     acc[EDN_FEATS * r + f] += dot(xv, wv[f]);
                 }

@@ -40,7 +40,7 @@ fn {name}_block(li: u32, f0: u32, r0: u32, rows: u32) {
         }
         for (var r = 0u; r < {rows}u; r++) {
             if (r0 + r < rows) {
-                let xv = x_run(r0 + r, c4);
+                let xv = x_run(r0 + r, c4, p.k);
                 for (var f = 0u; f < {feats}u; f++) {
                     acc[r * {feats}u + f] += dot(xv, wv[f]);
                 }

@@ -71,23 +71,80 @@ fn attend(
         });
     }
     let groups = heads.kv * per_kv.div_ceil(group_heads);
+    // Split-KV for passes of short windows (at most SPLIT_ROWS rows a sequence, where the
+    // row-blocked grid is a few workgroups): `attention_split` over (head group, key range, row)
+    // into the partials, then `attention_combine` per (query head, row), which does nothing
+    // (an empty grid) in other passes. Without the partials buffer (it would not fit a
+    // binding), every pass takes the row blocks.
+    let parts = cx.attn_parts.cloned();
+    let buffers = vec![
+        (1, cx.buffer_of(qkv)),
+        (4, cx.kv.k[layer].clone()),
+        (5, cx.kv.v[layer].clone()),
+        (6, cx.buffer_of(o)),
+        (7, parts.clone().unwrap_or_else(|| cx.spare[0].clone())),
+    ];
+    let split = parts.is_some().then(|| {
+        (
+            Extent::Tokens(1),
+            vec![(
+                SPLIT_ROWS,
+                Kernel::AttentionSplit,
+                Grid::Direct(Extent::Fixed((groups * SPLITS) as u32), Extent::Tokens(1)),
+            )],
+        )
+    });
     out.push(Pending {
         kernel: Kernel::Attention,
         format: None,
-        buffers: vec![
-            (1, cx.buffer_of(qkv)),
-            (4, cx.kv.k[layer].clone()),
-            (5, cx.kv.v[layer].clone()),
-            (6, cx.buffer_of(o)),
-        ],
+        buffers: buffers.clone(),
         params: (0, params),
         grid: Grid::Direct(
             Extent::Fixed(groups as u32),
             Extent::Blocks(tile_rows as u32),
         ),
         needs_out: false,
-        small: None,
+        small: split,
     });
+    if let Some(parts) = parts {
+        out.push(Pending {
+            kernel: Kernel::AttentionCombine,
+            format: None,
+            buffers: vec![(6, cx.buffer_of(o)), (7, parts)],
+            params: (0, params),
+            grid: Grid::Direct(Extent::Fixed(0), Extent::Fixed(0)),
+            needs_out: false,
+            small: Some((
+                Extent::Tokens(1),
+                vec![(
+                    SPLIT_ROWS,
+                    Kernel::AttentionCombine,
+                    Grid::Direct(Extent::Fixed(heads.q as u32), Extent::Tokens(1)),
+                )],
+            )),
+        });
+    }
+}
+
+/// The most rows a sequence of a pass may have for the pass to take split-KV (the
+/// matrix-vector kernels' smallest tier, so that chunks sharing a pass agree), and the key
+/// ranges a row is split into at most (S_MAX in attention.wgsl).
+pub const SPLIT_ROWS: usize = 8;
+pub const SPLITS: usize = 8;
+
+/// Bytes of the split-KV partials for a pass of `rows` rows: per (row, query head, range),
+/// head_dim values, the max and the sum.
+pub fn split_parts_bytes(graph: &Graph, rows: usize) -> u64 {
+    let widest = graph
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Attention { heads, .. } => Some(heads.q * (heads.dim + 2)),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    (rows * widest * SPLITS * 4) as u64
 }
 
 /// (row, query head) pairs and query floats a workgroup of `attention` holds (PAIRS_MAX and
@@ -111,6 +168,8 @@ pub(super) fn lower(cx: &Context, index: usize, op: &Op, out: &mut Vec<Pending>)
 pub(super) fn kernels(_op: &Op, needs: &mut Needs) {
     needs.push(Kernel::KvStore, None);
     needs.push(Kernel::Attention, None);
+    needs.push(Kernel::AttentionSplit, None);
+    needs.push(Kernel::AttentionCombine, None);
 }
 
 #[cfg(test)]
@@ -122,7 +181,11 @@ mod tests {
     #[test]
     fn the_limits_match_the_kernel() {
         let wgsl = source(Family::Attention);
-        for (name, value) in [("PAIRS_MAX", PAIRS_MAX), ("GQ_MAX", GQ_MAX)] {
+        for (name, value) in [
+            ("PAIRS_MAX", PAIRS_MAX),
+            ("GQ_MAX", GQ_MAX),
+            ("S_MAX", SPLITS),
+        ] {
             let line = format!("const {name}: u32 = {value}u;\n");
             assert!(
                 wgsl.contains(&line),

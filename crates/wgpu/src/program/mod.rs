@@ -5,7 +5,7 @@
 //! dynamic offset of the pass parameters. Built again only when the KV cache grows (its buffers
 //! are in the bind groups).
 
-mod attention;
+pub(crate) mod attention;
 mod elementwise;
 mod embed;
 pub(crate) mod fuse;
@@ -163,6 +163,8 @@ pub struct Context<'a> {
     pub spare: &'a [wgpu::Buffer; 2],
     pub kv: &'a KvCache,
     pub moe: Option<&'a MoeScratch>,
+    /// Split-KV partials of the attention (none where they would not fit a binding).
+    pub attn_parts: Option<&'a wgpu::Buffer>,
     pub params_align: u64,
     /// Expert-stack bindings an expert dispatch reads (the kernels' layout binds this many).
     pub expert_parts: usize,

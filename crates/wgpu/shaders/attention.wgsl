@@ -3,7 +3,7 @@
 // positions, block length and KV-cache slot). The sequence's K and V for its rows are in its
 // slot at positions start .. start + rows (written by qk_norm_rope, or by `kv_store` when no
 // rope precedes); `attention` then reads keys 0 .. visible of that slot only, with an online
-// softmax over tiles. Passes of short windows (at most 8 rows a sequence) take split-KV
+// softmax over tiles. Passes whose rows may see more than SPLIT_KEYS keys take split-KV
 // instead: `attention_split` runs a row's keys as up to S_MAX ranges in parallel workgroups and
 // `attention_combine` merges their partial softmaxes.
 

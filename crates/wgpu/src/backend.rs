@@ -310,6 +310,10 @@ impl WgpuBackend {
                     .seqs
                     .iter()
                     .any(|q| refs[q.step].sampling.temperature > 0.0),
+                long_kv: pass.seqs.iter().any(|q| {
+                    refs[q.step].start + q.chunk.offset + q.chunk.len
+                        > crate::program::attention::SPLIT_KEYS
+                }),
             });
         }
         self.gpu

@@ -13,7 +13,6 @@ use crate::shaders::{ModuleOptions, MAX_EXPERT_PARTS};
 use crate::weights::{self, DeviceMatrix, ExpertStacks};
 use unmask_core::backend::StepStats;
 use unmask_core::graph::{Graph, Op, WeightRole};
-use unmask_core::step_params::MAX_PASS_SEQS;
 use unmask_core::weights::{Tensor, TensorSource};
 use unmask_core::{Error, Result};
 
@@ -386,11 +385,8 @@ impl WgpuBackend {
                 max_dispatches: dispatches_max,
             }
         });
-        // Split-KV partials for the passes that take it: at most SPLIT_ROWS rows a sequence.
-        let parts_bytes = program::attention::split_parts_bytes(
-            &graph,
-            max_tokens.min(program::attention::SPLIT_ROWS * MAX_PASS_SEQS),
-        );
+        // Split-KV partials for the rows of a pass.
+        let parts_bytes = program::attention::split_parts_bytes(&graph, max_tokens);
         let attn_parts = (parts_bytes > 0 && parts_bytes <= max_binding).then(|| {
             storage(
                 &device,

@@ -71,11 +71,15 @@ fn attend(
         });
     }
     let groups = heads.kv * per_kv.div_ceil(group_heads);
-    // Split-KV for passes of short windows (at most SPLIT_ROWS rows a sequence, where the
-    // row-blocked grid is a few workgroups): `attention_split` over (head group, key range, row)
-    // into the partials, then `attention_combine` per (query head, row), which does nothing
-    // (an empty grid) in other passes. Without the partials buffer (it would not fit a
-    // binding), every pass takes the row blocks.
+    // Split-KV for passes whose rows may see more than SPLIT_KEYS keys (`long_kv`):
+    // `attention_split` over (head group, key range, row) into the partials, then
+    // `attention_combine` per (query head, row), which does nothing (an empty grid) in other
+    // passes. A row of at most SPLIT_KEYS keys is one range, and one range combined is the row
+    // blocks' result bit for bit (scaled by exp(0) = 1), so whether its pass splits does not
+    // change it. Split ranges keep a long context's work spread over many workgroups (the row
+    // blocks would be a handful for a short window), and each workgroup's loops short (llvmpipe
+    // stops a shader invocation's loops after 65535 iterations in all). Without the partials
+    // buffer (it would not fit a binding), every pass takes the row blocks.
     let parts = cx.attn_parts.cloned();
     let buffers = vec![
         (1, cx.buffer_of(qkv)),
@@ -86,9 +90,9 @@ fn attend(
     ];
     let split = parts.is_some().then(|| {
         (
-            Extent::Tokens(1),
+            Extent::LongKv,
             vec![(
-                SPLIT_ROWS,
+                0,
                 Kernel::AttentionSplit,
                 Grid::Direct(Extent::Fixed((groups * SPLITS) as u32), Extent::Tokens(1)),
             )],
@@ -115,9 +119,9 @@ fn attend(
             grid: Grid::Direct(Extent::Fixed(0), Extent::Fixed(0)),
             needs_out: false,
             small: Some((
-                Extent::Tokens(1),
+                Extent::LongKv,
                 vec![(
-                    SPLIT_ROWS,
+                    0,
                     Kernel::AttentionCombine,
                     Grid::Direct(Extent::Fixed(heads.q as u32), Extent::Tokens(1)),
                 )],
@@ -126,10 +130,9 @@ fn attend(
     }
 }
 
-/// The most rows a sequence of a pass may have for the pass to take split-KV (the
-/// matrix-vector kernels' smallest tier, so that chunks sharing a pass agree), and the key
-/// ranges a row is split into at most (S_MAX in attention.wgsl).
-pub const SPLIT_ROWS: usize = 8;
+/// Keys a row sees beyond which it is split into ranges (SPLIT_KEYS in attention.wgsl; each
+/// range at least this long), and the most ranges (S_MAX).
+pub const SPLIT_KEYS: usize = 512;
 pub const SPLITS: usize = 8;
 
 /// Bytes of the split-KV partials for a pass of `rows` rows: per (row, query head, range),
@@ -185,6 +188,7 @@ mod tests {
             ("PAIRS_MAX", PAIRS_MAX),
             ("GQ_MAX", GQ_MAX),
             ("S_MAX", SPLITS),
+            ("SPLIT_KEYS", SPLIT_KEYS),
         ] {
             let line = format!("const {name}: u32 = {value}u;\n");
             assert!(

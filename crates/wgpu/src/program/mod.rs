@@ -45,6 +45,9 @@ pub struct PassShape {
     pub seqs: usize,
     pub widest: (usize, usize),
     pub seeded: bool,
+    /// Whether a row of the pass may see more than `attention::SPLIT_KEYS` keys (a sequence
+    /// reaches past that position): the attention then takes split-KV.
+    pub long_kv: bool,
 }
 
 /// One dimension of a dispatch grid.
@@ -57,6 +60,9 @@ pub enum Extent {
     Out(u32),
     /// Enough for every sequence's blocks of `per` rows (each sequence starts a block).
     Blocks(u32),
+    /// Not a size but a selector, for split-KV (program/attention.rs): as the rows that
+    /// choose a variant (`widest`), 0 in a `long_kv` pass, else more than any variant takes.
+    LongKv,
 }
 
 impl Extent {
@@ -74,6 +80,7 @@ impl Extent {
             Extent::Tokens(per) => n.div_ceil(per),
             Extent::Out(per) => out.div_ceil(per),
             Extent::Blocks(per) => n.div_ceil(per) + pass.seqs.saturating_sub(1) as u32,
+            Extent::LongKv => 0,
         }
     }
 
@@ -81,6 +88,8 @@ impl Extent {
     pub fn widest(self, pass: &PassShape) -> usize {
         match self {
             Extent::Out(_) => pass.widest.1,
+            Extent::LongKv if pass.long_kv => 0,
+            Extent::LongKv => usize::MAX,
             _ => pass.widest.0,
         }
     }

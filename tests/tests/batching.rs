@@ -54,22 +54,7 @@ fn batching_backends() -> Vec<Batching> {
         // are chunked; a row's kernels are the ones it takes alone (passes::plan).
         v.push(Batching {
             name: "wgpu".into(),
-            make: Box::new(|m, slots| {
-                let opts = unmask_wgpu::WgpuOptions {
-                    slots,
-                    max_tokens: 72,
-                    ..Default::default()
-                };
-                Box::new(
-                    unmask_wgpu::WgpuBackend::new(
-                        m.graph.clone(),
-                        &m.weights,
-                        &opts,
-                        &mut |_, _| {},
-                    )
-                    .unwrap(),
-                )
-            }),
+            make: Box::new(|m, slots| Box::new(wgpu(m, slots, 72))),
             runs: &[(3, 0), (4, 1)],
             stride: 5,
         });
@@ -83,6 +68,17 @@ fn batching_backends() -> Vec<Batching> {
         });
     }
     v
+}
+
+/// The device backends with `slots` KV-cache slots and passes of at most `max_tokens` rows.
+fn wgpu(model: &Model, slots: usize, max_tokens: usize) -> unmask_wgpu::WgpuBackend {
+    let opts = unmask_wgpu::WgpuOptions {
+        slots,
+        max_tokens,
+        ..Default::default()
+    };
+    unmask_wgpu::WgpuBackend::new(model.graph.clone(), &model.weights, &opts, &mut |_, _| {})
+        .unwrap()
 }
 
 fn cuda(model: &Model, slots: usize, max_tokens: usize) -> unmask_cuda::CudaBackend {
@@ -309,25 +305,7 @@ fn a_growing_kv_cache_keeps_the_other_slots() {
     let model = Model::open(&golden_models().remove(0)).unwrap();
     let mut makers: Vec<(&str, MakeSlots)> = Vec::new();
     if unmask_wgpu::probe_or_skip().is_some() {
-        makers.push((
-            "wgpu",
-            Box::new(|slots| {
-                let opts = unmask_wgpu::WgpuOptions {
-                    slots,
-                    max_tokens: 64,
-                    ..Default::default()
-                };
-                Box::new(
-                    unmask_wgpu::WgpuBackend::new(
-                        model.graph.clone(),
-                        &model.weights,
-                        &opts,
-                        &mut |_, _| {},
-                    )
-                    .unwrap(),
-                )
-            }),
-        ));
+        makers.push(("wgpu", Box::new(|slots| Box::new(wgpu(&model, slots, 64)))));
     }
     if cuda_or_skip() {
         makers.push(("cuda", Box::new(|slots| Box::new(cuda(&model, slots, 64)))));

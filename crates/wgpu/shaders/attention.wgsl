@@ -78,6 +78,12 @@ var<workgroup> gl: array<f32, PAIRS_MAX>;
 var<workgroup> gf: array<f32, PAIRS_MAX>;
 var<workgroup> gc: array<u32, PAIRS_MAX>;
 
+// Keys per tile: as many as the tile memory holds, at most T_MAX (a function of d only, so a
+// row's tiles are the same in every kernel and pass).
+fn key_tile() -> u32 {
+    return min(GKV_MAX / p.d, T_MAX);
+}
+
 // Keys 0 .. of the sequence's slot that pass row `i` sees.
 fn visible_keys(sq: Seq, i: u32) -> u32 {
     let s = sq.start + i - sq.row0;
@@ -116,7 +122,7 @@ fn attend_keys(
     let d = p.d;
     let pairs = nr * g;
     let kv0 = sq.kv_base;
-    let tile = min(GKV_MAX / d, T_MAX);
+    let tile = key_tile();
     let koff = hk * d;
     // The last row sees the most keys (visibility never falls along the rows).
     let end = min(visible_keys(sq, i0 + nr - 1u), k_hi);
@@ -237,7 +243,7 @@ const SPLIT_KEYS: u32 = 512u;
 
 // (ranges, keys per range) of a row that sees `visible` keys.
 fn key_ranges(visible: u32) -> vec2<u32> {
-    let tile = min(GKV_MAX / p.d, T_MAX);
+    let tile = key_tile();
     let s = clamp((visible + SPLIT_KEYS - 1u) / SPLIT_KEYS, 1u, S_MAX);
     let per = ((visible + s - 1u) / s + tile - 1u) / tile * tile;
     return vec2<u32>((visible + per - 1u) / per, per);

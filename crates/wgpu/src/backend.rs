@@ -535,10 +535,10 @@ impl WgpuBackend {
             _ => (d.kernel, &d.pipeline, &d.bind_group, d.grid),
         };
         // The kernel a product takes is chosen by the rows of its widest sequence, so that a
-        // sequence's rows take the same kernel in any batch (passes::plan groups by it).
-        if let Some((rows, variants)) = &d.small {
-            let n = rows.widest(c);
-            if let Some(v) = variants.iter().find(|v| n <= v.max_rows) {
+        // sequence's rows take the same kernel in any batch (passes::plan groups by it);
+        // split-KV by whether the pass is long.
+        if let Some((choice, variants)) = &d.small {
+            if let Some(v) = choice.pick(c, variants, |v| v.max_rows) {
                 (kernel, pipeline, group, grid) = (v.kernel, &v.pipeline, &v.bind_group, v.grid);
             }
         }

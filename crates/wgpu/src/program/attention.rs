@@ -1,6 +1,6 @@
 //! Lowering of `Attention`: the window's K/V stored into the layer's cache (by the rope dispatch when it comes right before, else by `kv_store`), then block-masked attention over the cache: a workgroup per (group of the query heads that share a KV head, block of up to 4 rows of one sequence), all the heads where they fit its workgroup memory, reading each K/V tile once for all its (row, head) pairs.
 
-use super::{f, Context, Extent, Grid, Needs, Pending};
+use super::{f, Choice, Context, Extent, Grid, Needs, Pending};
 use crate::kernels::Kernel;
 use unmask_core::graph::{BufId, Graph, Heads, Op};
 
@@ -90,7 +90,7 @@ fn attend(
     ];
     let split = parts.is_some().then(|| {
         (
-            Extent::LongKv,
+            Choice::LongKv,
             vec![(
                 0,
                 Kernel::AttentionSplit,
@@ -119,7 +119,7 @@ fn attend(
             grid: Grid::Direct(Extent::Fixed(0), Extent::Fixed(0)),
             needs_out: false,
             small: Some((
-                Extent::LongKv,
+                Choice::LongKv,
                 vec![(
                     0,
                     Kernel::AttentionCombine,

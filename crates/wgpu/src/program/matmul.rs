@@ -1,6 +1,6 @@
 //! Lowering of `MatMul`: a tiled dispatch per part of the (possibly split) matrix, with the matrix-vector kernels for windows of at most 8 and 32 rows.
 
-use super::{Context, Extent, Grid, Needs, Pending, TILE_FEATURES, TILE_ROWS};
+use super::{Choice, Context, Extent, Grid, Needs, Pending, TILE_FEATURES, TILE_ROWS};
 use crate::kernels::Kernel;
 use crate::shaders::matvec_shape;
 
@@ -52,7 +52,7 @@ fn product(cx: &Context, x: BufId, weight: WeightId, o: BufId, out: &mut Vec<Pen
             ),
             needs_out: from_out,
             small: Some((
-                Extent::of(cx.rows(x), 1),
+                Choice::Rows(Extent::of(cx.rows(x), 1)),
                 MATVEC_KERNELS
                     .into_iter()
                     .map(|kernel| {

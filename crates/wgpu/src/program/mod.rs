@@ -60,9 +60,33 @@ pub enum Extent {
     Out(u32),
     /// Enough for every sequence's blocks of `per` rows (each sequence starts a block).
     Blocks(u32),
-    /// Not a size but a selector, for split-KV (program/attention.rs): as the rows that
-    /// choose a variant (`widest`), 0 in a `long_kv` pass, else more than any variant takes.
+}
+
+/// What picks a dispatch's variant in a pass: the rows of its widest sequence (a matrix
+/// product's matrix-vector kernels, the first whose `max_rows` fits), or whether the pass is
+/// `long_kv` (split-KV's kernels, taken by any long pass).
+#[derive(Debug, Clone, Copy)]
+pub enum Choice {
+    Rows(Extent),
     LongKv,
+}
+
+impl Choice {
+    /// The variant of `variants` (by their `max_rows`) a pass of shape `c` takes, if any.
+    pub fn pick<'a, T>(
+        self,
+        c: &PassShape,
+        variants: &'a [T],
+        max_rows: impl Fn(&T) -> usize,
+    ) -> Option<&'a T> {
+        match self {
+            Choice::Rows(rows) => {
+                let n = rows.widest(c);
+                variants.iter().find(|v| n <= max_rows(v))
+            }
+            Choice::LongKv => variants.first().filter(|_| c.long_kv),
+        }
+    }
 }
 
 impl Extent {
@@ -80,7 +104,6 @@ impl Extent {
             Extent::Tokens(per) => n.div_ceil(per),
             Extent::Out(per) => out.div_ceil(per),
             Extent::Blocks(per) => n.div_ceil(per) + pass.seqs.saturating_sub(1) as u32,
-            Extent::LongKv => 0,
         }
     }
 
@@ -88,8 +111,6 @@ impl Extent {
     pub fn widest(self, pass: &PassShape) -> usize {
         match self {
             Extent::Out(_) => pass.widest.1,
-            Extent::LongKv if pass.long_kv => 0,
-            Extent::LongKv => usize::MAX,
             _ => pass.widest.0,
         }
     }
@@ -119,7 +140,7 @@ pub struct Dispatch {
     pub seeded: Option<(wgpu::ComputePipeline, wgpu::BindGroup)>,
     /// For a matrix product: the extent that counts its rows, and the matrix-vector kernels
     /// used instead when there are at most that many (the first that fits).
-    pub small: Option<(Extent, Vec<SmallVariant>)>,
+    pub small: Option<(Choice, Vec<SmallVariant>)>,
     pub grid: Grid,
     /// Runs only when the chunk predicts rows (the head of the model).
     pub needs_out: bool,
@@ -182,7 +203,7 @@ pub struct Context<'a> {
 
 /// The extent that counts a product's rows, and (most rows, kernel, grid) of each kernel used
 /// instead of the tiles for at most that many.
-type SmallGrids = (Extent, Vec<(usize, Kernel, Grid)>);
+type SmallGrids = (Choice, Vec<(usize, Kernel, Grid)>);
 
 /// A dispatch before its parameter buffer exists.
 struct Pending {

@@ -1,6 +1,8 @@
 //! Lowering of the MoE ops: routing (per token, or per routing block for LLaDA2.2), then the grouped experts: a group dispatch that buckets rows by expert and writes the indirect arguments, gate/up and down per dispatch (each reads up to `expert_parts` expert-stack bindings; tiles, or the matrix-vector form for passes of windows), and the weighted combine. A shared expert absorbed by the op (fuse.rs) is the stack's last expert, taken by every token, and added by the combine.
 
-use super::{f, Context, Extent, Grid, Needs, Pending, PLAN_HEAD, TILE_FEATURES, TILE_ROWS};
+use super::{
+    f, Choice, Context, Extent, Grid, Needs, Pending, PLAN_HEAD, TILE_FEATURES, TILE_ROWS,
+};
 use crate::kernels::Kernel;
 use crate::shaders::{EXPERT_MV_FEATURES, EXPERT_PART_BINDING};
 use unmask_core::graph::{BufId, Op};
@@ -216,7 +218,7 @@ fn experts(
                 needs_out: false,
                 small: matvec.then(|| {
                     (
-                        Extent::Tokens(1),
+                        Choice::Rows(Extent::Tokens(1)),
                         vec![(
                             TILE_ROWS,
                             mv,

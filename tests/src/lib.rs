@@ -102,15 +102,37 @@ pub fn report_skipped(backend: &str, why: &str) {
 /// (scripts/gpu-check.sh) turns an absent CUDA device into a failure, `UNMASK_REQUIRE_WGPU=1`
 /// (CI) an absent adapter.
 fn devices_here() -> (bool, bool) {
-    let cuda = cuda_or_skip();
-    // wgpu: any adapter (`UNMASK_ADAPTER` picks one); CI runs it on lavapipe.
-    let wgpu = unmask_wgpu::probe_or_skip().is_some();
-    (cuda, wgpu)
+    (cuda_or_skip(), wgpu_or_skip())
+}
+
+/// Whether the suites run backend `name`: `UNMASK_TEST_BACKENDS` (a comma-separated list, e.g.
+/// `cuda`) limits them to those (scripts/gpu-check.sh runs only the GPU's backends there, and
+/// leaves out a software Vulkan adapter, which would take its whole time budget); unset, every
+/// backend this build has and finds a device for runs. A backend left out says so, as one whose
+/// device is absent does. The reference backend stays the oracle of the op suite either way.
+pub fn backend_wanted(name: &str) -> bool {
+    let Ok(list) = std::env::var("UNMASK_TEST_BACKENDS") else {
+        return true;
+    };
+    let wanted = list.split(',').any(|d| d.trim() == name);
+    if !wanted {
+        report_skipped(name, "not in UNMASK_TEST_BACKENDS");
+    }
+    wanted
+}
+
+/// Whether a wgpu adapter is here (any: `UNMASK_ADAPTER` picks one; CI runs it on lavapipe);
+/// if not, says so, or fails under `UNMASK_REQUIRE_WGPU`.
+pub fn wgpu_or_skip() -> bool {
+    backend_wanted("wgpu") && unmask_wgpu::probe_or_skip().is_some()
 }
 
 /// Whether a CUDA device is here; if not, says so (`cuda: SKIPPED (why)`), or fails under
 /// `UNMASK_REQUIRE_CUDA`.
 pub fn cuda_or_skip() -> bool {
+    if !backend_wanted("cuda") {
+        return false;
+    }
     match unmask_cuda::probe(0) {
         Ok(_) => true,
         Err(e) => {
@@ -128,7 +150,7 @@ pub fn cuda_or_skip() -> bool {
 
 /// Every backend this build can run here, the reference first, then the fast `cpu`.
 pub fn backends() -> Vec<BackendCase> {
-    let mut v = vec![
+    let mut v: Vec<BackendCase> = [
         BackendCase {
             name: "reference",
             make: make_reference,
@@ -137,7 +159,10 @@ pub fn backends() -> Vec<BackendCase> {
             name: "cpu",
             make: make_cpu,
         },
-    ];
+    ]
+    .into_iter()
+    .filter(|b| backend_wanted(b.name))
+    .collect();
     let (cuda, wgpu) = devices_here();
     if cuda {
         v.push(BackendCase {
@@ -179,14 +204,17 @@ pub struct GraphBackend {
 /// compared with, so it is not among them).
 pub fn graph_backends() -> Vec<GraphBackend> {
     let (cuda, wgpu) = devices_here();
-    let mut v = vec![GraphBackend {
-        name: "cpu",
-        supports: |_, _| Ok(()),
-        make: |g, store, _| {
-            let b = ReferenceBackend::with_kernels(g, store, Kernels::Fast, &mut |_, _| {});
-            Ok(Box::new(b?))
-        },
-    }];
+    let mut v = Vec::new();
+    if backend_wanted("cpu") {
+        v.push(GraphBackend {
+            name: "cpu",
+            supports: |_, _| Ok(()),
+            make: |g, store, _| {
+                let b = ReferenceBackend::with_kernels(g, store, Kernels::Fast, &mut |_, _| {});
+                Ok(Box::new(b?))
+            },
+        });
+    }
     if cuda {
         v.push(GraphBackend {
             name: "cuda",

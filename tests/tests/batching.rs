@@ -9,7 +9,7 @@
 use unmask_core::decode::{generate_batch, BatchRequest, DecodeParams};
 use unmask_core::reference::Kernels;
 use unmask_core::{generate, Backend, Model, ReferenceBackend};
-use unmask_tests::{cuda_or_skip, generate_goldens, golden_models};
+use unmask_tests::{backend_wanted, cuda_or_skip, generate_goldens, golden_models, wgpu_or_skip};
 
 fn backend(model: &Model, kernels: Kernels, slots: usize) -> ReferenceBackend {
     ReferenceBackend::with_kernels(model.graph.clone(), &model.weights, kernels, &mut |_, _| {})
@@ -35,7 +35,7 @@ struct Batching {
 fn batching_backends() -> Vec<Batching> {
     // Widths 2 and 4, and 4 with every prompt's prefill cut into one-block chunks.
     const ALL: &[(usize, usize)] = &[(2, 0), (4, 0), (4, 1)];
-    let mut v = vec![
+    let mut v: Vec<Batching> = vec![
         Batching {
             name: "reference".into(),
             make: Box::new(|m, slots| Box::new(backend(m, Kernels::Reference, slots))),
@@ -49,7 +49,8 @@ fn batching_backends() -> Vec<Batching> {
             stride: 1,
         },
     ];
-    if unmask_wgpu::probe_or_skip().is_some() {
+    v.retain(|b| backend_wanted(&b.name));
+    if wgpu_or_skip() {
         // Passes of 72 tokens: two 32-token windows share one, three do not, and long prompts
         // are chunked; a row's kernels are the ones it takes alone (passes::plan).
         v.push(Batching {
@@ -304,7 +305,7 @@ fn a_chunked_prefill_hands_out_whole_chunks_then_the_first_window() {
 fn a_growing_kv_cache_keeps_the_other_slots() {
     let model = Model::open(&golden_models().remove(0)).unwrap();
     let mut makers: Vec<(&str, MakeSlots)> = Vec::new();
-    if unmask_wgpu::probe_or_skip().is_some() {
+    if wgpu_or_skip() {
         makers.push(("wgpu", Box::new(|slots| Box::new(wgpu(&model, slots, 64)))));
     }
     if cuda_or_skip() {

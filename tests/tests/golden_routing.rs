@@ -10,7 +10,7 @@ use unmask_tests::{
 
 #[test]
 fn every_position_routes_to_the_golden_experts() {
-    let mut checked = 0;
+    let (mut checked, mut ran) = (0, false);
     for dir in golden_models() {
         let path = dir.join("golden/routing.json");
         if !path.exists() {
@@ -24,6 +24,7 @@ fn every_position_routes_to_the_golden_experts() {
         let k = c.num_experts_per_tok;
         let forward = read_golden_tensors(&dir.join("golden/forward.safetensors"));
         for be in backends() {
+            ran = true;
             let mut backend = (be.make)(&model).unwrap();
             for (case, layers) in golden["cases"].as_object().unwrap() {
                 let GoldenTensor::Ids(ids) = &forward[&format!("{case}.input_ids")] else {
@@ -62,5 +63,6 @@ fn every_position_routes_to_the_golden_experts() {
             }
         }
     }
-    assert!(checked > 0, "no routing golden was checked");
+    // (No backend ran where UNMASK_TEST_BACKENDS leaves them all out.)
+    assert!(checked > 0 || !ran, "no routing golden was checked");
 }

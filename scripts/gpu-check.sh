@@ -51,16 +51,26 @@ elif ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L 2>/dev/null | gr
 else
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 fi
-# NVRTC and cuBLAS ship with the CUDA toolkit, often outside the loader's path.
-if ! ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so'; then
-    for d in /usr/local/cuda/lib64 /usr/local/cuda-*/lib64 /usr/local/cuda/targets/*/lib \
-        /usr/lib/x86_64-linux-gnu; do
-        if ls "$d"/libnvrtc.so* >/dev/null 2>&1; then
-            export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-            echo "NVRTC: $d"
-            break
+# NVRTC ships with the CUDA toolkit (or Python's nvidia-cuda-nvrtc), often outside the loader's
+# path. cudarc opens `libnvrtc.so` or a CUDA 12 name: a newer toolkit's `libnvrtc.so.13` alone
+# gets a `libnvrtc.so` link in /tmp (its directory joins the path too, for nvrtc's builtins).
+if ! ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so '; then
+    NVRTC=$(ls /usr/local/cuda/lib64/libnvrtc.so* /usr/local/cuda-*/lib64/libnvrtc.so* \
+        /usr/local/cuda/targets/*/lib/libnvrtc.so* /usr/lib/x86_64-linux-gnu/libnvrtc.so* \
+        "$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null \
+            || echo /nonexistent)"/nvidia/*/lib/libnvrtc.so* 2>/dev/null | sort -V | tail -1 || true)
+    if [ -n "$NVRTC" ]; then
+        d=$(dirname "$NVRTC")
+        if [ ! -e "$d/libnvrtc.so" ]; then
+            mkdir -p /tmp/unmask-nvrtc
+            ln -sf "$NVRTC" /tmp/unmask-nvrtc/libnvrtc.so
+            d="/tmp/unmask-nvrtc:$d"
         fi
-    done
+        export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        echo "NVRTC: $NVRTC"
+    else
+        echo "gpu-check: no libnvrtc.so found (the CUDA toolkit's lib64); cuda will say why" >&2
+    fi
 fi
 
 step "binaries"

@@ -30,43 +30,20 @@ fn version(v: (i32, i32)) -> String {
 impl Toolchain {
     /// Asks the driver and NVRTC (both libraries must be present: `probe` checked).
     pub fn query() -> Result<Toolchain> {
-        guarded("reading the CUDA and NVRTC versions", || {
+        let driver = guarded("reading the CUDA driver's version", || {
             let mut d: c_int = 0;
             // SAFETY: writes one int.
             let r = unsafe { drv::cuDriverGetVersion(&mut d) };
             if r != drv::CUresult::CUDA_SUCCESS {
                 return Err(cuda_error(format!("reading the driver's version: {r:?}")));
             }
-            let (mut major, mut minor): (c_int, c_int) = (0, 0);
-            // SAFETY: writes two ints.
-            unsafe { sys::nvrtcVersion(&mut major, &mut minor) }
-                .result()
-                .map_err(|e| cuda_error(format!("reading NVRTC's version: {e:?}")))?;
-            let mut count: c_int = 0;
-            // SAFETY: writes one int.
-            unsafe { sys::nvrtcGetNumSupportedArchs(&mut count) }
-                .result()
-                .map_err(|e| cuda_error(format!("asking NVRTC for its architectures: {e:?}")))?;
-            // NVRTC writes `count` ints, so a count beyond the buffer is refused, not clamped.
-            if !(0..=1024).contains(&count) {
-                return Err(cuda_error(format!(
-                    "NVRTC reports {count} supported architectures (expected 0 to 1024)"
-                )));
-            }
-            let mut archs = vec![0 as c_int; count as usize];
-            if !archs.is_empty() {
-                // SAFETY: `archs` holds the `count` ints NVRTC writes.
-                unsafe { sys::nvrtcGetSupportedArchs(archs.as_mut_ptr()) }
-                    .result()
-                    .map_err(|e| {
-                        cuda_error(format!("asking NVRTC for its architectures: {e:?}"))
-                    })?;
-            }
-            Ok(Toolchain {
-                driver: (d / 1000, (d % 1000) / 10),
-                nvrtc: (major, minor),
-                archs,
-            })
+            Ok((d / 1000, (d % 1000) / 10))
+        })?;
+        let (nvrtc, archs) = nvrtc_info()?;
+        Ok(Toolchain {
+            driver,
+            nvrtc,
+            archs,
         })
     }
 
@@ -128,6 +105,38 @@ impl Toolchain {
         }
         msg
     }
+}
+
+/// NVRTC's version and the `sm_XY` numbers it compiles for. NVRTC alone answers (no driver, no
+/// GPU): the kernels compile to cubins on any machine with libnvrtc (kernels_compile.rs).
+/// libnvrtc must be present (`cudarc::nvrtc::sys::is_culib_present`).
+pub fn nvrtc_info() -> Result<((i32, i32), Vec<i32>)> {
+    guarded("reading NVRTC's version", || {
+        let (mut major, mut minor): (c_int, c_int) = (0, 0);
+        // SAFETY: writes two ints.
+        unsafe { sys::nvrtcVersion(&mut major, &mut minor) }
+            .result()
+            .map_err(|e| cuda_error(format!("reading NVRTC's version: {e:?}")))?;
+        let mut count: c_int = 0;
+        // SAFETY: writes one int.
+        unsafe { sys::nvrtcGetNumSupportedArchs(&mut count) }
+            .result()
+            .map_err(|e| cuda_error(format!("asking NVRTC for its architectures: {e:?}")))?;
+        // NVRTC writes `count` ints, so a count beyond the buffer is refused, not clamped.
+        if !(0..=1024).contains(&count) {
+            return Err(cuda_error(format!(
+                "NVRTC reports {count} supported architectures (expected 0 to 1024)"
+            )));
+        }
+        let mut archs = vec![0 as c_int; count as usize];
+        if !archs.is_empty() {
+            // SAFETY: `archs` holds the `count` ints NVRTC writes.
+            unsafe { sys::nvrtcGetSupportedArchs(archs.as_mut_ptr()) }
+                .result()
+                .map_err(|e| cuda_error(format!("asking NVRTC for its architectures: {e:?}")))?;
+        }
+        Ok(((major, minor), archs))
+    })
 }
 
 /// NVRTC's options for `sm`: a cubin for exactly that architecture (a real `sm_XY`, not a

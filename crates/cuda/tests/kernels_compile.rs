@@ -2,6 +2,10 @@
 //! front end instead (`apt-get install clang-16`), with `tests/clang/nvrtc_shim.h` declaring what
 //! NVRTC declares implicitly and nothing more; it generates PTX for sm_80 and finds every kernel
 //! the Rust side launches as an entry point. Without clang it reports itself skipped.
+//!
+//! Where libnvrtc is found (CI installs NVIDIA's `nvidia-cuda-nvrtc-cu12` wheel), the kernels are
+//! also compiled by NVRTC itself, as the backend does at load, to a cubin for each GPU
+//! generation it serves: NVRTC needs no driver and no GPU.
 
 use std::io::Write;
 use std::path::Path;
@@ -71,4 +75,56 @@ fn kernels_compile_to_ptx_with_every_entry_point() {
         );
     }
     let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// NVRTC compiles the program with the backend's own options to a cubin for each of Ampere,
+/// Ada, Hopper and Blackwell that this NVRTC knows, and every launched kernel is in it.
+/// `UNMASK_REQUIRE_NVRTC=1` (CI) turns a missing libnvrtc into a failure.
+#[test]
+fn kernels_compile_with_nvrtc_to_a_cubin_per_gpu_generation() {
+    // SAFETY: only tries to dlopen libnvrtc by its usual names.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        assert!(
+            std::env::var_os("UNMASK_REQUIRE_NVRTC").is_none(),
+            "UNMASK_REQUIRE_NVRTC is set but libnvrtc was not found (LD_LIBRARY_PATH?)"
+        );
+        let _ = std::io::stderr()
+            .write_all(b"cuda kernels: NVRTC check SKIPPED (no libnvrtc.so here)\n");
+        return;
+    }
+    let (nvrtc, archs) = unmask_cuda::compile::nvrtc_info().unwrap();
+    let tc = unmask_cuda::Toolchain {
+        driver: (0, 0),
+        nvrtc,
+        archs: archs.clone(),
+    };
+    let src = unmask_cuda::kernels::program_source();
+    let wanted = [80, 86, 89, 90, 100, 120];
+    let targets: Vec<i32> = wanted.into_iter().filter(|a| archs.contains(a)).collect();
+    assert!(
+        targets.contains(&80) && targets.contains(&90),
+        "NVRTC {nvrtc:?} knows {archs:?}, not sm_80 and sm_90"
+    );
+    for sm in targets {
+        let options = unmask_cuda::compile::options(sm);
+        let t = std::time::Instant::now();
+        let cubin = unmask_cuda::compile::cubin(&src, "unmask.cu", &options, &tc)
+            .unwrap_or_else(|e| panic!("sm_{sm}: {e}"));
+        println!(
+            "NVRTC {}.{}: sm_{sm} cubin of {} bytes in {:.1} s",
+            nvrtc.0,
+            nvrtc.1,
+            cubin.len(),
+            t.elapsed().as_secs_f64()
+        );
+        assert_eq!(&cubin[..4], b"\x7fELF", "sm_{sm}: not an ELF cubin");
+        // The kernels are `extern "C"`: each name is a symbol of the cubin, NUL-terminated.
+        for name in unmask_cuda::kernels::kernel_names() {
+            let sym = format!("{name}\0");
+            assert!(
+                cubin.windows(sym.len()).any(|w| w == sym.as_bytes()),
+                "sm_{sm}: kernel `{name}` is not in the cubin"
+            );
+        }
+    }
 }

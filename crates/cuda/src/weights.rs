@@ -330,10 +330,11 @@ impl DeviceWeights {
         })
     }
 
-    /// Made-up, distinct addresses for every weight of `g` (bf16 matrices and stacks) and no
-    /// memory: what the recording tests need to build launch lists without a device.
+    /// Made-up, distinct addresses for every weight of `g` (matrices and stacks stored as
+    /// `format`) and no memory: what the recording tests need to build launch lists without a
+    /// device.
     #[cfg(test)]
-    pub(crate) fn addresses_only(g: &Graph) -> Self {
+    pub(crate) fn addresses_only(g: &Graph, format: WeightFormat) -> Self {
         let at = |i: usize| 0x7000_0000_0000u64 + ((i as u64) << 32);
         let mut items = Vec::with_capacity(g.weights.len());
         for (i, desc) in g.weights.iter().enumerate() {
@@ -346,7 +347,7 @@ impl DeviceWeights {
                     ptr: at(i),
                     rows: desc.shape[0],
                     cols: desc.shape.iter().skip(1).product(),
-                    format: WeightFormat::Bf16,
+                    format,
                 }),
             });
         }
@@ -361,8 +362,8 @@ impl DeviceWeights {
                         gate: base,
                         up: base + (1 << 28),
                         down: base + (2 << 28),
-                        gate_up_format: WeightFormat::Bf16,
-                        down_format: WeightFormat::Bf16,
+                        gate_up_format: format,
+                        down_format: format,
                         gate_up_stride: 1 << 20,
                         down_stride: 1 << 20,
                         count: experts.gate.len(),
@@ -480,12 +481,28 @@ fn fill_at(
     dev: &Device,
     ptr: u64,
     format: WeightFormat,
-    (rows, cols): (usize, usize),
+    shape: (usize, usize),
     seed: u64,
     offset: f32,
     scale: f32,
     normal: bool,
 ) -> Result<()> {
+    dev.launch(&fill_launch(
+        ptr, format, shape, seed, offset, scale, normal,
+    ))
+}
+
+/// The launch that fills a `[rows, cols]` matrix at `ptr` with random values stored as
+/// `format` (kernels/random.cu).
+pub(crate) fn fill_launch(
+    ptr: u64,
+    format: WeightFormat,
+    (rows, cols): (usize, usize),
+    seed: u64,
+    offset: f32,
+    scale: f32,
+    normal: bool,
+) -> Launch {
     let seed = (seed ^ (seed >> 32)) as u32;
     let tail = [
         Arg::U32(seed),
@@ -493,7 +510,7 @@ fn fill_at(
         Arg::F32(scale),
         Arg::U32(normal as u32),
     ];
-    let launch = match format {
+    match format {
         WeightFormat::Q8_0 | WeightFormat::Q4 => {
             let blocks = (rows * cols.div_ceil(32)) as u64;
             let mut args = vec![Arg::Ptr(ptr), Arg::U32(rows as u32), Arg::U32(cols as u32)];
@@ -520,8 +537,7 @@ fn fill_at(
                 op: 0,
             }
         }
-    };
-    dev.launch(&launch)
+    }
 }
 
 #[cfg(test)]

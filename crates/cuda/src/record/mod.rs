@@ -263,6 +263,8 @@ pub fn check_limits(g: &Graph) -> Result<()> {
 mod tests {
     use super::*;
     use crate::kernels::SOURCES;
+    use crate::weights::WeightFormat;
+    use std::collections::{HashMap, HashSet};
     use unmask_core::graph::{BlockRouting, Elem, GraphBuilder, Routing, Rows};
 
     fn source(name: &str) -> &'static str {
@@ -367,7 +369,16 @@ mod tests {
     /// Records the pass of `seqs` ((rows, predicted rows, slot) each) over made-up addresses:
     /// distinct per buffer, per sequence's parameter words and per slot's caches.
     fn record_pass(g: &Graph, seqs: &[(usize, usize, usize)]) -> Vec<Launch> {
-        let weights = DeviceWeights::addresses_only(g);
+        record_pass_as(g, seqs, WeightFormat::Bf16)
+    }
+
+    /// `record_pass` with every matrix stored as `format`.
+    fn record_pass_as(
+        g: &Graph,
+        seqs: &[(usize, usize, usize)],
+        format: WeightFormat,
+    ) -> Vec<Launch> {
+        let weights = DeviceWeights::addresses_only(g, format);
         let buffers: Vec<u64> = (0..g.buffers.len())
             .map(|i| 0x1000_0000_0000 + ((i as u64) << 32))
             .collect();
@@ -497,6 +508,118 @@ mod tests {
                 "{kernels:?}"
             );
         }
+    }
+
+    /// Per entry point of NVRTC's PTX (the kernels after their macros): its parameters' PTX
+    /// types (`.u64`, `.u32`, `.f32`, ...) and its launch bound (`.maxntid`), if any.
+    fn ptx_entries(ptx: &str) -> HashMap<String, (Vec<String>, Option<u32>)> {
+        let mut out = HashMap::new();
+        for part in ptx.split(".entry ").skip(1) {
+            let name = part.split('(').next().unwrap().trim().to_string();
+            let (params, rest) = part.split_once(')').unwrap();
+            let types = params
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix(".param "))
+                .map(|l| l.split_whitespace().next().unwrap().to_string())
+                .collect();
+            let head = rest.split('{').next().unwrap();
+            let bound = head
+                .split(".maxntid")
+                .nth(1)
+                .map(|b| b.split(',').next().unwrap().trim().parse().unwrap());
+            out.insert(name, (types, bound));
+        }
+        out
+    }
+
+    /// The PTX types an argument may be passed as.
+    fn passes_as(a: &Arg, ty: &str) -> bool {
+        match a {
+            Arg::Ptr(_) | Arg::U64(_) => matches!(ty, ".u64" | ".b64" | ".s64"),
+            Arg::U32(_) => matches!(ty, ".u32" | ".b32" | ".s32"),
+            Arg::F32(_) => ty == ".f32",
+        }
+    }
+
+    /// Every launch a pass records, for every weight format, LLaDA2.0's graph and LLaDA2.2's,
+    /// alone and batched, gives its kernel as many arguments as it declares, each of its type
+    /// (a pointer or u64 for a 64-bit parameter, u32 for a 32-bit integer, f32 for a float), no
+    /// more threads a block than its launch bound and no more dynamic shared memory than a
+    /// block gets without opting in (48 KiB); so do the random-weight fillers. The kernels have
+    /// never run on a GPU here: a wrong argument list would read garbage there, not fail.
+    /// NVRTC (no driver or GPU needed) gives the parameters as compiled;
+    /// `UNMASK_REQUIRE_NVRTC=1` (CI) fails without it.
+    #[test]
+    fn every_launch_matches_its_kernels_parameters_and_launch_bound() {
+        // SAFETY: only tries to dlopen libnvrtc by its usual names.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            assert!(
+                std::env::var_os("UNMASK_REQUIRE_NVRTC").is_none(),
+                "UNMASK_REQUIRE_NVRTC is set but libnvrtc was not found"
+            );
+            eprintln!("cuda launches: parameter check SKIPPED (no libnvrtc here)");
+            return;
+        }
+        let opts = cudarc::nvrtc::CompileOptions {
+            arch: Some("compute_80"),
+            ..Default::default()
+        };
+        let ptx = cudarc::nvrtc::compile_ptx_with_opts(crate::kernels::program_source(), opts)
+            .unwrap()
+            .to_src();
+        let entries = ptx_entries(&ptx);
+        let names = crate::kernels::kernel_names();
+        assert_eq!(entries.len(), names.len(), "{:?}", entries.keys());
+        let fixtures =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+        let configs = [
+            unmask_core::synthetic::shape_config("tiny").unwrap(),
+            unmask_core::config::Config::from_file(&fixtures.join("tiny-llada2.2/config.json"))
+                .unwrap(),
+        ];
+        let formats = [
+            WeightFormat::F32,
+            WeightFormat::Bf16,
+            WeightFormat::F16,
+            WeightFormat::Q8_0,
+            WeightFormat::Q4,
+        ];
+        let mut checked = HashSet::new();
+        let mut launches = Vec::new();
+        for c in &configs {
+            let g = unmask_core::model::llada2::build(c);
+            for format in formats {
+                for seqs in [&[(32, 32, 0)][..], &[(32, 32, 2), (64, 0, 0), (7, 3, 1)]] {
+                    launches.extend(
+                        record_pass_as(&g, seqs, format)
+                            .into_iter()
+                            .map(|l| (format, l)),
+                    );
+                }
+            }
+        }
+        // And the random weights' fillers (`bench` and the synthetic models load with them).
+        for format in formats {
+            let l = crate::weights::fill_launch(1 << 40, format, (96, 70), 7, 0.5, 0.02, true);
+            launches.push((format, l));
+        }
+        for (format, l) in launches {
+            let (types, bound) = &entries[&l.kernel];
+            let what = format!("{} ({format:?}): {:?} for {types:?}", l.kernel, l.args);
+            assert_eq!(l.args.len(), types.len(), "{what}");
+            for (a, ty) in l.args.iter().zip(types) {
+                assert!(passes_as(a, ty), "{what}");
+            }
+            let threads = l.block.0 * l.block.1 * l.block.2;
+            assert!(
+                threads <= bound.unwrap_or(1024),
+                "{what}: {threads} threads"
+            );
+            assert!(l.shared_bytes <= 48 << 10, "{what}: {}", l.shared_bytes);
+            checked.insert(l.kernel.clone());
+        }
+        let unchecked: Vec<&String> = names.iter().filter(|n| !checked.contains(*n)).collect();
+        assert!(unchecked.is_empty(), "never recorded: {unchecked:?}");
     }
 
     /// A chunk that predicts nothing runs the layers and skips exactly the tail.

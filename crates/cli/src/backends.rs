@@ -119,6 +119,23 @@ fn cpu(
     }
 }
 
+/// Whether the backend asked for by name has its device here (a CUDA GPU, a wgpu adapter),
+/// before anything costly is made for it: `bench --shape mini` spends its first minute making
+/// random weights, which a machine without the device would make for nothing. `auto`, `cpu`
+/// and `reference` always have one.
+pub fn check_device(args: &BackendArgs) -> Result<()> {
+    match args.backend {
+        BackendName::Cuda => {
+            unmask_cuda::probe(0)?;
+        }
+        BackendName::Wgpu => {
+            unmask_wgpu::probe(args.adapter.as_deref())?;
+        }
+        BackendName::Auto | BackendName::Cpu | BackendName::Reference => {}
+    }
+    Ok(())
+}
+
 /// `auto`'s first choice: CUDA when a driver, NVRTC and a GPU are present; otherwise why not.
 fn try_cuda(
     config: &Config,

@@ -273,6 +273,29 @@ fn the_table_names_every_figure() {
     }
 }
 
+/// A backend whose device is absent is refused before the random weights are made (a minute
+/// for the mini shape); skipped where CUDA is present.
+#[test]
+fn a_missing_device_is_refused_before_the_weights_are_made() {
+    if unmask_cuda::probe(0).is_ok() {
+        return;
+    }
+    let o = unmask(&[
+        "bench",
+        "--shape",
+        "mini",
+        "--backend",
+        "cuda",
+        "--format",
+        "q4",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("backend cuda: "), "{err}");
+    assert!(!err.contains("making random weights"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 #[test]
 fn bad_arguments_are_clean_errors() {
     let cases: [(&[&str], &str); 5] = [

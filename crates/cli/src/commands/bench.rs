@@ -130,6 +130,7 @@ const COPY_BYTES: usize = 256 << 20;
 
 pub fn run(args: Args) -> Result<()> {
     args.check()?;
+    backends::check_device(&args.backend)?;
     // Before any work of ours: the load average then is other work on the machine.
     let host = host::Host::describe();
     let note = |s: &str| eprintln!("bench: {s}");

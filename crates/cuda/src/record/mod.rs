@@ -541,13 +541,14 @@ mod tests {
         }
     }
 
-    /// Every launch a pass records, for every weight format, LLaDA2.0's graph and LLaDA2.2's,
-    /// alone and batched, gives its kernel as many arguments as it declares, each of its type
-    /// (a pointer or u64 for a 64-bit parameter, u32 for a 32-bit integer, f32 for a float), no
-    /// more threads a block than its launch bound and no more dynamic shared memory than a
-    /// block gets without opting in (48 KiB); so do the random-weight fillers. The kernels have
-    /// never run on a GPU here: a wrong argument list would read garbage there, not fail.
-    /// NVRTC (no driver or GPU needed) gives the parameters as compiled;
+    /// Every launch a pass records (every weight format; LLaDA2.0's graph in the tiny and mini
+    /// shapes and LLaDA2.2's; alone, batched, and a 512-token prefill chunk) and the
+    /// random-weight fillers' launches have grids within CUDA's limits, give the kernel as many
+    /// arguments as it declares, each of its type (a pointer or u64 for a 64-bit parameter, u32
+    /// for a 32-bit integer, f32 for a float), no more threads a block than its launch bound
+    /// and no more dynamic shared memory than a block gets without opting in (48 KiB). The
+    /// kernels have never run on a GPU here: a wrong argument list would read garbage there,
+    /// not fail. NVRTC (no driver or GPU needed) gives the parameters as compiled;
     /// `UNMASK_REQUIRE_NVRTC=1` (CI) fails without it.
     #[test]
     fn every_launch_matches_its_kernels_parameters_and_launch_bound() {
@@ -576,6 +577,7 @@ mod tests {
             unmask_core::synthetic::shape_config("tiny").unwrap(),
             unmask_core::config::Config::from_file(&fixtures.join("tiny-llada2.2/config.json"))
                 .unwrap(),
+            unmask_core::synthetic::shape_config("mini").unwrap(),
         ];
         let formats = [
             WeightFormat::F32,
@@ -589,7 +591,12 @@ mod tests {
         for c in &configs {
             let g = unmask_core::model::llada2::build(c);
             for format in formats {
-                for seqs in [&[(32, 32, 0)][..], &[(32, 32, 2), (64, 0, 0), (7, 3, 1)]] {
+                for seqs in [
+                    &[(32, 32, 0)][..],
+                    &[(32, 32, 2), (64, 0, 0), (7, 3, 1)],
+                    &[(512, 0, 0)],
+                    &[(480, 32, 1)],
+                ] {
                     launches.extend(
                         record_pass_as(&g, seqs, format)
                             .into_iter()
@@ -610,6 +617,13 @@ mod tests {
             for (a, ty) in l.args.iter().zip(types) {
                 assert!(passes_as(a, ty), "{what}");
             }
+            // A zero extent is an invalid launch; y and z stop at 65535.
+            let (x, y, z) = l.grid;
+            assert!(
+                (1..1 << 31).contains(&x) && (1..=65535).contains(&y) && (1..=65535).contains(&z),
+                "{what}: grid {:?}",
+                l.grid
+            );
             let threads = l.block.0 * l.block.1 * l.block.2;
             assert!(
                 threads <= bound.unwrap_or(1024),

@@ -17,7 +17,9 @@
 #      tokens/s at 2.55 tokens per forward; then, from `--profile`, each run's op families (ms,
 #      GB/s, floor) and its kernels per MoE layer; and which suites failed.
 # Everything runs under one budget (GPU_CHECK_BUDGET, 480 s). Output and JSON reports go to
-# $OUT (default target/gpu-check). `GPU_CHECK_DRY_RUN=1` runs the same steps on a machine
+# $OUT (default target/gpu-check; GPU_CHECK_BUNDLE=1 packs them into $OUT/gpu-check.tar.gz).
+# On this workplace's device machines: scripts/gpu-pack.sh here, then
+#   run(command="GPU_CHECK_BUNDLE=1 scripts/gpu-check.sh", carry=["target/gpu-pack"], timeout_s=560) `GPU_CHECK_DRY_RUN=1` runs the same steps on a machine
 # without a GPU (the suites skip cuda, the benches are one layer and one timed forward): a check
 # of this script, not of the GPU code. Usage: scripts/gpu-check.sh
 set -euo pipefail
@@ -28,6 +30,23 @@ OUT=${OUT:-target/gpu-check}
 PACK=target/gpu-pack
 mkdir -p "$OUT"
 start=$SECONDS
+# GPU_CHECK_BUNDLE=1: everything under $OUT ends as one gzip'd tar there, whatever the exit (the
+# device tool brings back at most 8 files of $OUT).
+if [ "${GPU_CHECK_BUNDLE:-0}" = 1 ]; then
+    # This script's own output goes in too.
+    exec > >(tee "$OUT/gpu-check.log") 2>&1
+    bundle() {
+        local t rc=0
+        t=$(mktemp /tmp/gpu-check.XXXXXX.tar.gz)
+        # tar's 1: a file (the log) changed while read; what it read is kept.
+        tar -C "$OUT" -czf "$t" . || rc=$?
+        if [ "$rc" -le 1 ]; then
+            rm -rf "${OUT:?}"/*
+            mv "$t" "$OUT/gpu-check.tar.gz"
+        fi
+    }
+    trap bundle EXIT
+fi
 FAILED=()
 left() { echo $((BUDGET - (SECONDS - start))); }
 step() { echo; echo "== $* ($(left) s left)"; }

@@ -101,6 +101,12 @@ if [ ! -f "$PACK/bin.tar.xz" ]; then
     fi
     run_limited scripts/gpu-pack.sh
 fi
+if ! sha256sum --quiet -c "$PACK/sources.sha256" >/dev/null 2>&1; then
+    echo "gpu-check: $PACK was built from other sources than these (changed:" \
+        "$(sha256sum --quiet -c "$PACK/sources.sha256" 2>/dev/null | cut -d: -f1 | head -5 | xargs));" \
+        "run scripts/gpu-pack.sh again" >&2
+    exit 1
+fi
 BIN=$(mktemp -d /tmp/unmask-gpu-pack.XXXXXX)
 # (Python unpacks it: an image without xz still has Python.)
 python3 - "$PACK/bin.tar.xz" "$BIN" <<'EOF'

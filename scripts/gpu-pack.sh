@@ -6,6 +6,7 @@
 #   target/gpu-pack/tests.tsv   per test executable: its name, its package's directory
 #   target/gpu-pack/root        this checkout's path: the test executables find the fixtures
 #                               through it (compiled in), so gpu-check.sh links it to its tree
+#   target/gpu-pack/sources.sha256  the sources they were built from (a stale pack is refused)
 #   target/gpu-pack/debs/       the Vulkan loader's packages (where apt can fetch them), which
 #                               gpu-check.sh unpacks into /tmp when the machine lacks the loader
 # Then, on the device: run `scripts/gpu-check.sh` with `target/gpu-pack` carried. Usage:
@@ -51,6 +52,8 @@ strip "$PACK/stage/unmask" "$PACK"/stage/tests/*
 XZ_OPT="-9 -T2" tar -C "$PACK/stage" -cJf "$PACK/bin.tar.xz" .
 rm -rf "$PACK/stage" "$PACK/cargo.json"
 pwd >"$PACK/root"
+# The sources the binaries were built from, so that gpu-check.sh refuses a stale pack.
+git ls-files -z crates tests/src tests/tests Cargo.toml Cargo.lock | xargs -0 sha256sum >"$PACK/sources.sha256"
 # The Vulkan loader and the GL dispatch libraries NVIDIA's Vulkan driver loads (this
 # workplace's device notes list them); optional: without them only the wgpu bench is skipped.
 if command -v apt-get >/dev/null 2>&1; then

@@ -19,9 +19,10 @@
 # Everything runs under one budget (GPU_CHECK_BUDGET, 480 s). Output and JSON reports go to
 # $OUT (default target/gpu-check; GPU_CHECK_BUNDLE=1 packs them into $OUT/gpu-check.tar.gz).
 # On this workplace's device machines: scripts/gpu-pack.sh here, then
-#   run(command="GPU_CHECK_BUNDLE=1 scripts/gpu-check.sh", carry=["target/gpu-pack"], timeout_s=560) `GPU_CHECK_DRY_RUN=1` runs the same steps on a machine
-# without a GPU (the suites skip cuda, the benches are one layer and one timed forward): a check
-# of this script, not of the GPU code. Usage: scripts/gpu-check.sh
+#   run(command="GPU_CHECK_BUNDLE=1 scripts/gpu-check.sh", carry=["target/gpu-pack"], timeout_s=560)
+# `GPU_CHECK_DRY_RUN=1` runs the same steps on a machine without a GPU (the suites skip cuda, the
+# benches are one layer and one timed forward): a check of this script, not of the GPU code.
+# Usage: scripts/gpu-check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUDGET=${GPU_CHECK_BUDGET:-480}

@@ -107,6 +107,24 @@ impl Toolchain {
     }
 }
 
+/// For checks that need NVRTC alone (no driver or GPU; the tests): whether libnvrtc loads
+/// here. When it does not, `check` is reported skipped (past the test harness's capture), or
+/// fails under `UNMASK_REQUIRE_NVRTC` (CI, which installs it).
+pub fn nvrtc_or_skip(check: &str) -> bool {
+    // SAFETY: only tries to dlopen libnvrtc by its usual names.
+    if unsafe { sys::is_culib_present() } {
+        return true;
+    }
+    assert!(
+        std::env::var_os("UNMASK_REQUIRE_NVRTC").is_none(),
+        "UNMASK_REQUIRE_NVRTC is set but libnvrtc was not found (LD_LIBRARY_PATH?)"
+    );
+    use std::io::Write;
+    let _ =
+        std::io::stderr().write_all(format!("{check}: SKIPPED (no libnvrtc here)\n").as_bytes());
+    false
+}
+
 /// NVRTC's version and the `sm_XY` numbers it compiles for. NVRTC alone answers (no driver, no
 /// GPU): the kernels compile to cubins on any machine with libnvrtc (kernels_compile.rs).
 /// libnvrtc must be present (`cudarc::nvrtc::sys::is_culib_present`).

@@ -298,7 +298,8 @@ const WINDOWS: Steps = &[(0, 300), (300, 9), (305, 13)];
 const SHORT_AT_LENGTH: Steps = &[(0, 600), (600, 5), (605, 1)];
 /// The same at 2000 positions (four ranges), the prompt's later chunks split too. llvmpipe
 /// stops a shader invocation's loops after 65535 iterations in all (Mesa's
-/// LP_MAX_TGSI_LOOP_ITERATIONS): one workgroup over all those keys went wrong there.
+/// LP_MAX_TGSI_LOOP_ITERATIONS; examples/llvmpipe_loop_budget.rs in unmask-wgpu shows it): one
+/// workgroup over all those keys went wrong there.
 const LONG: Steps = &[(0, 2000), (2000, 5), (2005, 1)];
 
 fn attention_case(q: usize, kv: usize, dim: usize, rope: bool, steps: Steps) -> Case {

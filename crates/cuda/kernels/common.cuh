@@ -51,9 +51,13 @@ __device__ __forceinline__ float bf16_bits_to_f32(u32 bits) {
 
 __device__ __forceinline__ float f16_bits_to_f32(u32 bits) {
     unsigned short h = (unsigned short)bits;
+#ifdef UNMASK_EMULATOR
+    return emu_f16_to_f32(h);  // crates/cuda/emulator (the CPU has no PTX)
+#else
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
+#endif
 }
 
 // One weight matrix `[rows, cols]` in its stored format. Quantized formats arrive in the

@@ -35,9 +35,13 @@ __device__ __forceinline__ u32 f32_to_bf16_bits(float f) {
 }
 
 __device__ __forceinline__ u32 f32_to_f16_bits(float f) {
+#ifdef UNMASK_EMULATOR
+    return emu_f32_to_f16(f);  // crates/cuda/emulator (the CPU has no PTX)
+#else
     unsigned short h;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return (u32)h;
+#endif
 }
 
 // Grid (ceil(count / 256)), block 256; dt is DT_F32, DT_BF16 or DT_F16.

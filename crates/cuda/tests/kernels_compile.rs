@@ -11,21 +11,8 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
-fn clang() -> Option<String> {
-    if let Ok(c) = std::env::var("UNMASK_CLANG") {
-        return Some(c);
-    }
-    [
-        "clang++-16",
-        "clang++-19",
-        "clang++-17",
-        "clang++-18",
-        "clang++",
-    ]
-    .into_iter()
-    .find(|c| Command::new(c).arg("--version").output().is_ok())
-    .map(str::to_string)
-}
+mod common;
+use common::clang;
 
 #[test]
 fn kernels_compile_to_ptx_with_every_entry_point() {

@@ -1,0 +1,146 @@
+// The CUDA kernels run on the CPU (cuda_emu.h) against plain loops written from the layouts that
+// kernels/common.cuh documents: each case prints its largest error and the program exits 1 if
+// any exceeds its tolerance. Built and run by tests/emulated_kernels.rs, which puts the program
+// (kernels/*.cu in the backend's order) before this file.
+#include <random>
+#include <string>
+
+namespace check {
+int failures = 0;
+
+void report(const std::string& what, double err, double tol) {
+    bool ok = err <= tol;
+    std::printf("%-44s max error %.3g (tolerance %.3g)%s\n", what.c_str(), err, tol, ok ? "" : "  FAILED");
+    if (!ok) failures++;
+}
+
+std::mt19937 rng(7);
+float uniform(float a, float b) { return std::uniform_real_distribution<float>(a, b)(rng); }
+
+uint16_t bf16(float f) { unsigned u = __float_as_uint(f); return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16); }
+
+// A [M, K] matrix in format dt: its device bytes and its values as the kernel must read them.
+struct Matrix { std::vector<uint8_t> bytes; std::vector<float> values; };
+
+Matrix make(int dt, unsigned M, unsigned K) {
+    Matrix m;
+    m.values.resize((size_t)M * K);
+    if (dt == DT_F32 || dt == DT_BF16 || dt == DT_F16) {
+        size_t elem = dt == DT_F32 ? 4 : 2;
+        m.bytes.resize((size_t)M * K * elem);
+        for (size_t i = 0; i < m.values.size(); i++) {
+            float v = uniform(-1, 1);
+            if (dt == DT_F32) { std::memcpy(&m.bytes[i * 4], &v, 4); m.values[i] = v; }
+            else if (dt == DT_BF16) { uint16_t h = bf16(v); std::memcpy(&m.bytes[i * 2], &h, 2); m.values[i] = __uint_as_float((unsigned)h << 16); }
+            else { uint16_t h = emu_f32_to_f16(v); std::memcpy(&m.bytes[i * 2], &h, 2); m.values[i] = emu_f16_to_f32(h); }
+        }
+        return m;
+    }
+    // q8_0 / q4 (K a multiple of 32): codes plane, then one 16-bit scale or header per block.
+    unsigned nb = K / 32;
+    size_t blocks = (size_t)M * nb, code_bytes = dt == DT_Q8_0 ? 32 : 16;
+    m.bytes.assign(blocks * code_bytes + blocks * 2, 0);
+    for (size_t b = 0; b < blocks; b++) {
+        size_t r = b / nb, c0 = (b % nb) * 32;
+        if (dt == DT_Q8_0) {
+            uint16_t hs = emu_f32_to_f16(uniform(0.001f, 0.02f));
+            float d = emu_f16_to_f32(hs);
+            std::memcpy(&m.bytes[blocks * 32 + b * 2], &hs, 2);
+            for (int i = 0; i < 32; i++) {
+                int q = (int)uniform(-127, 127);
+                m.bytes[b * 32 + i] = (uint8_t)(int8_t)q;
+                m.values[r * K + c0 + i] = d * (float)q;
+            }
+        } else {
+            unsigned k = 128 + (unsigned)uniform(0, 32), c = (unsigned)uniform(0, 255);
+            uint16_t header = (uint16_t)(k | (c << 8));
+            std::memcpy(&m.bytes[blocks * 16 + b * 2], &header, 2);
+            float d = __uint_as_float((((k >> 3) + 107u) << 23) | ((k & 7u) << 20)), off = (float)c / 16.0f;
+            for (int i = 0; i < 32; i++) {
+                unsigned q = (unsigned)uniform(0, 16) & 15u;
+                m.bytes[b * 16 + i / 2] |= (uint8_t)(i % 2 ? q << 4 : q);
+                m.values[r * K + c0 + i] = d * ((float)q - off);
+            }
+        }
+    }
+    return m;
+}
+
+uint64_t ptr(const void* p) { return (uint64_t)(uintptr_t)p; }
+}  // namespace check
+
+EMU_KERNEL(matmul_f32)
+EMU_KERNEL(matmul_bf16)
+EMU_KERNEL(matmul_f16)
+EMU_KERNEL(matmul_q8_0)
+EMU_KERNEL(matmul_q4)
+EMU_KERNEL(rms_norm)
+EMU_KERNEL(add)
+EMU_KERNEL(swiglu)
+
+int main() {
+    using namespace check;
+    // matmul: out[n, M] = x[n, K] W^T, grid (ceil(n / MM_TOK), ceil(M / 32)), 256 threads.
+    emu::Body bodies[5] = {emu_body_matmul_f32, emu_body_matmul_bf16, emu_body_matmul_f16, emu_body_matmul_q8_0, emu_body_matmul_q4};
+    const char* names[5] = {"f32", "bf16", "f16", "q8_0", "q4"};
+    for (int dt = 0; dt < 5; dt++) {
+        for (unsigned K : {96u, 70u}) {
+            if (dt >= DT_Q8_0 && K % 32) continue;
+            for (unsigned n : {1u, 5u, 19u}) {
+                unsigned M = 70;
+                Matrix w = make(dt, M, K);
+                std::vector<float> x((size_t)n * K), out((size_t)n * M, -1.0f);
+                for (auto& v : x) v = uniform(-1, 1);
+                uint64_t args[6] = {ptr(x.data()), ptr(w.bytes.data()), ptr(out.data()), n, K, M};
+                emu::launch(bodies[dt], args, {(n + MM_TOK - 1) / MM_TOK, (M + 31) / 32, 1}, {256, 1, 1}, 0);
+                double err = 0;
+                for (unsigned t = 0; t < n; t++)
+                    for (unsigned m = 0; m < M; m++) {
+                        double s = 0;
+                        for (unsigned k = 0; k < K; k++) s += (double)x[t * K + k] * w.values[(size_t)m * K + k];
+                        err = std::max(err, std::fabs(s - out[(size_t)t * M + m]));
+                    }
+                report("matmul_" + std::string(names[dt]) + " n=" + std::to_string(n) + " K=" + std::to_string(K) + " M=70", err, 1e-4);
+            }
+        }
+    }
+    // rms_norm: grid (rows), 256 threads.
+    for (unsigned d : {64u, 300u}) {
+        unsigned rows = 3;
+        std::vector<float> x(rows * d), w(d), out(rows * d);
+        for (auto& v : x) v = uniform(-2, 2);
+        for (auto& v : w) v = uniform(0.5, 1.5);
+        float eps = 1e-6f;
+        uint64_t args[5] = {ptr(x.data()), ptr(w.data()), ptr(out.data()), d, __float_as_uint(eps)};
+        emu::launch(emu_body_rms_norm, args, {rows, 1, 1}, {256, 1, 1}, 0);
+        double err = 0;
+        for (unsigned r = 0; r < rows; r++) {
+            double ss = 0;
+            for (unsigned j = 0; j < d; j++) ss += (double)x[r * d + j] * x[r * d + j];
+            double inv = 1.0 / std::sqrt(ss / d + eps);
+            for (unsigned j = 0; j < d; j++) err = std::max(err, std::fabs(w[j] * x[r * d + j] * inv - out[r * d + j]));
+        }
+        report("rms_norm d=" + std::to_string(d), err, 1e-5);
+    }
+    // add and swiglu: grid1(count), 256 threads.
+    {
+        unsigned count = 1000;
+        std::vector<float> a(count), b(count), o1(count), o2(count);
+        for (auto& v : a) v = uniform(-4, 4);
+        for (auto& v : b) v = uniform(-4, 4);
+        uint64_t args[4] = {ptr(a.data()), ptr(b.data()), ptr(o1.data()), count};
+        emu::launch(emu_body_add, args, {(count + 255) / 256, 1, 1}, {256, 1, 1}, 0);
+        uint64_t args2[4] = {ptr(a.data()), ptr(b.data()), ptr(o2.data()), count};
+        emu::launch(emu_body_swiglu, args2, {(count + 255) / 256, 1, 1}, {256, 1, 1}, 0);
+        double e1 = 0, e2 = 0;
+        for (unsigned i = 0; i < count; i++) {
+            e1 = std::max(e1, (double)std::fabs(a[i] + b[i] - o1[i]));
+            double g = a[i];
+            e2 = std::max(e2, std::fabs(g / (1 + std::exp(-g)) * b[i] - o2[i]));
+        }
+        report("add count=1000", e1, 0);
+        report("swiglu count=1000", e2, 1e-5);
+    }
+    std::printf("%d failed\n", failures);
+    return failures ? 1 : 0;
+}

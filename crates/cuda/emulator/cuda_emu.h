@@ -1,15 +1,15 @@
 // Runs the CUDA kernels of kernels/*.cu on the CPU, for checking their arithmetic and indexing
-// where no GPU is (tests/emulated_kernels.rs). Not a GPU model: each block runs alone, its
+// where no GPU is (src/emulator.rs puts this before the program; tests/emulated_kernels.rs). Not a GPU model: each block runs alone, its
 // threads as fibers on one OS thread, switched only at barriers (__syncthreads, __syncwarp,
 // shuffles), so a kernel sees the semantics CUDA guarantees at those points and nothing of
 // real concurrency (races, memory ordering and timing go unchecked).
-#pragma once
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <immintrin.h>
+#include <mutex>
 #include <type_traits>
 #include <ucontext.h>
 #include <utility>
@@ -23,13 +23,19 @@ struct uint2 { unsigned x, y; };
 
 namespace emu {
 enum State { RUN, AT_BLOCK, AT_WARP, DONE };
+// A fiber starts on its own stack through ucontext (once per block) and then switches with
+// __builtin_setjmp/__builtin_longjmp, which save no signal mask: swapcontext's system call per
+// switch made the emulator several times slower.
 struct Fiber {
     ucontext_t ctx;
+    void* jb[5];
+    bool started = false;
     std::vector<char> stack;
     State state = DONE;
     uint3 tid;
 };
-inline ucontext_t sched;
+inline void* sched_jb[5];
+[[gnu::noinline]] inline void jump(void** jb) { __builtin_longjmp(jb, 1); }
 inline std::vector<Fiber> fibers;
 inline unsigned cur = 0;
 inline uint3 tid_now, bid_now, bdim, gdim;
@@ -39,7 +45,7 @@ inline uint64_t lanes[32][32];
 
 inline void yield_as(State s) {
     fibers[cur].state = s;
-    swapcontext(&fibers[cur].ctx, &sched);
+    if (__builtin_setjmp(fibers[cur].jb) == 0) jump(sched_jb);
     tid_now = fibers[cur].tid;
 }
 inline unsigned lane() { return cur & 31u; }
@@ -117,14 +123,28 @@ inline void trampoline() {
     tid_now = fibers[cur].tid;
     body(body_args);
     fibers[cur].state = DONE;
-    swapcontext(&fibers[cur].ctx, &sched);
+    jump(sched_jb);
+}
+
+// Runs fiber i until it next waits or ends.
+[[gnu::noinline]] inline void resume(unsigned i) {
+    cur = i;
+    if (__builtin_setjmp(sched_jb) == 0) {
+        if (!fibers[i].started) {
+            fibers[i].started = true;
+            setcontext(&fibers[i].ctx);
+        }
+        jump(fibers[i].jb);
+    }
 }
 
 // Runs `body` over the grid: each block's threads as fibers until all are done; a barrier
 // opens when every live thread of the block (or of the warp) waits at it.
-inline void launch(Body b, const uint64_t* args, dim3 grid, dim3 block, unsigned shared) {
+// Returns 0, or 2 for a block of no or more than 1024 threads, 3 for a deadlock (threads left
+// waiting at barriers the others never reach).
+inline int launch(Body b, const uint64_t* args, dim3 grid, dim3 block, unsigned shared) {
     unsigned n = block.x * block.y * block.z;
-    if (n == 0 || n > 1024) { std::fprintf(stderr, "emu: block of %u threads\n", n); std::abort(); }
+    if (n == 0 || n > 1024) { std::fprintf(stderr, "emu: block of %u threads\n", n); return 2; }
     gdim = grid;
     bdim = block;
     body = b;
@@ -145,14 +165,14 @@ inline void launch(Body b, const uint64_t* args, dim3 grid, dim3 block, unsigned
                     f.ctx.uc_stack.ss_size = f.stack.size();
                     f.ctx.uc_link = nullptr;
                     makecontext(&f.ctx, trampoline, 0);
+                    f.started = false;
                     f.state = RUN;
                 }
                 for (;;) {
                     bool ran = false;
                     for (unsigned i = 0; i < n; i++) {
                         if (fibers[i].state != RUN) continue;
-                        cur = i;
-                        swapcontext(&sched, &fibers[i].ctx);
+                        resume(i);
                         ran = true;
                     }
                     if (ran) continue;
@@ -182,10 +202,19 @@ inline void launch(Body b, const uint64_t* args, dim3 grid, dim3 block, unsigned
                     }
                     if (!opened) {
                         std::fprintf(stderr, "emu: deadlock in block (%u,%u,%u)\n", x, y, z);
-                        std::abort();
+                        return 3;
                     }
                 }
             }
+    return 0;
+}
+
+// `launch` for callers on several threads: the kernels' __shared__ arrays are static, so
+// launches run one at a time.
+inline int launch_locked(Body b, const uint64_t* args, dim3 grid, dim3 block, unsigned shared) {
+    static std::mutex one_at_a_time;
+    std::lock_guard<std::mutex> held(one_at_a_time);
+    return launch(b, args, grid, block, shared);
 }
 
 // The argument words of a launch as the kernel's parameter types (as the driver passes them:

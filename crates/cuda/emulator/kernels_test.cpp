@@ -1,7 +1,7 @@
 // The CUDA kernels run on the CPU (cuda_emu.h) against plain loops written from the layouts that
 // kernels/common.cuh documents: each case prints its largest error and the program exits 1 if
-// any exceeds its tolerance. Built and run by tests/emulated_kernels.rs, which puts the program
-// (kernels/*.cu in the backend's order) before this file.
+// any exceeds its tolerance. Built and run by tests/emulated_kernels.rs, which puts the runtime
+// and the program (kernels/*.cu in the backend's order) before this file.
 #include <random>
 #include <string>
 
@@ -77,6 +77,8 @@ EMU_KERNEL(matmul_q4)
 EMU_KERNEL(rms_norm)
 EMU_KERNEL(add)
 EMU_KERNEL(swiglu)
+EMU_KERNEL(kv_store)
+EMU_KERNEL(attention)
 
 int main() {
     using namespace check;
@@ -140,6 +142,49 @@ int main() {
         }
         report("add count=1000", e1, 0);
         report("swiglu count=1000", e2, 1e-5);
+    }
+    // kv_store then attention: a window of n rows at `start` over a cache that holds `start`
+    // earlier positions, block-causal with block length B (visible(s) = min(start + n,
+    // (s / B + 1) * B)); grids (n) x 256 and (n, nq) x ATT_WARPS * 32.
+    for (unsigned d : {40u, 128u}) {
+        const unsigned nq = 4, nkv = 2, start = 7, n = 5, B = 4, cap = 16;
+        unsigned width = (nq + 2 * nkv) * d, kvw = nkv * d;
+        std::vector<float> qkv(n * width), kc(cap * kvw), vc(cap * kvw), out(n * nq * d, -1.0f);
+        for (auto& v : qkv) v = uniform(-1, 1);
+        for (unsigned i = 0; i < start * kvw; i++) { kc[i] = uniform(-1, 1); vc[i] = uniform(-1, 1); }
+        std::vector<uint32_t> params(P_WORDS, 0);
+        params[P_START] = start;
+        params[P_BLOCK] = B;
+        uint64_t store[7] = {ptr(qkv.data()), ptr(kc.data()), ptr(vc.data()), ptr(params.data()), nq, nkv, d};
+        emu::launch(emu_body_kv_store, store, {n, 1, 1}, {256, 1, 1}, 0);
+        uint64_t att[9] = {ptr(qkv.data()), ptr(kc.data()), ptr(vc.data()), ptr(out.data()), ptr(params.data()), n, nq, nkv, d};
+        emu::launch(emu_body_attention, att, {n, nq, 1}, {ATT_WARPS * 32, 1, 1}, 0);
+        double err = 0;
+        for (unsigned r = 0; r < n; r++)
+            for (unsigned h = 0; h < nq; h++) {
+                unsigned s = start + r, visible = std::min(start + n, (s / B + 1) * B), kh = h / (nq / nkv);
+                const float* q = &qkv[r * width + h * d];
+                // The window's own K/V come from the QKV rows (what kv_store must have written).
+                auto key = [&](unsigned t, bool value) -> const float* {
+                    if (t >= start) return &qkv[(t - start) * width + nq * d + (value ? kvw : 0) + kh * d];
+                    return &(value ? vc : kc)[t * kvw + kh * d];
+                };
+                std::vector<double> score(visible);
+                double mx = -1e300, total = 0;
+                for (unsigned t = 0; t < visible; t++) {
+                    double dot = 0;
+                    for (unsigned j = 0; j < d; j++) dot += (double)q[j] * key(t, false)[j];
+                    score[t] = dot / std::sqrt((double)d);
+                    mx = std::max(mx, score[t]);
+                }
+                for (unsigned t = 0; t < visible; t++) total += std::exp(score[t] - mx);
+                for (unsigned j = 0; j < d; j++) {
+                    double acc = 0;
+                    for (unsigned t = 0; t < visible; t++) acc += std::exp(score[t] - mx) / total * key(t, true)[j];
+                    err = std::max(err, std::fabs(acc - out[(r * nq + h) * d + j]));
+                }
+            }
+        report("kv_store+attention d=" + std::to_string(d) + " (4 q / 2 kv heads, B=4)", err, 1e-5);
     }
     std::printf("%d failed\n", failures);
     return failures ? 1 : 0;

@@ -39,6 +39,14 @@ pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T>
 /// The device `ordinal` if CUDA can run here, else why not ("no CUDA driver", "no CUDA
 /// device", "NVRTC not found", ...).
 pub fn probe(ordinal: usize) -> Result<DeviceInfo> {
+    if crate::emulator::enabled() {
+        return match ordinal {
+            0 => Ok(crate::emulator::device_info()),
+            _ => Err(cuda_error(format!(
+                "CUDA device {ordinal} does not exist (the CPU emulator is device 0)"
+            ))),
+        };
+    }
     // SAFETY: these only try to dlopen the libraries by their usual names.
     if !unsafe { sys::is_culib_present() } {
         return Err(cuda_error(
@@ -96,6 +104,17 @@ pub struct Survey {
 
 /// The survey, or why CUDA cannot run here at all.
 pub fn survey() -> Result<Survey> {
+    if crate::emulator::enabled() {
+        return Ok(Survey {
+            toolchain: crate::compile::Toolchain {
+                driver: (0, 0),
+                nvrtc: (0, 0),
+                archs: Vec::new(),
+            },
+            devices: vec![(crate::emulator::device_info(), Ok(90))],
+            cache: None,
+        });
+    }
     let first = probe(0)?;
     let toolchain = crate::compile::Toolchain::query()?;
     let mut devices = Vec::with_capacity(first.device_count);

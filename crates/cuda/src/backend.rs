@@ -152,6 +152,11 @@ impl CudaBackend {
             )));
         }
         let dev = Device::open(opts.device)?;
+        // The CPU emulator runs launches one by one: it captures no CUDA graphs.
+        let opts = CudaOptions {
+            graphs: opts.graphs && !dev.emulated(),
+            ..opts
+        };
         let weights = DeviceWeights::upload(&dev, &graph, src, progress)?;
         let mut inv_freq = vec![0u64; graph.ops.len()];
         let mut inv_mem = Vec::new();
@@ -214,7 +219,7 @@ impl CudaBackend {
 
     /// Where this backend's kernels came from (compiled now, or the disk cache).
     pub fn kernel_origin(&self) -> &crate::kernels::Origin {
-        &self.dev.kernels.origin
+        self.dev.origin()
     }
 
     /// Plans and allocates the arena and MoE scratch for `tokens` window rows.
@@ -437,6 +442,9 @@ impl Backend for CudaBackend {
     fn name(&self) -> String {
         let i = &self.dev.info;
         let t = &self.dev.toolchain;
+        if self.dev.emulated() {
+            return format!("cuda ({}, UNMASK_CUDA_EMULATOR)", i.name);
+        }
         format!(
             "cuda ({}, sm_{}{}, driver CUDA {}.{}, NVRTC {}.{})",
             i.name,

@@ -5,7 +5,8 @@
 
 use crate::availability::{cuda_error, guarded, probe, DeviceInfo};
 use crate::compile::Toolchain;
-use crate::kernels::Kernels;
+use crate::emulator::{self, Emulator};
+use crate::kernels::{Kernels, Origin};
 use cudarc::driver::{result, sys, CudaContext, CudaSlice, CudaStream, DevicePtr};
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -18,10 +19,22 @@ pub(crate) fn driver<T>(what: &str, r: std::result::Result<T, result::DriverErro
 /// A device allocation (freed on drop) and its address.
 pub struct DeviceMem {
     /// Owns the allocation (freed when dropped); kernels use `ptr`.
-    _slice: CudaSlice<u8>,
+    _owner: Owner,
     ptr: u64,
     len: usize,
 }
+
+// Held for their drop (which frees the memory), never read.
+#[allow(dead_code)]
+enum Owner {
+    Cuda(CudaSlice<u8>),
+    /// The emulator's device memory: host memory, 256-byte aligned as cudaMalloc's.
+    Host(Vec<Aligned>),
+}
+
+#[repr(C, align(256))]
+#[derive(Clone, Copy)]
+struct Aligned([u8; 256]);
 
 impl DeviceMem {
     pub fn ptr(&self) -> u64 {
@@ -56,15 +69,36 @@ pub struct Launch {
 pub struct Device {
     pub info: DeviceInfo,
     pub toolchain: Toolchain,
-    pub ctx: Arc<CudaContext>,
-    pub stream: Arc<CudaStream>,
-    pub kernels: Kernels,
+    imp: Imp,
+}
+
+enum Imp {
+    Cuda {
+        ctx: Arc<CudaContext>,
+        stream: Arc<CudaStream>,
+        kernels: Kernels,
+    },
+    /// `UNMASK_CUDA_EMULATOR=1`: the kernels on the CPU (emulator.rs).
+    Emulated(Emulator, Origin),
 }
 
 impl Device {
     /// Checks for the driver, NVRTC and the device before cudarc touches them, then creates the
     /// context and compiles the kernels.
     pub fn open(ordinal: usize) -> Result<Device> {
+        if emulator::enabled() {
+            let emu = Emulator::load()?;
+            let origin = Origin::Emulated(emu.library.clone());
+            return Ok(Device {
+                info: emulator::device_info(),
+                toolchain: Toolchain {
+                    driver: (0, 0),
+                    nvrtc: (0, 0),
+                    archs: Vec::new(),
+                },
+                imp: Imp::Emulated(emu, origin),
+            });
+        }
         let info = probe(ordinal)?;
         let toolchain = Toolchain::query()?;
         let (ctx, stream) = guarded("creating the CUDA context", || {
@@ -79,31 +113,72 @@ impl Device {
         Ok(Device {
             info,
             toolchain,
-            ctx,
-            stream,
-            kernels,
+            imp: Imp::Cuda {
+                ctx,
+                stream,
+                kernels,
+            },
         })
     }
 
+    /// Whether this is the CPU emulator (which captures no CUDA graphs).
+    pub fn emulated(&self) -> bool {
+        matches!(self.imp, Imp::Emulated(..))
+    }
+
+    /// Where the kernels came from.
+    pub fn origin(&self) -> &Origin {
+        match &self.imp {
+            Imp::Cuda { kernels, .. } => &kernels.origin,
+            Imp::Emulated(_, origin) => origin,
+        }
+    }
+
+    fn cuda(&self) -> Result<(&Arc<CudaContext>, &Arc<CudaStream>, &Kernels)> {
+        match &self.imp {
+            Imp::Cuda {
+                ctx,
+                stream,
+                kernels,
+            } => Ok((ctx, stream, kernels)),
+            Imp::Emulated(..) => Err(cuda_error("not on the CPU emulator")),
+        }
+    }
+
     pub fn bind(&self) -> Result<()> {
-        driver("binding the CUDA context", self.ctx.bind_to_thread())
+        match &self.imp {
+            Imp::Cuda { ctx, .. } => driver("binding the CUDA context", ctx.bind_to_thread()),
+            Imp::Emulated(..) => Ok(()),
+        }
     }
 
     /// `bytes` of zeroed device memory (at least one byte).
     pub fn alloc(&self, bytes: usize) -> Result<DeviceMem> {
         let len = bytes.max(1);
-        let slice = self.stream.alloc_zeros::<u8>(len).map_err(|e| {
+        let stream = match &self.imp {
+            Imp::Cuda { stream, .. } => stream,
+            Imp::Emulated(..) => {
+                let chunks = vec![Aligned([0; 256]); len.div_ceil(256)];
+                let ptr = chunks.as_ptr() as u64;
+                return Ok(DeviceMem {
+                    _owner: Owner::Host(chunks),
+                    ptr,
+                    len,
+                });
+            }
+        };
+        let slice = stream.alloc_zeros::<u8>(len).map_err(|e| {
             cuda_error(format!(
                 "allocating {:.1} MiB of device memory: {e}",
                 len as f64 / (1 << 20) as f64
             ))
         })?;
         let ptr = {
-            let (ptr, _sync) = slice.device_ptr(&self.stream);
+            let (ptr, _sync) = slice.device_ptr(stream);
             ptr
         };
         Ok(DeviceMem {
-            _slice: slice,
+            _owner: Owner::Cuda(slice),
             ptr,
             len,
         })
@@ -114,11 +189,23 @@ impl Device {
         if src.is_empty() {
             return Ok(());
         }
+        if self.emulated() {
+            // SAFETY: as below; the destination is host memory of this backend.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    src.as_ptr() as *const u8,
+                    dst as *mut u8,
+                    std::mem::size_of_val(src),
+                )
+            };
+            return Ok(());
+        }
         self.bind()?;
+        let (_, stream, _) = self.cuda()?;
         // SAFETY: the destination range lies inside an allocation of this backend (callers size
         // it); a pageable source is staged before this call returns.
         driver("copying to the device", unsafe {
-            result::memcpy_htod_async(dst, src, self.stream.cu_stream())
+            result::memcpy_htod_async(dst, src, stream.cu_stream())
         })
     }
 
@@ -127,28 +214,55 @@ impl Device {
         if dst.is_empty() {
             return Ok(());
         }
+        if self.emulated() {
+            // SAFETY: as for `upload`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    src as *const u8,
+                    dst.as_mut_ptr() as *mut u8,
+                    std::mem::size_of_val(dst),
+                )
+            };
+            return Ok(());
+        }
         self.bind()?;
+        let (_, stream, _) = self.cuda()?;
         // SAFETY: as for `upload`; the stream is synchronised before `dst` is used.
         driver("copying from the device", unsafe {
-            result::memcpy_dtoh_async(dst, src, self.stream.cu_stream())
+            result::memcpy_dtoh_async(dst, src, stream.cu_stream())
         })?;
         self.sync()
     }
 
     pub fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        if self.emulated() {
+            // SAFETY: both ranges lie inside allocations of this backend (host memory here).
+            unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, bytes) };
+            return Ok(());
+        }
         self.bind()?;
+        let (_, stream, _) = self.cuda()?;
         // SAFETY: both ranges lie inside allocations of this backend.
         driver("copying on the device", unsafe {
-            result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream())
+            result::memcpy_dtod_async(dst, src, bytes, stream.cu_stream())
         })
     }
 
     pub fn sync(&self) -> Result<()> {
-        driver("running on the GPU", self.stream.synchronize())
+        match &self.imp {
+            Imp::Cuda { stream, .. } => driver("running on the GPU", stream.synchronize()),
+            Imp::Emulated(..) => Ok(()),
+        }
     }
 
     pub fn launch(&self, l: &Launch) -> Result<()> {
-        let f = self.kernels.get(&l.kernel)?;
+        let (stream, kernels) = match &self.imp {
+            Imp::Cuda {
+                stream, kernels, ..
+            } => (stream, kernels),
+            Imp::Emulated(emu, _) => return emu.launch(l),
+        };
+        let f = kernels.get(&l.kernel)?;
         let mut values: Vec<u64> = l
             .args
             .iter()
@@ -172,7 +286,7 @@ impl Device {
                 l.grid,
                 l.block,
                 l.shared_bytes,
-                self.stream.cu_stream(),
+                stream.cu_stream(),
                 &mut params,
             )
         })
@@ -181,15 +295,25 @@ impl Device {
     /// Launches `launches` in order with a CUDA event before the first and after each, waits,
     /// and returns each launch's seconds (the time between its two events).
     pub fn launch_timed(&self, launches: &[Launch]) -> Result<Vec<f64>> {
+        if self.emulated() {
+            return launches
+                .iter()
+                .map(|l| {
+                    let t = std::time::Instant::now();
+                    self.launch(l).map(|()| t.elapsed().as_secs_f64())
+                })
+                .collect();
+        }
         self.bind()?;
+        let (ctx, stream, _) = self.cuda()?;
         let timed = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
         let events = (0..=launches.len())
-            .map(|_| driver("creating a CUDA event", self.ctx.new_event(timed)))
+            .map(|_| driver("creating a CUDA event", ctx.new_event(timed)))
             .collect::<Result<Vec<_>>>()?;
-        driver("recording a CUDA event", events[0].record(&self.stream))?;
+        driver("recording a CUDA event", events[0].record(stream))?;
         for (l, e) in launches.iter().zip(&events[1..]) {
             self.launch(l)?;
-            driver("recording a CUDA event", e.record(&self.stream))?;
+            driver("recording a CUDA event", e.record(stream))?;
         }
         self.sync()?;
         events
@@ -200,22 +324,27 @@ impl Device {
 
     /// Device memory free and total, bytes.
     pub fn memory(&self) -> Result<(usize, usize)> {
+        if self.emulated() {
+            let m = self.info.memory_bytes;
+            return Ok((m, m));
+        }
         self.bind()?;
         driver("reading device memory", result::mem_get_info())
     }
 
     pub fn begin_capture(&self) -> Result<()> {
+        let (_, stream, _) = self.cuda()?;
         driver(
             "starting a CUDA graph capture",
-            self.stream
-                .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+            stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
         )
     }
 
     pub fn end_capture(&self) -> Result<Option<cudarc::driver::CudaGraph>> {
+        let (_, stream, _) = self.cuda()?;
         driver(
             "instantiating a CUDA graph",
-            self.stream.end_capture(sys::CUgraphInstantiate_flags(0)),
+            stream.end_capture(sys::CUgraphInstantiate_flags(0)),
         )
     }
 }

@@ -85,6 +85,8 @@ pub enum Origin {
     },
     /// Loaded from the disk cache: NVRTC compiled nothing.
     Cached(std::path::PathBuf),
+    /// Built by clang++ for the CPU emulator (`UNMASK_CUDA_EMULATOR=1`), this library.
+    Emulated(std::path::PathBuf),
 }
 
 impl std::fmt::Display for Origin {
@@ -103,6 +105,7 @@ impl std::fmt::Display for Origin {
                 stored: None,
             } => write!(f, "compiled by NVRTC in {seconds:.1} s (not cached)"),
             Origin::Cached(p) => write!(f, "loaded from the cache {}", p.display()),
+            Origin::Emulated(p) => write!(f, "run on the CPU emulator ({})", p.display()),
         }
     }
 }

@@ -15,6 +15,7 @@ mod availability;
 mod backend;
 pub mod compile;
 mod device;
+pub mod emulator;
 pub mod kernels;
 pub mod module_cache;
 pub mod params;

@@ -11,8 +11,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
-mod common;
-use common::clang;
+use unmask_cuda::emulator::clang;
 
 #[test]
 fn kernels_compile_to_ptx_with_every_entry_point() {

@@ -122,9 +122,24 @@ unsafe impl Send for Emulator {}
 unsafe impl Sync for Emulator {}
 
 impl Emulator {
-    /// Builds the library once per program source (kept in the temporary directory under its
-    /// SHA-256) and loads it.
+    /// The library, built once per program source (kept in the temporary directory under its
+    /// SHA-256) and loaded once per process: backends opened on several threads at once share
+    /// one build.
     pub fn load() -> Result<Emulator> {
+        static LOADED: std::sync::Mutex<Option<(LaunchFn, PathBuf)>> = std::sync::Mutex::new(None);
+        let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((launch, library)) = &*loaded {
+            return Ok(Emulator {
+                launch: *launch,
+                library: library.clone(),
+            });
+        }
+        let emu = Self::build_and_load()?;
+        *loaded = Some((emu.launch, emu.library.clone()));
+        Ok(emu)
+    }
+
+    fn build_and_load() -> Result<Emulator> {
         let mut tail = String::new();
         for name in crate::kernels::kernel_names() {
             tail.push_str(&format!("EMU_KERNEL({name})\n"));

@@ -54,6 +54,18 @@ pub enum Arg {
     F32(f32),
 }
 
+impl Arg {
+    /// The 8-byte word a launch passes it in: pointers and u64 whole, 4-byte values in the low
+    /// half (their value on a little-endian host).
+    pub fn word(self) -> u64 {
+        match self {
+            Arg::Ptr(v) | Arg::U64(v) => v,
+            Arg::U32(v) => v as u64,
+            Arg::F32(v) => v.to_bits() as u64,
+        }
+    }
+}
+
 /// One kernel launch, fully resolved (pointers included): what a step records or captures.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Launch {
@@ -263,15 +275,7 @@ impl Device {
             Imp::Emulated(emu, _) => return emu.launch(l),
         };
         let f = kernels.get(&l.kernel)?;
-        let mut values: Vec<u64> = l
-            .args
-            .iter()
-            .map(|a| match *a {
-                Arg::Ptr(v) | Arg::U64(v) => v,
-                Arg::U32(v) => v as u64,
-                Arg::F32(v) => v.to_bits() as u64,
-            })
-            .collect();
+        let mut values: Vec<u64> = l.args.iter().map(|a| a.word()).collect();
         // Each parameter points at its own 8-byte slot; a 4-byte parameter reads the slot's low
         // half, which is its value on a little-endian host.
         let mut params: Vec<*mut c_void> = values

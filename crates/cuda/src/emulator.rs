@@ -6,7 +6,7 @@
 //! launch at a time, and slowly (a forward of the tiny fixtures takes seconds).
 
 use crate::availability::{cuda_error, DeviceInfo};
-use crate::device::{Arg, Launch};
+use crate::device::Launch;
 use sha2::{Digest, Sha256};
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::path::PathBuf;
@@ -203,15 +203,7 @@ impl Emulator {
 
     /// Runs `l` to completion.
     pub fn launch(&self, l: &Launch) -> Result<()> {
-        let words: Vec<u64> = l
-            .args
-            .iter()
-            .map(|a| match *a {
-                Arg::Ptr(v) | Arg::U64(v) => v,
-                Arg::U32(v) => v as u64,
-                Arg::F32(v) => v.to_bits() as u64,
-            })
-            .collect();
+        let words: Vec<u64> = l.args.iter().map(|a| a.word()).collect();
         let name = CString::new(l.kernel.as_str())
             .map_err(|_| cuda_error("a kernel name with a NUL byte"))?;
         let (g, b) = (l.grid, l.block);

@@ -17,7 +17,13 @@ void report(const std::string& what, double err, double tol) {
 std::mt19937 rng(7);
 float uniform(float a, float b) { return std::uniform_real_distribution<float>(a, b)(rng); }
 
-uint16_t bf16(float f) { unsigned u = __float_as_uint(f); return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16); }
+// Runs a launch; a launch the emulator refuses or that deadlocks counts as a failure.
+void run(const char* what, emu::Body b, const uint64_t* args, dim3 grid, dim3 block) {
+    if (int e = emu::launch(b, args, grid, block, 0)) {
+        std::printf("%s: the emulator stopped it (%d)  FAILED\n", what, e);
+        failures++;
+    }
+}
 
 // A [M, K] matrix in format dt: its device bytes and its values as the kernel must read them.
 struct Matrix { std::vector<uint8_t> bytes; std::vector<float> values; };
@@ -31,8 +37,8 @@ Matrix make(int dt, unsigned M, unsigned K) {
         for (size_t i = 0; i < m.values.size(); i++) {
             float v = uniform(-1, 1);
             if (dt == DT_F32) { std::memcpy(&m.bytes[i * 4], &v, 4); m.values[i] = v; }
-            else if (dt == DT_BF16) { uint16_t h = bf16(v); std::memcpy(&m.bytes[i * 2], &h, 2); m.values[i] = __uint_as_float((unsigned)h << 16); }
-            else { uint16_t h = emu_f32_to_f16(v); std::memcpy(&m.bytes[i * 2], &h, 2); m.values[i] = emu_f16_to_f32(h); }
+            else if (dt == DT_BF16) { uint16_t h = (uint16_t)f32_to_bf16_bits(v); std::memcpy(&m.bytes[i * 2], &h, 2); m.values[i] = __uint_as_float((unsigned)h << 16); }
+            else { uint16_t h = (uint16_t)f32_to_f16_bits(v); std::memcpy(&m.bytes[i * 2], &h, 2); m.values[i] = f16_bits_to_f32(h); }
         }
         return m;
     }
@@ -43,8 +49,8 @@ Matrix make(int dt, unsigned M, unsigned K) {
     for (size_t b = 0; b < blocks; b++) {
         size_t r = b / nb, c0 = (b % nb) * 32;
         if (dt == DT_Q8_0) {
-            uint16_t hs = emu_f32_to_f16(uniform(0.001f, 0.02f));
-            float d = emu_f16_to_f32(hs);
+            uint16_t hs = (uint16_t)f32_to_f16_bits(uniform(0.001f, 0.02f));
+            float d = f16_bits_to_f32(hs);
             std::memcpy(&m.bytes[blocks * 32 + b * 2], &hs, 2);
             for (int i = 0; i < 32; i++) {
                 int q = (int)uniform(-127, 127);
@@ -94,7 +100,7 @@ int main() {
                 std::vector<float> x((size_t)n * K), out((size_t)n * M, -1.0f);
                 for (auto& v : x) v = uniform(-1, 1);
                 uint64_t args[6] = {ptr(x.data()), ptr(w.bytes.data()), ptr(out.data()), n, K, M};
-                emu::launch(bodies[dt], args, {(n + MM_TOK - 1) / MM_TOK, (M + 31) / 32, 1}, {256, 1, 1}, 0);
+                run(names[dt], bodies[dt], args, {(n + MM_TOK - 1) / MM_TOK, (M + 31) / 32, 1}, {256, 1, 1});
                 double err = 0;
                 for (unsigned t = 0; t < n; t++)
                     for (unsigned m = 0; m < M; m++) {
@@ -114,7 +120,7 @@ int main() {
         for (auto& v : w) v = uniform(0.5, 1.5);
         float eps = 1e-6f;
         uint64_t args[5] = {ptr(x.data()), ptr(w.data()), ptr(out.data()), d, __float_as_uint(eps)};
-        emu::launch(emu_body_rms_norm, args, {rows, 1, 1}, {256, 1, 1}, 0);
+        run("rms_norm", emu_body_rms_norm, args, {rows, 1, 1}, {256, 1, 1});
         double err = 0;
         for (unsigned r = 0; r < rows; r++) {
             double ss = 0;
@@ -131,9 +137,9 @@ int main() {
         for (auto& v : a) v = uniform(-4, 4);
         for (auto& v : b) v = uniform(-4, 4);
         uint64_t args[4] = {ptr(a.data()), ptr(b.data()), ptr(o1.data()), count};
-        emu::launch(emu_body_add, args, {(count + 255) / 256, 1, 1}, {256, 1, 1}, 0);
+        run("add", emu_body_add, args, {(count + 255) / 256, 1, 1}, {256, 1, 1});
         uint64_t args2[4] = {ptr(a.data()), ptr(b.data()), ptr(o2.data()), count};
-        emu::launch(emu_body_swiglu, args2, {(count + 255) / 256, 1, 1}, {256, 1, 1}, 0);
+        run("swiglu", emu_body_swiglu, args2, {(count + 255) / 256, 1, 1}, {256, 1, 1});
         double e1 = 0, e2 = 0;
         for (unsigned i = 0; i < count; i++) {
             e1 = std::max(e1, (double)std::fabs(a[i] + b[i] - o1[i]));
@@ -156,9 +162,9 @@ int main() {
         params[P_START] = start;
         params[P_BLOCK] = B;
         uint64_t store[7] = {ptr(qkv.data()), ptr(kc.data()), ptr(vc.data()), ptr(params.data()), nq, nkv, d};
-        emu::launch(emu_body_kv_store, store, {n, 1, 1}, {256, 1, 1}, 0);
+        run("kv_store", emu_body_kv_store, store, {n, 1, 1}, {256, 1, 1});
         uint64_t att[9] = {ptr(qkv.data()), ptr(kc.data()), ptr(vc.data()), ptr(out.data()), ptr(params.data()), n, nq, nkv, d};
-        emu::launch(emu_body_attention, att, {n, nq, 1}, {ATT_WARPS * 32, 1, 1}, 0);
+        run("attention", emu_body_attention, att, {n, nq, 1}, {ATT_WARPS * 32, 1, 1});
         double err = 0;
         for (unsigned r = 0; r < n; r++)
             for (unsigned h = 0; h < nq; h++) {

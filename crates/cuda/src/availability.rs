@@ -106,11 +106,7 @@ pub struct Survey {
 pub fn survey() -> Result<Survey> {
     if crate::emulator::enabled() {
         return Ok(Survey {
-            toolchain: crate::compile::Toolchain {
-                driver: (0, 0),
-                nvrtc: (0, 0),
-                archs: Vec::new(),
-            },
+            toolchain: crate::emulator::toolchain(),
             devices: vec![(crate::emulator::device_info(), Ok(90))],
             cache: None,
         });

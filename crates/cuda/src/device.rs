@@ -103,11 +103,7 @@ impl Device {
             let origin = Origin::Emulated(emu.library.clone());
             return Ok(Device {
                 info: emulator::device_info(),
-                toolchain: Toolchain {
-                    driver: (0, 0),
-                    nvrtc: (0, 0),
-                    archs: Vec::new(),
-                },
+                toolchain: emulator::toolchain(),
                 imp: Imp::Emulated(emu, origin),
             });
         }
@@ -146,14 +142,11 @@ impl Device {
         }
     }
 
-    fn cuda(&self) -> Result<(&Arc<CudaContext>, &Arc<CudaStream>, &Kernels)> {
+    /// The stream CUDA graphs are captured on (the emulator captures none).
+    fn capture_stream(&self) -> Result<&Arc<CudaStream>> {
         match &self.imp {
-            Imp::Cuda {
-                ctx,
-                stream,
-                kernels,
-            } => Ok((ctx, stream, kernels)),
-            Imp::Emulated(..) => Err(cuda_error("not on the CPU emulator")),
+            Imp::Cuda { stream, .. } => Ok(stream),
+            Imp::Emulated(..) => Err(cuda_error("the CPU emulator captures no CUDA graphs")),
         }
     }
 
@@ -201,7 +194,7 @@ impl Device {
         if src.is_empty() {
             return Ok(());
         }
-        if self.emulated() {
+        let Imp::Cuda { stream, .. } = &self.imp else {
             // SAFETY: as below; the destination is host memory of this backend.
             unsafe {
                 std::ptr::copy_nonoverlapping(
@@ -211,9 +204,8 @@ impl Device {
                 )
             };
             return Ok(());
-        }
+        };
         self.bind()?;
-        let (_, stream, _) = self.cuda()?;
         // SAFETY: the destination range lies inside an allocation of this backend (callers size
         // it); a pageable source is staged before this call returns.
         driver("copying to the device", unsafe {
@@ -226,7 +218,7 @@ impl Device {
         if dst.is_empty() {
             return Ok(());
         }
-        if self.emulated() {
+        let Imp::Cuda { stream, .. } = &self.imp else {
             // SAFETY: as for `upload`.
             unsafe {
                 std::ptr::copy_nonoverlapping(
@@ -236,9 +228,8 @@ impl Device {
                 )
             };
             return Ok(());
-        }
+        };
         self.bind()?;
-        let (_, stream, _) = self.cuda()?;
         // SAFETY: as for `upload`; the stream is synchronised before `dst` is used.
         driver("copying from the device", unsafe {
             result::memcpy_dtoh_async(dst, src, stream.cu_stream())
@@ -247,13 +238,12 @@ impl Device {
     }
 
     pub fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
-        if self.emulated() {
+        let Imp::Cuda { stream, .. } = &self.imp else {
             // SAFETY: both ranges lie inside allocations of this backend (host memory here).
             unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, bytes) };
             return Ok(());
-        }
+        };
         self.bind()?;
-        let (_, stream, _) = self.cuda()?;
         // SAFETY: both ranges lie inside allocations of this backend.
         driver("copying on the device", unsafe {
             result::memcpy_dtod_async(dst, src, bytes, stream.cu_stream())
@@ -299,7 +289,8 @@ impl Device {
     /// Launches `launches` in order with a CUDA event before the first and after each, waits,
     /// and returns each launch's seconds (the time between its two events).
     pub fn launch_timed(&self, launches: &[Launch]) -> Result<Vec<f64>> {
-        if self.emulated() {
+        let Imp::Cuda { ctx, stream, .. } = &self.imp else {
+            // The emulator runs each launch to completion: wall time is its time.
             return launches
                 .iter()
                 .map(|l| {
@@ -307,9 +298,8 @@ impl Device {
                     self.launch(l).map(|()| t.elapsed().as_secs_f64())
                 })
                 .collect();
-        }
+        };
         self.bind()?;
-        let (ctx, stream, _) = self.cuda()?;
         let timed = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
         let events = (0..=launches.len())
             .map(|_| driver("creating a CUDA event", ctx.new_event(timed)))
@@ -337,7 +327,7 @@ impl Device {
     }
 
     pub fn begin_capture(&self) -> Result<()> {
-        let (_, stream, _) = self.cuda()?;
+        let stream = self.capture_stream()?;
         driver(
             "starting a CUDA graph capture",
             stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
@@ -345,7 +335,7 @@ impl Device {
     }
 
     pub fn end_capture(&self) -> Result<Option<cudarc::driver::CudaGraph>> {
-        let (_, stream, _) = self.cuda()?;
+        let stream = self.capture_stream()?;
         driver(
             "instantiating a CUDA graph",
             stream.end_capture(sys::CUgraphInstantiate_flags(0)),

@@ -9,7 +9,7 @@ use crate::availability::{cuda_error, DeviceInfo};
 use crate::device::Launch;
 use sha2::{Digest, Sha256};
 use std::ffi::{c_char, c_int, c_void, CString};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use unmask_core::Result;
 
@@ -66,13 +66,41 @@ pub fn source(tail: &str) -> String {
 }
 
 /// clang++'s options for the emulated program.
-pub const CXX_FLAGS: [&str; 5] = [
+const CXX_FLAGS: [&str; 4] = [
     "-std=c++17",
     "-O2",
-    "-mf16c",
     "-DUNMASK_EMULATOR",
     "-Wno-unknown-pragmas",
 ];
+
+/// Compiles the C++ file `cpp` (from `source`) with `cxx` into `out`, with `extra` options
+/// (`-fPIC -shared` for the backend's library); the error holds the compiler's output.
+pub fn compile(cxx: &str, cpp: &Path, out: &Path, extra: &[&str]) -> Result<()> {
+    let run = Command::new(cxx)
+        .args(CXX_FLAGS)
+        .args(extra)
+        .arg("-o")
+        .arg(out)
+        .arg(cpp)
+        .output()
+        .map_err(|e| cuda_error(format!("emulator: running {cxx}: {e}")))?;
+    if !run.status.success() {
+        return Err(cuda_error(format!(
+            "emulator: {cxx} could not build the kernels:\n{}",
+            String::from_utf8_lossy(&run.stderr)
+        )));
+    }
+    Ok(())
+}
+
+/// The toolchain the emulated device reports: no driver, no NVRTC.
+pub fn toolchain() -> crate::compile::Toolchain {
+    crate::compile::Toolchain {
+        driver: (0, 0),
+        nvrtc: (0, 0),
+        archs: Vec::new(),
+    }
+}
 
 /// A clang++ that runs here (`UNMASK_CLANG` names one).
 pub fn clang() -> Option<String> {
@@ -151,7 +179,7 @@ impl Emulator {
         }
         tail.push_str("    };\n    (void)nargs;\n    for (auto& [n, b] : table)\n        if (std::strcmp(n, name) == 0) return emu::launch_locked(b, args, {gx, gy, gz}, {bx, by, bz}, shared);\n    return -1;\n}\n");
         let src = source(&tail);
-        let key = hex(&Sha256::digest(src.as_bytes())[..12]);
+        let key = crate::module_cache::short_hex(&Sha256::digest(src.as_bytes()));
         let dir = std::env::temp_dir().join("unmask-cuda-emulator");
         std::fs::create_dir_all(&dir)
             .map_err(|e| cuda_error(format!("emulator: creating {}: {e}", dir.display())))?;
@@ -164,20 +192,9 @@ impl Emulator {
             let tmp = dir.join(format!("{key}.{}.so", std::process::id()));
             std::fs::write(&cpp, &src)
                 .map_err(|e| cuda_error(format!("emulator: writing {}: {e}", cpp.display())))?;
-            let out = Command::new(&cxx)
-                .args(CXX_FLAGS)
-                .args(["-fPIC", "-shared", "-o"])
-                .arg(&tmp)
-                .arg(&cpp)
-                .output()
-                .map_err(|e| cuda_error(format!("emulator: running {cxx}: {e}")))?;
+            let built = compile(&cxx, &cpp, &tmp, &["-fPIC", "-shared"]);
             let _ = std::fs::remove_file(&cpp);
-            if !out.status.success() {
-                return Err(cuda_error(format!(
-                    "emulator: {cxx} could not build the kernels:\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                )));
-            }
+            built?;
             std::fs::rename(&tmp, &library)
                 .map_err(|e| cuda_error(format!("emulator: {}: {e}", library.display())))?;
         }
@@ -229,8 +246,4 @@ impl Emulator {
             e => Err(cuda_error(format!("emulator: `{}` failed ({e})", l.kernel))),
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -58,8 +58,12 @@ impl ModuleCache {
         h.update(nvrtc.0.to_le_bytes());
         h.update(nvrtc.1.to_le_bytes());
         let digest = h.finalize();
-        let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-        format!("sm_{sm}-nvrtc{}.{}-{hex}.cubin", nvrtc.0, nvrtc.1)
+        format!(
+            "sm_{sm}-nvrtc{}.{}-{}.cubin",
+            nvrtc.0,
+            nvrtc.1,
+            short_hex(&digest)
+        )
     }
 
     pub fn path(&self, key: &str) -> PathBuf {
@@ -123,6 +127,12 @@ fn decode(bytes: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     Some(image.to_vec())
+}
+
+/// The first 12 bytes of a digest in hex: the name of a cached build (a cubin here, the
+/// emulator's library in emulator.rs).
+pub(crate) fn short_hex(digest: &[u8]) -> String {
+    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -28,18 +28,9 @@ fn kernels_run_on_the_cpu_and_match_plain_loops() {
     std::fs::create_dir_all(&tmp).unwrap();
     let (cpp, exe) = (tmp.join("emulated.cpp"), tmp.join("emulated"));
     std::fs::write(&cpp, src).unwrap();
-    let built = Command::new(&cxx)
-        .args(emulator::CXX_FLAGS)
-        .arg("-o")
-        .arg(&exe)
-        .arg(&cpp)
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{cxx} could not build the emulated kernels:\n{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    if let Err(e) = emulator::compile(&cxx, &cpp, &exe, &[]) {
+        panic!("{e}");
+    }
     let ran = Command::new(&exe).output().unwrap();
     let report = String::from_utf8_lossy(&ran.stdout);
     println!("{report}");

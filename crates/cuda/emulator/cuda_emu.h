@@ -22,30 +22,75 @@ struct uint4 { unsigned x, y, z, w; };
 struct uint2 { unsigned x, y; };
 
 namespace emu {
-enum State { RUN, AT_BLOCK, AT_WARP, DONE };
-// A fiber starts on its own stack through ucontext (once per block) and then switches with
-// __builtin_setjmp/__builtin_longjmp, which save no signal mask: with swapcontext (a system
-// call per switch) the golden forward suite took 250.5 s instead of 22.2 s.
+enum State : unsigned char { RUN, AT_BLOCK, AT_WARP, DONE };
+// A fiber starts on its own stack through ucontext (once per process: between blocks and
+// launches it waits as DONE and runs the next body when set to RUN, so a block costs no
+// makecontext and no signal-mask system calls) and switches with __builtin_setjmp /
+// __builtin_longjmp, which save no signal mask: with swapcontext (a system call per switch)
+// the golden forward suite took 250.5 s instead of 22.2 s.
 struct Fiber {
     ucontext_t ctx;
     void* jb[5];
     bool started = false;
     std::vector<char> stack;
-    State state = DONE;
     uint3 tid;
+    // Which of the two shuffle slots this thread writes next (see __shfl_from).
+    unsigned shfl = 0;
 };
 inline void* sched_jb[5];
 [[gnu::noinline]] inline void jump(void** jb) { __builtin_longjmp(jb, 1); }
 inline std::vector<Fiber> fibers;
+// The fibers' states apart from their (large) contexts, so the scheduler's scans stay in cache.
+inline std::vector<State> states;
 inline unsigned cur = 0;
 inline uint3 tid_now, bid_now, bdim, gdim;
 inline unsigned char* dyn_shared = nullptr;
-// Per warp: one 8-byte slot per lane for shuffles.
-inline uint64_t lanes[32][32];
+// Per slot, warp and lane: 8 bytes for shuffles.
+inline uint64_t lanes[2][32][32];
+
+// Threads in the block being run.
+inline unsigned threads = 0;
+
+// Continues fiber j: its first start, or where it last waited.
+[[noreturn]] inline void switch_to(unsigned j) {
+    cur = j;
+    if (!fibers[j].started) {
+        fibers[j].started = true;
+        setcontext(&fibers[j].ctx);
+    }
+    jump(fibers[j].jb);
+    __builtin_unreachable();
+}
+
+// Leaves the current fiber (which has saved where it waits) for the next runnable lane of its
+// warp; when there is none and the warp's barrier is complete (every live lane waits at it),
+// opens it and goes to the warp's first lane: a warp's shuffles switch straight from lane to
+// lane. Otherwise back to the scheduler (run_block), which opens the block's barriers.
+[[noreturn]] inline void next() {
+    unsigned w0 = cur & ~31u, w1 = w0 + 32u < threads ? w0 + 32u : threads;
+    for (unsigned j = cur + 1; j < w1; j++)
+        if (states[j] == RUN) switch_to(j);
+    bool any = false, ready = true;
+    for (unsigned j = w0; j < w1; j++) {
+        if (states[j] == AT_WARP) any = true;
+        else if (states[j] != DONE) ready = false;
+    }
+    if (ready && any) {
+        unsigned first = w1;
+        for (unsigned j = w0; j < w1; j++)
+            if (states[j] == AT_WARP) {
+                states[j] = RUN;
+                if (first == w1) first = j;
+            }
+        switch_to(first);
+    }
+    jump(sched_jb);
+    __builtin_unreachable();
+}
 
 inline void yield_as(State s) {
-    fibers[cur].state = s;
-    if (__builtin_setjmp(fibers[cur].jb) == 0) jump(sched_jb);
+    states[cur] = s;
+    if (__builtin_setjmp(fibers[cur].jb) == 0) next();
     tid_now = fibers[cur].tid;
 }
 inline unsigned lane() { return cur & 31u; }
@@ -65,15 +110,21 @@ inline unsigned warp() { return cur >> 5; }
 inline void __syncthreads() { emu::yield_as(emu::AT_BLOCK); }
 inline void __syncwarp(unsigned = 0xffffffffu) { emu::yield_as(emu::AT_WARP); }
 
+// A lane writes its value to its slot, waits for the warp, reads the source lane's. The slot
+// alternates between two per shuffle: a lane writes a slot again only after the next
+// shuffle's barrier, which every lane reaches after reading this one, so one barrier a
+// shuffle suffices (the kernels' shuffles are full-warp, every lane takes each one).
 template <class T>
 T __shfl_from(T v, unsigned src) {
     static_assert(sizeof(T) <= 8, "shuffle of a value wider than 8 bytes");
     uint64_t bits = 0;
     std::memcpy(&bits, &v, sizeof(T));
-    emu::lanes[emu::warp()][emu::lane()] = bits;
+    unsigned& slot = emu::fibers[emu::cur].shfl;
+    uint64_t(&warp)[32] = emu::lanes[slot][emu::warp()];
+    slot ^= 1u;
+    warp[emu::lane()] = bits;
     __syncwarp();
-    bits = emu::lanes[emu::warp()][src & 31u];
-    __syncwarp();
+    bits = warp[src & 31u];
     T r;
     std::memcpy(&r, &bits, sizeof(T));
     return r;
@@ -124,91 +175,90 @@ namespace emu {
 typedef void (*Body)(const uint64_t* args);
 inline const uint64_t* body_args;
 inline Body body;
+// A fiber's life: the body of each block it is given, waiting as DONE in between.
 inline void trampoline() {
-    tid_now = fibers[cur].tid;
-    body(body_args);
-    fibers[cur].state = DONE;
-    jump(sched_jb);
-}
-
-// Runs fiber i until it next waits or ends.
-[[gnu::noinline]] inline void resume(unsigned i) {
-    cur = i;
-    if (__builtin_setjmp(sched_jb) == 0) {
-        if (!fibers[i].started) {
-            fibers[i].started = true;
-            setcontext(&fibers[i].ctx);
-        }
-        jump(fibers[i].jb);
+    for (;;) {
+        tid_now = fibers[cur].tid;
+        body(body_args);
+        yield_as(DONE);
     }
 }
 
-// Runs `body` over the grid: each block's threads as fibers until all are done; a barrier
-// opens when every live thread of the block (or of the warp) waits at it.
-// Returns 0, or 2 for a block of no or more than 1024 threads, 3 for a deadlock (threads left
-// waiting at barriers the others never reach).
+// Runs fiber i, and the lanes of its warp it hands on to, until they wait or end.
+[[gnu::noinline]] inline void resume(unsigned i) {
+    if (__builtin_setjmp(sched_jb) == 0) switch_to(i);
+}
+
+// Gives fiber i its own stack and a fresh start at `trampoline` (a fiber stopped inside a
+// body, after a deadlock, must not resume it).
+inline void make_fiber(unsigned i) {
+    Fiber& f = fibers[i];
+    if (f.stack.empty()) f.stack.resize(256 << 10);
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = f.stack.data();
+    f.ctx.uc_stack.ss_size = f.stack.size();
+    f.ctx.uc_link = nullptr;
+    makecontext(&f.ctx, trampoline, 0);
+    f.started = false;
+}
+
+// Runs the block's threads until every one has ended; false on a deadlock (threads left
+// waiting at barriers the others never reach). Warp by warp: a warp runs until its lanes wait
+// at the block's barrier or end (`next` opens its own barriers); the block's barrier opens
+// when no thread runs or waits at a warp barrier.
+inline bool run_block(unsigned n) {
+    for (;;) {
+        for (unsigned i = 0; i < n; i++)
+            if (states[i] == RUN) resume(i);
+        bool live = false, stuck = false;
+        for (unsigned i = 0; i < n; i++) {
+            live |= states[i] != DONE;
+            stuck |= states[i] == AT_WARP;
+        }
+        if (!live) return true;
+        if (stuck) return false;
+        for (unsigned i = 0; i < n; i++)
+            if (states[i] == AT_BLOCK) states[i] = RUN;
+    }
+}
+
+// Runs `body` over the grid, a block at a time.
+// Returns 0, or 2 for a block of no or more than 1024 threads, 3 for a deadlock.
 inline int launch(Body b, const uint64_t* args, dim3 grid, dim3 block, unsigned shared) {
     unsigned n = block.x * block.y * block.z;
     if (n == 0 || n > 1024) { std::fprintf(stderr, "emu: block of %u threads\n", n); return 2; }
     gdim = grid;
+    threads = n;
     bdim = block;
     body = b;
     body_args = args;
     std::vector<unsigned char> dyn(shared + 16);
     dyn_shared = dyn.data();
-    fibers.resize(n);
+    if (fibers.size() < n) {
+        // Room for the largest block at once: a fiber's context points into itself (glibc's
+        // saved FP state), so fibers must never move.
+        fibers.reserve(1024);
+        unsigned had = (unsigned)fibers.size();
+        fibers.resize(n);
+        states.resize(n, DONE);
+        for (unsigned i = had; i < n; i++) make_fiber(i);
+    }
+    for (unsigned i = 0; i < n; i++) fibers[i].tid = {i % block.x, (i / block.x) % block.y, i / (block.x * block.y)};
     for (unsigned z = 0; z < grid.z; z++)
         for (unsigned y = 0; y < grid.y; y++)
             for (unsigned x = 0; x < grid.x; x++) {
                 bid_now = {x, y, z};
                 for (unsigned i = 0; i < n; i++) {
-                    Fiber& f = fibers[i];
-                    if (f.stack.empty()) f.stack.resize(256 << 10);
-                    f.tid = {i % block.x, (i / block.x) % block.y, i / (block.x * block.y)};
-                    getcontext(&f.ctx);
-                    f.ctx.uc_stack.ss_sp = f.stack.data();
-                    f.ctx.uc_stack.ss_size = f.stack.size();
-                    f.ctx.uc_link = nullptr;
-                    makecontext(&f.ctx, trampoline, 0);
-                    f.started = false;
-                    f.state = RUN;
+                    states[i] = RUN;
+                    fibers[i].shfl = 0;
                 }
-                for (;;) {
-                    bool ran = false;
+                if (!run_block(n)) {
+                    std::fprintf(stderr, "emu: deadlock in block (%u,%u,%u)\n", x, y, z);
                     for (unsigned i = 0; i < n; i++) {
-                        if (fibers[i].state != RUN) continue;
-                        resume(i);
-                        ran = true;
+                        make_fiber(i);
+                        states[i] = DONE;
                     }
-                    if (ran) continue;
-                    // Nobody runnable: open the barriers whose threads have all arrived.
-                    bool live = false, opened = false;
-                    for (unsigned i = 0; i < n; i++) live |= fibers[i].state != DONE;
-                    if (!live) break;
-                    bool block_ready = true;
-                    for (unsigned i = 0; i < n; i++)
-                        if (fibers[i].state == RUN || fibers[i].state == AT_WARP) block_ready = false;
-                    for (unsigned w = 0; w * 32 < n; w++) {
-                        bool ready = true, any = false;
-                        for (unsigned i = w * 32; i < n && i < w * 32 + 32; i++) {
-                            if (fibers[i].state == AT_WARP) any = true;
-                            else if (fibers[i].state != DONE) ready = false;
-                        }
-                        if (ready && any) {
-                            for (unsigned i = w * 32; i < n && i < w * 32 + 32; i++)
-                                if (fibers[i].state == AT_WARP) fibers[i].state = RUN;
-                            opened = true;
-                        }
-                    }
-                    if (!opened && block_ready) {
-                        for (unsigned i = 0; i < n; i++)
-                            if (fibers[i].state == AT_BLOCK) fibers[i].state = RUN;
-                        opened = true;
-                    }
-                    if (!opened) {
-                        std::fprintf(stderr, "emu: deadlock in block (%u,%u,%u)\n", x, y, z);
-                        return 3;
-                    }
+                    return 3;
                 }
             }
     return 0;

@@ -75,6 +75,29 @@ Matrix make(int dt, unsigned M, unsigned K) {
 uint64_t ptr(const void* p) { return (uint64_t)(uintptr_t)p; }
 }  // namespace check
 
+// The emulator's own rules, with kernels written for them: shuffles read the source lane's
+// value of the same shuffle (xor and indexed, in every warp, several in a row, a partial last
+// warp), shared memory written before a __syncthreads is seen after it.
+__global__ void emu_shuffles(const float* in, float* out, unsigned n) {
+    __shared__ float s[1024];
+    unsigned t = threadIdx.x, lane = t & 31u;
+    float v = in[t];
+    float a = __shfl_xor_sync(0xffffffffu, v, 1);
+    float b = __shfl_sync(0xffffffffu, v, 31 - lane);
+    float c = __shfl_xor_sync(0xffffffffu, a + b, 16);
+    s[t] = v;
+    __syncthreads();
+    out[t] = a + 10.0f * b + 100.0f * c + 1000.0f * s[n - 1 - t];
+}
+// Lane 0 waits at the block's barrier, its warp at a warp barrier: neither can open.
+__global__ void emu_deadlock(int* out) {
+    if (threadIdx.x == 0) __syncthreads();
+    else __syncwarp();
+    out[threadIdx.x] = 1;
+}
+EMU_KERNEL(emu_shuffles)
+EMU_KERNEL(emu_deadlock)
+
 EMU_KERNEL(matmul_f32)
 EMU_KERNEL(matmul_bf16)
 EMU_KERNEL(matmul_f16)
@@ -88,6 +111,29 @@ EMU_KERNEL(attention)
 
 int main() {
     using namespace check;
+    // The emulator: 96 threads (three full warps) and 80 (a partial last warp).
+    for (unsigned n : {96u, 80u}) {
+        std::vector<float> in(n), out(n, -1.0f);
+        for (unsigned t = 0; t < n; t++) in[t] = (float)t;
+        uint64_t args[3] = {ptr(in.data()), ptr(out.data()), n};
+        run("emulator shuffles", emu_body_emu_shuffles, args, {2, 1, 1}, {n, 1, 1});
+        auto at = [&](unsigned t) { return t < n ? in[t] : 0.0f; };
+        double err = 0;
+        for (unsigned t = 0; t < n; t++) {
+            unsigned w = t & ~31u, l = t & 31u;
+            if (w + 32 > n) continue;  // lanes of a partial warp read lanes that do not exist
+            auto ab = [&](unsigned u) { return at((u ^ 1u)) + at(w + 31 - (u & 31u)); };
+            float want = at(t ^ 1u) + 10.0f * at(w + 31 - l) + 100.0f * ab(t ^ 16u) + 1000.0f * in[n - 1 - t];
+            err = std::max(err, (double)std::fabs(want - out[t]));
+        }
+        report("emulator shuffles and barrier, " + std::to_string(n) + " threads", err, 0);
+    }
+    {
+        std::vector<int> out(64, 0);
+        uint64_t args[1] = {ptr(out.data())};
+        int e = emu::launch(emu_body_emu_deadlock, args, {1, 1, 1}, {64, 1, 1}, 0);
+        report("emulator reports a deadlock (3)", e == 3 ? 0 : 1, 0);
+    }
     // matmul: out[n, M] = x[n, K] W^T, grid (ceil(n / MM_TOK), ceil(M / 32)), 256 threads.
     emu::Body bodies[5] = {emu_body_matmul_f32, emu_body_matmul_bf16, emu_body_matmul_f16, emu_body_matmul_q8_0, emu_body_matmul_q4};
     const char* names[5] = {"f32", "bf16", "f16", "q8_0", "q4"};

@@ -172,7 +172,7 @@ impl Emulator {
         for name in crate::kernels::kernel_names() {
             tail.push_str(&format!("EMU_KERNEL({name})\n"));
         }
-        tail.push_str("extern \"C\" int emu_launch(const char* name, const uint64_t* args, unsigned nargs, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned shared) {\n");
+        tail.push_str("extern \"C\" __attribute__((visibility(\"default\"))) int emu_launch(const char* name, const uint64_t* args, unsigned nargs, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned shared) {\n");
         tail.push_str("    static const std::pair<const char*, emu::Body> table[] = {\n");
         for name in crate::kernels::kernel_names() {
             tail.push_str(&format!("        {{\"{name}\", emu_body_{name}}},\n"));
@@ -192,7 +192,13 @@ impl Emulator {
             let tmp = dir.join(format!("{key}.{}.so", std::process::id()));
             std::fs::write(&cpp, &src)
                 .map_err(|e| cuda_error(format!("emulator: writing {}: {e}", cpp.display())))?;
-            let built = compile(&cxx, &cpp, &tmp, &["-fPIC", "-shared"]);
+            // Hidden symbols: the fiber switches call the runtime directly, not through the PLT.
+            let built = compile(
+                &cxx,
+                &cpp,
+                &tmp,
+                &["-fPIC", "-shared", "-fvisibility=hidden"],
+            );
             let _ = std::fs::remove_file(&cpp);
             built?;
             std::fs::rename(&tmp, &library)

@@ -190,6 +190,8 @@ pub struct Forced {
     /// wgpu's matrix-vector kernels reduce in workgroup memory even where the adapter has
     /// subgroups.
     pub no_subgroups: bool,
+    /// wgpu's split-KV workgroups take blocks of rows (or one row): `WgpuOptions::split_row_blocks`.
+    pub split_row_blocks: Option<bool>,
 }
 
 /// A device backend built from a bare graph and its weights (the op suite's cases).
@@ -241,6 +243,7 @@ pub fn graph_backends() -> Vec<GraphBackend> {
                 let mut opts = unmask_wgpu::WgpuOptions {
                     weight_binding_limit: forced.weight_binding_limit,
                     max_expert_parts: forced.expert_parts,
+                    split_row_blocks: forced.split_row_blocks,
                     ..Default::default()
                 };
                 opts.subgroups &= !forced.no_subgroups;

@@ -364,6 +364,76 @@ fn a_growing_kv_cache_keeps_the_other_slots() {
     }
 }
 
+/// wgpu's split-KV (rows past 512 keys) reads a block of a sequence's rows per workgroup on
+/// hardware adapters and one row on software ones (`WgpuOptions::split_row_blocks`): a row's
+/// logits are the same bits either way, also where a workgroup's rows see different keys
+/// (prompt chunks of block length 6 cut in 4-row blocks) and in a batch beside a short sequence.
+#[test]
+fn split_kv_in_row_blocks_gives_the_bits_of_single_rows() {
+    if !wgpu_or_skip() {
+        return;
+    }
+    let model = Model::open(&golden_models().remove(0)).unwrap();
+    let ids = model.special_ids();
+    let vocab = ids.valid_vocab.min(model.graph.token_rows() as u32);
+    let tokens: Vec<u32> = (0..700u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let step = |from: usize, to: usize, block_length: usize| unmask_core::Step {
+        tokens: &tokens[from..to],
+        start: from,
+        keep: to - from,
+        block_length,
+        out_rows: 32.min(to - from),
+        sampling: unmask_core::SampleParams::greedy(ids.mask, ids.valid_vocab),
+        capture: unmask_core::Capture::Samples,
+    };
+    let slot = |slot, step| unmask_core::backend::SlotStep { slot, step };
+    let run = |row_blocks: bool| {
+        let opts = unmask_wgpu::WgpuOptions {
+            slots: 2,
+            max_tokens: 64,
+            split_row_blocks: Some(row_blocks),
+            ..Default::default()
+        };
+        let mut b = unmask_wgpu::WgpuBackend::new(
+            model.graph.clone(),
+            &model.weights,
+            &opts,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let mut sampled = |steps: &[unmask_core::backend::SlotStep]| {
+            let out = b.step_batch(steps).unwrap();
+            out.into_iter().map(|o| o.samples).collect::<Vec<_>>()
+        };
+        sampled(&[slot(0, step(0, 40, 32))]);
+        let chunks = sampled(&[slot(1, step(0, 600, 6))]);
+        let batched = sampled(&[slot(0, step(40, 72, 32)), slot(1, step(600, 632, 32))]);
+        // Logits are captured from a step of one sequence.
+        let mut last = step(632, 664, 32);
+        last.capture = unmask_core::Capture::Logits;
+        let logits = b.step_batch(&[slot(1, last)]).unwrap()[0]
+            .logits
+            .clone()
+            .unwrap();
+        let bits: Vec<u32> = logits.iter().map(|x| x.to_bits()).collect();
+        (chunks, batched, bits)
+    };
+    let (blocks, rows) = (run(true), run(false));
+    assert!(!blocks.2.is_empty());
+    assert!(
+        blocks.0 == rows.0,
+        "split-KV in row blocks changed the chunked prompt's samples"
+    );
+    assert!(
+        blocks.1 == rows.1,
+        "split-KV in row blocks changed the batch's samples"
+    );
+    assert!(
+        blocks.2 == rows.2,
+        "split-KV in row blocks changed the logits"
+    );
+}
+
 /// A slot count from a caller is bounded before anything is allocated for it.
 #[test]
 fn the_device_backends_refuse_absurd_slot_counts() {

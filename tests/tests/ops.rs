@@ -357,11 +357,21 @@ fn attention_case(q: usize, kv: usize, dim: usize, rope: bool, steps: Steps) -> 
         runs,
         forced: Forced {
             max_tokens: Some(64),
+            split_row_blocks: Some(false),
             ..Forced::default()
         },
         tol: 1e-5,
         exercises: None,
     }
+}
+
+/// `case` with wgpu's split-KV workgroups over blocks of rows (the default on hardware
+/// adapters) instead of one row each (on software ones): rows of one workgroup whose key
+/// ranges differ (block length 5 and 64-row prompt chunks) each take their own.
+fn split_in_row_blocks(mut case: Case) -> Case {
+    case.forced.split_row_blocks = Some(true);
+    case.name.push_str(", split-KV in row blocks");
+    case
 }
 
 /// Routing (group-limited top-k, then LLaDA2.2's block routing ending on a partial routing
@@ -730,6 +740,21 @@ fn cases() -> Vec<Case> {
     v.push(attention_case(16, 4, 128, false, SHORT_AT_LENGTH));
     v.push(attention_case(4, 2, 40, true, SHORT_AT_LENGTH));
     v.push(attention_case(16, 4, 128, false, LONG));
+    v.push(split_in_row_blocks(attention_case(
+        16,
+        4,
+        128,
+        false,
+        SHORT_AT_LENGTH,
+    )));
+    v.push(split_in_row_blocks(attention_case(
+        4,
+        2,
+        40,
+        true,
+        SHORT_AT_LENGTH,
+    )));
+    v.push(split_in_row_blocks(attention_case(16, 4, 128, false, LONG)));
     // Past the GPU kernels' head_dim limit (256): "not supported" there, run by the reference.
     v.push(attention_case(4, 2, 272, true, WINDOWS));
     v.extend(moe_cases());

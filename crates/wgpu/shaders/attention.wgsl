@@ -11,9 +11,10 @@ struct AttnParams {
     d: u32,
     heads_q: u32,
     heads_kv: u32,
-    // Row length of the QKV buffer and of one cache position (kv heads * d).
+    // Row length of the QKV buffer.
     width: u32,
-    kv_width: u32,
+    // Rows of a split-KV workgroup: tile_rows, or 1 (WgpuOptions::split_row_blocks).
+    split_rows: u32,
     scale: f32,
     // Query heads of one workgroup (a group of the heads that share a KV head), and rows.
     group_heads: u32,
@@ -30,19 +31,24 @@ struct AttnParams {
 // Split-KV partials: per (row, query head, split), d accumulated values, the max, the sum.
 @group(0) @binding(7) var<storage, read_write> parts: array<f32>;
 
+// Floats of one cache position (kv heads * d).
+fn kv_width() -> u32 {
+    return p.heads_kv * p.d;
+}
+
 // x: columns of one position's K (and V), y: row.
 @compute @workgroup_size(64)
 fn kv_store(@builtin(global_invocation_id) gid: vec3<u32>) {
     let j = gid.x;
     let i = gid.y;
-    if (j >= p.kv_width) {
+    if (j >= kv_width()) {
         return;
     }
     let src = i * p.width + p.heads_q * p.d + j;
     let sq = st.seq[seq_of_row(i)];
-    let dst = (sq.kv_base + sq.start + i - sq.row0) * p.kv_width + j;
+    let dst = (sq.kv_base + sq.start + i - sq.row0) * kv_width() + j;
     k_cache[dst] = qkv[src];
-    v_cache[dst] = qkv[src + p.kv_width];
+    v_cache[dst] = qkv[src + kv_width()];
 }
 
 const WG: u32 = 64u;
@@ -77,6 +83,9 @@ var<workgroup> gm: array<f32, PAIRS_MAX>;
 var<workgroup> gl: array<f32, PAIRS_MAX>;
 var<workgroup> gf: array<f32, PAIRS_MAX>;
 var<workgroup> gc: array<u32, PAIRS_MAX>;
+// Per row of the workgroup: the keys lo .. hi it takes (`row_keys`).
+var<workgroup> glo: array<u32, PAIRS_MAX>;
+var<workgroup> ghi: array<u32, PAIRS_MAX>;
 
 // Keys per tile: as many as the tile memory holds, at most T_MAX (a function of d only, so a
 // row's tiles are the same in every kernel and pass).
@@ -88,6 +97,23 @@ fn key_tile() -> u32 {
 fn visible_keys(sq: Seq, i: u32) -> u32 {
     let s = sq.start + i - sq.row0;
     return min(sq.start + sq.rows, (s / sq.block + 1u) * sq.block);
+}
+
+// `row_keys`'s range for all the keys a row sees (the row-block kernel).
+const WHOLE: u32 = 0xffffffffu;
+
+// Keys lo .. hi of the sequence's slot that pass row `i` takes: all it sees (s = WHOLE), or its
+// split-KV range s (empty past its last). Every lo is a multiple of the key tile.
+fn row_keys(sq: Seq, i: u32, s: u32) -> vec2<u32> {
+    let visible = visible_keys(sq, i);
+    if (s == WHOLE) {
+        return vec2<u32>(0u, visible);
+    }
+    let kr = key_ranges(visible);
+    if (s >= kr.x) {
+        return vec2<u32>(0u, 0u);
+    }
+    return vec2<u32>(s * kr.y, min((s + 1u) * kr.y, visible));
 }
 
 // Sets up the pairs of rows i0 .. i0 + nr and query heads h0 .. h0 + g: their queries, max
@@ -104,10 +130,11 @@ fn load_queries(li: u32, i0: u32, nr: u32, h0: u32, g: u32) {
     }
 }
 
-// Keys k_lo .. of KV head hk of the sequence's slot, tile by tile, into the pairs' online
-// softmax: pair q = r * g + h takes the keys below min(what row i0 + r sees, k_hi), so a
-// row's arithmetic is the same whatever rows share its workgroup. Invocation li accumulates
-// dims li, li + 64, ... of every pair into `acc`.
+// Keys of KV head hk of the sequence's slot, tile by tile, into the pairs' online softmax:
+// pair q = r * g + h takes row i0 + r's keys of `row_keys(.., s)`, tiles at multiples of the
+// key tile, and leaves its state untouched in the others, so a row's arithmetic is the same
+// whatever rows share its workgroup. Invocation li accumulates dims li, li + 64, ... of every
+// pair into `acc`.
 fn attend_keys(
     li: u32,
     sq: Seq,
@@ -115,8 +142,7 @@ fn attend_keys(
     nr: u32,
     g: u32,
     hk: u32,
-    k_lo: u32,
-    k_hi: u32,
+    s: u32,
     acc: ptr<function, array<f32, 64>>,
 ) {
     let d = p.d;
@@ -124,19 +150,34 @@ fn attend_keys(
     let kv0 = sq.kv_base;
     let tile = key_tile();
     let koff = hk * d;
-    // The last row sees the most keys (visibility never falls along the rows).
-    let end = min(visible_keys(sq, i0 + nr - 1u), k_hi);
-    for (var t0 = k_lo; t0 < end; t0 += tile) {
+    // The tiles from the rows' lowest key to their highest (a workgroup-uniform loop).
+    var lo = 0xffffffffu;
+    var end = 0u;
+    for (var r = 0u; r < nr; r++) {
+        let b = row_keys(sq, i0 + r, s);
+        if (b.y > b.x) {
+            lo = min(lo, b.x);
+            end = max(end, b.y);
+        }
+    }
+    if (li < nr) {
+        let b = row_keys(sq, i0 + li, s);
+        glo[li] = b.x;
+        ghi[li] = b.y;
+    }
+    for (var t0 = lo; t0 < end; t0 += tile) {
         let count = min(tile, end - t0);
+        // (Also publishes glo / ghi before the first tile reads them.)
         workgroupBarrier();
         for (var q = li; q < count * d; q += WG) {
-            gkv[q] = k_in[(kv0 + t0 + q / d) * p.kv_width + koff + q % d];
+            gkv[q] = k_in[(kv0 + t0 + q / d) * kv_width() + koff + q % d];
         }
         workgroupBarrier();
         for (var q = li; q < pairs * count; q += WG) {
             let pr = q / count;
             let t = q % count;
-            if (t0 + t < min(visible_keys(sq, i0 + pr / g), k_hi)) {
+            let r = pr / g;
+            if (t0 >= glo[r] && t0 + t < ghi[r]) {
                 var dot = 0.0;
                 for (var j = 0u; j < d; j++) {
                     dot += gq[pr * d + j] * gkv[t * d + j];
@@ -146,8 +187,8 @@ fn attend_keys(
         }
         workgroupBarrier();
         if (li < pairs) {
-            let seen = min(visible_keys(sq, i0 + li / g), k_hi);
-            let c = select(0u, min(tile, seen - t0), seen > t0);
+            let r = li / g;
+            let c = select(0u, min(tile, ghi[r] - t0), t0 >= glo[r] && ghi[r] > t0);
             gc[li] = c;
             if (c > 0u) {
                 var cmax = neg_inf();
@@ -173,7 +214,7 @@ fn attend_keys(
         }
         workgroupBarrier();
         for (var q = li; q < count * d; q += WG) {
-            gkv[q] = v_in[(kv0 + t0 + q / d) * p.kv_width + koff + q % d];
+            gkv[q] = v_in[(kv0 + t0 + q / d) * kv_width() + koff + q % d];
         }
         workgroupBarrier();
         for (var h = 0u; h < PAIRS_MAX; h++) {
@@ -219,7 +260,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     let sq = st.seq[blk.z];
     load_queries(li, i0, nr, hg.y, g);
     var acc: array<f32, 64>;
-    attend_keys(li, sq, i0, nr, g, hg.x, 0u, 0xffffffffu, &acc);
+    attend_keys(li, sq, i0, nr, g, hg.x, WHOLE, &acc);
     let d = p.d;
     for (var h = 0u; h < PAIRS_MAX; h++) {
         if (h < nr * g) {
@@ -254,35 +295,44 @@ fn part_at(i: u32, h: u32, s: u32) -> u32 {
     return ((i * p.heads_q + h) * S_MAX + s) * (p.d + 2u);
 }
 
-// x: (group of query heads, range), y: row. The partial (unnormalised values, max, sum) of
-// the row's heads over one range of its keys; ranges past the row's last return.
+// x: (group of query heads, range), y: blocks of split_rows rows of one sequence (as
+// `attention`: each K/V tile read once for all of them). Per (row, head) the partial
+// (unnormalised values, max, sum) over the row's range of its keys; ranges past the block's
+// last return (its last row sees the most keys, so has the most ranges).
 @compute @workgroup_size(64)
 fn attention_split(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let hg = head_group(wg.x / S_MAX);
     let s = wg.x % S_MAX;
     let g = hg.z;
-    let i = wg.y;
-    let sq = st.seq[seq_of_row(i)];
-    let kr = key_ranges(visible_keys(sq, i));
-    if (s >= kr.x) {
+    let blk = seq_block(wg.y, p.split_rows);
+    let i0 = blk.x;
+    let nr = blk.y;
+    if (nr == 0u) {
         return;
     }
-    load_queries(li, i, 1u, hg.y, g);
+    let sq = st.seq[blk.z];
+    if (s >= key_ranges(visible_keys(sq, i0 + nr - 1u)).x) {
+        return;
+    }
+    load_queries(li, i0, nr, hg.y, g);
     var acc: array<f32, 64>;
-    attend_keys(li, sq, i, 1u, g, hg.x, s * kr.y, (s + 1u) * kr.y, &acc);
+    attend_keys(li, sq, i0, nr, g, hg.x, s, &acc);
     let d = p.d;
     for (var h = 0u; h < PAIRS_MAX; h++) {
-        if (h < g) {
-            let at = part_at(i, hg.y + h, s);
-            for (var r = 0u; r < 4u; r++) {
-                let j = li + WG * r;
-                if (j < d) {
-                    parts[at + j] = acc[4u * h + r];
+        if (h < nr * g) {
+            let i = i0 + h / g;
+            if (s < key_ranges(visible_keys(sq, i)).x) {
+                let at = part_at(i, hg.y + h % g, s);
+                for (var r = 0u; r < 4u; r++) {
+                    let j = li + WG * r;
+                    if (j < d) {
+                        parts[at + j] = acc[4u * h + r];
+                    }
                 }
-            }
-            if (li == 0u) {
-                parts[at + d] = gm[h];
-                parts[at + d + 1u] = gl[h];
+                if (li == 0u) {
+                    parts[at + d] = gm[h];
+                    parts[at + d + 1u] = gl[h];
+                }
             }
         }
     }

@@ -70,6 +70,15 @@ pub struct WgpuOptions {
     /// KV-cache slots: sequences stepped together in one batched forward
     /// (`Backend::step_batch`) or kept for a later request to reuse. At least 1.
     pub slots: usize,
+    /// Whether split-KV (long contexts) reads each K/V tile once for a block of a sequence's
+    /// rows, as the row-block attention does, rather than once per row. `None`: yes on a
+    /// hardware adapter, no on a software one, whose loops stop early (llvmpipe ends a shader
+    /// invocation's loops after 65535 iterations in all: a key range costs more iterations
+    /// for a block of rows, and with LLaDA2.0-mini's heads an op case over 6000 positions went
+    /// wrong from row 5564 on lavapipe with blocks, not with single rows). A row's result is
+    /// the same bits either way. `UNMASK_WGPU_SPLIT_ROW_BLOCKS=0|1`
+    /// sets it.
+    pub split_row_blocks: Option<bool>,
 }
 
 impl Default for WgpuOptions {
@@ -82,6 +91,9 @@ impl Default for WgpuOptions {
             max_expert_parts: None,
             subgroups: std::env::var("UNMASK_WGPU_SUBGROUPS").map_or(true, |v| v != "0"),
             slots: 1,
+            split_row_blocks: std::env::var("UNMASK_WGPU_SPLIT_ROW_BLOCKS")
+                .ok()
+                .map(|v| v != "0"),
         }
     }
 }
@@ -104,6 +116,8 @@ pub struct WgpuBackend {
     pub(crate) attn_parts: Option<wgpu::Buffer>,
     /// Expert-stack bindings one expert dispatch reads (load.rs).
     pub(crate) expert_parts: usize,
+    /// `WgpuOptions::split_row_blocks`, resolved for the adapter.
+    pub(crate) split_row_blocks: bool,
     /// Ops computed inside other ops' dispatches (program/fuse.rs).
     pub(crate) fusions: crate::program::fuse::Fusions,
     /// The next step's commands, recorded while the GPU ran the last one, for a step of the
@@ -154,6 +168,7 @@ impl WgpuBackend {
             attn_parts: self.attn_parts.as_ref(),
             params_align: self.params_align,
             expert_parts: self.expert_parts,
+            split_row_blocks: self.split_row_blocks,
             fusions: &self.fusions,
         });
     }

@@ -223,6 +223,11 @@ pub struct Gpu {
 }
 
 impl Gpu {
+    /// A software adapter (lavapipe, SwiftShader, WARP).
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
     /// Opens the adapter chosen by [`select`].
     pub async fn open(name: Option<&str>) -> Result<Gpu> {
         let instance = instance();

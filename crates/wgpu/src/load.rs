@@ -151,6 +151,7 @@ impl WgpuBackend {
             .saturating_sub(6)
             .clamp(1, MAX_EXPERT_PARTS)
             .min(options.max_expert_parts.unwrap_or(MAX_EXPERT_PARTS).max(1));
+        let split_row_blocks = options.split_row_blocks.unwrap_or(!gpu.is_software());
         let nw = graph.weights.len();
         let nops = graph.ops.len();
         let mut matrices: Vec<Option<DeviceMatrix>> = (0..nw).map(|_| None).collect();
@@ -463,6 +464,7 @@ impl WgpuBackend {
             attn_parts: attn_parts.as_ref(),
             params_align,
             expert_parts,
+            split_row_blocks,
             fusions: &fusions,
         });
         Ok(WgpuBackend {
@@ -481,6 +483,7 @@ impl WgpuBackend {
             moe,
             attn_parts,
             expert_parts,
+            split_row_blocks,
             fusions,
             ahead: None,
             generation: 0,

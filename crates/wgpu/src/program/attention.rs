@@ -41,12 +41,13 @@ fn attend(
     let tile_rows = (PAIRS_MAX / group_heads)
         .min(GQ_MAX / (group_heads * heads.dim))
         .clamp(1, TILE_ROWS_MAX);
+    let split_rows = if cx.split_row_blocks { tile_rows } else { 1 };
     let params = [
         heads.dim as u32,
         heads.q as u32,
         heads.kv as u32,
         ((heads.q + 2 * heads.kv) * heads.dim) as u32,
-        kv_width as u32,
+        split_rows as u32,
         f(1.0 / (heads.dim as f32).sqrt()),
         group_heads as u32,
         tile_rows as u32,
@@ -72,7 +73,7 @@ fn attend(
     }
     let groups = heads.kv * per_kv.div_ceil(group_heads);
     // Split-KV for passes whose rows may see more than SPLIT_KEYS keys (`long_kv`):
-    // `attention_split` over (head group, key range, row) into the partials, then
+    // `attention_split` over (head group, key range, block of rows) into the partials, then
     // `attention_combine` per (query head, row), which does nothing (an empty grid) in other
     // passes. A row of at most SPLIT_KEYS keys is one range, and one range combined is the row
     // blocks' result bit for bit (scaled by exp(0) = 1), so whether its pass splits does not
@@ -94,7 +95,10 @@ fn attend(
             vec![(
                 0,
                 Kernel::AttentionSplit,
-                Grid::Direct(Extent::Fixed((groups * SPLITS) as u32), Extent::Tokens(1)),
+                Grid::Direct(
+                    Extent::Fixed((groups * SPLITS) as u32),
+                    Extent::Blocks(split_rows as u32),
+                ),
             )],
         )
     });

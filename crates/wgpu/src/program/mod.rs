@@ -198,6 +198,8 @@ pub struct Context<'a> {
     pub params_align: u64,
     /// Expert-stack bindings an expert dispatch reads (the kernels' layout binds this many).
     pub expert_parts: usize,
+    /// Split-KV workgroups take blocks of rows (`WgpuOptions::split_row_blocks`).
+    pub split_row_blocks: bool,
     pub fusions: &'a fuse::Fusions,
 }
 

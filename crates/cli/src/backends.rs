@@ -41,10 +41,28 @@ pub struct BackendArgs {
     /// `serve --max-batch` and `bench --batch`, 1 otherwise.
     #[arg(skip = 1usize)]
     pub slots: usize,
+    /// `serve` without `--max-batch`: the backend gets twice its own default batch
+    /// (`default_max_batch`) in slots instead of `slots`.
+    #[arg(skip)]
+    pub default_batch_slots: bool,
 }
 
 /// Most KV-cache slots a command may ask of a backend.
 pub const MAX_SLOTS: usize = 256;
+
+/// `serve`'s requests per batched forward on each backend when `--max-batch` is not given.
+/// cpu: a forward's time grows with its rows (measured: 1, 4 and 16 windows in one forward,
+/// 8.98, 9.23 and 9.65 tokens/s in total), so a wide batch only stretches each request; the
+/// load test gave most tokens/s at 4 clients (docs/performance.md). A GPU's window step reads
+/// the same weights for every sequence it holds: wgpu 8 (its KV cache holds every slot in one
+/// binding, so more slots shorten each one's context), cuda 16 (slots allocated as used).
+pub fn default_max_batch(backend: BackendName) -> usize {
+    match backend {
+        BackendName::Cuda => 16,
+        BackendName::Wgpu => 8,
+        BackendName::Auto | BackendName::Cpu | BackendName::Reference => 4,
+    }
+}
 
 /// Builds the chosen backend with the model's weights, saying on stderr what was chosen.
 pub fn create(model: &Model, args: &BackendArgs, quiet: bool) -> Result<Box<dyn Backend>> {
@@ -76,25 +94,32 @@ pub fn create_for(
     } else {
         Kernels::Fast
     };
+    let slots = |kind| match args.default_batch_slots {
+        true => 2 * default_max_batch(kind),
+        false => args.slots,
+    };
+    let (cuda_slots, wgpu_slots) = (slots(BackendName::Cuda), slots(BackendName::Wgpu));
+    let cpu_slots = slots(BackendName::Cpu);
+    let adapter = args.adapter.as_deref();
     let mut why = String::new();
     let backend: Box<dyn Backend> = match args.backend {
-        BackendName::Cuda => Box::new(cuda(config, graph, weights, args.slots)?),
-        BackendName::Wgpu => Box::new(wgpu(graph, weights, args.adapter.as_deref(), args.slots)?),
-        BackendName::Auto => match try_cuda(config, graph, weights, args.slots) {
+        BackendName::Cuda => Box::new(cuda(config, graph, weights, cuda_slots)?),
+        BackendName::Wgpu => Box::new(wgpu(graph, weights, adapter, wgpu_slots)?),
+        BackendName::Auto => match try_cuda(config, graph, weights, cuda_slots) {
             Ok(b) => b,
-            Err(cuda_why) => match try_wgpu(graph, weights, args.adapter.as_deref(), args.slots) {
+            Err(cuda_why) => match try_wgpu(graph, weights, adapter, wgpu_slots) {
                 Ok((b, chose)) => {
                     why = format!(" (auto: {cuda_why}; {chose})");
                     b
                 }
                 Err(wgpu_why) => {
                     why = format!(" (auto: {cuda_why}; {wgpu_why})");
-                    Box::new(cpu(graph, weights, fast, args.slots)?)
+                    Box::new(cpu(graph, weights, fast, cpu_slots)?)
                 }
             },
         },
-        BackendName::Cpu => Box::new(cpu(graph, weights, fast, args.slots)?),
-        BackendName::Reference => Box::new(cpu(graph, weights, Kernels::Reference, args.slots)?),
+        BackendName::Cpu => Box::new(cpu(graph, weights, fast, cpu_slots)?),
+        BackendName::Reference => Box::new(cpu(graph, weights, Kernels::Reference, cpu_slots)?),
     };
     if !quiet {
         eprintln!("backend: {}{why}", backend.name());

@@ -12,6 +12,8 @@ use unmask_tests::fixture;
 struct Server {
     child: Child,
     addr: String,
+    /// The line that gave the address.
+    start_line: String,
 }
 
 impl Drop for Server {
@@ -34,7 +36,7 @@ fn start() -> Server {
         .expect("run unmask serve");
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let mut seen = String::new();
-    let addr = loop {
+    let (addr, start_line) = loop {
         let mut line = String::new();
         if err.read_line(&mut line).unwrap() == 0 {
             let _ = child.kill();
@@ -42,7 +44,7 @@ fn start() -> Server {
         }
         seen.push_str(&line);
         if let Some(rest) = line.split("http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
+            break (rest.split_whitespace().next().unwrap().to_string(), line);
         }
     };
     // Keep draining stderr so the server never blocks on a full pipe.
@@ -50,7 +52,11 @@ fn start() -> Server {
         let mut sink = String::new();
         let _ = err.read_to_string(&mut sink);
     });
-    Server { child, addr }
+    Server {
+        child,
+        addr,
+        start_line,
+    }
 }
 
 /// One HTTP/1.1 exchange over a fresh connection: (status, body).
@@ -96,6 +102,16 @@ fn dechunk(mut s: &str) -> String {
 #[test]
 fn serves_models_chat_and_streams_through_the_binary() {
     let s = start();
+    // No --max-batch: the cpu backend's default width, printed at start and in /metrics.
+    assert!(
+        s.start_line
+            .contains("up to 4 requests per batched forward"),
+        "{}",
+        s.start_line
+    );
+    let (st, metrics) = http(&s.addr, "GET", "/metrics", None);
+    assert_eq!(st, 200);
+    assert!(metrics.contains("\nunmask_max_batch 4\n"), "{metrics}");
     let (st, body) = http(&s.addr, "GET", "/v1/models", None);
     assert_eq!(st, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();

@@ -81,8 +81,7 @@ impl Worker {
                     Ok(b) => {
                         // The width in use is known before `start` returns (the start line
                         // prints it).
-                        let width = batching.max_batch.clamp(1, b.slots());
-                        m.max_batch.store(width as u64, Relaxed);
+                        m.max_batch.store(batching.width(b.slots()) as u64, Relaxed);
                         let _ = ready_tx.send(Ok(()));
                         b
                     }
@@ -143,8 +142,10 @@ impl Worker {
 /// How the worker batches and what idle KV-cache slots may keep.
 #[derive(Debug, Clone, Copy)]
 pub struct Batching {
-    /// Requests decoded together (capped by the backend's slots).
-    pub max_batch: usize,
+    /// Requests decoded together (capped by the backend's slots); `None`: half its slots, the
+    /// other half keeping finished requests' K/V (the CLI's per-backend default gives each
+    /// backend twice its batch in slots).
+    pub max_batch: Option<usize>,
     /// Bytes of K/V that idle slots may keep for later requests to reuse.
     pub prefix_cache_bytes: u64,
     /// Prompt positions per forward for a request that joins running ones
@@ -153,12 +154,19 @@ pub struct Batching {
     pub prefill_chunk: usize,
 }
 
+impl Batching {
+    /// Requests that decode together on a backend of `slots` KV-cache slots.
+    pub fn width(&self, slots: usize) -> usize {
+        self.max_batch.unwrap_or(slots / 2).clamp(1, slots.max(1))
+    }
+}
+
 impl Default for Batching {
     /// One request at a time; idle slots keep up to 1 GiB of K/V; prefills of 256 positions
     /// a forward beside running requests.
     fn default() -> Self {
         Batching {
-            max_batch: 1,
+            max_batch: Some(1),
             prefix_cache_bytes: 1 << 30,
             prefill_chunk: 256,
         }
@@ -269,7 +277,7 @@ fn serve_jobs(
     batching: Batching,
 ) {
     let backend = backend.as_mut();
-    let width = batching.max_batch.clamp(1, backend.slots());
+    let width = batching.width(backend.slots());
     m.max_batch.store(width as u64, Relaxed);
     let per_position = model.summary().kv_bytes_per_position.max(1);
     let keep = usize::try_from(batching.prefix_cache_bytes / per_position).unwrap_or(usize::MAX);
@@ -504,4 +512,23 @@ fn panicked(m: &Metrics, tx: &UnboundedSender<JobEvent>) {
     let _ = tx.send(JobEvent::Failed(ApiError::internal(
         "the model thread hit an internal error",
     )));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Batching;
+
+    #[test]
+    fn the_width_is_the_asked_batch_or_half_the_slots_within_the_slots() {
+        let b = |max_batch| Batching {
+            max_batch,
+            ..Batching::default()
+        };
+        assert_eq!(b(Some(8)).width(16), 8);
+        assert_eq!(b(Some(100)).width(16), 16);
+        assert_eq!(b(None).width(8), 4);
+        assert_eq!(b(None).width(32), 16);
+        assert_eq!(b(None).width(1), 1);
+        assert_eq!(b(Some(4)).width(0), 1);
+    }
 }

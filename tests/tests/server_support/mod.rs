@@ -92,7 +92,7 @@ pub async fn start_with(
             max_tokens: None,
             // Capped by the backend: the one-slot backends run one request at a time.
             batching: unmask_server::worker::Batching {
-                max_batch: 8,
+                max_batch: Some(8),
                 ..Default::default()
             },
         },

@@ -23,8 +23,8 @@ pub struct Args {
     /// Requests that may wait while the batch is full; one more is answered 429.
     #[arg(long, default_value_t = 32)]
     pub max_queue: usize,
-    /// Requests decoded together, one batched forward for all of them (default 8; the CUDA
-    /// backend runs one at a time). Printed at start.
+    /// Requests decoded together, one batched forward for all of them (default per backend:
+    /// cpu 4, wgpu 8, cuda 16). Printed at start.
     #[arg(long)]
     pub max_batch: Option<usize>,
     /// MiB of K/V that finished requests may leave in idle KV-cache slots for the next request
@@ -104,10 +104,13 @@ pub fn run(args: Args) -> Result<()> {
     if args.max_batch == Some(0) {
         anyhow::bail!("--max-batch must be at least 1");
     }
-    let max_batch = args.max_batch.unwrap_or(8).min(backends::MAX_SLOTS);
+    let max_batch = args.max_batch.map(|n| n.min(backends::MAX_SLOTS / 2));
     let mut backend_args = args.backend.clone();
     // As many idle slots again as running ones: the finished requests' caches for reuse.
-    backend_args.slots = 2 * max_batch;
+    match max_batch {
+        Some(n) => backend_args.slots = 2 * n,
+        None => backend_args.default_batch_slots = true,
+    }
     let state = unmask_server::start(
         model,
         Box::new(move |m| {

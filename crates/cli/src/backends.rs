@@ -52,8 +52,9 @@ pub const MAX_SLOTS: usize = 256;
 
 /// `serve`'s requests per batched forward on each backend when `--max-batch` is not given.
 /// cpu: a forward's time grows with its rows (measured: 1, 4 and 16 windows in one forward,
-/// 8.98, 9.23 and 9.65 tokens/s in total), so a wide batch only stretches each request; the
-/// load test gave most tokens/s at 4 clients (docs/performance.md). A GPU's window step reads
+/// 8.98, 9.23 and 9.65 tokens/s in total), so a wide batch mostly stretches each request (the
+/// load test with widths 4 and 16 differed within its noise: docs/performance.md), and 4 lets
+/// a few requests progress together. A GPU's window step reads
 /// the same weights for every sequence it holds: wgpu 8 (its KV cache holds every slot in one
 /// binding, so more slots shorten each one's context), cuda 16 (slots allocated as used).
 pub fn default_max_batch(backend: BackendName) -> usize {

@@ -740,21 +740,13 @@ fn cases() -> Vec<Case> {
     v.push(attention_case(16, 4, 128, false, SHORT_AT_LENGTH));
     v.push(attention_case(4, 2, 40, true, SHORT_AT_LENGTH));
     v.push(attention_case(16, 4, 128, false, LONG));
-    v.push(split_in_row_blocks(attention_case(
-        16,
-        4,
-        128,
-        false,
-        SHORT_AT_LENGTH,
-    )));
-    v.push(split_in_row_blocks(attention_case(
-        4,
-        2,
-        40,
-        true,
-        SHORT_AT_LENGTH,
-    )));
-    v.push(split_in_row_blocks(attention_case(16, 4, 128, false, LONG)));
+    for (q, kv, dim, rope, steps) in [
+        (16, 4, 128, false, SHORT_AT_LENGTH),
+        (4, 2, 40, true, SHORT_AT_LENGTH),
+        (16, 4, 128, false, LONG),
+    ] {
+        v.push(split_in_row_blocks(attention_case(q, kv, dim, rope, steps)));
+    }
     // Past the GPU kernels' head_dim limit (256): "not supported" there, run by the reference.
     v.push(attention_case(4, 2, 272, true, WINDOWS));
     v.extend(moe_cases());

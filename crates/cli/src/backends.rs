@@ -54,9 +54,9 @@ pub const MAX_SLOTS: usize = 256;
 /// cpu: a forward's time grows with its rows (measured: 1, 4 and 16 windows in one forward,
 /// 8.98, 9.23 and 9.65 tokens/s in total), so a wide batch mostly stretches each request (the
 /// load test with widths 4 and 16 differed within its noise: docs/performance.md), and 4 lets
-/// a few requests progress together. A GPU's window step reads
-/// the same weights for every sequence it holds: wgpu 8 (its KV cache holds every slot in one
-/// binding, so more slots shorten each one's context), cuda 16 (slots allocated as used).
+/// a few requests progress together. A GPU's window step reads the same weights for every
+/// sequence it holds: wgpu 8 (its KV cache holds every slot in one binding, so more slots
+/// shorten each one's context), cuda 16 (slots allocated as used).
 pub fn default_max_batch(backend: BackendName) -> usize {
     match backend {
         BackendName::Cuda => 16,

@@ -76,8 +76,7 @@ pub struct WgpuOptions {
     /// invocation's loops after 65535 iterations in all: a key range costs more iterations
     /// for a block of rows, and with LLaDA2.0-mini's heads an op case over 6000 positions went
     /// wrong from row 5564 on lavapipe with blocks, not with single rows). A row's result is
-    /// the same bits either way. `UNMASK_WGPU_SPLIT_ROW_BLOCKS=0|1`
-    /// sets it.
+    /// the same bits either way. `UNMASK_WGPU_SPLIT_ROW_BLOCKS=0|1` sets it.
     pub split_row_blocks: Option<bool>,
 }
 

@@ -55,9 +55,25 @@ struct Job {
 }
 
 pub struct Worker {
-    queue: SyncSender<Job>,
+    /// `None` once dropping: the model thread sees the queue close and ends.
+    queue: Option<SyncSender<Job>>,
     capacity: usize,
     metrics: Arc<Metrics>,
+    /// The model thread, joined when the worker is dropped: it drops the backend, and a device
+    /// torn down while the process exits crashed it (lavapipe: SIGSEGV in an exit handler,
+    /// about one run in twelve of server_load.rs before this join).
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Worker {
+    /// Closes the queue and waits for the model thread, which ends once its running requests
+    /// have finished or seen their clients gone (at most one forward after the server stops).
+    fn drop(&mut self) {
+        self.queue = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Worker {
@@ -74,7 +90,7 @@ impl Worker {
         let (queue, jobs) = sync_channel::<Job>(capacity);
         let (ready_tx, ready) = sync_channel::<Result<()>>(1);
         let m = metrics.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("unmask-model".into())
             .spawn(move || {
                 let backend = match make_backend(&model) {
@@ -100,9 +116,10 @@ impl Worker {
             )
         })??;
         Ok(Worker {
-            queue,
+            queue: Some(queue),
             capacity,
             metrics,
+            thread: Some(thread),
         })
     }
 
@@ -120,7 +137,11 @@ impl Worker {
             tx,
             queued: Instant::now(),
         };
-        match self.queue.try_send(job) {
+        let sent = match &self.queue {
+            Some(q) => q.try_send(job),
+            None => Err(TrySendError::Disconnected(job)),
+        };
+        match sent {
             Ok(()) => Ok(rx),
             Err(e) => {
                 self.metrics.queue_depth.fetch_sub(1, Relaxed);

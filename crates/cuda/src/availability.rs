@@ -105,10 +105,12 @@ pub struct Survey {
 /// The survey, or why CUDA cannot run here at all.
 pub fn survey() -> Result<Survey> {
     if crate::emulator::enabled() {
+        // No GPU target: the kernels are built by clang++ for the CPU, kept in the library dir.
+        let how = "kernels built by clang++ for the CPU (UNMASK_CUDA_EMULATOR=1)";
         return Ok(Survey {
             toolchain: crate::emulator::toolchain(),
-            devices: vec![(crate::emulator::device_info(), Ok(90))],
-            cache: None,
+            devices: vec![(crate::emulator::device_info(), Err(how.into()))],
+            cache: Some(crate::emulator::library_dir()),
         });
     }
     let first = probe(0)?;

@@ -138,6 +138,11 @@ extern "C" {
 }
 const RTLD_NOW: c_int = 2;
 
+/// Where the emulator's libraries are kept, each under its program's SHA-256.
+pub fn library_dir() -> PathBuf {
+    std::env::temp_dir().join("unmask-cuda-emulator")
+}
+
 /// The emulated kernels, loaded.
 pub struct Emulator {
     launch: LaunchFn,
@@ -180,7 +185,7 @@ impl Emulator {
         tail.push_str("    };\n    (void)nargs;\n    for (auto& [n, b] : table)\n        if (std::strcmp(n, name) == 0) return emu::launch_locked(b, args, {gx, gy, gz}, {bx, by, bz}, shared);\n    return -1;\n}\n");
         let src = source(&tail);
         let key = crate::module_cache::short_hex(&Sha256::digest(src.as_bytes()));
-        let dir = std::env::temp_dir().join("unmask-cuda-emulator");
+        let dir = library_dir();
         std::fs::create_dir_all(&dir)
             .map_err(|e| cuda_error(format!("emulator: creating {}: {e}", dir.display())))?;
         let library = dir.join(format!("{key}.so"));

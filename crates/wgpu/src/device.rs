@@ -63,7 +63,7 @@ fn report(adapter: &wgpu::Adapter) -> AdapterReport {
         driver: format!("{} {}", info.driver, info.driver_info)
             .trim()
             .to_string(),
-        is_cpu: info.device_type == wgpu::DeviceType::Cpu,
+        is_cpu: is_software(&info),
         limits,
         features,
     }
@@ -222,10 +222,15 @@ pub struct Gpu {
     errors: Arc<Mutex<Option<String>>>,
 }
 
+/// Whether an adapter is a software rasteriser (lavapipe, SwiftShader, WARP).
+pub fn is_software(info: &wgpu::AdapterInfo) -> bool {
+    info.device_type == wgpu::DeviceType::Cpu
+}
+
 impl Gpu {
     /// A software adapter (lavapipe, SwiftShader, WARP).
     pub fn is_software(&self) -> bool {
-        self.info.device_type == wgpu::DeviceType::Cpu
+        is_software(&self.info)
     }
 
     /// Opens the adapter chosen by [`select`].

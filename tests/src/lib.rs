@@ -192,6 +192,9 @@ pub struct Forced {
     pub no_subgroups: bool,
     /// wgpu's split-KV workgroups take blocks of rows (or one row): `WgpuOptions::split_row_blocks`.
     pub split_row_blocks: Option<bool>,
+    /// q8_0 / q4 products against activations quantized per block (`--int8-dots`): the cpu's
+    /// `Kernels::Int8`, wgpu's `WgpuOptions::int8_dots`.
+    pub int8_dots: bool,
 }
 
 /// A device backend built from a bare graph and its weights (the op suite's cases).
@@ -199,6 +202,8 @@ pub struct GraphBackend {
     pub name: &'static str,
     /// `Err(why)` for an op past the backend's limits (checked before building).
     pub supports: fn(&Graph, &unmask_core::graph::Op) -> Result<(), String>,
+    /// Whether it has the integer products `Forced::int8_dots` asks for.
+    pub int8_dots: bool,
     pub make: fn(Graph, &WeightStore, Forced) -> anyhow::Result<Box<dyn Backend>>,
 }
 
@@ -211,8 +216,14 @@ pub fn graph_backends() -> Vec<GraphBackend> {
         v.push(GraphBackend {
             name: "cpu",
             supports: |_, _| Ok(()),
-            make: |g, store, _| {
-                let b = ReferenceBackend::with_kernels(g, store, Kernels::Fast, &mut |_, _| {});
+            int8_dots: true,
+            make: |g, store, forced| {
+                let kernels = if forced.int8_dots {
+                    Kernels::Int8
+                } else {
+                    Kernels::Fast
+                };
+                let b = ReferenceBackend::with_kernels(g, store, kernels, &mut |_, _| {});
                 Ok(Box::new(b?))
             },
         });
@@ -221,6 +232,7 @@ pub fn graph_backends() -> Vec<GraphBackend> {
         v.push(GraphBackend {
             name: "cuda",
             supports: unmask_cuda::supports,
+            int8_dots: false,
             make: |g, store, _| {
                 let opts = unmask_cuda::CudaOptions {
                     max_positions: 4096,
@@ -239,11 +251,13 @@ pub fn graph_backends() -> Vec<GraphBackend> {
         v.push(GraphBackend {
             name: "wgpu",
             supports: unmask_wgpu::supports,
+            int8_dots: true,
             make: |g, store, forced| {
                 let mut opts = unmask_wgpu::WgpuOptions {
                     weight_binding_limit: forced.weight_binding_limit,
                     max_expert_parts: forced.expert_parts,
                     split_row_blocks: forced.split_row_blocks,
+                    int8_dots: forced.int8_dots,
                     ..Default::default()
                 };
                 opts.subgroups &= !forced.no_subgroups;

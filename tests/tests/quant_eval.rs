@@ -1,7 +1,7 @@
 //! The trained addition model quantized to q8_0 and q4 (written to a directory by
 //! `quant::quantize_dir` and loaded back like any model) still answers the 300 held-out
-//! problems of `golden/eval.json` on every backend, and on cpu with the activations quantized
-//! too (`--int8-dots`): q8_0 at least 295 and q4 at least 294 right (f32 gets 297).
+//! problems of `golden/eval.json` on every backend, and on cpu and wgpu with the activations
+//! quantized too (`--int8-dots`): q8_0 at least 295 and q4 at least 294 right (f32 gets 297).
 
 use serde::Deserialize;
 use std::time::Instant;
@@ -73,6 +73,27 @@ fn quantized_addition_model_keeps_its_accuracy() {
                             m.graph.clone(),
                             &m.weights,
                             Kernels::Int8,
+                            &mut |_, _| {},
+                        )
+                        .unwrap(),
+                    ) as Box<dyn Backend>
+                }),
+            ));
+        }
+        // wgpu's integer window products (`--int8-dots` there too).
+        if cases.iter().any(|(name, _)| *name == "wgpu") {
+            cases.push((
+                "wgpu --int8-dots",
+                Box::new(|m: &Model| {
+                    let opts = unmask_wgpu::WgpuOptions {
+                        int8_dots: true,
+                        ..Default::default()
+                    };
+                    Box::new(
+                        unmask_wgpu::WgpuBackend::new(
+                            m.graph.clone(),
+                            &m.weights,
+                            &opts,
                             &mut |_, _| {},
                         )
                         .unwrap(),

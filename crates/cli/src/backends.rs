@@ -33,8 +33,9 @@ pub struct BackendArgs {
     /// Quantize the matrices and embedding table of a full-precision checkpoint while loading.
     #[arg(long, value_enum)]
     pub quantize: Option<crate::commands::quantize::FormatName>,
-    /// cpu: multiply q8_0 / q4 matrices by activations quantized to 8 bits per block of 32
-    /// (integer dot products, llama.cpp's way): faster, not bit for bit the f32 result.
+    /// cpu, wgpu: multiply q8_0 / q4 matrices by activations quantized to 8 bits per block of
+    /// 32 (integer dot products, llama.cpp's way): not bit for bit the f32 result (wgpu: the
+    /// window kernels, dense and experts).
     #[arg(long)]
     pub int8_dots: bool,
     /// KV-cache slots of the backend (sequences decoded together or kept for reuse): set by
@@ -87,8 +88,13 @@ pub fn create_for(
         }
         None => weights,
     };
-    if args.int8_dots && !matches!(args.backend, BackendName::Cpu | BackendName::Auto) {
-        bail!("--int8-dots is a choice of the cpu backend's kernels");
+    if args.int8_dots
+        && !matches!(
+            args.backend,
+            BackendName::Cpu | BackendName::Wgpu | BackendName::Auto
+        )
+    {
+        bail!("--int8-dots is a choice of the cpu and wgpu backends' kernels");
     }
     let fast = if args.int8_dots {
         Kernels::Int8
@@ -105,10 +111,10 @@ pub fn create_for(
     let mut why = String::new();
     let backend: Box<dyn Backend> = match args.backend {
         BackendName::Cuda => Box::new(cuda(config, graph, weights, cuda_slots)?),
-        BackendName::Wgpu => Box::new(wgpu(graph, weights, adapter, wgpu_slots)?),
+        BackendName::Wgpu => Box::new(wgpu(graph, weights, adapter, wgpu_slots, args.int8_dots)?),
         BackendName::Auto => match try_cuda(config, graph, weights, cuda_slots) {
             Ok(b) => b,
-            Err(cuda_why) => match try_wgpu(graph, weights, adapter, wgpu_slots) {
+            Err(cuda_why) => match try_wgpu(graph, weights, adapter, wgpu_slots, args.int8_dots) {
                 Ok((b, chose)) => {
                     why = format!(" (auto: {cuda_why}; {chose})");
                     b
@@ -208,6 +214,7 @@ fn try_wgpu(
     weights: &WeightStore,
     adapter: Option<&str>,
     slots: usize,
+    int8_dots: bool,
 ) -> Result<(Box<dyn Backend>, String), String> {
     let report = unmask_wgpu::probe(adapter)
         .map_err(|e| e.to_string().replace("backend wgpu: ", "no wgpu: "))?;
@@ -225,8 +232,8 @@ fn try_wgpu(
     } else {
         "a hardware GPU adapter"
     };
-    let b =
-        wgpu(graph, weights, adapter, slots).map_err(|e| format!("wgpu failed to load: {e:#}"))?;
+    let b = wgpu(graph, weights, adapter, slots, int8_dots)
+        .map_err(|e| format!("wgpu failed to load: {e:#}"))?;
     Ok((Box::new(b), format!("{kind} {}", report.name)))
 }
 
@@ -241,6 +248,7 @@ fn wgpu(
     weights: &WeightStore,
     adapter: Option<&str>,
     slots: usize,
+    int8_dots: bool,
 ) -> Result<unmask_wgpu::WgpuBackend> {
     let mut bar = LazyBar::new("loading weights to the GPU");
     let defaults = unmask_wgpu::WgpuOptions::default();
@@ -250,6 +258,7 @@ fn wgpu(
         slots,
         // Lowered at load where a buffer would not fit one binding.
         max_tokens: pass_tokens(defaults.max_tokens, slots),
+        int8_dots: int8_dots || defaults.int8_dots,
         ..defaults
     };
     let b =

@@ -172,3 +172,47 @@ fn quantize_on_the_fly_and_memory_per_format() {
         "/nonexistent",
     );
 }
+
+/// `--int8-dots` answers on cpu and on wgpu (where an adapter is here), and a backend without
+/// integer products refuses it by name.
+#[test]
+fn int8_dots_answer_where_a_backend_has_them() {
+    let src = fixture("tiny-llada2-add");
+    let mut backends = vec!["cpu"];
+    if unmask_tests::wgpu_or_skip() {
+        backends.push("wgpu");
+    }
+    for backend in backends {
+        for format in ["q8_0", "q4"] {
+            let g = stdout_json(&unmask(&[
+                "generate",
+                "--model",
+                src.to_str().unwrap(),
+                "--chat",
+                "What is 23+45?",
+                "--backend",
+                backend,
+                "--quantize",
+                format,
+                "--int8-dots",
+                "--json",
+            ]));
+            assert_eq!(
+                g["text"].as_str().unwrap().trim(),
+                "68",
+                "{backend} {format}: {g}"
+            );
+        }
+    }
+    let cuda = unmask(&[
+        "generate",
+        "--model",
+        src.to_str().unwrap(),
+        "--chat",
+        "What is 23+45?",
+        "--backend",
+        "cuda",
+        "--int8-dots",
+    ]);
+    assert_clean_error(&cuda, "--int8-dots is a choice of the cpu and wgpu backends");
+}

@@ -276,6 +276,11 @@ fn moe_down(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
 const MV_WG: u32 = 64u;
 const MV_ACC: u32 = 64u;
 var<workgroup> mv_sum: array<f32, MV_ACC>;
+// The expert matrix-vector kernels (matvec/experts.wgsl): gate/up and down features per
+// workgroup, rows per block.
+const EGU_FEATS: u32 = 4u;
+const EDN_FEATS: u32 = 8u;
+const E_ROWS: u32 = 8u;
 
 // Columns 4 c4 .. 4 c4 + 3 of row r of `x` (rows of k values), zero past the row's end
 // (activation rows are not padded; weight rows are, so the product there is zero).

@@ -78,6 +78,11 @@ pub struct WgpuOptions {
     /// wrong from row 5564 on lavapipe with blocks, not with single rows). A row's result is
     /// the same bits either way. `UNMASK_WGPU_SPLIT_ROW_BLOCKS=0|1` sets it.
     pub split_row_blocks: Option<bool>,
+    /// q8_0 / q4 products over windows (the matrix-vector kernels, dense and experts) take
+    /// integer dot products against activations quantized to 8 bits per block of 32
+    /// (`dot4I8Packed`; the cpu backend's `--int8-dots`): not bit for bit the f32 result, so
+    /// off by default. `UNMASK_WGPU_INT8_DOTS=1` sets it.
+    pub int8_dots: bool,
 }
 
 impl Default for WgpuOptions {
@@ -93,6 +98,7 @@ impl Default for WgpuOptions {
             split_row_blocks: std::env::var("UNMASK_WGPU_SPLIT_ROW_BLOCKS")
                 .ok()
                 .map(|v| v != "0"),
+            int8_dots: std::env::var("UNMASK_WGPU_INT8_DOTS").is_ok_and(|v| v == "1"),
         }
     }
 }
@@ -117,6 +123,9 @@ pub struct WgpuBackend {
     pub(crate) expert_parts: usize,
     /// `WgpuOptions::split_row_blocks`, resolved for the adapter.
     pub(crate) split_row_blocks: bool,
+    /// Quantized activation rows of the integer kernels (`WgpuOptions::int8_dots`, where
+    /// they fit a binding; program/int8.rs).
+    pub(crate) xq: Option<wgpu::Buffer>,
     /// Ops computed inside other ops' dispatches (program/fuse.rs).
     pub(crate) fusions: crate::program::fuse::Fusions,
     /// The next step's commands, recorded while the GPU ran the last one, for a step of the
@@ -169,6 +178,7 @@ impl WgpuBackend {
             expert_parts: self.expert_parts,
             split_row_blocks: self.split_row_blocks,
             fusions: &self.fusions,
+            xq: self.xq.as_ref(),
         });
     }
 

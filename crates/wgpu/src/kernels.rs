@@ -58,7 +58,12 @@ macro_rules! kernel_table {
             pub fn reads_expert_parts(self) -> bool {
                 matches!(
                     self,
-                    Kernel::MoeGateUp | Kernel::MoeDown | Kernel::MoeGateUpMv | Kernel::MoeDownMv
+                    Kernel::MoeGateUp
+                        | Kernel::MoeDown
+                        | Kernel::MoeGateUpMv
+                        | Kernel::MoeDownMv
+                        | Kernel::MoeGateUpMvQ
+                        | Kernel::MoeDownMvQ
                 )
             }
         }
@@ -78,6 +83,13 @@ kernel_table! {
     MoeGateUpMv: MatMul, "moe_gate_up_mv", [(1, R), (2, R), (3, W), (4, U), (5, R), (6, R)];
     // Reads no slot table; bound like moe_down so that one lowering binds both.
     MoeDownMv: MatMul, "moe_down_mv", [(1, R), (2, R), (3, W), (4, U), (5, R), (6, R)];
+    // `int8_dots` (q8_0 / q4 modules only, matvec/int8.wgsl): rows of `x` quantized into `xq`
+    // (written at 7, read at 9), and the matrix-vector kernels' integer forms reading them.
+    QuantizeRows: MatMul, "quantize_rows", [(2, R), (7, W), (8, U)];
+    Matvec8Q: MatMul, "matvec8_q", [(0, U), (1, R), (3, W), (9, R)];
+    Matvec32Q: MatMul, "matvec32_q", [(0, U), (1, R), (3, W), (9, R)];
+    MoeGateUpMvQ: MatMul, "moe_gate_up_mv_q", [(1, R), (3, W), (4, U), (5, R), (6, R), (9, R)];
+    MoeDownMvQ: MatMul, "moe_down_mv_q", [(1, R), (3, W), (4, U), (5, R), (6, R), (9, R)];
     QkNormRope: Rope, "qk_norm_rope", [(0, U), (1, W), (2, R), (3, R), (4, W), (5, W)];
     KvStore: Attention, "kv_store", [(0, U), (1, R), (2, W), (3, W)];
     // Split-KV partials at 7: bound for `attention` too, so that one bind group serves both.
@@ -232,13 +244,13 @@ mod tests {
     use super::*;
 
     /// Every row of the kernel table names an entry point of its family's module and only
-    /// bindings that module declares.
+    /// bindings that module declares (a q8_0 module: it has the integer forms too).
     #[test]
     fn the_kernel_table_matches_the_shaders() {
         for &k in Kernel::ALL {
             let src = module_source(
                 k.family(),
-                Some(WeightFormat::F32),
+                Some(WeightFormat::Q8_0),
                 &ModuleOptions::default(),
             );
             assert!(

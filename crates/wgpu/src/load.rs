@@ -396,6 +396,29 @@ impl WgpuBackend {
                 wgpu::BufferUsages::empty(),
             )
         });
+        // The integer kernels' quantized rows: the widest q8_0 / q4 product input of a pass
+        // (a dense product's rows, an MoE layer's tokens or its slots).
+        let xq = options.int8_dots.then(|| {
+            let mut words = 0;
+            for m in matrices.iter().flatten() {
+                if program::int8::eligible(m.format, m.cols) {
+                    words = words.max(max_tokens * program::int8::row_words(m.cols));
+                }
+            }
+            let slot_cap = moe.as_ref().map_or(0, |m| m.slot_cap);
+            for ex in op_experts.iter().flatten() {
+                if program::int8::experts_eligible(ex) {
+                    words = words.max(max_tokens * program::int8::row_words(ex.hidden));
+                    words = words.max(slot_cap * program::int8::row_words(ex.inter));
+                }
+            }
+            words as u64 * 4
+        });
+        // None when nothing qualifies, or the rows would not fit a binding (the f32 kernels
+        // then serve every product).
+        let xq = xq
+            .filter(|&bytes| bytes > 0 && bytes <= max_binding)
+            .map(|bytes| storage(&device, "xq", bytes, wgpu::BufferUsages::empty()));
         let dummy = storage(&device, "dummy", 16, wgpu::BufferUsages::empty());
         let spare = [0, 1].map(|_| storage(&device, "spare", 16, wgpu::BufferUsages::empty()));
 
@@ -422,7 +445,7 @@ impl WgpuBackend {
         let vocab = graph.token_rows();
         let kernels = Kernels::new(
             &device,
-            &program::kernels_needed(&graph, &fusions, &matrices, &op_experts),
+            &program::kernels_needed(&graph, &fusions, &matrices, &op_experts, xq.is_some()),
             options.runtime_checks,
             ModuleOptions {
                 expert_parts,
@@ -466,6 +489,7 @@ impl WgpuBackend {
             expert_parts,
             split_row_blocks,
             fusions: &fusions,
+            xq: xq.as_ref(),
         });
         Ok(WgpuBackend {
             gpu,
@@ -485,6 +509,7 @@ impl WgpuBackend {
             expert_parts,
             split_row_blocks,
             fusions,
+            xq,
             ahead: None,
             generation: 0,
             program,

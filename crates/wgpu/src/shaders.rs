@@ -63,6 +63,61 @@ const ARGMAX: &str = include_str!("../shaders/argmax.wgsl");
 const REDUCE_SHARED: &str = include_str!("../shaders/matvec/shared.wgsl");
 const REDUCE_SUBGROUP: &str = include_str!("../shaders/matvec/subgroup.wgsl");
 const EXPERTS_MV: &str = include_str!("../shaders/matvec/experts.wgsl");
+const INT8: &str = include_str!("../shaders/matvec/int8.wgsl");
+
+/// Whether the format has the integer form of the matrix-vector kernels (`w_int4`): q8_0 and
+/// q4, whose codes meet 8-bit activations in `dot4I8Packed` (matvec/int8.wgsl).
+pub fn has_int_form(format: WeightFormat) -> bool {
+    format.shader().contains("fn w_int4(")
+}
+
+/// Entry-point suffix of the matrix-vector kernels' integer form.
+pub const INT8_SUFFIX: &str = "_q";
+
+/// One form of the matrix-vector templates (matvec.wgsl, experts.wgsl): how a weight run is
+/// loaded, an activation run read, and the two multiplied.
+#[derive(Clone, Copy)]
+struct MatvecForm {
+    suffix: &'static str,
+    int8: bool,
+    /// (placeholder, text) pairs.
+    fills: [(&'static str, &'static str); 4],
+}
+
+impl MatvecForm {
+    const ALL: [MatvecForm; 2] = [
+        MatvecForm {
+            suffix: "",
+            int8: false,
+            fills: [
+                ("{wrun}", "vec4<f32>"),
+                ("{xrun}", "x_run"),
+                ("{dot}", "dot"),
+                ("{load}", "load4"),
+            ],
+        },
+        MatvecForm {
+            suffix: INT8_SUFFIX,
+            int8: true,
+            fills: [
+                ("{wrun}", "WInt"),
+                ("{xrun}", "xq_run"),
+                ("{dot}", "int_dot"),
+                ("{load}", "int4"),
+            ],
+        },
+    ];
+
+    /// The template with this form's names (`w_{load}` reads a matrix, `we_{load}` an expert
+    /// stack through the switch over its part bindings).
+    fn fill(&self, template: &str) -> String {
+        let mut s = template.to_string();
+        for (key, text) in self.fills {
+            s = s.replace(key, text);
+        }
+        s
+    }
+}
 
 /// Features per workgroup of the matrix-vector expert kernels (EGU_FEATS and EDN_FEATS in
 /// matvec/experts.wgsl): the x extent of their grids is the features over these.
@@ -72,11 +127,13 @@ pub const EXPERT_MV_FEATURES: (usize, usize) = (4, 8);
 /// instance keeps rows x features = MV_ACC accumulators.
 pub const MATVECS: [(&str, usize, usize); 2] = [("matvec8", 8, 8), ("matvec32", 32, 2)];
 
-/// (most rows, output features per workgroup) of the matrix-vector entry point `name`.
+/// (most rows, output features per workgroup) of the matrix-vector entry point `name` (in
+/// either form).
 pub fn matvec_shape(name: &str) -> (usize, usize) {
+    let base = name.strip_suffix(INT8_SUFFIX).unwrap_or(name);
     let (_, rows, feats) = MATVECS
         .into_iter()
-        .find(|m| m.0 == name)
+        .find(|m| m.0 == base)
         .expect("a matrix-vector entry point");
     (rows, feats)
 }
@@ -108,17 +165,25 @@ pub fn module_source(family: Family, format: Option<WeightFormat>, opts: &Module
         s.push_str(ARGMAX);
     }
     if family == Family::MatMul {
-        for (name, rows, feats) in MATVECS {
+        let int8 = format.is_some_and(has_int_form);
+        for form in MatvecForm::ALL.into_iter().filter(|f| int8 || !f.int8) {
+            for (name, rows, feats) in MATVECS {
+                s.push('\n');
+                s.push_str(
+                    &form
+                        .fill(MATVEC)
+                        .replace("{name}", &format!("{name}{}", form.suffix))
+                        .replace("{rows}", &rows.to_string())
+                        .replace("{feats}", &feats.to_string()),
+                );
+            }
             s.push('\n');
-            s.push_str(
-                &MATVEC
-                    .replace("{name}", name)
-                    .replace("{rows}", &rows.to_string())
-                    .replace("{feats}", &feats.to_string()),
-            );
+            s.push_str(&form.fill(EXPERTS_MV).replace("{sfx}", form.suffix));
         }
-        s.push('\n');
-        s.push_str(EXPERTS_MV);
+        if int8 {
+            s.push('\n');
+            s.push_str(INT8);
+        }
         s.push('\n');
         s.push_str(if opts.subgroups {
             REDUCE_SUBGROUP
@@ -129,39 +194,55 @@ pub fn module_source(family: Family, format: Option<WeightFormat>, opts: &Module
     s
 }
 
-/// `w_load4` again over each extra part's binding, and `we_load4`, the switch the expert
-/// kernels read through. WGSL cannot index bindings or pass storage pointers, so the loader is
-/// instantiated per binding: the format's text from `fn w_load4(` on, with `w[` renamed.
+/// The format's loaders (`w_load4`, and `w_int4` where it has the integer form) again over each
+/// extra part's binding, and `we_load4` / `we_int4`, the switches the expert kernels read
+/// through. WGSL cannot index bindings or pass storage pointers, so the loaders are instantiated
+/// per binding: the format's text from `fn w_load4(` on (the loaders come last in a format
+/// file), with `w[` renamed.
 fn expert_loaders(format: &str, parts: usize) -> String {
     let parts = parts.clamp(1, MAX_EXPERT_PARTS);
     let body = &format[format
         .find("fn w_load4(")
         .expect("every weight format defines w_load4")..];
+    let loaders: &[(&str, &str)] = if format.contains("fn w_int4(") {
+        &[("load4", "vec4<f32>"), ("int4", "WInt")]
+    } else {
+        &[("load4", "vec4<f32>")]
+    };
     let mut s = String::new();
     for p in 1..parts {
         s.push_str(&format!(
             "\n@group(0) @binding({}) var<storage, read> w_{p}: array<u32>;\n",
             EXPERT_PART_BINDING + p as u32
         ));
-        s.push_str(&rename_words(body, p));
+        s.push_str(&rename_words(body, p, loaders));
     }
     s.push_str(
         "\n// The expert kernels' weights: `part` is the binding of the expert's stack part.\n",
     );
-    s.push_str("fn we_load4(part: u32, base: u32, c4: u32) -> vec4<f32> {\n    switch part {\n");
-    for p in 1..parts {
+    for (name, ty) in loaders {
         s.push_str(&format!(
-            "        case {p}u: {{ return w_load4_{p}(base, c4); }}\n"
+            "fn we_{name}(part: u32, base: u32, c4: u32) -> {ty} {{\n    switch part {{\n"
+        ));
+        for p in 1..parts {
+            s.push_str(&format!(
+                "        case {p}u: {{ return w_{name}_{p}(base, c4); }}\n"
+            ));
+        }
+        s.push_str(&format!(
+            "        default: {{ return w_{name}(base, c4); }}\n    }}\n}}\n"
         ));
     }
-    s.push_str("        default: { return w_load4(base, c4); }\n    }\n}\n");
     s
 }
 
-/// `body` with `fn w_load4(` renamed `fn w_load4_p(` and every index into `w` (a `w[` not
-/// preceded by a name character) into `w_p`.
-fn rename_words(body: &str, p: usize) -> String {
-    let body = body.replace("fn w_load4(", &format!("fn w_load4_{p}("));
+/// `body` with each loader `fn w_NAME(` renamed `fn w_NAME_p(` and every index into `w` (a `w[`
+/// not preceded by a name character) into `w_p`.
+fn rename_words(body: &str, p: usize, loaders: &[(&str, &str)]) -> String {
+    let mut body = body.to_string();
+    for (name, _) in loaders {
+        body = body.replace(&format!("fn w_{name}("), &format!("fn w_{name}_{p}("));
+    }
     let mut out = String::with_capacity(body.len() + 64);
     let mut prev: Option<char> = None;
     let mut chars = body.chars().peekable();
@@ -224,7 +305,7 @@ mod tests {
             let s = expert_loaders(f.shader(), 3);
             assert!(s.contains("fn w_load4_2("), "{}", f.name());
             assert!(s.contains("w_2["), "{}", f.name());
-            let loaders: Vec<&str> = s.split("fn w_load4_").skip(1).collect();
+            let loaders: Vec<&str> = s.split("fn w_").skip(1).collect();
             for l in loaders {
                 let l = l.split("\n}").next().unwrap();
                 assert!(
@@ -262,8 +343,9 @@ mod tests {
     #[test]
     fn expert_matvec_features_match_the_kernels() {
         let (gate_up, down) = EXPERT_MV_FEATURES;
-        assert!(EXPERTS_MV.contains(&format!("const EGU_FEATS: u32 = {gate_up}u;\n")));
-        assert!(EXPERTS_MV.contains(&format!("const EDN_FEATS: u32 = {down}u;\n")));
+        let matmul = source(Family::MatMul);
+        assert!(matmul.contains(&format!("const EGU_FEATS: u32 = {gate_up}u;\n")));
+        assert!(matmul.contains(&format!("const EDN_FEATS: u32 = {down}u;\n")));
     }
 
     #[test]

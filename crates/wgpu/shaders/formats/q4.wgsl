@@ -11,6 +11,17 @@ fn q4_scale(k: u32) -> f32 {
     return bitcast<f32>((((k >> 3u) + 107u) << 23u) | ((k & 7u) << 20u));
 }
 
+// The integer form (`int8_dots`, matvec/int8.wgsl): a run's four codes as bytes (0 ..= 15, so
+// positive as signed bytes), d / 16 and the offset c, as w = (d / 16) * (16 q - c): a run adds
+// (d / 16) * (16 * sum(q * qx) - c * sum(qx)) in integers, as on the cpu (fast/int8.rs).
+const W_OFFSET: bool = true;
+
+struct WInt {
+    q: u32,
+    d: f32,
+    c: i32,
+}
+
 fn w_load4(base: u32, c4: u32) -> vec4<f32> {
     let g = base + 9u * (c4 / 16u);
     let j = c4 % 16u;
@@ -27,4 +38,15 @@ fn w_load4(base: u32, c4: u32) -> vec4<f32> {
         f32((n >> 12u) & 15u),
     );
     return d * (q - vec4<f32>(off));
+}
+
+fn w_int4(base: u32, c4: u32) -> WInt {
+    let g = base + 9u * (c4 / 16u);
+    let j = c4 % 16u;
+    let hw = w[g];
+    let h = select(hw & 0xffffu, hw >> 16u, j >= 8u);
+    let n = (w[g + 1u + j / 2u] >> (16u * (j % 2u))) & 0xffffu;
+    // The four nibbles spread into the low halves of four bytes.
+    let q = (n & 0xfu) | ((n & 0xf0u) << 4u) | ((n & 0xf00u) << 8u) | ((n & 0xf000u) << 12u);
+    return WInt(q, q4_scale(h & 0xffu) * 0.0625, i32(h >> 8u));
 }

@@ -15,6 +15,16 @@ fn f16_bits_to_f32(h: u32) -> f32 {
     return bitcast<f32>(sign | ((e + 112u) << 23u) | (m << 13u));
 }
 
+// The integer form (`int8_dots`, matvec/int8.wgsl): a run's four codes as packed signed bytes,
+// the block's scale, and an offset (none here; q4 has one).
+const W_OFFSET: bool = false;
+
+struct WInt {
+    q: u32,
+    d: f32,
+    c: i32,
+}
+
 fn w_load4(base: u32, c4: u32) -> vec4<f32> {
     let g = base + 17u * (c4 / 16u);
     let s = w[g];
@@ -28,4 +38,11 @@ fn w_load4(base: u32, c4: u32) -> vec4<f32> {
         bitcast<i32>(q),
     ) >> vec4<u32>(24u);
     return d * vec4<f32>(v);
+}
+
+fn w_int4(base: u32, c4: u32) -> WInt {
+    let g = base + 17u * (c4 / 16u);
+    let s = w[g];
+    let d = f16_bits_to_f32(select(s & 0xffffu, s >> 16u, (c4 & 8u) != 0u));
+    return WInt(w[g + 1u + (c4 % 16u)], d, 0);
 }

@@ -7,43 +7,41 @@
 // weight rows accumulators have compile-time bounds, so they stay in registers; `mv_reduce`
 // adds the invocations' partial sums. A row is computed the same way in any block and item.
 // Grid: feature groups in x (unpacked from moe_group's arguments), work items in y (indirect).
-const EGU_FEATS: u32 = 4u;
-const EDN_FEATS: u32 = 8u;
-const E_ROWS: u32 = 8u;
+// Instanced like matvec.wgsl: f32 (suffix "") and integer (suffix "_q") forms.
 
 @compute @workgroup_size(64)
-fn moe_gate_up_mv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn moe_gate_up_mv{sfx}(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let it = work_item(wg.y);
     let at = expert_at(it.x);
     let f0 = wg.x * EGU_FEATS;
     if (it.z <= E_ROWS) {
-        gate_up_mv_block(li, at, f0, it.y, it.z);
+        gate_up_mv_block{sfx}(li, at, f0, it.y, it.z);
     } else {
         // Apart, so that the common single block compiles as tightly as it can.
         for (var r0 = 0u; r0 < it.z; r0 += E_ROWS) {
-            gate_up_mv_block(li, at, f0, it.y + r0, min(E_ROWS, it.z - r0));
+            gate_up_mv_block{sfx}(li, at, f0, it.y + r0, min(E_ROWS, it.z - r0));
         }
     }
 }
 
 // Slots s0 .. s0 + rows (at most E_ROWS) of features f0 .. f0 + EGU_FEATS: row r's gate sums
 // in accumulators 8 r + f, its up sums in 8 r + EGU_FEATS + f; silu(gate) * up written.
-fn gate_up_mv_block(li: u32, at: vec2<u32>, f0: u32, s0: u32, rows: u32) {
+fn gate_up_mv_block{sfx}(li: u32, at: vec2<u32>, f0: u32, s0: u32, rows: u32) {
     var acc: array<f32, MV_ACC>;
     let runs = (mp.k + 3u) / 4u;
     for (var c4 = li; c4 < runs; c4 += MV_WG) {
-        var wv: array<vec4<f32>, 8>;
+        var wv: array<{wrun}, 8>;
         for (var f = 0u; f < EGU_FEATS; f++) {
             if (f0 + f < mp.m) {
-                wv[f] = we_load4(at.x, (at.y + f0 + f) * mp.stride, c4);
-                wv[EGU_FEATS + f] = we_load4(at.x, (at.y + mp.m + f0 + f) * mp.stride, c4);
+                wv[f] = we_{load}(at.x, (at.y + f0 + f) * mp.stride, c4);
+                wv[EGU_FEATS + f] = we_{load}(at.x, (at.y + mp.m + f0 + f) * mp.stride, c4);
             }
         }
         for (var r = 0u; r < E_ROWS; r++) {
             if (r < rows) {
-                let xv = x_run(slot_token[s0 + r], c4, mp.k);
+                let xv = {xrun}(slot_token[s0 + r], c4, mp.k);
                 for (var j = 0u; j < 8u; j++) {
-                    acc[8u * r + j] += dot(xv, wv[j]);
+                    acc[8u * r + j] += {dot}(xv, wv[j]);
                 }
             }
         }
@@ -58,35 +56,35 @@ fn gate_up_mv_block(li: u32, at: vec2<u32>, f0: u32, s0: u32, rows: u32) {
 }
 
 @compute @workgroup_size(64)
-fn moe_down_mv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn moe_down_mv{sfx}(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let it = work_item(wg.y);
     let at = expert_at(it.x);
     let f0 = wg.x * EDN_FEATS;
     if (it.z <= E_ROWS) {
-        down_mv_block(li, at, f0, it.y, it.z);
+        down_mv_block{sfx}(li, at, f0, it.y, it.z);
     } else {
         for (var r0 = 0u; r0 < it.z; r0 += E_ROWS) {
-            down_mv_block(li, at, f0, it.y + r0, min(E_ROWS, it.z - r0));
+            down_mv_block{sfx}(li, at, f0, it.y + r0, min(E_ROWS, it.z - r0));
         }
     }
 }
 
 // Slots s0 .. s0 + rows (at most E_ROWS) of output features f0 .. f0 + EDN_FEATS.
-fn down_mv_block(li: u32, at: vec2<u32>, f0: u32, s0: u32, rows: u32) {
+fn down_mv_block{sfx}(li: u32, at: vec2<u32>, f0: u32, s0: u32, rows: u32) {
     var acc: array<f32, MV_ACC>;
     let runs = (mp.k + 3u) / 4u;
     for (var c4 = li; c4 < runs; c4 += MV_WG) {
-        var wv: array<vec4<f32>, EDN_FEATS>;
+        var wv: array<{wrun}, EDN_FEATS>;
         for (var f = 0u; f < EDN_FEATS; f++) {
             if (f0 + f < mp.m) {
-                wv[f] = we_load4(at.x, (at.y + f0 + f) * mp.stride, c4);
+                wv[f] = we_{load}(at.x, (at.y + f0 + f) * mp.stride, c4);
             }
         }
         for (var r = 0u; r < E_ROWS; r++) {
             if (r < rows) {
-                let xv = x_run(s0 + r, c4, mp.k);
+                let xv = {xrun}(s0 + r, c4, mp.k);
                 for (var f = 0u; f < EDN_FEATS; f++) {
-                    acc[EDN_FEATS * r + f] += dot(xv, wv[f]);
+                    acc[EDN_FEATS * r + f] += {dot}(xv, wv[f]);
                 }
             }
         }

@@ -6,6 +6,8 @@
 // accumulators have compile-time bounds, so they stay in registers. `mv_reduce` then adds the
 // invocations' partial sums (a subgroup reduction where the device has subgroups, workgroup
 // memory where it does not). Grid: features in x and y (x * y groups of {feats}).
+// Instanced in two forms: f32 (`w_{load}` = w_load4 widening the weights, `{xrun}` = x_run, `{dot}` =
+// dot) and, for q8_0 / q4 with `int8_dots`, integer (w_int4, xq_run, int_dot: matvec/int8.wgsl).
 @compute @workgroup_size(64)
 fn {name}(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -32,17 +34,17 @@ fn {name}_block(li: u32, f0: u32, r0: u32, rows: u32) {
     var acc: array<f32, MV_ACC>;
     let runs = (p.k + 3u) / 4u;
     for (var c4 = li; c4 < runs; c4 += MV_WG) {
-        var wv: array<vec4<f32>, {feats}>;
+        var wv: array<{wrun}, {feats}>;
         for (var f = 0u; f < {feats}u; f++) {
             if (f0 + f < p.m) {
-                wv[f] = w_load4((f0 + f) * p.stride, c4);
+                wv[f] = w_{load}((f0 + f) * p.stride, c4);
             }
         }
         for (var r = 0u; r < {rows}u; r++) {
             if (r0 + r < rows) {
-                let xv = x_run(r0 + r, c4, p.k);
+                let xv = {xrun}(r0 + r, c4, p.k);
                 for (var f = 0u; f < {feats}u; f++) {
-                    acc[r * {feats}u + f] += dot(xv, wv[f]);
+                    acc[r * {feats}u + f] += {dot}(xv, wv[f]);
                 }
             }
         }

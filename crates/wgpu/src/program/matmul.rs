@@ -1,6 +1,6 @@
 //! Lowering of `MatMul`: a tiled dispatch per part of the (possibly split) matrix, with the matrix-vector kernels for windows of at most 8 and 32 rows.
 
-use super::{Choice, Context, Extent, Grid, Needs, Pending, TILE_FEATURES, TILE_ROWS};
+use super::{int8, Choice, Context, Extent, Grid, Needs, Pending, TILE_FEATURES, TILE_ROWS};
 use crate::kernels::Kernel;
 use crate::shaders::matvec_shape;
 
@@ -24,15 +24,35 @@ const MAX_GRID_X: usize = 32768;
 fn product(cx: &Context, x: BufId, weight: WeightId, o: BufId, out: &mut Vec<Pending>) {
     let m = cx.matrices[weight.0].as_ref().expect("uploaded matrix");
     let from_out = cx.rows(x) == Rows::Out;
+    let choice = Choice::Rows(Extent::of(cx.rows(x), 1));
+    let int8 = int8::takes(cx, m.format, m.cols);
+    if int8 {
+        // Once for every part of the matrix.
+        let max_rows = matvec_shape(MATVEC_KERNELS[MATVEC_KERNELS.len() - 1].entry()).0;
+        out.push(int8::quantize(
+            cx,
+            m.format,
+            cx.buffer_of(x),
+            m.cols,
+            1,
+            Extent::of(cx.rows(x), 1),
+            choice,
+            max_rows,
+        ));
+    }
     for part in &m.parts {
+        let mut buffers = vec![
+            (1, part.buffer.clone()),
+            (2, cx.buffer_of(x)),
+            (3, cx.buffer_of(o)),
+        ];
+        if int8 {
+            buffers.push(int8::xq_binding(cx));
+        }
         out.push(Pending {
             kernel: Kernel::Matmul,
             format: Some(m.format),
-            buffers: vec![
-                (1, part.buffer.clone()),
-                (2, cx.buffer_of(x)),
-                (3, cx.buffer_of(o)),
-            ],
+            buffers,
             params: (
                 0,
                 [
@@ -52,11 +72,16 @@ fn product(cx: &Context, x: BufId, weight: WeightId, o: BufId, out: &mut Vec<Pen
             ),
             needs_out: from_out,
             small: Some((
-                Choice::Rows(Extent::of(cx.rows(x), 1)),
+                choice,
                 MATVEC_KERNELS
                     .into_iter()
                     .map(|kernel| {
                         let (rows, feats) = matvec_shape(kernel.entry());
+                        let kernel = if int8 {
+                            int8::int_kernel(kernel)
+                        } else {
+                            kernel
+                        };
                         (rows, kernel, matvec_grid(part.rows.len().div_ceil(feats)))
                     })
                     .collect(),
@@ -76,8 +101,15 @@ pub(super) fn kernels(op: &Op, needs: &mut Needs) {
     if let Op::MatMul { weight, .. } = op {
         let format = needs.matrix_format(*weight);
         needs.push(Kernel::Matmul, format);
+        let int8 = needs.int8 && needs.matrix_int8(*weight);
         for kernel in MATVEC_KERNELS {
             needs.push(kernel, format);
+            if int8 {
+                needs.push(int8::int_kernel(kernel), format);
+            }
+        }
+        if int8 {
+            needs.push(Kernel::QuantizeRows, format);
         }
     }
 }

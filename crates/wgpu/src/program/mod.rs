@@ -9,6 +9,7 @@ pub(crate) mod attention;
 mod elementwise;
 mod embed;
 pub(crate) mod fuse;
+pub(crate) mod int8;
 mod matmul;
 mod moe;
 mod norm;
@@ -19,6 +20,7 @@ use crate::arena::ArenaPlan;
 use crate::format::WeightFormat;
 use crate::kernels::{Kernel, Kernels};
 use crate::kv::KvCache;
+use crate::shaders::EXPERT_PART_BINDING;
 use crate::weights::{DeviceMatrix, ExpertStacks};
 use unmask_core::graph::{BufId, Graph, Op, OpFamily, Rows, WeightId};
 
@@ -201,6 +203,9 @@ pub struct Context<'a> {
     /// Split-KV workgroups take blocks of rows (`WgpuOptions::split_row_blocks`).
     pub split_row_blocks: bool,
     pub fusions: &'a fuse::Fusions,
+    /// Quantized activation rows of the integer matrix-vector kernels (`int8.rs`), when the
+    /// backend uses them (`WgpuOptions::int8_dots`).
+    pub xq: Option<&'a wgpu::Buffer>,
 }
 
 /// The extent that counts a product's rows, and (most rows, kernel, grid) of each kernel used
@@ -293,6 +298,8 @@ pub struct Needs<'a> {
     op_experts: &'a [Option<ExpertStacks>],
     /// The op being asked about.
     index: usize,
+    /// Whether q8_0 / q4 products take the integer kernels where they can (`int8.rs`).
+    int8: bool,
     list: Vec<(Kernel, Option<WeightFormat>)>,
 }
 
@@ -310,20 +317,37 @@ impl Needs<'_> {
     fn experts_format(&self) -> Option<WeightFormat> {
         self.op_experts[self.index].as_ref().map(|e| e.format)
     }
+
+    /// Whether a matrix can take the integer kernels.
+    fn matrix_int8(&self, w: WeightId) -> bool {
+        self.matrices[w.0]
+            .as_ref()
+            .is_some_and(|m| int8::eligible(m.format, m.cols))
+    }
+
+    /// Whether the op's experts can take the integer kernels.
+    fn experts_int8(&self) -> bool {
+        self.op_experts[self.index]
+            .as_ref()
+            .is_some_and(int8::experts_eligible)
+    }
 }
 
-/// The (kernel, format) pairs the graph needs, for building pipelines at load.
+/// The (kernel, format) pairs the graph needs, for building pipelines at load (`int8`: the
+/// integer forms too, where a product can take them).
 pub fn kernels_needed(
     graph: &Graph,
     fusions: &fuse::Fusions,
     matrices: &[Option<DeviceMatrix>],
     op_experts: &[Option<ExpertStacks>],
+    int8: bool,
 ) -> Vec<(Kernel, Option<WeightFormat>)> {
     let mut needs = Needs {
         fusions,
         matrices,
         op_experts,
         index: 0,
+        int8,
         list: Vec::new(),
     };
     for (i, op) in graph.ops.iter().enumerate() {
@@ -388,9 +412,15 @@ pub fn compile(cx: &Context) -> Program {
 
     let bind = |kernel: Kernel, p: &Pending, i: usize| {
         let pl = cx.kernels.get(kernel, p.format);
+        // The variants of one dispatch share its buffers; each binds those its layout has.
+        let declared = |b: u32| {
+            kernel.bindings().iter().any(|&(k, _)| k == b)
+                || (kernel.reads_expert_parts() && b > EXPERT_PART_BINDING)
+        };
         let mut entries: Vec<wgpu::BindGroupEntry> = p
             .buffers
             .iter()
+            .filter(|(binding, _)| declared(*binding))
             .map(|(binding, b)| wgpu::BindGroupEntry {
                 binding: *binding,
                 resource: b.as_entire_binding(),

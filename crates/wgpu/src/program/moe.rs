@@ -1,7 +1,7 @@
 //! Lowering of the MoE ops: routing (per token, or per routing block for LLaDA2.2), then the grouped experts: a group dispatch that buckets rows by expert and writes the indirect arguments, gate/up and down per dispatch (each reads up to `expert_parts` expert-stack bindings; tiles, or the matrix-vector form for passes of windows), and the weighted combine. A shared expert absorbed by the op (fuse.rs) is the stack's last expert, taken by every token, and added by the combine.
 
 use super::{
-    f, Choice, Context, Extent, Grid, Needs, Pending, PLAN_HEAD, TILE_FEATURES, TILE_ROWS,
+    f, int8, Choice, Context, Extent, Grid, Needs, Pending, PLAN_HEAD, TILE_FEATURES, TILE_ROWS,
 };
 use crate::kernels::Kernel;
 use crate::shaders::{EXPERT_MV_FEATURES, EXPERT_PART_BINDING};
@@ -125,6 +125,7 @@ fn experts(
     };
     let gate_up_x = x_of(gu_tiles, gu_groups);
     let down_x = x_of(dn_tiles, dn_groups);
+    let int8 = matvec && cx.xq.is_some() && int8::experts_eligible(ex);
     out.push(Pending {
         kernel: Kernel::MoeGroup,
         format: None,
@@ -158,7 +159,12 @@ fn experts(
     // parts: the first as `w`, the others as `w_p`. A pass whose sequences have at most
     // TILE_ROWS rows takes the matrix-vector form (chosen, as for the dense products, by the
     // widest sequence, so that a sequence's rows take the kernel they take alone).
-    for (kernel, mv, stacks, x_in, y_out, params, args_at) in [
+    // With `int8` the matrix-vector kernels take their integer form, each product's input
+    // quantized first: the tokens' rows for gate/up, every slot's row (a token's `per`) of the
+    // activations for down.
+    let choice = Choice::Rows(Extent::Tokens(1));
+    let per = top_k + shared as usize;
+    for (kernel, mv, stacks, x_in, y_out, params, args_at, quantize_per) in [
         (
             Kernel::MoeGateUp,
             Kernel::MoeGateUpMv,
@@ -167,6 +173,7 @@ fn experts(
             moe.act.clone(),
             [ex.hidden, ex.gate_up_stride, ex.inter, 2 * ex.inter],
             0,
+            1,
         ),
         (
             Kernel::MoeDown,
@@ -176,8 +183,24 @@ fn experts(
             moe.y.clone(),
             [ex.inter, ex.down_stride, ex.hidden, ex.hidden],
             dispatches,
+            per,
         ),
     ] {
+        let mv = if int8 {
+            out.push(int8::quantize(
+                cx,
+                ex.format,
+                x_in.clone(),
+                params[0],
+                quantize_per,
+                Extent::Tokens(1),
+                choice,
+                TILE_ROWS,
+            ));
+            int8::int_kernel(mv)
+        } else {
+            mv
+        };
         for d in 0..dispatches {
             let parts = ex.parts_of(d);
             let mut buffers = vec![
@@ -196,6 +219,9 @@ fn experts(
                     parts.start
                 };
                 buffers.push((EXPERT_PART_BINDING + p as u32, stacks[part].clone()));
+            }
+            if int8 {
+                buffers.push(int8::xq_binding(cx));
             }
             out.push(Pending {
                 kernel,
@@ -218,7 +244,7 @@ fn experts(
                 needs_out: false,
                 small: matvec.then(|| {
                     (
-                        Choice::Rows(Extent::Tokens(1)),
+                        choice,
                         vec![(
                             TILE_ROWS,
                             mv,
@@ -316,6 +342,11 @@ pub(super) fn kernels(op: &Op, needs: &mut Needs) {
             needs.push(Kernel::MoeDown, format);
             needs.push(Kernel::MoeGateUpMv, format);
             needs.push(Kernel::MoeDownMv, format);
+            if needs.int8 && needs.experts_int8() {
+                needs.push(Kernel::QuantizeRows, format);
+                needs.push(Kernel::MoeGateUpMvQ, format);
+                needs.push(Kernel::MoeDownMvQ, format);
+            }
             needs.push(
                 if needs.fusions.residual[needs.index].is_some() {
                     Kernel::MoeCombineResidual

@@ -10,7 +10,7 @@
 #   2. the kernel cache: a first load compiles, a second compiles nothing;
 #   3. `unmask bench` on a LLaDA2.0-mini-shaped model (20 layers, 256 experts, random weights)
 #      on cuda in bf16 and q4, batches of 1, 4 and 16 sequences on cuda, and wgpu (Vulkan) in
-#      bf16 where that adapter is a hardware one;
+#      bf16 and q4 (f32 activations, then `--int8-dots`) where that adapter is a hardware one;
 #   4. the remaining suites (routing, quantized models, prefix cache, profiles, bad input), as
 #      time allows;
 #   5. a table last: per-forward time (32-token window), the bandwidth floor, their ratio,
@@ -205,10 +205,10 @@ if [ "$DRY" = 1 ]; then
     SHAPE=(--shape mini --layers 1 --window 32 --iters 1 --warmup 0)
     BATCH=(--layers 1 --iters 1 --warmup 0)
 fi
-bench() { # name backend format
+bench() { # name backend format [extra bench arguments]
     local name=$1 backend=$2 format=$3
     step "bench $name"
-    if run_limited "$UNMASK" bench "${SHAPE[@]}" --format "$format" --backend "$backend" \
+    if run_limited "$UNMASK" bench "${SHAPE[@]}" --format "$format" --backend "$backend" "${@:4}" \
         --skip ar,no-cache,real-run --profile --json >"$OUT/$name.json" 2>"$OUT/$name.log"; then
         tail -2 "$OUT/$name.log"
     else
@@ -237,8 +237,13 @@ else
 fi
 if [ "$WGPU_HW" = 1 ] || [ "$DRY" = 1 ]; then
     WGPU_BACKEND=vulkan bench wgpu-bf16 wgpu bf16
+    # q4 with f32 activations (the default) and with integer dot products (`--int8-dots`).
+    WGPU_BACKEND=vulkan bench wgpu-q4 wgpu q4
+    WGPU_BACKEND=vulkan bench wgpu-q4-int8 wgpu q4 --int8-dots
 else
-    echo "(wgpu-bf16: no hardware Vulkan adapter)" | tee "$OUT/wgpu-bf16.skipped"
+    for name in wgpu-bf16 wgpu-q4 wgpu-q4-int8; do
+        echo "($name: no hardware Vulkan adapter)" | tee "$OUT/$name.skipped"
+    done
 fi
 
 for s in golden_routing quant_eval quant_fixture prefix_cache recorded_ahead profile bad_input; do
@@ -256,7 +261,7 @@ def get(d, *path):
         d = d[p]
     return d
 rows = []
-for name in ["cuda-bf16", "cuda-q4", "wgpu-bf16"]:
+for name in ["cuda-bf16", "cuda-q4", "wgpu-bf16", "wgpu-q4", "wgpu-q4-int8"]:
     path = os.path.join(out, name + ".json")
     if not os.path.exists(path):
         rows.append((name, None))

@@ -214,5 +214,8 @@ fn int8_dots_answer_where_a_backend_has_them() {
         "cuda",
         "--int8-dots",
     ]);
-    assert_clean_error(&cuda, "--int8-dots is a choice of the cpu and wgpu backends");
+    assert_clean_error(
+        &cuda,
+        "--int8-dots is a choice of the cpu and wgpu backends",
+    );
 }

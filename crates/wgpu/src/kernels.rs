@@ -244,14 +244,17 @@ mod tests {
     use super::*;
 
     /// Every row of the kernel table names an entry point of its family's module and only
-    /// bindings that module declares (a q8_0 module: it has the integer forms too).
+    /// bindings that module declares (a q8_0 module with the integer forms).
     #[test]
     fn the_kernel_table_matches_the_shaders() {
         for &k in Kernel::ALL {
             let src = module_source(
                 k.family(),
                 Some(WeightFormat::Q8_0),
-                &ModuleOptions::default(),
+                &ModuleOptions {
+                    int8: true,
+                    ..ModuleOptions::default()
+                },
             );
             assert!(
                 src.contains(&format!("fn {}(", k.entry())),

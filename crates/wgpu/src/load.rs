@@ -450,6 +450,7 @@ impl WgpuBackend {
             ModuleOptions {
                 expert_parts,
                 subgroups: gpu.subgroups && options.subgroups,
+                int8: xq.is_some(),
             },
         );
         let params_align = gpu

@@ -46,6 +46,9 @@ pub struct ModuleOptions {
     pub expert_parts: usize,
     /// Whether the matrix-vector kernels reduce with subgroup operations (the device has them).
     pub subgroups: bool,
+    /// Whether q8_0 / q4 modules also hold the integer forms (`WgpuOptions::int8_dots`); apart
+    /// from them no module uses `dot4I8Packed`, which WGSL has only as a language extension.
+    pub int8: bool,
 }
 
 impl Default for ModuleOptions {
@@ -53,6 +56,7 @@ impl Default for ModuleOptions {
         ModuleOptions {
             expert_parts: 1,
             subgroups: false,
+            int8: false,
         }
     }
 }
@@ -165,7 +169,7 @@ pub fn module_source(family: Family, format: Option<WeightFormat>, opts: &Module
         s.push_str(ARGMAX);
     }
     if family == Family::MatMul {
-        let int8 = format.is_some_and(has_int_form);
+        let int8 = opts.int8 && format.is_some_and(has_int_form);
         for form in MatvecForm::ALL.into_iter().filter(|f| int8 || !f.int8) {
             for (name, rows, feats) in MATVECS {
                 s.push('\n');
@@ -260,7 +264,7 @@ fn rename_words(body: &str, p: usize, loaders: &[(&str, &str)]) -> String {
 
 /// Every module the backend can build: (label, WGSL, whether it needs subgroups). The
 /// validation test walks this list (matrix families with one expert part and with the most,
-/// with either reduction).
+/// with either reduction; the latter with the integer forms).
 pub fn all_modules() -> Vec<(String, String, bool)> {
     let mut out = Vec::new();
     for family in Family::ALL {
@@ -270,6 +274,8 @@ pub fn all_modules() -> Vec<(String, String, bool)> {
                     let opts = ModuleOptions {
                         expert_parts: parts,
                         subgroups,
+                        // The integer forms in one of the two.
+                        int8: subgroups,
                     };
                     out.push((
                         format!(
@@ -311,6 +317,27 @@ mod tests {
                 assert!(
                     !l.contains(" w[") && !l.contains("(w["),
                     "{}: {l}",
+                    f.name()
+                );
+            }
+        }
+    }
+
+    /// `dot4I8Packed` (a WGSL language extension) is in a module only when the integer forms
+    /// are asked for, and then in q8_0 / q4 matrix modules only.
+    #[test]
+    fn only_int8_modules_use_the_packed_dot_product() {
+        for f in WeightFormat::ALL {
+            for int8 in [false, true] {
+                let opts = ModuleOptions {
+                    int8,
+                    ..ModuleOptions::default()
+                };
+                let s = module_source(Family::MatMul, Some(f), &opts);
+                assert_eq!(
+                    s.contains("dot4I8Packed"),
+                    int8 && has_int_form(f),
+                    "{} int8={int8}",
                     f.name()
                 );
             }

@@ -422,38 +422,65 @@ fn moe_cases() -> Vec<Case> {
         // allows, by 3 (the last dispatch binds fillers), and by 1. Some have the ops wgpu
         // computes inside the MoE dispatches: the builder's shared expert after the routed
         // ones, the router product before the routing, the residual add (and norm) after.
-        for (ci, (n, limit, dtype, parts, shared, router, residual)) in [
-            (37usize, None, DType::BF16, None, false, true, None),
-            (70, Some(4000u64), DType::Q8_0, None, true, true, Some(true)),
+        // The last four: `--int8-dots` (both products' rows quantized, the layer's and the
+        // activations', with the shared expert among the routed ones and split stacks).
+        for (ci, (n, limit, dtype, parts, shared, router, residual, int8_dots)) in [
+            (37usize, None, DType::BF16, None, false, true, None, false),
             (
                 70,
                 Some(4000u64),
+                DType::Q8_0,
+                None,
+                true,
+                true,
+                Some(true),
+                false,
+            ),
+            (
+                70,
+                Some(4000),
                 DType::Q8_0,
                 Some(3),
                 false,
                 false,
                 Some(false),
+                false,
             ),
             (
                 45,
-                Some(4000u64),
+                Some(4000),
                 DType::BF16,
                 Some(1),
                 true,
                 false,
                 Some(false),
+                false,
             ),
-            (5, None, DType::BF16, None, false, true, None),
+            (5, None, DType::BF16, None, false, true, None, false),
             (
                 32,
-                Some(4000u64),
+                Some(4000),
                 DType::Q8_0,
                 Some(3),
                 true,
                 false,
                 Some(true),
+                false,
             ),
-            (20, None, DType::Q4, Some(1), true, true, Some(false)),
+            (20, None, DType::Q4, Some(1), true, true, Some(false), false),
+            (5, None, DType::Q8_0, None, false, true, None, true),
+            (20, None, DType::Q4, Some(1), true, false, Some(false), true),
+            (
+                32,
+                Some(10_000),
+                DType::Q8_0,
+                Some(3),
+                true,
+                true,
+                Some(true),
+                true,
+            ),
+            (32, Some(10_000), DType::Q4, None, false, false, None, true),
         ]
         .into_iter()
         .enumerate()
@@ -466,31 +493,9 @@ fn moe_cases() -> Vec<Case> {
                 residual,
                 // The 32-row window's matrix-vector experts reduce in workgroup memory.
                 no_subgroups: n == 32,
-                int8_dots: false,
+                int8_dots,
             };
             cases.push(moe_case(block, n, limit, experts, 31 + ci as u64, false));
-        }
-        // `--int8-dots`: windows, both products' rows quantized (the layer's and the
-        // activations'), the shared expert among the routed ones, split stacks.
-        for (ci, (n, limit, dtype, parts, shared, residual)) in [
-            (5usize, None, DType::Q8_0, None, false, None),
-            (20, None, DType::Q4, Some(1), true, Some(false)),
-            (32, Some(10_000u64), DType::Q8_0, Some(3), true, Some(true)),
-            (32, Some(10_000u64), DType::Q4, None, false, None),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let experts = MoeExpertsCase {
-                dtype,
-                parts,
-                shared,
-                router: ci % 2 == 0,
-                residual,
-                no_subgroups: ci == 2,
-                int8_dots: true,
-            };
-            cases.push(moe_case(block, n, limit, experts, 51 + ci as u64, false));
         }
     }
     cases
@@ -896,7 +901,7 @@ fn compare_within(
 }
 
 /// How far an int8-dots case's output row may be off when one of its quantized inputs rounded
-/// the other way (`compare_within`): measured 7.8e-4 for the MoE cases.
+/// the other way (`compare_within`): seen once, 7.8e-4 on one row of a MoE case.
 const FLIPPED_ROW_TOL: f32 = 1e-2;
 
 fn run_all(b: &mut dyn Backend, case: &Case) -> Vec<StepOutput> {

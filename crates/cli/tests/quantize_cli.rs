@@ -26,6 +26,19 @@ fn quantize(src: &Path, out: &Path, format: &str, extra: &[&str]) -> Output {
     unmask(&args)
 }
 
+/// `unmask generate --model src --chat "What is 23+45?" [extra...]`.
+fn ask(src: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "generate",
+        "--model",
+        src.to_str().unwrap(),
+        "--chat",
+        "What is 23+45?",
+    ];
+    args.extend_from_slice(extra);
+    unmask(&args)
+}
+
 /// Runs `unmask quantize --json` of `src` into `out` and checks the report against `BOUNDS`.
 fn quantize_json(src: &Path, out: &Path, (format, max_bits, max_rmse): (&str, f64, f64)) -> Value {
     let v = stdout_json(&quantize(src, out, format, &["--json"]));
@@ -131,18 +144,10 @@ fn quantize_writes_a_directory_that_loads_and_answers() {
 fn quantize_on_the_fly_and_memory_per_format() {
     let src = fixture("tiny-llada2-add");
     for format in ["q8_0", "q4"] {
-        let g = stdout_json(&unmask(&[
-            "generate",
-            "--model",
-            src.to_str().unwrap(),
-            "--chat",
-            "What is 23+45?",
-            "--backend",
-            "cpu",
-            "--quantize",
-            format,
-            "--json",
-        ]));
+        let g = stdout_json(&ask(
+            &src,
+            &["--backend", "cpu", "--quantize", format, "--json"],
+        ));
         assert_eq!(g["text"].as_str().unwrap().trim(), "68", "{format}: {g}");
     }
     let v = stdout_json(&unmask(&["inspect", "--shape", "mini", "--json"]));
@@ -184,19 +189,15 @@ fn int8_dots_answer_where_a_backend_has_them() {
     }
     for backend in backends {
         for format in ["q8_0", "q4"] {
-            let g = stdout_json(&unmask(&[
-                "generate",
-                "--model",
-                src.to_str().unwrap(),
-                "--chat",
-                "What is 23+45?",
+            let args = [
                 "--backend",
                 backend,
                 "--quantize",
                 format,
                 "--int8-dots",
                 "--json",
-            ]));
+            ];
+            let g = stdout_json(&ask(&src, &args));
             assert_eq!(
                 g["text"].as_str().unwrap().trim(),
                 "68",
@@ -204,16 +205,7 @@ fn int8_dots_answer_where_a_backend_has_them() {
             );
         }
     }
-    let cuda = unmask(&[
-        "generate",
-        "--model",
-        src.to_str().unwrap(),
-        "--chat",
-        "What is 23+45?",
-        "--backend",
-        "cuda",
-        "--int8-dots",
-    ]);
+    let cuda = ask(&src, &["--backend", "cuda", "--int8-dots"]);
     assert_clean_error(
         &cuda,
         "--int8-dots is a choice of the cpu and wgpu backends",

@@ -8,8 +8,15 @@ pub const STEP: &str = include_str!("../shaders/step.wgsl");
 pub const FORMAT_F32: &str = include_str!("../shaders/formats/f32.wgsl");
 pub const FORMAT_BF16: &str = include_str!("../shaders/formats/bf16.wgsl");
 pub const FORMAT_F16: &str = include_str!("../shaders/formats/f16.wgsl");
-pub const FORMAT_Q8_0: &str = include_str!("../shaders/formats/q8_0.wgsl");
-pub const FORMAT_Q4: &str = include_str!("../shaders/formats/q4.wgsl");
+// The quantized formats' runs in their integer form (`WInt`), shared by both.
+pub const FORMAT_Q8_0: &str = concat!(
+    include_str!("../shaders/formats/int_run.wgsl"),
+    include_str!("../shaders/formats/q8_0.wgsl")
+);
+pub const FORMAT_Q4: &str = concat!(
+    include_str!("../shaders/formats/int_run.wgsl"),
+    include_str!("../shaders/formats/q4.wgsl")
+);
 
 /// The kernel families are core's (`OpFamily`): one WGSL file each, named by its file stem.
 pub use unmask_core::graph::OpFamily as Family;
@@ -201,8 +208,8 @@ pub fn module_source(family: Family, format: Option<WeightFormat>, opts: &Module
 /// The format's loaders (`w_load4`, and `w_int4` where it has the integer form) again over each
 /// extra part's binding, and `we_load4` / `we_int4`, the switches the expert kernels read
 /// through. WGSL cannot index bindings or pass storage pointers, so the loaders are instantiated
-/// per binding: the format's text from `fn w_load4(` on (the loaders come last in a format
-/// file), with `w[` renamed.
+/// per binding: the format's text from `fn w_load4(` on (the functions that read `w` come last
+/// in a format file), every function there renamed and `w[` read as `w_p[`.
 fn expert_loaders(format: &str, parts: usize) -> String {
     let parts = parts.clamp(1, MAX_EXPERT_PARTS);
     let body = &format[format
@@ -219,7 +226,7 @@ fn expert_loaders(format: &str, parts: usize) -> String {
             "\n@group(0) @binding({}) var<storage, read> w_{p}: array<u32>;\n",
             EXPERT_PART_BINDING + p as u32
         ));
-        s.push_str(&rename_words(body, p, loaders));
+        s.push_str(&rename_words(body, p));
     }
     s.push_str(
         "\n// The expert kernels' weights: `part` is the binding of the expert's stack part.\n",
@@ -240,23 +247,39 @@ fn expert_loaders(format: &str, parts: usize) -> String {
     s
 }
 
-/// `body` with each loader `fn w_NAME(` renamed `fn w_NAME_p(` and every index into `w` (a `w[`
-/// not preceded by a name character) into `w_p`.
-fn rename_words(body: &str, p: usize, loaders: &[(&str, &str)]) -> String {
-    let mut body = body.to_string();
-    for (name, _) in loaders {
-        body = body.replace(&format!("fn w_{name}("), &format!("fn w_{name}_{p}("));
-    }
+/// `body` with every function it defines renamed NAME_p (definitions and calls) and every
+/// index into `w` (a `w[` not preceded by a name character) into `w_p`.
+fn rename_words(body: &str, p: usize) -> String {
+    let name_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let defined: Vec<&str> = body
+        .split("fn ")
+        .skip(1)
+        .filter_map(|rest| rest.split('(').next())
+        .collect();
     let mut out = String::with_capacity(body.len() + 64);
     let mut prev: Option<char> = None;
-    let mut chars = body.chars().peekable();
-    while let Some(c) = chars.next() {
-        let name_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
-        if c == 'w' && chars.peek() == Some(&'[') && !prev.is_some_and(name_char) {
-            out.push_str(&format!("w_{p}"));
-        } else {
-            out.push(c);
+    let mut i = 0;
+    while i < body.len() {
+        let rest = &body[i..];
+        let c = rest.chars().next().expect("inside the body");
+        let at_name = !prev.is_some_and(name_char);
+        if at_name && rest.starts_with("w[") {
+            out.push_str(&format!("w_{p}["));
+            i += 2;
+            prev = Some('[');
+            continue;
         }
+        if let Some(f) = defined
+            .iter()
+            .find(|f| at_name && rest.starts_with(&format!("{f}(")))
+        {
+            out.push_str(&format!("{f}_{p}("));
+            i += f.len() + 1;
+            prev = Some('(');
+            continue;
+        }
+        out.push(c);
+        i += c.len_utf8();
         prev = Some(c);
     }
     out
@@ -311,14 +334,30 @@ mod tests {
             let s = expert_loaders(f.shader(), 3);
             assert!(s.contains("fn w_load4_2("), "{}", f.name());
             assert!(s.contains("w_2["), "{}", f.name());
-            let loaders: Vec<&str> = s.split("fn w_").skip(1).collect();
-            for l in loaders {
-                let l = l.split("\n}").next().unwrap();
+            // Every function copied for part p reads `w_p` and calls part p's functions only.
+            let names: Vec<&str> = f.shader()[f.shader().find("fn w_load4(").unwrap()..]
+                .split("fn ")
+                .skip(1)
+                .map(|r| r.split('(').next().unwrap())
+                .collect();
+            for copy in s.split("\nfn ").skip(1).filter(|c| !c.starts_with("we_")) {
+                let copy = copy.split("\n}").next().unwrap();
+                let p = copy.split('(').next().unwrap().rsplit('_').next().unwrap();
                 assert!(
-                    !l.contains(" w[") && !l.contains("(w["),
-                    "{}: {l}",
+                    !copy.contains(" w[") && !copy.contains("(w["),
+                    "{}: {copy}",
                     f.name()
                 );
+                for n in &names {
+                    for call in copy.match_indices(&format!("{n}(")).map(|(i, _)| i) {
+                        let before = copy[..call].chars().last();
+                        assert!(
+                            before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_'),
+                            "{}: part {p} calls {n}: {copy}",
+                            f.name()
+                        );
+                    }
+                }
             }
         }
     }

@@ -11,26 +11,17 @@ fn q4_scale(k: u32) -> f32 {
     return bitcast<f32>((((k >> 3u) + 107u) << 23u) | ((k & 7u) << 20u));
 }
 
-// The integer form (`int8_dots`, matvec/int8.wgsl): a run's four codes as bytes (0 ..= 15, so
+// The integer form (`w_int4`, WInt in int_run.wgsl): a run's four codes as bytes (0 ..= 15, so
 // positive as signed bytes), d / 16 and the offset c, as w = (d / 16) * (16 q - c): a run adds
 // (d / 16) * (16 * sum(q * qx) - c * sum(qx)) in integers, as on the cpu (fast/int8.rs).
 const W_OFFSET: bool = true;
 
-struct WInt {
-    q: u32,
-    d: f32,
-    c: i32,
-}
-
 fn w_load4(base: u32, c4: u32) -> vec4<f32> {
-    let g = base + 9u * (c4 / 16u);
-    let j = c4 % 16u;
-    let hw = w[g];
-    let h = select(hw & 0xffffu, hw >> 16u, j >= 8u);
-    let d = q4_scale(h & 0xffu);
+    let r = q4_run(base, c4);
+    let d = q4_scale(r.x & 0xffu);
     // c / 16 is exact in f32, and so is q - c / 16: one rounding, as on the CPU.
-    let off = f32(h >> 8u) * 0.0625;
-    let n = w[g + 1u + j / 2u] >> (16u * (j % 2u));
+    let off = f32(r.x >> 8u) * 0.0625;
+    let n = r.y;
     let q = vec4<f32>(
         f32(n & 15u),
         f32((n >> 4u) & 15u),
@@ -41,12 +32,18 @@ fn w_load4(base: u32, c4: u32) -> vec4<f32> {
 }
 
 fn w_int4(base: u32, c4: u32) -> WInt {
+    let r = q4_run(base, c4);
+    let n = r.y;
+    // The four nibbles spread into the low halves of four bytes.
+    let q = (n & 0xfu) | ((n & 0xf0u) << 4u) | ((n & 0xf00u) << 8u) | ((n & 0xf000u) << 12u);
+    return WInt(q, q4_scale(r.x & 0xffu) * 0.0625, i32(r.x >> 8u));
+}
+
+// Run c4's block header (k | c << 8) and its four codes (16 bits, the first in the lowest nibble).
+fn q4_run(base: u32, c4: u32) -> vec2<u32> {
     let g = base + 9u * (c4 / 16u);
     let j = c4 % 16u;
     let hw = w[g];
     let h = select(hw & 0xffffu, hw >> 16u, j >= 8u);
-    let n = (w[g + 1u + j / 2u] >> (16u * (j % 2u))) & 0xffffu;
-    // The four nibbles spread into the low halves of four bytes.
-    let q = (n & 0xfu) | ((n & 0xf0u) << 4u) | ((n & 0xf00u) << 8u) | ((n & 0xf000u) << 12u);
-    return WInt(q, q4_scale(h & 0xffu) * 0.0625, i32(h >> 8u));
+    return vec2<u32>(h, (w[g + 1u + j / 2u] >> (16u * (j % 2u))) & 0xffffu);
 }

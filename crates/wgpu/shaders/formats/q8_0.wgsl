@@ -15,29 +15,20 @@ fn f16_bits_to_f32(h: u32) -> f32 {
     return bitcast<f32>(sign | ((e + 112u) << 23u) | (m << 13u));
 }
 
-// The integer form (`int8_dots`, matvec/int8.wgsl): a run's four codes as packed signed bytes,
-// the block's scale, and an offset (none here; q4 has one).
+// `w_int4` (a run's code word and its block's scale, WInt in int_run.wgsl; no offset) is the one
+// decoder: `w_load4` widens its four bytes, the integer kernels take them as they are.
 const W_OFFSET: bool = false;
 
-struct WInt {
-    q: u32,
-    d: f32,
-    c: i32,
-}
-
 fn w_load4(base: u32, c4: u32) -> vec4<f32> {
-    let g = base + 17u * (c4 / 16u);
-    let s = w[g];
-    let d = f16_bits_to_f32(select(s & 0xffffu, s >> 16u, (c4 & 8u) != 0u));
-    let q = w[g + 1u + (c4 % 16u)];
+    let r = w_int4(base, c4);
     // Sign-extend each byte: shift it to the top, then arithmetic shift down.
     let v = vec4<i32>(
-        bitcast<i32>(q << 24u),
-        bitcast<i32>(q << 16u),
-        bitcast<i32>(q << 8u),
-        bitcast<i32>(q),
+        bitcast<i32>(r.q << 24u),
+        bitcast<i32>(r.q << 16u),
+        bitcast<i32>(r.q << 8u),
+        bitcast<i32>(r.q),
     ) >> vec4<u32>(24u);
-    return d * vec4<f32>(v);
+    return r.d * vec4<f32>(v);
 }
 
 fn w_int4(base: u32, c4: u32) -> WInt {

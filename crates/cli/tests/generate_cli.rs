@@ -6,7 +6,7 @@ use std::process::Output;
 use unmask_tests::{fixture, generate_goldens, golden_models};
 
 mod common;
-use common::{assert_clean_error, stdout_json, unmask};
+use common::{assert_clean_error, generate_on, stdout_json, unmask};
 
 #[test]
 fn json_generation_reproduces_every_golden_case() {
@@ -263,15 +263,7 @@ fn edit_config(dir: &Path, f: impl FnOnce(&mut Value)) {
 }
 
 fn gen_on(dir: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "generate",
-        "--model",
-        dir.to_str().unwrap(),
-        "--backend",
-        "cpu",
-    ];
-    args.extend_from_slice(extra);
-    unmask(&args)
+    generate_on(dir, &[&["--backend", "cpu"], extra].concat())
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::process::Output;
 use unmask_tests::fixture;
 
 mod common;
-use common::{assert_clean_error, stdout_json, unmask};
+use common::{assert_clean_error, generate_on, stdout_json, unmask};
 
 /// The bounds on `unmask quantize --json`: bits per weight and relative RMSE.
 const BOUNDS: [(&str, f64, f64); 2] = [("q8_0", 8.5, 0.006), ("q4", 4.6, 0.080)];
@@ -28,15 +28,7 @@ fn quantize(src: &Path, out: &Path, format: &str, extra: &[&str]) -> Output {
 
 /// `unmask generate --model src --chat "What is 23+45?" [extra...]`.
 fn ask(src: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "generate",
-        "--model",
-        src.to_str().unwrap(),
-        "--chat",
-        "What is 23+45?",
-    ];
-    args.extend_from_slice(extra);
-    unmask(&args)
+    generate_on(src, &[&["--chat", "What is 23+45?"], extra].concat())
 }
 
 /// Runs `unmask quantize --json` of `src` into `out` and checks the report against `BOUNDS`.

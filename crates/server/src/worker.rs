@@ -298,8 +298,8 @@ fn serve_jobs(
     batching: Batching,
 ) {
     let backend = backend.as_mut();
+    // Already in the metrics (stored before `start` returned).
     let width = batching.width(backend.slots());
-    m.max_batch.store(width as u64, Relaxed);
     let per_position = model.summary().kv_bytes_per_position.max(1);
     let keep = usize::try_from(batching.prefix_cache_bytes / per_position).unwrap_or(usize::MAX);
     // What each KV-cache slot holds from the request it last served: a request that starts

@@ -13,6 +13,13 @@ pub fn unmask(args: &[&str]) -> Output {
         .expect("run unmask")
 }
 
+/// `unmask generate --model dir extra...`.
+pub fn generate_on(dir: &std::path::Path, extra: &[&str]) -> Output {
+    let mut args = vec!["generate", "--model", dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    unmask(&args)
+}
+
 /// The JSON a successful run printed on stdout.
 pub fn stdout_json(o: &Output) -> Value {
     assert!(

@@ -35,6 +35,11 @@ pub(super) fn takes(cx: &Context, format: WeightFormat, cols: usize) -> bool {
     cx.xq.is_some() && eligible(format, cols)
 }
 
+/// `takes` for an MoE layer's experts (both of their products).
+pub(super) fn takes_experts(cx: &Context, ex: &ExpertStacks) -> bool {
+    cx.xq.is_some() && experts_eligible(ex)
+}
+
 /// The integer form's matrix-vector kernel for `kernel` (an f32 one).
 pub(super) fn int_kernel(kernel: Kernel) -> Kernel {
     match kernel {

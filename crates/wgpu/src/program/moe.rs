@@ -125,7 +125,7 @@ fn experts(
     };
     let gate_up_x = x_of(gu_tiles, gu_groups);
     let down_x = x_of(dn_tiles, dn_groups);
-    let int8 = matvec && cx.xq.is_some() && int8::experts_eligible(ex);
+    let int8 = matvec && int8::takes_experts(cx, ex);
     out.push(Pending {
         kernel: Kernel::MoeGroup,
         format: None,

@@ -867,9 +867,14 @@ fn compare_within(
             let mut flipped = 0;
             for (row, (ga, wa)) in gv.chunks(cols).zip(wv.chunks(cols)).enumerate() {
                 let mut errors = ga.iter().zip(wa).map(|(a, z)| (a - z).abs() / scale);
-                let e_row = errors
-                    .clone()
-                    .fold(0f32, |m, e| if e.is_nan() { e } else { m.max(e) });
+                // NaN anywhere makes the row's error NaN (`f32::max` would drop it).
+                let e_row = errors.clone().fold(0f32, |m, e| {
+                    if m.is_nan() || e.is_nan() {
+                        f32::NAN
+                    } else {
+                        m.max(e)
+                    }
+                });
                 if e_row <= tol {
                     worst = worst.max(e_row);
                     continue;
@@ -928,15 +933,27 @@ fn run_on_device(b: &mut dyn Backend, name: &str, case: &Case) -> Vec<StepOutput
 }
 
 /// The report of a passing row: its largest error, and for an int8-dots case its distance
-/// from the f32 products too, which must be much larger (else the integer kernels did not run).
-fn passed(case: &Case, got: &[StepOutput], err: f32) -> Result<String, String> {
+/// from the f32 products too (`f32_want`, the reference's, computed once a case), which must be
+/// much larger (else the integer kernels did not run).
+fn passed(
+    case: &Case,
+    got: &[StepOutput],
+    err: f32,
+    f32_want: &mut Option<Vec<StepOutput>>,
+) -> Result<String, String> {
     let row = format!("ok (max relative error {err:.1e})");
     if !case.forced.int8_dots {
         return Ok(row);
     }
-    let mut f32_oracle = ReferenceBackend::new(case.graph.clone(), &case.store, &mut |_, _| {})
-        .map_err(|e| e.to_string())?;
-    let f32_err = compare_within(case, f32::INFINITY, got, &run_all(&mut f32_oracle, case))?;
+    let f32_want = match f32_want {
+        Some(w) => w,
+        None => {
+            let mut oracle = ReferenceBackend::new(case.graph.clone(), &case.store, &mut |_, _| {})
+                .map_err(|e| e.to_string())?;
+            f32_want.insert(run_all(&mut oracle, case))
+        }
+    };
+    let f32_err = compare_within(case, f32::INFINITY, got, f32_want)?;
     if f32_err < 4.0 * err.max(1e-7) {
         return Err(format!(
             "as close to the f32 products ({f32_err:.1e}) as to the integer ones ({err:.1e})"
@@ -969,6 +986,7 @@ fn check_cases(cases: Vec<Case>) {
     for case in cases {
         // The oracle's answer, computed once a backend is there to compare with it.
         let mut want: Option<Vec<StepOutput>> = None;
+        let mut f32_want: Option<Vec<StepOutput>> = None;
         for t in &targets {
             let unsupported = case
                 .graph
@@ -1016,7 +1034,9 @@ fn check_cases(cases: Vec<Case>) {
                 }
                 Ok(mut b) => {
                     let got = run_on_device(b.as_mut(), t.name, &case);
-                    match compare(&case, &got, want).and_then(|err| passed(&case, &got, err)) {
+                    let checked = compare(&case, &got, want)
+                        .and_then(|err| passed(&case, &got, err, &mut f32_want));
+                    match checked {
                         Ok(row) => row,
                         Err(why) => {
                             failures.push(format!("{} on {}: {why}", case.name, t.name));

@@ -246,16 +246,17 @@ fn head_group(gi: u32) -> vec3<u32> {
     return vec3<u32>(hk, h0, min(p.group_heads, (hk + 1u) * per_kv - h0));
 }
 
-// x: (KV head, group of its query heads), y: blocks of tile_rows rows of one sequence.
-@compute @workgroup_size(64)
-fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+// x: (KV head, group of its query heads), y: blocks of tile_rows rows of one sequence. Returns
+// the rows and heads it wrote: (first row, rows, first query head, heads); no rows past the
+// last block.
+fn attention_block(wg: vec3<u32>, li: u32) -> vec4<u32> {
     let hg = head_group(wg.x);
     let g = hg.z;
     let blk = seq_block(wg.y, p.tile_rows);
     let i0 = blk.x;
     let nr = blk.y;
     if (nr == 0u) {
-        return;
+        return vec4<u32>(0u);
     }
     let sq = st.seq[blk.z];
     load_queries(li, i0, nr, hg.y, g);
@@ -274,6 +275,12 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
             }
         }
     }
+    return vec4<u32>(i0, nr, hg.y, g);
+}
+
+@compute @workgroup_size(64)
+fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    attention_block(wg, li);
 }
 
 // Split-KV: a row's visible keys as up to S_MAX ranges of at least SPLIT_KEYS (whole tiles but
@@ -340,8 +347,7 @@ fn attention_split(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
 
 // x: query head, y: row. The ranges' partials merged in range order: each rescaled to the
 // largest max, values and sums added, then divided.
-@compute @workgroup_size(64)
-fn attention_combine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn attention_combine_row(wg: vec3<u32>, li: u32) {
     let h = wg.x;
     let i = wg.y;
     let d = p.d;
@@ -364,4 +370,9 @@ fn attention_combine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
         }
         out[(i * p.heads_q + h) * d + j] = a / l;
     }
+}
+
+@compute @workgroup_size(64)
+fn attention_combine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    attention_combine_row(wg, li);
 }

@@ -581,9 +581,7 @@ fn moe_combine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
 // into `normed`. The columns are add_rms_norm's split and the sum is its `sum256`, so the norm
 // rounds as add_rms_norm's. Its own entry point: three more bindings
 // than an adapter with 8 storage buffers a stage allows (load.rs fuses only above that).
-@compute @workgroup_size(256)
-fn moe_combine_residual(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let t = wg.y;
+fn combine_residual(t: u32, li: u32) {
     order_experts(t, li);
     let row = t * cp.h;
     var squares = 0.0;
@@ -598,4 +596,9 @@ fn moe_combine_residual(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_inv
             normed[row + col] = norm_w[col] * (out[row + col] * r);
         }
     }
+}
+
+@compute @workgroup_size(256)
+fn moe_combine_residual(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    combine_residual(wg.y, li);
 }

@@ -25,8 +25,7 @@ fn inv_rms(li: u32, squares: f32) -> f32 {
 }
 
 // One workgroup per group: x = group within the row, y = row.
-@compute @workgroup_size(256)
-fn rms_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn rms_norm_group(wg: vec3<u32>, li: u32) {
     let base = (wg.y * p.groups + wg.x) * p.d;
     var s = 0.0;
     for (var j = li; j < p.d; j += WG) {
@@ -39,9 +38,13 @@ fn rms_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
     }
 }
 
-// The same grid; each invocation reads back only the sums it wrote.
 @compute @workgroup_size(256)
-fn add_rms_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn rms_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    rms_norm_group(wg, li);
+}
+
+// The same grid; each invocation reads back only the sums it wrote.
+fn add_rms_norm_group(wg: vec3<u32>, li: u32) {
     let base = (wg.y * p.groups + wg.x) * p.d;
     var s = 0.0;
     for (var j = li; j < p.d; j += WG) {
@@ -53,4 +56,9 @@ fn add_rms_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     for (var j = li; j < p.d; j += WG) {
         out[base + j] = weight[j] * (sum[base + j] * r);
     }
+}
+
+@compute @workgroup_size(256)
+fn add_rms_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    add_rms_norm_group(wg, li);
 }

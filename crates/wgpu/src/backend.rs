@@ -83,6 +83,11 @@ pub struct WgpuOptions {
     /// (`dot4I8Packed`; the cpu backend's `--int8-dots`): not bit for bit the f32 result, so
     /// off by default. `UNMASK_WGPU_INT8_DOTS=1` sets it.
     pub int8_dots: bool,
+    /// With `int8_dots`: the kernel that writes a product's input (a norm, attention, the MoE
+    /// combine) also quantizes it, instead of a dispatch of its own before the product (the
+    /// same bits; three dispatches fewer per MoE layer). Off only to compare both
+    /// (`UNMASK_WGPU_INT8_FOLDS=0`).
+    pub int8_folds: bool,
 }
 
 impl Default for WgpuOptions {
@@ -99,6 +104,7 @@ impl Default for WgpuOptions {
                 .ok()
                 .map(|v| v != "0"),
             int8_dots: std::env::var("UNMASK_WGPU_INT8_DOTS").is_ok_and(|v| v == "1"),
+            int8_folds: std::env::var("UNMASK_WGPU_INT8_FOLDS").map_or(true, |v| v != "0"),
         }
     }
 }
@@ -126,6 +132,8 @@ pub struct WgpuBackend {
     /// Quantized activation rows of the integer kernels (`WgpuOptions::int8_dots`, where
     /// they fit a binding; program/int8.rs).
     pub(crate) xq: Option<wgpu::Buffer>,
+    /// The products whose input's writer quantizes it (program/int8.rs).
+    pub(crate) folds: program::int8::Folds,
     /// Ops computed inside other ops' dispatches (program/fuse.rs).
     pub(crate) fusions: crate::program::fuse::Fusions,
     /// The next step's commands, recorded while the GPU ran the last one, for a step of the
@@ -179,6 +187,7 @@ impl WgpuBackend {
             split_row_blocks: self.split_row_blocks,
             fusions: &self.fusions,
             xq: self.xq.as_ref(),
+            folds: &self.folds,
         });
     }
 

@@ -74,6 +74,10 @@ kernel_table! {
     Embed: Embed, "embed", [(0, U), (1, R), (2, R), (3, W)];
     RmsNorm: Norm, "rms_norm", [(0, U), (1, R), (2, R), (3, W)];
     AddRmsNorm: Norm, "add_rms_norm", [(0, U), (1, R), (2, R), (3, W), (4, R), (5, W)];
+    // `int8_dots`: kernels that also write what they wrote as 8-bit blocks (at 30, `xq_out` in
+    // every module, int8/quantize.wgsl) for the integer product after them (int8.rs, `Folds`).
+    RmsNormQ: Norm, "rms_norm_q", [(0, U), (1, R), (2, R), (3, W), (30, W)];
+    AddRmsNormQ: Norm, "add_rms_norm_q", [(0, U), (1, R), (2, R), (3, W), (4, R), (5, W), (30, W)];
     Matmul: MatMul, "matmul", [(0, U), (1, R), (2, R), (3, W)];
     Matvec8: MatMul, "matvec8", [(0, U), (1, R), (2, R), (3, W)];
     Matvec32: MatMul, "matvec32", [(0, U), (1, R), (2, R), (3, W)];
@@ -84,8 +88,8 @@ kernel_table! {
     // Reads no slot table; bound like moe_down so that one lowering binds both.
     MoeDownMv: MatMul, "moe_down_mv", [(1, R), (2, R), (3, W), (4, U), (5, R), (6, R)];
     // `int8_dots` (q8_0 / q4 modules only, matvec/int8.wgsl): rows of `x` quantized into `xq`
-    // (written at 7, read at 9), and the matrix-vector kernels' integer forms reading them.
-    QuantizeRows: MatMul, "quantize_rows", [(2, R), (7, W), (8, U)];
+    // (written at 30, read at 9), and the matrix-vector kernels' integer forms reading them.
+    QuantizeRows: MatMul, "quantize_rows", [(2, R), (8, U), (30, W)];
     Matvec8Q: MatMul, "matvec8_q", [(0, U), (1, R), (3, W), (9, R)];
     Matvec32Q: MatMul, "matvec32_q", [(0, U), (1, R), (3, W), (9, R)];
     MoeGateUpMvQ: MatMul, "moe_gate_up_mv_q", [(1, R), (3, W), (4, U), (5, R), (6, R), (9, R)];
@@ -96,6 +100,8 @@ kernel_table! {
     Attention: Attention, "attention", [(0, U), (1, R), (4, R), (5, R), (6, W), (7, W)];
     AttentionSplit: Attention, "attention_split", [(0, U), (1, R), (4, R), (5, R), (6, W), (7, W)];
     AttentionCombine: Attention, "attention_combine", [(0, U), (6, W), (7, W)];
+    AttentionQ: Attention, "attention_q", [(0, U), (1, R), (4, R), (5, R), (6, W), (7, W), (30, W)];
+    AttentionCombineQ: Attention, "attention_combine_q", [(0, U), (6, W), (7, W), (30, W)];
     Add: Elementwise, "add", [(0, U), (1, R), (2, R), (3, W)];
     SwiGlu: Elementwise, "swiglu", [(0, U), (1, R), (2, R), (3, W)];
     TakeLastRows: Elementwise, "take_last_rows", [(0, U), (1, R), (3, W)];
@@ -105,6 +111,7 @@ kernel_table! {
     MoeGroup: Moe, "moe_group", [(10, U), (11, R), (12, R), (13, W), (14, W), (15, W)];
     MoeCombine: Moe, "moe_combine", [(20, U), (11, R), (21, R), (22, R), (23, R), (24, W)];
     MoeCombineResidual: Moe, "moe_combine_residual", [(20, U), (11, R), (21, R), (22, R), (23, R), (24, W), (25, R), (26, R), (27, W)];
+    MoeCombineResidualQ: Moe, "moe_combine_residual_q", [(20, U), (11, R), (21, R), (22, R), (23, R), (24, W), (25, R), (26, R), (27, W), (30, W)];
     Sample: Sample, "sample", [(0, U), (1, R), (2, W)];
     SampleSeeded: Sample, "sample_seeded", [(0, U), (1, R), (2, W)];
 }

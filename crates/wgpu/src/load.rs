@@ -419,6 +419,16 @@ impl WgpuBackend {
         let xq = xq
             .filter(|&bytes| bytes > 0 && bytes <= max_binding)
             .map(|bytes| storage(&device, "xq", bytes, wgpu::BufferUsages::empty()));
+        // The products whose input's writer quantizes it (program/int8.rs).
+        let folds = match xq {
+            Some(_) if options.int8_folds => program::int8::Folds::find(
+                &graph,
+                &fusions,
+                &|i| program::takes_int8(&graph, &matrices, &op_experts, i),
+                gpu.limits.max_storage_buffers_per_shader_stage as usize,
+            ),
+            _ => program::int8::Folds::none(nops),
+        };
         let dummy = storage(&device, "dummy", 16, wgpu::BufferUsages::empty());
         let spare = [0, 1].map(|_| storage(&device, "spare", 16, wgpu::BufferUsages::empty()));
 
@@ -445,7 +455,14 @@ impl WgpuBackend {
         let vocab = graph.token_rows();
         let kernels = Kernels::new(
             &device,
-            &program::kernels_needed(&graph, &fusions, &matrices, &op_experts, xq.is_some()),
+            &program::kernels_needed(
+                &graph,
+                &fusions,
+                &folds,
+                &matrices,
+                &op_experts,
+                xq.is_some(),
+            ),
             options.runtime_checks,
             ModuleOptions {
                 expert_parts,
@@ -491,6 +508,7 @@ impl WgpuBackend {
             split_row_blocks,
             fusions: &fusions,
             xq: xq.as_ref(),
+            folds: &folds,
         });
         Ok(WgpuBackend {
             gpu,
@@ -511,6 +529,7 @@ impl WgpuBackend {
             split_row_blocks,
             fusions,
             xq,
+            folds,
             ahead: None,
             generation: 0,
             program,

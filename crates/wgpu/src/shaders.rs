@@ -53,8 +53,10 @@ pub struct ModuleOptions {
     pub expert_parts: usize,
     /// Whether the matrix-vector kernels reduce with subgroup operations (the device has them).
     pub subgroups: bool,
-    /// Whether q8_0 / q4 modules also hold the integer forms (`WgpuOptions::int8_dots`); apart
-    /// from them no module uses `dot4I8Packed`, which WGSL has only as a language extension.
+    /// Whether q8_0 / q4 modules also hold the integer forms (`WgpuOptions::int8_dots`), and
+    /// the norm, attention and MoE modules their kernels that quantize what they write; apart
+    /// from them no module uses `dot4I8Packed` or `pack4xI8`, which WGSL has only as a language
+    /// extension.
     pub int8: bool,
 }
 
@@ -75,6 +77,12 @@ const REDUCE_SHARED: &str = include_str!("../shaders/matvec/shared.wgsl");
 const REDUCE_SUBGROUP: &str = include_str!("../shaders/matvec/subgroup.wgsl");
 const EXPERTS_MV: &str = include_str!("../shaders/matvec/experts.wgsl");
 const INT8: &str = include_str!("../shaders/matvec/int8.wgsl");
+/// The 8-bit blocks (`xq_out`, `quantize_block`), and the kernels of other families that write
+/// them for the product after them (program/int8.rs, `Folds`).
+const QUANTIZE: &str = include_str!("../shaders/int8/quantize.wgsl");
+const QUANTIZE_NORM: &str = include_str!("../shaders/int8/norm.wgsl");
+const QUANTIZE_ATTENTION: &str = include_str!("../shaders/int8/attention.wgsl");
+const QUANTIZE_COMBINE: &str = include_str!("../shaders/int8/combine.wgsl");
 
 /// Whether the format has the integer form of the matrix-vector kernels (`w_int4`): q8_0 and
 /// q4, whose codes meet 8-bit activations in `dot4I8Packed` (matvec/int8.wgsl).
@@ -175,6 +183,18 @@ pub fn module_source(family: Family, format: Option<WeightFormat>, opts: &Module
         s.push('\n');
         s.push_str(ARGMAX);
     }
+    let writes_blocks = match family {
+        Family::Norm => Some(QUANTIZE_NORM),
+        Family::Attention => Some(QUANTIZE_ATTENTION),
+        Family::Moe => Some(QUANTIZE_COMBINE),
+        _ => None,
+    };
+    if let Some(fold) = writes_blocks.filter(|_| opts.int8) {
+        for part in [QUANTIZE, fold] {
+            s.push('\n');
+            s.push_str(part);
+        }
+    }
     if family == Family::MatMul {
         let int8 = opts.int8 && format.is_some_and(has_int_form);
         for form in MatvecForm::ALL.into_iter().filter(|f| int8 || !f.int8) {
@@ -192,8 +212,10 @@ pub fn module_source(family: Family, format: Option<WeightFormat>, opts: &Module
             s.push_str(&form.fill(EXPERTS_MV).replace("{sfx}", form.suffix));
         }
         if int8 {
-            s.push('\n');
-            s.push_str(INT8);
+            for part in [QUANTIZE, INT8] {
+                s.push('\n');
+                s.push_str(part);
+            }
         }
         s.push('\n');
         s.push_str(if opts.subgroups {
@@ -287,7 +309,8 @@ fn rename_words(body: &str, p: usize) -> String {
 
 /// Every module the backend can build: (label, WGSL, whether it needs subgroups). The
 /// validation test walks this list (matrix families with one expert part and with the most,
-/// with either reduction; the latter with the integer forms).
+/// with either reduction; the latter with the integer forms; the others without and with the
+/// kernels that quantize what they write).
 pub fn all_modules() -> Vec<(String, String, bool)> {
     let mut out = Vec::new();
     for family in Family::ALL {
@@ -312,12 +335,19 @@ pub fn all_modules() -> Vec<(String, String, bool)> {
                 }
             }
         } else {
-            let opts = ModuleOptions::default();
-            out.push((
-                family.file_stem().to_string(),
-                module_source(family, None, &opts),
-                false,
-            ));
+            // With the integer option too where it adds the kernels that quantize.
+            for int8 in [false, true] {
+                let opts = ModuleOptions {
+                    int8,
+                    ..ModuleOptions::default()
+                };
+                let src = module_source(family, None, &opts);
+                if int8 && src == module_source(family, None, &ModuleOptions::default()) {
+                    continue;
+                }
+                let label = if int8 { ".int8" } else { "" };
+                out.push((format!("{}{label}", family.file_stem()), src, false));
+            }
         }
     }
     out
@@ -363,9 +393,26 @@ mod tests {
     }
 
     /// `dot4I8Packed` (a WGSL language extension) is in a module only when the integer forms
-    /// are asked for, and then in q8_0 / q4 matrix modules only.
+    /// are asked for, and then in q8_0 / q4 matrix modules only; `pack4xI8` (the same
+    /// extension) only then too, in those and in the modules that quantize what they write.
     #[test]
     fn only_int8_modules_use_the_packed_dot_product() {
+        for family in Family::ALL.into_iter().filter(|&f| !reads_matrices(f)) {
+            for int8 in [false, true] {
+                let opts = ModuleOptions {
+                    int8,
+                    ..ModuleOptions::default()
+                };
+                let s = module_source(family, None, &opts);
+                let writes = matches!(family, Family::Norm | Family::Attention | Family::Moe);
+                assert_eq!(
+                    s.contains("pack4xI8"),
+                    int8 && writes,
+                    "{family:?} int8={int8}"
+                );
+                assert!(!s.contains("dot4I8Packed"), "{family:?}");
+            }
+        }
         for f in WeightFormat::ALL {
             for int8 in [false, true] {
                 let opts = ModuleOptions {

@@ -4,8 +4,7 @@
 // four weights meets four activation bytes in one `dot4I8Packed`. Faster where weights are
 // widened in registers; not bit for bit the f32 result (the activations are rounded to 8 bits).
 //
-// Quantized rows (`xq`): a row of k columns (k a multiple of 32) is k / 32 blocks of 9 words,
-// the block's scale (f32 bits) then its 32 bytes, 4 columns a word (the first in the lowest byte).
+// Quantized rows (`xq`): int8/quantize.wgsl's blocks.
 
 struct QuantizeParams {
     // Columns of a row (a multiple of 32).
@@ -20,17 +19,8 @@ struct QuantizeParams {
     _pad5: u32,
 }
 
-@group(0) @binding(7) var<storage, read_write> xq_out: array<u32>;
 @group(0) @binding(8) var<storage, read> qp: QuantizeParams;
 @group(0) @binding(9) var<storage, read> xq: array<u32>;
-
-// Rounds half away from zero, as Rust's `f32::round` on the cpu (WGSL's `round` goes to even),
-// within +-127.
-fn round_away(t: f32) -> i32 {
-    let r = trunc(t);
-    let v = select(r, r + sign(t), abs(t - r) >= 0.5);
-    return i32(clamp(v, -127.0, 127.0));
-}
 
 // Rows of `x` into `xq_out`: an invocation per (row, block); grid y: rows / per.
 @compute @workgroup_size(64)
@@ -42,22 +32,11 @@ fn quantize_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     }
     let r = wg.y * qp.per + i / nb;
     let b = i % nb;
-    let x0 = r * qp.k + 32u * b;
-    var amax = 0.0;
+    var v: array<f32, 32>;
     for (var j = 0u; j < 32u; j++) {
-        amax = max(amax, abs(x[x0 + j]));
+        v[j] = x[r * qp.k + 32u * b + j];
     }
-    let d = amax / 127.0;
-    let inv = select(0.0, 1.0 / d, d > 0.0);
-    let o = (r * nb + b) * 9u;
-    xq_out[o] = bitcast<u32>(d);
-    for (var w4 = 0u; w4 < 8u; w4++) {
-        var q: vec4<i32>;
-        for (var j = 0u; j < 4u; j++) {
-            q[j] = round_away(x[x0 + 4u * w4 + j] * inv);
-        }
-        xq_out[o + 1u + w4] = pack4xI8(q);
-    }
+    quantize_block(r, nb, b, v);
 }
 
 // Run c4 (columns 4 c4 .. 4 c4 + 3) of quantized row r: its bytes, its block's scale and (for

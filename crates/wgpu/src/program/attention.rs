@@ -1,6 +1,6 @@
 //! Lowering of `Attention`: the window's K/V stored into the layer's cache (by the rope dispatch when it comes right before, else by `kv_store`), then block-masked attention over the cache: a workgroup per (group of the query heads that share a KV head, block of up to 4 rows of one sequence), all the heads where they fit its workgroup memory, reading each K/V tile once for all its (row, head) pairs.
 
-use super::{f, Choice, Context, Extent, Grid, Needs, Pending};
+use super::{f, int8, Choice, Context, Extent, Grid, Needs, Pending};
 use crate::kernels::Kernel;
 use unmask_core::graph::{BufId, Graph, Heads, Op};
 
@@ -82,13 +82,20 @@ fn attend(
     // stops a shader invocation's loops after 65535 iterations in all). Without the partials
     // buffer (it would not fit a binding), every pass takes the row blocks.
     let parts = cx.attn_parts.cloned();
-    let buffers = vec![
+    let mut buffers = vec![
         (1, cx.buffer_of(qkv)),
         (4, cx.kv.k[layer].clone()),
         (5, cx.kv.v[layer].clone()),
         (6, cx.buffer_of(o)),
         (7, parts.clone().unwrap_or_else(|| cx.spare[0].clone())),
     ];
+    // With `int8::Folds`, the kernels that write `o` (the row blocks, or the combine after
+    // split-KV) also quantize it for the output projection.
+    let quantizes = cx.folds.quantizes[index];
+    if quantizes {
+        buffers.push(int8::xq_out_binding(cx));
+    }
+    let (attention, combine) = output_kernels(quantizes);
     let split = parts.is_some().then(|| {
         (
             Choice::LongKv,
@@ -103,7 +110,7 @@ fn attend(
         )
     });
     out.push(Pending {
-        kernel: Kernel::Attention,
+        kernel: attention,
         format: None,
         buffers: buffers.clone(),
         params: (0, params),
@@ -115,10 +122,14 @@ fn attend(
         small: split,
     });
     if let Some(parts) = parts {
+        let mut buffers = vec![(6, cx.buffer_of(o)), (7, parts)];
+        if quantizes {
+            buffers.push(int8::xq_out_binding(cx));
+        }
         out.push(Pending {
-            kernel: Kernel::AttentionCombine,
+            kernel: combine,
             format: None,
-            buffers: vec![(6, cx.buffer_of(o)), (7, parts)],
+            buffers,
             params: (0, params),
             grid: Grid::Direct(Extent::Fixed(0), Extent::Fixed(0)),
             needs_out: false,
@@ -126,7 +137,7 @@ fn attend(
                 Choice::LongKv,
                 vec![(
                     0,
-                    Kernel::AttentionCombine,
+                    combine,
                     Grid::Direct(Extent::Fixed(heads.q as u32), Extent::Tokens(1)),
                 )],
             )),
@@ -172,11 +183,22 @@ pub(super) fn lower(cx: &Context, index: usize, op: &Op, out: &mut Vec<Pending>)
     }
 }
 
+/// The kernels that write the output: (row blocks, split-KV combine), in the form that also
+/// quantizes it (`int8::Folds`) or not.
+fn output_kernels(quantizes: bool) -> (Kernel, Kernel) {
+    if quantizes {
+        (Kernel::AttentionQ, Kernel::AttentionCombineQ)
+    } else {
+        (Kernel::Attention, Kernel::AttentionCombine)
+    }
+}
+
 pub(super) fn kernels(_op: &Op, needs: &mut Needs) {
+    let (attention, combine) = output_kernels(needs.quantizes());
     needs.push(Kernel::KvStore, None);
-    needs.push(Kernel::Attention, None);
+    needs.push(attention, None);
     needs.push(Kernel::AttentionSplit, None);
-    needs.push(Kernel::AttentionCombine, None);
+    needs.push(combine, None);
 }
 
 #[cfg(test)]

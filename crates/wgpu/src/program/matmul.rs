@@ -21,13 +21,20 @@ fn matvec_grid(groups: usize) -> Grid {
 /// At most this many workgroups in x (WebGPU guarantees 65535).
 const MAX_GRID_X: usize = 32768;
 
-fn product(cx: &Context, x: BufId, weight: WeightId, o: BufId, out: &mut Vec<Pending>) {
+fn product(
+    cx: &Context,
+    index: usize,
+    x: BufId,
+    weight: WeightId,
+    o: BufId,
+    out: &mut Vec<Pending>,
+) {
     let m = cx.matrices[weight.0].as_ref().expect("uploaded matrix");
     let from_out = cx.rows(x) == Rows::Out;
     let choice = Choice::Rows(Extent::of(cx.rows(x), 1));
     let int8 = int8::takes(cx, m.format, m.cols);
-    if int8 {
-        // Once for every part of the matrix.
+    if int8 && !cx.folds.prequantized[index] {
+        // Once for every part of the matrix (unless the kernel writing `x` does it).
         let max_rows = matvec_shape(MATVEC_KERNELS[MATVEC_KERNELS.len() - 1].entry()).0;
         out.push(int8::quantize(
             cx,
@@ -90,9 +97,9 @@ fn product(cx: &Context, x: BufId, weight: WeightId, o: BufId, out: &mut Vec<Pen
     }
 }
 
-pub(super) fn lower(cx: &Context, _index: usize, op: &Op, out: &mut Vec<Pending>) {
+pub(super) fn lower(cx: &Context, index: usize, op: &Op, out: &mut Vec<Pending>) {
     match op {
-        Op::MatMul { x, weight, out: o } => product(cx, *x, *weight, *o, out),
+        Op::MatMul { x, weight, out: o } => product(cx, index, *x, *weight, *o, out),
         _ => unreachable!("not a matrix op: {op:?}"),
     }
 }
@@ -108,7 +115,7 @@ pub(super) fn kernels(op: &Op, needs: &mut Needs) {
                 needs.push(int8::int_kernel(kernel), format);
             }
         }
-        if int8 {
+        if int8 && !needs.prequantized() {
             needs.push(Kernel::QuantizeRows, format);
         }
     }

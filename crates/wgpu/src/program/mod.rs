@@ -206,6 +206,8 @@ pub struct Context<'a> {
     /// Quantized activation rows of the integer matrix-vector kernels (`int8.rs`), when the
     /// backend uses them (`WgpuOptions::int8_dots`).
     pub xq: Option<&'a wgpu::Buffer>,
+    /// The products whose input's writer quantizes it (`int8.rs`).
+    pub folds: &'a int8::Folds,
 }
 
 /// The extent that counts a product's rows, and (most rows, kernel, grid) of each kernel used
@@ -294,6 +296,7 @@ impl Family {
 /// The (kernel, weight format) pairs a graph's ops need, gathered by the family modules.
 pub struct Needs<'a> {
     fusions: &'a fuse::Fusions,
+    folds: &'a int8::Folds,
     matrices: &'a [Option<DeviceMatrix>],
     op_experts: &'a [Option<ExpertStacks>],
     /// The op being asked about.
@@ -325,6 +328,16 @@ impl Needs<'_> {
             .is_some_and(|m| int8::eligible(m.format, m.cols))
     }
 
+    /// Whether the op's dispatches quantize what they write (its `_q` kernels, `int8::Folds`).
+    fn quantizes(&self) -> bool {
+        self.folds.quantizes[self.index]
+    }
+
+    /// Whether the op's input arrives quantized (it has no quantize dispatch).
+    fn prequantized(&self) -> bool {
+        self.folds.prequantized[self.index]
+    }
+
     /// Whether the op's experts can take the integer kernels.
     fn experts_int8(&self) -> bool {
         self.op_experts[self.index]
@@ -333,17 +346,38 @@ impl Needs<'_> {
     }
 }
 
+/// Whether op `i` would take the integer form over its input (`int8.rs`; where the backend
+/// quantizes): a q8_0 / q4 product, or experts whose matrix-vector form can be dispatched.
+pub fn takes_int8(
+    graph: &Graph,
+    matrices: &[Option<DeviceMatrix>],
+    op_experts: &[Option<ExpertStacks>],
+    i: usize,
+) -> bool {
+    match &graph.ops[i] {
+        Op::MatMul { weight, .. } => matrices[weight.0]
+            .as_ref()
+            .is_some_and(|m| int8::eligible(m.format, m.cols)),
+        Op::MoeExperts { .. } => op_experts[i]
+            .as_ref()
+            .is_some_and(|ex| moe::matvec_fits(ex) && int8::experts_eligible(ex)),
+        _ => false,
+    }
+}
+
 /// The (kernel, format) pairs the graph needs, for building pipelines at load (`int8`: the
 /// integer forms too, where a product can take them).
 pub fn kernels_needed(
     graph: &Graph,
     fusions: &fuse::Fusions,
+    folds: &int8::Folds,
     matrices: &[Option<DeviceMatrix>],
     op_experts: &[Option<ExpertStacks>],
     int8: bool,
 ) -> Vec<(Kernel, Option<WeightFormat>)> {
     let mut needs = Needs {
         fusions,
+        folds,
         matrices,
         op_experts,
         index: 0,

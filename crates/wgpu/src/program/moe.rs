@@ -5,6 +5,7 @@ use super::{
 };
 use crate::kernels::Kernel;
 use crate::shaders::{EXPERT_MV_FEATURES, EXPERT_PART_BINDING};
+use crate::weights::ExpertStacks;
 use unmask_core::graph::{BufId, Op};
 
 fn route(cx: &Context, index: usize, op: &Op, out: &mut Vec<Pending>) {
@@ -113,13 +114,12 @@ fn experts(
     // An extent past 65535 workgroups cannot be dispatched: a layer that wide keeps the tiles
     // for every pass (the matrix-vector form is then never chosen, so never packed).
     let (gu_mv, dn_mv) = EXPERT_MV_FEATURES;
-    let fits = |v: usize| v <= u16::MAX as usize;
     let (gu_tiles, dn_tiles) = (
         ex.inter.div_ceil(TILE_FEATURES),
         ex.hidden.div_ceil(2 * TILE_FEATURES),
     );
     let (gu_groups, dn_groups) = (ex.inter.div_ceil(gu_mv), ex.hidden.div_ceil(dn_mv));
-    let matvec = fits(gu_groups) && fits(dn_groups);
+    let matvec = matvec_fits(ex);
     let x_of = |tiles: usize, groups: usize| {
         (tiles.min(u16::MAX as usize) as u32) | if matvec { (groups as u32) << 16 } else { 0 }
     };
@@ -164,7 +164,9 @@ fn experts(
     // activations for down.
     let choice = Choice::Rows(Extent::Tokens(1));
     let per = top_k + shared as usize;
-    for (kernel, mv, stacks, x_in, y_out, params, args_at, quantize_per) in [
+    // The gate/up product's input may arrive quantized (`int8::Folds`); the down product's
+    // is the gate/up output.
+    for (kernel, mv, stacks, x_in, y_out, params, args_at, quantize_per, prequantized) in [
         (
             Kernel::MoeGateUp,
             Kernel::MoeGateUpMv,
@@ -174,6 +176,7 @@ fn experts(
             [ex.hidden, ex.gate_up_stride, ex.inter, 2 * ex.inter],
             0,
             1,
+            cx.folds.prequantized[index],
         ),
         (
             Kernel::MoeDown,
@@ -184,9 +187,10 @@ fn experts(
             [ex.inter, ex.down_stride, ex.hidden, ex.hidden],
             dispatches,
             per,
+            false,
         ),
     ] {
-        let mv = if int8 {
+        if int8 && !prequantized {
             out.push(int8::quantize(
                 cx,
                 ex.format,
@@ -197,10 +201,8 @@ fn experts(
                 choice,
                 TILE_ROWS,
             ));
-            int8::int_kernel(mv)
-        } else {
-            mv
-        };
+        }
+        let mv = if int8 { int8::int_kernel(mv) } else { mv };
         for d in 0..dispatches {
             let parts = ex.parts_of(d);
             let mut buffers = vec![
@@ -285,12 +287,13 @@ fn experts(
         };
         buffers.extend([(25, cx.buffer_of(r.skip)), (26, norm_w), (27, normed)]);
     }
+    // With `int8::Folds`, the combine also quantizes the norm for the next product.
+    let quantizes = cx.folds.quantizes[index];
+    if quantizes {
+        buffers.push(int8::xq_out_binding(cx));
+    }
     out.push(Pending {
-        kernel: if residual.is_some() {
-            Kernel::MoeCombineResidual
-        } else {
-            Kernel::MoeCombine
-        },
+        kernel: combine_kernel(residual.is_some(), quantizes),
         format: None,
         buffers,
         params: (
@@ -310,6 +313,22 @@ fn experts(
         needs_out: false,
         small: None,
     });
+}
+
+/// Whether the experts' matrix-vector grids can be dispatched (at most 65535 feature groups).
+pub(super) fn matvec_fits(ex: &ExpertStacks) -> bool {
+    let (gu_mv, dn_mv) = EXPERT_MV_FEATURES;
+    let fits = |v: usize| v <= u16::MAX as usize;
+    fits(ex.inter.div_ceil(gu_mv)) && fits(ex.hidden.div_ceil(dn_mv))
+}
+
+/// The combine: plain, with the residual (and norm), or also quantizing that norm.
+fn combine_kernel(residual: bool, quantizes: bool) -> Kernel {
+    match (residual, quantizes) {
+        (false, _) => Kernel::MoeCombine,
+        (true, false) => Kernel::MoeCombineResidual,
+        (true, true) => Kernel::MoeCombineResidualQ,
+    }
 }
 
 pub(super) fn lower(cx: &Context, index: usize, op: &Op, out: &mut Vec<Pending>) {
@@ -343,18 +362,13 @@ pub(super) fn kernels(op: &Op, needs: &mut Needs) {
             needs.push(Kernel::MoeGateUpMv, format);
             needs.push(Kernel::MoeDownMv, format);
             if needs.int8 && needs.experts_int8() {
+                // The down product's input at least is quantized by a dispatch.
                 needs.push(Kernel::QuantizeRows, format);
                 needs.push(Kernel::MoeGateUpMvQ, format);
                 needs.push(Kernel::MoeDownMvQ, format);
             }
-            needs.push(
-                if needs.fusions.residual[needs.index].is_some() {
-                    Kernel::MoeCombineResidual
-                } else {
-                    Kernel::MoeCombine
-                },
-                None,
-            );
+            let residual = needs.fusions.residual[needs.index].is_some();
+            needs.push(combine_kernel(residual, needs.quantizes()), None);
         }
         _ => {}
     }

@@ -1,12 +1,15 @@
-//! Lowering of `RmsNorm` and `AddRmsNorm`: one workgroup per (group of columns, row).
+//! Lowering of `RmsNorm` and `AddRmsNorm`: one workgroup per (group of columns, row); with
+//! `int8::Folds`, the kernel that also quantizes the rows for the product after it.
 
-use super::{f, Context, Extent, Grid, Needs, Pending};
+use super::{f, int8, Context, Extent, Grid, Needs, Pending};
 use crate::kernels::Kernel;
 use unmask_core::graph::{BufId, Op, Rows, WeightId};
 
 /// The norm of `x` (or, with `add = Some((b, sum))`, of `sum = x + b`) into `o`.
+#[allow(clippy::too_many_arguments)]
 fn rms_norm(
     cx: &Context,
+    index: usize,
     x: BufId,
     add: Option<(BufId, BufId)>,
     weight: WeightId,
@@ -25,12 +28,12 @@ fn rms_norm(
     if let Some((b, sum)) = add {
         buffers.extend([(4, cx.buffer_of(b)), (5, cx.buffer_of(sum))]);
     }
+    let quantizes = cx.folds.quantizes[index];
+    if quantizes {
+        buffers.push(int8::xq_out_binding(cx));
+    }
     out.push(Pending {
-        kernel: if add.is_some() {
-            Kernel::AddRmsNorm
-        } else {
-            Kernel::RmsNorm
-        },
+        kernel: kernel(add.is_some(), quantizes),
         format: None,
         buffers,
         params: (0, [d as u32, groups as u32, f(eps), 0, 0, 0, 0, 0]),
@@ -40,14 +43,23 @@ fn rms_norm(
     });
 }
 
-pub(super) fn lower(cx: &Context, _index: usize, op: &Op, out: &mut Vec<Pending>) {
+fn kernel(add: bool, quantizes: bool) -> Kernel {
+    match (add, quantizes) {
+        (false, false) => Kernel::RmsNorm,
+        (true, false) => Kernel::AddRmsNorm,
+        (false, true) => Kernel::RmsNormQ,
+        (true, true) => Kernel::AddRmsNormQ,
+    }
+}
+
+pub(super) fn lower(cx: &Context, index: usize, op: &Op, out: &mut Vec<Pending>) {
     match op {
         Op::RmsNorm {
             x,
             weight,
             out: o,
             eps,
-        } => rms_norm(cx, *x, None, *weight, *o, *eps, out),
+        } => rms_norm(cx, index, *x, None, *weight, *o, *eps, out),
         Op::AddRmsNorm {
             a,
             b,
@@ -55,14 +67,12 @@ pub(super) fn lower(cx: &Context, _index: usize, op: &Op, out: &mut Vec<Pending>
             sum,
             out: o,
             eps,
-        } => rms_norm(cx, *a, Some((*b, *sum)), *weight, *o, *eps, out),
+        } => rms_norm(cx, index, *a, Some((*b, *sum)), *weight, *o, *eps, out),
         _ => unreachable!("not a norm op: {op:?}"),
     }
 }
 
 pub(super) fn kernels(op: &Op, needs: &mut Needs) {
-    match op {
-        Op::AddRmsNorm { .. } => needs.push(Kernel::AddRmsNorm, None),
-        _ => needs.push(Kernel::RmsNorm, None),
-    }
+    let add = matches!(op, Op::AddRmsNorm { .. });
+    needs.push(kernel(add, needs.quantizes()), None);
 }

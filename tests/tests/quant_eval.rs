@@ -141,7 +141,8 @@ fn quantized_addition_model_keeps_its_accuracy() {
 /// the integer product after them (`WgpuOptions::int8_folds`) to the bits the quantize
 /// dispatches they replace write: the same logits, for a prompt and for a window over it, with
 /// only the quantize dispatches gone (the QKV, output and experts' gate/up products of every
-/// MoE layer, and more in the dense one).
+/// MoE layer, and more in the dense one, whose up product reads the rows quantized for its gate
+/// product).
 #[test]
 fn wgpu_writers_quantize_to_the_same_bits() {
     if !wgpu_or_skip() {
@@ -232,6 +233,8 @@ fn wgpu_writers_quantize_to_the_same_bits() {
             quantizes(folded)
         );
         assert!(quantizes(plain) >= quantizes(folded) + 3 * moe_layers);
+        // Each layer keeps one: its down product's (the SwiGLU's output, the experts').
+        assert_eq!(quantizes(folded), model.config.num_hidden_layers);
         assert_eq!(
             plain.len() - folded.len(),
             quantizes(plain) - quantizes(folded)

@@ -158,22 +158,37 @@ impl Folds {
         // quantizes and reads the activations (2, 3); a writer's `_q` kernel comes after all
         // of its op's (4). A writer may quantize only past every use before its product.
         let mut last: Option<(usize, u8)> = None;
+        // The rows `xq` holds after the last product: its input, when a dense product.
+        let mut held: Option<BufId> = None;
         for i in (0..n).filter(|&i| !fusions.absorbed(i) && consumes(i)) {
             let (x, last_phase) = match graph.ops[i] {
                 Op::MatMul { x, .. } => (x, 1),
                 Op::MoeExperts { x, .. } => (x, 3),
                 _ => continue,
             };
-            let host = quantizing_writer(graph, fusions, i, x, storage_per_stage)
-                .filter(|&h| last.is_none_or(|l| (h, 4) > l));
-            if let Some(h) = host {
+            // A product of the rows the last one read (the dense MLP's up after its gate),
+            // where nothing wrote them since, reads them as they are.
+            let unchanged = last
+                .zip(last_writer(graph, i, x))
+                .is_some_and(|((p, _), j)| fusions.host[j] < p);
+            if held == Some(x) && unchanged {
+                f.prequantized[i] = true;
+            } else if let Some(h) = quantizing_writer(graph, fusions, i, x, storage_per_stage)
+                .filter(|&h| last.is_none_or(|l| (h, 4) > l))
+            {
                 f.quantizes[h] = true;
                 f.prequantized[i] = true;
             }
             last = Some((i, last_phase));
+            held = matches!(graph.ops[i], Op::MatMul { .. }).then_some(x);
         }
         f
     }
+}
+
+/// The last op before `i` that writes `x`.
+fn last_writer(graph: &Graph, i: usize, x: BufId) -> Option<usize> {
+    (0..i).rev().find(|&j| graph.ops[j].writes().contains(&x))
 }
 
 /// The op whose dispatches can quantize `x`, op `i`'s input, as they write it: the host of its
@@ -185,7 +200,7 @@ fn quantizing_writer(
     x: BufId,
     storage_per_stage: usize,
 ) -> Option<usize> {
-    let j = (0..i).rev().find(|&j| graph.ops[j].writes().contains(&x))?;
+    let j = last_writer(graph, i, x)?;
     let host = fusions.host[j];
     let cols = graph.buffer(x).cols;
     match graph.ops[j] {
@@ -266,10 +281,9 @@ mod tests {
     }
 
     /// The dense layer's gate and up products read one norm: the norm quantizes for the first,
-    /// and the second quantizes again (the first's reads come between the norm and it; a
-    /// writer quantizes only past every earlier use of `xq`).
+    /// and the second reads the same rows (nothing wrote them or `xq` since).
     #[test]
-    fn a_second_product_of_the_same_rows_quantizes_itself() {
+    fn a_second_product_of_the_same_rows_reads_them_again() {
         let (g, _, f) = folds(usize::MAX);
         let swiglu = g
             .ops
@@ -281,8 +295,62 @@ mod tests {
         };
         let (gate, up) = (product_of(&g, gate), product_of(&g, up));
         assert!(gate < up);
-        assert!(f.prequantized[gate]);
-        assert!(!f.prequantized[up]);
+        assert!(f.prequantized[gate] && f.prequantized[up]);
+        let Op::MatMul { x, .. } = g.ops[gate] else {
+            unreachable!()
+        };
+        assert!(f.quantizes[last_writer(&g, gate, x).unwrap()]);
+        // The down product's input (the SwiGLU's) is quantized by a dispatch of its own.
+        let down = product_on(&g, swiglu_out(&g, swiglu));
+        assert!(!f.prequantized[down]);
+    }
+
+    fn swiglu_out(g: &Graph, i: usize) -> BufId {
+        match g.ops[i] {
+            Op::SwiGlu { out, .. } => out,
+            _ => unreachable!(),
+        }
+    }
+
+    /// A product of the rows the product before it read takes them as quantized only where
+    /// nothing wrote them in between: two stand-in products of the QKV buffer, side by side
+    /// before the QK norm and RoPE (which write it in place), then on either side of it.
+    #[test]
+    fn rows_written_since_are_quantized_again() {
+        for around_rope in [false, true] {
+            let (mut g, _, _) = folds(usize::MAX);
+            let rope = g
+                .ops
+                .iter()
+                .position(|op| matches!(op, Op::QkNormRope { .. }))
+                .unwrap();
+            let Op::QkNormRope { qkv, .. } = g.ops[rope] else {
+                unreachable!()
+            };
+            let Op::MatMul { weight, .. } = g.ops[product_of(&g, qkv)] else {
+                unreachable!()
+            };
+            // Written by the attention after them, read by nothing before it.
+            let Op::Attention { out, .. } = g.ops[rope + 1] else {
+                unreachable!()
+            };
+            let stand_in = Op::MatMul {
+                x: qkv,
+                weight,
+                out,
+            };
+            let second = if around_rope { rope + 2 } else { rope + 1 };
+            g.ops.insert(rope, stand_in.clone());
+            g.ops.insert(second, stand_in);
+            let fusions = Fusions::find(&g, &mut |_, _| true, u64::MAX, usize::MAX);
+            let consumes = |i: usize| matches!(g.ops[i], Op::MatMul { .. } | Op::MoeExperts { .. });
+            let f = Folds::find(&g, &fusions, &consumes, usize::MAX);
+            assert!(!f.prequantized[rope], "the first stand-in quantizes");
+            assert_eq!(
+                f.prequantized[second], !around_rope,
+                "around the rope: {around_rope}"
+            );
+        }
     }
 
     /// Below the combine's eleven storage buffers a stage, the QKV product after a MoE layer

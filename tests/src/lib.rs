@@ -82,12 +82,15 @@ fn make_cuda(m: &Model) -> anyhow::Result<Box<dyn Backend>> {
 }
 
 fn make_wgpu(m: &Model) -> anyhow::Result<Box<dyn Backend>> {
-    Ok(Box::new(unmask_wgpu::WgpuBackend::new(
-        m.graph.clone(),
-        &m.weights,
-        &Default::default(),
-        &mut |_, _| {},
-    )?))
+    Ok(Box::new(wgpu_with(m, &Default::default())?))
+}
+
+/// The wgpu backend of model `m` with `opts` (the tests that set its options).
+pub fn wgpu_with(
+    m: &Model,
+    opts: &unmask_wgpu::WgpuOptions,
+) -> unmask_core::Result<unmask_wgpu::WgpuBackend> {
+    unmask_wgpu::WgpuBackend::new(m.graph.clone(), &m.weights, opts, &mut |_, _| {})
 }
 
 /// Prints `{backend}: SKIPPED ({why})` past the test harness's output capture, so that `cargo

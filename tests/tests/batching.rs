@@ -10,7 +10,9 @@
 use unmask_core::decode::{generate_batch, BatchRequest, DecodeParams};
 use unmask_core::reference::Kernels;
 use unmask_core::{generate, Backend, Model, ReferenceBackend};
-use unmask_tests::{backend_wanted, cuda_or_skip, generate_goldens, golden_models, wgpu_or_skip};
+use unmask_tests::{
+    backend_wanted, cuda_or_skip, generate_goldens, golden_models, wgpu_or_skip, wgpu_with,
+};
 
 fn backend(model: &Model, kernels: Kernels, slots: usize) -> ReferenceBackend {
     ReferenceBackend::with_kernels(model.graph.clone(), &model.weights, kernels, &mut |_, _| {})
@@ -82,8 +84,7 @@ fn wgpu(model: &Model, slots: usize, max_tokens: usize) -> unmask_wgpu::WgpuBack
         max_tokens,
         ..Default::default()
     };
-    unmask_wgpu::WgpuBackend::new(model.graph.clone(), &model.weights, &opts, &mut |_, _| {})
-        .unwrap()
+    wgpu_with(model, &opts).unwrap()
 }
 
 fn cuda(model: &Model, slots: usize, max_tokens: usize) -> unmask_cuda::CudaBackend {
@@ -394,13 +395,7 @@ fn split_kv_in_row_blocks_gives_the_bits_of_single_rows() {
             split_row_blocks: Some(row_blocks),
             ..Default::default()
         };
-        let mut b = unmask_wgpu::WgpuBackend::new(
-            model.graph.clone(),
-            &model.weights,
-            &opts,
-            &mut |_, _| {},
-        )
-        .unwrap();
+        let mut b = wgpu_with(&model, &opts).unwrap();
         let mut sampled = |steps: &[unmask_core::backend::SlotStep]| {
             let out = b.step_batch(steps).unwrap();
             out.into_iter().map(|o| o.samples).collect::<Vec<_>>()
@@ -442,11 +437,10 @@ fn the_device_backends_refuse_absurd_slot_counts() {
         slots: usize::MAX,
         ..Default::default()
     };
-    let e =
-        unmask_wgpu::WgpuBackend::new(model.graph.clone(), &model.weights, &opts, &mut |_, _| {})
-            .err()
-            .expect("an error")
-            .to_string();
+    let e = wgpu_with(&model, &opts)
+        .err()
+        .expect("an error")
+        .to_string();
     assert!(e.contains("KV-cache slots"), "{e}");
     // cuda refuses them before it looks for a device, so this runs without one too.
     for slots in [0, usize::MAX] {

@@ -11,7 +11,7 @@ use unmask_core::backend::{Capture, SampleParams, Step};
 use unmask_core::quant::{quantize_dir, QuantFormat, QuantPlan, DEFAULT_SHARD_BYTES};
 use unmask_core::reference::Kernels;
 use unmask_core::{generate, Backend, DecodeParams, Model, ReferenceBackend};
-use unmask_tests::{backend_wanted, backends, fixture, read_json, wgpu_or_skip};
+use unmask_tests::{backend_wanted, backends, fixture, read_json, wgpu_or_skip, wgpu_with};
 
 type MakeBackend = Box<dyn Fn(&Model) -> Box<dyn Backend>>;
 
@@ -92,15 +92,7 @@ fn quantized_addition_model_keeps_its_accuracy() {
                         int8_dots: true,
                         ..Default::default()
                     };
-                    Box::new(
-                        unmask_wgpu::WgpuBackend::new(
-                            m.graph.clone(),
-                            &m.weights,
-                            &opts,
-                            &mut |_, _| {},
-                        )
-                        .unwrap(),
-                    ) as Box<dyn Backend>
+                    Box::new(wgpu_with(m, &opts).unwrap()) as Box<dyn Backend>
                 }),
             ));
         }
@@ -171,13 +163,7 @@ fn wgpu_writers_quantize_to_the_same_bits() {
                 int8_folds: folds,
                 ..Default::default()
             };
-            let mut b = unmask_wgpu::WgpuBackend::new(
-                model.graph.clone(),
-                &model.weights,
-                &opts,
-                &mut |_, _| {},
-            )
-            .unwrap();
+            let mut b = wgpu_with(&model, &opts).unwrap();
             let mut logits = Vec::new();
             let mut kernels = Vec::new();
             for prompt in &prompts {

@@ -1,4 +1,4 @@
-//! Lowering of `Attention`: the window's K/V stored into the layer's cache (by the rope dispatch when it comes right before, else by `kv_store`), then block-masked attention over the cache: a workgroup per (group of the query heads that share a KV head, block of up to 4 rows of one sequence), all the heads where they fit its workgroup memory, reading each K/V tile once for all its (row, head) pairs.
+//! Lowering of `Attention`: the window's K/V stored into the layer's cache (by the rope dispatch when it comes right before, else by `kv_store`), then block-masked attention over the cache: a workgroup per (group of the query heads that share a KV head, block of up to 4 rows of one sequence), all the heads where they fit its workgroup memory, reading each K/V tile once for all its (row, head) pairs. With `int8::Folds`, the kernels that write the output also quantize it for the output projection.
 
 use super::{f, int8, Choice, Context, Extent, Grid, Needs, Pending};
 use crate::kernels::Kernel;

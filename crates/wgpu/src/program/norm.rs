@@ -43,6 +43,8 @@ fn rms_norm(
     });
 }
 
+/// The norm's kernel, with the add or not, and in the form that also quantizes its rows for
+/// the product after it (`int8::Folds`) or not.
 fn kernel(add: bool, quantizes: bool) -> Kernel {
     match (add, quantizes) {
         (false, false) => Kernel::RmsNorm,

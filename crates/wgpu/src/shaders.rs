@@ -78,7 +78,7 @@ const REDUCE_SUBGROUP: &str = include_str!("../shaders/matvec/subgroup.wgsl");
 const EXPERTS_MV: &str = include_str!("../shaders/matvec/experts.wgsl");
 const INT8: &str = include_str!("../shaders/matvec/int8.wgsl");
 /// The 8-bit blocks (`xq_out`, `quantize_block`), and the kernels of other families that write
-/// them for the product after them (program/int8.rs, `Folds`).
+/// them for the product after them (program/int8.rs, `Folds`; `block_writers`).
 const QUANTIZE: &str = include_str!("../shaders/int8/quantize.wgsl");
 const QUANTIZE_NORM: &str = include_str!("../shaders/int8/norm.wgsl");
 const QUANTIZE_ATTENTION: &str = include_str!("../shaders/int8/attention.wgsl");
@@ -183,13 +183,7 @@ pub fn module_source(family: Family, format: Option<WeightFormat>, opts: &Module
         s.push('\n');
         s.push_str(ARGMAX);
     }
-    let writes_blocks = match family {
-        Family::Norm => Some(QUANTIZE_NORM),
-        Family::Attention => Some(QUANTIZE_ATTENTION),
-        Family::Moe => Some(QUANTIZE_COMBINE),
-        _ => None,
-    };
-    if let Some(fold) = writes_blocks.filter(|_| opts.int8) {
+    if let Some(fold) = block_writers(family).filter(|_| opts.int8) {
         for part in [QUANTIZE, fold] {
             s.push('\n');
             s.push_str(part);
@@ -225,6 +219,16 @@ pub fn module_source(family: Family, format: Option<WeightFormat>, opts: &Module
         });
     }
     s
+}
+
+/// The kernels of a family that quantize what they write (shaders/int8/), if it has them.
+fn block_writers(family: Family) -> Option<&'static str> {
+    match family {
+        Family::Norm => Some(QUANTIZE_NORM),
+        Family::Attention => Some(QUANTIZE_ATTENTION),
+        Family::Moe => Some(QUANTIZE_COMBINE),
+        _ => None,
+    }
 }
 
 /// The format's loaders (`w_load4`, and `w_int4` where it has the integer form) again over each
@@ -336,17 +340,22 @@ pub fn all_modules() -> Vec<(String, String, bool)> {
             }
         } else {
             // With the integer option too where it adds the kernels that quantize.
-            for int8 in [false, true] {
+            let int8s: &[bool] = if block_writers(family).is_some() {
+                &[false, true]
+            } else {
+                &[false]
+            };
+            for &int8 in int8s {
                 let opts = ModuleOptions {
                     int8,
                     ..ModuleOptions::default()
                 };
-                let src = module_source(family, None, &opts);
-                if int8 && src == module_source(family, None, &ModuleOptions::default()) {
-                    continue;
-                }
                 let label = if int8 { ".int8" } else { "" };
-                out.push((format!("{}{label}", family.file_stem()), src, false));
+                out.push((
+                    format!("{}{label}", family.file_stem()),
+                    module_source(family, None, &opts),
+                    false,
+                ));
             }
         }
     }

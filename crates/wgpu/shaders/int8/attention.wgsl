@@ -2,21 +2,18 @@
 // (int8/quantize.wgsl). A row's blocks of 32 columns lie within one query head (the lowering
 // folds only where d is a multiple of 32), so a workgroup quantizes exactly the heads it wrote.
 
+fn q_src(i: u32) -> f32 {
+    return out[i];
+}
+
 // The blocks of rows i0 .. i0 + nr, query heads h0 .. h0 + g of `out`, read back after the
 // storage barrier that makes the workgroup's writes visible to all its invocations.
 fn quantize_heads(li: u32, i0: u32, nr: u32, h0: u32, g: u32) {
     storageBarrier();
     let per = p.d / 32u;
-    let nb = p.heads_q * per;
     for (var q = li; q < nr * g * per; q += WG) {
         let pr = q / per;
-        let i = i0 + pr / g;
-        let blk = (h0 + pr % g) * per + q % per;
-        var v: array<f32, 32>;
-        for (var j = 0u; j < 32u; j++) {
-            v[j] = out[i * p.heads_q * p.d + 32u * blk + j];
-        }
-        quantize_block(i, nb, blk, v);
+        quantize_block(i0 + pr / g, p.heads_q * per, (h0 + pr % g) * per + q % per);
     }
 }
 

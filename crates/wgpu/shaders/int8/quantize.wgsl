@@ -18,12 +18,15 @@ fn round_away(t: f32) -> i32 {
     return i32(clamp(v, -127.0, 127.0));
 }
 
-// Block b of row r (rows of nb blocks) of `xq_out`: the 32 values `v`.
-fn quantize_block(r: u32, nb: u32, b: u32, v: array<f32, 32>) {
-    var x = v;
+// Every module that includes this file defines `q_src(i)`, element i of the rows it quantizes
+// (row r, column c at r * k + c, k = 32 nb).
+
+// Block b of row r (rows of nb blocks) of `xq_out`, from `q_src`.
+fn quantize_block(r: u32, nb: u32, b: u32) {
+    let x0 = (r * nb + b) * 32u;
     var amax = 0.0;
     for (var j = 0u; j < 32u; j++) {
-        amax = max(amax, abs(x[j]));
+        amax = max(amax, abs(q_src(x0 + j)));
     }
     let d = amax / 127.0;
     let inv = select(0.0, 1.0 / d, d > 0.0);
@@ -32,8 +35,17 @@ fn quantize_block(r: u32, nb: u32, b: u32, v: array<f32, 32>) {
     for (var w4 = 0u; w4 < 8u; w4++) {
         var q: vec4<i32>;
         for (var j = 0u; j < 4u; j++) {
-            q[j] = round_away(x[4u * w4 + j] * inv);
+            q[j] = round_away(q_src(x0 + 4u * w4 + j) * inv);
         }
         xq_out[o + 1u + w4] = pack4xI8(q);
+    }
+}
+
+// Row r's blocks, invocation li taking li, li + wg, ..., once the workgroup has written the
+// row: the storage barrier makes its writes visible to all its invocations.
+fn quantize_written_row(li: u32, wg: u32, r: u32, nb: u32) {
+    storageBarrier();
+    for (var b = li; b < nb; b += wg) {
+        quantize_block(r, nb, b);
     }
 }

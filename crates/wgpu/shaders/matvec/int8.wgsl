@@ -30,13 +30,11 @@ fn quantize_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     if (i >= qp.per * nb) {
         return;
     }
-    let r = wg.y * qp.per + i / nb;
-    let b = i % nb;
-    var v: array<f32, 32>;
-    for (var j = 0u; j < 32u; j++) {
-        v[j] = x[r * qp.k + 32u * b + j];
-    }
-    quantize_block(r, nb, b, v);
+    quantize_block(wg.y * qp.per + i / nb, nb, i % nb);
+}
+
+fn q_src(i: u32) -> f32 {
+    return x[i];
 }
 
 // Run c4 (columns 4 c4 .. 4 c4 + 3) of quantized row r: its bytes, its block's scale and (for
